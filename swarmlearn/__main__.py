@@ -1,0 +1,5 @@
+import sys
+
+from swarmlearn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,4 @@
+"""SwarmCallback core and its PyTorch and Keras adapters.
+
+Not built yet: see the callback issue.
+"""

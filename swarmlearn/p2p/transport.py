@@ -1,0 +1,344 @@
+"""Mutual-TLS transport (trio driver): authenticated, framed message streams.
+
+Theory of operation
+-------------------
+A :class:`Connection` is one TLS 1.3 stream (certificates required and verified
+on both sides) carrying frames from :mod:`swarmlearn.p2p.framing`. The peer's
+identity (peer id, roles) comes from its verified certificate and is known
+before the first message. :func:`connect_stream` and :func:`accept_stream` run
+the handshake over any trio ``Stream`` (a TCP socket, or
+``trio.testing.memory_stream_pair`` in tests) under a deadline; :func:`dial`
+and :class:`Listener` add TCP.
+
+What a peer can do wrong, and what happens:
+
+- handshake fails (no certificate, another CA, expired, TLS 1.2) or runs past
+  ``handshake_timeout_s``: the stream is closed, ``handshakes_failed`` counts
+  it, a listener goes on serving others;
+- a frame length over ``frame_bytes_max``, or the stream ending mid-frame: the
+  connection is closed, ``protocol_errors`` counts it, and ``receive`` raises
+  :class:`RemoteProtocolError`;
+- a whole frame that does not decode to a valid message: dropped and counted
+  in ``messages_dropped``; the stream stays in sync, so the connection stays.
+
+``receive`` raises ``trio.EndOfChannel`` when the peer closed cleanly and
+``trio.BrokenResourceError`` when the transport broke. Sends from several tasks
+are serialized, so frames never interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+import trio
+
+from swarmlearn.errors import LocalProtocolError, RemoteProtocolError
+from swarmlearn.p2p.framing import (
+    FRAME_BYTES_MAX_DEFAULT,
+    FrameReader,
+    check_frame_bytes_max,
+    encode_frame,
+)
+from swarmlearn.p2p.identity import CertificateInfo, Identity, PeerId
+from swarmlearn.p2p.tls import client_context, peer_certificate_info, server_context
+from swarmlearn.p2p.wire import Message, decode_body
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
+    handshake_timeout_s: float = 10.0
+    #: Most bytes asked of the TLS stream per read.
+    receive_bytes_max: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        check_frame_bytes_max(self.frame_bytes_max)
+        if not self.handshake_timeout_s > 0:
+            raise LocalProtocolError("handshake_timeout_s must be > 0")
+        if self.receive_bytes_max < 1:
+            raise LocalProtocolError("receive_bytes_max must be >= 1")
+
+
+@dataclass
+class TransportCounters:
+    """Counters shared by a listener and the connections it serves (or one dialed connection)."""
+
+    connections_accepted: int = 0
+    handshakes_failed: int = 0
+    protocol_errors: int = 0
+    messages_dropped: int = 0
+    frames_sent: int = 0
+    frames_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    connections_open: int = 0
+    last_error: str = field(default="")
+
+    def snapshot(self) -> TransportStatistics:
+        return TransportStatistics(**self.__dict__)
+
+
+@dataclass(frozen=True)
+class TransportStatistics:
+    connections_accepted: int
+    handshakes_failed: int
+    protocol_errors: int
+    messages_dropped: int
+    frames_sent: int
+    frames_received: int
+    bytes_sent: int
+    bytes_received: int
+    connections_open: int
+    last_error: str
+
+
+class Connection:
+    """An authenticated, framed message stream to one peer."""
+
+    def __init__(
+        self,
+        stream: trio.SSLStream[trio.abc.Stream],
+        peer: CertificateInfo,
+        config: TransportConfig,
+        counters: TransportCounters | None = None,
+    ) -> None:
+        self.peer = peer
+        self._stream = stream
+        self._config = config
+        self._reader = FrameReader(config.frame_bytes_max)
+        self._counters = counters if counters is not None else TransportCounters()
+        self._send_lock = trio.Lock()
+        self._closed = False
+        self._counters.connections_open += 1
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.peer.peer_id
+
+    async def send(self, msg: Message) -> None:
+        """Send one message; ``LocalProtocolError`` if it cannot be encoded or is over the limit."""
+        buffers = encode_frame(msg, self._config.frame_bytes_max)
+        async with self._send_lock:
+            for buffer in buffers:
+                await self._stream.send_all(buffer)
+        self._counters.frames_sent += 1
+        self._counters.bytes_sent += sum(len(buffer) for buffer in buffers)
+
+    async def receive(self) -> Message:
+        """The next valid message from the peer (invalid ones are dropped and counted)."""
+        while True:
+            body = self._reader.next_frame()
+            if body is not None:
+                self._counters.frames_received += 1
+                try:
+                    return decode_body(body)
+                except RemoteProtocolError as error:
+                    self._counters.messages_dropped += 1
+                    self._counters.last_error = str(error)
+                    log.debug("dropped a message from %s: %s", self.peer_id.short, error)
+                    continue
+            data = await self._stream.receive_some(self._config.receive_bytes_max)
+            self._counters.bytes_received += len(data)
+            if not data:
+                if self._reader.at_boundary:
+                    raise trio.EndOfChannel
+                await self._fail(RemoteProtocolError("connection closed in the middle of a frame"))
+            try:
+                self._reader.feed(data)
+            except RemoteProtocolError as error:
+                await self._fail(error)
+
+    async def _fail(self, error: RemoteProtocolError) -> None:
+        self._counters.protocol_errors += 1
+        self._counters.last_error = str(error)
+        log.info("closing connection to %s: %s", self.peer_id.short, error)
+        await self._close(forcefully=True)
+        raise error
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._close(forcefully=False)
+
+    async def _close(self, *, forcefully: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._counters.connections_open -= 1
+        if forcefully:
+            await trio.aclose_forcefully(self._stream)
+        else:
+            with contextlib.suppress(trio.BrokenResourceError):
+                await self._stream.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def statistics(self) -> TransportStatistics:
+        return self._counters.snapshot()
+
+
+async def _handshake(
+    stream: trio.SSLStream[trio.abc.Stream],
+    config: TransportConfig,
+    counters: TransportCounters,
+) -> CertificateInfo:
+    try:
+        with trio.fail_after(config.handshake_timeout_s):
+            await stream.do_handshake()
+        return peer_certificate_info(stream.getpeercert(binary_form=True))
+    except (trio.BrokenResourceError, trio.TooSlowError, RemoteProtocolError) as error:
+        counters.handshakes_failed += 1
+        reason = _handshake_failure(error)
+        counters.last_error = reason
+        await trio.aclose_forcefully(stream)
+        raise RemoteProtocolError(reason) from error
+
+
+def _handshake_failure(error: BaseException) -> str:
+    if isinstance(error, trio.TooSlowError):
+        return "TLS handshake timed out"
+    cause = error.__cause__
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {cause.reason or cause}"
+    return f"TLS handshake failed: {error or type(error).__name__}"
+
+
+async def connect_stream(
+    identity: Identity,
+    transport: trio.abc.Stream,
+    *,
+    config: TransportConfig | None = None,
+    expected_peer: PeerId | None = None,
+    context: ssl.SSLContext | None = None,
+    counters: TransportCounters | None = None,
+) -> Connection:
+    """Client side of a handshake over ``transport``; checks ``expected_peer`` when given."""
+    config = config or TransportConfig()
+    counters = counters if counters is not None else TransportCounters()
+    stream = trio.SSLStream(transport, context or client_context(identity), server_side=False)
+    peer = await _handshake(stream, config, counters)
+    if expected_peer is not None and peer.peer_id != expected_peer:
+        counters.handshakes_failed += 1
+        await trio.aclose_forcefully(stream)
+        raise RemoteProtocolError(
+            f"expected peer {expected_peer}, the certificate says {peer.peer_id}"
+        )
+    return Connection(stream, peer, config, counters)
+
+
+async def accept_stream(
+    identity: Identity,
+    transport: trio.abc.Stream,
+    *,
+    config: TransportConfig | None = None,
+    context: ssl.SSLContext | None = None,
+    counters: TransportCounters | None = None,
+) -> Connection:
+    """Server side of a handshake over ``transport``."""
+    config = config or TransportConfig()
+    counters = counters if counters is not None else TransportCounters()
+    stream = trio.SSLStream(transport, context or server_context(identity), server_side=True)
+    peer = await _handshake(stream, config, counters)
+    return Connection(stream, peer, config, counters)
+
+
+async def dial(
+    identity: Identity,
+    host: str,
+    port: int,
+    *,
+    config: TransportConfig | None = None,
+    expected_peer: PeerId | None = None,
+    context: ssl.SSLContext | None = None,
+) -> Connection:
+    """Open TCP to ``host:port`` and run the client handshake, all within the handshake deadline."""
+    config = config or TransportConfig()
+    with trio.fail_after(config.handshake_timeout_s):
+        tcp = await trio.open_tcp_stream(host, port)
+    return await connect_stream(
+        identity, tcp, config=config, expected_peer=expected_peer, context=context
+    )
+
+
+Handler = Callable[[Connection], Awaitable[None]]
+
+
+class Listener:
+    """Accepts mutual-TLS connections and runs ``handler`` on each, one task per connection.
+
+    A failed handshake or a misbehaving peer ends only that connection: it is counted
+    (:meth:`statistics`) and the listener keeps serving.
+    """
+
+    def __init__(self, identity: Identity, config: TransportConfig | None = None) -> None:
+        self.identity = identity
+        self.config = config or TransportConfig()
+        self._context = server_context(identity)
+        self._counters = TransportCounters()
+
+    async def serve(
+        self,
+        handler: Handler,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` (0: any free port); ``task_status.started`` gets the address."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        sockname = listeners[0].socket.getsockname()
+        address = (str(sockname[0]), int(sockname[1]))
+
+        async def serve_tcp(tcp: trio.SocketStream) -> None:
+            await self.serve_stream(tcp, handler)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, serve_tcp, listeners)
+            task_status.started(address)
+
+    async def serve_stream(self, transport: trio.abc.Stream, handler: Handler) -> None:
+        """Handshake on one accepted stream, then run ``handler``; peer faults end here."""
+        self._counters.connections_accepted += 1
+        try:
+            connection = await accept_stream(
+                self.identity,
+                transport,
+                config=self.config,
+                context=self._context,
+                counters=self._counters,
+            )
+        except RemoteProtocolError as error:
+            log.info("refused a connection: %s", error)
+            return
+        async with connection:
+            try:
+                await handler(connection)
+            except (RemoteProtocolError, trio.BrokenResourceError) as error:
+                log.info("connection to %s ended: %s", connection.peer_id.short, error)
+
+    def statistics(self) -> TransportStatistics:
+        return self._counters.snapshot()

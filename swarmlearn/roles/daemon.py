@@ -1,0 +1,160 @@
+"""The ``swarm-node`` daemon (trio driver) and ``swarmlearn ping``.
+
+What runs today: the node checks its identity (it does not start without a
+valid certificate, key and CA, and says which file is wrong), listens for
+mutual-TLS connections and answers liveness pings. The ledger (SN), sync
+rounds (SL) and task runner (SWOP) join it as their issues land.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from swarmlearn.cli import add_identity_arguments, identity_from_arguments, run_command
+from swarmlearn.errors import ConfigError, RemoteProtocolError
+from swarmlearn.p2p.address import parse_host_port
+from swarmlearn.p2p.identity import Identity
+from swarmlearn.p2p.messages import Goodbye, Ping, Pong
+from swarmlearn.p2p.transport import Connection, Listener, TransportConfig, dial
+
+log = logging.getLogger("swarmlearn.node")
+
+DEFAULT_P2P_PORT = 30303  # HPE's SN peer-to-peer port
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    add_identity_arguments(parser)
+    parser.add_argument(
+        "--listen",
+        default=f"127.0.0.1:{DEFAULT_P2P_PORT}",
+        help=f"HOST:PORT to accept peers on (default 127.0.0.1:{DEFAULT_P2P_PORT})",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="check the identity and configuration, then exit"
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+
+
+def add_ping_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("address", metavar="HOST:PORT", help="the node to ping")
+    parser.add_argument("--count", type=int, default=3, help="pings to send (default 3)")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for each step (default 10)"
+    )
+    add_identity_arguments(parser)
+
+
+def _banner(identity: Identity, host: str, port: int) -> str:
+    roles = ",".join(sorted(role.value for role in identity.roles)) or "none"
+    return (
+        f"swarm-node {identity.info.name} ({roles}) listening on "
+        f"/ip4/{host}/tcp/{port}/p2p/{identity.peer_id}"
+    )
+
+
+async def answer_pings(connection: Connection) -> None:
+    """A connection handler: answer each Ping with a Pong until the peer leaves."""
+    log.info("peer %s (%s) connected", connection.peer_id.short, connection.peer.name)
+    async for msg in connection:
+        if isinstance(msg, Ping):
+            await connection.send(Pong(msg.nonce))
+        elif isinstance(msg, Goodbye):
+            log.info("peer %s said goodbye: %s", connection.peer_id.short, msg.reason)
+            return
+        else:
+            log.debug("peer %s sent %s, not handled yet", connection.peer_id.short, msg)
+
+
+async def serve_node(identity: Identity, host: str, port: int) -> None:
+    listener = Listener(identity, TransportConfig())
+    async with trio.open_nursery() as nursery:
+        bound_host, bound_port = await nursery.start(listener.serve, answer_pings, host, port)
+        print(_banner(identity, bound_host, bound_port), flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    host, port = parse_host_port(args.listen, field="--listen", default_port=DEFAULT_P2P_PORT)
+    identity = identity_from_arguments(args)
+    if args.check:
+        print(f"identity ok: {identity.info.name}, peer id {identity.peer_id}")
+        return 0
+    try:
+        trio.run(serve_node, identity, host, port)
+    except OSError as error:
+        raise ConfigError(f"--listen {args.listen}: cannot listen ({error.strerror})") from None
+    return 0
+
+
+async def ping_node(
+    identity: Identity, host: str, port: int, count: int, timeout_s: float
+) -> list[float]:
+    config = TransportConfig(handshake_timeout_s=timeout_s)
+    round_trips = []
+    async with await dial(identity, host, port, config=config) as connection:
+        print(
+            f"connected to {connection.peer.name} peer id {connection.peer_id} "
+            f"roles {','.join(sorted(role.value for role in connection.peer.roles)) or 'none'}"
+        )
+        for nonce in range(count):
+            start = trio.current_time()
+            await connection.send(Ping(nonce))
+            with trio.fail_after(timeout_s):
+                reply = await connection.receive()
+                while not (isinstance(reply, Pong) and reply.nonce == nonce):
+                    reply = await connection.receive()
+            round_trips.append(trio.current_time() - start)
+            print(f"pong {nonce}: {round_trips[-1] * 1000:.2f} ms")
+        await connection.send(Goodbye("ping done"))
+    return round_trips
+
+
+def ping(args: argparse.Namespace) -> int:
+    if args.count < 1:
+        raise ConfigError(f"--count must be at least 1, got {args.count}")
+    if not (args.timeout > 0 and math.isfinite(args.timeout)):
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    host, port = parse_host_port(args.address, field="address", default_port=DEFAULT_P2P_PORT)
+    identity = identity_from_arguments(args)
+    try:
+        trio.run(ping_node, identity, host, port, args.count, args.timeout)
+    except trio.TooSlowError:
+        print(f"ping {args.address}: no answer within {args.timeout} s", file=sys.stderr)
+        return 1
+    except (OSError, RemoteProtocolError, trio.BrokenResourceError, trio.EndOfChannel) as error:
+        print(f"ping {args.address}: {_reason(error)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if isinstance(error, trio.BrokenResourceError):
+        return "connection broken (the node refused our certificate?)"
+    if isinstance(error, trio.EndOfChannel):
+        return "the node closed the connection"
+    return str(error)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="swarm-node", description="Run a swarmlearn node (one per host)."
+    )
+    add_node_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_command(run, args, "swarm-node")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
