@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -26,7 +27,7 @@ def wire_bytes(messages: list[Message]) -> bytes:
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({cut % (len(data) + 1) for cut in cuts})
     edges = [0, *points, len(data)]
-    return [data[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
 
 
 @given(
@@ -65,7 +66,7 @@ def test_random_bytes_in_random_splits_only_raise_remote_protocol_error(
 def test_a_frame_over_the_limit_is_refused_before_allocation_and_the_reader_stays_broken() -> None:
     reader = FrameReader(frame_bytes_max=100)
     reader.feed(struct.pack(">I", 101)[:3])
-    with pytest.raises(RemoteProtocolError, match="outside 4..100"):
+    with pytest.raises(RemoteProtocolError, match=r"outside 4\.\.100"):
         reader.feed(b"\x65")
     assert reader.statistics().buffered_bytes == 0
     with pytest.raises(RemoteProtocolError):
@@ -100,6 +101,7 @@ def test_a_bulk_frame_is_copied_once_into_its_own_buffer() -> None:
     assert frame is not None
     msg = decode_body(frame)
     assert isinstance(msg, Chunk)
+    assert isinstance(msg.data, memoryview)
     assert msg.data.obj is frame.obj  # the payload is a view of the one frame buffer
     assert msg.data == payload
 

@@ -1,4 +1,4 @@
-"""Hypothesis strategies derived from message annotations, and messages that use every field kind."""
+"""Hypothesis strategies from message annotations, and test messages using every field kind."""
 
 from __future__ import annotations
 
@@ -80,5 +80,5 @@ def strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
 
 def message_strategy(cls: type[Message]) -> st.SearchStrategy[Message]:
     hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {field.name: strategy_for(hints[field.name]) for field in dataclasses.fields(cls)}
+    fields = {field.name: strategy_for(hints[field.name]) for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
     return st.builds(cls, **fields)

@@ -481,22 +481,28 @@ def verify_signature(public_key: PublicKey, signature: bytes, data: bytes) -> bo
 
 
 def load_ca_certificates(path: Path) -> tuple[x509.Certificate, ...]:
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".pem", ".crt"))
-        certs = [cert for file in files for cert in read_certificates(file, "CA certificate")]
-        if not certs:
-            raise ConfigError(f"CA directory {path}: holds no .pem or .crt certificate")
-    else:
+    """CA certificates from a PEM file (each must be a CA) or a directory (non-CA files skipped)."""
+    if not path.is_dir():
         certs = read_certificates(path, "CA certificate")
-    for cert in certs:
-        try:
-            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            is_ca = False
-        if not is_ca:
-            subject = cert.subject.rfc4514_string()
-            raise ConfigError(f"CA certificate {path}: {subject} is not a CA certificate")
-    return tuple(certs)
+        for cert in certs:
+            if not _is_ca(cert):
+                subject = cert.subject.rfc4514_string()
+                raise ConfigError(f"CA certificate {path}: {subject} is not a CA certificate")
+        return tuple(certs)
+    found: list[x509.Certificate] = []
+    for file in sorted(p for p in path.iterdir() if p.suffix in (".pem", ".crt")):
+        if b"-----BEGIN CERTIFICATE-----" in _read(file, "CA certificate"):
+            found.extend(cert for cert in read_certificates(file, "CA certificate") if _is_ca(cert))
+    if not found:
+        raise ConfigError(f"CA directory {path}: holds no CA certificate (.pem or .crt)")
+    return tuple(found)
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
 
 
 def load_identity(paths: IdentityPaths, *, now: dt.datetime | None = None) -> Identity:

@@ -299,6 +299,7 @@ class Listener:
         self.config = config or TransportConfig()
         self._context = server_context(identity)
         self._counters = TransportCounters()
+        self._connection_ended = trio.Event()
 
     async def serve(
         self,
@@ -324,6 +325,13 @@ class Listener:
         """Handshake on one accepted stream, then run ``handler``; peer faults end here."""
         self._counters.connections_accepted += 1
         try:
+            await self._serve_stream(transport, handler)
+        finally:
+            self._connection_ended.set()
+            self._connection_ended = trio.Event()
+
+    async def _serve_stream(self, transport: trio.abc.Stream, handler: Handler) -> None:
+        try:
             connection = await accept_stream(
                 self.identity,
                 transport,
@@ -339,6 +347,14 @@ class Listener:
                 await handler(connection)
             except (RemoteProtocolError, trio.BrokenResourceError) as error:
                 log.info("connection to %s ended: %s", connection.peer_id.short, error)
+
+    async def wait_statistics(
+        self, condition: Callable[[TransportStatistics], bool]
+    ) -> TransportStatistics:
+        """Wait until ``condition`` holds of the statistics (checked as each connection ends)."""
+        while not condition(snapshot := self.statistics()):
+            await self._connection_ended.wait()
+        return snapshot
 
     def statistics(self) -> TransportStatistics:
         return self._counters.snapshot()

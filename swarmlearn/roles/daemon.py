@@ -11,12 +11,18 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
 import sys
 from collections.abc import Sequence
 
 import trio
 
-from swarmlearn.cli import add_identity_arguments, identity_from_arguments, run_command
+from swarmlearn.cli import (
+    ArgumentParser,
+    add_identity_arguments,
+    identity_from_arguments,
+    run_command,
+)
 from swarmlearn.errors import ConfigError, RemoteProtocolError
 from swarmlearn.p2p.address import parse_host_port
 from swarmlearn.p2p.identity import Identity
@@ -74,10 +80,17 @@ async def answer_pings(connection: Connection) -> None:
 
 
 async def serve_node(identity: Identity, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT, then stop cleanly."""
     listener = Listener(identity, TransportConfig())
-    async with trio.open_nursery() as nursery:
-        bound_host, bound_port = await nursery.start(listener.serve, answer_pings, host, port)
-        print(_banner(identity, bound_host, bound_port), flush=True)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            bound_host, bound_port = await nursery.start(listener.serve, answer_pings, host, port)
+            print(_banner(identity, bound_host, bound_port), flush=True)
+            async for signum in signals:
+                log.info("%s received, stopping", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    print("swarm-node stopped", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,9 +161,7 @@ def _reason(error: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="swarm-node", description="Run a swarmlearn node (one per host)."
-    )
+    parser = ArgumentParser(prog="swarm-node", description="Run a swarmlearn node (one per host).")
     add_node_arguments(parser)
     args = parser.parse_args(argv)
     return run_command(run, args, "swarm-node")
