@@ -5,7 +5,8 @@ receiver each get a core. Three ways to move the same bytes over TLS 1.3 with th
 certificates and cipher:
 
 - ``socket``: blocking ``ssl.SSLSocket`` pair, 1 MiB writes (the machine's ceiling);
-- ``trio_ssl``: trio's ``SSLStream``, 1 MiB ``send_all`` calls;
+- ``trio_ssl``: trio's ``SSLStream``, 1 MiB ``send_all`` calls (and ``trio_ssl_4mib``: 4 MiB
+  calls, the write size of our frames, to show what the frame size alone is worth);
 - ``framed``: our :class:`~swarmlearn.p2p.transport.Connection`, 4 MiB ``Chunk`` frames.
 
 Plus mutual-TLS connections per second: dial, handshake, one ping-pong, close.
@@ -52,7 +53,7 @@ MiB = 1024 * 1024
 WRITE_BYTES = 1 * MiB
 CHUNK_BYTES = 4 * MiB
 TARGET_FRAMED_VS_TRIO = 0.9
-MODES = ("socket", "trio_ssl", "framed")
+MODES = ("socket", "trio_ssl", "trio_ssl_4mib", "framed")
 CONFIG = TransportConfig(frame_bytes_max=CHUNK_BYTES + 4096, handshake_timeout_s=30)
 
 
@@ -84,7 +85,7 @@ def receive_socket(identity: Identity, listener: socket.socket, total: int) -> N
 async def receive_trio(identity: Identity, listener: socket.socket, total: int, mode: str) -> None:
     trio_listener = trio.SocketListener(trio.socket.from_stdlib_socket(listener))
     tcp = await trio_listener.accept()
-    if mode == "trio_ssl":
+    if mode.startswith("trio_ssl"):
         stream = trio.SSLStream(tcp, server_context(identity), server_side=True)
         got = 0
         while got < total:
@@ -148,10 +149,10 @@ def send_socket(identity: Identity, port: int, total: int) -> None:
 
 async def send_trio(identity: Identity, port: int, total: int, mode: str) -> None:
     tcp = await trio.open_tcp_stream("127.0.0.1", port)
-    if mode == "trio_ssl":
+    if mode.startswith("trio_ssl"):
         stream = trio.SSLStream(tcp, client_context(identity), server_side=False)
-        payload = bytes(WRITE_BYTES)
-        for _ in range(total // WRITE_BYTES):
+        payload = bytes(CHUNK_BYTES if mode == "trio_ssl_4mib" else WRITE_BYTES)
+        for _ in range(total // len(payload)):
             await stream.send_all(payload)
         if await stream.receive_some(1) != b"k":
             raise RuntimeError("no acknowledgement")
@@ -259,8 +260,10 @@ def main() -> None:
         "runs_per_mode": repeat,
         "socket_GBps": round(gbps["socket"], 3),
         "trio_sslstream_GBps": round(gbps["trio_ssl"], 3),
+        "trio_sslstream_4MiB_writes_GBps": round(gbps["trio_ssl_4mib"], 3),
         "framed_GBps": round(gbps["framed"], 3),
         "framed_vs_trio_sslstream": round(gbps["framed"] / gbps["trio_ssl"], 3),
+        "framed_vs_trio_sslstream_4MiB_writes": round(gbps["framed"] / gbps["trio_ssl_4mib"], 3),
         "framed_vs_socket": round(gbps["framed"] / gbps["socket"], 3),
         "mtls_connections_per_s": round(handshake_rate, 1),
     }
