@@ -277,3 +277,22 @@ async def test_dial_refuses_a_server_from_another_ca(pki: Pki) -> None:
             RemoteProtocolError, match=r"TLS handshake failed: .*CERTIFICATE_VERIFY_FAILED"
         ):
             await dial(pki.sl, "127.0.0.1", port, config=SMALL)
+
+
+async def test_closing_does_not_hang_on_a_peer_that_stops_reading(
+    pki: Pki, autojump_clock: trio.abc.Clock
+) -> None:
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()  # a send waits for a read
+    accepted: list[Connection] = []
+
+    async def accept() -> None:
+        accepted.append(await accept_stream(pki.sn, server_stream, config=SMALL))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept)
+        client = await connect_stream(pki.sl, client_stream, config=SMALL)
+    start = trio.current_time()
+    await client.aclose()  # the server never reads the close_notify
+    assert trio.current_time() - start == pytest.approx(SMALL.close_timeout_s)
+    assert client.statistics().connections_open == 0
+    await trio.aclose_forcefully(server_stream)

@@ -23,7 +23,9 @@ What a peer can do wrong, and what happens:
 
 ``receive`` raises ``trio.EndOfChannel`` when the peer closed cleanly and
 ``trio.BrokenResourceError`` when the transport broke. Sends from several tasks
-are serialized, so frames never interleave.
+are serialized, so frames never interleave. A send waits while the peer does not
+read (TCP backpressure): callers that need a deadline wrap it in a cancel scope,
+sized to the message (the p2p layer derives them from measured bandwidth).
 """
 
 from __future__ import annotations
@@ -56,13 +58,15 @@ log = logging.getLogger(__name__)
 class TransportConfig:
     frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
     handshake_timeout_s: float = 10.0
+    #: How long a graceful close may wait to send TLS close_notify before it just closes.
+    close_timeout_s: float = 5.0
     #: Most bytes asked of the TLS stream per read.
     receive_bytes_max: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         check_frame_bytes_max(self.frame_bytes_max)
-        if not self.handshake_timeout_s > 0:
-            raise LocalProtocolError("handshake_timeout_s must be > 0")
+        if not (self.handshake_timeout_s > 0 and self.close_timeout_s > 0):
+            raise LocalProtocolError("handshake_timeout_s and close_timeout_s must be > 0")
         if self.receive_bytes_max < 1:
             raise LocalProtocolError("receive_bytes_max must be >= 1")
 
@@ -183,8 +187,10 @@ class Connection:
         if forcefully:
             await trio.aclose_forcefully(self._stream)
         else:
-            with contextlib.suppress(trio.BrokenResourceError):
-                await self._stream.aclose()
+            # trio closes the stream even when the deadline cancels the close_notify.
+            with trio.move_on_after(self._config.close_timeout_s):
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await self._stream.aclose()
 
     async def __aenter__(self) -> Self:
         return self
