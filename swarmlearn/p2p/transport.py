@@ -207,26 +207,40 @@ class Connection:
         return self._counters.snapshot()
 
 
-async def _handshake(
-    stream: trio.SSLStream[trio.abc.Stream],
-    config: TransportConfig,
-    counters: TransportCounters,
-) -> CertificateInfo:
+async def _secure(
+    transport: trio.abc.Stream,
+    context: ssl.SSLContext,
+    *,
+    server_side: bool,
+    config: TransportConfig | None,
+    counters: TransportCounters | None,
+    expected_peer: PeerId | None = None,
+) -> Connection:
+    """Run the TLS handshake under its deadline; any failure closes the stream and is counted."""
+    config = config or TransportConfig()
+    counters = counters if counters is not None else TransportCounters()
+    stream = trio.SSLStream(transport, context, server_side=server_side)
     try:
         with trio.fail_after(config.handshake_timeout_s):
             await stream.do_handshake()
-        return peer_certificate_info(stream.getpeercert(binary_form=True))
+        peer = peer_certificate_info(stream.getpeercert(binary_form=True))
+        if expected_peer is not None and peer.peer_id != expected_peer:
+            raise RemoteProtocolError(
+                f"expected peer {expected_peer}, the certificate says {peer.peer_id}"
+            )
     except (trio.BrokenResourceError, trio.TooSlowError, RemoteProtocolError) as error:
         counters.handshakes_failed += 1
-        reason = _handshake_failure(error)
-        counters.last_error = reason
+        counters.last_error = _handshake_failure(error)
         await trio.aclose_forcefully(stream)
-        raise RemoteProtocolError(reason) from error
+        raise RemoteProtocolError(counters.last_error) from error
+    return Connection(stream, peer, config, counters)
 
 
 def _handshake_failure(error: BaseException) -> str:
     if isinstance(error, trio.TooSlowError):
         return "TLS handshake timed out"
+    if isinstance(error, RemoteProtocolError):
+        return str(error)
     cause = error.__cause__
     if isinstance(cause, ssl.SSLError):
         return f"TLS handshake failed: {cause.reason or cause}"
@@ -243,17 +257,15 @@ async def connect_stream(
     counters: TransportCounters | None = None,
 ) -> Connection:
     """Client side of a handshake over ``transport``; checks ``expected_peer`` when given."""
-    config = config or TransportConfig()
-    counters = counters if counters is not None else TransportCounters()
-    stream = trio.SSLStream(transport, context or client_context(identity), server_side=False)
-    peer = await _handshake(stream, config, counters)
-    if expected_peer is not None and peer.peer_id != expected_peer:
-        counters.handshakes_failed += 1
-        await trio.aclose_forcefully(stream)
-        raise RemoteProtocolError(
-            f"expected peer {expected_peer}, the certificate says {peer.peer_id}"
-        )
-    return Connection(stream, peer, config, counters)
+    context = context or client_context(identity)
+    return await _secure(
+        transport,
+        context,
+        server_side=False,
+        config=config,
+        counters=counters,
+        expected_peer=expected_peer,
+    )
 
 
 async def accept_stream(
@@ -265,11 +277,8 @@ async def accept_stream(
     counters: TransportCounters | None = None,
 ) -> Connection:
     """Server side of a handshake over ``transport``."""
-    config = config or TransportConfig()
-    counters = counters if counters is not None else TransportCounters()
-    stream = trio.SSLStream(transport, context or server_context(identity), server_side=True)
-    peer = await _handshake(stream, config, counters)
-    return Connection(stream, peer, config, counters)
+    context = context or server_context(identity)
+    return await _secure(transport, context, server_side=True, config=config, counters=counters)
 
 
 async def dial(
@@ -281,7 +290,7 @@ async def dial(
     expected_peer: PeerId | None = None,
     context: ssl.SSLContext | None = None,
 ) -> Connection:
-    """Open TCP to ``host:port`` and run the client handshake, all within the handshake deadline."""
+    """TCP to ``host:port``, then the client handshake; each within ``handshake_timeout_s``."""
     config = config or TransportConfig()
     with trio.fail_after(config.handshake_timeout_s):
         tcp = await trio.open_tcp_stream(host, port)
