@@ -30,14 +30,8 @@ from pathlib import Path
 
 import trio
 
-from swarmlearn.p2p.identity import (
-    Identity,
-    IdentityPaths,
-    Role,
-    create_ca,
-    issue_certificate,
-    load_identity,
-)
+from swarmlearn.p2p.certs import create_ca, issue_certificate
+from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.messages import Chunk, Ping, Pong
 from swarmlearn.p2p.tls import client_context, server_context
 from swarmlearn.p2p.transport import (

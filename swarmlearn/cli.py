@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from swarmlearn import __version__
 from swarmlearn.errors import ConfigError
+from swarmlearn.p2p import certs
 from swarmlearn.p2p import identity as ident
 
 EXIT_USAGE = 2
@@ -47,17 +48,17 @@ def identity_from_arguments(args: argparse.Namespace) -> ident.Identity:
 
 
 def _certs_init(args: argparse.Namespace) -> int:
-    ca = ident.create_ca(
+    ca = certs.create_ca(
         args.dir, name=args.name, days=args.days, key_type=args.key_type, overwrite=args.force
     )
-    print(f"CA {args.name!r} written to {args.dir / ident.CA_CERT_FILE} (key {ident.CA_KEY_FILE})")
+    print(f"CA {args.name!r} written to {args.dir / certs.CA_CERT_FILE} (key {certs.CA_KEY_FILE})")
     print(f"valid until {ca.certificate.not_valid_after_utc:%Y-%m-%d}")
     return 0
 
 
 def _certs_issue(args: argparse.Namespace) -> int:
-    ca = ident.CertificateAuthority.load(args.ca)
-    issued = ident.issue_certificate(
+    ca = certs.CertificateAuthority.load(args.ca)
+    issued = certs.issue_certificate(
         ca,
         args.name,
         args.out or args.ca,
@@ -75,9 +76,9 @@ def _certs_issue(args: argparse.Namespace) -> int:
 
 
 def _certs_show(args: argparse.Namespace) -> int:
-    certs = ident.read_certificates(args.file, "certificate")
+    found = ident.read_certificates(args.file, "certificate")
     try:
-        info = ident.describe_certificate(certs[0])
+        info = ident.describe_certificate(found[0])
     except ValueError as error:
         raise ConfigError(f"certificate {args.file}: {error}") from None
     _print_info(info)
@@ -127,22 +128,17 @@ def _days(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
-        prog="swarmlearn",
-        description="Open, pure-Python Swarm Learning: train one model across sites "
-        "without sharing their data.",
-    )
-    parser.add_argument("--version", action="version", version=f"swarmlearn {__version__}")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+def _add_certs_commands(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
+    certs_parser = commands.add_parser("certs", help="make a swarm CA and node certificates")
 
-    certs = commands.add_parser("certs", help="make a swarm CA and node certificates")
-    certs_commands = certs.add_subparsers(title="certs commands", metavar="COMMAND", required=True)
+    certs_commands = certs_parser.add_subparsers(
+        title="certs commands", metavar="COMMAND", required=True
+    )
     init = certs_commands.add_parser("init", help="make a CA in DIR (ca.pem, ca-key.pem)")
     init.add_argument("dir", type=Path, metavar="DIR")
     init.add_argument("--name", default="swarmlearn CA", help="the CA's common name")
     init.add_argument("--days", type=_days, default=3650, help="validity (default 3650)")
-    init.add_argument("--key-type", choices=ident.KEY_TYPES, default="ed25519")
+    init.add_argument("--key-type", choices=certs.KEY_TYPES, default="ed25519")
     init.add_argument("--force", action="store_true", help="replace existing files")
     init.set_defaults(command=_certs_init)
 
@@ -164,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     issue.add_argument("--spiffe-id", help="a spiffe://domain/path URI to put in the certificate")
     issue.add_argument("--days", type=_days, default=365, help="validity (default 365)")
-    issue.add_argument("--key-type", choices=ident.KEY_TYPES, default="ed25519")
+    issue.add_argument("--key-type", choices=certs.KEY_TYPES, default="ed25519")
     issue.add_argument("--force", action="store_true", help="replace existing files")
     issue.set_defaults(command=_certs_issue)
 
@@ -173,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--cacert", type=Path, help="also check it chains to this CA and is valid")
     show.add_argument("--key", type=Path, help="the key to check against (default NAME-key.pem)")
     show.set_defaults(command=_certs_show)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="swarmlearn",
+        description="Open, pure-Python Swarm Learning: train one model across sites "
+        "without sharing their data.",
+    )
+    parser.add_argument("--version", action="version", version=f"swarmlearn {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    _add_certs_commands(commands)
 
     from swarmlearn.roles.daemon import add_node_arguments, add_ping_arguments
 

@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from swarmlearn.p2p.identity import (
-    Identity,
-    IdentityPaths,
-    Role,
-    create_ca,
-    issue_certificate,
-    load_identity,
-)
+from swarmlearn.p2p.certs import create_ca, issue_certificate
+from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 
 settings.register_profile(
     "deterministic",

@@ -11,14 +11,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from swarmlearn.errors import ConfigError
+from swarmlearn.p2p.certs import CertificateAuthority, create_ca, issue_certificate
 from swarmlearn.p2p.identity import (
-    CertificateAuthority,
     IdentityPaths,
     PeerId,
     Role,
-    create_ca,
     identity_paths_from_env,
-    issue_certificate,
     load_identity,
     verify_signature,
 )

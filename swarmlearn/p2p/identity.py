@@ -29,9 +29,7 @@ import base64
 import datetime as dt
 import enum
 import hashlib
-import ipaddress
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -40,7 +38,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from swarmlearn.errors import ConfigError
 
@@ -49,9 +47,6 @@ PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 #: Our OID arc (a UUID arc, ITU-T X.667: needs no registration).
 SWARMLEARN_OID: Final = "2.25.272872296007734937468409686770217483434"
-CA_CERT_FILE: Final = "ca.pem"
-CA_KEY_FILE: Final = "ca-key.pem"
-KEY_TYPES: Final = ("ed25519", "p256")
 
 
 class Role(enum.StrEnum):
@@ -141,28 +136,6 @@ def describe_certificate(cert: x509.Certificate) -> CertificateInfo:
 # ---------------------------------------------------------------- files
 
 
-def write_atomically(
-    path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = False
-) -> None:
-    """Write a whole file durably: a temporary file, fsync, rename, fsync of the directory."""
-    if path.exists() and not overwrite:
-        raise ConfigError(f"{path}: already exists (pass --force to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
@@ -200,191 +173,12 @@ def read_private_key(path: Path) -> PrivateKey:
     raise ConfigError(f"key {path}: unsupported key type; valid: Ed25519, ECDSA P-256")
 
 
-def _pem(cert: x509.Certificate) -> bytes:
+def certificate_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _private_pem(key: PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _new_key(key_type: str) -> PrivateKey:
-    if key_type == "ed25519":
-        return ed25519.Ed25519PrivateKey.generate()
-    if key_type == "p256":
-        return ec.generate_private_key(ec.SECP256R1())
-    raise ConfigError(f"key type {key_type!r} is not valid; valid: {', '.join(KEY_TYPES)}")
-
-
-def _sign_algorithm(key: PrivateKey) -> hashes.SHA256 | None:
-    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 
 def _now(now: dt.datetime | None) -> dt.datetime:
     return now if now is not None else dt.datetime.now(dt.UTC)
-
-
-# ---------------------------------------------------------------- the CA
-
-
-@dataclass(frozen=True)
-class CertificateAuthority:
-    certificate: x509.Certificate
-    key: PrivateKey
-
-    @classmethod
-    def load(cls, directory: Path) -> CertificateAuthority:
-        certs = read_certificates(directory / CA_CERT_FILE, "CA certificate")
-        key = read_private_key(directory / CA_KEY_FILE)
-        if not _same_key(certs[0].public_key(), key):
-            raise ConfigError(f"key {directory / CA_KEY_FILE}: does not match {CA_CERT_FILE}")
-        return cls(certs[0], key)
-
-
-def create_ca(
-    directory: Path,
-    *,
-    name: str = "swarmlearn CA",
-    days: int = 3650,
-    key_type: str = "ed25519",
-    now: dt.datetime | None = None,
-    overwrite: bool = False,
-) -> CertificateAuthority:
-    """Make a CA key and self-signed certificate in ``directory`` (``ca.pem``, ``ca-key.pem``)."""
-    if days < 1:
-        raise ConfigError(f"--days must be at least 1, got {days}")
-    key = _new_key(key_type)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    start = _now(now) - dt.timedelta(minutes=5)
-    public = key.public_key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .sign(key, _sign_algorithm(key))
-    )
-    write_atomically(directory / CA_KEY_FILE, _private_pem(key), mode=0o600, overwrite=overwrite)
-    write_atomically(directory / CA_CERT_FILE, _pem(cert), overwrite=overwrite)
-    return CertificateAuthority(cert, key)
-
-
-@dataclass(frozen=True)
-class IssuedFiles:
-    cert_path: Path
-    key_path: Path
-    info: CertificateInfo
-
-
-def issue_certificate(
-    ca: CertificateAuthority,
-    name: str,
-    out_dir: Path,
-    *,
-    hosts: Sequence[str],
-    roles: Iterable[Role],
-    spiffe_id: str | None = None,
-    days: int = 365,
-    key_type: str = "ed25519",
-    not_before: dt.datetime | None = None,
-    now: dt.datetime | None = None,
-    overwrite: bool = False,
-) -> IssuedFiles:
-    """Make a node key and a certificate signed by ``ca``: ``NAME.pem`` and ``NAME-key.pem``."""
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"certificate name {name!r} is not valid; use letters, digits, - and _")
-    role_set = sorted(set(roles), key=list(Role).index)
-    if not role_set:
-        raise ConfigError("--role: give at least one of " + ", ".join(role.value for role in Role))
-    if days < 1:
-        raise ConfigError(f"--days must be at least 1, got {days}")
-    key = _new_key(key_type)
-    start = not_before if not_before is not None else _now(now) - dt.timedelta(minutes=5)
-    public = key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=isinstance(key, ec.EllipticCurvePrivateKey),
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                + [role.oid for role in role_set]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.certificate.public_key()),  # type: ignore[arg-type]
-            critical=False,
-        )
-    )
-    sans = _subject_alt_names(hosts, spiffe_id)
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    cert = builder.sign(ca.key, _sign_algorithm(ca.key))
-    cert_path = out_dir / f"{name}.pem"
-    key_path = out_dir / f"{name}-key.pem"
-    write_atomically(key_path, _private_pem(key), mode=0o600, overwrite=overwrite)
-    write_atomically(cert_path, _pem(cert), overwrite=overwrite)
-    return IssuedFiles(cert_path, key_path, describe_certificate(cert))
-
-
-def _subject_alt_names(hosts: Sequence[str], spiffe_id: str | None) -> list[x509.GeneralName]:
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            if not host or any(ch in host for ch in " /:@"):
-                raise ConfigError(f"--host {host!r} is not a host name or IP address") from None
-            sans.append(x509.DNSName(host))
-    if spiffe_id is not None:
-        if not spiffe_id.startswith("spiffe://") or len(spiffe_id) <= len("spiffe://"):
-            raise ConfigError(f"--spiffe-id {spiffe_id!r} must look like spiffe://domain/path")
-        sans.append(x509.UniformResourceIdentifier(spiffe_id))
-    return sans
 
 
 # ---------------------------------------------------------------- loading an identity
@@ -460,7 +254,7 @@ class Identity:
         return self.info.roles
 
     def ca_pem(self) -> str:
-        return "".join(_pem(cert).decode() for cert in self.ca_certificates)
+        return "".join(certificate_pem(cert).decode() for cert in self.ca_certificates)
 
     def sign(self, data: bytes) -> bytes:
         if isinstance(self.key, ed25519.Ed25519PrivateKey):
@@ -516,7 +310,7 @@ def load_identity(paths: IdentityPaths, *, now: dt.datetime | None = None) -> Id
         raise ConfigError(
             f"certificate {paths.cert}: {error}; valid: Ed25519, ECDSA P-256"
         ) from None
-    if not _same_key(leaf.public_key(), key):
+    if not key_matches(leaf.public_key(), key):
         raise ConfigError(f"key {paths.key}: does not match certificate {paths.cert}")
     moment = _now(now)
     for cert in (leaf, *chain):
@@ -559,7 +353,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _same_key(public_key: object, key: PrivateKey) -> bool:
+def key_matches(public_key: object, key: PrivateKey) -> bool:
     if not isinstance(public_key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
         return False
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
