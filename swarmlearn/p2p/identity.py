@@ -1,4 +1,4 @@
-"""Identity: the swarm CA, node certificates, peer ids and the roles a node may play.
+"""Identity: peer ids, roles, and loading a node's certificate, key and trusted CAs.
 
 Theory of operation
 -------------------
@@ -20,7 +20,7 @@ CA, the validity window holds, and the key matches the certificate. Each
 failure is one :class:`ConfigError` line naming the file and the reason.
 HPE Swarm Learning's environment names (``SWARM_ID_CERT``, ``SWARM_ID_KEY``,
 ``SWARM_ID_CACERT``, ``SWARM_ID_CAPATH``) are read by
-:func:`identity_paths_from_env`.
+:func:`identity_paths_from_env`. Making certificates is :mod:`swarmlearn.p2p.certs`.
 """
 
 from __future__ import annotations
