@@ -118,6 +118,12 @@ def _ping(args: argparse.Namespace) -> int:
     return daemon.ping(args)
 
 
+def _sim(args: argparse.Namespace) -> int:
+    from swarmlearn.sim import cli
+
+    return cli.run(args)
+
+
 def _days(text: str) -> int:
     try:
         value = int(text)
@@ -192,9 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_ping_arguments(ping)
     ping.set_defaults(command=_ping)
 
+    from swarmlearn.sim.cli import add_sim_arguments
+
+    sim = commands.add_parser("sim", help="run a deterministic swarm simulation")
+    add_sim_arguments(sim)
+    sim.set_defaults(command=_sim)
+
     for name, what, issue_name in (
         ("ci", "swarm command interface (SWCI)", "the SWCI/SWOP issue"),
-        ("sim", "deterministic swarm simulator", "the simulator issue"),
         ("demo", "the 4-node demo", "the demo issue"),
     ):
         placeholder = commands.add_parser(name, help=f"{what} (not built yet)")

@@ -120,7 +120,7 @@ def test_node_check_reads_hpe_environment_names(
     assert out.startswith("identity ok: node-1, peer id ")
 
 
-@pytest.mark.parametrize("command", ["ci", "sim", "demo"])
+@pytest.mark.parametrize("command", ["ci", "demo"])
 def test_unbuilt_commands_say_so(capsys: pytest.CaptureFixture[str], command: str) -> None:
     status, _, err = run(capsys, command)
     assert status == 2

@@ -1,0 +1,5 @@
+import sys
+
+from swarmlearn.sim.cli import main
+
+sys.exit(main())

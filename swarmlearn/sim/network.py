@@ -1,0 +1,210 @@
+"""The simulated network: directed links with latency, bandwidth, loss, duplication, reordering,
+partitions and clogging.
+
+Theory of operation
+-------------------
+Each directed link ``(src, dst)`` behaves like a TCP connection through a modelled wire:
+
+- **bandwidth**: a message occupies the link's sender for ``size * 8 / bandwidth_bps``
+  seconds after the previous one finished, so a 10 MB weight chunk over 100 Mbit/s costs
+  0.8 s however it is cut;
+- **latency**: then it travels ``latency_min_s`` plus a random exponential tail with mean
+  ``latency_tail_s``;
+- **order**: delivery is FIFO per link (a message never overtakes an earlier one), except
+  with probability ``reorder`` a message skips that rule;
+- **loss / duplication**: with probability ``loss`` a message is dropped; with probability
+  ``duplicate`` it is delivered twice;
+- **partitions**: a blocked link drops what is sent on it, and what was in flight on it when
+  it is delivered (a broken connection loses its buffers);
+- **clogging**: a clogged link delivers nothing until the clog ends, then everything it held
+  (FoundationDB's "clogging": delay, not loss). Messages sent during the clog keep their
+  order; those already in flight when it began arrive at its end after them.
+
+The network only decides *when* (and whether) a message arrives; the simulator schedules the
+delivery. All randomness comes from the ``rng`` handed in (the network's own sub-seed).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from swarmlearn.sansio import NodeId
+
+
+class Arrival(enum.Enum):
+    DELIVER = "deliver"
+    DROP = "drop"
+    HOLD = "hold"
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    latency_min_s: float = 0.001
+    latency_tail_s: float = 0.001
+    bandwidth_bps: float = 1e9
+    loss: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.latency_min_s < 0 or self.latency_tail_s < 0:
+            raise ValueError("latencies must be >= 0")
+        if not self.bandwidth_bps > 0:
+            raise ValueError("bandwidth_bps must be > 0")
+        for name in ("loss", "duplicate", "reorder"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1]")
+
+    def describe(self) -> str:
+        return (
+            f"latency {self.latency_min_s * 1e3:.2f}+exp({self.latency_tail_s * 1e3:.2f}) ms, "
+            f"{self.bandwidth_bps / 1e6:g} Mbit/s, loss {self.loss:g}, "
+            f"dup {self.duplicate:g}, reorder {self.reorder:g}"
+        )
+
+
+@dataclass
+class LinkStats:
+    messages_sent: int = 0
+    bytes_sent: int = 0
+    messages_delivered: int = 0
+    bytes_delivered: int = 0
+    messages_dropped: int = 0
+    in_flight: int = 0
+    in_flight_max: int = 0
+
+
+@dataclass
+class _Link:
+    config: LinkConfig
+    stats: LinkStats = field(default_factory=LinkStats)
+    busy_until: float = 0.0  # the sender's side of the wire is busy until then
+    last_arrival: float = 0.0  # FIFO: nothing arrives before this
+    clogged_until: float = 0.0
+    epoch: int = 0  # bumped by drop_all: deliveries of older epochs are lost
+
+
+class Network:
+    def __init__(self, rng: random.Random, default: LinkConfig | None = None) -> None:
+        self.rng = rng
+        self.default = default or LinkConfig()
+        self._links: dict[tuple[NodeId, NodeId], _Link] = {}
+        self._blocked: set[tuple[NodeId, NodeId]] = set()
+
+    # ------------------------------------------------------------ configuration
+
+    def link(self, src: NodeId, dst: NodeId) -> _Link:
+        key = (src, dst)
+        found = self._links.get(key)
+        if found is None:
+            found = self._links[key] = _Link(self.default)
+        return found
+
+    def configure(self, src: NodeId, dst: NodeId, config: LinkConfig) -> None:
+        self.link(src, dst).config = config
+
+    # ------------------------------------------------------------ the manual fault API
+
+    def partition(
+        self, side_a: Iterable[NodeId], side_b: Iterable[NodeId], *, one_way: bool = False
+    ) -> None:
+        """Block traffic from ``side_a`` to ``side_b`` (and back, unless ``one_way``)."""
+        a, b = sorted(set(side_a)), sorted(set(side_b))
+        for src in a:
+            for dst in b:
+                self._blocked.add((src, dst))
+                if not one_way:
+                    self._blocked.add((dst, src))
+
+    def isolate(self, node: NodeId, everyone: Iterable[NodeId]) -> None:
+        self.partition([node], [other for other in everyone if other != node])
+
+    def random_split(self, nodes: Iterable[NodeId]) -> tuple[list[NodeId], list[NodeId]]:
+        """Split ``nodes`` into two random non-empty sides and partition them."""
+        ordered = sorted(nodes)
+        self.rng.shuffle(ordered)
+        cut = self.rng.randint(1, len(ordered) - 1)
+        side_a, side_b = sorted(ordered[:cut]), sorted(ordered[cut:])
+        self.partition(side_a, side_b)
+        return side_a, side_b
+
+    def heal(self) -> None:
+        """Remove every partition (clogs end on their own)."""
+        self._blocked.clear()
+
+    def clog(self, src: NodeId, dst: NodeId, until: float) -> None:
+        link = self.link(src, dst)
+        link.clogged_until = max(link.clogged_until, until)
+
+    def drop_all(self, node: NodeId | None = None) -> None:
+        """Lose everything in flight (to or from ``node`` when given)."""
+        for (src, dst), link in self._links.items():
+            if node is None or node in (src, dst):
+                link.epoch += 1
+
+    def blocked(self, src: NodeId, dst: NodeId) -> bool:
+        return (src, dst) in self._blocked
+
+    # ------------------------------------------------------------ sending
+
+    def transmit(self, src: NodeId, dst: NodeId, size: int, now: float) -> list[tuple[float, int]]:
+        """When a message sent now arrives: ``[(time, epoch)]``; empty if lost, two if doubled."""
+        link = self.link(src, dst)
+        stats = link.stats
+        stats.messages_sent += 1
+        stats.bytes_sent += size
+        config = link.config
+        if self.blocked(src, dst) or (config.loss and self.rng.random() < config.loss):
+            stats.messages_dropped += 1
+            return []
+        start = max(now, link.busy_until)
+        link.busy_until = start + size * 8 / config.bandwidth_bps
+        arrivals = []
+        copies = 2 if config.duplicate and self.rng.random() < config.duplicate else 1
+        for _ in range(copies):
+            arrival = link.busy_until + config.latency_min_s
+            if config.latency_tail_s:
+                arrival += self.rng.expovariate(1 / config.latency_tail_s)
+            reordered = config.reorder and self.rng.random() < config.reorder
+            if not reordered:
+                arrival = max(arrival, link.last_arrival)
+                link.last_arrival = arrival
+            arrival = max(arrival, link.clogged_until)
+            arrivals.append((arrival, link.epoch))
+        stats.in_flight += len(arrivals)
+        stats.in_flight_max = max(stats.in_flight_max, stats.in_flight)
+        return arrivals
+
+    def arrive(self, src: NodeId, dst: NodeId, size: int, epoch: int, now: float) -> Arrival:
+        """At delivery time: deliver, drop (partition or drop_all since), or hold (clogged)."""
+        link = self.link(src, dst)
+        if link.epoch == epoch and not self.blocked(src, dst) and now < link.clogged_until:
+            return Arrival.HOLD  # clogged after it was sent: it waits for the clog to end
+        link.stats.in_flight -= 1
+        if link.epoch != epoch or self.blocked(src, dst):
+            link.stats.messages_dropped += 1
+            return Arrival.DROP
+        link.stats.messages_delivered += 1
+        link.stats.bytes_delivered += size
+        return Arrival.DELIVER
+
+    def held_until(self, src: NodeId, dst: NodeId) -> float:
+        return self.link(src, dst).clogged_until
+
+    # ------------------------------------------------------------ counters
+
+    def stats(self) -> dict[tuple[NodeId, NodeId], LinkStats]:
+        return {key: self._links[key].stats for key in sorted(self._links)}
+
+    def totals(self) -> LinkStats:
+        total = LinkStats()
+        for link in self._links.values():
+            for name in ("messages_sent", "bytes_sent", "messages_delivered", "bytes_delivered"):
+                setattr(total, name, getattr(total, name) + getattr(link.stats, name))
+            total.messages_dropped += link.stats.messages_dropped
+            total.in_flight += link.stats.in_flight
+            total.in_flight_max = max(total.in_flight_max, link.stats.in_flight_max)
+        return total
