@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import swarmlearn.consensus.simulation  # noqa: F401  (registers the bft-* scenarios)
 from swarmlearn.errors import ConfigError
 from swarmlearn.sim.scenarios import DEFAULT_SCENARIO, SCENARIOS, run_scenario
 

@@ -1,0 +1,581 @@
+"""The consensus node core (sans-IO): Tendermint, the mempool, the application, the WAL rules.
+
+Theory of operation
+-------------------
+:class:`ConsensusCore` is what a validator runs; drivers feed it inputs and carry out its
+effects (see :mod:`swarmlearn.sansio`). It wraps the pure :class:`Machine` of the current
+height with everything around it:
+
+- **checking**: a proposal counts only if its signature is the round proposer's and its
+  block is valid (height, previous hash, app hash, validator-set hash, tx root, each tx's
+  ``check_tx``); votes go through the :class:`VoteKeeper` (equivocation becomes evidence);
+- **signing**: :class:`CastVote` and :class:`Propose` outputs are signed here, after the
+  double-sign guard: a (height, round, kind) already signed for another value is refused;
+- **WAL rules**: every input is persisted (``Persist("wal", ...)``) before the effects of
+  processing it, and every message this node signs is persisted before it is sent. On
+  restart, committed blocks are re-executed from the ``blocks`` stream and the WAL of the
+  unfinished height is replayed with sends suppressed: the machine ends where it was, and
+  the guard (rebuilt from the WAL) keeps it from ever signing a conflicting vote;
+- **heights**: a decision persists the block and its commit, executes it, evicts its txs
+  from the mempool and starts the next height. With ``create_empty_blocks`` off, a height
+  starts only when there is a transaction to order or a peer is already working on it;
+- **gossip and catch-up**: transactions are flooded to peers; every ``status_interval_s`` a
+  node tells one random peer its (height, round, step); a peer behind gets the next
+  committed block with its commit (verified before it is applied), a peer at the same height
+  gets the proposals and votes it may have missed (this also repairs message loss).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarmlearn.consensus.app import Application
+from swarmlearn.consensus.crypto import Signer, Verifier
+from swarmlearn.consensus.machine import (
+    CastVote,
+    Decide,
+    Machine,
+    Output,
+    Propose,
+    Received,
+    ScheduleTimeout,
+)
+from swarmlearn.consensus.mempool import Mempool, MempoolConfig
+from swarmlearn.consensus.types import (
+    Block,
+    BlockHeader,
+    BlockRequest,
+    BlockResponse,
+    Commit,
+    CommitSig,
+    Proposal,
+    Status,
+    Step,
+    Tx,
+    Validator,
+    ValidatorSet,
+    Vote,
+    VoteType,
+    tx_root,
+)
+from swarmlearn.consensus.votekeeper import ROUND_WINDOW, Added, VoteKeeper
+from swarmlearn.p2p.wire import Message
+from swarmlearn.sansio import (
+    Broadcast,
+    Deliver,
+    Effect,
+    Input,
+    Log,
+    Persist,
+    Receive,
+    Request,
+    Send,
+    SetTimer,
+    Start,
+    TimerFired,
+)
+
+WAL = "wal"
+BLOCKS = "blocks"
+STATUS_TIMER = "status"
+FUTURE_BUFFER_MAX = 10_000
+
+
+@dataclass(frozen=True)
+class ConsensusConfig:
+    timeout_propose_s: float = 1.0
+    timeout_prevote_s: float = 0.5
+    timeout_precommit_s: float = 0.5
+    timeout_delta_s: float = 0.25  # added per round: timeouts grow until the network delivers
+    status_interval_s: float = 0.5
+    block_txs_max: int = 5_000
+    block_bytes_max: int = 4 * 1024 * 1024
+    create_empty_blocks: bool = False
+    mempool: MempoolConfig = field(default_factory=MempoolConfig)
+
+    def timeout_s(self, step: Step, round_: int) -> float:
+        base = {
+            Step.PROPOSE: self.timeout_propose_s,
+            Step.PREVOTE: self.timeout_prevote_s,
+            Step.PRECOMMIT: self.timeout_precommit_s,
+        }[step]
+        return base + round_ * self.timeout_delta_s
+
+
+@dataclass(frozen=True)
+class Genesis:
+    chain_id: str
+    time_ms: int
+    validators: tuple[Validator, ...]
+    ca_fingerprint: bytes = b""
+
+
+@dataclass(frozen=True)
+class SubmitTx:
+    """Request: put ``data`` on the ledger."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class TxRefused:
+    """Delivered when a submitted transaction is refused (and why)."""
+
+    data: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Delivered for every committed block."""
+
+    height: int
+    block_hash: bytes
+    round: int
+    txs: tuple[bytes, ...]
+    app_hash: bytes
+
+
+@dataclass(frozen=True)
+class EvidenceFound:
+    """Delivered when a validator is caught signing two different votes or proposals."""
+
+    validator: str
+    height: int
+    round: int
+    what: str  # "PREVOTE", "PRECOMMIT" or "proposal"
+
+
+Timeout = tuple[str, int, int, int]  # ("timeout", height, round, step)
+
+
+class ConsensusCore:
+    def __init__(
+        self,
+        genesis: Genesis,
+        signer: Signer,
+        verifier: Verifier,
+        app: Application,
+        rng: random.Random,
+        peers: Sequence[str],
+        config: ConsensusConfig | None = None,
+    ) -> None:
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self.signer = signer
+        self.me = signer.node_id
+        self.verifier = verifier
+        self.app = app
+        self.rng = rng
+        self.peers = tuple(sorted(p for p in peers if p != self.me))
+        self.config = config or ConsensusConfig()
+        self.mempool = Mempool(app.check_tx, self.config.mempool)
+        initial = ValidatorSet(genesis.validators)
+        self.validator_sets: dict[int, ValidatorSet] = {1: initial, 2: initial}
+        self.blocks: dict[int, tuple[Block, Commit]] = {}
+        self.height = 1
+        self.last_hash = b""
+        self.last_time_ms = genesis.time_ms
+        self.signed: dict[tuple[int, int, str], Proposal | Vote] = {}  # the double-sign guard
+        self.status_sent: dict[str, float] = {}
+        self.future: list[tuple[str, Proposal | Vote]] = []
+        self.replaying = False
+        self._new_height()
+
+    # ------------------------------------------------------------ height bookkeeping
+
+    @property
+    def validators(self) -> ValidatorSet:
+        return self.validator_sets[self.height]
+
+    def _new_height(self) -> None:
+        self.keeper = VoteKeeper(self.chain_id, self.height, self.validators, self.verifier)
+        self.machine = Machine(self.height, self.me, self.keeper)
+
+    @property
+    def started(self) -> bool:
+        return self.machine.state.round >= 0
+
+    # ------------------------------------------------------------ the entry point
+
+    def handle(self, event: Input, now: float) -> list[Effect]:
+        self.now = now
+        match event:
+            case Start(persisted):
+                return self._restore(persisted)
+            case Request(SubmitTx(data)):
+                return self._submit(data)
+            case Receive(sender, message):
+                return self._receive(sender, message)
+            case TimerFired(("timeout", int(height), int(round_), int(step))):
+                return self._timeout(height, round_, Step(step))
+            case TimerFired(tag) if tag == STATUS_TIMER:
+                return self._status_tick()
+        return []
+
+    # ------------------------------------------------------------ inputs
+
+    def _submit(self, data: bytes) -> list[Effect]:
+        reason = self.mempool.add(data)
+        if reason:
+            return [Deliver(TxRefused(data, reason))]
+        return [Broadcast(Tx(data), self.peers), *self._maybe_start()]
+
+    def _receive(self, sender: str, message: Message) -> list[Effect]:
+        match message:
+            case Tx(data):
+                return self._maybe_start() if not self.mempool.add(data) else []
+            case Proposal() | Vote():
+                return self._consensus_message(sender, message)
+            case Status():
+                return self._answer_status(sender, message)
+            case BlockRequest(height):
+                found = self.blocks.get(height)
+                return [Send(sender, BlockResponse(*found))] if found else []
+            case BlockResponse(block, commit):
+                return self._catch_up(sender, block, commit)
+        return []
+
+    def _consensus_message(self, sender: str, message: Proposal | Vote) -> list[Effect]:
+        if message.height > self.height:
+            if message.height == self.height + 1 and len(self.future) < FUTURE_BUFFER_MAX:
+                self.future.append((sender, message))
+            return self._ask_for_blocks(sender)
+        if message.height < self.height:
+            return []
+        effects: list[Effect] = []
+        if not self.started:
+            effects += self._start_height()
+        if isinstance(message, Proposal):
+            return effects + self._proposal(message, persist=True)
+        return effects + self._vote(message, persist=True)
+
+    def _proposal(self, proposal: Proposal, *, persist: bool) -> list[Effect]:
+        if proposal.round > max(self.machine.state.round, 0) + ROUND_WINDOW:
+            return []
+        proposer = self.validators.proposer(self.height, proposal.round)
+        if proposal.proposer != proposer:
+            return [Log(f"proposal for round {proposal.round} not from {proposer}", "warning")]
+        known = self.machine.proposals.get(proposal.round)
+        if known is not None and known.proposal.signature == proposal.signature:
+            return []  # a duplicate: no crypto
+        public_key = self.validators.by_node[proposer].public_key
+        if not self.verifier.verify(
+            public_key, proposal.signature, proposal.sign_bytes(self.chain_id)
+        ):
+            return [Log(f"proposal from {proposer}: bad signature", "warning")]
+        if known is not None:
+            if known.proposal.block.hash == proposal.block.hash:
+                return []
+            evidence = EvidenceFound(proposer, self.height, proposal.round, "proposal")
+            return [Deliver(evidence), Log(f"{proposer} proposed two blocks", "warning")]
+        valid = proposal.valid_round < proposal.round and not self._block_problem(proposal.block)
+        effects: list[Effect] = [Persist(WAL, ("msg", proposal))] if persist else []
+        outputs = self.machine.on_proposal(Received(proposal, valid))
+        return effects + self._run(outputs)
+
+    def _vote(self, vote: Vote, *, persist: bool) -> list[Effect]:
+        result = self.keeper.add(vote, max(self.machine.state.round, 0))
+        if result.added is Added.EQUIVOCATION:
+            evidence = EvidenceFound(vote.validator, vote.height, vote.round, vote.kind.name)
+            return [Deliver(evidence), Log(result.reason, "warning")]
+        if result.added is not Added.COUNTED:
+            return []
+        effects: list[Effect] = [Persist(WAL, ("msg", vote))] if persist else []
+        return effects + self._run(self.machine.on_vote())
+
+    def _timeout(self, height: int, round_: int, step: Step) -> list[Effect]:
+        if height != self.height:
+            return []
+        effects: list[Effect] = [Persist(WAL, ("timeout", height, round_, int(step)))]
+        return effects + self._run(self.machine.on_timeout(step, round_))
+
+    # ------------------------------------------------------------ starting a height
+
+    def _maybe_start(self) -> list[Effect]:
+        if self.started or self.replaying:
+            return []
+        if len(self.mempool) or self.config.create_empty_blocks:
+            return self._start_height()
+        return []
+
+    def _start_height(self) -> list[Effect]:
+        effects: list[Effect] = [Persist(WAL, ("start", self.height))]
+        effects += self._run(self.machine.start(0))
+        buffered, self.future = self.future, []
+        for sender, message in buffered:
+            effects += self._consensus_message(sender, message)
+        return effects
+
+    # ------------------------------------------------------------ machine outputs
+
+    def _run(self, outputs: list[Output]) -> list[Effect]:
+        effects: list[Effect] = []
+        pending = list(outputs)
+        while pending:
+            output = pending.pop(0)
+            match output:
+                case Propose(round_, block, valid_round):
+                    effects += self._propose(round_, block, valid_round, pending)
+                case CastVote(kind, round_, value):
+                    effects += self._cast(kind, round_, value, pending)
+                case ScheduleTimeout(step, round_):
+                    tag = ("timeout", self.height, round_, int(step))
+                    effects.append(SetTimer(tag, self.config.timeout_s(step, round_)))
+                case Decide(round_, block):
+                    effects += self._decide(round_, block)
+                    return effects  # the height is over; the next one has its own machine
+        return effects
+
+    def _propose(
+        self, round_: int, block: Block | None, valid_round: int, pending: list[Output]
+    ) -> list[Effect]:
+        key = (self.height, round_, "proposal")
+        proposal = self.signed.get(key)
+        if not isinstance(proposal, Proposal):
+            block = block if block is not None else self._build_block()
+            unsigned = Proposal(self.height, round_, valid_round, block, self.me, b"")
+            signature = self.signer.sign(unsigned.sign_bytes(self.chain_id))
+            proposal = Proposal(self.height, round_, valid_round, block, self.me, signature)
+            self.signed[key] = proposal
+        pending.extend(self.machine.on_proposal(Received(proposal, True)))
+        return self._publish(proposal)
+
+    def _cast(
+        self, kind: VoteType, round_: int, value: bytes | None, pending: list[Output]
+    ) -> list[Effect]:
+        key = (self.height, round_, kind.name)
+        vote = self.signed.get(key)
+        if isinstance(vote, Vote) and vote.value != value:
+            # The double-sign guard: never sign a second, different vote.
+            return [Log(f"refused to sign {kind.name} {value!r} after {vote.value!r}", "error")]
+        if not isinstance(vote, Vote):
+            unsigned = Vote(kind, self.height, round_, value, self.me, b"")
+            signature = self.signer.sign(unsigned.sign_bytes(self.chain_id))
+            vote = Vote(kind, self.height, round_, value, self.me, signature)
+            self.signed[key] = vote
+        if self.keeper.add(vote, round_).added is Added.COUNTED:
+            pending.extend(self.machine.on_vote())
+        return self._publish(vote)
+
+    def _publish(self, message: Proposal | Vote) -> list[Effect]:
+        """Own signed messages: persisted (fsynced) before they are sent."""
+        if self.replaying:
+            return []
+        return [Persist(WAL, ("own", message)), Broadcast(message, self.peers)]
+
+    def _build_block(self) -> Block:
+        txs = tuple(self.mempool.reap(self.config.block_txs_max, self.config.block_bytes_max))
+        header = BlockHeader(
+            chain_id=self.chain_id,
+            height=self.height,
+            time_ms=max(self.last_time_ms + 1, int(self.now * 1000)),
+            proposer=self.me,
+            previous_hash=self.last_hash,
+            tx_root=tx_root(txs),
+            app_hash=self.app.app_hash(),
+            validators_hash=self.validators.hash,
+        )
+        return Block(header, txs)
+
+    def _block_problem(self, block: Block) -> str:
+        header = block.header
+        expected = (
+            ("chain id", header.chain_id, self.chain_id),
+            ("height", header.height, self.height),
+            ("previous hash", header.previous_hash, self.last_hash),
+            ("app hash", header.app_hash, self.app.app_hash()),
+            ("validators hash", header.validators_hash, self.validators.hash),
+            ("tx root", header.tx_root, tx_root(block.txs)),
+        )
+        for name, got, want in expected:
+            if got != want:
+                return f"wrong {name}"
+        if header.proposer not in self.validators:
+            return "proposer is not a validator"
+        if header.time_ms <= self.last_time_ms:
+            return "time does not increase"
+        if len(block.txs) > self.config.block_txs_max:
+            return "too many transactions"
+        for tx in block.txs:
+            reason = self.app.check_tx(tx)
+            if reason:
+                return f"invalid transaction: {reason}"
+        return ""
+
+    # ------------------------------------------------------------ deciding
+
+    def _decide(self, round_: int, block: Block) -> list[Effect]:
+        votes = self.keeper.votes_for(round_, VoteType.PRECOMMIT, block.hash)
+        commit = Commit(
+            self.height,
+            round_,
+            block.hash,
+            tuple(CommitSig(v.validator, v.signature) for v in votes),
+        )
+        return self._commit(block, commit)
+
+    def _commit(self, block: Block, commit: Commit) -> list[Effect]:
+        height = self.height
+        effects: list[Effect] = [] if self.replaying else [Persist(BLOCKS, (block, commit))]
+        executed = self.app.execute_block(block)
+        self.blocks[height] = (block, commit)
+        self.mempool.remove_committed(block.txs)
+        self._apply_validator_updates(height, executed.validator_updates)
+        self.last_hash = block.hash
+        self.last_time_ms = block.header.time_ms
+        self.height = height + 1
+        self.signed = {k: v for k, v in self.signed.items() if k[0] > height}
+        self._new_height()
+        effects.append(
+            Deliver(Committed(height, block.hash, commit.round, block.txs, executed.app_hash))
+        )
+        if self.replaying:
+            return effects
+        effects.append(Persist(WAL, ("height", height)))
+        effects += self._maybe_start()
+        if not self.started and self.future:
+            effects += self._start_height()
+        return effects
+
+    def _apply_validator_updates(self, height: int, updates: Sequence[Validator]) -> None:
+        following = self.validator_sets[height + 1]
+        self.validator_sets.pop(height - 1, None)
+        if not updates:
+            self.validator_sets[height + 2] = following
+            return
+        members = {v.node: v for v in following.validators}
+        for update in updates:
+            if update.power == 0:
+                members.pop(update.node, None)
+            else:
+                members[update.node] = update
+        self.validator_sets[height + 2] = ValidatorSet(members.values())
+
+    # ------------------------------------------------------------ gossip and catch-up
+
+    def _status(self) -> Status:
+        return Status(self.height, max(self.machine.state.round, 0), self.machine.state.step)
+
+    def _ask_for_blocks(self, peer: str) -> list[Effect]:
+        """We are behind ``peer``: tell it where we are (at most once per status interval)."""
+        last = self.status_sent.get(peer)
+        if last is not None and self.now - last < self.config.status_interval_s:
+            return []
+        self.status_sent[peer] = self.now
+        return [Send(peer, self._status())]
+
+    def _status_tick(self) -> list[Effect]:
+        effects: list[Effect] = [SetTimer(STATUS_TIMER, self.config.status_interval_s)]
+        if self.peers:
+            effects.append(Send(self.rng.choice(self.peers), self._status()))
+        return effects
+
+    def _answer_status(self, sender: str, status: Status) -> list[Effect]:
+        if status.height < self.height:
+            found = self.blocks.get(status.height)
+            return [Send(sender, BlockResponse(*found))] if found else []
+        if status.height > self.height:
+            return self._ask_for_blocks(sender)
+        effects: list[Effect] = []
+        for round_, received in sorted(self.machine.proposals.items()):
+            if round_ >= status.round:
+                effects.append(Send(sender, received.proposal))
+        for vote in self.keeper.votes():
+            if vote.round >= status.round:
+                effects.append(Send(sender, vote))
+        return effects
+
+    def _catch_up(self, sender: str, block: Block, commit: Commit) -> list[Effect]:
+        if block.header.height != self.height or commit.height != self.height:
+            return []
+        problem = self._block_problem(block) or self._commit_problem(block, commit)
+        if problem:
+            return [Log(f"block {self.height} from {sender} refused: {problem}", "warning")]
+        effects: list[Effect] = [Persist(WAL, ("msg", BlockResponse(block, commit)))]
+        effects += self._commit(block, commit)
+        return [*effects, Send(sender, self._status())]  # and the next one, please
+
+    def _commit_problem(self, block: Block, commit: Commit) -> str:
+        if commit.value != block.hash:
+            return "the commit is for another block"
+        seen: set[str] = set()
+        power = 0
+        for vote in commit.votes():
+            if vote.validator in seen or vote.validator not in self.validators:
+                return f"bad signer {vote.validator!r}"
+            key = self.validators.by_node[vote.validator].public_key
+            if not self.verifier.verify(key, vote.signature, vote.sign_bytes(self.chain_id)):
+                return f"bad signature by {vote.validator}"
+            seen.add(vote.validator)
+            power += self.validators.power(vote.validator)
+        return "" if self.validators.is_quorum(power) else "not signed by a quorum"
+
+    # ------------------------------------------------------------ restart
+
+    def _restore(self, persisted: Any) -> list[Effect]:
+        self.replaying = True
+        for block, commit in persisted.get(BLOCKS, ()):
+            if block.header.height == self.height:
+                self._commit(block, commit)
+        wal = list(persisted.get(WAL, ()))
+        done = [
+            i
+            for i, record in enumerate(wal)
+            if record[0] == "height" and record[1] >= self.height - 1
+        ]
+        tail = wal[done[-1] + 1 :] if done else [r for r in wal if r[0] != "height"]
+        for record in tail:  # the guard first: replay re-uses what was signed, never re-signs
+            if record[0] == "own" and record[1].height == self.height:
+                self.signed[self._signed_key(record[1])] = record[1]
+        for record in tail:
+            self._replay(record)
+        self.replaying = False
+        effects: list[Effect] = [SetTimer(STATUS_TIMER, self.config.status_interval_s)]
+        if self.started:
+            effects += [Broadcast(message, self.peers) for message in self.signed.values()]
+            effects += self._restore_timers()
+        return effects
+
+    def _restore_timers(self) -> list[Effect]:
+        """The timeout the machine was waiting for when the node stopped."""
+        state = self.machine.state
+        steps = [Step.PROPOSE] if state.step == Step.PROPOSE else []
+        if state.step == Step.PREVOTE and ("timeout-prevote", state.round) in state.fired:
+            steps.append(Step.PREVOTE)
+        if ("timeout-precommit", state.round) in state.fired:
+            steps.append(Step.PRECOMMIT)
+        return [
+            SetTimer(
+                ("timeout", self.height, state.round, int(step)),
+                self.config.timeout_s(step, state.round),
+            )
+            for step in steps
+        ]
+
+    @staticmethod
+    def _signed_key(message: Proposal | Vote) -> tuple[int, int, str]:
+        name = "proposal" if isinstance(message, Proposal) else message.kind.name
+        return (message.height, message.round, name)
+
+    def _replay(self, record: tuple[Any, ...]) -> None:
+        kind = record[0]
+        if kind == "start" and record[1] == self.height and not self.started:
+            self._run(self.machine.start(0))
+        elif kind == "msg":
+            message = record[1]
+            if isinstance(message, BlockResponse):
+                if message.block.header.height == self.height:
+                    self._commit(message.block, message.commit)
+            elif message.height == self.height:
+                if not self.started:
+                    self._run(self.machine.start(0))
+                if isinstance(message, Proposal):
+                    self._proposal(message, persist=False)
+                else:
+                    self._vote(message, persist=False)
+        elif kind == "timeout" and record[1] == self.height:
+            self._run(self.machine.on_timeout(Step(record[3]), record[2]))
