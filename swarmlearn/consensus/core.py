@@ -34,6 +34,13 @@ from typing import Any
 
 from swarmlearn.consensus.app import Application
 from swarmlearn.consensus.crypto import Signer, Verifier
+from swarmlearn.consensus.events import (
+    Committed,
+    EvidenceFound,
+    Genesis,
+    SubmitTx,
+    TxRefused,
+)
 from swarmlearn.consensus.machine import (
     CastVote,
     Decide,
@@ -103,50 +110,6 @@ class ConsensusConfig:
             Step.PRECOMMIT: self.timeout_precommit_s,
         }[step]
         return base + round_ * self.timeout_delta_s
-
-
-@dataclass(frozen=True)
-class Genesis:
-    chain_id: str
-    time_ms: int
-    validators: tuple[Validator, ...]
-    ca_fingerprint: bytes = b""
-
-
-@dataclass(frozen=True)
-class SubmitTx:
-    """Request: put ``data`` on the ledger."""
-
-    data: bytes
-
-
-@dataclass(frozen=True)
-class TxRefused:
-    """Delivered when a submitted transaction is refused (and why)."""
-
-    data: bytes
-    reason: str
-
-
-@dataclass(frozen=True)
-class Committed:
-    """Delivered for every committed block."""
-
-    height: int
-    block_hash: bytes
-    round: int
-    txs: tuple[bytes, ...]
-    app_hash: bytes
-
-
-@dataclass(frozen=True)
-class EvidenceFound:
-    """Delivered when a validator is caught signing two different votes or proposals."""
-
-    validator: str
-    height: int
-    round: int
-    what: str  # "PREVOTE", "PRECOMMIT" or "proposal"
 
 
 Timeout = tuple[str, int, int, int]  # ("timeout", height, round, step)
@@ -279,12 +242,12 @@ class ConsensusCore:
 
     def _vote(self, vote: Vote, *, persist: bool) -> list[Effect]:
         result = self.keeper.add(vote, max(self.machine.state.round, 0))
-        if result.added is Added.EQUIVOCATION:
-            evidence = EvidenceFound(vote.validator, vote.height, vote.round, vote.kind.name)
-            return [Deliver(evidence), Log(result.reason, "warning")]
-        if result.added is not Added.COUNTED:
+        if result.added not in (Added.COUNTED, Added.EQUIVOCATION):
             return []
         effects: list[Effect] = [Persist(WAL, ("msg", vote))] if persist else []
+        if result.added is Added.EQUIVOCATION:
+            evidence = EvidenceFound(vote.validator, vote.height, vote.round, vote.kind.name)
+            effects += [Deliver(evidence), Log(result.reason, "warning")]
         return effects + self._run(self.machine.on_vote())
 
     def _timeout(self, height: int, round_: int, step: Step) -> list[Effect]:
@@ -481,11 +444,15 @@ class ConsensusCore:
         if status.height > self.height:
             return self._ask_for_blocks(sender)
         effects: list[Effect] = []
+        polkas: set[tuple[int, bytes]] = set()
         for round_, received in sorted(self.machine.proposals.items()):
             if round_ >= status.round:
                 effects.append(Send(sender, received.proposal))
+                if received.proposal.valid_round >= 0:  # the polka that justifies it (line 28)
+                    polkas.add((received.proposal.valid_round, received.proposal.block.hash))
         for vote in self.keeper.votes():
-            if vote.round >= status.round:
+            justifies = vote.kind == VoteType.PREVOTE and (vote.round, vote.value) in polkas
+            if vote.round >= status.round or justifies:
                 effects.append(Send(sender, vote))
         return effects
 

@@ -21,15 +21,9 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from swarmlearn.consensus.app import KeyValueApp
-from swarmlearn.consensus.core import (
-    Committed,
-    ConsensusConfig,
-    ConsensusCore,
-    EvidenceFound,
-    Genesis,
-    SubmitTx,
-)
+from swarmlearn.consensus.core import ConsensusConfig, ConsensusCore
 from swarmlearn.consensus.crypto import SimSigner, SimVerifier
+from swarmlearn.consensus.events import Committed, EvidenceFound, Genesis, SubmitTx
 from swarmlearn.consensus.types import Block, Proposal, Validator, Vote
 from swarmlearn.sansio import Broadcast, Core, Effect, NodeId, Send
 from swarmlearn.sim.checkers import AgreementChecker, Checker, FailureKind, Violation
@@ -136,7 +130,7 @@ BYZANTINE: dict[str, Callable[[tuple[str, ...]], EffectPolicy]] = {
 # ---------------------------------------------------------------- checkers
 
 
-def _commit_slot(value: Any) -> tuple[Hashable, Any] | None:
+def commit_slot(value: Any) -> tuple[Hashable, Any] | None:
     return (value.height, value.block_hash) if isinstance(value, Committed) else None
 
 
@@ -223,7 +217,7 @@ def consensus_scenario(
         # These checkers depend on who is byzantine, so the setup adds them.
         probe = ProbeChecker(honest)
         sim.checkers[:0] = [
-            AgreementChecker(_commit_slot, name="agreement"),
+            AgreementChecker(commit_slot, name="agreement"),
             HonestSignerChecker(bad),
             probe,
         ]
@@ -305,5 +299,13 @@ consensus_scenario(
     nodes=7,
     byzantine="split-proposals",
     faults=("partition",),
+)
+consensus_scenario(
+    "bft-sweep",
+    "7 validators, f=2 equivocate, every fault kind (the seed sweep)",
+    nodes=7,
+    byzantine="equivocate",
+    faults=("crash", "partition", "split", "clog", "pause", "skew"),
+    fault_phase_s=8.0,
 )
 consensus_scenario("bft-silent", "10 validators, f=3 silent", nodes=10, byzantine="silent")

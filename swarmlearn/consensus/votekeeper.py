@@ -10,12 +10,18 @@ A vote is checked in order of increasing cost, the signature last:
 3. an identical vote (same signature) already counted is a *duplicate*: ignored, no crypto;
 4. the signature over the vote's sign-bytes (chain id included) must verify;
 5. a second, different vote by the same validator for the same (round, kind) is
-   *equivocation*: kept as :class:`Evidence`, never counted, never an exception.
+   *equivocation*: kept as :class:`Evidence` (never an exception) and counted for its value
+   too, as the paper counts messages: a byzantine validator may then be in two quorums,
+   which the f < n/3 bound already allows for (CometBFT reaches the same with its
+   peer-claimed majorities). Without this, honest nodes that saw the two halves of an
+   equivocation could never agree on a polka, and a lock could stall the chain for good.
+   At most ``VALUES_PER_VOTER_MAX`` values per validator, round and kind are kept.
 
-Counted votes add their validator's power to the tally of (round, kind, value) and of
-(round, kind). Quorum arithmetic is on integers: a quorum is more than 2/3 of the total power
-(``3 * power > 2 * total``), "f+1" is more than 1/3. Each threshold a vote makes a tally cross
-is reported once, as a :class:`Threshold`, from :meth:`VoteKeeper.add`.
+A validator's power counts once in the tally of each (round, kind, value) it voted for, and
+once in the tally of (round, kind) whatever it voted. Quorum arithmetic is on integers: a
+quorum is more than 2/3 of the total power (``3 * power > 2 * total``), "f+1" is more than
+1/3. Each threshold a vote makes a tally cross is reported once, as a :class:`Threshold`,
+from :meth:`VoteKeeper.add`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from swarmlearn.consensus.types import Evidence, ValidatorSet, Vote, VoteType
 
 HASH_BYTES = 32
 ROUND_WINDOW = 64
+VALUES_PER_VOTER_MAX = 4
 
 
 class Added(enum.Enum):
@@ -74,7 +81,7 @@ class VoteKeeper:
         self.verifier = verifier
         self.round_window = round_window
         self.evidence: list[Evidence] = []
-        self._votes: dict[tuple[int, VoteType, str], Vote] = {}
+        self._votes: dict[tuple[int, VoteType, str], list[Vote]] = {}
         self._value_power: dict[tuple[int, VoteType, bytes | None], int] = defaultdict(int)
         self._kind_power: dict[tuple[int, VoteType], int] = defaultdict(int)
         self._round_voters: dict[int, set[str]] = defaultdict(set)
@@ -85,19 +92,22 @@ class VoteKeeper:
         if reason:
             return AddResult(Added.INVALID, reason=reason)
         key = (vote.round, vote.kind, vote.validator)
-        known = self._votes.get(key)
-        if known is not None and known.signature == vote.signature and known.value == vote.value:
+        known = self._votes.get(key, [])
+        if any(k.signature == vote.signature and k.value == vote.value for k in known):
             return AddResult(Added.DUPLICATE)
         public_key = self.validators.by_node[vote.validator].public_key
         if not self.verifier.verify(public_key, vote.signature, vote.sign_bytes(self.chain_id)):
             return AddResult(Added.INVALID, reason="bad signature")
-        if known is not None:
-            if known.value == vote.value:
-                return AddResult(Added.DUPLICATE)  # the same vote, signed again (ECDSA)
-            self.evidence.append(Evidence(known, vote))
-            return AddResult(Added.EQUIVOCATION, reason=f"{vote.validator} equivocated")
-        self._votes[key] = vote
-        return AddResult(Added.COUNTED, self._count(vote))
+        if any(k.value == vote.value for k in known):
+            return AddResult(Added.DUPLICATE)  # the same vote, signed again (ECDSA)
+        if len(known) >= VALUES_PER_VOTER_MAX:
+            return AddResult(Added.INVALID, reason=f"{vote.validator} sent too many values")
+        self._votes[key] = [*known, vote]
+        thresholds = self._count(vote, first=not known)
+        if known:
+            self.evidence.append(Evidence(known[0], vote))
+            return AddResult(Added.EQUIVOCATION, thresholds, f"{vote.validator} equivocated")
+        return AddResult(Added.COUNTED, thresholds)
 
     def _precheck(self, vote: Vote, current_round: int) -> str:
         if vote.height != self.height:
@@ -110,12 +120,13 @@ class VoteKeeper:
             return "value is neither nil nor a 32-byte hash"
         return ""
 
-    def _count(self, vote: Vote) -> tuple[Threshold, ...]:
+    def _count(self, vote: Vote, *, first: bool) -> tuple[Threshold, ...]:
         power = self.validators.power(vote.validator)
         value_key = (vote.round, vote.kind, vote.value)
         kind_key = (vote.round, vote.kind)
         self._value_power[value_key] += power
-        self._kind_power[kind_key] += power
+        if first:
+            self._kind_power[kind_key] += power
         voters = self._round_voters[vote.round]
         voters.add(vote.validator)
         crossed = []
@@ -149,8 +160,13 @@ class VoteKeeper:
 
     def votes(self, round_: int | None = None) -> list[Vote]:
         """Counted votes (of one round, or all), in a deterministic order."""
-        chosen = [v for (r, _, _), v in self._votes.items() if round_ is None or r == round_]
-        return sorted(chosen, key=lambda v: (v.round, v.kind, v.validator))
+        chosen = [
+            v
+            for (r, _, _), votes in self._votes.items()
+            for v in votes
+            if round_ is None or r == round_
+        ]
+        return sorted(chosen, key=lambda v: (v.round, v.kind, v.validator, v.value or b""))
 
     def votes_for(self, round_: int, kind: VoteType, value: bytes | None) -> list[Vote]:
         return [v for v in self.votes(round_) if v.kind == kind and v.value == value]

@@ -1,0 +1,55 @@
+"""What the ledger tells its application and what the application asks of it (sans-IO values).
+
+``SubmitTx`` is a :class:`~swarmlearn.sansio.Request`; the rest arrive as
+:class:`~swarmlearn.sansio.Deliver` effects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from swarmlearn.consensus.types import Validator
+
+
+@dataclass(frozen=True)
+class Genesis:
+    chain_id: str
+    time_ms: int
+    validators: tuple[Validator, ...]
+    ca_fingerprint: bytes = b""
+
+
+@dataclass(frozen=True)
+class SubmitTx:
+    """Request: put ``data`` on the ledger."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class TxRefused:
+    """Delivered when a submitted transaction is refused (and why)."""
+
+    data: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Delivered for every committed block."""
+
+    height: int
+    block_hash: bytes
+    round: int
+    txs: tuple[bytes, ...]
+    app_hash: bytes
+
+
+@dataclass(frozen=True)
+class EvidenceFound:
+    """Delivered when a validator is caught signing two different votes or proposals."""
+
+    validator: str
+    height: int
+    round: int
+    what: str  # "PREVOTE", "PRECOMMIT" or "proposal"
