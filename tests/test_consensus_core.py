@@ -1,0 +1,211 @@
+"""The consensus core through its sans-IO interface: commits, WAL rules, restart, catch-up."""
+
+from __future__ import annotations
+
+import random
+
+from swarmlearn.consensus.app import KeyValueApp
+from swarmlearn.consensus.core import BLOCKS, ConsensusConfig, ConsensusCore
+from swarmlearn.consensus.crypto import SimVerifier
+from swarmlearn.consensus.events import Committed, EvidenceFound, Genesis, SubmitTx, TxRefused
+from swarmlearn.consensus.mempool import Mempool, MempoolConfig
+from swarmlearn.consensus.types import (
+    Block,
+    BlockHeader,
+    BlockResponse,
+    Commit,
+    CommitSig,
+    Proposal,
+    Step,
+    Validator,
+    ValidatorSet,
+    Vote,
+    VoteType,
+    tx_root,
+)
+from swarmlearn.sansio import Broadcast, Deliver, Effect, Persist, Receive, Request, Start
+from tests.consensus_helpers import SIGNERS, vote
+
+SOLO = Genesis("solo", 0, (Validator("a", SIGNERS["a"].public_key, 1),))
+FOUR = Genesis("four", 0, tuple(Validator(n, SIGNERS[n].public_key, 1) for n in "abcd"))
+
+
+def core(genesis: Genesis = SOLO, me: str = "a") -> ConsensusCore:
+    peers = [v.node for v in genesis.validators]
+    return ConsensusCore(
+        genesis, SIGNERS[me], SimVerifier(), KeyValueApp(), random.Random(1), peers
+    )
+
+
+def delivered(effects: list[Effect], kind: type) -> list[object]:
+    return [e.value for e in effects if isinstance(e, Deliver) and isinstance(e.value, kind)]
+
+
+def persisted(effects: list[Effect]) -> dict[str, tuple[object, ...]]:
+    streams: dict[str, list[object]] = {}
+    for effect in effects:
+        if isinstance(effect, Persist):
+            streams.setdefault(effect.stream, []).append(effect.record)
+    return {stream: tuple(records) for stream, records in streams.items()}
+
+
+def test_no_block_without_transactions_then_one_promptly() -> None:
+    node = core()
+    idle = node.handle(Start(), 0.0)
+    assert not [e for e in idle if isinstance(e, Broadcast | Persist)]  # no empty blocks
+    effects = node.handle(Request(SubmitTx(b"k=v")), 0.5)
+    (committed,) = delivered(effects, Committed)
+    assert isinstance(committed, Committed)
+    assert (committed.height, committed.txs) == (1, (b"k=v",))
+    assert isinstance(node.app, KeyValueApp)
+    assert node.app.state == {"k": "v"}
+    second = delivered(node.handle(Request(SubmitTx(b"k=w")), 0.6), Committed)
+    assert [c.height for c in second if isinstance(c, Committed)] == [2]
+    block_2 = node.blocks[2][0]
+    assert block_2.header.previous_hash == node.blocks[1][0].hash
+    assert block_2.header.app_hash == committed.app_hash  # the state after block 1
+
+
+def test_own_messages_are_persisted_before_they_are_sent() -> None:
+    node = core()
+    node.handle(Start(), 0.0)
+    effects = node.handle(Request(SubmitTx(b"k=v")), 0.5)
+    sends = [
+        i
+        for i, e in enumerate(effects)
+        if isinstance(e, Broadcast) and isinstance(e.message, Proposal | Vote)
+    ]
+    assert len(sends) == 3  # proposal, prevote, precommit
+    for index in sends:
+        before = effects[index - 1]
+        assert isinstance(before, Persist)
+        assert before.record == ("own", effects[index].message)  # type: ignore[union-attr]
+    marker = [e for e in effects if isinstance(e, Persist) and e.record == ("height", 1)]
+    blocks = [i for i, e in enumerate(effects) if isinstance(e, Persist) and e.stream == BLOCKS]
+    assert marker
+    assert blocks
+    assert blocks[0] < effects.index(marker[0])
+
+
+def test_a_received_vote_is_written_before_it_is_processed() -> None:
+    node = core(FOUR, "a")
+    node.handle(Start(), 0.0)
+    prevote = vote("b", VoteType.PREVOTE, 0, None, chain="four")
+    effects = node.handle(Receive("b", prevote), 0.1)
+    persists = [e for e in effects if isinstance(e, Persist)]
+    assert persists[0].record == ("start", 1)
+    assert persists[1].record == ("msg", prevote)
+
+
+def test_a_restart_rebuilds_state_from_blocks_and_wal_without_redelivering() -> None:
+    node = core()
+    log: list[Effect] = list(node.handle(Start(), 0.0))
+    for i in range(3):
+        log += node.handle(Request(SubmitTx(b"k%d=v" % i)), 1.0 + i)
+    again = core()
+    effects = again.handle(Start(persisted(log)), 10.0)
+    assert again.height == 4
+    assert isinstance(again.app, KeyValueApp)
+    assert again.app.state == {"k0": "v", "k1": "v", "k2": "v"}
+    assert again.app.executed_heights == [1, 2, 3]
+    assert not delivered(effects, Committed)
+    assert delivered(again.handle(Request(SubmitTx(b"k=z")), 11.0), Committed)
+
+
+def test_the_mempool_refuses_duplicates_junk_and_overflow() -> None:
+    pool = Mempool(KeyValueApp().check_tx, MempoolConfig(txs_max=2, tx_bytes_max=10))
+    assert pool.add(b"a=1") == ""
+    assert pool.add(b"a=1") == "already in the mempool"
+    assert pool.add(b"no equals") == "expected key=value"
+    assert "over the 10-byte limit" in pool.add(b"k=" + b"x" * 20)
+    assert pool.add(b"b=2") == ""
+    assert pool.add(b"c=3") == "mempool full"
+    assert pool.reap(10, 100) == [b"a=1", b"b=2"]
+    pool.remove_committed([b"a=1"])
+    assert pool.add(b"a=1") == "already committed"
+    assert len(pool) == 1
+
+
+def test_a_refused_transaction_is_reported() -> None:
+    node = core()
+    node.handle(Start(), 0.0)
+    assert delivered(node.handle(Request(SubmitTx(b"junk")), 0.1), TxRefused) == [
+        TxRefused(b"junk", "expected key=value")
+    ]
+
+
+def block_one(
+    genesis: Genesis, txs: tuple[bytes, ...] = (b"x=1",), app_hash: bytes | None = None
+) -> Block:
+    header = BlockHeader(
+        genesis.chain_id,
+        1,
+        5,
+        "b",
+        b"",
+        tx_root(txs),
+        KeyValueApp().app_hash() if app_hash is None else app_hash,
+        ValidatorSet(genesis.validators).hash,
+    )
+    return Block(header, txs)
+
+
+def commit_for(block: Block, signers: str, chain: str = "four") -> Commit:
+    sigs = tuple(
+        CommitSig(n, vote(n, VoteType.PRECOMMIT, 0, block.hash, chain=chain).signature)
+        for n in signers
+    )
+    return Commit(1, 0, block.hash, sigs)
+
+
+def test_catch_up_applies_a_block_only_with_a_verified_commit() -> None:
+    good = block_one(FOUR)
+    forged = Commit(
+        1, 0, good.hash, (CommitSig("b", b"x" * 32), *commit_for(good, "cd").signatures)
+    )
+    refusals = {
+        "not signed by a quorum": (good, commit_for(good, "bc")),
+        "bad signature by b": (good, forged),
+        "bad signer 'e'": (good, commit_for(good, "bce")),
+        "the commit is for another block": (good, commit_for(block_one(FOUR, (b"y=2",)), "bcd")),
+        "wrong app hash": (block_one(FOUR, app_hash=b"\x00" * 32), commit_for(good, "bcd")),
+    }
+    node = core(FOUR, "a")
+    node.handle(Start(), 0.0)
+    for reason, (blk, commit) in refusals.items():
+        effects = node.handle(Receive("b", BlockResponse(blk, commit)), 1.0)
+        assert not delivered(effects, Committed), reason
+        assert any(reason in getattr(e, "text", "") for e in effects), reason
+    effects = node.handle(Receive("b", BlockResponse(good, commit_for(good, "bcd"))), 1.0)
+    assert [c.height for c in delivered(effects, Committed)] == [1]  # type: ignore[attr-defined]
+    assert node.height == 2
+
+
+def test_validator_changes_take_effect_two_heights_later() -> None:
+    node = core()
+    node.handle(Start(), 0.0)
+    tx = b"validator:e:" + SIGNERS["e"].public_key.hex().encode() + b":1"
+    node.handle(Request(SubmitTx(tx)), 0.1)
+    assert "e" not in node.validator_sets[2]
+    assert "e" in node.validator_sets[3]
+
+
+def test_two_proposals_from_one_proposer_are_evidence() -> None:
+    node = core(FOUR, "a")
+    node.handle(Start(), 0.0)
+    proposals = []
+    for txs in ((b"x=1",), (b"x=2",)):
+        blk = block_one(FOUR, txs)
+        unsigned = Proposal(1, 0, -1, blk, "b", b"")
+        proposals.append(
+            Proposal(1, 0, -1, blk, "b", SIGNERS["b"].sign(unsigned.sign_bytes("four")))
+        )
+    node.handle(Receive("b", proposals[0]), 0.1)
+    effects = node.handle(Receive("c", proposals[1]), 0.2)
+    assert delivered(effects, EvidenceFound) == [EvidenceFound("b", 1, 0, "proposal")]
+
+
+def test_timeouts_grow_with_the_round() -> None:
+    config = ConsensusConfig()
+    assert [config.timeout_s(Step.PROPOSE, r) for r in range(3)] == [1.0, 1.25, 1.5]
+    assert [config.timeout_s(Step.PRECOMMIT, r) for r in range(3)] == [0.5, 0.75, 1.0]
