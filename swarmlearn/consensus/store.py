@@ -1,0 +1,195 @@
+"""Durable storage for a validator (driver side): the write-ahead log and the block store.
+
+Theory of operation
+-------------------
+The core asks for durability with ``Persist(stream, record)`` effects; this module makes them
+files. Each stream is an append-only log of framed records::
+
+    u32 length | u32 crc32(payload) | payload          (big-endian)
+
+where ``payload`` is CBOR of the record, with wire messages inside stored as their canonical
+header bytes under CBOR tag 27001. The ``wal`` stream is cut into one segment per height
+(``wal-<height>.log``): when the core persists the end-of-height marker the next segment
+starts and older ones are removed, so replay reads only the unfinished height. Blocks go to
+``blocks.log``.
+
+Durability follows CometBFT's WAL rules: records the node signed (``own``), end-of-height
+markers and blocks are fsynced before :meth:`DiskStore.persist` returns (so before the driver
+sends anything that follows them); other inputs are written without waiting for the disk.
+
+Reading back: a torn or corrupt *tail* (a crash in the middle of an append) is cut off at the
+last whole record, with a warning. A bad record with good records after it is corruption
+inside the log: :class:`WalCorrupt` stops the node with the file and offset, because
+replaying around it could make the node sign against its own past (a fork).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Final
+
+import cbor2
+
+from swarmlearn.errors import ConfigError
+from swarmlearn.p2p.wire import Message, decode_header, encode_header
+
+log = logging.getLogger(__name__)
+
+FRAME: Final = struct.Struct(">II")
+MESSAGE_TAG: Final = 27001
+RECORD_BYTES_MAX: Final = 256 * 1024 * 1024
+SYNCED_KINDS: Final = frozenset({"own", "height"})
+
+
+class WalCorrupt(ConfigError):
+    """A log is damaged before its tail: the node must not start on it."""
+
+
+def encode_record(record: Any) -> bytes:
+    def default(encoder: Any, value: Any) -> None:
+        if isinstance(value, Message):
+            encoder.encode(cbor2.CBORTag(MESSAGE_TAG, encode_header(value)))
+        else:
+            raise TypeError(f"cannot store {type(value).__name__}")
+
+    return bytes(cbor2.dumps(record, default=default, canonical=True))
+
+
+def decode_record(payload: bytes) -> Any:
+    def tag_hook(tag: Any, immutable: bool) -> Any:  # cbor2 6's signature
+        if tag.tag == MESSAGE_TAG:
+            return decode_header(tag.value)
+        return tag
+
+    return _tuples(cbor2.loads(payload, tag_hook=tag_hook))
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def frame(record: Any) -> bytes:
+    payload = encode_record(record)
+    return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _parse(data: bytes, offset: int) -> tuple[Any, int] | None:
+    """The record at ``offset`` and the offset after it, or None if it is not whole and sound."""
+    if offset + FRAME.size > len(data):
+        return None
+    length, crc = FRAME.unpack_from(data, offset)
+    end = offset + FRAME.size + length
+    if length > RECORD_BYTES_MAX or end > len(data):
+        return None
+    payload = data[offset + FRAME.size : end]
+    if zlib.crc32(payload) != crc:
+        return None
+    try:
+        return decode_record(payload), end
+    except Exception:  # a record whose CRC matches but does not decode: damaged all the same
+        return None
+
+
+def read_log(path: Path) -> list[Any]:
+    """Every whole record of ``path``; a torn tail is cut off (and the file truncated)."""
+    data = path.read_bytes()
+    records = []
+    offset = 0
+    while offset < len(data):
+        parsed = _parse(data, offset)
+        if parsed is None:
+            if _any_record_after(data, offset):
+                raise WalCorrupt(f"{path}: damaged record at byte {offset} with records after it")
+            log.warning(
+                "%s: torn tail of %d bytes at byte %d cut off", path, len(data) - offset, offset
+            )
+            with path.open("r+b") as file:
+                file.truncate(offset)
+                os.fsync(file.fileno())
+            break
+        record, offset = parsed
+        records.append(record)
+    return records
+
+
+def _any_record_after(data: bytes, offset: int) -> bool:
+    return any(
+        _parse(data, start) is not None for start in range(offset + 1, len(data) - FRAME.size)
+    )
+
+
+class AppendLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("ab")
+
+    def append(self, record: Any, *, sync: bool) -> None:
+        self._file.write(frame(record))
+        self._file.flush()
+        if sync:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class DiskStore:
+    """The streams ``wal`` and ``blocks`` of one node, in ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._blocks = AppendLog(directory / "blocks.log")
+        segments = self._segments()
+        height = segments[-1][0] if segments else 1
+        self._wal = AppendLog(self._segment_path(height))
+
+    def _segment_path(self, height: int) -> Path:
+        return self.directory / f"wal-{height:012d}.log"
+
+    def _segments(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.directory.glob("wal-*.log"):
+            try:
+                found.append((int(path.stem.removeprefix("wal-")), path))
+            except ValueError:
+                continue
+        return sorted(found)
+
+    def load(self) -> dict[str, tuple[Any, ...]]:
+        """What was persisted, per stream (the ``Start`` input of the core)."""
+        wal: list[Any] = []
+        for _, path in self._segments():
+            wal += read_log(path)
+        return {"blocks": tuple(read_log(self.directory / "blocks.log")), "wal": tuple(wal)}
+
+    def persist(self, stream: str, record: Any) -> None:
+        if stream == "blocks":
+            self._blocks.append(record, sync=True)
+        elif stream == "wal":
+            self._wal.append(record, sync=record[0] in SYNCED_KINDS)
+            if record[0] == "height":
+                self._next_segment(record[1] + 1)
+        else:
+            raise ValueError(f"unknown stream {stream!r}")
+
+    def _next_segment(self, height: int) -> None:
+        self._wal.close()
+        self._wal = AppendLog(self._segment_path(height))
+        for old_height, path in self._segments():
+            if old_height < height - 1:
+                path.unlink()
+
+    def close(self) -> None:
+        self._wal.close()
+        self._blocks.close()
+
+    def __enter__(self) -> DiskStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

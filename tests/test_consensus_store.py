@@ -1,0 +1,98 @@
+"""The validator's disk store: records round-trip, fsync where the WAL rules say, torn tails
+are cut off with a warning, corruption before the tail stops the node."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from swarmlearn.consensus.store import DiskStore, WalCorrupt, frame, read_log
+from swarmlearn.consensus.types import Status, Step, VoteType
+from tests.consensus_helpers import block, vote
+
+V = vote("a", VoteType.PREVOTE, 0, block().hash)
+
+
+def test_records_with_messages_round_trip(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path)
+    records = [("start", 1), ("msg", V), ("timeout", 1, 0, 0), ("own", V)]
+    for record in records:
+        store.persist("wal", record)
+    store.persist("blocks", (block(), Status(1, 0, Step.PROPOSE)))
+    store.close()
+    with DiskStore(tmp_path) as again:
+        loaded = again.load()
+    assert loaded["wal"] == tuple(records)
+    assert loaded["blocks"] == ((block(), Status(1, 0, Step.PROPOSE)),)
+
+
+def test_own_messages_height_markers_and_blocks_are_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    store = DiskStore(tmp_path)
+    store.persist("wal", ("msg", V))
+    assert synced == []  # a received vote: written, not waited for
+    store.persist("wal", ("own", V))
+    store.persist("blocks", (block(),))
+    store.persist("wal", ("height", 1))
+    assert len(synced) == 3
+    store.close()
+
+
+def test_each_height_gets_a_segment_and_old_ones_go(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path)
+    for height in range(1, 5):
+        store.persist("wal", ("start", height))
+        store.persist("wal", ("height", height))
+    store.persist("wal", ("start", 5))
+    store.close()
+    assert sorted(p.name for p in tmp_path.glob("wal-*.log")) == [
+        "wal-000000000004.log",
+        "wal-000000000005.log",
+    ]
+    with DiskStore(tmp_path) as again:
+        assert again.load()["wal"] == (("start", 4), ("height", 4), ("start", 5))
+
+
+def test_a_torn_tail_is_cut_off_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "log"
+    whole = frame(("start", 1)) + frame(("msg", V))
+    torn = frame(("own", V))[:-3]
+    path.write_bytes(whole + torn)
+    with caplog.at_level(logging.WARNING):
+        assert read_log(path) == [("start", 1), ("msg", V)]
+    assert "torn tail" in caplog.text
+    assert path.read_bytes() == whole  # truncated at the last whole record
+    assert read_log(path) == [("start", 1), ("msg", V)]
+
+
+def test_a_flipped_bit_in_the_last_record_is_a_torn_tail(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    last = bytearray(frame(("own", V)))
+    last[-1] ^= 1
+    path.write_bytes(frame(("start", 1)) + bytes(last))
+    assert read_log(path) == [("start", 1)]
+
+
+def test_corruption_before_the_tail_stops_the_node(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    first = bytearray(frame(("msg", V)))
+    first[20] ^= 0xFF
+    path.write_bytes(frame(("start", 1)) + bytes(first) + frame(("own", V)))
+    size = path.stat().st_size
+    with pytest.raises(WalCorrupt, match=r"log: damaged record at byte \d+ with records after it"):
+        read_log(path)
+    assert path.stat().st_size == size  # nothing was cut
