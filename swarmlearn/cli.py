@@ -118,6 +118,12 @@ def _ping(args: argparse.Namespace) -> int:
     return daemon.ping(args)
 
 
+def _ledger(args: argparse.Namespace) -> int:
+    from swarmlearn.roles import client
+
+    return client.run(args)
+
+
 def _sim(args: argparse.Namespace) -> int:
     from swarmlearn.sim import cli
 
@@ -197,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     ping = commands.add_parser("ping", help="check mutual TLS to a node and measure round trips")
     add_ping_arguments(ping)
     ping.set_defaults(command=_ping)
+
+    from swarmlearn.roles.client import add_ledger_arguments
+
+    ledger = commands.add_parser("ledger", help="a node's ledger status, or submit a record")
+    add_ledger_arguments(ledger)
+    ledger.set_defaults(command=_ledger)
 
     from swarmlearn.sim.cli import add_sim_arguments
 

@@ -79,6 +79,8 @@ def test_certs_init_issue_and_show(swarm_dir: Path, capsys: pytest.CaptureFixtur
             "--listen 'nohost:port': port 'port' is not a number",
         ),
         (["ping", "1.2.3.4:5", "--count", "0"], "--count must be at least 1"),
+        (["node", "--sentinel", "--bootstrap", "h:1", "--check"], "give only one"),
+        (["ledger", "submit", "h:1", "novalue"], "record 'novalue': expected KEY=VALUE"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(
@@ -174,7 +176,17 @@ def test_a_real_node_process_answers_a_real_ping_process(swarm_dir: Path, tmp_pa
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(
-        [sys.executable, "-m", "swarmlearn.roles.daemon", "--listen", "127.0.0.1:0", *ident],
+        [
+            sys.executable,
+            "-m",
+            "swarmlearn.roles.daemon",
+            "--sentinel",
+            "--data",
+            str(tmp_path / "data"),
+            "--listen",
+            "127.0.0.1:0",
+            *ident,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -133,7 +133,7 @@ class ConsensusCore:
         self.verifier = verifier
         self.app = app
         self.rng = rng
-        self.peers = tuple(sorted(p for p in peers if p != self.me))
+        self.set_peers(peers)
         self.config = config or ConsensusConfig()
         self.mempool = Mempool(app.check_tx, self.config.mempool)
         initial = ValidatorSet(genesis.validators)
@@ -157,6 +157,10 @@ class ConsensusCore:
     def _new_height(self) -> None:
         self.keeper = VoteKeeper(self.chain_id, self.height, self.validators, self.verifier)
         self.machine = Machine(self.height, self.me, self.keeper)
+
+    def set_peers(self, peers: Sequence[str]) -> None:
+        """The driver's current peers (the simulator's are fixed; a real node's change)."""
+        self.peers = tuple(sorted(p for p in peers if p != self.me))
 
     @property
     def started(self) -> bool:
@@ -296,6 +300,8 @@ class ConsensusCore:
     def _propose(
         self, round_: int, block: Block | None, valid_round: int, pending: list[Output]
     ) -> list[Effect]:
+        if self.me not in self.validators:
+            return []
         key = (self.height, round_, "proposal")
         proposal = self.signed.get(key)
         if not isinstance(proposal, Proposal):
@@ -310,6 +316,8 @@ class ConsensusCore:
     def _cast(
         self, kind: VoteType, round_: int, value: bytes | None, pending: list[Output]
     ) -> list[Effect]:
+        if self.me not in self.validators:
+            return []  # a node still catching up, or not (yet) a validator, only follows
         key = (self.height, round_, kind.name)
         vote = self.signed.get(key)
         if isinstance(vote, Vote) and vote.value != value:

@@ -9,10 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from swarmlearn.consensus.types import Validator
+from swarmlearn.p2p.wire import Message
 
 
 @dataclass(frozen=True)
-class Genesis:
+class Genesis(Message, tag=0x4C):
+    """The first state of a chain, made by the sentinel and fetched from it by every other
+    node, which refuses it unless ``ca_fingerprint`` (SHA-256 of the CA certificate, DER) is
+    its own CA's."""
+
     chain_id: str
     time_ms: int
     validators: tuple[Validator, ...]

@@ -34,6 +34,8 @@ from typing import Any, Final
 
 import cbor2
 
+import swarmlearn.consensus.events
+import swarmlearn.consensus.types  # noqa: F401
 from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.wire import Message, decode_header, encode_header
 
@@ -94,8 +96,9 @@ def _parse(data: bytes, offset: int) -> tuple[Any, int] | None:
         return None
 
 
-def read_log(path: Path) -> list[Any]:
-    """Every whole record of ``path``; a torn tail is cut off (and the file truncated)."""
+def read_log(path: Path, *, repair: bool = False) -> list[Any]:
+    """Every whole record of ``path``. A torn tail ends the list; with ``repair`` (the node
+    itself, at start) it is also cut off the file, with a warning."""
     data = path.read_bytes()
     records = []
     offset = 0
@@ -104,12 +107,12 @@ def read_log(path: Path) -> list[Any]:
         if parsed is None:
             if _any_record_after(data, offset):
                 raise WalCorrupt(f"{path}: damaged record at byte {offset} with records after it")
-            log.warning(
-                "%s: torn tail of %d bytes at byte %d cut off", path, len(data) - offset, offset
-            )
-            with path.open("r+b") as file:
-                file.truncate(offset)
-                os.fsync(file.fileno())
+            if repair:
+                torn = len(data) - offset
+                log.warning("%s: torn tail of %d bytes at byte %d cut off", path, torn, offset)
+                with path.open("r+b") as file:
+                    file.truncate(offset)
+                    os.fsync(file.fileno())
             break
         record, offset = parsed
         records.append(record)
@@ -164,8 +167,9 @@ class DiskStore:
         """What was persisted, per stream (the ``Start`` input of the core)."""
         wal: list[Any] = []
         for _, path in self._segments():
-            wal += read_log(path)
-        return {"blocks": tuple(read_log(self.directory / "blocks.log")), "wal": tuple(wal)}
+            wal += read_log(path, repair=True)
+        blocks = read_log(self.directory / "blocks.log", repair=True)
+        return {"blocks": tuple(blocks), "wal": tuple(wal)}
 
     def persist(self, stream: str, record: Any) -> None:
         if stream == "blocks":

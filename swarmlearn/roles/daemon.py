@@ -1,9 +1,10 @@
-"""The ``swarm-node`` daemon (trio driver) and ``swarmlearn ping``.
+"""The ``swarm-node`` daemon and the ``swarmlearn ping`` / ``swarmlearn ledger`` clients.
 
-What runs today: the node checks its identity (it does not start without a
-valid certificate, key and CA, and says which file is wrong), listens for
-mutual-TLS connections and answers liveness pings. The ledger (SN), sync
-rounds (SL) and task runner (SWOP) join it as their issues land.
+What runs today: the node checks its identity (it does not start without a valid
+certificate, key and CA, and says which file is wrong), then runs a ledger validator (SN):
+the sentinel creates the chain (``--sentinel``), other nodes join through any running node
+(``--bootstrap``), and a restarted node picks up from its data directory. Sync rounds (SL)
+and the task runner (SWOP) join it as their issues land.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import trio
 
@@ -27,7 +29,8 @@ from swarmlearn.errors import ConfigError, RemoteProtocolError
 from swarmlearn.p2p.address import parse_host_port
 from swarmlearn.p2p.identity import Identity
 from swarmlearn.p2p.messages import Goodbye, Ping, Pong
-from swarmlearn.p2p.transport import Connection, Listener, TransportConfig, dial
+from swarmlearn.p2p.transport import TransportConfig, dial
+from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions
 
 log = logging.getLogger("swarmlearn.node")
 
@@ -40,6 +43,20 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         "--listen",
         default=f"127.0.0.1:{DEFAULT_P2P_PORT}",
         help=f"HOST:PORT to accept peers on (default 127.0.0.1:{DEFAULT_P2P_PORT})",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path("swarm-data"),
+        help="where the node keeps its ledger (default ./swarm-data)",
+    )
+    parser.add_argument(
+        "--sentinel", action="store_true", help="create a new swarm (the first node only)"
+    )
+    parser.add_argument("--bootstrap", metavar="HOST:PORT", help="join the swarm through this node")
+    parser.add_argument("--chain-id", help="the new chain's id (with --sentinel)")
+    parser.add_argument(
+        "--advertise", metavar="HOST:PORT", help="the address peers should dial (default --listen)"
     )
     parser.add_argument(
         "--check", action="store_true", help="check the identity and configuration, then exit"
@@ -58,34 +75,14 @@ def add_ping_arguments(parser: argparse.ArgumentParser) -> None:
     add_identity_arguments(parser)
 
 
-def _banner(identity: Identity, host: str, port: int) -> str:
-    roles = ",".join(sorted(role.value for role in identity.roles)) or "none"
-    return (
-        f"swarm-node {identity.info.name} ({roles}) listening on "
-        f"/ip4/{host}/tcp/{port}/p2p/{identity.peer_id}"
-    )
-
-
-async def answer_pings(connection: Connection) -> None:
-    """A connection handler: answer each Ping with a Pong until the peer leaves."""
-    log.info("peer %s (%s) connected", connection.peer_id.short, connection.peer.name)
-    async for msg in connection:
-        if isinstance(msg, Ping):
-            await connection.send(Pong(msg.nonce))
-        elif isinstance(msg, Goodbye):
-            log.info("peer %s said goodbye: %s", connection.peer_id.short, msg.reason)
-            return
-        else:
-            log.debug("peer %s sent %s, not handled yet", connection.peer_id.short, msg)
-
-
-async def serve_node(identity: Identity, host: str, port: int) -> None:
-    """Serve until SIGTERM or SIGINT, then stop cleanly."""
-    listener = Listener(identity, TransportConfig())
+async def serve_node(identity: Identity, options: ValidatorOptions) -> None:
+    """Run the node until SIGTERM or SIGINT, then stop cleanly."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        node = await ValidatorNode.open(
+            identity, options, on_ready=lambda line: print(line, flush=True)
+        )
         async with trio.open_nursery() as nursery:
-            bound_host, bound_port = await nursery.start(listener.serve, answer_pings, host, port)
-            print(_banner(identity, bound_host, bound_port), flush=True)
+            await nursery.start(node.run)
             async for signum in signals:
                 log.info("%s received, stopping", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
@@ -93,17 +90,37 @@ async def serve_node(identity: Identity, host: str, port: int) -> None:
     print("swarm-node stopped", flush=True)
 
 
+def node_options(args: argparse.Namespace) -> ValidatorOptions:
+    if args.sentinel and args.bootstrap:
+        raise ConfigError("--sentinel creates a swarm and --bootstrap joins one: give only one")
+    listen = parse_host_port(args.listen, field="--listen", default_port=DEFAULT_P2P_PORT)
+    return ValidatorOptions(
+        data_dir=args.data,
+        listen=listen,
+        sentinel=args.sentinel,
+        bootstrap=_address(args.bootstrap, "--bootstrap"),
+        chain_id=args.chain_id,
+        advertise=_address(args.advertise, "--advertise"),
+    )
+
+
+def _address(text: str | None, field: str) -> tuple[str, int] | None:
+    return (
+        None if text is None else parse_host_port(text, field=field, default_port=DEFAULT_P2P_PORT)
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    host, port = parse_host_port(args.listen, field="--listen", default_port=DEFAULT_P2P_PORT)
+    options = node_options(args)
     identity = identity_from_arguments(args)
     if args.check:
         print(f"identity ok: {identity.info.name}, peer id {identity.peer_id}")
         return 0
     try:
-        trio.run(serve_node, identity, host, port)
+        trio.run(serve_node, identity, options)
     except OSError as error:
         raise ConfigError(f"--listen {args.listen}: cannot listen ({error.strerror})") from None
     return 0

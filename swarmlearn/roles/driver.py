@@ -1,0 +1,170 @@
+"""The trio driver of a sans-IO core: the real-node counterpart of the simulator.
+
+Theory of operation
+-------------------
+One task owns the core. Everything that happens to the node (a message from a connection, a
+timer, a local request) becomes an input on one memory channel; the task feeds each input to
+``core.handle(input, now)`` with the wall-clock time and carries out the effects in order,
+as the simulator does:
+
+- ``Send``/``Broadcast``: handed to the :class:`Outbox` (per-peer queues drained by the
+  connection tasks; a full queue drops the message, as a lossy link would: the protocols
+  repair loss themselves);
+- ``SetTimer``/``CancelTimer``: one task per timer in the driver's nursery, cancelled through
+  its cancel scope, tagged with a generation so a replaced timer never fires;
+- ``Persist``: the store writes it; records that must be durable are fsynced in a worker
+  thread, and nothing after them runs until the disk said yes;
+- ``Deliver``: handed to the node's ``on_deliver`` callback;
+- ``Log``/``Metric``: the logging module and a counters dict.
+
+A core that raises is a bug: the exception propagates and stops the node (loudly), rather
+than letting it go on in an unknown state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import trio
+
+from swarmlearn.p2p.wire import Message
+from swarmlearn.sansio import (
+    Broadcast,
+    CancelTimer,
+    Core,
+    Deliver,
+    Effect,
+    Input,
+    Log,
+    Metric,
+    NodeId,
+    Persist,
+    Send,
+    SetTimer,
+    TimerFired,
+)
+
+log = logging.getLogger(__name__)
+
+INPUT_QUEUE_MAX = 10_000
+SYNCED = frozenset({"own", "height"})
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+class Outbox(Protocol):
+    def send(self, peer: NodeId, message: Message) -> None: ...
+
+    def peers(self) -> list[NodeId]: ...
+
+
+class Store(Protocol):
+    def persist(self, stream: str, record: Any) -> None: ...
+
+
+class CoreDriver:
+    def __init__(
+        self,
+        core: Core,
+        outbox: Outbox,
+        store: Store | None,
+        on_deliver: Callable[[Any], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.core = core
+        self.outbox = outbox
+        self.store = store
+        self.on_deliver = on_deliver
+        self.clock = clock
+        self.metrics: dict[str, float] = {}
+        self.inputs_handled = 0
+        self._send_input, self._inputs = trio.open_memory_channel[Input](INPUT_QUEUE_MAX)
+        self._timers: dict[Any, tuple[int, trio.CancelScope]] = {}
+        self._generation = 0
+        self._nursery: trio.Nursery | None = None
+
+    def submit(self, event: Input) -> bool:
+        """Queue an input; False (and dropped) when the node is overloaded."""
+        try:
+            self._send_input.send_nowait(event)
+        except trio.WouldBlock:
+            log.warning("input queue full: dropped %s", type(event).__name__)
+            return False
+        return True
+
+    async def run(
+        self, first: Input, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Handle ``first`` (the core's ``Start``), report ready, then every queued input."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._handle(first)
+            task_status.started()
+            async for event in self._inputs:
+                await self._handle(event)
+
+    async def _handle(self, event: Input) -> None:
+        effects = self.core.handle(event, self.clock())
+        self.inputs_handled += 1
+        for effect in effects:
+            await self._execute(effect)
+
+    async def _execute(self, effect: Effect) -> None:
+        match effect:
+            case Send(to, message):
+                self.outbox.send(to, message)
+            case Broadcast(message, peers):
+                for peer in peers if peers is not None else self.outbox.peers():
+                    self.outbox.send(peer, message)
+            case SetTimer(tag, delay_s):
+                self._set_timer(tag, delay_s)
+            case CancelTimer(tag):
+                found = self._timers.pop(tag, None)
+                if found is not None:
+                    found[1].cancel()
+            case Persist(stream, record):
+                await self._persist(stream, record)
+            case Deliver(value):
+                self.on_deliver(value)
+            case Log(text, level, fields):
+                log.log(
+                    LEVELS.get(level, logging.INFO), "%s %s", text, dict(fields) if fields else ""
+                )
+            case Metric(name, value):
+                self.metrics[name] = self.metrics.get(name, 0.0) + value
+
+    async def _persist(self, stream: str, record: Any) -> None:
+        if self.store is None:
+            return
+        durable = stream != "wal" or record[0] in SYNCED
+        if durable:
+            await trio.to_thread.run_sync(self.store.persist, stream, record)
+        else:
+            self.store.persist(stream, record)
+
+    def _set_timer(self, tag: Any, delay_s: float) -> None:
+        assert self._nursery is not None
+        old = self._timers.pop(tag, None)
+        if old is not None:
+            old[1].cancel()
+        self._generation += 1
+        generation = self._generation
+        scope = trio.CancelScope()
+        self._timers[tag] = (generation, scope)
+
+        async def fire() -> None:
+            with scope:
+                await trio.sleep(max(0.0, delay_s))
+                current = self._timers.get(tag)
+                if current is not None and current[0] == generation:
+                    del self._timers[tag]
+                    self.submit(TimerFired(tag))
+
+        self._nursery.start_soon(fire)

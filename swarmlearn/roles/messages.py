@@ -1,0 +1,51 @@
+"""The node API's messages (tags 0x80-0x8F): what clients (SWCI, SL, joining nodes) ask a node.
+
+They travel over the same mutual-TLS transport as everything else; the node answers on the
+connection the request came in on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from swarmlearn.consensus.events import Genesis
+from swarmlearn.p2p.wire import Message
+
+
+@dataclass(frozen=True)
+class SubmitRequest(Message, tag=0x80):
+    """Put ``data`` on the ledger."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SubmitReply(Message, tag=0x81):
+    accepted: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class StatusRequest(Message, tag=0x82):
+    pass
+
+
+@dataclass(frozen=True)
+class NodeStatus(Message, tag=0x83):
+    node: str
+    chain_id: str
+    height: int  # the last committed height
+    last_block_hash: bytes
+    app_hash: bytes
+    validators: tuple[str, ...]
+    peers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GenesisRequest(Message, tag=0x84):
+    pass
+
+
+@dataclass(frozen=True)
+class GenesisReply(Message, tag=0x85):
+    genesis: Genesis

@@ -1,0 +1,152 @@
+"""Connections to the other nodes (trio): listen, dial known addresses, queue and dispatch.
+
+Theory of operation
+-------------------
+Every connection is mutual TLS; the peer's id and roles come from its certificate. A
+connection from a node with the SN role is a *peer*: it gets its own bounded send queue,
+drained by a writer task, and what it sends goes to ``on_peer_message`` (the consensus
+driver). Anything may also send node-API requests, which go to ``on_request`` with the
+connection to answer on. Known addresses (the sentinel's, then those the ledger records) are
+dialed, re-dialed with capped exponential backoff, and never dialed twice at once. A full
+send queue drops the message (the protocols repair loss); a broken connection ends only its
+own tasks. The gossip layer of the p2p issue will replace this full mesh.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from swarmlearn.errors import RemoteProtocolError
+from swarmlearn.p2p.identity import Identity, Role
+from swarmlearn.p2p.transport import Connection, Listener, TransportConfig, dial
+from swarmlearn.p2p.wire import Message
+from swarmlearn.sansio import NodeId
+
+log = logging.getLogger(__name__)
+
+SEND_QUEUE_MAX = 4096
+REDIAL_MIN_S = 0.2
+REDIAL_MAX_S = 5.0
+
+PeerHandler = Callable[[NodeId, Message], None]
+RequestHandler = Callable[[Connection, Message], Awaitable[bool]]
+
+
+@dataclass
+class _Peer:
+    connection: Connection
+    queue: trio.MemorySendChannel[Message]
+
+
+class PeerNetwork:
+    def __init__(
+        self,
+        identity: Identity,
+        on_peer_message: PeerHandler,
+        on_request: RequestHandler,
+        config: TransportConfig | None = None,
+    ) -> None:
+        self.identity = identity
+        self.me = str(identity.peer_id)
+        self.config = config or TransportConfig()
+        self.on_peer_message = on_peer_message
+        self.on_request = on_request
+        self.listener = Listener(identity, self.config)
+        self._peers: dict[NodeId, list[_Peer]] = {}
+        self._addresses: dict[NodeId, tuple[str, int]] = {}
+        self._dialing: set[NodeId] = set()
+        self._nursery: trio.Nursery | None = None
+        self.dropped = 0
+
+    # ------------------------------------------------------------ the Outbox of the driver
+
+    def send(self, peer: NodeId, message: Message) -> None:
+        links = self._peers.get(peer)
+        if not links:
+            self.dropped += 1
+            return
+        try:
+            links[-1].queue.send_nowait(message)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.dropped += 1
+
+    def peers(self) -> list[NodeId]:
+        return sorted(peer for peer, links in self._peers.items() if links)
+
+    # ------------------------------------------------------------ running
+
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            address = await nursery.start(self.listener.serve, self._run_connection, host, port)
+            task_status.started(address)
+
+    def add_address(self, peer: NodeId, host: str, port: int) -> None:
+        """Keep a connection to ``peer`` at ``host:port`` (dialed now and after every loss)."""
+        if peer == self.me or self._addresses.get(peer) == (host, port):
+            return
+        self._addresses[peer] = (host, port)
+        if self._nursery is not None and peer not in self._dialing:
+            self._dialing.add(peer)
+            self._nursery.start_soon(self._keep_dialing, peer)
+
+    async def _keep_dialing(self, peer: NodeId) -> None:
+        delay = REDIAL_MIN_S
+        try:
+            while True:
+                if not self._peers.get(peer):
+                    host, port = self._addresses[peer]
+                    try:
+                        connection = await dial(self.identity, host, port, config=self.config)
+                    except (OSError, RemoteProtocolError, trio.TooSlowError) as error:
+                        log.debug("dial %s at %s:%d failed: %s", peer[:8], host, port, error)
+                    else:
+                        delay = REDIAL_MIN_S
+                        await self._run_connection(connection)
+                await trio.sleep(delay)
+                delay = min(delay * 2, REDIAL_MAX_S)
+        finally:
+            self._dialing.discard(peer)
+
+    async def _run_connection(self, connection: Connection) -> None:
+        peer = str(connection.peer_id)
+        is_peer = Role.SN in connection.peer.roles and peer != self.me
+        send, receive = trio.open_memory_channel[Message](SEND_QUEUE_MAX)
+        link = _Peer(connection, send)
+        try:
+            async with trio.open_nursery() as nursery:
+                if is_peer:
+                    self._peers.setdefault(peer, []).append(link)
+                    nursery.start_soon(self._write, connection, receive)
+                await self._read(connection, peer, is_peer)
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError) as error:
+            log.info("connection to %s ended: %s", peer[:8], error)
+        finally:
+            if is_peer:
+                self._peers[peer].remove(link)
+            send.close()
+            await connection.aclose()
+
+    async def _write(
+        self, connection: Connection, queue: trio.MemoryReceiveChannel[Message]
+    ) -> None:
+        async for message in queue:
+            await connection.send(message)
+
+    async def _read(self, connection: Connection, peer: NodeId, is_peer: bool) -> None:
+        async for message in connection:
+            if await self.on_request(connection, message):
+                continue
+            if is_peer:
+                self.on_peer_message(peer, message)

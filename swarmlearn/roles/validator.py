@@ -1,0 +1,277 @@
+"""A swarm network (SN) node: a ledger validator, composed from the core, the driver, the disk
+store and the peer network; the sentinel is the SN that creates the chain.
+
+Bootstrap, as HPE's users know it:
+
+- ``--sentinel``: the first node makes the genesis (chain id, creation time, the SHA-256 of
+  its CA certificate, itself as the only validator), persists it, and records its own
+  address on the ledger;
+- ``--bootstrap HOST:PORT``: any other node fetches the genesis from there, refuses it if
+  the CA fingerprint is not its own CA's, persists it, catches up on the blocks, and asks to
+  join: a ledger transaction records its address and another makes it a validator (effective
+  two heights after it is committed). It repeats the request until the ledger shows it.
+
+A restarted node needs neither flag: its data directory holds the genesis, the blocks and the
+WAL of the height it was working on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+from cryptography.hazmat.primitives import serialization
+
+from swarmlearn.consensus.app import KeyValueApp
+from swarmlearn.consensus.core import ConsensusConfig, ConsensusCore
+from swarmlearn.consensus.crypto import KeySigner, KeyVerifier
+from swarmlearn.consensus.events import Committed, Genesis, SubmitTx, TxRefused
+from swarmlearn.consensus.store import DiskStore
+from swarmlearn.consensus.types import Validator
+from swarmlearn.errors import ConfigError, RemoteProtocolError
+from swarmlearn.p2p.certs import write_atomically
+from swarmlearn.p2p.identity import Identity
+from swarmlearn.p2p.messages import Ping, Pong
+from swarmlearn.p2p.transport import Connection, dial
+from swarmlearn.p2p.wire import Message, decode_header, encode_header
+from swarmlearn.roles.driver import CoreDriver
+from swarmlearn.roles.messages import (
+    GenesisReply,
+    GenesisRequest,
+    NodeStatus,
+    StatusRequest,
+    SubmitReply,
+    SubmitRequest,
+)
+from swarmlearn.roles.peers import PeerNetwork
+from swarmlearn.sansio import Receive, Request, Start
+
+log = logging.getLogger(__name__)
+
+ADDRESS_PREFIX = "address/"
+JOIN_RETRY_S = 2.0
+REQUEST_TIMEOUT_S = 30.0
+NETWORK_ERRORS = (
+    OSError,
+    RemoteProtocolError,
+    trio.BrokenResourceError,
+    trio.EndOfChannel,
+    trio.TooSlowError,
+)
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class ValidatorOptions:
+    data_dir: Path
+    listen: tuple[str, int]
+    sentinel: bool = False
+    bootstrap: tuple[str, int] | None = None
+    chain_id: str | None = None
+    advertise: tuple[str, int] | None = None
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+
+
+def ca_fingerprint(identity: Identity) -> bytes:
+    der = identity.ca_certificates[0].public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(der).digest()
+
+
+def own_validator(identity: Identity) -> Validator:
+    signer = KeySigner(identity)
+    return Validator(signer.node_id, signer.public_key, 1)
+
+
+async def ask(identity: Identity, host: str, port: int, request: Message, reply_type: type[M]) -> M:
+    """One request to a node's API and its reply, within ``REQUEST_TIMEOUT_S``."""
+    with trio.fail_after(REQUEST_TIMEOUT_S):
+        async with await dial(identity, host, port) as connection:
+            await connection.send(request)
+            while True:
+                reply = await connection.receive()
+                if isinstance(reply, reply_type):
+                    return reply
+
+
+async def obtain_genesis(identity: Identity, options: ValidatorOptions) -> Genesis:
+    """The chain's genesis: persisted, made (sentinel) or fetched (bootstrap), in that order."""
+    path = options.data_dir / "genesis.cbor"
+    if path.exists():
+        found = decode_header(path.read_bytes())
+        if not isinstance(found, Genesis):
+            raise ConfigError(f"{path}: not a genesis file")
+        return found
+    if options.sentinel:
+        chain_id = options.chain_id or f"swarm-{random.SystemRandom().getrandbits(32):08x}"
+        validators = (own_validator(identity),)
+        genesis = Genesis(chain_id, int(time.time() * 1000), validators, ca_fingerprint(identity))
+    elif options.bootstrap is not None:
+        genesis = await fetch_genesis(identity, *options.bootstrap)
+    else:
+        raise ConfigError(
+            f"{options.data_dir}: no ledger here; start the first node with --sentinel, "
+            "the others with --bootstrap HOST:PORT of a running node"
+        )
+    options.data_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, encode_header(genesis), overwrite=True)
+    return genesis
+
+
+async def fetch_genesis(identity: Identity, host: str, port: int) -> Genesis:
+    try:
+        reply = await ask(identity, host, port, GenesisRequest(), GenesisReply)
+    except NETWORK_ERRORS as error:
+        reason = str(error) or type(error).__name__
+        raise ConfigError(
+            f"--bootstrap {host}:{port}: cannot fetch the genesis ({reason})"
+        ) from None
+    genesis = reply.genesis
+    if genesis.ca_fingerprint != ca_fingerprint(identity):
+        raise ConfigError(
+            f"--bootstrap {host}:{port}: refused its genesis: chain {genesis.chain_id!r} "
+            "was made under another CA than ours"
+        )
+    return genesis
+
+
+class ValidatorNode:
+    def __init__(
+        self,
+        identity: Identity,
+        options: ValidatorOptions,
+        genesis: Genesis,
+        store: DiskStore,
+        *,
+        on_ready: Callable[[str], None] = print,
+    ) -> None:
+        self.identity = identity
+        self.options = options
+        self.me = str(identity.peer_id)
+        self.on_ready = on_ready
+        self.store = store
+        self.app = KeyValueApp()
+        seed = int.from_bytes(identity.peer_id.digest[:8], "big")
+        signer, verifier = KeySigner(identity), KeyVerifier()
+        self.core = ConsensusCore(
+            genesis, signer, verifier, self.app, random.Random(seed), [], options.consensus
+        )
+        self.network = PeerNetwork(identity, self._on_peer_message, self._on_request)
+        self.driver = CoreDriver(self.core, self.network, store, self._on_deliver)
+        self.address = options.listen
+
+    @classmethod
+    async def open(
+        cls,
+        identity: Identity,
+        options: ValidatorOptions,
+        *,
+        on_ready: Callable[[str], None] = print,
+    ) -> ValidatorNode:
+        genesis = await obtain_genesis(identity, options)
+        store = DiskStore(options.data_dir / "ledger")
+        return cls(identity, options, genesis, store, on_ready=on_ready)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with self.store:
+            async with trio.open_nursery() as nursery:
+                host, port = await nursery.start(self.network.serve, *self.options.listen)
+                self.address = self.options.advertise or (host, port)
+                await nursery.start(self.driver.run, Start(self.store.load()))
+                self._learn_addresses()
+                self.on_ready(
+                    f"swarm-node {self.identity.info.name} (sn) chain {self.core.chain_id} "
+                    f"height {self.core.height - 1} "
+                    f"listening on /ip4/{host}/tcp/{port}/p2p/{self.me}"
+                )
+                task_status.started((host, port))
+                nursery.start_soon(self._join)
+
+    # ------------------------------------------------------------ joining
+
+    def _join_transactions(self) -> list[bytes]:
+        host, port = self.address
+        wanted = [f"{ADDRESS_PREFIX}{self.me}={host}:{port}".encode()]
+        if not self.options.sentinel:
+            key = own_validator(self.identity).public_key.hex()
+            wanted.append(f"validator:{self.me}:{key}:1".encode())
+        return wanted
+
+    async def _join(self) -> None:
+        """Until the ledger records this node's address (and, for others, its validator seat)."""
+        while missing := [tx for tx in self._join_transactions() if not self._recorded(tx)]:
+            for tx in missing:
+                if self.options.bootstrap is not None:
+                    await self._submit_remote(*self.options.bootstrap, tx)
+                else:
+                    self.driver.submit(Request(SubmitTx(tx)))
+            await trio.sleep(JOIN_RETRY_S)
+
+    def _recorded(self, tx: bytes) -> bool:
+        text = tx.decode()
+        if text.startswith("validator:"):
+            seats = self.core.validator_sets.get(self.core.height + 1, self.core.validators)
+            return self.me in seats
+        key, _, value = text.partition("=")
+        return self.app.state.get(key) == value
+
+    async def _submit_remote(self, host: str, port: int, tx: bytes) -> None:
+        try:
+            await ask(self.identity, host, port, SubmitRequest(tx), SubmitReply)
+        except NETWORK_ERRORS as error:
+            log.warning("join request to %s:%d failed: %s", host, port, error)
+
+    # ------------------------------------------------------------ callbacks
+
+    def _on_peer_message(self, peer: str, message: Message) -> None:
+        self.core.set_peers(self.network.peers())
+        self.driver.submit(Receive(peer, message))
+
+    def _on_deliver(self, value: Any) -> None:
+        if isinstance(value, Committed):
+            self._learn_addresses()
+        elif isinstance(value, TxRefused):
+            log.info("transaction refused: %s", value.reason)
+
+    def _learn_addresses(self) -> None:
+        for key, value in sorted(self.app.state.items()):
+            if key.startswith(ADDRESS_PREFIX):
+                host, _, port = value.rpartition(":")
+                self.network.add_address(key.removeprefix(ADDRESS_PREFIX), host, int(port))
+        self.core.set_peers(self.network.peers())
+
+    async def _on_request(self, connection: Connection, message: Message) -> bool:
+        match message:
+            case Ping(nonce):
+                await connection.send(Pong(nonce))
+            case GenesisRequest():
+                await connection.send(GenesisReply(self.core.genesis))
+            case StatusRequest():
+                await connection.send(self.status())
+            case SubmitRequest(data):
+                accepted = self.driver.submit(Request(SubmitTx(data)))
+                await connection.send(SubmitReply(accepted, "" if accepted else "node overloaded"))
+            case _:
+                return False
+        return True
+
+    def status(self) -> NodeStatus:
+        core = self.core
+        last = core.blocks.get(core.height - 1)
+        return NodeStatus(
+            node=self.me,
+            chain_id=core.chain_id,
+            height=core.height - 1,
+            last_block_hash=last[0].hash if last else b"",
+            app_hash=core.app.app_hash(),
+            validators=tuple(v.node for v in core.validators.validators),
+            peers=tuple(self.network.peers()),
+        )
