@@ -49,21 +49,23 @@ def persisted(effects: list[Effect]) -> dict[str, tuple[object, ...]]:
     return {stream: tuple(records) for stream, records in streams.items()}
 
 
-def test_no_block_without_transactions_then_one_promptly() -> None:
+def test_no_block_without_transactions_then_one_promptly_and_a_proof_block() -> None:
     node = core()
     idle = node.handle(Start(), 0.0)
     assert not [e for e in idle if isinstance(e, Broadcast | Persist)]  # no empty blocks
     effects = node.handle(Request(SubmitTx(b"k=v")), 0.5)
-    (committed,) = delivered(effects, Committed)
-    assert isinstance(committed, Committed)
-    assert (committed.height, committed.txs) == (1, (b"k=v",))
+    first, proof = delivered(effects, Committed)
+    assert isinstance(first, Committed)
+    assert isinstance(proof, Committed)
+    assert (first.height, first.txs) == (1, (b"k=v",))
+    assert (proof.height, proof.txs) == (2, ())  # records block 1's app hash in a header
+    assert node.blocks[2][0].header.app_hash == first.app_hash
+    assert node.blocks[2][0].header.previous_hash == node.blocks[1][0].hash
     assert isinstance(node.app, KeyValueApp)
     assert node.app.state == {"k": "v"}
+    assert not node.started  # and then idle again: no third block
     second = delivered(node.handle(Request(SubmitTx(b"k=w")), 0.6), Committed)
-    assert [c.height for c in second if isinstance(c, Committed)] == [2]
-    block_2 = node.blocks[2][0]
-    assert block_2.header.previous_hash == node.blocks[1][0].hash
-    assert block_2.header.app_hash == committed.app_hash  # the state after block 1
+    assert [c.height for c in second if isinstance(c, Committed)] == [3, 4]
 
 
 def test_own_messages_are_persisted_before_they_are_sent() -> None:
@@ -75,7 +77,7 @@ def test_own_messages_are_persisted_before_they_are_sent() -> None:
         for i, e in enumerate(effects)
         if isinstance(e, Broadcast) and isinstance(e.message, Proposal | Vote)
     ]
-    assert len(sends) == 3  # proposal, prevote, precommit
+    assert len(sends) == 6  # proposal, prevote, precommit; then the same for the proof block
     for index in sends:
         before = effects[index - 1]
         assert isinstance(before, Persist)
@@ -104,10 +106,10 @@ def test_a_restart_rebuilds_state_from_blocks_and_wal_without_redelivering() -> 
         log += node.handle(Request(SubmitTx(b"k%d=v" % i)), 1.0 + i)
     again = core()
     effects = again.handle(Start(persisted(log)), 10.0)
-    assert again.height == 4
+    assert again.height == 7  # three blocks with a transaction, each followed by a proof block
     assert isinstance(again.app, KeyValueApp)
     assert again.app.state == {"k0": "v", "k1": "v", "k2": "v"}
-    assert again.app.executed_heights == [1, 2, 3]
+    assert again.app.executed_heights == [1, 2, 3, 4, 5, 6]
     assert not delivered(effects, Committed)
     assert delivered(again.handle(Request(SubmitTx(b"k=z")), 11.0), Committed)
 

@@ -71,6 +71,7 @@ class KeyValueApp:
             if text.startswith("validator:"):
                 _, node, key_hex, power = text.split(":")
                 updates.append(Validator(node, bytes.fromhex(key_hex), int(power)))
+                self.state[f"validator/{node}"] = power  # the set is part of the state
             else:
                 key, _, value = text.partition("=")
                 self.state[key] = value

@@ -18,7 +18,8 @@ height with everything around it:
   the guard (rebuilt from the WAL) keeps it from ever signing a conflicting vote;
 - **heights**: a decision persists the block and its commit, executes it, evicts its txs
   from the mempool and starts the next height. With ``create_empty_blocks`` off, a height
-  starts only when there is a transaction to order or a peer is already working on it;
+  starts only when there is a transaction to order, a peer is already working on it, or the
+  last block changed the state (one empty "proof" block then records its app hash);
 - **gossip and catch-up**: transactions are flooded to peers; every ``status_interval_s`` a
   node tells one random peer its (height, round, step); a peer behind gets the next
   committed block with its commit (verified before it is applied), a peer at the same height
@@ -265,9 +266,15 @@ class ConsensusCore:
     def _maybe_start(self) -> list[Effect]:
         if self.started or self.replaying:
             return []
-        if len(self.mempool) or self.config.create_empty_blocks:
+        if len(self.mempool) or self.config.create_empty_blocks or self._needs_proof_block():
             return self._start_height()
         return []
+
+    def _needs_proof_block(self) -> bool:
+        """After a block that changed the state, one more block (even empty) puts the new app
+        hash in a header, and lets validator changes take effect (CometBFT does the same)."""
+        last = self.blocks.get(self.height - 1)
+        return last is not None and last[0].header.app_hash != self.app.app_hash()
 
     def _start_height(self) -> list[Effect]:
         effects: list[Effect] = [Persist(WAL, ("start", self.height))]

@@ -45,6 +45,7 @@ def _status(args: argparse.Namespace) -> int:
     print(f"chain       {status.chain_id}")
     print(f"height      {status.height}")
     print(f"last block  {status.last_block_hash.hex()}")
+    print(f"records     {status.txs} in {status.blocks_with_txs} blocks")
     print(f"app hash    {status.app_hash.hex()}")
     print(f"validators  {len(status.validators)}: {', '.join(v[:8] for v in status.validators)}")
     print(f"peers       {len(status.peers)}: {', '.join(p[:8] for p in status.peers)}")

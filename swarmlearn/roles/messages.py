@@ -39,6 +39,8 @@ class NodeStatus(Message, tag=0x83):
     app_hash: bytes
     validators: tuple[str, ...]
     peers: tuple[str, ...]
+    blocks_with_txs: int
+    txs: int
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ SEND_QUEUE_MAX = 4096
 REDIAL_MIN_S = 0.2
 REDIAL_MAX_S = 5.0
 
+CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError)
+
 PeerHandler = Callable[[NodeId, Message], None]
 RequestHandler = Callable[[Connection, Message], Awaitable[bool]]
 
@@ -49,12 +51,14 @@ class PeerNetwork:
         on_peer_message: PeerHandler,
         on_request: RequestHandler,
         config: TransportConfig | None = None,
+        on_peers_changed: Callable[[list[NodeId]], None] | None = None,
     ) -> None:
         self.identity = identity
         self.me = str(identity.peer_id)
         self.config = config or TransportConfig()
         self.on_peer_message = on_peer_message
         self.on_request = on_request
+        self.on_peers_changed = on_peers_changed
         self.listener = Listener(identity, self.config)
         self._peers: dict[NodeId, list[_Peer]] = {}
         self._addresses: dict[NodeId, tuple[str, int]] = {}
@@ -127,26 +131,42 @@ class PeerNetwork:
             async with trio.open_nursery() as nursery:
                 if is_peer:
                     self._peers.setdefault(peer, []).append(link)
-                    nursery.start_soon(self._write, connection, receive)
+                    self._changed()
+                    nursery.start_soon(self._write, connection, receive, nursery.cancel_scope)
                 await self._read(connection, peer, is_peer)
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError) as error:
-            log.info("connection to %s ended: %s", peer[:8], error)
         finally:
             if is_peer:
                 self._peers[peer].remove(link)
+                self._changed()
             send.close()
             await connection.aclose()
 
+    def _changed(self) -> None:
+        if self.on_peers_changed is not None:
+            self.on_peers_changed(self.peers())
+
     async def _write(
-        self, connection: Connection, queue: trio.MemoryReceiveChannel[Message]
+        self,
+        connection: Connection,
+        queue: trio.MemoryReceiveChannel[Message],
+        scope: trio.CancelScope,
     ) -> None:
-        async for message in queue:
-            await connection.send(message)
+        try:
+            async for message in queue:
+                await connection.send(message)
+        except CONNECTION_ERRORS as error:
+            log.info(
+                "sending to %s failed: %s", connection.peer_id.short, error or type(error).__name__
+            )
+            scope.cancel()  # the reader stops too: the connection is done
 
     async def _read(self, connection: Connection, peer: NodeId, is_peer: bool) -> None:
-        async for message in connection:
-            if await self.on_request(connection, message):
-                continue
-            if is_peer:
-                self.on_peer_message(peer, message)
+        try:
+            async for message in connection:
+                if await self.on_request(connection, message):
+                    continue
+                if is_peer:
+                    self.on_peer_message(peer, message)
+        except CONNECTION_ERRORS as error:
+            log.info("connection to %s ended: %s", peer[:8], error or type(error).__name__)

@@ -162,7 +162,9 @@ class ValidatorNode:
         self.core = ConsensusCore(
             genesis, signer, verifier, self.app, random.Random(seed), [], options.consensus
         )
-        self.network = PeerNetwork(identity, self._on_peer_message, self._on_request)
+        self.network = PeerNetwork(
+            identity, self._on_peer_message, self._on_request, on_peers_changed=self.core.set_peers
+        )
         self.driver = CoreDriver(self.core, self.network, store, self._on_deliver)
         self.address = options.listen
 
@@ -232,7 +234,6 @@ class ValidatorNode:
     # ------------------------------------------------------------ callbacks
 
     def _on_peer_message(self, peer: str, message: Message) -> None:
-        self.core.set_peers(self.network.peers())
         self.driver.submit(Receive(peer, message))
 
     def _on_deliver(self, value: Any) -> None:
@@ -246,7 +247,6 @@ class ValidatorNode:
             if key.startswith(ADDRESS_PREFIX):
                 host, _, port = value.rpartition(":")
                 self.network.add_address(key.removeprefix(ADDRESS_PREFIX), host, int(port))
-        self.core.set_peers(self.network.peers())
 
     async def _on_request(self, connection: Connection, message: Message) -> bool:
         match message:
@@ -274,4 +274,6 @@ class ValidatorNode:
             app_hash=core.app.app_hash(),
             validators=tuple(v.node for v in core.validators.validators),
             peers=tuple(self.network.peers()),
+            blocks_with_txs=sum(1 for block, _ in core.blocks.values() if block.txs),
+            txs=sum(len(block.txs) for block, _ in core.blocks.values()),
         )

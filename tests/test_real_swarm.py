@@ -1,0 +1,189 @@
+"""Real processes, real sockets, real mutual TLS: four swarm-node validators on loopback.
+
+The sentinel creates the chain, three nodes join through it, transactions are committed, one
+validator is killed with SIGKILL mid-flight and restarted from its data directory, and it
+catches up with the others. This is the slowest test in the suite (tens of seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from swarmlearn.p2p.certs import create_ca, issue_certificate
+from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
+from swarmlearn.roles.messages import NodeStatus, StatusRequest, SubmitReply, SubmitRequest
+from swarmlearn.roles.validator import ask
+
+NODES = 4
+BLOCKS_WITH_TXS = 50
+WAIT_S = 90.0
+POLL_S = 0.1
+
+
+@contextmanager
+def node_process(
+    pki: Path, name: str, data: Path, *flags: str
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    ident = [
+        "--cert",
+        str(pki / f"{name}.pem"),
+        "--key",
+        str(pki / f"{name}-key.pem"),
+        "--cacert",
+        str(pki / "ca.pem"),
+    ]
+    command = [sys.executable, "-m", "swarmlearn.roles.daemon", "--data", str(data), *ident, *flags]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    data.mkdir(parents=True, exist_ok=True)
+    with (
+        (data / "stderr.log").open("a") as errors,
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env
+        ) as process,
+    ):
+        try:
+            assert process.stdout is not None
+            banner = process.stdout.readline()  # blocks until the node listens (or dies)
+            assert "listening on /ip4/127.0.0.1/tcp/" in banner, (data / "stderr.log").read_text()
+            yield process, int(banner.split("/tcp/")[1].split("/")[0])
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
+
+
+async def status(operator: Identity, port: int) -> NodeStatus | None:
+    try:
+        return await ask(operator, "127.0.0.1", port, StatusRequest(), NodeStatus)
+    except (OSError, trio.BrokenResourceError, trio.EndOfChannel, trio.TooSlowError):
+        return None
+
+
+async def wait_for(
+    operator: Identity, ports: list[int], check: str, predicate: object
+) -> list[NodeStatus]:
+    """Poll the nodes (real processes: nothing to wait on but their answers) until ``predicate``."""
+    assert callable(predicate)
+    found: list[NodeStatus | None] = []
+    with trio.move_on_after(WAIT_S):
+        for _ in range(int(WAIT_S / POLL_S)):
+            found = [await status(operator, port) for port in ports]
+            if all(s is not None for s in found) and predicate(found):
+                return found  # type: ignore[return-value]
+            await trio.sleep(POLL_S)
+    seen = [(s.height, s.txs, len(s.validators), len(s.peers)) if s else None for s in found]
+    raise AssertionError(f"timed out waiting for {check}: (height, txs, validators, peers) {seen}")
+
+
+@pytest.fixture
+def swarm_pki(tmp_path: Path) -> Path:
+    ca = create_ca(tmp_path / "pki")
+    for index in range(NODES):
+        issue_certificate(
+            ca, f"sn{index}", tmp_path / "pki", hosts=["127.0.0.1"], roles=[Role.SN, Role.SL]
+        )
+    issue_certificate(ca, "operator", tmp_path / "pki", hosts=[], roles=[Role.SWCI])
+    return tmp_path / "pki"
+
+
+def test_four_validators_commit_and_a_killed_one_catches_up(
+    swarm_pki: Path, tmp_path: Path
+) -> None:
+    operator = load_identity(
+        IdentityPaths(
+            swarm_pki / "operator.pem", swarm_pki / "operator-key.pem", swarm_pki / "ca.pem"
+        )
+    )
+    data = [tmp_path / f"node{i}" for i in range(NODES)]
+    with node_process(swarm_pki, "sn0", data[0], "--sentinel", "--listen", "127.0.0.1:0") as (
+        _,
+        port0,
+    ):
+        bootstrap = ["--bootstrap", f"127.0.0.1:{port0}"]
+        with (
+            node_process(swarm_pki, "sn1", data[1], *bootstrap, "--listen", "127.0.0.1:0") as (
+                _,
+                port1,
+            ),
+            node_process(swarm_pki, "sn2", data[2], *bootstrap, "--listen", "127.0.0.1:0") as (
+                victim,
+                port2,
+            ),
+            node_process(swarm_pki, "sn3", data[3], *bootstrap, "--listen", "127.0.0.1:0") as (
+                _,
+                port3,
+            ),
+        ):
+            ports = [port0, port1, port2, port3]
+            trio.run(_exercise, operator, ports, victim, swarm_pki, data[2])
+
+
+async def _submit(operator: Identity, port: int, record: str) -> None:
+    reply = await ask(operator, "127.0.0.1", port, SubmitRequest(record.encode()), SubmitReply)
+    assert reply.accepted, reply.reason
+
+
+async def _exercise(
+    operator: Identity,
+    ports: list[int],
+    victim: subprocess.Popen[str],
+    pki: Path,
+    victim_data: Path,
+) -> None:
+    await wait_for(
+        operator, ports, "4 validators", lambda s: all(len(x.validators) == NODES for x in s)
+    )
+    for index in range(BLOCKS_WITH_TXS):  # one at a time, so each gets a block of its own
+        await _submit(operator, ports[index % NODES], f"key{index}=value{index}")
+        await wait_for(
+            operator,
+            ports[index % NODES : index % NODES + 1],
+            f"record {index}",
+            lambda s, i=index: s[0].txs > i + NODES * 2 - 1,
+        )
+    done = await wait_for(
+        operator,
+        ports,
+        "every record everywhere",
+        lambda s: min(x.txs for x in s) >= BLOCKS_WITH_TXS + NODES * 2 - 1,
+    )
+    assert min(x.blocks_with_txs for x in done) >= BLOCKS_WITH_TXS
+    target = max(x.height for x in done)
+    before = min(x.txs for x in done)
+
+    victim.send_signal(signal.SIGKILL)  # no goodbye, no flush beyond what was fsynced
+    victim.wait()
+    alive = [ports[0], ports[1], ports[3]]
+    for index in range(60, 80):
+        await _submit(operator, alive[index % 3], f"key{index}=value{index}")
+    moved = await wait_for(
+        operator,
+        alive,
+        "progress without the victim",
+        lambda s: min(x.txs for x in s) >= before + 20,
+    )
+
+    with node_process(pki, "sn2", victim_data, "--listen", f"127.0.0.1:{ports[2]}") as (_, port):
+        assert port == ports[2]
+        await _submit(operator, ports[0], "after=restart")
+        final = await wait_for(
+            operator,
+            ports,
+            "the restarted node caught up",
+            lambda s: (
+                len({(x.height, x.last_block_hash, x.app_hash) for x in s}) == 1
+                and s[0].height > moved[0].height
+            ),
+        )
+    assert final[2].height > target
+    assert final[2].txs == before + 21
+    assert len(final[2].validators) == NODES
