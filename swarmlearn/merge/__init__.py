@@ -1,4 +1,120 @@
-"""Merge engine: model state as named arrays, chunk manifests and merge methods (pure functions).
+"""Merge engine: model state as named arrays, chunk manifests, merge methods, the sharded plan.
 
-Not built yet: see the merge-engine issue.
+Pure functions and sans-IO objects over numpy arrays: no peers, no I/O, no clocks, no global
+random. See docs/merge.md for the layout, the methods and their rules, and the sharded steps.
 """
+
+from swarmlearn.merge.dtypes import (
+    DTYPE_NAMES,
+    FLOAT_DTYPES,
+    INT_DTYPES,
+    bfloat16_from_float32,
+    bfloat16_to_float32,
+)
+from swarmlearn.merge.kernels import IntRule, WeightSet
+from swarmlearn.merge.manifest import (
+    ALIGN_BYTES,
+    DEFAULT_CHUNK_BYTES,
+    Layout,
+    Manifest,
+    TensorSpec,
+    build_manifest,
+    flatten,
+    layout_of,
+    manifest_root,
+    pack,
+    unpack,
+)
+from swarmlearn.merge.merge import (
+    default_arrivals,
+    finish_global,
+    merge,
+    merge_arrays,
+    merge_sharded,
+)
+from swarmlearn.merge.methods import (
+    METHODS,
+    CoordMedian,
+    Custom,
+    GeoMedian,
+    Krum,
+    Mean,
+    MergeFn,
+    Method,
+    MultiKrum,
+    TrimmedMean,
+    UnknownMethodError,
+    method_named,
+    resolve_method,
+)
+from swarmlearn.merge.plan import Segment, Shard, ShardPlan, plan_shards, segments_between
+from swarmlearn.merge.sharded import (
+    GeoMedianDriver,
+    GeoPartials,
+    RangeStack,
+    StopReason,
+    drive_geomedian,
+    drive_krum,
+    krum_scores,
+    krum_select,
+    sum_partials,
+)
+from swarmlearn.merge.state import ModelState
+from swarmlearn.merge.stream import MergeStatistics, RangeCollector, RangeMerge
+
+__all__ = [
+    "ALIGN_BYTES",
+    "DEFAULT_CHUNK_BYTES",
+    "DTYPE_NAMES",
+    "FLOAT_DTYPES",
+    "INT_DTYPES",
+    "METHODS",
+    "CoordMedian",
+    "Custom",
+    "GeoMedian",
+    "GeoMedianDriver",
+    "GeoPartials",
+    "IntRule",
+    "Krum",
+    "Layout",
+    "Manifest",
+    "Mean",
+    "MergeFn",
+    "MergeStatistics",
+    "Method",
+    "ModelState",
+    "MultiKrum",
+    "RangeCollector",
+    "RangeMerge",
+    "RangeStack",
+    "Segment",
+    "Shard",
+    "ShardPlan",
+    "StopReason",
+    "TensorSpec",
+    "TrimmedMean",
+    "UnknownMethodError",
+    "WeightSet",
+    "bfloat16_from_float32",
+    "bfloat16_to_float32",
+    "build_manifest",
+    "default_arrivals",
+    "drive_geomedian",
+    "drive_krum",
+    "finish_global",
+    "flatten",
+    "krum_scores",
+    "krum_select",
+    "layout_of",
+    "manifest_root",
+    "merge",
+    "merge_arrays",
+    "merge_sharded",
+    "method_named",
+    "pack",
+    "plan_shards",
+    "resolve_method",
+    "segments_between",
+    "sum_partials",
+    "unpack",
+]
