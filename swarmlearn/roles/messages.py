@@ -14,15 +14,17 @@ from swarmlearn.p2p.wire import Message
 
 @dataclass(frozen=True)
 class SubmitRequest(Message, tag=0x80):
-    """Put ``data`` on the ledger."""
+    """Put ``data`` on the ledger; with ``wait_s`` > 0, answer once it is committed (or not)."""
 
     data: bytes
+    wait_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class SubmitReply(Message, tag=0x81):
     accepted: bool
     reason: str
+    height: int = 0  # where it was committed, when the request waited for it
 
 
 @dataclass(frozen=True)

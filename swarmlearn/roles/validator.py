@@ -167,6 +167,7 @@ class ValidatorNode:
         )
         self.driver = CoreDriver(self.core, self.network, store, self._on_deliver)
         self.address = options.listen
+        self._waiters: dict[bytes, list[tuple[trio.Event, list[SubmitReply]]]] = {}
 
     @classmethod
     async def open(
@@ -236,11 +237,37 @@ class ValidatorNode:
     def _on_peer_message(self, peer: str, message: Message) -> None:
         self.driver.submit(Receive(peer, message))
 
+    async def submit(self, data: bytes, wait_s: float = 0.0) -> SubmitReply:
+        """Queue a transaction; with ``wait_s``, wait (that long at most) until it is committed."""
+        if not self.driver.submit(Request(SubmitTx(data))):
+            return SubmitReply(False, "node overloaded")
+        if wait_s <= 0:
+            return SubmitReply(True, "")
+        # Registered before the next checkpoint, so the commit cannot slip past the waiter.
+        waiter: tuple[trio.Event, list[SubmitReply]] = (trio.Event(), [])
+        self._waiters.setdefault(data, []).append(waiter)
+        with trio.move_on_after(wait_s):
+            await waiter[0].wait()
+        if waiter[1]:
+            return waiter[1][0]
+        self._waiters[data].remove(waiter)
+        if not self._waiters[data]:
+            del self._waiters[data]
+        return SubmitReply(False, f"not committed within {wait_s:g} s")
+
+    def _wake(self, data: bytes, reply: SubmitReply) -> None:
+        for event, outcome in self._waiters.pop(data, ()):
+            outcome.append(reply)
+            event.set()
+
     def _on_deliver(self, value: Any) -> None:
         if isinstance(value, Committed):
             self._learn_addresses()
+            for tx in value.txs:
+                self._wake(tx, SubmitReply(True, "", value.height))
         elif isinstance(value, TxRefused):
             log.info("transaction refused: %s", value.reason)
+            self._wake(value.data, SubmitReply(False, value.reason))
 
     def _learn_addresses(self) -> None:
         for key, value in sorted(self.app.state.items()):
@@ -256,9 +283,8 @@ class ValidatorNode:
                 await connection.send(GenesisReply(self.core.genesis))
             case StatusRequest():
                 await connection.send(self.status())
-            case SubmitRequest(data):
-                accepted = self.driver.submit(Request(SubmitTx(data)))
-                await connection.send(SubmitReply(accepted, "" if accepted else "node overloaded"))
+            case SubmitRequest(data, wait_s):
+                await connection.send(await self.submit(data, wait_s))
             case _:
                 return False
         return True
