@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 QUICK ?=
 
-.PHONY: test lint bench demo clean
+.PHONY: test lint bench demo soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ lint: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(PY) bench/run_all.py $(if $(QUICK),--quick,)
+
+# Long seed sweeps of every consensus scenario (SEEDS=first:end, default 0:1000 each).
+SEEDS ?= 0:1000
+soak: $(VENV)/.dev-installed
+	for scenario in bft-calm bft-crashes bft-lossy bft-7-partitions bft-faults \
+	    bft-equivocate bft-split-proposals bft-silent bft-sweep gossip; do \
+	  $(PY) -m swarmlearn.sim --scenario $$scenario --seeds $(SEEDS) || exit 1; \
+	done
 
 demo: $(VENV)/.dev-installed
 	$(VENV)/bin/swarmlearn demo
