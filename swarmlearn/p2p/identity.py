@@ -253,6 +253,13 @@ class Identity:
     def roles(self) -> frozenset[Role]:
         return self.info.roles
 
+    def issuing_ca(self) -> x509.Certificate:
+        """The trusted CA certificate that this node's certificate chains to."""
+        for ca in self.ca_certificates:
+            if _chains_to(self.certificate, self.chain, [ca]):
+                return ca
+        raise AssertionError("load_identity checked that the certificate chains to a CA")
+
     def ca_pem(self) -> str:
         return "".join(certificate_pem(cert).decode() for cert in self.ca_certificates)
 

@@ -80,7 +80,8 @@ class ValidatorOptions:
 
 
 def ca_fingerprint(identity: Identity) -> bytes:
-    der = identity.ca_certificates[0].public_bytes(serialization.Encoding.DER)
+    """SHA-256 of the DER certificate of the CA that issued this node's certificate."""
+    der = identity.issuing_ca().public_bytes(serialization.Encoding.DER)
     return hashlib.sha256(der).digest()
 
 
