@@ -1,0 +1,310 @@
+"""The swarm ledger application: who is in the swarm, training contracts, and sync rounds.
+
+Theory of operation
+-------------------
+A deterministic state machine over the transactions of :mod:`swarm_txs`, behind the
+consensus :class:`~swarmlearn.consensus.app.Application` interface. Every transaction is a
+:class:`SignedTx`; the application checks, in order: it decodes; its sender is in the
+registry (or it is a ``Join`` whose certificate, issued by the swarm CA and valid at the
+block's time, belongs to the sender); the signature is the sender's; the sender's roles allow
+the body (contracts and resets need swci, rounds and perfdata need sl). A refused transaction
+changes nothing but a counter and the refusal log, the same way on every validator.
+
+State: the registry (roles, address, certificate fingerprint and key, joined height,
+last-seen time and height), contracts (HPE's ``defaultbb.cqdb.sml.hpe`` exists from genesis),
+rounds (:mod:`swarm_rounds`), per-node performance data per round. Joins of SN members give
+a validator seat (effective two heights later). Time-driven steps (grace periods, exchange
+deadlines) run at the end of every block, at the block's time.
+
+The app hash chains the previous hash with every transaction's digest and outcome, so equal
+hashes mean equal histories and therefore equal states.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+from swarmlearn.consensus.app import Executed
+from swarmlearn.consensus.crypto import KeyVerifier
+from swarmlearn.consensus.swarm_rounds import (
+    CheckInRecord,
+    ContractRecord,
+    RoundRecord,
+    RoundStatus,
+    exclude,
+    layout_difference,
+    past_deadline,
+    record_merged,
+    try_close,
+)
+from swarmlearn.consensus.swarm_txs import (
+    CheckIn,
+    CreateContract,
+    Exclude,
+    Heartbeat,
+    Join,
+    Merged,
+    PerfData,
+    ResetContract,
+    SignedTx,
+)
+from swarmlearn.consensus.types import Block, Validator
+from swarmlearn.errors import RemoteProtocolError
+from swarmlearn.p2p.identity import Role, describe_certificate
+from swarmlearn.p2p.wire import Message, decode_header
+
+DEFAULT_CONTRACT = "defaultbb.cqdb.sml.hpe"
+ACTIVE_MS = 120_000  # an SL member seen within this is "active" for the closing rule
+REFUSALS_KEPT = 1_000
+ROLE_OF = {
+    CreateContract: Role.SWCI,
+    ResetContract: Role.SWCI,
+    CheckIn: Role.SL,
+    Merged: Role.SL,
+    Exclude: Role.SL,
+    PerfData: Role.SL,
+}
+
+
+@dataclass
+class Member:
+    node: str
+    roles: frozenset[Role]
+    address: str
+    fingerprint: bytes
+    public_key: bytes
+    joined_height: int
+    last_seen_height: int = 0
+    last_seen_ms: int = 0
+
+
+@dataclass
+class SwarmState:
+    members: dict[str, Member] = field(default_factory=dict)
+    contracts: dict[str, ContractRecord] = field(default_factory=dict)
+    perf: dict[tuple[str, int, str], PerfData] = field(default_factory=dict)
+    refusals: deque[tuple[int, str, str]] = field(
+        default_factory=lambda: deque(maxlen=REFUSALS_KEPT)
+    )
+    refused: dict[str, int] = field(default_factory=dict)
+
+
+class SwarmApp:
+    def __init__(self, chain_id: str, ca_certificate: bytes) -> None:
+        self.chain_id = chain_id
+        self.ca = x509.load_der_x509_certificate(ca_certificate)
+        self.verifier = KeyVerifier()
+        self.state = SwarmState()
+        self.state.contracts[DEFAULT_CONTRACT] = ContractRecord(CreateContract(DEFAULT_CONTRACT))
+        self._hash = hashlib.sha256(b"swarmlearn swarm app/1" + chain_id.encode()).digest()
+        self._height = 0
+        self._now_ms = 0
+
+    # ------------------------------------------------------------ the Application interface
+
+    def app_hash(self) -> bytes:
+        return self._hash
+
+    def check_tx(self, tx: bytes) -> str:
+        found = self._authorize(tx)
+        return found if isinstance(found, str) else ""
+
+    def execute_block(self, block: Block) -> Executed:
+        self._height = block.header.height
+        self._now_ms = block.header.time_ms
+        updates: list[Validator] = []
+        digest = hashlib.sha256(self._hash + block.header.height.to_bytes(8, "big"))
+        for tx in block.txs:
+            outcome = self._execute(tx, updates)
+            digest.update(hashlib.sha256(tx).digest() + outcome.encode())
+        for contract in self.state.contracts.values():
+            self._advance(contract)
+        self._hash = digest.digest()
+        return Executed(self._hash, tuple(updates))
+
+    # ------------------------------------------------------------ checking
+
+    def _authorize(self, tx: bytes) -> tuple[str, Message] | str:
+        """(sender, body) of a well-formed, correctly signed, permitted transaction, or why not."""
+        try:
+            signed = decode_header(tx)
+            body = signed.decoded_body() if isinstance(signed, SignedTx) else None
+        except RemoteProtocolError as error:
+            return f"undecodable transaction: {error}"
+        if not isinstance(signed, SignedTx) or body is None:
+            return "not a signed swarm transaction"
+        if isinstance(body, Join):
+            problem = self._check_certificate(signed.sender, body.certificate)
+            if problem:
+                return problem
+            key = _public_key(body.certificate)
+        else:
+            member = self.state.members.get(signed.sender)
+            if member is None:
+                return f"{signed.sender[:8]} is not a member: join first"
+            needed = ROLE_OF.get(type(body))
+            if needed is not None and needed not in member.roles:
+                return f"{type(body).__name__} needs the {needed.value} role"
+            key = member.public_key
+        if not self.verifier.verify(key, signed.signature, signed.sign_bytes(self.chain_id)):
+            return "bad signature"
+        return signed.sender, body
+
+    def _check_certificate(self, sender: str, der: bytes) -> str:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            cert.verify_directly_issued_by(self.ca)
+            info = describe_certificate(cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return "the certificate is not one of this swarm's"
+        moment = self._now_ms / 1000
+        if (
+            not cert.not_valid_before_utc.timestamp()
+            <= moment
+            <= cert.not_valid_after_utc.timestamp()
+        ):
+            return "the certificate is not valid at this block's time"
+        if str(info.peer_id) != sender:
+            return "a node can only join as itself"
+        return ""
+
+    # ------------------------------------------------------------ executing
+
+    def _execute(self, tx: bytes, updates: list[Validator]) -> str:
+        found = self._authorize(tx)
+        if isinstance(found, str):
+            return self._refuse(tx, found)
+        sender, body = found
+        member = self.state.members.get(sender)
+        if member is not None:
+            member.last_seen_height, member.last_seen_ms = self._height, self._now_ms
+        match body:
+            case Join():
+                return self._join(sender, body, updates)
+            case CreateContract(name=name):
+                if name in self.state.contracts:
+                    return self._refuse(tx, f"contract {name!r} exists", sender)
+                self.state.contracts[name] = ContractRecord(body)
+            case ResetContract(name=name):
+                if name not in self.state.contracts:
+                    return self._refuse(tx, f"no contract {name!r}", sender)
+                self.state.contracts[name] = ContractRecord(self.state.contracts[name].params)
+            case CheckIn():
+                return self._check_in(tx, sender, body)
+            case Merged() | Exclude():
+                return self._exchange(tx, sender, body)
+            case PerfData(contract=contract, round=number):
+                self.state.perf[(contract, number, sender)] = body
+            case Heartbeat(contract=name) if name in self.state.contracts:
+                latest = self.state.contracts[name].latest
+                if latest is not None and sender in latest.participants:
+                    latest.alive.add(sender)
+        return "ok"
+
+    def _refuse(self, tx: bytes, reason: str, sender: str = "") -> str:
+        self.state.refusals.append((self._height, sender, reason))
+        self.state.refused[sender] = self.state.refused.get(sender, 0) + 1
+        return f"refused: {reason}"
+
+    def _join(self, sender: str, join: Join, updates: list[Validator]) -> str:
+        cert = x509.load_der_x509_certificate(join.certificate)
+        info = describe_certificate(cert)
+        known = self.state.members.get(sender)
+        self.state.members[sender] = Member(
+            node=sender,
+            roles=info.roles,
+            address=join.address,
+            fingerprint=hashlib.sha256(join.certificate).digest(),
+            public_key=_public_key(join.certificate),
+            joined_height=known.joined_height if known else self._height,
+            last_seen_height=self._height,
+            last_seen_ms=self._now_ms,
+        )
+        if known is None and Role.SN in info.roles:
+            updates.append(Validator(sender, _public_key(join.certificate), 1))
+        return "ok"
+
+    def _check_in(self, tx: bytes, sender: str, body: CheckIn) -> str:
+        contract = self.state.contracts.get(body.contract)
+        if contract is None:
+            return self._refuse(tx, f"no contract {body.contract!r}", sender)
+        expected = contract.next_round_number()
+        if body.round != expected:
+            return self._refuse(
+                tx, f"round {body.round} is not open; check in for round {expected}", sender
+            )
+        if contract.layout is None:
+            contract.layout, contract.total_bytes = body.layout, body.total_bytes
+        difference = layout_difference(contract.layout, body.layout)
+        if difference:
+            return self._refuse(tx, difference, sender)
+        round_ = contract.rounds.get(body.round)
+        if round_ is None:
+            round_ = contract.rounds[body.round] = RoundRecord(
+                body.contract, body.round, body.merge_method, self._now_ms
+            )
+        if body.merge_method != round_.merge_method:
+            return self._refuse(
+                tx,
+                f"merge method {body.merge_method!r}; the round's is {round_.merge_method!r}",
+                sender,
+            )
+        if sender in round_.checkins:
+            return self._refuse(tx, f"already checked in to round {body.round}", sender)
+        round_.checkins[sender] = CheckInRecord(
+            body.root, body.weight, body.min_peers, self._now_ms
+        )
+        try_close(contract, round_, self._now_ms, self._active_learners())
+        return "ok"
+
+    def _exchange(self, tx: bytes, sender: str, body: Merged | Exclude) -> str:
+        contract = self.state.contracts.get(body.contract)
+        round_ = contract.rounds.get(body.round) if contract else None
+        if contract is None or round_ is None or round_.status != RoundStatus.EXCHANGING:
+            return self._refuse(
+                tx, f"round {body.round} of {body.contract!r} is not exchanging", sender
+            )
+        if body.attempt != round_.attempt or sender not in round_.participants:
+            return self._refuse(tx, f"not a participant of attempt {round_.attempt}", sender)
+        if isinstance(body, Merged):
+            record_merged(round_, sender, body.root, self._now_ms)
+        elif body.culprit in round_.participants and body.culprit != sender:
+            exclude(
+                contract,
+                round_,
+                body.culprit,
+                f"{body.reason} (reported by {sender[:8]})",
+                self._now_ms,
+            )
+        else:
+            return self._refuse(tx, "the culprit is not another participant", sender)
+        return "ok"
+
+    def _advance(self, contract: ContractRecord) -> None:
+        for round_ in list(contract.rounds.values()):
+            if round_.status == RoundStatus.OPEN:
+                try_close(contract, round_, self._now_ms, self._active_learners())
+            elif round_.status == RoundStatus.EXCHANGING:
+                past_deadline(contract, round_, self._now_ms)
+
+    def _active_learners(self) -> int:
+        horizon = self._now_ms - ACTIVE_MS
+        return sum(
+            1
+            for m in self.state.members.values()
+            if Role.SL in m.roles and m.last_seen_ms >= horizon
+        )
+
+
+def _public_key(der: bytes) -> bytes:
+    return (
+        x509.load_der_x509_certificate(der)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )

@@ -1,0 +1,121 @@
+"""The swarm ledger's transactions (tags 0x90-0x9F): signed envelopes and their bodies.
+
+Every transaction is a :class:`SignedTx`: the sender's node id, the canonical bytes of one
+body message, and the sender's signature over :class:`TxSignBytes` (chain id included). A
+node can only act as itself: :class:`Join` carries the sender's certificate, which must be
+issued by the swarm's CA and whose key must be the sender's; later transactions are checked
+against the key the registry recorded at the join.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from swarmlearn.p2p.wire import Message, decode_header, encode_header
+
+
+@dataclass(frozen=True)
+class TensorSpec(Message, tag=0x90):
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TxSignBytes(Message, tag=0x91):
+    chain_id: str
+    sender: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class SignedTx(Message, tag=0x92):
+    sender: str
+    body: bytes  # the canonical header bytes of one body message
+    signature: bytes
+
+    def sign_bytes(self, chain_id: str) -> bytes:
+        return encode_header(TxSignBytes(chain_id, self.sender, self.body))
+
+    def decoded_body(self) -> Message:
+        return decode_header(self.body)
+
+
+@dataclass(frozen=True)
+class Join(Message, tag=0x93):
+    """Enter the registry (or update one's address); SN members also get a validator seat."""
+
+    address: str
+    certificate: bytes  # DER
+
+
+@dataclass(frozen=True)
+class CreateContract(Message, tag=0x94):
+    """An operator (swci) names a training contract."""
+
+    name: str
+    merge_method: str = "mean"
+    grace_ms: int = 2_000  # after min_peers check-ins, how long the rest may still join
+    exchange_base_ms: int = 10_000  # the exchange deadline: base + per GB of model
+    exchange_ms_per_gb: int = 30_000
+
+
+@dataclass(frozen=True)
+class ResetContract(Message, tag=0x95):
+    """An operator (swci) starts a contract over: round numbers, layout and history reset."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class CheckIn(Message, tag=0x96):
+    """An SL node commits to its exact weights for a round, before any byte moves."""
+
+    contract: str
+    round: int
+    root: bytes  # the manifest root of its weights
+    weight: int  # HPE's nodeWeightage (1-100) or a sample count
+    min_peers: int
+    layout: tuple[TensorSpec, ...]
+    total_bytes: int
+    merge_method: str = "mean"
+
+
+@dataclass(frozen=True)
+class Merged(Message, tag=0x97):
+    """A participant's merged root for one attempt of a round."""
+
+    contract: str
+    round: int
+    attempt: int
+    root: bytes
+
+
+@dataclass(frozen=True)
+class Exclude(Message, tag=0x98):
+    """A participant reports a contributor whose chunks did not match its commitment."""
+
+    contract: str
+    round: int
+    attempt: int
+    culprit: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PerfData(Message, tag=0x99):
+    """HPE's PERFDATA: a node's loss and metric after a round, and its progress."""
+
+    contract: str
+    round: int
+    loss: float
+    metric: float
+    epochs_done: int
+    epochs_total: int
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message, tag=0x9A):
+    """Proof of life; it also gives the ledger a block to run its deadlines in."""
+
+    contract: str = ""
