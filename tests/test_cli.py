@@ -80,7 +80,7 @@ def test_certs_init_issue_and_show(swarm_dir: Path, capsys: pytest.CaptureFixtur
         ),
         (["ping", "1.2.3.4:5", "--count", "0"], "--count must be at least 1"),
         (["node", "--sentinel", "--bootstrap", "h:1", "--check"], "give only one"),
-        (["ledger", "submit", "h:1", "novalue"], "record 'novalue': expected KEY=VALUE"),
+        (["ledger", "contracts", "h:99999"], "address 'h:99999': port 99999 is outside 0..65535"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from swarmlearn.consensus.app import KeyValueApp
-from swarmlearn.consensus.core import BLOCKS, ConsensusConfig, ConsensusCore
+from swarmlearn.consensus.core import BLOCKS, NEXT_HEIGHT_TIMER, ConsensusConfig, ConsensusCore
 from swarmlearn.consensus.crypto import SimVerifier
 from swarmlearn.consensus.events import Committed, EvidenceFound, Genesis, SubmitTx, TxRefused
 from swarmlearn.consensus.mempool import Mempool, MempoolConfig
@@ -23,7 +23,18 @@ from swarmlearn.consensus.types import (
     VoteType,
     tx_root,
 )
-from swarmlearn.sansio import Broadcast, Deliver, Effect, Persist, Receive, Request, Start
+from swarmlearn.sansio import (
+    Broadcast,
+    Deliver,
+    Effect,
+    Input,
+    Persist,
+    Receive,
+    Request,
+    SetTimer,
+    Start,
+    TimerFired,
+)
 from tests.consensus_helpers import SIGNERS, vote
 
 SOLO = Genesis("solo", 0, (Validator("a", SIGNERS["a"].public_key, 1),))
@@ -35,6 +46,16 @@ def core(genesis: Genesis = SOLO, me: str = "a") -> ConsensusCore:
     return ConsensusCore(
         genesis, SIGNERS[me], SimVerifier(), KeyValueApp(), random.Random(1), peers
     )
+
+
+def run(node: ConsensusCore, event: Input, now: float) -> list[Effect]:
+    """Handle ``event``, then the immediate next-height timers it sets, as a driver would."""
+    effects = node.handle(event, now)
+    done = 0
+    while any(isinstance(e, SetTimer) and e.tag == NEXT_HEIGHT_TIMER for e in effects[done:]):
+        done = len(effects)
+        effects += node.handle(TimerFired(NEXT_HEIGHT_TIMER), now)
+    return effects
 
 
 def delivered(effects: list[Effect], kind: type) -> list[object]:
@@ -53,7 +74,7 @@ def test_no_block_without_transactions_then_one_promptly_and_a_proof_block() -> 
     node = core()
     idle = node.handle(Start(), 0.0)
     assert not [e for e in idle if isinstance(e, Broadcast | Persist)]  # no empty blocks
-    effects = node.handle(Request(SubmitTx(b"k=v")), 0.5)
+    effects = run(node, Request(SubmitTx(b"k=v")), 0.5)
     first, proof = delivered(effects, Committed)
     assert isinstance(first, Committed)
     assert isinstance(proof, Committed)
@@ -64,14 +85,14 @@ def test_no_block_without_transactions_then_one_promptly_and_a_proof_block() -> 
     assert isinstance(node.app, KeyValueApp)
     assert node.app.state == {"k": "v"}
     assert not node.started  # and then idle again: no third block
-    second = delivered(node.handle(Request(SubmitTx(b"k=w")), 0.6), Committed)
+    second = delivered(run(node, Request(SubmitTx(b"k=w")), 0.6), Committed)
     assert [c.height for c in second if isinstance(c, Committed)] == [3, 4]
 
 
 def test_own_messages_are_persisted_before_they_are_sent() -> None:
     node = core()
     node.handle(Start(), 0.0)
-    effects = node.handle(Request(SubmitTx(b"k=v")), 0.5)
+    effects = run(node, Request(SubmitTx(b"k=v")), 0.5)
     sends = [
         i
         for i, e in enumerate(effects)
@@ -103,7 +124,7 @@ def test_a_restart_rebuilds_state_from_blocks_and_wal_without_redelivering() -> 
     node = core()
     log: list[Effect] = list(node.handle(Start(), 0.0))
     for i in range(3):
-        log += node.handle(Request(SubmitTx(b"k%d=v" % i)), 1.0 + i)
+        log += run(node, Request(SubmitTx(b"k%d=v" % i)), 1.0 + i)
     again = core()
     effects = again.handle(Start(persisted(log)), 10.0)
     assert again.height == 7  # three blocks with a transaction, each followed by a proof block
@@ -111,7 +132,7 @@ def test_a_restart_rebuilds_state_from_blocks_and_wal_without_redelivering() -> 
     assert again.app.state == {"k0": "v", "k1": "v", "k2": "v"}
     assert again.app.executed_heights == [1, 2, 3, 4, 5, 6]
     assert not delivered(effects, Committed)
-    assert delivered(again.handle(Request(SubmitTx(b"k=z")), 11.0), Committed)
+    assert delivered(run(again, Request(SubmitTx(b"k=z")), 11.0), Committed)
 
 
 def test_the_mempool_refuses_duplicates_junk_and_overflow() -> None:
@@ -187,7 +208,7 @@ def test_validator_changes_take_effect_two_heights_later() -> None:
     node = core()
     node.handle(Start(), 0.0)
     tx = b"validator:e:" + SIGNERS["e"].public_key.hex().encode() + b":1"
-    node.handle(Request(SubmitTx(tx)), 0.1)
+    run(node, Request(SubmitTx(tx)), 0.1)
     assert "e" not in node.validator_sets[2]
     assert "e" in node.validator_sets[3]
 

@@ -77,7 +77,7 @@ class Ledger:
     """Feeds blocks to a fresh app, at a block time it controls."""
 
     def __init__(self, swarm: Swarm) -> None:
-        self.app = SwarmApp(CHAIN, swarm.ca_der)
+        self.app = SwarmApp(CHAIN, swarm.ca_der, T0)
         self.height = 0
         self.now_ms = T0
         self.validator_updates: list[str] = []

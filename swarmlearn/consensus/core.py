@@ -89,6 +89,7 @@ from swarmlearn.sansio import (
 WAL = "wal"
 BLOCKS = "blocks"
 STATUS_TIMER = "status"
+NEXT_HEIGHT_TIMER = "next-height"
 FUTURE_BUFFER_MAX = 10_000
 
 
@@ -182,6 +183,8 @@ class ConsensusCore:
                 return self._timeout(height, round_, Step(step))
             case TimerFired(tag) if tag == STATUS_TIMER:
                 return self._status_tick()
+            case TimerFired(tag) if tag == NEXT_HEIGHT_TIMER:
+                return self._next_height()
         return []
 
     # ------------------------------------------------------------ inputs
@@ -414,7 +417,13 @@ class ConsensusCore:
         if self.replaying:
             return effects
         effects.append(Persist(WAL, ("height", height)))
-        effects += self._maybe_start()
+        # The next height starts from a fresh input, not from inside this one: a node that
+        # commits alone would otherwise recurse once per block.
+        effects.append(SetTimer(NEXT_HEIGHT_TIMER, 0.0))
+        return effects
+
+    def _next_height(self) -> list[Effect]:
+        effects = self._maybe_start()
         if not self.started and self.future:
             effects += self._start_height()
         return effects

@@ -22,6 +22,7 @@ class Genesis(Message, tag=0x4C):
     time_ms: int
     validators: tuple[Validator, ...]
     ca_fingerprint: bytes = b""
+    ca_certificate: bytes = b""  # DER: the swarm application checks joins against it
 
 
 @dataclass(frozen=True)

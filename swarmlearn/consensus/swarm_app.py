@@ -23,7 +23,7 @@ hashes mean equal histories and therefore equal states.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -56,12 +56,13 @@ from swarmlearn.consensus.swarm_txs import (
 )
 from swarmlearn.consensus.types import Block, Validator
 from swarmlearn.errors import RemoteProtocolError
-from swarmlearn.p2p.identity import Role, describe_certificate
-from swarmlearn.p2p.wire import Message, decode_header
+from swarmlearn.p2p.identity import Identity, Role, describe_certificate
+from swarmlearn.p2p.wire import Message, decode_header, encode_header
 
 DEFAULT_CONTRACT = "defaultbb.cqdb.sml.hpe"
 ACTIVE_MS = 120_000  # an SL member seen within this is "active" for the closing rule
 REFUSALS_KEPT = 1_000
+OUTCOMES_KEPT = 10_000
 ROLE_OF = {
     CreateContract: Role.SWCI,
     ResetContract: Role.SWCI,
@@ -93,10 +94,11 @@ class SwarmState:
         default_factory=lambda: deque(maxlen=REFUSALS_KEPT)
     )
     refused: dict[str, int] = field(default_factory=dict)
+    outcomes: OrderedDict[bytes, str] = field(default_factory=OrderedDict)  # recent, by tx hash
 
 
 class SwarmApp:
-    def __init__(self, chain_id: str, ca_certificate: bytes) -> None:
+    def __init__(self, chain_id: str, ca_certificate: bytes, genesis_time_ms: int = 0) -> None:
         self.chain_id = chain_id
         self.ca = x509.load_der_x509_certificate(ca_certificate)
         self.verifier = KeyVerifier()
@@ -104,7 +106,7 @@ class SwarmApp:
         self.state.contracts[DEFAULT_CONTRACT] = ContractRecord(CreateContract(DEFAULT_CONTRACT))
         self._hash = hashlib.sha256(b"swarmlearn swarm app/1" + chain_id.encode()).digest()
         self._height = 0
-        self._now_ms = 0
+        self._now_ms = genesis_time_ms  # block time; until the first block, the genesis time
 
     # ------------------------------------------------------------ the Application interface
 
@@ -122,11 +124,24 @@ class SwarmApp:
         digest = hashlib.sha256(self._hash + block.header.height.to_bytes(8, "big"))
         for tx in block.txs:
             outcome = self._execute(tx, updates)
-            digest.update(hashlib.sha256(tx).digest() + outcome.encode())
-        for contract in self.state.contracts.values():
-            self._advance(contract)
-        self._hash = digest.digest()
+            tx_hash = hashlib.sha256(tx).digest()
+            digest.update(tx_hash + outcome.encode())
+            self._remember(tx_hash, outcome)
+        changed = [self._advance(contract) for contract in self.state.contracts.values()]
+        if block.txs or any(changed):  # an empty block that changed nothing keeps the hash
+            digest.update(bytes(changed))
+            self._hash = digest.digest()
         return Executed(self._hash, tuple(updates))
+
+    def outcome(self, tx: bytes) -> str | None:
+        """'ok' or 'refused: why' for a recently executed transaction (None if unknown)."""
+        return self.state.outcomes.get(hashlib.sha256(tx).digest())
+
+    def _remember(self, tx_hash: bytes, outcome: str) -> None:
+        outcomes = self.state.outcomes
+        outcomes[tx_hash] = outcome
+        while len(outcomes) > OUTCOMES_KEPT:
+            outcomes.popitem(last=False)
 
     # ------------------------------------------------------------ checking
 
@@ -286,12 +301,17 @@ class SwarmApp:
             return self._refuse(tx, "the culprit is not another participant", sender)
         return "ok"
 
-    def _advance(self, contract: ContractRecord) -> None:
+    def _advance(self, contract: ContractRecord) -> bool:
+        """Time-driven steps of the contract's rounds; True if any round changed."""
+        changed = False
         for round_ in list(contract.rounds.values()):
+            before = (round_.status, round_.attempt)
             if round_.status == RoundStatus.OPEN:
                 try_close(contract, round_, self._now_ms, self._active_learners())
             elif round_.status == RoundStatus.EXCHANGING:
                 past_deadline(contract, round_, self._now_ms)
+            changed |= (round_.status, round_.attempt) != before
+        return changed
 
     def _active_learners(self) -> int:
         horizon = self._now_ms - ACTIVE_MS
@@ -300,6 +320,15 @@ class SwarmApp:
             for m in self.state.members.values()
             if Role.SL in m.roles and m.last_seen_ms >= horizon
         )
+
+
+def sign_transaction(identity: Identity, chain_id: str, body: Message) -> bytes:
+    """The bytes of a :class:`SignedTx` of ``body`` by ``identity`` on chain ``chain_id``."""
+    sender = str(identity.peer_id)
+    unsigned = SignedTx(sender, encode_header(body), b"")
+    return encode_header(
+        SignedTx(sender, unsigned.body, identity.sign(unsigned.sign_bytes(chain_id)))
+    )
 
 
 def _public_key(der: bytes) -> bytes:

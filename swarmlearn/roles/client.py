@@ -1,67 +1,136 @@
-"""``swarmlearn ledger``: ask any node of the swarm for its ledger status, or submit a record."""
+"""``swarmlearn ledger``: read a swarm's ledger from any node, or act on it as oneself.
+
+Reading (``status``, ``members``, ``contracts``, ``refusals``) needs any certificate of the
+swarm. Writing signs a transaction with the caller's own key: ``join`` registers the caller
+(needed once before anything else), ``create-contract`` needs an operator (swci) certificate.
+Writes wait until the transaction is committed and say whether the ledger accepted it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
 
 import trio
+from cryptography.hazmat.primitives import serialization
 
 from swarmlearn.cli import add_identity_arguments, identity_from_arguments
-from swarmlearn.errors import ConfigError
+from swarmlearn.consensus.swarm_app import sign_transaction
+from swarmlearn.consensus.swarm_txs import CreateContract, Join
 from swarmlearn.p2p.address import parse_host_port
-from swarmlearn.roles.messages import NodeStatus, StatusRequest, SubmitReply, SubmitRequest
+from swarmlearn.p2p.identity import Identity
+from swarmlearn.p2p.wire import Message
+from swarmlearn.roles.messages import (
+    LedgerQuery,
+    LedgerReply,
+    NodeStatus,
+    StatusRequest,
+    SubmitReply,
+    SubmitRequest,
+)
 from swarmlearn.roles.validator import NETWORK_ERRORS, ask
 
 DEFAULT_PORT = 30303
+COMMIT_WAIT_S = 30.0
 
 
 def add_ledger_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(title="ledger commands", metavar="COMMAND", required=True)
-    status = commands.add_parser("status", help="a node's chain, height, validators and peers")
-    status.add_argument("address", metavar="HOST:PORT")
-    add_identity_arguments(status)
-    status.set_defaults(ledger=_status)
-    submit = commands.add_parser("submit", help="put a key=value record on the ledger")
-    submit.add_argument("address", metavar="HOST:PORT")
-    submit.add_argument("record", metavar="KEY=VALUE")
-    add_identity_arguments(submit)
-    submit.set_defaults(ledger=_submit)
+    for name, summary in (
+        ("status", "a node's chain, height, validators and peers"),
+        ("members", "who is in the swarm, with roles and addresses"),
+        ("contracts", "training contracts and their rounds"),
+        ("refusals", "recent transactions the ledger refused, and why"),
+        ("join", "register yourself (once, before acting on the ledger)"),
+    ):
+        command = commands.add_parser(name, help=summary)
+        command.add_argument("address", metavar="HOST:PORT")
+        command.add_argument("--json", action="store_true", help="print JSON for scripts")
+        add_identity_arguments(command)
+        command.set_defaults(ledger=name)
+    create = commands.add_parser("create-contract", help="create a training contract (swci)")
+    create.add_argument("address", metavar="HOST:PORT")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--merge-method", default="mean")
+    create.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_identity_arguments(create)
+    create.set_defaults(ledger="create-contract")
 
 
 def run(args: argparse.Namespace) -> int:
-    return int(args.ledger(args))
-
-
-def _status(args: argparse.Namespace) -> int:
     host, port = parse_host_port(args.address, field="address", default_port=DEFAULT_PORT)
     identity = identity_from_arguments(args)
     try:
-        status = trio.run(ask, identity, host, port, StatusRequest(), NodeStatus)
+        return trio.run(_run, identity, host, port, args)
     except NETWORK_ERRORS as error:
-        print(f"ledger status {args.address}: {error or type(error).__name__}", file=sys.stderr)
+        print(
+            f"ledger {args.ledger} {args.address}: {error or type(error).__name__}", file=sys.stderr
+        )
         return 1
+
+
+async def _run(identity: Identity, host: str, port: int, args: argparse.Namespace) -> int:
+    if args.ledger == "status":
+        status = await ask(identity, host, port, StatusRequest(), NodeStatus)
+        _print_status(status, args.json)
+        return 0
+    if args.ledger in ("members", "contracts", "refusals"):
+        view = await ask(identity, host, port, LedgerQuery(args.ledger), LedgerReply)
+        _print_view(args.ledger, json.loads(view.json), args.json)
+        return 0
+    status = await ask(identity, host, port, StatusRequest(), NodeStatus)
+    if args.ledger == "join":
+        body: Message = Join("", identity.certificate.public_bytes(serialization.Encoding.DER))
+    else:
+        body = CreateContract(args.name, merge_method=args.merge_method)
+    tx = sign_transaction(identity, status.chain_id, body)
+    reply = await ask(identity, host, port, SubmitRequest(tx, COMMIT_WAIT_S), SubmitReply)
+    if args.json:
+        print(
+            json.dumps({"accepted": reply.accepted, "reason": reply.reason, "height": reply.height})
+        )
+    else:
+        print(f"committed at height {reply.height}" if reply.accepted else reply.reason)
+    return 0 if reply.accepted else 1
+
+
+def _print_status(status: NodeStatus, as_json: bool) -> None:
+    if as_json:
+        fields = {
+            "node": status.node,
+            "chain": status.chain_id,
+            "height": status.height,
+            "validators": list(status.validators),
+            "peers": list(status.peers),
+            "transactions": status.txs,
+        }
+        print(json.dumps(fields))
+        return
     print(f"node        {status.node}")
     print(f"chain       {status.chain_id}")
     print(f"height      {status.height}")
     print(f"last block  {status.last_block_hash.hex()}")
-    print(f"records     {status.txs} in {status.blocks_with_txs} blocks")
     print(f"app hash    {status.app_hash.hex()}")
+    print(f"records     {status.txs} in {status.blocks_with_txs} blocks")
     print(f"validators  {len(status.validators)}: {', '.join(v[:8] for v in status.validators)}")
     print(f"peers       {len(status.peers)}: {', '.join(p[:8] for p in status.peers)}")
-    return 0
 
 
-def _submit(args: argparse.Namespace) -> int:
-    if "=" not in args.record:
-        raise ConfigError(f"record {args.record!r}: expected KEY=VALUE")
-    host, port = parse_host_port(args.address, field="address", default_port=DEFAULT_PORT)
-    identity = identity_from_arguments(args)
-    request = SubmitRequest(args.record.encode())
-    try:
-        reply = trio.run(ask, identity, host, port, request, SubmitReply)
-    except NETWORK_ERRORS as error:
-        print(f"ledger submit {args.address}: {error or type(error).__name__}", file=sys.stderr)
-        return 1
-    print("accepted" if reply.accepted else f"refused: {reply.reason}")
-    return 0 if reply.accepted else 1
+def _print_view(what: str, rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if what == "members":
+        for m in rows:
+            roles, address = ",".join(m["roles"]), m["address"] or "-"
+            print(f"{m['node'][:16]}  {roles:12s} {address:22s} joined at {m['joined_height']}")
+    elif what == "contracts":
+        for c in rows:
+            latest = c["rounds"][-1] if c["rounds"] else None
+            state = f"round {latest['round']} {latest['status']}" if latest else "no rounds yet"
+            print(f"{c['name']:28s} {c['merge_method']:12s} {state}")
+    else:
+        for r in rows:
+            print(f"height {r['height']:>6}  {r['sender'][:8] or '-':8s}  {r['reason']}")

@@ -53,3 +53,15 @@ class GenesisRequest(Message, tag=0x84):
 @dataclass(frozen=True)
 class GenesisReply(Message, tag=0x85):
     genesis: Genesis
+
+
+@dataclass(frozen=True)
+class LedgerQuery(Message, tag=0x86):
+    """Read the swarm ledger's state: ``what`` is "members", "contracts" or "refusals"."""
+
+    what: str
+
+
+@dataclass(frozen=True)
+class LedgerReply(Message, tag=0x87):
+    json: str  # a JSON document: the same views the HTTP API will serve

@@ -7,9 +7,10 @@ Bootstrap, as HPE's users know it:
   its CA certificate, itself as the only validator), persists it, and records its own
   address on the ledger;
 - ``--bootstrap HOST:PORT``: any other node fetches the genesis from there, refuses it if
-  the CA fingerprint is not its own CA's, persists it, catches up on the blocks, and asks to
-  join: a ledger transaction records its address and another makes it a validator (effective
-  two heights after it is committed). It repeats the request until the ledger shows it.
+  the CA is not its own CA, persists it, catches up on the blocks, and joins: a signed
+  ``Join`` transaction carrying its certificate records it in the swarm's registry with the
+  roles the certificate grants, and gives SN members a validator seat (effective two heights
+  after it is committed). It repeats the request until the ledger shows it.
 
 A restarted node needs neither flag: its data directory holds the genesis, the blocks and the
 WAL of the height it was working on.
@@ -18,6 +19,7 @@ WAL of the height it was working on.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import time
@@ -29,22 +31,26 @@ from typing import Any, TypeVar
 import trio
 from cryptography.hazmat.primitives import serialization
 
-from swarmlearn.consensus.app import KeyValueApp
 from swarmlearn.consensus.core import ConsensusConfig, ConsensusCore
 from swarmlearn.consensus.crypto import KeySigner, KeyVerifier
 from swarmlearn.consensus.events import Committed, Genesis, SubmitTx, TxRefused
 from swarmlearn.consensus.store import DiskStore
+from swarmlearn.consensus.swarm_app import SwarmApp, sign_transaction
+from swarmlearn.consensus.swarm_txs import Join
 from swarmlearn.consensus.types import Validator
 from swarmlearn.errors import ConfigError, RemoteProtocolError
 from swarmlearn.p2p.certs import write_atomically
-from swarmlearn.p2p.identity import Identity
+from swarmlearn.p2p.identity import Identity, Role
 from swarmlearn.p2p.messages import Ping, Pong
 from swarmlearn.p2p.transport import Connection, dial
 from swarmlearn.p2p.wire import Message, decode_header, encode_header
+from swarmlearn.roles import views
 from swarmlearn.roles.driver import CoreDriver
 from swarmlearn.roles.messages import (
     GenesisReply,
     GenesisRequest,
+    LedgerQuery,
+    LedgerReply,
     NodeStatus,
     StatusRequest,
     SubmitReply,
@@ -55,7 +61,6 @@ from swarmlearn.sansio import Receive, Request, Start
 
 log = logging.getLogger(__name__)
 
-ADDRESS_PREFIX = "address/"
 JOIN_RETRY_S = 2.0
 REQUEST_TIMEOUT_S = 30.0
 NETWORK_ERRORS = (
@@ -79,10 +84,14 @@ class ValidatorOptions:
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
 
 
+def ca_certificate(identity: Identity) -> bytes:
+    """The DER certificate of the CA that issued this node's certificate."""
+    return identity.issuing_ca().public_bytes(serialization.Encoding.DER)
+
+
 def ca_fingerprint(identity: Identity) -> bytes:
-    """SHA-256 of the DER certificate of the CA that issued this node's certificate."""
-    der = identity.issuing_ca().public_bytes(serialization.Encoding.DER)
-    return hashlib.sha256(der).digest()
+    """SHA-256 of :func:`ca_certificate`."""
+    return hashlib.sha256(ca_certificate(identity)).digest()
 
 
 def own_validator(identity: Identity) -> Validator:
@@ -112,7 +121,13 @@ async def obtain_genesis(identity: Identity, options: ValidatorOptions) -> Genes
     if options.sentinel:
         chain_id = options.chain_id or f"swarm-{random.SystemRandom().getrandbits(32):08x}"
         validators = (own_validator(identity),)
-        genesis = Genesis(chain_id, int(time.time() * 1000), validators, ca_fingerprint(identity))
+        genesis = Genesis(
+            chain_id,
+            int(time.time() * 1000),
+            validators,
+            ca_fingerprint(identity),
+            ca_certificate(identity),
+        )
     elif options.bootstrap is not None:
         genesis = await fetch_genesis(identity, *options.bootstrap)
     else:
@@ -134,7 +149,8 @@ async def fetch_genesis(identity: Identity, host: str, port: int) -> Genesis:
             f"--bootstrap {host}:{port}: cannot fetch the genesis ({reason})"
         ) from None
     genesis = reply.genesis
-    if genesis.ca_fingerprint != ca_fingerprint(identity):
+    theirs = {genesis.ca_fingerprint, hashlib.sha256(genesis.ca_certificate).digest()}
+    if theirs != {ca_fingerprint(identity)}:
         raise ConfigError(
             f"--bootstrap {host}:{port}: refused its genesis: chain {genesis.chain_id!r} "
             "was made under another CA than ours"
@@ -157,7 +173,7 @@ class ValidatorNode:
         self.me = str(identity.peer_id)
         self.on_ready = on_ready
         self.store = store
-        self.app = KeyValueApp()
+        self.app = SwarmApp(genesis.chain_id, genesis.ca_certificate, genesis.time_ms)
         seed = int.from_bytes(identity.peer_id.digest[:8], "big")
         signer, verifier = KeySigner(identity), KeyVerifier()
         self.core = ConsensusCore(
@@ -201,31 +217,29 @@ class ValidatorNode:
 
     # ------------------------------------------------------------ joining
 
-    def _join_transactions(self) -> list[bytes]:
+    def _join_transaction(self) -> bytes:
         host, port = self.address
-        wanted = [f"{ADDRESS_PREFIX}{self.me}={host}:{port}".encode()]
-        if not self.options.sentinel:
-            key = own_validator(self.identity).public_key.hex()
-            wanted.append(f"validator:{self.me}:{key}:1".encode())
-        return wanted
+        join = Join(
+            f"{host}:{port}", self.identity.certificate.public_bytes(serialization.Encoding.DER)
+        )
+        return sign_transaction(self.identity, self.core.chain_id, join)
 
     async def _join(self) -> None:
-        """Until the ledger records this node's address (and, for others, its validator seat)."""
-        while missing := [tx for tx in self._join_transactions() if not self._recorded(tx)]:
-            for tx in missing:
-                if self.options.bootstrap is not None:
-                    await self._submit_remote(*self.options.bootstrap, tx)
-                else:
-                    self.driver.submit(Request(SubmitTx(tx)))
+        """Until the ledger records this node (its address and, for SN members, a seat)."""
+        while not self._joined():
+            tx = self._join_transaction()
+            if self.options.bootstrap is not None:
+                await self._submit_remote(*self.options.bootstrap, tx)
+            else:
+                self.driver.submit(Request(SubmitTx(tx)))
             await trio.sleep(JOIN_RETRY_S)
 
-    def _recorded(self, tx: bytes) -> bool:
-        text = tx.decode()
-        if text.startswith("validator:"):
-            seats = self.core.validator_sets.get(self.core.height + 1, self.core.validators)
-            return self.me in seats
-        key, _, value = text.partition("=")
-        return self.app.state.get(key) == value
+    def _joined(self) -> bool:
+        member = self.app.state.members.get(self.me)
+        if member is None or member.address != "{}:{}".format(*self.address):
+            return False
+        seats = self.core.validator_sets.get(self.core.height + 1, self.core.validators)
+        return Role.SN not in member.roles or self.me in seats
 
     async def _submit_remote(self, host: str, port: int, tx: bytes) -> None:
         try:
@@ -265,16 +279,18 @@ class ValidatorNode:
         if isinstance(value, Committed):
             self._learn_addresses()
             for tx in value.txs:
-                self._wake(tx, SubmitReply(True, "", value.height))
+                outcome = self.app.outcome(tx) or "ok"
+                accepted = outcome == "ok"
+                self._wake(tx, SubmitReply(accepted, "" if accepted else outcome, value.height))
         elif isinstance(value, TxRefused):
             log.info("transaction refused: %s", value.reason)
             self._wake(value.data, SubmitReply(False, value.reason))
 
     def _learn_addresses(self) -> None:
-        for key, value in sorted(self.app.state.items()):
-            if key.startswith(ADDRESS_PREFIX):
-                host, _, port = value.rpartition(":")
-                self.network.add_address(key.removeprefix(ADDRESS_PREFIX), host, int(port))
+        for node, member in sorted(self.app.state.members.items()):
+            host, _, port = member.address.rpartition(":")
+            if Role.SN in member.roles and port.isdigit():
+                self.network.add_address(node, host, int(port))
 
     async def _on_request(self, connection: Connection, message: Message) -> bool:
         match message:
@@ -286,6 +302,8 @@ class ValidatorNode:
                 await connection.send(self.status())
             case SubmitRequest(data, wait_s):
                 await connection.send(await self.submit(data, wait_s))
+            case LedgerQuery(what) if what in views.VIEWS:
+                await connection.send(LedgerReply(json.dumps(views.view(self.app, what))))
             case _:
                 return False
         return True
