@@ -102,6 +102,7 @@ class SwarmApp:
         self.chain_id = chain_id
         self.ca = x509.load_der_x509_certificate(ca_certificate)
         self.verifier = KeyVerifier()
+        self._verified: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()  # a cache only
         self.state = SwarmState()
         self.state.contracts[DEFAULT_CONTRACT] = ContractRecord(CreateContract(DEFAULT_CONTRACT))
         self._hash = hashlib.sha256(b"swarmlearn swarm app/1" + chain_id.encode()).digest()
@@ -167,9 +168,22 @@ class SwarmApp:
             if needed is not None and needed not in member.roles:
                 return f"{type(body).__name__} needs the {needed.value} role"
             key = member.public_key
-        if not self.verifier.verify(key, signed.signature, signed.sign_bytes(self.chain_id)):
+        if not self._signature_ok(tx, key, signed):
             return "bad signature"
         return signed.sender, body
+
+    def _signature_ok(self, tx: bytes, key: bytes, signed: SignedTx) -> bool:
+        """Each transaction's signature is checked once per node (mempool, proposal, block)."""
+        seen = (hashlib.sha256(tx).digest(), key)
+        if seen in self._verified:
+            self._verified.move_to_end(seen)
+            return True
+        if not self.verifier.verify(key, signed.signature, signed.sign_bytes(self.chain_id)):
+            return False
+        self._verified[seen] = None
+        while len(self._verified) > OUTCOMES_KEPT:
+            self._verified.popitem(last=False)
+        return True
 
     def _check_certificate(self, sender: str, der: bytes) -> str:
         try:

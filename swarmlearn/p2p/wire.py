@@ -164,6 +164,15 @@ def _exact(kind: type) -> tuple[_Convert, _Convert]:
     return check, check
 
 
+def _float_out(value: Any) -> Any:
+    """Encoding a float field takes an int too (30 means 30.0); decoding stays strict."""
+    if type(value) is int:
+        return float(value)
+    if type(value) is not float:
+        raise _FieldError(f"expected float, got {type(value).__name__}")
+    return value
+
+
 def _check_int(value: Any) -> Any:
     if type(value) is not int:
         raise _FieldError(f"expected int, got {type(value).__name__}")
@@ -183,7 +192,9 @@ def _compile(annotation: Any, where: str) -> tuple[_Convert, _Convert]:
     args = typing.get_args(annotation)
     if annotation is int:
         return _check_int, _check_int
-    if annotation in (bool, float, str, bytes):
+    if annotation is float:
+        return _float_out, _exact(float)[1]
+    if annotation in (bool, str, bytes):
         return _exact(annotation)
     if annotation is type(None) or annotation is None:
         return _exact(type(None))
