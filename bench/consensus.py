@@ -87,6 +87,8 @@ def validator(pki: Path, name: str, data: Path, *flags: str) -> Iterator[int]:
         "127.0.0.1:0",
         "--log-level",
         "error",
+        "--api",
+        "none",
         *flags,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -185,6 +185,8 @@ def test_a_real_node_process_answers_a_real_ping_process(swarm_dir: Path, tmp_pa
             str(tmp_path / "data"),
             "--listen",
             "127.0.0.1:0",
+            "--api",
+            "none",
             *ident,
         ],
         stdout=subprocess.PIPE,

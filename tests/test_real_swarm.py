@@ -46,6 +46,7 @@ def node_process(
         str(pki / "ca.pem"),
     ]
     command = [sys.executable, "-m", "swarmlearn.roles.daemon", "--data", str(data), *ident, *flags]
+    command += ["--api", "127.0.0.1:0"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     data.mkdir(parents=True, exist_ok=True)
     with (

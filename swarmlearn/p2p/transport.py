@@ -289,13 +289,19 @@ async def dial(
     config: TransportConfig | None = None,
     expected_peer: PeerId | None = None,
     context: ssl.SSLContext | None = None,
+    counters: TransportCounters | None = None,
 ) -> Connection:
     """TCP to ``host:port``, then the client handshake; each within ``handshake_timeout_s``."""
     config = config or TransportConfig()
     with trio.fail_after(config.handshake_timeout_s):
         tcp = await trio.open_tcp_stream(host, port)
     return await connect_stream(
-        identity, tcp, config=config, expected_peer=expected_peer, context=context
+        identity,
+        tcp,
+        config=config,
+        expected_peer=expected_peer,
+        context=context,
+        counters=counters,
     )
 
 

@@ -30,6 +30,7 @@ from swarmlearn.p2p.address import parse_host_port
 from swarmlearn.p2p.identity import Identity
 from swarmlearn.p2p.messages import Goodbye, Ping, Pong
 from swarmlearn.p2p.transport import TransportConfig, dial
+from swarmlearn.roles.api import DEFAULT_API_PORT
 from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions
 
 log = logging.getLogger("swarmlearn.node")
@@ -57,6 +58,12 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chain-id", help="the new chain's id (with --sentinel)")
     parser.add_argument(
         "--advertise", metavar="HOST:PORT", help="the address peers should dial (default --listen)"
+    )
+    parser.add_argument(
+        "--api",
+        default=f"127.0.0.1:{DEFAULT_API_PORT}",
+        metavar="HOST:PORT",
+        help=f"serve the HTTP API here (default 127.0.0.1:{DEFAULT_API_PORT}; 'none' for no API)",
     )
     parser.add_argument(
         "--check", action="store_true", help="check the identity and configuration, then exit"
@@ -101,13 +108,14 @@ def node_options(args: argparse.Namespace) -> ValidatorOptions:
         bootstrap=_address(args.bootstrap, "--bootstrap"),
         chain_id=args.chain_id,
         advertise=_address(args.advertise, "--advertise"),
+        api=None if args.api == "none" else _address(args.api, "--api", DEFAULT_API_PORT),
     )
 
 
-def _address(text: str | None, field: str) -> tuple[str, int] | None:
-    return (
-        None if text is None else parse_host_port(text, field=field, default_port=DEFAULT_P2P_PORT)
-    )
+def _address(
+    text: str | None, field: str, default_port: int = DEFAULT_P2P_PORT
+) -> tuple[str, int] | None:
+    return None if text is None else parse_host_port(text, field=field, default_port=default_port)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,7 +22,14 @@ import trio
 
 from swarmlearn.errors import RemoteProtocolError
 from swarmlearn.p2p.identity import Identity, Role
-from swarmlearn.p2p.transport import Connection, Listener, TransportConfig, dial
+from swarmlearn.p2p.transport import (
+    Connection,
+    Listener,
+    TransportConfig,
+    TransportCounters,
+    TransportStatistics,
+    dial,
+)
 from swarmlearn.p2p.wire import Message
 from swarmlearn.sansio import NodeId
 
@@ -60,6 +67,7 @@ class PeerNetwork:
         self.on_request = on_request
         self.on_peers_changed = on_peers_changed
         self.listener = Listener(identity, self.config)
+        self.dialed = TransportCounters()  # the connections this node opened
         self._peers: dict[NodeId, list[_Peer]] = {}
         self._addresses: dict[NodeId, tuple[str, int]] = {}
         self._dialing: set[NodeId] = set()
@@ -77,6 +85,16 @@ class PeerNetwork:
             links[-1].queue.send_nowait(message)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.dropped += 1
+
+    def statistics(self) -> TransportStatistics:
+        """Traffic of every connection, accepted and dialed."""
+        accepted, dialed = self.listener.statistics(), self.dialed.snapshot()
+        fields = {
+            name: getattr(accepted, name) + getattr(dialed, name)
+            for name in TransportStatistics.__dataclass_fields__
+            if name != "last_error"
+        }
+        return TransportStatistics(**fields, last_error=accepted.last_error or dialed.last_error)
 
     def peers(self) -> list[NodeId]:
         return sorted(peer for peer, links in self._peers.items() if links)
@@ -111,7 +129,9 @@ class PeerNetwork:
                 if not self._peers.get(peer):
                     host, port = self._addresses[peer]
                     try:
-                        connection = await dial(self.identity, host, port, config=self.config)
+                        connection = await dial(
+                            self.identity, host, port, config=self.config, counters=self.dialed
+                        )
                     except (OSError, RemoteProtocolError, trio.TooSlowError) as error:
                         log.debug("dial %s at %s:%d failed: %s", peer[:8], host, port, error)
                     else:

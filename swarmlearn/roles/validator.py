@@ -45,6 +45,7 @@ from swarmlearn.p2p.messages import Ping, Pong
 from swarmlearn.p2p.transport import Connection, dial
 from swarmlearn.p2p.wire import Message, decode_header, encode_header
 from swarmlearn.roles import views
+from swarmlearn.roles.api import serve_api
 from swarmlearn.roles.driver import CoreDriver
 from swarmlearn.roles.messages import (
     GenesisReply,
@@ -81,6 +82,7 @@ class ValidatorOptions:
     bootstrap: tuple[str, int] | None = None
     chain_id: str | None = None
     advertise: tuple[str, int] | None = None
+    api: tuple[str, int] | None = None  # the HTTP API (HPE's 30304); None: none
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
 
 
@@ -207,10 +209,16 @@ class ValidatorNode:
                 self.address = self.options.advertise or (host, port)
                 await nursery.start(self.driver.run, Start(self.store.load()))
                 self._learn_addresses()
+                api = ""
+                if self.options.api is not None:
+                    api_host, api_port = await nursery.start(
+                        serve_api, self, self.identity, *self.options.api
+                    )
+                    api = f", api https://{api_host}:{api_port}"
                 self.on_ready(
                     f"swarm-node {self.identity.info.name} (sn) chain {self.core.chain_id} "
                     f"height {self.core.height - 1} "
-                    f"listening on /ip4/{host}/tcp/{port}/p2p/{self.me}"
+                    f"listening on /ip4/{host}/tcp/{port}/p2p/{self.me}{api}"
                 )
                 task_status.started((host, port))
                 nursery.start_soon(self._join)

@@ -7,7 +7,7 @@ from typing import Any
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_rounds import RoundRecord
 
-VIEWS = ("members", "contracts", "refusals")
+VIEWS = ("members", "contracts", "perfdata", "refusals")
 
 
 def members(app: SwarmApp) -> list[dict[str, Any]]:
@@ -58,6 +58,23 @@ def contracts(app: SwarmApp) -> list[dict[str, Any]]:
     ]
 
 
+def perfdata(app: SwarmApp, contract: str | None = None) -> list[dict[str, Any]]:
+    """HPE's PERFDATA: per node and round, the loss, the metric and the progress."""
+    return [
+        {
+            "contract": name,
+            "round": number,
+            "node": node,
+            "loss": p.loss,
+            "metric": p.metric,
+            "epochs_done": p.epochs_done,
+            "epochs_total": p.epochs_total,
+        }
+        for (name, number, node), p in sorted(app.state.perf.items())
+        if contract is None or name == contract
+    ]
+
+
 def refusals(app: SwarmApp) -> list[dict[str, Any]]:
     return [{"height": h, "sender": s, "reason": r} for h, s, r in app.state.refusals]
 
@@ -67,6 +84,8 @@ def view(app: SwarmApp, what: str) -> Any:
         return members(app)
     if what == "contracts":
         return contracts(app)
+    if what == "perfdata":
+        return perfdata(app)
     if what == "refusals":
         return refusals(app)
     raise ValueError(f"unknown view {what!r}; valid: {', '.join(VIEWS)}")

@@ -1,0 +1,226 @@
+"""The node API: HTTP + JSON over mutual TLS (HPE's port 30304), and Prometheus ``/metrics``.
+
+Served by every SN node for SWCI, the dashboard and scripts (``curl --cert``). Reads are open
+to any certificate of the swarm (the TLS handshake already checked it); writes are ledger
+transactions, signed by their sender, so the API itself authorizes nothing: the ledger does.
+
+Server: Hypercorn (a well-kept ASGI server with a native trio worker, HTTP/1.1 and HTTP/2)
+running a Starlette application (routing and JSON on anyio, which runs on trio); metrics are
+rendered by ``prometheus_client`` from a collector that reads the node's state at scrape time.
+The endpoints are described in ``openapi.json`` beside this module, served at
+``/v1/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from swarmlearn.p2p.identity import Identity
+from swarmlearn.p2p.tls import server_context
+from swarmlearn.roles import views
+
+if TYPE_CHECKING:
+    from swarmlearn.roles.validator import ValidatorNode
+
+API_VERSION = "v1"
+DEFAULT_API_PORT = 30304
+WAIT_MAX_S = 120.0
+TX_BYTES_MAX = 1024 * 1024
+
+
+class _TLSConfig(Config):
+    """Hypercorn's configuration with our TLS: 1.3 only, client certificates required."""
+
+    def __init__(self, identity: Identity) -> None:
+        super().__init__()
+        self._identity = identity
+        self.certfile = str(identity.paths.cert)
+        self.keyfile = str(identity.paths.key)
+
+    def create_ssl_context(self) -> ssl.SSLContext:
+        context = server_context(self._identity)
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        return context
+
+
+def _json(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return _json({"error": message}, status)
+
+
+def build_app(node: ValidatorNode) -> Starlette:
+    async def health(request: Request) -> JSONResponse:
+        status = node.status()
+        return _json({"status": "ok", "chain": status.chain_id, "height": status.height})
+
+    async def status(request: Request) -> JSONResponse:
+        s = node.status()
+        return _json(
+            {
+                "node": s.node,
+                "chain": s.chain_id,
+                "height": s.height,
+                "last_block_hash": s.last_block_hash.hex(),
+                "app_hash": s.app_hash.hex(),
+                "validators": list(s.validators),
+                "peers": list(s.peers),
+                "transactions": s.txs,
+            }
+        )
+
+    async def nodes(request: Request) -> JSONResponse:
+        return _json(views.members(node.app))
+
+    async def contracts(request: Request) -> JSONResponse:
+        return _json(views.contracts(node.app))
+
+    async def contract(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        found = [c for c in views.contracts(node.app) if c["name"] == name]
+        return _json(found[0]) if found else _error(404, f"no contract {name!r}")
+
+    async def rounds(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        found = [c for c in views.contracts(node.app) if c["name"] == name]
+        return _json(found[0]["rounds"]) if found else _error(404, f"no contract {name!r}")
+
+    async def perfdata(request: Request) -> JSONResponse:
+        return _json(views.perfdata(node.app, request.query_params.get("contract")))
+
+    async def refusals(request: Request) -> JSONResponse:
+        return _json(views.refusals(node.app))
+
+    async def transactions(request: Request) -> JSONResponse:
+        try:
+            wait_s = float(request.query_params.get("wait", "0"))
+        except ValueError:
+            return _error(400, "wait: expected a number of seconds")
+        if not 0 <= wait_s <= WAIT_MAX_S:
+            return _error(400, f"wait: expected 0..{WAIT_MAX_S:g} seconds")
+        body = await request.body()
+        if not body or len(body) > TX_BYTES_MAX:
+            return _error(400, f"expected a signed transaction of 1..{TX_BYTES_MAX} bytes")
+        reply = await node.submit(body, wait_s)
+        result = {"accepted": reply.accepted, "reason": reply.reason, "height": reply.height}
+        return _json(result, 200 if reply.accepted else 422)
+
+    async def openapi(request: Request) -> Response:
+        document = resources.files("swarmlearn.roles").joinpath("openapi.json").read_text()
+        return Response(document, media_type="application/json")
+
+    async def metrics(request: Request) -> Response:
+        registry = CollectorRegistry()
+        registry.register(_NodeCollector(node))
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+    prefix = f"/{API_VERSION}"
+    routes = [
+        Route(f"{prefix}/health", health),
+        Route(f"{prefix}/status", status),
+        Route(f"{prefix}/nodes", nodes),
+        Route(f"{prefix}/contracts", contracts),
+        Route(f"{prefix}/contracts/{{name}}", contract),
+        Route(f"{prefix}/contracts/{{name}}/rounds", rounds),
+        Route(f"{prefix}/perfdata", perfdata),
+        Route(f"{prefix}/refusals", refusals),
+        Route(f"{prefix}/transactions", transactions, methods=["POST"]),
+        Route(f"{prefix}/openapi.json", openapi),
+        Route("/metrics", metrics),
+    ]
+    return Starlette(routes=routes)
+
+
+class _NodeCollector:
+    """Prometheus metrics read from the node at scrape time."""
+
+    def __init__(self, node: ValidatorNode) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        node = self.node
+        core = node.core
+        yield _gauge("swarm_consensus_height", "Last committed ledger height.", core.height - 1)
+        yield _gauge("swarm_peers", "Connected peer nodes.", len(node.network.peers()))
+        yield _gauge("swarm_validators", "Validators at the current height.", len(core.validators))
+        yield _gauge("swarm_members", "Members of the swarm registry.", len(node.app.state.members))
+        rounds = GaugeMetricFamily(
+            "swarm_rounds", "Sync rounds by status.", labels=["contract", "status"]
+        )
+        durations = GaugeMetricFamily(
+            "swarm_round_duration_seconds",
+            "Duration of the latest finished round.",
+            labels=["contract"],
+        )
+        for name, contract in sorted(node.app.state.contracts.items()):
+            counts: dict[str, int] = {}
+            for record in contract.rounds.values():
+                counts[record.status.value] = counts.get(record.status.value, 0) + 1
+            for status_name, count in sorted(counts.items()):
+                rounds.add_metric([name, status_name], count)
+            finished = [r for r in contract.rounds.values() if r.finished_ms is not None]
+            if finished:
+                last = max(finished, key=lambda r: r.number)
+                assert last.finished_ms is not None
+                durations.add_metric([name], (last.finished_ms - last.opened_ms) / 1000)
+        yield rounds
+        yield durations
+        traffic = node.network.statistics()
+        yield _counter("swarm_bytes_sent", "Bytes sent to peers and clients.", traffic.bytes_sent)
+        yield _counter("swarm_bytes_received", "Bytes received.", traffic.bytes_received)
+        refused = sum(node.app.state.refused.values())
+        yield _counter("swarm_transactions_refused", "Transactions the ledger refused.", refused)
+        yield _counter(
+            "swarm_inputs_handled", "Inputs the consensus core handled.", node.driver.inputs_handled
+        )
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+async def serve_api(
+    node: ValidatorNode,
+    identity: Identity,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the API on ``host:port`` (0: any free port); ``task_status`` gets the address."""
+    config = _TLSConfig(identity)
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = "-"
+    await serve(build_app(node), config, task_status=_Bound(task_status))  # type: ignore[arg-type]
+
+
+class _Bound:
+    """Translates Hypercorn's started(["https://host:port"]) into started((host, port))."""
+
+    def __init__(self, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+        self._task_status = task_status
+
+    def started(self, binds: list[str] | None = None) -> None:
+        address = (binds or ["https://127.0.0.1:0"])[0].split("://", 1)[1]
+        host, _, port = address.rpartition(":")
+        self._task_status.started((host.strip("[]"), int(port)))
