@@ -1,0 +1,83 @@
+"""A swarm node's cores composed into one (sans-IO): the ledger, and the SL rounds beside it.
+
+The composite routes inputs: round messages, contributions and round timers to the
+:class:`SLRoundCore`, everything else to the :class:`ConsensusCore`. It closes the loop
+between them inside one ``handle`` call: a transaction the SL core wants on the ledger
+(:class:`SubmitSigned`) is handed to the consensus core as a local request, and every
+committed block (``Deliver(Committed)``) tells the SL core to look at the rounds again. At
+``Start`` the node asks to join the registry (a signed ``Join`` with its certificate) unless
+the ledger already has it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from swarmlearn.consensus.core import ConsensusCore
+from swarmlearn.consensus.events import Committed, SubmitTx
+from swarmlearn.consensus.swarm_app import SwarmApp
+from swarmlearn.consensus.swarm_txs import Join
+from swarmlearn.p2p.wire import Message
+from swarmlearn.roles.sl_round import (
+    Contribute,
+    FetchMerged,
+    LedgerChanged,
+    MergedPiece,
+    RoundChunk,
+    RoundManifest,
+    SLEffect,
+    SLRoundCore,
+    SubmitSigned,
+)
+from swarmlearn.sansio import Deliver, Effect, Input, Receive, Request, Start, TimerFired
+
+ROUND_MESSAGES = (RoundManifest, RoundChunk, MergedPiece, FetchMerged)
+
+
+class SwarmNodeCore:
+    def __init__(
+        self,
+        consensus: ConsensusCore,
+        app: SwarmApp,
+        sign: Callable[[Message], bytes],
+        certificate: bytes,
+        address: str = "",
+    ) -> None:
+        self.consensus = consensus
+        self.app = app
+        self.sign = sign
+        self.certificate = certificate
+        self.address = address
+        self.me = consensus.me
+        self.sl = SLRoundCore(self.me, app, sign)
+
+    def handle(self, event: Input, now: float) -> list[Effect]:
+        effects: list[SLEffect]
+        match event:
+            case Receive(_, message) if isinstance(message, ROUND_MESSAGES):
+                effects = self.sl.handle(event, now)
+            case Request(Contribute()):
+                effects = self.sl.handle(event, now)
+            case TimerFired((str(kind), *_)) if kind.startswith("sl-"):
+                effects = self.sl.handle(event, now)
+            case Start():
+                effects = list(self.consensus.handle(event, now))
+                if self.me not in self.app.state.members:
+                    effects.append(SubmitSigned(self.sign(Join(self.address, self.certificate))))
+            case _:
+                effects = list(self.consensus.handle(event, now))
+        return self._settle(effects, now)
+
+    def _settle(self, effects: list[SLEffect], now: float) -> list[Effect]:
+        """Carry the SL core's ledger transactions to the consensus core, and commits back."""
+        out: list[Effect] = []
+        pending: list[SLEffect] = list(effects)
+        while pending:
+            effect = pending.pop(0)
+            if isinstance(effect, SubmitSigned):
+                pending[:0] = self.consensus.handle(Request(SubmitTx(effect.tx)), now)
+                continue
+            out.append(effect)
+            if isinstance(effect, Deliver) and isinstance(effect.value, Committed):
+                pending[:0] = self.sl.handle(Request(LedgerChanged()), now)
+        return out

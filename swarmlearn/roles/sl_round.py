@@ -1,0 +1,575 @@
+"""The SL side of a sync round (sans-IO): commit, reduce-scatter, merge by range, all-gather.
+
+Theory of operation (DESIGN.md, "Sync round")
+---------------------------------------------
+The local trainer hands over its weights (:class:`Contribute`: the flat bytes in the merge
+engine's layout). The core commits to them on the ledger before any byte moves: a signed
+``CheckIn`` with the manifest root. The ledger (read through the node's swarm app) closes
+the round and fixes the participants; participant ``i`` owns range ``i`` of
+``plan_shards(layout, P)``. Then, per attempt:
+
+1. every participant sends each other participant its manifest (the chunk hashes, checked
+   against the committed root) and the chunks that overlap that participant's range;
+2. each owner verifies every chunk against the sender's manifest and folds it into its
+   :class:`RangeMerge` (fixed participant order: identical bytes whatever the arrival
+   order). A chunk that does not match its commitment gets its sender excluded on the
+   ledger (``Exclude``), which starts a new attempt without it;
+3. each owner sends its merged range to every participant (``MergedPiece``); each
+   participant assembles the merged model, computes its manifest root and reports it
+   (``Merged``);
+4. when the ledger holds the round DONE with a root, a participant whose bytes have that
+   root delivers them to the trainer; one that lacks them (late, restarted, dissenting)
+   fetches them from a participant and verifies them against the ledger's root. A FAILED
+   round is delivered as such: the trainer keeps its own weights, never a partial merge.
+
+Every wait is bounded: the attempt deadline comes from the ledger (model size based); when
+it passes, the core sends a ``Heartbeat`` so the ledger runs its deadline rule (finish with
+agreeing reporters, re-plan with the live ones, or fail). Progress is delivered as it goes
+("round 7: 2/3 checked in").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarmlearn.consensus.swarm_app import SwarmApp
+from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
+from swarmlearn.consensus.swarm_txs import CheckIn, Exclude, Heartbeat, Merged, TensorSpec
+from swarmlearn.merge import (
+    Layout,
+    RangeMerge,
+    WeightSet,
+    build_manifest,
+    plan_shards,
+    resolve_method,
+)
+from swarmlearn.merge.manifest import manifest_root
+from swarmlearn.p2p.wire import Message, Payload
+from swarmlearn.sansio import (
+    Deliver,
+    Effect,
+    Input,
+    Log,
+    NodeId,
+    Receive,
+    Request,
+    Send,
+    SetTimer,
+    TimerFired,
+)
+
+DEADLINE_MARGIN_S = 0.5
+EARLY_BYTES_MAX = 512 * 1024 * 1024
+
+
+# ---------------------------------------------------------------- messages (tags 0xA0-0xAF)
+
+
+@dataclass(frozen=True)
+class RoundManifest(Message, tag=0xA0):
+    contract: str
+    round: int
+    attempt: int
+    chunk_hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class RoundChunk(Message, tag=0xA1):
+    contract: str
+    round: int
+    attempt: int
+    index: int
+    data: Payload
+
+
+@dataclass(frozen=True)
+class MergedPiece(Message, tag=0xA2):
+    contract: str
+    round: int
+    attempt: int
+    start: int  # byte offset in the flat layout
+    data: Payload
+
+
+@dataclass(frozen=True)
+class FetchMerged(Message, tag=0xA3):
+    contract: str
+    round: int
+
+
+# ---------------------------------------------------------------- inputs and deliveries
+
+
+@dataclass(frozen=True)
+class Contribute:
+    """Request from the trainer: these weights, for the contract's next round."""
+
+    contract: str
+    flat: bytes
+    layout: Layout
+    weight: int = 1
+    min_peers: int = 2
+    merge_method: str = "mean"
+
+
+@dataclass(frozen=True)
+class LedgerChanged:
+    """Input from the node: a block was committed; look at the rounds again."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    contract: str
+    round: int
+    text: str
+
+
+@dataclass(frozen=True)
+class RoundDone:
+    contract: str
+    round: int
+    root: bytes
+    flat: bytes
+
+
+@dataclass(frozen=True)
+class RoundFailed:
+    contract: str
+    round: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SubmitSigned:
+    """Effect for the node: put this signed transaction on the ledger."""
+
+    tx: bytes
+
+
+#: The SL core's effects: the sans-IO vocabulary plus one of its own, handled by the node.
+SLEffect = Effect | SubmitSigned
+
+
+# ---------------------------------------------------------------- the core
+
+
+def specs_of(layout: Layout) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in layout.tensors)
+
+
+@dataclass
+class _Attempt:
+    number: int
+    participants: tuple[str, ...]
+    me: int
+    merge: RangeMerge | None
+    manifests: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
+    waiting: list[tuple[int, int, bytes]] = field(default_factory=list)  # chunks before manifests
+    merged: bytearray = field(default_factory=bytearray)
+    pieces: set[int] = field(default_factory=set)  # owners whose whole range arrived
+    bytes_from: dict[int, int] = field(default_factory=dict)  # merged bytes per owner
+    reported: bool = False
+
+
+@dataclass
+class _Round:
+    contract: str
+    number: int
+    contribution: Contribute
+    manifest_hashes: tuple[bytes, ...]
+    root: bytes
+    attempt: _Attempt | None = None
+    merged_root: bytes | None = None
+    merged: bytes | None = None
+    finished: bool = False
+    last_progress: str = ""
+
+
+class SLRoundCore:
+    """One SL node's rounds, for every contract it trains on."""
+
+    def __init__(self, me: NodeId, app: SwarmApp, sign: Any) -> None:
+        self.me = me
+        self.app = app
+        self.sign = sign  # body Message -> signed transaction bytes
+        self.rounds: dict[tuple[str, int], _Round] = {}
+        self.kept: dict[tuple[str, int], tuple[bytes, bytes]] = {}  # merged (root, flat) to serve
+        # Messages of an attempt this node has not seen the ledger start yet (blocks commit
+        # at slightly different times on different nodes): replayed when it starts.
+        self.early: list[tuple[str, RoundManifest | RoundChunk | MergedPiece]] = []
+        self.early_bytes = 0
+
+    def handle(self, event: Input, now: float) -> list[SLEffect]:
+        match event:
+            case Request(Contribute() as contribution):
+                return self._contribute(contribution)
+            case Request(LedgerChanged()):
+                return [e for r in list(self.rounds.values()) for e in self._follow(r, now)]
+            case Receive(sender, RoundManifest() | RoundChunk() | MergedPiece() as message):
+                if self._is_early(message):
+                    return self._keep_early(sender, message)
+                return self._dispatch(sender, message)
+            case Receive(sender, FetchMerged(contract, number)):
+                return self._serve(sender, contract, number)
+            case TimerFired(("sl-deadline", str(contract), int(number), int(attempt))):
+                return self._deadline(contract, number, attempt)
+        return []
+
+    def _dispatch(
+        self, sender: str, message: RoundManifest | RoundChunk | MergedPiece
+    ) -> list[SLEffect]:
+        if isinstance(message, RoundManifest):
+            return self._on_manifest(sender, message)
+        if isinstance(message, RoundChunk):
+            return self._on_chunk(sender, message)
+        return self._on_piece(sender, message)
+
+    def _is_early(self, message: RoundManifest | RoundChunk | MergedPiece) -> bool:
+        state = self.rounds.get((message.contract, message.round))
+        if state is None or state.finished or message.attempt < 0:
+            return False
+        return state.attempt is None or state.attempt.number < message.attempt
+
+    def _keep_early(
+        self, sender: str, message: RoundManifest | RoundChunk | MergedPiece
+    ) -> list[SLEffect]:
+        size = len(getattr(message, "data", b"")) + 64
+        if self.early_bytes + size > EARLY_BYTES_MAX:
+            return [Log("dropped an early round message: the buffer is full", "warning")]
+        self.early.append((sender, message))
+        self.early_bytes += size
+        return []
+
+    def _replay_early(self, state: _Round) -> list[SLEffect]:
+        assert state.attempt is not None
+        ready = [
+            (s, m)
+            for s, m in self.early
+            if (m.contract, m.round, m.attempt)
+            == (state.contract, state.number, state.attempt.number)
+        ]
+        stale = [
+            (s, m)
+            for s, m in self.early
+            if (m.contract, m.round) == (state.contract, state.number)
+            and m.attempt < state.attempt.number
+        ]
+        gone = {id(m) for _, m in ready + stale}
+        self.early = [(s, m) for s, m in self.early if id(m) not in gone]
+        self.early_bytes = sum(len(getattr(m, "data", b"")) + 64 for _, m in self.early)
+        return [effect for sender, message in ready for effect in self._dispatch(sender, message)]
+
+    # ------------------------------------------------------------ committing
+
+    def _contribute(self, c: Contribute) -> list[SLEffect]:
+        contract = self.app.state.contracts.get(c.contract)
+        if contract is None:
+            return [Deliver(RoundFailed(c.contract, 0, f"no contract {c.contract!r}"))]
+        number = contract.next_round_number()
+        manifest = build_manifest(c.layout, c.flat)
+        state = _Round(c.contract, number, c, manifest.chunk_hashes, manifest.root)
+        self.rounds[(c.contract, number)] = state
+        check_in = CheckIn(
+            c.contract,
+            number,
+            manifest.root,
+            c.weight,
+            c.min_peers,
+            specs_of(c.layout),
+            c.layout.total_bytes,
+            c.merge_method,
+        )
+        return [SubmitSigned(self.sign(check_in)), self._progress(state, "checking in")]
+
+    def _record(self, state: _Round) -> RoundRecord | None:
+        contract = self.app.state.contracts.get(state.contract)
+        return None if contract is None else contract.rounds.get(state.number)
+
+    def _follow(self, state: _Round, now: float) -> list[SLEffect]:
+        record = self._record(state)
+        if record is None or state.finished:
+            return []
+        if record.status == RoundStatus.OPEN:
+            text = f"round {state.number}: {len(record.checkins)}/{record.min_peers} checked in"
+            return [self._progress(state, text)] if text != state.last_progress else []
+        if record.status == RoundStatus.FAILED:
+            state.finished = True
+            return [Deliver(RoundFailed(state.contract, state.number, record.reason))]
+        if record.status == RoundStatus.DONE:
+            return self._done(state, record)
+        if state.attempt is None or state.attempt.number != record.attempt:
+            return self._start_attempt(state, record, now)
+        return []
+
+    # ------------------------------------------------------------ the exchange
+
+    def _start_attempt(self, state: _Round, record: RoundRecord, now: float) -> list[SLEffect]:
+        if self.me not in record.participants:
+            state.attempt = None
+            return [
+                self._progress(
+                    state, f"round {state.number}: not a participant of attempt {record.attempt}"
+                )
+            ]
+        c = state.contribution
+        me = record.participants.index(self.me)
+        plan = plan_shards(c.layout, len(record.participants))
+        weights = WeightSet.of(
+            [record.checkins[p].weight for p in record.participants], len(record.participants)
+        )
+        merge = RangeMerge(c.layout, plan.shards[me], weights, resolve_method(record.merge_method))
+        attempt = _Attempt(
+            record.attempt, record.participants, me, merge, merged=bytearray(c.layout.total_bytes)
+        )
+        state.attempt = attempt
+        effects: list[SLEffect] = []
+        wait_s = max(0.0, record.deadline_ms / 1000 - now) + DEADLINE_MARGIN_S
+        effects.append(
+            SetTimer(("sl-deadline", state.contract, state.number, attempt.number), wait_s)
+        )
+        attempt.manifests[me] = state.manifest_hashes
+        for owner_index, owner in enumerate(record.participants):
+            if owner == self.me:
+                continue
+            effects.append(
+                Send(
+                    owner,
+                    RoundManifest(
+                        state.contract, state.number, attempt.number, state.manifest_hashes
+                    ),
+                )
+            )
+            for chunk in plan.shards[owner_index].chunks(c.layout):
+                start, stop = c.layout.chunk_span(chunk)
+                data = memoryview(c.flat)[start:stop]
+                effects.append(
+                    Send(
+                        owner, RoundChunk(state.contract, state.number, attempt.number, chunk, data)
+                    )
+                )
+        for chunk in plan.shards[me].chunks(c.layout):  # my own contribution to my own range
+            start, stop = c.layout.chunk_span(chunk)
+            merge.add(me, chunk, memoryview(c.flat)[start:stop])
+        effects.append(
+            self._progress(
+                state,
+                f"round {state.number}: exchanging with {len(record.participants)} participants",
+            )
+        )
+        return effects + self._after_merge_step(state) + self._replay_early(state)
+
+    def _current(self, contract: str, number: int, attempt: int) -> _Round | None:
+        state = self.rounds.get((contract, number))
+        if state is None or state.attempt is None or state.attempt.number != attempt:
+            return None
+        return state
+
+    def _on_manifest(self, sender: str, m: RoundManifest) -> list[SLEffect]:
+        state = self._current(m.contract, m.round, m.attempt)
+        record = self._record(state) if state else None
+        if (
+            state is None
+            or record is None
+            or state.attempt is None
+            or sender not in state.attempt.participants
+        ):
+            return []
+        index = state.attempt.participants.index(sender)
+        committed = record.checkins[sender].root
+        if manifest_root(state.contribution.layout, m.chunk_hashes) != committed:
+            return self._exclude(state, sender, "its manifest does not match its commitment")
+        state.attempt.manifests[index] = m.chunk_hashes
+        waiting, state.attempt.waiting = state.attempt.waiting, []
+        effects: list[SLEffect] = []
+        for participant, chunk, data in waiting:
+            effects += self._fold(state, participant, chunk, data)
+        return effects
+
+    def _on_chunk(self, sender: str, c: RoundChunk) -> list[SLEffect]:
+        state = self._current(c.contract, c.round, c.attempt)
+        if state is None or state.attempt is None or sender not in state.attempt.participants:
+            return []
+        index = state.attempt.participants.index(sender)
+        if index not in state.attempt.manifests:
+            state.attempt.waiting.append((index, c.index, bytes(c.data)))
+            return []
+        return self._fold(state, index, c.index, c.data)
+
+    def _fold(self, state: _Round, participant: int, chunk: int, data: Any) -> list[SLEffect]:
+        attempt = state.attempt
+        assert attempt is not None
+        assert attempt.merge is not None
+        layout = state.contribution.layout
+        hashes = attempt.manifests[participant]
+        start, stop = layout.chunk_span(chunk) if 0 <= chunk < layout.chunk_count else (0, -1)
+        if stop < 0 or len(data) != stop - start or hashlib.sha256(data).digest() != hashes[chunk]:
+            culprit = attempt.participants[participant]
+            return self._exclude(state, culprit, f"chunk {chunk} does not match its commitment")
+        try:
+            attempt.merge.add(participant, chunk, data)
+        except Exception as error:  # a duplicate, or a chunk outside my range: the sender's fault
+            return [
+                Log(
+                    f"round {state.number}: chunk {chunk} from participant {participant}: {error}",
+                    "warning",
+                )
+            ]
+        return self._after_merge_step(state)
+
+    def _after_merge_step(self, state: _Round) -> list[SLEffect]:
+        attempt = state.attempt
+        assert attempt is not None
+        assert attempt.merge is not None
+        if not attempt.merge.done or attempt.me in attempt.pieces:
+            return []
+        result = attempt.merge.result()
+        shard = attempt.merge.shard
+        effects = self._place(state, attempt.me, shard.start_byte, result)
+        chunk_bytes = state.contribution.layout.chunk_bytes
+        for offset in range(0, max(len(result), 1), chunk_bytes):
+            piece = result[offset : offset + chunk_bytes]
+            for other in attempt.participants:
+                if other != self.me:
+                    effects.append(
+                        Send(
+                            other,
+                            MergedPiece(
+                                state.contract,
+                                state.number,
+                                attempt.number,
+                                shard.start_byte + offset,
+                                piece,
+                            ),
+                        )
+                    )
+        return effects
+
+    def _on_piece(self, sender: str, p: MergedPiece) -> list[SLEffect]:
+        state = self.rounds.get((p.contract, p.round))
+        if state is None:
+            return []
+        if p.attempt == -1:  # a fetched merged model (see _serve)
+            return self._fetched(state, p)
+        if (
+            state.attempt is None
+            or state.attempt.number != p.attempt
+            or sender not in state.attempt.participants
+        ):
+            return []
+        owner = state.attempt.participants.index(sender)
+        return self._place(state, owner, p.start, p.data)
+
+    def _place(self, state: _Round, owner: int, start: int, data: Any) -> list[SLEffect]:
+        attempt = state.attempt
+        assert attempt is not None
+        layout = state.contribution.layout
+        shard = plan_shards(layout, len(attempt.participants)).shards[owner]
+        if not (shard.start_byte <= start and start + len(data) <= shard.stop_byte):
+            return [
+                Log(f"round {state.number}: a merged piece outside its owner's range", "warning")
+            ]
+        attempt.merged[start : start + len(data)] = data
+        attempt.bytes_from[owner] = attempt.bytes_from.get(owner, 0) + len(data)
+        if attempt.bytes_from[owner] >= shard.nbytes:
+            attempt.pieces.add(owner)
+        if len(attempt.pieces) < len(attempt.participants) or attempt.reported:
+            return []
+        attempt.reported = True
+        root = build_manifest(layout, attempt.merged).root
+        state.merged_root, state.merged = root, bytes(attempt.merged)
+        self.kept[(state.contract, state.number)] = (root, state.merged)
+        report = Merged(state.contract, state.number, attempt.number, root)
+        return [
+            SubmitSigned(self.sign(report)),
+            self._progress(state, f"round {state.number}: merged, root {root.hex()[:12]}"),
+        ]
+
+    # ------------------------------------------------------------ ends
+
+    def _exclude(self, state: _Round, culprit: str, reason: str) -> list[SLEffect]:
+        attempt = state.attempt
+        assert attempt is not None
+        report = Exclude(state.contract, state.number, attempt.number, culprit, reason)
+        return [
+            SubmitSigned(self.sign(report)),
+            Log(f"round {state.number}: excluding {culprit[:8]}: {reason}", "warning"),
+        ]
+
+    def _deadline(self, contract: str, number: int, attempt: int) -> list[SLEffect]:
+        state = self._current(contract, number, attempt)
+        if state is None or state.finished:
+            return []
+        return [
+            SubmitSigned(self.sign(Heartbeat(contract))),
+            self._progress(state, f"round {number}: attempt {attempt} past its deadline"),
+        ]
+
+    def _done(self, state: _Round, record: RoundRecord) -> list[SLEffect]:
+        assert record.merged_root is not None
+        if state.merged_root == record.merged_root and state.merged is not None:
+            state.finished = True
+            return [
+                Deliver(RoundDone(state.contract, state.number, record.merged_root, state.merged))
+            ]
+        sources = [p for p in record.participants if p not in record.dissenters and p != self.me]
+        if not sources:
+            state.finished = True
+            return [
+                Deliver(RoundFailed(state.contract, state.number, "no peer holds the merged model"))
+            ]
+        state.merged = None
+        state.attempt = _Attempt(
+            -1,
+            record.participants,
+            -1,
+            None,
+            merged=bytearray(state.contribution.layout.total_bytes),
+        )
+        return [
+            Send(sources[0], FetchMerged(state.contract, state.number)),
+            self._progress(state, f"round {state.number}: fetching the merged model"),
+        ]
+
+    def _serve(self, sender: str, contract: str, number: int) -> list[SLEffect]:
+        kept = self.kept.get((contract, number))
+        if kept is None:
+            return []
+        _, flat = kept
+        size = 4 * 1024 * 1024
+        return [
+            Send(
+                sender,
+                MergedPiece(contract, number, -1, offset, memoryview(flat)[offset : offset + size]),
+            )
+            for offset in range(0, len(flat), size)
+        ]
+
+    def _fetched(self, state: _Round, p: MergedPiece) -> list[SLEffect]:
+        attempt = state.attempt
+        if attempt is None or attempt.number != -1 or state.finished:
+            return []
+        attempt.merged[p.start : p.start + len(p.data)] = p.data
+        attempt.bytes_from[-1] = attempt.bytes_from.get(-1, 0) + len(p.data)
+        if attempt.bytes_from[-1] < len(attempt.merged):
+            return []
+        record = self._record(state)
+        root = build_manifest(state.contribution.layout, attempt.merged).root
+        if record is None or root != record.merged_root:
+            state.finished = True
+            return [
+                Deliver(
+                    RoundFailed(
+                        state.contract, state.number, "the fetched model does not match the ledger"
+                    )
+                )
+            ]
+        state.finished = True
+        state.merged_root, state.merged = root, bytes(attempt.merged)
+        self.kept[(state.contract, state.number)] = (root, state.merged)
+        return [Deliver(RoundDone(state.contract, state.number, root, state.merged))]
+
+    def _progress(self, state: _Round, text: str) -> Deliver:
+        state.last_progress = text
+        return Deliver(Progress(state.contract, state.number, text))

@@ -1,0 +1,180 @@
+"""Sync rounds in the simulator: real consensus, the swarm app, the SL round core, real keys.
+
+Each simulated node is a whole swarm node (ledger validator + SL) with a real certificate;
+they check in numpy weights, exchange chunks, merge by range, agree on the ledger, and every
+participant must end with the same bytes, equal to the merge engine's reference result.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from swarmlearn.consensus.core import ConsensusCore
+from swarmlearn.consensus.crypto import KeySigner, KeyVerifier
+from swarmlearn.consensus.events import Genesis
+from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT, SwarmApp, sign_transaction
+from swarmlearn.consensus.types import Validator
+from swarmlearn.merge import ModelState, flatten, layout_of, merge
+from swarmlearn.merge.manifest import Layout
+from swarmlearn.p2p.certs import create_ca, issue_certificate
+from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
+from swarmlearn.p2p.wire import Message
+from swarmlearn.roles.node_core import SwarmNodeCore
+from swarmlearn.roles.sl_round import Contribute, RoundDone, RoundFailed
+from swarmlearn.sim import Checker, LinkConfig, Simulator
+from swarmlearn.sim.checkers import FailureKind, Violation
+from swarmlearn.sim.cluster import NodeContext
+
+CHAIN = "rounds-sim"
+CHUNK_BYTES = 1024
+VERBOSE = False
+
+
+@dataclass(frozen=True)
+class Swarm:
+    identities: dict[str, Identity]  # by node id
+    genesis: Genesis
+
+
+def make_swarm(root: Path, count: int) -> Swarm:
+    ca = create_ca(root / "ca")
+    identities = {}
+    for index in range(count):
+        issued = issue_certificate(
+            ca, f"node{index}", root / "ca", hosts=[], roles=[Role.SN, Role.SL]
+        )
+        identity = load_identity(
+            IdentityPaths(issued.cert_path, issued.key_path, root / "ca" / "ca.pem")
+        )
+        identities[str(identity.peer_id)] = identity
+    ca_der = ca.certificate.public_bytes(Encoding.DER)
+    validators = tuple(
+        Validator(n, KeySigner(i).public_key, 1) for n, i in sorted(identities.items())
+    )
+    # Block time must fall inside the certificates' validity: start the chain an hour in.
+    start_ms = int(ca.certificate.not_valid_before_utc.timestamp() * 1000) + 3_600_000
+    return Swarm(identities, Genesis(CHAIN, start_ms, validators, b"", ca_der))
+
+
+def factory(swarm: Swarm) -> Callable[[NodeContext], SwarmNodeCore]:
+    def build(context: NodeContext) -> SwarmNodeCore:
+        identity = swarm.identities[context.node_id]
+        app = SwarmApp(CHAIN, swarm.genesis.ca_certificate, swarm.genesis.time_ms)
+        consensus = ConsensusCore(
+            swarm.genesis, KeySigner(identity), KeyVerifier(), app, context.rng, context.peers
+        )
+
+        def sign(body: Message) -> bytes:
+            return sign_transaction(identity, CHAIN, body)
+
+        return SwarmNodeCore(consensus, app, sign, identity.certificate.public_bytes(Encoding.DER))
+
+    return build
+
+
+class RoundChecker(Checker):
+    """Every participant ends a round with the same bytes, which the ledger's root names."""
+
+    name = "rounds"
+
+    def __init__(self) -> None:
+        self.done: dict[tuple[str, int], dict[str, RoundDone]] = {}
+        self.failed: list[RoundFailed] = []
+
+    def on_deliver(self, node: str, incarnation: int, value: Any, time: float) -> Violation | None:
+        if isinstance(value, RoundFailed):
+            self.failed.append(value)
+        if not isinstance(value, RoundDone):
+            return None
+        seen = self.done.setdefault((value.contract, value.round), {})
+        seen[node] = value
+        first = next(iter(seen.values()))
+        if value.root != first.root or value.flat != first.flat:
+            return Violation(self.name, FailureKind.SAFETY, f"{node} merged other weights", time)
+        return None
+
+
+def model(rng: np.random.Generator) -> ModelState:
+    arrays: dict[str, np.ndarray[Any, Any]] = {
+        "fc.weight": rng.standard_normal((40, 30)).astype(np.float32),
+        "fc.bias": rng.standard_normal(30).astype(np.float32),
+        "bn.num_batches_tracked": np.array(rng.integers(0, 100), dtype=np.int64),
+    }
+    return ModelState(arrays)
+
+
+def contribute(
+    sim: Simulator,
+    layout: Layout,
+    states: dict[str, ModelState],
+    at: float,
+    weights: dict[str, int],
+) -> None:
+    for node, state in sorted(states.items()):
+        flat = bytes(flatten(state, layout))
+        request = Contribute(
+            DEFAULT_CONTRACT, flat, layout, weight=weights[node], min_peers=len(states)
+        )
+        sim.request(node, request, at=at)
+
+
+@pytest.fixture(scope="module")
+def swarm3(tmp_path_factory: pytest.TempPathFactory) -> Swarm:
+    return make_swarm(tmp_path_factory.mktemp("swarm3"), 3)
+
+
+def run_rounds(
+    swarm: Swarm, seed: int, rounds: int
+) -> tuple[Simulator, RoundChecker, list[dict[str, ModelState]], Layout]:
+    checker = RoundChecker()
+    link = LinkConfig(latency_min_s=0.001, latency_tail_s=0.002, bandwidth_bps=100e6)
+    sim = Simulator(
+        seed, swarm.identities, factory(swarm), link=link, checkers=[checker], verbose=VERBOSE
+    )
+    for node in sim.node_ids:  # local clocks read genesis time at virtual time 0
+        sim.set_clock(node, offset_s=swarm.genesis.time_ms / 1000)
+    sim.start()
+    rng = np.random.default_rng(seed)
+    nodes = sorted(swarm.identities)
+    layout = layout_of(model(rng), chunk_bytes=CHUNK_BYTES)
+    weights = {node: random.Random(node).randint(1, 100) for node in nodes}
+    contributions = []
+    for number in range(rounds):
+        states = {node: model(rng) for node in nodes}
+        contributions.append(states)
+        contribute(sim, layout, states, at=1.0 + 10.0 * number, weights=weights)
+    sim.run(
+        until=lambda: (
+            bool(sim.violations)
+            or (len(checker.done) == rounds
+            and all(len(v) == len(nodes) for v in checker.done.values()))
+        ),
+        time_limit=10.0 * rounds + 60,
+    )
+    return sim, checker, contributions, layout
+
+
+def test_three_nodes_run_rounds_and_end_with_the_reference_merge(swarm3: Swarm) -> None:
+    sim, checker, contributions, layout = run_rounds(swarm3, seed=1, rounds=3)
+    assert not sim.violations, sim.violations
+    assert checker.failed == []
+    nodes = sorted(swarm3.identities)
+    weights = [random.Random(node).randint(1, 100) for node in nodes]
+    for number, states in enumerate(contributions, start=1):
+        done = checker.done[(DEFAULT_CONTRACT, number)]
+        assert sorted(done) == nodes
+        reference = merge([states[n] for n in nodes], weights, "mean")
+        expected = bytes(flatten(reference, layout))
+        assert next(iter(done.values())).flat == expected  # bit for bit
+        app = sim.nodes[nodes[0]].core.app  # type: ignore[union-attr]
+        assert (
+            app.state.contracts[DEFAULT_CONTRACT].rounds[number].merged_root == done[nodes[0]].root
+        )
