@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+import swarmlearn.roles.simulation  # noqa: F401  (registers the rounds-* scenarios)
 from swarmlearn.consensus.core import ConsensusCore
 from swarmlearn.consensus.crypto import KeySigner, KeyVerifier
 from swarmlearn.consensus.events import Genesis
@@ -29,9 +30,10 @@ from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.wire import Message
 from swarmlearn.roles.node_core import SwarmNodeCore
 from swarmlearn.roles.sl_round import Contribute, RoundDone, RoundFailed
-from swarmlearn.sim import Checker, LinkConfig, Simulator
+from swarmlearn.sim import Checker, LinkConfig, Simulator, run_scenario
 from swarmlearn.sim.checkers import FailureKind, Violation
 from swarmlearn.sim.cluster import NodeContext
+from swarmlearn.sim.testing import sweep
 
 CHAIN = "rounds-sim"
 CHUNK_BYTES = 1024
@@ -154,8 +156,10 @@ def run_rounds(
     sim.run(
         until=lambda: (
             bool(sim.violations)
-            or (len(checker.done) == rounds
-            and all(len(v) == len(nodes) for v in checker.done.values()))
+            or (
+                len(checker.done) == rounds
+                and all(len(v) == len(nodes) for v in checker.done.values())
+            )
         ),
         time_limit=10.0 * rounds + 60,
     )
@@ -178,3 +182,25 @@ def test_three_nodes_run_rounds_and_end_with_the_reference_merge(swarm3: Swarm) 
         assert (
             app.state.contracts[DEFAULT_CONTRACT].rounds[number].merged_root == done[nodes[0]].root
         )
+
+
+# ---------------------------------------------------------------- the named scenarios
+
+ROUND_SCENARIOS = ["rounds-3", "rounds-10", "rounds-kill", "rounds-partition", "rounds-byzantine"]
+
+
+@pytest.mark.parametrize("name", ROUND_SCENARIOS)
+def test_round_scenarios_end_every_round_with_one_merge(name: str) -> None:
+    first = run_scenario(name, 1)
+    assert first.ok, "\n".join(first.summary())
+    assert run_scenario(name, 1).fingerprint == first.fingerprint  # keys and all, from the seed
+
+
+@pytest.mark.parametrize("name", ["rounds-kill", "rounds-partition", "rounds-byzantine"])
+def test_a_seed_sweep_of_faulty_rounds(name: str) -> None:
+    assert len(sweep(name, range(2, 12))) == 10
+
+
+def test_fifty_nodes_run_twenty_rounds() -> None:
+    result = run_scenario("rounds-50", 1)
+    assert result.ok, "\n".join(result.summary())

@@ -98,8 +98,15 @@ class SwarmState:
 
 
 class SwarmApp:
-    def __init__(self, chain_id: str, ca_certificate: bytes, genesis_time_ms: int = 0) -> None:
+    def __init__(
+        self,
+        chain_id: str,
+        ca_certificate: bytes,
+        genesis_time_ms: int = 0,
+        genesis_validators: frozenset[str] = frozenset(),
+    ) -> None:
         self.chain_id = chain_id
+        self.seated = set(genesis_validators)  # nodes with a validator seat
         self.ca = x509.load_der_x509_certificate(ca_certificate)
         self.verifier = KeyVerifier()
         self._verified: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()  # a cache only
@@ -231,9 +238,9 @@ class SwarmApp:
             case PerfData(contract=contract, round=number):
                 self.state.perf[(contract, number, sender)] = body
             case Heartbeat(contract=name) if name in self.state.contracts:
-                latest = self.state.contracts[name].latest
-                if latest is not None and sender in latest.participants:
-                    latest.alive.add(sender)
+                for record in self.state.contracts[name].rounds.values():
+                    if record.status == RoundStatus.EXCHANGING and sender in record.participants:
+                        record.alive.add(sender)
         return "ok"
 
     def _refuse(self, tx: bytes, reason: str, sender: str = "") -> str:
@@ -255,7 +262,8 @@ class SwarmApp:
             last_seen_height=self._height,
             last_seen_ms=self._now_ms,
         )
-        if known is None and Role.SN in info.roles:
+        if Role.SN in info.roles and sender not in self.seated:
+            self.seated.add(sender)
             updates.append(Validator(sender, _public_key(join.certificate), 1))
         return "ok"
 

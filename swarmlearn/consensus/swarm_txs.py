@@ -116,6 +116,10 @@ class PerfData(Message, tag=0x99):
 
 @dataclass(frozen=True)
 class Heartbeat(Message, tag=0x9A):
-    """Proof of life; it also gives the ledger a block to run its deadlines in."""
+    """Proof of life; it also gives the ledger a block to run its grace periods and deadlines
+    in. ``round``, ``attempt`` and ``at_ms`` make each heartbeat a distinct transaction."""
 
     contract: str = ""
+    round: int = 0
+    attempt: int = 0
+    at_ms: int = 0

@@ -199,6 +199,7 @@ class SLRoundCore:
         # Messages of an attempt this node has not seen the ledger start yet (blocks commit
         # at slightly different times on different nodes): replayed when it starts.
         self.early: list[tuple[str, RoundManifest | RoundChunk | MergedPiece]] = []
+        self.queued: dict[str, Contribute] = {}  # the next weights, while a round runs
         self.early_bytes = 0
 
     def handle(self, event: Input, now: float) -> list[SLEffect]:
@@ -206,7 +207,8 @@ class SLRoundCore:
             case Request(Contribute() as contribution):
                 return self._contribute(contribution)
             case Request(LedgerChanged()):
-                return [e for r in list(self.rounds.values()) for e in self._follow(r, now)]
+                effects = [e for r in list(self.rounds.values()) for e in self._follow(r, now)]
+                return effects + self._start_queued()
             case Receive(sender, RoundManifest() | RoundChunk() | MergedPiece() as message):
                 if self._is_early(message):
                     return self._keep_early(sender, message)
@@ -214,7 +216,14 @@ class SLRoundCore:
             case Receive(sender, FetchMerged(contract, number)):
                 return self._serve(sender, contract, number)
             case TimerFired(("sl-deadline", str(contract), int(number), int(attempt))):
-                return self._deadline(contract, number, attempt)
+                return self._deadline(contract, number, attempt, now)
+            case TimerFired(("sl-tick", str(contract), int(number), int(attempt))):
+                state = self.rounds.get((contract, number))
+                if state is None or state.finished or state.attempt is not None:
+                    return []
+                return [
+                    SubmitSigned(self.sign(Heartbeat(contract, number, attempt, int(now * 1000))))
+                ]
         return []
 
     def _dispatch(
@@ -267,6 +276,14 @@ class SLRoundCore:
         contract = self.app.state.contracts.get(c.contract)
         if contract is None:
             return [Deliver(RoundFailed(c.contract, 0, f"no contract {c.contract!r}"))]
+        busy = [r for r in self.rounds.values() if r.contract == c.contract and not r.finished]
+        if busy:  # one round at a time per contract: this one waits for the current one
+            self.queued[c.contract] = c
+            return [
+                self._progress(
+                    busy[0], f"round {busy[0].number} still running; next weights queued"
+                )
+            ]
         number = contract.next_round_number()
         manifest = build_manifest(c.layout, c.flat)
         state = _Round(c.contract, number, c, manifest.chunk_hashes, manifest.root)
@@ -293,7 +310,15 @@ class SLRoundCore:
             return []
         if record.status == RoundStatus.OPEN:
             text = f"round {state.number}: {len(record.checkins)}/{record.min_peers} checked in"
-            return [self._progress(state, text)] if text != state.last_progress else []
+            if text == state.last_progress:
+                return []
+            effects: list[SLEffect] = [self._progress(state, text)]
+            if record.quorum_ms is not None:  # a block after the grace period closes the round
+                contract = self.app.state.contracts[state.contract]
+                close_s = (record.quorum_ms + contract.params.grace_ms) / 1000
+                tag = ("sl-tick", state.contract, state.number, 0)
+                effects.append(SetTimer(tag, max(0.0, close_s - now) + DEADLINE_MARGIN_S))
+            return effects
         if record.status == RoundStatus.FAILED:
             state.finished = True
             return [Deliver(RoundFailed(state.contract, state.number, record.reason))]
@@ -381,9 +406,10 @@ class SLRoundCore:
         if manifest_root(state.contribution.layout, m.chunk_hashes) != committed:
             return self._exclude(state, sender, "its manifest does not match its commitment")
         state.attempt.manifests[index] = m.chunk_hashes
-        waiting, state.attempt.waiting = state.attempt.waiting, []
+        mine = [w for w in state.attempt.waiting if w[0] == index]
+        state.attempt.waiting = [w for w in state.attempt.waiting if w[0] != index]
         effects: list[SLEffect] = []
-        for participant, chunk, data in waiting:
+        for participant, chunk, data in mine:
             effects += self._fold(state, participant, chunk, data)
         return effects
 
@@ -497,14 +523,23 @@ class SLRoundCore:
             Log(f"round {state.number}: excluding {culprit[:8]}: {reason}", "warning"),
         ]
 
-    def _deadline(self, contract: str, number: int, attempt: int) -> list[SLEffect]:
+    def _deadline(self, contract: str, number: int, attempt: int, now: float) -> list[SLEffect]:
         state = self._current(contract, number, attempt)
         if state is None or state.finished:
             return []
+        beat = Heartbeat(contract, number, attempt, int(now * 1000))
         return [
-            SubmitSigned(self.sign(Heartbeat(contract))),
+            SubmitSigned(self.sign(beat)),
             self._progress(state, f"round {number}: attempt {attempt} past its deadline"),
         ]
+
+    def _start_queued(self) -> list[SLEffect]:
+        effects: list[SLEffect] = []
+        for contract, queued in sorted(self.queued.items()):
+            if not any(r.contract == contract and not r.finished for r in self.rounds.values()):
+                del self.queued[contract]
+                effects += self._contribute(queued)
+        return effects
 
     def _done(self, state: _Round, record: RoundRecord) -> list[SLEffect]:
         assert record.merged_root is not None

@@ -175,7 +175,8 @@ class ValidatorNode:
         self.me = str(identity.peer_id)
         self.on_ready = on_ready
         self.store = store
-        self.app = SwarmApp(genesis.chain_id, genesis.ca_certificate, genesis.time_ms)
+        seated = frozenset(v.node for v in genesis.validators)
+        self.app = SwarmApp(genesis.chain_id, genesis.ca_certificate, genesis.time_ms, seated)
         seed = int.from_bytes(identity.peer_id.digest[:8], "big")
         signer, verifier = KeySigner(identity), KeyVerifier()
         self.core = ConsensusCore(

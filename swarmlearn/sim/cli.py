@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import swarmlearn.consensus.simulation  # noqa: F401  (registers the bft-* scenarios)
+import swarmlearn.consensus.simulation
+import swarmlearn.roles.simulation  # noqa: F401  (registers the rounds-* scenarios)
 from swarmlearn.errors import ConfigError
 from swarmlearn.sim.scenarios import DEFAULT_SCENARIO, SCENARIOS, run_scenario
 

@@ -46,6 +46,9 @@ class Scenario:
     default_nodes: int = 10
     fault_phase_s: float = 20.0
     converge_budget_s: float = 60.0
+    #: For nodes that need more than a name (a certificate, say): (seed, count) -> their ids,
+    #: derived from the seed; the factory then gets them in its NodeContext as usual.
+    node_ids: Callable[[int, int], list[str]] | None = None
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -117,9 +120,8 @@ def run_scenario(
     sc = SCENARIOS[name]
     count = nodes if nodes is not None else sc.default_nodes
     checkers = [*sc.checkers(), BoundedQueuesChecker()]
-    sim = Simulator(
-        seed, node_names(count), sc.factory(), link=sc.link, checkers=checkers, verbose=verbose
-    )
+    ids = sc.node_ids(seed, count) if sc.node_ids is not None else node_names(count)
+    sim = Simulator(seed, ids, sc.factory(), link=sc.link, checkers=checkers, verbose=verbose)
     context = SetupContext(
         sim, sim.seeds.rng("workload"), sim.seeds.rng("faults"), sc.fault_phase_s
     )
