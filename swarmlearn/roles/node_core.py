@@ -42,12 +42,15 @@ class SwarmNodeCore:
         sign: Callable[[Message], bytes],
         certificate: bytes,
         address: str = "",
+        *,
+        join_at_start: bool = True,
     ) -> None:
         self.consensus = consensus
         self.app = app
         self.sign = sign
         self.certificate = certificate
         self.address = address
+        self.join_at_start = join_at_start
         self.me = consensus.me
         self.sl = SLRoundCore(self.me, app, sign)
 
@@ -62,7 +65,7 @@ class SwarmNodeCore:
                 effects = self.sl.handle(event, now)
             case Start():
                 effects = list(self.consensus.handle(event, now))
-                if self.me not in self.app.state.members:
+                if self.join_at_start and self.me not in self.app.state.members:
                     effects.append(SubmitSigned(self.sign(Join(self.address, self.certificate))))
             case _:
                 effects = list(self.consensus.handle(event, now))

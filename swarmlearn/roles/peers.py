@@ -30,12 +30,13 @@ from swarmlearn.p2p.transport import (
     TransportStatistics,
     dial,
 )
-from swarmlearn.p2p.wire import Message
+from swarmlearn.p2p.wire import Message, payload_of
 from swarmlearn.sansio import NodeId
 
 log = logging.getLogger(__name__)
 
 SEND_QUEUE_MAX = 4096
+SEND_QUEUE_BYTES_MAX = 512 * 1024 * 1024
 REDIAL_MIN_S = 0.2
 REDIAL_MAX_S = 5.0
 
@@ -49,6 +50,7 @@ RequestHandler = Callable[[Connection, Message], Awaitable[bool]]
 class _Peer:
     connection: Connection
     queue: trio.MemorySendChannel[Message]
+    queued_bytes: int = 0  # payload bytes waiting in the queue (weight chunks are big)
 
 
 class PeerNetwork:
@@ -81,10 +83,17 @@ class PeerNetwork:
         if not links:
             self.dropped += 1
             return
+        link = links[-1]
+        size = len(payload_of(message))
+        if link.queued_bytes + size > SEND_QUEUE_BYTES_MAX:
+            self.dropped += 1
+            return
         try:
-            links[-1].queue.send_nowait(message)
+            link.queue.send_nowait(message)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.dropped += 1
+            return
+        link.queued_bytes += size
 
     def statistics(self) -> TransportStatistics:
         """Traffic of every connection, accepted and dialed."""
@@ -152,7 +161,7 @@ class PeerNetwork:
                 if is_peer:
                     self._peers.setdefault(peer, []).append(link)
                     self._changed()
-                    nursery.start_soon(self._write, connection, receive, nursery.cancel_scope)
+                    nursery.start_soon(self._write, link, receive, nursery.cancel_scope)
                 await self._read(connection, peer, is_peer)
                 nursery.cancel_scope.cancel()
         finally:
@@ -168,13 +177,15 @@ class PeerNetwork:
 
     async def _write(
         self,
-        connection: Connection,
+        link: _Peer,
         queue: trio.MemoryReceiveChannel[Message],
         scope: trio.CancelScope,
     ) -> None:
+        connection = link.connection
         try:
             async for message in queue:
                 await connection.send(message)
+                link.queued_bytes -= len(payload_of(message))
         except CONNECTION_ERRORS as error:
             log.info(
                 "sending to %s failed: %s", connection.peer_id.short, error or type(error).__name__

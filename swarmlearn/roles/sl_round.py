@@ -61,6 +61,7 @@ from swarmlearn.sansio import (
 )
 
 DEADLINE_MARGIN_S = 0.5
+RESEND_S = 2.0
 EARLY_BYTES_MAX = 512 * 1024 * 1024
 
 
@@ -185,6 +186,8 @@ class _Round:
     merged: bytes | None = None
     finished: bool = False
     last_progress: str = ""
+    check_in: bytes = b""  # the signed CheckIn, resent until the ledger has it
+    sent_at: float = 0.0
 
 
 class SLRoundCore:
@@ -205,10 +208,10 @@ class SLRoundCore:
     def handle(self, event: Input, now: float) -> list[SLEffect]:
         match event:
             case Request(Contribute() as contribution):
-                return self._contribute(contribution)
+                return self._contribute(contribution, now)
             case Request(LedgerChanged()):
                 effects = [e for r in list(self.rounds.values()) for e in self._follow(r, now)]
-                return effects + self._start_queued()
+                return effects + self._start_queued(now)
             case Receive(sender, RoundManifest() | RoundChunk() | MergedPiece() as message):
                 if self._is_early(message):
                     return self._keep_early(sender, message)
@@ -217,6 +220,12 @@ class SLRoundCore:
                 return self._serve(sender, contract, number)
             case TimerFired(("sl-deadline", str(contract), int(number), int(attempt))):
                 return self._deadline(contract, number, attempt, now)
+            case TimerFired(("sl-alive", str(contract), int(number), int(attempt))):
+                current = self._current(contract, number, attempt)
+                if current is None or current.finished or current.merged_root is not None:
+                    return []
+                beat = Heartbeat(contract, number, attempt, int(now * 1000))
+                return [SubmitSigned(self.sign(beat))]
             case TimerFired(("sl-tick", str(contract), int(number), int(attempt))):
                 state = self.rounds.get((contract, number))
                 if state is None or state.finished or state.attempt is not None:
@@ -272,7 +281,7 @@ class SLRoundCore:
 
     # ------------------------------------------------------------ committing
 
-    def _contribute(self, c: Contribute) -> list[SLEffect]:
+    def _contribute(self, c: Contribute, now: float) -> list[SLEffect]:
         contract = self.app.state.contracts.get(c.contract)
         if contract is None:
             return [Deliver(RoundFailed(c.contract, 0, f"no contract {c.contract!r}"))]
@@ -298,7 +307,19 @@ class SLRoundCore:
             c.layout.total_bytes,
             c.merge_method,
         )
-        return [SubmitSigned(self.sign(check_in)), self._progress(state, "checking in")]
+        state.check_in = self.sign(check_in)
+        state.sent_at = now
+        return [SubmitSigned(state.check_in), self._progress(state, "checking in")]
+
+    def _missed(self, state: _Round, record: RoundRecord | None) -> bool:
+        """This contribution belongs to a later round than ``state.number``."""
+        contract = self.app.state.contracts.get(state.contract)
+        if contract is None or contract.next_round_number() == state.number:
+            return False
+        if record is not None and self.me in record.checkins:
+            # Mine, unless it is a check-in from before a restart, with other weights.
+            return record.checkins[self.me].root != state.root
+        return record is None or record.status != RoundStatus.OPEN
 
     def _record(self, state: _Round) -> RoundRecord | None:
         contract = self.app.state.contracts.get(state.contract)
@@ -306,7 +327,17 @@ class SLRoundCore:
 
     def _follow(self, state: _Round, now: float) -> list[SLEffect]:
         record = self._record(state)
-        if record is None or state.finished:
+        if state.finished:
+            return []
+        if self._missed(state, record):
+            # Checked in to a round that had moved on (a restarted node's ledger was behind,
+            # or the round closed first): the same weights go to the round that is open now.
+            del self.rounds[(state.contract, state.number)]
+            return self._contribute(state.contribution, now)
+        if (record is None or self.me not in record.checkins) and now - state.sent_at >= RESEND_S:
+            state.sent_at = now  # not on the ledger yet (refused while joining, or lost)
+            return [SubmitSigned(state.check_in)]
+        if record is None:
             return []
         if record.status == RoundStatus.OPEN:
             text = f"round {state.number}: {len(record.checkins)}/{record.min_peers} checked in"
@@ -353,6 +384,11 @@ class SLRoundCore:
         wait_s = max(0.0, record.deadline_ms / 1000 - now) + DEADLINE_MARGIN_S
         effects.append(
             SetTimer(("sl-deadline", state.contract, state.number, attempt.number), wait_s)
+        )
+        # Halfway, tell the ledger this node is alive: if the attempt fails, the next one is
+        # planned with the nodes that said so (the ledger's deadline rule).
+        effects.append(
+            SetTimer(("sl-alive", state.contract, state.number, attempt.number), wait_s / 2)
         )
         attempt.manifests[me] = state.manifest_hashes
         for owner_index, owner in enumerate(record.participants):
@@ -533,12 +569,12 @@ class SLRoundCore:
             self._progress(state, f"round {number}: attempt {attempt} past its deadline"),
         ]
 
-    def _start_queued(self) -> list[SLEffect]:
+    def _start_queued(self, now: float) -> list[SLEffect]:
         effects: list[SLEffect] = []
         for contract, queued in sorted(self.queued.items()):
             if not any(r.contract == contract and not r.finished for r in self.rounds.values()):
                 del self.queued[contract]
-                effects += self._contribute(queued)
+                effects += self._contribute(queued, now)
         return effects
 
     def _done(self, state: _Round, record: RoundRecord) -> list[SLEffect]:

@@ -47,6 +47,13 @@ from swarmlearn.p2p.wire import Message, decode_header, encode_header
 from swarmlearn.roles import views
 from swarmlearn.roles.api import serve_api
 from swarmlearn.roles.driver import CoreDriver
+from swarmlearn.roles.local import (
+    LocalContribute,
+    LocalEndpoint,
+    LocalProgress,
+    LocalRoundDone,
+    LocalRoundFailed,
+)
 from swarmlearn.roles.messages import (
     GenesisReply,
     GenesisRequest,
@@ -57,7 +64,9 @@ from swarmlearn.roles.messages import (
     SubmitReply,
     SubmitRequest,
 )
+from swarmlearn.roles.node_core import SwarmNodeCore
 from swarmlearn.roles.peers import PeerNetwork
+from swarmlearn.roles.sl_round import Contribute, Progress, RoundDone, RoundFailed
 from swarmlearn.sansio import Receive, Request, Start
 
 log = logging.getLogger(__name__)
@@ -182,10 +191,19 @@ class ValidatorNode:
         self.core = ConsensusCore(
             genesis, signer, verifier, self.app, random.Random(seed), [], options.consensus
         )
+        self.node = SwarmNodeCore(
+            self.core,
+            self.app,
+            lambda body: sign_transaction(identity, genesis.chain_id, body),
+            identity.certificate.public_bytes(serialization.Encoding.DER),
+            join_at_start=False,  # _join does it, through the bootstrap node when there is one
+        )
         self.network = PeerNetwork(
             identity, self._on_peer_message, self._on_request, on_peers_changed=self.core.set_peers
         )
-        self.driver = CoreDriver(self.core, self.network, store, self._on_deliver)
+        self.driver = CoreDriver(self.node, self.network, store, self._on_deliver)
+        self.local = LocalEndpoint(options.data_dir / "sl.sock", self._on_contribute)
+        self._trainers: dict[str, Callable[[Message], None]] = {}
         self.address = options.listen
         self._waiters: dict[bytes, list[tuple[trio.Event, list[SubmitReply]]]] = {}
 
@@ -209,6 +227,7 @@ class ValidatorNode:
                 host, port = await nursery.start(self.network.serve, *self.options.listen)
                 self.address = self.options.advertise or (host, port)
                 await nursery.start(self.driver.run, Start(self.store.load()))
+                await nursery.start(self.local.serve)
                 self._learn_addresses()
                 api = ""
                 if self.options.api is not None:
@@ -284,8 +303,35 @@ class ValidatorNode:
             outcome.append(reply)
             event.set()
 
+    def _on_contribute(self, message: LocalContribute, reply: Callable[[Message], None]) -> None:
+        """A trainer on this host hands over its weights for the contract's next round."""
+        self._trainers[message.contract] = reply
+        contribution = Contribute(
+            message.contract,
+            bytes(message.data),
+            message.layout(),
+            message.weight,
+            message.min_peers,
+            message.merge_method,
+        )
+        self.driver.submit(Request(contribution))
+
+    def _to_trainer(self, value: Progress | RoundDone | RoundFailed) -> None:
+        reply = self._trainers.get(value.contract)
+        if reply is None:
+            return
+        if isinstance(value, Progress):
+            reply(LocalProgress(value.round, value.text))
+        elif isinstance(value, RoundDone):
+            reply(LocalRoundDone(value.round, value.root, value.flat))
+        else:
+            reply(LocalRoundFailed(value.round, value.reason))
+
     def _on_deliver(self, value: Any) -> None:
-        if isinstance(value, Committed):
+        if isinstance(value, Progress | RoundDone | RoundFailed):
+            log.info("%s", value.text if isinstance(value, Progress) else type(value).__name__)
+            self._to_trainer(value)
+        elif isinstance(value, Committed):
             self._learn_addresses()
             for tx in value.txs:
                 outcome = self.app.outcome(tx) or "ok"

@@ -1,0 +1,231 @@
+"""The local endpoint: how a training process on the same host hands weights to its node.
+
+A Unix socket in the node's data directory (mode 0600: only the owner's processes may use
+it), carrying the same framed messages as the network (``u32 length | body``) without TLS.
+The trainer sends :class:`LocalContribute` (its flat weights in the merge engine's layout,
+raw after a small header: no copy into CBOR); the node answers with :class:`LocalProgress`
+lines while the round runs, then :class:`LocalRoundDone` (the merged weights, verified
+against the ledger's root) or :class:`LocalRoundFailed` (keep your own weights).
+
+:class:`LocalClient` is the trainer's side: plain blocking sockets, since it runs inside a
+training loop (the SwarmCallback of the callback issue builds on it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from swarmlearn.errors import ConfigError, RemoteProtocolError
+from swarmlearn.merge.manifest import Layout, TensorSpec
+from swarmlearn.p2p.framing import FrameReader, encode_frame
+from swarmlearn.p2p.wire import Message, Payload, decode_body
+
+LOCAL_FRAME_BYTES_MAX = 2**32 - 1
+RECEIVE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LocalTensor(Message, tag=0xB0):
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+
+
+@dataclass(frozen=True)
+class LocalContribute(Message, tag=0xB1):
+    contract: str
+    weight: int
+    min_peers: int
+    merge_method: str
+    tensors: tuple[LocalTensor, ...]
+    total_bytes: int
+    chunk_bytes: int
+    data: Payload
+
+    def layout(self) -> Layout:
+        specs = tuple(TensorSpec(t.name, t.dtype, t.shape, t.offset) for t in self.tensors)
+        return Layout(specs, self.total_bytes, self.chunk_bytes)
+
+    @classmethod
+    def of(
+        cls,
+        contract: str,
+        layout: Layout,
+        flat: bytes | memoryview,
+        *,
+        weight: int,
+        min_peers: int,
+        merge_method: str,
+    ) -> LocalContribute:
+        tensors = tuple(
+            LocalTensor(t.name, t.dtype, tuple(t.shape), t.offset) for t in layout.tensors
+        )
+        return cls(
+            contract,
+            weight,
+            min_peers,
+            merge_method,
+            tensors,
+            layout.total_bytes,
+            layout.chunk_bytes,
+            flat,
+        )
+
+
+@dataclass(frozen=True)
+class LocalProgress(Message, tag=0xB2):
+    round: int
+    text: str
+
+
+@dataclass(frozen=True)
+class LocalRoundDone(Message, tag=0xB3):
+    round: int
+    root: bytes
+    data: Payload
+
+
+@dataclass(frozen=True)
+class LocalRoundFailed(Message, tag=0xB4):
+    round: int
+    reason: str
+
+
+# ---------------------------------------------------------------- the node's side (trio)
+
+
+class LocalEndpoint:
+    """Serves trainers on a Unix socket; one connection per trainer, one contract each."""
+
+    def __init__(
+        self,
+        path: Path,
+        on_contribute: Callable[[LocalContribute, Callable[[Message], None]], None],
+    ) -> None:
+        self.path = path
+        self.on_contribute = on_contribute
+
+    async def serve(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.path.exists():
+            self.path.unlink()  # a socket left by a node that died
+        listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await listener.bind(str(self.path))
+        os.chmod(self.path, 0o600)
+        listener.listen()
+        async with trio.open_nursery() as nursery:
+            task_status.started(self.path)
+            while True:
+                sock, _ = await listener.accept()
+                nursery.start_soon(self._serve_one, trio.SocketStream(sock))
+
+    async def _serve_one(self, stream: trio.SocketStream) -> None:
+        send, receive = trio.open_memory_channel[Message](1024)
+
+        def reply(message: Message) -> None:
+            with contextlib.suppress(
+                trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
+            ):
+                send.send_nowait(message)  # a trainer that went away loses nothing of ours
+
+        async def write() -> None:
+            async for message in receive:
+                for buffer in encode_frame(message, LOCAL_FRAME_BYTES_MAX):
+                    await stream.send_all(buffer)
+
+        reader = FrameReader(LOCAL_FRAME_BYTES_MAX)
+        async with stream, trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            try:
+                while data := await stream.receive_some(RECEIVE_BYTES):
+                    reader.feed(data)
+                    while (body := reader.next_frame()) is not None:
+                        message = decode_body(body)
+                        if isinstance(message, LocalContribute):
+                            self.on_contribute(message, reply)
+            except (RemoteProtocolError, trio.BrokenResourceError):
+                pass
+            send.close()
+            nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------- the trainer's side (blocking)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    round: int
+    merged: bytes | None  # None: the round failed; keep your own weights
+    root: bytes
+    reason: str
+
+
+class LocalClient:
+    """Blocking client for a training process: contribute, wait for the merged weights."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        timeout_s: float = 600.0,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> None:
+        if not path.exists():
+            raise ConfigError(
+                f"{path}: no swarm node's local endpoint here (is swarm-node running?)"
+            )
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout_s)
+        self.sock.connect(str(path))
+        self.reader = FrameReader(LOCAL_FRAME_BYTES_MAX)
+        self.on_progress = on_progress
+
+    def sync_round(
+        self,
+        contract: str,
+        layout: Layout,
+        flat: bytes,
+        *,
+        weight: int = 1,
+        min_peers: int = 2,
+        merge_method: str = "mean",
+    ) -> RoundOutcome:
+        """Hand over the weights; block until the round ends (or the socket times out)."""
+        message = LocalContribute.of(
+            contract, layout, flat, weight=weight, min_peers=min_peers, merge_method=merge_method
+        )
+        for buffer in encode_frame(message, LOCAL_FRAME_BYTES_MAX):
+            self.sock.sendall(buffer)
+        while True:
+            reply = self._receive()
+            if isinstance(reply, LocalProgress):
+                if self.on_progress is not None:
+                    self.on_progress(reply.text)
+            elif isinstance(reply, LocalRoundDone):
+                return RoundOutcome(reply.round, bytes(reply.data), reply.root, "")
+            elif isinstance(reply, LocalRoundFailed):
+                return RoundOutcome(reply.round, None, b"", reply.reason)
+
+    def _receive(self) -> Message:
+        while (body := self.reader.next_frame()) is None:
+            data = self.sock.recv(RECEIVE_BYTES)
+            if not data:
+                raise ConfigError("the swarm node closed the local endpoint")
+            self.reader.feed(data)
+        return decode_body(body)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> LocalClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
