@@ -3,6 +3,7 @@ through each node's local endpoint; one node is SIGKILLed mid-round and comes ba
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -119,14 +120,16 @@ def test_four_daemons_run_rounds_and_a_killed_one_rejoins(pki: Path, tmp_path: P
             assert len({o.root for o in outcomes}) == 1
 
             # Restarted from its data directory, node 3 catches up and joins round 4.
-            with node_process(pki, "sn3", data[3], "--listen", f"127.0.0.1:{port3}"):
-                with ThreadPoolExecutor(NODES) as pool:
-                    fourth = list(
-                        pool.map(
-                            lambda i: train_rounds(sockets[i], i, range(4, 5), layout, NODES),
-                            range(NODES),
-                        )
+            with (
+                node_process(pki, "sn3", data[3], "--listen", f"127.0.0.1:{port3}"),
+                ThreadPoolExecutor(NODES) as pool,
+            ):
+                fourth = list(
+                    pool.map(
+                        lambda i: train_rounds(sockets[i], i, range(4, 5), layout, NODES),
+                        range(NODES),
                     )
+                )
             outcomes = [runs[0] for runs in fourth]
             assert all(o.merged is not None for o in outcomes), [o.reason for o in outcomes]
             assert len({o.root for o in outcomes}) == 1
@@ -149,7 +152,5 @@ def _contribute_then_die(socket: Path, layout: Layout, victim: subprocess.Popen[
 
 def _sync_quietly(client: LocalClient, layout: Layout) -> None:
     flat = bytes(flatten(model(3003), layout))
-    try:
+    with contextlib.suppress(ConfigError, OSError):  # its node dies under it
         client.sync_round(DEFAULT_CONTRACT, layout, flat, weight=4, min_peers=NODES - 1)
-    except (ConfigError, OSError):
-        pass  # its node died under it
