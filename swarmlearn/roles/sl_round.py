@@ -61,6 +61,7 @@ from swarmlearn.sansio import (
 )
 
 DEADLINE_MARGIN_S = 0.5
+KEPT_ROUNDS = 2  # merged models kept per contract, for peers that fetch them
 RESEND_S = 2.0
 EARLY_BYTES_MAX = 512 * 1024 * 1024
 
@@ -108,7 +109,7 @@ class Contribute:
     """Request from the trainer: these weights, for the contract's next round."""
 
     contract: str
-    flat: bytes
+    flat: bytes | bytearray | memoryview
     layout: Layout
     weight: int = 1
     min_peers: int = 2
@@ -132,7 +133,7 @@ class RoundDone:
     contract: str
     round: int
     root: bytes
-    flat: bytes
+    flat: bytes | bytearray
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ class _Round:
     root: bytes
     attempt: _Attempt | None = None
     merged_root: bytes | None = None
-    merged: bytes | None = None
+    merged: bytearray | None = None
     finished: bool = False
     last_progress: str = ""
     check_in: bytes = b""  # the signed CheckIn, resent until the ledger has it
@@ -198,7 +199,7 @@ class SLRoundCore:
         self.app = app
         self.sign = sign  # body Message -> signed transaction bytes
         self.rounds: dict[tuple[str, int], _Round] = {}
-        self.kept: dict[tuple[str, int], tuple[bytes, bytes]] = {}  # merged (root, flat) to serve
+        self.kept: dict[tuple[str, int], tuple[bytes, bytearray]] = {}  # merged, to serve
         # Messages of an attempt this node has not seen the ledger start yet (blocks commit
         # at slightly different times on different nodes): replayed when it starts.
         self.early: list[tuple[str, RoundManifest | RoundChunk | MergedPiece]] = []
@@ -540,8 +541,8 @@ class SLRoundCore:
             return []
         attempt.reported = True
         root = build_manifest(layout, attempt.merged).root
-        state.merged_root, state.merged = root, bytes(attempt.merged)
-        self.kept[(state.contract, state.number)] = (root, state.merged)
+        state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
+        self._keep(state.contract, state.number, root, state.merged)
         report = Merged(state.contract, state.number, attempt.number, root)
         return [
             SubmitSigned(self.sign(report)),
@@ -637,9 +638,19 @@ class SLRoundCore:
                 )
             ]
         state.finished = True
-        state.merged_root, state.merged = root, bytes(attempt.merged)
-        self.kept[(state.contract, state.number)] = (root, state.merged)
+        state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
+        self._keep(state.contract, state.number, root, state.merged)
         return [Deliver(RoundDone(state.contract, state.number, root, state.merged))]
+
+    def _keep(self, contract: str, number: int, root: bytes, flat: bytearray) -> None:
+        """Serve the merged model to peers that fetch it; only the latest rounds are kept."""
+        self.kept[(contract, number)] = (root, flat)
+        mine = sorted(n for c, n in self.kept if c == contract)
+        for old in mine[:-KEPT_ROUNDS]:
+            del self.kept[(contract, old)]
+        for key in [k for k, r in self.rounds.items() if k[0] == contract and r.finished]:
+            if key[1] < number - KEPT_ROUNDS:
+                del self.rounds[key]
 
     def _progress(self, state: _Round, text: str) -> Deliver:
         state.last_progress = text

@@ -308,7 +308,7 @@ class ValidatorNode:
         self._trainers[message.contract] = reply
         contribution = Contribute(
             message.contract,
-            bytes(message.data),
+            message.data,  # a view of the received frame: not copied again
             message.layout(),
             message.weight,
             message.min_peers,
