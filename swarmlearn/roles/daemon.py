@@ -31,6 +31,7 @@ from swarmlearn.p2p.identity import Identity
 from swarmlearn.p2p.messages import Goodbye, Ping, Pong
 from swarmlearn.p2p.transport import TransportConfig, dial
 from swarmlearn.roles.api import DEFAULT_API_PORT
+from swarmlearn.roles.config import add_config_arguments, resolve
 from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions
 
 log = logging.getLogger("swarmlearn.node")
@@ -40,16 +41,16 @@ DEFAULT_P2P_PORT = 30303  # HPE's SN peer-to-peer port
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     add_identity_arguments(parser)
+    add_config_arguments(parser)
     parser.add_argument(
         "--listen",
-        default=f"127.0.0.1:{DEFAULT_P2P_PORT}",
         help=f"HOST:PORT to accept peers on (default 127.0.0.1:{DEFAULT_P2P_PORT})",
     )
     parser.add_argument(
         "--data",
+        "--data-dir",
         type=Path,
-        default=Path("swarm-data"),
-        help="where the node keeps its ledger (default ./swarm-data)",
+        help="where the node keeps its ledger and local socket (default ./swarm-data)",
     )
     parser.add_argument(
         "--sentinel", action="store_true", help="create a new swarm (the first node only)"
@@ -61,16 +62,13 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--api",
-        default=f"127.0.0.1:{DEFAULT_API_PORT}",
         metavar="HOST:PORT",
         help=f"serve the HTTP API here (default 127.0.0.1:{DEFAULT_API_PORT}; 'none' for no API)",
     )
     parser.add_argument(
         "--check", action="store_true", help="check the identity and configuration, then exit"
     )
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
 def add_ping_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +117,7 @@ def _address(
 
 
 def run(args: argparse.Namespace) -> int:
+    args = resolve(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
