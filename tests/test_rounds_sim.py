@@ -123,7 +123,7 @@ def contribute(
     for node, state in sorted(states.items()):
         flat = bytes(flatten(state, layout))
         request = Contribute(
-            DEFAULT_CONTRACT, flat, layout, weight=weights[node], min_peers=len(states)
+            DEFAULT_CONTRACT, flat, layout, weights[node], len(states), perf=(0.5, 0.9, 1, 20)
         )
         sim.request(node, request, at=at)
 
@@ -182,6 +182,8 @@ def test_three_nodes_run_rounds_and_end_with_the_reference_merge(swarm3: Swarm) 
         assert (
             app.state.contracts[DEFAULT_CONTRACT].rounds[number].merged_root == done[nodes[0]].root
         )
+        perf = [p for (_, n, _), p in app.state.perf.items() if n == number]
+        assert [(p.loss, p.metric) for p in perf] == [(0.5, 0.9)] * len(nodes)
 
 
 # ---------------------------------------------------------------- the named scenarios

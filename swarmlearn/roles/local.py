@@ -49,6 +49,8 @@ class LocalContribute(Message, tag=0xB1):
     total_bytes: int
     chunk_bytes: int
     data: Payload
+    #: HPE's PERFDATA for this round (loss, metric, epochs done, epochs in all), if known.
+    perf: tuple[float, float, int, int] | None = None
 
     def layout(self) -> Layout:
         specs = tuple(TensorSpec(t.name, t.dtype, t.shape, t.offset) for t in self.tensors)
@@ -64,6 +66,7 @@ class LocalContribute(Message, tag=0xB1):
         weight: int,
         min_peers: int,
         merge_method: str,
+        perf: tuple[float, float, int, int] | None = None,
     ) -> LocalContribute:
         tensors = tuple(
             LocalTensor(t.name, t.dtype, tuple(t.shape), t.offset) for t in layout.tensors
@@ -77,6 +80,7 @@ class LocalContribute(Message, tag=0xB1):
             layout.total_bytes,
             layout.chunk_bytes,
             flat,
+            perf,
         )
 
 
@@ -196,10 +200,18 @@ class LocalClient:
         weight: int = 1,
         min_peers: int = 2,
         merge_method: str = "mean",
+        perf: tuple[float, float, int, int] | None = None,
     ) -> RoundOutcome:
-        """Hand over the weights; block until the round ends (or the socket times out)."""
+        """Hand over the weights (and HPE's perfdata: loss, metric, epochs done, epochs in
+        all); block until the round ends (or the socket times out)."""
         message = LocalContribute.of(
-            contract, layout, flat, weight=weight, min_peers=min_peers, merge_method=merge_method
+            contract,
+            layout,
+            flat,
+            weight=weight,
+            min_peers=min_peers,
+            merge_method=merge_method,
+            perf=perf,
         )
         for buffer in encode_frame(message, LOCAL_FRAME_BYTES_MAX):
             self.sock.sendall(buffer)

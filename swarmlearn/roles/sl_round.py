@@ -36,7 +36,14 @@ from typing import Any
 
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
-from swarmlearn.consensus.swarm_txs import CheckIn, Exclude, Heartbeat, Merged, TensorSpec
+from swarmlearn.consensus.swarm_txs import (
+    CheckIn,
+    Exclude,
+    Heartbeat,
+    Merged,
+    PerfData,
+    TensorSpec,
+)
 from swarmlearn.merge import (
     Layout,
     RangeMerge,
@@ -114,6 +121,9 @@ class Contribute:
     weight: int = 1
     min_peers: int = 2
     merge_method: str = "mean"
+    #: HPE's PERFDATA for this round, when the trainer reports it: loss, metric, epochs
+    #: done, epochs in all.
+    perf: tuple[float, float, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -310,7 +320,15 @@ class SLRoundCore:
         )
         state.check_in = self.sign(check_in)
         state.sent_at = now
-        return [SubmitSigned(state.check_in), self._progress(state, "checking in")]
+        effects: list[SLEffect] = [
+            SubmitSigned(state.check_in),
+            self._progress(state, "checking in"),
+        ]
+        if c.perf is not None:
+            loss, metric, done, total = c.perf
+            report = PerfData(c.contract, number, loss, metric, done, total)
+            effects.insert(1, SubmitSigned(self.sign(report)))
+        return effects
 
     def _missed(self, state: _Round, record: RoundRecord | None) -> bool:
         """This contribution belongs to a later round than ``state.number``."""

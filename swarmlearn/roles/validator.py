@@ -313,6 +313,7 @@ class ValidatorNode:
             message.weight,
             message.min_peers,
             message.merge_method,
+            message.perf,
         )
         self.driver.submit(Request(contribution))
 
