@@ -120,15 +120,15 @@ class LocalEndpoint:
     async def serve(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
         if self.path.exists():
             self.path.unlink()  # a socket left by a node that died
-        listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await listener.bind(str(self.path))
-        os.chmod(self.path, 0o600)
-        listener.listen()
-        async with trio.open_nursery() as nursery:
-            task_status.started(self.path)
-            while True:
-                sock, _ = await listener.accept()
-                nursery.start_soon(self._serve_one, trio.SocketStream(sock))
+        with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            await listener.bind(str(self.path))
+            os.chmod(self.path, 0o600)
+            listener.listen()
+            async with trio.open_nursery() as nursery:
+                task_status.started(self.path)
+                while True:
+                    sock, _ = await listener.accept()
+                    nursery.start_soon(self._serve_one, trio.SocketStream(sock))
 
     async def _serve_one(self, stream: trio.SocketStream) -> None:
         send, receive = trio.open_memory_channel[Message](1024)
