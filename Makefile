@@ -9,8 +9,9 @@ QUICK ?=
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# The tests train real PyTorch models: torch==2.13.0 is the CPU wheel these machines carry.
 $(VENV)/.dev-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,torch]'
 	touch $@
 
 test: $(VENV)/.dev-installed

@@ -1,4 +1,6 @@
-"""SwarmCallback core and its PyTorch and Keras adapters.
+"""SwarmCallback: the framework-neutral core; ``swarmlearn.callback.pytorch`` is the PyTorch
+adapter (importing it needs the ``torch`` extra). The Keras adapter is still to come."""
 
-Not built yet: see the callback issue.
-"""
+from swarmlearn.callback.core import DEFAULT_TRAINING_CONTRACT, SwarmCore, SwarmError, parse_options
+
+__all__ = ["DEFAULT_TRAINING_CONTRACT", "SwarmCore", "SwarmError", "parse_options"]

@@ -1,0 +1,278 @@
+"""The SwarmCallback core, shared by the PyTorch and Keras adapters.
+
+HPE Swarm Learning's documented API (``SwarmCallback(syncFrequency, minPeers,
+trainingContract='defaultbb.cqdb.sml.hpe', **kwargs)``) with its options, validated the same
+way, except that an unknown keyword is an error naming the valid ones (with a did-you-mean),
+where HPE silently ignores it. The adapters only translate between their framework's weights
+and a :class:`~swarmlearn.merge.ModelState`; this core decides when to sync and talks to the
+node:
+
+- ``on_train_begin``: one sync at once, so every node starts from the same merged weights;
+- ``on_batch_end``: every ``syncFrequency`` batches, a sync;
+- ``on_epoch_end``: counts epochs (progress, PERFDATA);
+- ``on_train_end``: the final sync; the merged weights are loaded.
+
+Modes: *daemon* (the default when a node's local endpoint is found: ``SWARM_NODE_SOCKET``,
+or ``sl.sock`` in ``SWARM_DATA_DIR``/``./swarm-data``): the weights go to the local
+``swarm-node``; *loopback* (``SWARM_LOOPBACK=True``, as in HPE): no swarm at all, the script
+runs alone. A sync whose round fails keeps the local weights and says why.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swarmlearn.errors import ConfigError
+from swarmlearn.merge import METHODS, ModelState, flatten, layout_of, unpack
+from swarmlearn.merge.manifest import Layout
+
+DEFAULT_TRAINING_CONTRACT = "defaultbb.cqdb.sml.hpe"
+CHECKIN_MODES = ("inactive", "snapshot", "active")
+COMMON_OPTIONS = (
+    "useAdaptiveSync",
+    "adsValData",
+    "adsValBatchSize",
+    "checkinModelOnTrainEnd",
+    "nodeWeightage",
+    "mergeMethod",
+    "totalEpochs",
+    "logger",
+    "mlPlatform",
+    "ml_platform",
+    "nodeSocket",
+    "syncTimeout",
+)
+SYNC_TIMEOUT_S = 3600.0
+
+
+class SwarmError(ConfigError):
+    """HPE's name for a bad SwarmCallback argument (a ConfigError here: one clear line)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    sync_frequency: int
+    min_peers: int
+    contract: str
+    use_adaptive_sync: bool
+    val_data: Any
+    val_batch_size: int | None
+    checkin_on_train_end: str
+    node_weightage: int
+    merge_method: str
+    total_epochs: int
+    logger: logging.Logger
+    loopback: bool
+    socket: Path | None
+    sync_timeout_s: float
+    extra: Mapping[str, Any]
+
+
+def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise SwarmError(f"{name} must be an integer, got {value!r}") from None
+    if number < low or (high is not None and number > high):
+        valid = f"{low}..{high}" if high is not None else f">= {low}"
+        raise SwarmError(f"{name} must be {valid}, got {number}")
+    return number
+
+
+def parse_options(
+    sync_frequency: Any,
+    min_peers: Any,
+    contract: Any,
+    kwargs: Mapping[str, Any],
+    platform_options: tuple[str, ...],
+) -> Options:
+    """HPE's validation of the constructor's arguments, with clear errors."""
+    valid = sorted((*COMMON_OPTIONS, *platform_options))
+    for key in kwargs:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SwarmError(
+                f"SwarmCallback got an unknown option {key!r}{hint} Valid: {', '.join(valid)}"
+            )
+    if contract is None or not isinstance(contract, str) or not contract:
+        raise SwarmError("trainingContract must be a contract name")
+    mode = kwargs.get("checkinModelOnTrainEnd", "snapshot")
+    if mode not in CHECKIN_MODES:
+        raise SwarmError(
+            f"checkinModelOnTrainEnd must be one of {', '.join(CHECKIN_MODES)}, got {mode!r}"
+        )
+    method = str(kwargs.get("mergeMethod", "mean")).lower()
+    if method not in METHODS:
+        raise SwarmError(f"mergeMethod {method!r} is not one of: {', '.join(sorted(METHODS))}")
+    adaptive = bool(kwargs.get("useAdaptiveSync", False))
+    if adaptive and kwargs.get("adsValData") is None:
+        raise SwarmError("useAdaptiveSync needs adsValData (validation data for the loss)")
+    total = kwargs.get("totalEpochs")
+    logger = kwargs.get("logger") or _default_logger()
+    if not isinstance(logger, logging.Logger):
+        raise SwarmError(f"logger must be a logging.Logger, got {type(logger).__name__}")
+    batch = kwargs.get("adsValBatchSize")
+    return Options(
+        sync_frequency=_int("syncFrequency", sync_frequency, 1),
+        min_peers=_int("minPeers", min_peers, 1),
+        contract=contract,
+        use_adaptive_sync=adaptive,
+        val_data=kwargs.get("adsValData"),
+        val_batch_size=None if batch is None else _int("adsValBatchSize", batch, 1),
+        checkin_on_train_end=mode,
+        node_weightage=_int("nodeWeightage", kwargs.get("nodeWeightage", 1), 1, 100),
+        merge_method=method,
+        total_epochs=0 if total is None else _int("totalEpochs", total, 1),
+        logger=logger,
+        loopback=os.environ.get("SWARM_LOOPBACK", "").strip().lower() in ("true", "1", "yes"),
+        socket=_socket(kwargs.get("nodeSocket")),
+        sync_timeout_s=float(kwargs.get("syncTimeout", SYNC_TIMEOUT_S)),
+        extra={k: v for k, v in kwargs.items() if k in platform_options},
+    )
+
+
+def _default_logger() -> logging.Logger:
+    logger = logging.getLogger("SwarmCallback")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s SwarmCallback %(levelname)s %(message)s")
+        )
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    return logger
+
+
+def _socket(explicit: Any) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("SWARM_NODE_SOCKET"):
+        return Path(os.environ["SWARM_NODE_SOCKET"])
+    data = Path(os.environ.get("SWARM_DATA_DIR", "swarm-data"))
+    return data / "sl.sock"
+
+
+class SwarmCore:
+    """When to sync, and the syncs themselves; adapters supply and load the weights."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.logger = options.logger
+        self.syncFrequency = options.sync_frequency
+        self.currentSyncFrequency = options.sync_frequency
+        self.stepsBeforeNextSync = options.sync_frequency
+        self.minPeers = options.min_peers
+        self.trainingContract = options.contract
+        self.totalEpochs = options.total_epochs
+        self.epochsCompleted = 0
+        self.nodeWeightage = options.node_weightage
+        self.mergeMethod = options.merge_method
+        self.checkinModelOnTrainEnd = options.checkin_on_train_end
+        self.useAdaptiveSync = options.use_adaptive_sync
+        self.loopback = options.loopback
+        self.isSwarmTrainingOver = False
+        self.rounds_done = 0
+        self._layout: Layout | None = None
+        self._client: Any = None
+        self._started = time.monotonic()
+        self._best_loss: float | None = None
+        if not self.loopback:
+            self._connect()
+
+    def _connect(self) -> None:
+        from swarmlearn.roles.local import LocalClient
+
+        path = self.options.socket
+        assert path is not None
+        self._client = LocalClient(
+            path, timeout_s=self.options.sync_timeout_s, on_progress=self._progress
+        )
+
+    def _progress(self, text: str) -> None:
+        self.logger.info(text)
+
+    # ------------------------------------------------------------ the hooks' logic
+
+    def batch_done(self) -> bool:
+        """Count a batch; True when it is time to sync."""
+        if self.isSwarmTrainingOver:
+            return False
+        self.stepsBeforeNextSync -= 1
+        return self.stepsBeforeNextSync <= 0
+
+    def epoch_done(self) -> None:
+        self.epochsCompleted += 1
+        if self.totalEpochs:
+            elapsed = time.monotonic() - self._started
+            eta = elapsed / self.epochsCompleted * (self.totalEpochs - self.epochsCompleted)
+            self.logger.info(f"epoch {self.epochsCompleted}/{self.totalEpochs}, ETA {eta:.0f} s")
+
+    def sync(
+        self,
+        state: ModelState,
+        *,
+        loss: float | None = None,
+        metric: float | None = None,
+        final: bool = False,
+    ) -> ModelState | None:
+        """One sync round: the merged state, or None (loopback, or the round failed)."""
+        self.stepsBeforeNextSync = self.currentSyncFrequency
+        if self.loopback or self.isSwarmTrainingOver:
+            return None
+        if self._layout is None:
+            self._layout = layout_of(state)
+        weight = self.nodeWeightage
+        if final and self.checkinModelOnTrainEnd == "inactive":
+            weight = 1  # HPE's weight 0; the ledger needs a positive weight: the smallest
+        perf = None
+        if loss is not None:
+            perf = (float(loss), float(metric or 0.0), self.epochsCompleted, self.totalEpochs)
+        started = time.monotonic()
+        outcome = self._client.sync_round(
+            self.trainingContract,
+            self._layout,
+            bytes(flatten(state, self._layout)),
+            weight=weight,
+            min_peers=self.minPeers,
+            merge_method=self.mergeMethod,
+            perf=perf,
+        )
+        took = time.monotonic() - started
+        if outcome.merged is None:
+            self.logger.warning(
+                f"round {outcome.round} failed ({outcome.reason}): keeping the local weights"
+            )
+            return None
+        self.rounds_done += 1
+        self.logger.info(
+            f"round {outcome.round}: merged in {took:.2f} s, hash {outcome.root.hex()[:12]}"
+        )
+        self._adapt(loss)
+        return unpack(outcome.merged, self._layout)
+
+    def _adapt(self, loss: float | None) -> None:
+        """Adaptive sync: while the validation loss keeps falling, sync half as often (up to
+        8x the base interval); when it stops falling, go back to the base interval."""
+        if not self.useAdaptiveSync or loss is None:
+            return
+        if self._best_loss is None or loss < self._best_loss:
+            self._best_loss = loss
+            self.currentSyncFrequency = min(self.currentSyncFrequency * 2, self.syncFrequency * 8)
+        else:
+            self.currentSyncFrequency = self.syncFrequency
+        self.stepsBeforeNextSync = self.currentSyncFrequency
+
+    def close(self) -> None:
+        self.isSwarmTrainingOver = True
+        if self._client is not None:
+            self._client.close()
+            self._client = None

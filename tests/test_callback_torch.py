@@ -1,0 +1,194 @@
+"""The PyTorch SwarmCallback: HPE's argument checks, state in and out, loopback, and real
+training on two swarm-node daemons (one script in HPE's exact style, one with ours)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trio
+from sklearn.datasets import load_digits
+
+from swarmlearn.callback.core import SwarmError
+from swarmlearn.callback.pytorch import SwarmCallback, load_state, state_of
+from swarmlearn.p2p.certs import create_ca, issue_certificate
+from swarmlearn.p2p.identity import IdentityPaths, Role, load_identity
+from tests.test_real_swarm import node_process, wait_for
+
+
+def net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    )
+
+
+@pytest.fixture
+def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWARM_LOOPBACK", "True")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"syncFrequency": 0}, "syncFrequency must be >= 1, got 0"),
+        ({"minPeers": "many"}, "minPeers must be an integer, got 'many'"),
+        ({"nodeWeightage": 101}, r"nodeWeightage must be 1\.\.100, got 101"),
+        ({"mergeMethod": "average"}, "mergeMethod 'average' is not one of: "),
+        (
+            {"checkinModelOnTrainEnd": "later"},
+            "checkinModelOnTrainEnd must be one of inactive, snapshot, active",
+        ),
+        ({"useAdaptiveSync": True}, "useAdaptiveSync needs adsValData"),
+        ({"syncFrequncy2": 1}, "unknown option 'syncFrequncy2'"),
+        ({"nodeWeightge": 3}, "unknown option 'nodeWeightge'; did you mean 'nodeWeightage'?"),
+        ({"model": None}, r"model must be the torch\.nn\.Module to train"),
+        ({"lossFunction": "CrossEntropy"}, "lossFunction 'CrossEntropy' is not a torch.nn loss"),
+        ({"adsValData": [1, 2]}, "adsValData must be a torch.utils.data.DataLoader"),
+        ({"trainingContract": None}, "trainingContract must be a contract name"),
+    ],
+)
+def test_bad_arguments_say_what_is_wrong(
+    loopback: None, kwargs: dict[str, object], message: str
+) -> None:
+    arguments: dict[str, object] = {"syncFrequency": 10, "minPeers": 2, "model": net(), **kwargs}
+    with pytest.raises(SwarmError, match=message):
+        SwarmCallback(**arguments)  # type: ignore[arg-type]
+
+
+def test_hpe_alias_ml_platform_is_accepted(loopback: None) -> None:
+    callback = SwarmCallback(
+        10, 2, model=net(), mlPlatform="PYTORCH", lossFunction="CrossEntropyLoss"
+    )
+    assert callback.loopback
+
+
+def test_the_whole_state_travels_with_dtypes_kept() -> None:
+    model = net()
+    model.train()
+    model(torch.randn(8, 64))  # BatchNorm running stats and num_batches_tracked move
+    state = state_of(model)
+    assert state["1.num_batches_tracked"].dtype == np.int64
+    assert state["1.num_batches_tracked"].shape == ()
+    other = net()
+    load_state(other, state)
+    for (name, a), b in zip(model.state_dict().items(), other.state_dict().values(), strict=True):
+        assert a.dtype == b.dtype, name
+        assert torch.equal(a, b), name
+    half = torch.nn.Linear(4, 2).to(torch.bfloat16)
+    copy = torch.nn.Linear(4, 2).to(torch.bfloat16)
+    load_state(copy, state_of(half))
+    assert torch.equal(half.weight, copy.weight)
+
+
+def digits_split(node: int, nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = load_digits(return_X_y=True)
+    keep = (y % nodes) != node  # label skew: each node lacks some classes
+    return torch.tensor(x[keep] / 16.0, dtype=torch.float32), torch.tensor(y[keep])
+
+
+def test_loopback_trains_alone(loopback: None) -> None:
+    model = net()
+    x, y = digits_split(0, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with SwarmCallback(syncFrequency=5, minPeers=2, model=model) as swarm:
+        for start in range(0, 200, 20):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(
+                model(x[start : start + 20]), y[start : start + 20]
+            ).backward()
+            optimizer.step()
+            swarm.step()
+    assert swarm.isSwarmTrainingOver
+    assert swarm.rounds_done == 0
+
+
+def hpe_style_script(socket: Path, node: int, out: dict[int, dict[str, torch.Tensor]]) -> None:
+    """Written the way HPE's examples are: import from swarmlearning.pyt, hooks by hand."""
+    from swarmlearning.pyt import SwarmCallback as HPECallback
+
+    model = net()
+    x, y = digits_split(node, 2)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=False
+    )
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:64], y[:64]), batch_size=32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    swarmCallback = HPECallback(
+        syncFrequency=20,
+        minPeers=2,
+        useAdaptiveSync=False,
+        adsValData=val,
+        adsValBatchSize=32,
+        model=model,
+        totalEpochs=2,
+        lossFunction="CrossEntropyLoss",
+        lossFunctionArgs={"reduction": "sum"},
+        metricFunction="Accuracy",
+        nodeSocket=str(socket),
+    )
+    swarmCallback.on_train_begin()
+    for epoch in range(2):
+        for xb, yb in loader:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            optimizer.step()
+            swarmCallback.on_batch_end()
+        swarmCallback.on_epoch_end(epoch)
+    swarmCallback.on_train_end()
+    out[node] = {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def our_style_script(socket: Path, node: int, out: dict[int, dict[str, torch.Tensor]]) -> None:
+    model = net()
+    x, y = digits_split(node, 2)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=False
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with SwarmCallback(syncFrequency=20, minPeers=2, model=model, nodeSocket=str(socket)) as swarm:
+        for _ in range(2):
+            for xb, yb in loader:
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(model(xb), yb).backward()
+                optimizer.step()
+                swarm.step()
+    out[node] = {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_two_daemons_two_scripts_end_with_identical_weights(tmp_path: Path) -> None:
+    ca = create_ca(tmp_path / "pki")
+    for index in range(2):
+        issue_certificate(
+            ca, f"sn{index}", tmp_path / "pki", hosts=["127.0.0.1"], roles=[Role.SN, Role.SL]
+        )
+    pki = tmp_path / "pki"
+    data = [tmp_path / "n0", tmp_path / "n1"]
+    with node_process(pki, "sn0", data[0], "--sentinel", "--listen", "127.0.0.1:0") as (_, port0):
+        join = ("--bootstrap", f"127.0.0.1:{port0}", "--listen", "127.0.0.1:0")
+        with node_process(pki, "sn1", data[1], *join) as (_, port1):
+            client = load_identity(
+                IdentityPaths(pki / "sn0.pem", pki / "sn0-key.pem", pki / "ca.pem")
+            )
+            trio.run(
+                wait_for,
+                client,
+                [port0, port1],
+                "2 validators",
+                lambda s: all(len(x.validators) == 2 for x in s),
+            )
+            out: dict[int, dict[str, torch.Tensor]] = {}
+            scripts = [
+                threading.Thread(target=hpe_style_script, args=(data[0] / "sl.sock", 0, out)),
+                threading.Thread(target=our_style_script, args=(data[1] / "sl.sock", 1, out)),
+            ]
+            for script in scripts:
+                script.start()
+            for script in scripts:
+                script.join(timeout=300)
+    assert sorted(out) == [0, 1]
+    for name, tensor in out[0].items():
+        assert torch.equal(tensor, out[1][name]), name  # bit for bit, buffers included
