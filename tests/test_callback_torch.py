@@ -192,3 +192,55 @@ def test_two_daemons_two_scripts_end_with_identical_weights(tmp_path: Path) -> N
     assert sorted(out) == [0, 1]
     for name, tensor in out[0].items():
         assert torch.equal(tensor, out[1][name]), name  # bit for bit, buffers included
+
+
+def accuracy(weights: dict[str, torch.Tensor]) -> float:
+    model = net()
+    model.load_state_dict(weights)
+    model.eval()
+    x, y = load_digits(return_X_y=True)
+    with torch.no_grad():
+        predicted = model(torch.tensor(x / 16.0, dtype=torch.float32)).argmax(dim=1)
+    return float((predicted == torch.tensor(y)).float().mean())
+
+
+def test_the_swarm_model_beats_each_local_only_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each node lacks half the classes: alone it cannot pass 55%; together they can."""
+    ca = create_ca(tmp_path / "pki")
+    for index in range(2):
+        issue_certificate(
+            ca, f"sn{index}", tmp_path / "pki", hosts=["127.0.0.1"], roles=[Role.SN, Role.SL]
+        )
+    pki = tmp_path / "pki"
+    data = [tmp_path / "n0", tmp_path / "n1"]
+    swarm: dict[int, dict[str, torch.Tensor]] = {}
+    with node_process(pki, "sn0", data[0], "--sentinel", "--listen", "127.0.0.1:0") as (_, port0):
+        join = ("--bootstrap", f"127.0.0.1:{port0}", "--listen", "127.0.0.1:0")
+        with node_process(pki, "sn1", data[1], *join) as (_, port1):
+            client = load_identity(
+                IdentityPaths(pki / "sn0.pem", pki / "sn0-key.pem", pki / "ca.pem")
+            )
+            trio.run(
+                wait_for,
+                client,
+                [port0, port1],
+                "2 validators",
+                lambda s: all(len(x.validators) == 2 for x in s),
+            )
+            scripts = [
+                threading.Thread(target=our_style_script, args=(data[i] / "sl.sock", i, swarm))
+                for i in range(2)
+            ]
+            for script in scripts:
+                script.start()
+            for script in scripts:
+                script.join(timeout=300)
+    monkeypatch.setenv("SWARM_LOOPBACK", "True")
+    alone: dict[int, dict[str, torch.Tensor]] = {}
+    for node in range(2):
+        our_style_script(tmp_path / "unused.sock", node, alone)
+    local_best = max(accuracy(alone[0]), accuracy(alone[1]))
+    assert local_best < 0.55
+    assert accuracy(swarm[0]) > local_best + 0.2
