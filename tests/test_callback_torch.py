@@ -3,7 +3,9 @@ training on two swarm-node daemons (one script in HPE's exact style, one with ou
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +144,13 @@ def hpe_style_script(socket: Path, node: int, out: dict[int, dict[str, torch.Ten
     out[node] = {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def our_style_script(socket: Path, node: int, out: dict[int, dict[str, torch.Tensor]]) -> None:
+def our_style_script(
+    socket: Path,
+    node: int,
+    out: dict[int, dict[str, torch.Tensor]],
+    epochs: int = 2,
+    rounds: dict[int, int] | None = None,
+) -> None:
     model = net()
     x, y = digits_split(node, 2)
     loader = torch.utils.data.DataLoader(
@@ -150,16 +158,20 @@ def our_style_script(socket: Path, node: int, out: dict[int, dict[str, torch.Ten
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with SwarmCallback(syncFrequency=20, minPeers=2, model=model, nodeSocket=str(socket)) as swarm:
-        for _ in range(2):
+        for _ in range(epochs):
             for xb, yb in loader:
                 optimizer.zero_grad()
                 torch.nn.functional.cross_entropy(model(xb), yb).backward()
                 optimizer.step()
                 swarm.step()
     out[node] = {k: v.clone() for k, v in model.state_dict().items()}
+    if rounds is not None:
+        rounds[node] = swarm.rounds_done
 
 
-def test_two_daemons_two_scripts_end_with_identical_weights(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def two_daemons(tmp_path: Path) -> Iterator[list[Path]]:
+    """Two swarm-node processes (the first the sentinel), both validators; their data dirs."""
     ca = create_ca(tmp_path / "pki")
     for index in range(2):
         issue_certificate(
@@ -180,18 +192,49 @@ def test_two_daemons_two_scripts_end_with_identical_weights(tmp_path: Path) -> N
                 "2 validators",
                 lambda s: all(len(x.validators) == 2 for x in s),
             )
-            out: dict[int, dict[str, torch.Tensor]] = {}
-            scripts = [
-                threading.Thread(target=hpe_style_script, args=(data[0] / "sl.sock", 0, out)),
-                threading.Thread(target=our_style_script, args=(data[1] / "sl.sock", 1, out)),
-            ]
-            for script in scripts:
-                script.start()
-            for script in scripts:
-                script.join(timeout=300)
+            yield data
+
+
+def run_scripts(*scripts: threading.Thread) -> None:
+    for script in scripts:
+        script.start()
+    for script in scripts:
+        script.join(timeout=300)
+
+
+def test_two_daemons_two_scripts_end_with_identical_weights(tmp_path: Path) -> None:
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    with two_daemons(tmp_path) as data:
+        run_scripts(
+            threading.Thread(target=hpe_style_script, args=(data[0] / "sl.sock", 0, out)),
+            threading.Thread(target=our_style_script, args=(data[1] / "sl.sock", 1, out)),
+        )
     assert sorted(out) == [0, 1]
     for name, tensor in out[0].items():
         assert torch.equal(tensor, out[1][name]), name  # bit for bit, buffers included
+
+
+def test_a_node_that_finishes_first_waits_for_the_others(tmp_path: Path) -> None:
+    """Node 0 trains one epoch, node 1 four: node 0 keeps contributing its snapshot until
+    node 1 is done too, and both end with the same final merged model."""
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    rounds: dict[int, int] = {}
+    with two_daemons(tmp_path) as data:
+        run_scripts(
+            *(
+                threading.Thread(
+                    target=our_style_script,
+                    args=(data[node] / "sl.sock", node, out, epochs, rounds),
+                )
+                for node, epochs in ((0, 1), (1, 4))
+            )
+        )
+    assert sorted(out) == [0, 1]
+    for name, tensor in out[0].items():
+        assert torch.equal(tensor, out[1][name]), name
+    # node 1: the first sync, a sync every 20 of its ~112 batches, the final one; node 0
+    # took part in every one of them although it stopped after ~28 batches
+    assert rounds[0] == rounds[1] >= 6
 
 
 def accuracy(weights: dict[str, torch.Tensor]) -> float:
@@ -208,35 +251,14 @@ def test_the_swarm_model_beats_each_local_only_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each node lacks half the classes: alone it cannot pass 55%; together they can."""
-    ca = create_ca(tmp_path / "pki")
-    for index in range(2):
-        issue_certificate(
-            ca, f"sn{index}", tmp_path / "pki", hosts=["127.0.0.1"], roles=[Role.SN, Role.SL]
-        )
-    pki = tmp_path / "pki"
-    data = [tmp_path / "n0", tmp_path / "n1"]
     swarm: dict[int, dict[str, torch.Tensor]] = {}
-    with node_process(pki, "sn0", data[0], "--sentinel", "--listen", "127.0.0.1:0") as (_, port0):
-        join = ("--bootstrap", f"127.0.0.1:{port0}", "--listen", "127.0.0.1:0")
-        with node_process(pki, "sn1", data[1], *join) as (_, port1):
-            client = load_identity(
-                IdentityPaths(pki / "sn0.pem", pki / "sn0-key.pem", pki / "ca.pem")
-            )
-            trio.run(
-                wait_for,
-                client,
-                [port0, port1],
-                "2 validators",
-                lambda s: all(len(x.validators) == 2 for x in s),
-            )
-            scripts = [
+    with two_daemons(tmp_path) as data:
+        run_scripts(
+            *(
                 threading.Thread(target=our_style_script, args=(data[i] / "sl.sock", i, swarm))
                 for i in range(2)
-            ]
-            for script in scripts:
-                script.start()
-            for script in scripts:
-                script.join(timeout=300)
+            )
+        )
     monkeypatch.setenv("SWARM_LOOPBACK", "True")
     alone: dict[int, dict[str, torch.Tensor]] = {}
     for node in range(2):

@@ -10,7 +10,8 @@ node:
 - ``on_train_begin``: one sync at once, so every node starts from the same merged weights;
 - ``on_batch_end``: every ``syncFrequency`` batches, a sync;
 - ``on_epoch_end``: counts epochs (progress, PERFDATA);
-- ``on_train_end``: the final sync; the merged weights are loaded.
+- ``on_train_end``: this node is done; it keeps taking part (``checkinModelOnTrainEnd``)
+  until every node has finished, then the last merged weights are loaded.
 
 Modes: *daemon* (the default when a node's local endpoint is found: ``SWARM_NODE_SOCKET``,
 or ``sl.sock`` in ``SWARM_DATA_DIR``/``./swarm-data``): the weights go to the local
@@ -28,11 +29,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swarmlearn.errors import ConfigError
 from swarmlearn.merge import METHODS, ModelState, flatten, layout_of, unpack
 from swarmlearn.merge.manifest import Layout
+
+if TYPE_CHECKING:
+    from swarmlearn.roles.local import RoundOutcome
 
 DEFAULT_TRAINING_CONTRACT = "defaultbb.cqdb.sml.hpe"
 CHECKIN_MODES = ("inactive", "snapshot", "active")
@@ -222,29 +226,74 @@ class SwarmCore:
         *,
         loss: float | None = None,
         metric: float | None = None,
-        final: bool = False,
     ) -> ModelState | None:
         """One sync round: the merged state, or None (loopback, or the round failed)."""
         self.stepsBeforeNextSync = self.currentSyncFrequency
         if self.loopback or self.isSwarmTrainingOver:
             return None
+        flat = self._flat(state)
+        outcome = self._round(flat, self.nodeWeightage, loss, metric, final=False)
+        if outcome is None or outcome.merged is None:
+            return None
+        self._adapt(loss)
+        return unpack(outcome.merged, self._layout_of(state))
+
+    def finish(
+        self, state: ModelState, *, loss: float | None = None, metric: float | None = None
+    ) -> ModelState | None:
+        """The end of this node's training (HPE's ``on_train_end``): tell the swarm, then keep
+        taking part in rounds until every node of a round has finished, so the slower nodes
+        still have this one's weights to merge with. What it contributes meanwhile is
+        ``checkinModelOnTrainEnd``: ``snapshot``, its weights as they were when it stopped;
+        ``active``, the latest merged weights; ``inactive``, its snapshot at the smallest
+        weight the ledger takes (1; HPE uses 0). Returns the last merged state, or None when
+        there was none (loopback, or the first round failed); a failed round ends the wait
+        with the last merged state, and says why."""
+        if self.loopback or self.isSwarmTrainingOver:
+            return None
+        snapshot = self._flat(state)  # a copy: the caller may go on changing its model
+        weight = 1 if self.checkinModelOnTrainEnd == "inactive" else self.nodeWeightage
+        contribution, merged = snapshot, None
+        while True:
+            outcome = self._round(contribution, weight, loss, metric, final=True)
+            if outcome is None or outcome.merged is None:
+                break
+            merged = outcome.merged
+            if outcome.training_over:
+                self.logger.info(f"round {outcome.round}: every node has finished training")
+                break
+            self.logger.info("waiting for the other nodes to finish training")
+            if self.checkinModelOnTrainEnd == "active":
+                contribution = merged
+        self.isSwarmTrainingOver = True
+        return None if merged is None else unpack(merged, self._layout_of(state))
+
+    def _layout_of(self, state: ModelState) -> Layout:
         if self._layout is None:
             self._layout = layout_of(state)
-        weight = self.nodeWeightage
-        if final and self.checkinModelOnTrainEnd == "inactive":
-            weight = 1  # HPE's weight 0; the ledger needs a positive weight: the smallest
+        return self._layout
+
+    def _flat(self, state: ModelState) -> bytes:
+        return bytes(flatten(state, self._layout_of(state)))
+
+    def _round(
+        self, flat: bytes, weight: int, loss: float | None, metric: float | None, *, final: bool
+    ) -> RoundOutcome | None:
+        """Hand ``flat`` to the node and wait for the round; None (and a warning) if it failed."""
+        assert self._layout is not None
         perf = None
         if loss is not None:
             perf = (float(loss), float(metric or 0.0), self.epochsCompleted, self.totalEpochs)
         started = time.monotonic()
-        outcome = self._client.sync_round(
+        outcome: RoundOutcome = self._client.sync_round(
             self.trainingContract,
             self._layout,
-            bytes(flatten(state, self._layout)),
+            flat,
             weight=weight,
             min_peers=self.minPeers,
             merge_method=self.mergeMethod,
             perf=perf,
+            final=final,
         )
         took = time.monotonic() - started
         if outcome.merged is None:
@@ -256,8 +305,7 @@ class SwarmCore:
         self.logger.info(
             f"round {outcome.round}: merged in {took:.2f} s, hash {outcome.root.hex()[:12]}"
         )
-        self._adapt(loss)
-        return unpack(outcome.merged, self._layout)
+        return outcome
 
     def _adapt(self, loss: float | None) -> None:
         """Adaptive sync: while the validation loss keeps falling, sync half as often (up to

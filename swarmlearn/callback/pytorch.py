@@ -109,7 +109,10 @@ class SwarmCallback(SwarmCore):
         self.epoch_done()
 
     def on_train_end(self) -> None:
-        self._sync(final=True)
+        loss, metric = self._evaluate()
+        merged = self.finish(state_of(self.model), loss=loss, metric=metric)
+        if merged is not None:
+            load_state(self.model, merged)
         self.close()
 
     # ------------------------------------------------------------ the simpler form
@@ -135,9 +138,9 @@ class SwarmCallback(SwarmCore):
 
     # ------------------------------------------------------------ internals
 
-    def _sync(self, final: bool = False) -> None:
+    def _sync(self) -> None:
         loss, metric = self._evaluate()
-        merged = self.sync(state_of(self.model), loss=loss, metric=metric, final=final)
+        merged = self.sync(state_of(self.model), loss=loss, metric=metric)
         if merged is not None:
             load_state(self.model, merged)
 

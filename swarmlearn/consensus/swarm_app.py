@@ -295,8 +295,10 @@ class SwarmApp:
         if sender in round_.checkins:
             return self._refuse(tx, f"already checked in to round {body.round}", sender)
         round_.checkins[sender] = CheckInRecord(
-            body.root, body.weight, body.min_peers, self._now_ms
+            body.root, body.weight, body.min_peers, self._now_ms, body.final
         )
+        if body.final:
+            contract.done.add(sender)
         try_close(contract, round_, self._now_ms, self._active_learners())
         return "ok"
 

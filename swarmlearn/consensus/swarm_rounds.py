@@ -44,6 +44,7 @@ class CheckInRecord:
     weight: int
     min_peers: int
     time_ms: int
+    final: bool = False
 
 
 @dataclass
@@ -77,6 +78,13 @@ class RoundRecord:
     def finished(self) -> bool:
         return self.status in (RoundStatus.DONE, RoundStatus.FAILED)
 
+    @property
+    def all_final(self) -> bool:
+        """Every participant's training is over: the last round the swarm needs."""
+        return bool(self.participants) and all(
+            self.checkins[p].final for p in self.participants if p in self.checkins
+        )
+
 
 @dataclass
 class ContractRecord:
@@ -84,6 +92,13 @@ class ContractRecord:
     layout: tuple[TensorSpec, ...] | None = None
     total_bytes: int = 0
     rounds: dict[int, RoundRecord] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)  # SL nodes that checked in final weights
+
+    @property
+    def training_over(self) -> bool:
+        """Every participant of the latest successful round checked in its final weights."""
+        done = [r for r in self.rounds.values() if r.status == RoundStatus.DONE]
+        return bool(done) and max(done, key=lambda r: r.number).all_final
 
     @property
     def latest(self) -> RoundRecord | None:

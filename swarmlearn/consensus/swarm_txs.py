@@ -79,6 +79,9 @@ class CheckIn(Message, tag=0x96):
     layout: tuple[TensorSpec, ...]
     total_bytes: int
     merge_method: str = "mean"
+    #: The node's own training is over: these are its final weights, and it keeps checking
+    #: in until every node of a round is final (HPE's ``checkinModelOnTrainEnd``).
+    final: bool = False
 
 
 @dataclass(frozen=True)

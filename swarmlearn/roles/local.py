@@ -51,6 +51,7 @@ class LocalContribute(Message, tag=0xB1):
     data: Payload
     #: HPE's PERFDATA for this round (loss, metric, epochs done, epochs in all), if known.
     perf: tuple[float, float, int, int] | None = None
+    final: bool = False  # the trainer's own training is over
 
     def layout(self) -> Layout:
         specs = tuple(TensorSpec(t.name, t.dtype, t.shape, t.offset) for t in self.tensors)
@@ -67,6 +68,7 @@ class LocalContribute(Message, tag=0xB1):
         min_peers: int,
         merge_method: str,
         perf: tuple[float, float, int, int] | None = None,
+        final: bool = False,
     ) -> LocalContribute:
         tensors = tuple(
             LocalTensor(t.name, t.dtype, tuple(t.shape), t.offset) for t in layout.tensors
@@ -81,6 +83,7 @@ class LocalContribute(Message, tag=0xB1):
             layout.chunk_bytes,
             flat,
             perf,
+            final,
         )
 
 
@@ -95,6 +98,7 @@ class LocalRoundDone(Message, tag=0xB3):
     round: int
     root: bytes
     data: Payload
+    training_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,7 @@ class RoundOutcome:
     merged: bytes | None  # None: the round failed; keep your own weights
     root: bytes
     reason: str
+    training_over: bool = False  # every node of the round has finished training
 
 
 class LocalClient:
@@ -201,6 +206,7 @@ class LocalClient:
         min_peers: int = 2,
         merge_method: str = "mean",
         perf: tuple[float, float, int, int] | None = None,
+        final: bool = False,
     ) -> RoundOutcome:
         """Hand over the weights (and HPE's perfdata: loss, metric, epochs done, epochs in
         all); block until the round ends (or the socket times out)."""
@@ -212,6 +218,7 @@ class LocalClient:
             min_peers=min_peers,
             merge_method=merge_method,
             perf=perf,
+            final=final,
         )
         for buffer in encode_frame(message, LOCAL_FRAME_BYTES_MAX):
             self.sock.sendall(buffer)
@@ -221,7 +228,9 @@ class LocalClient:
                 if self.on_progress is not None:
                     self.on_progress(reply.text)
             elif isinstance(reply, LocalRoundDone):
-                return RoundOutcome(reply.round, bytes(reply.data), reply.root, "")
+                return RoundOutcome(
+                    reply.round, bytes(reply.data), reply.root, "", reply.training_over
+                )
             elif isinstance(reply, LocalRoundFailed):
                 return RoundOutcome(reply.round, None, b"", reply.reason)
 

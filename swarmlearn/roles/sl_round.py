@@ -124,6 +124,8 @@ class Contribute:
     #: HPE's PERFDATA for this round, when the trainer reports it: loss, metric, epochs
     #: done, epochs in all.
     perf: tuple[float, float, int, int] | None = None
+    #: The trainer's own training is over: these are its final weights (said in the check-in).
+    final: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ class RoundDone:
     round: int
     root: bytes
     flat: bytes | bytearray
+    training_over: bool = False  # every participant of this round has finished training
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,7 @@ class SLRoundCore:
             specs_of(c.layout),
             c.layout.total_bytes,
             c.merge_method,
+            c.final,
         )
         state.check_in = self.sign(check_in)
         state.sent_at = now
@@ -600,9 +604,10 @@ class SLRoundCore:
         assert record.merged_root is not None
         if state.merged_root == record.merged_root and state.merged is not None:
             state.finished = True
-            return [
-                Deliver(RoundDone(state.contract, state.number, record.merged_root, state.merged))
-            ]
+            done = RoundDone(
+                state.contract, state.number, record.merged_root, state.merged, record.all_final
+            )
+            return [Deliver(done)]
         sources = [p for p in record.participants if p not in record.dissenters and p != self.me]
         if not sources:
             state.finished = True
@@ -658,7 +663,13 @@ class SLRoundCore:
         state.finished = True
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
         self._keep(state.contract, state.number, root, state.merged)
-        return [Deliver(RoundDone(state.contract, state.number, root, state.merged))]
+        over = self._all_final(state.contract, state.number)
+        return [Deliver(RoundDone(state.contract, state.number, root, state.merged, over))]
+
+    def _all_final(self, contract: str, number: int) -> bool:
+        record = self.app.state.contracts.get(contract)
+        round_ = record.rounds.get(number) if record is not None else None
+        return round_ is not None and round_.all_final
 
     def _keep(self, contract: str, number: int, root: bytes, flat: bytearray) -> None:
         """Serve the merged model to peers that fetch it; only the latest rounds are kept."""

@@ -314,6 +314,7 @@ class ValidatorNode:
             message.min_peers,
             message.merge_method,
             message.perf,
+            message.final,
         )
         self.driver.submit(Request(contribution))
 
@@ -324,7 +325,7 @@ class ValidatorNode:
         if isinstance(value, Progress):
             reply(LocalProgress(value.round, value.text))
         elif isinstance(value, RoundDone):
-            reply(LocalRoundDone(value.round, value.root, value.flat))
+            reply(LocalRoundDone(value.round, value.root, value.flat, value.training_over))
         else:
             reply(LocalRoundFailed(value.round, value.reason))
 

@@ -53,6 +53,8 @@ def contracts(app: SwarmApp) -> list[dict[str, Any]]:
             if c.layout is None
             else [[t.name, t.dtype, list(t.shape)] for t in c.layout],
             "rounds": [round_view(r) for _, r in sorted(c.rounds.items())],
+            "done": sorted(c.done),
+            "training_over": c.training_over,
         }
         for name, c in sorted(app.state.contracts.items())
     ]
