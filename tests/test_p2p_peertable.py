@@ -1,0 +1,346 @@
+"""The peer table core: addresses, bootstrap, peer exchange, dial dedup, identity, limits,
+liveness and backoff, as step tables, plus Hypothesis over arbitrary event sequences."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from swarmlearn.errors import ConfigError
+from swarmlearn.p2p.messages import Ping, Pong
+from swarmlearn.p2p.multiaddr import PeerAddress, parse_address, try_parse_address
+from swarmlearn.p2p.peertable import (
+    TICK,
+    Close,
+    Connected,
+    Dial,
+    DialFailed,
+    Disconnected,
+    PeerDown,
+    PeerExchange,
+    PeerTable,
+    PeerTableConfig,
+    PeerUp,
+)
+from swarmlearn.sansio import Deliver, Effect, Input, Receive, Request, Send, Start, TimerFired
+
+ID = "b" * 52
+
+# ---------------------------------------------------------------- addresses
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"/ip4/10.0.0.5/tcp/30303/p2p/{ID}", PeerAddress("10.0.0.5", 30303, ID)),
+        ("/ip6/::1/tcp/1/", PeerAddress("::1", 1)),
+        ("/dns/sentinel.example/tcp/30303", PeerAddress("sentinel.example", 30303)),
+        ("/dns4/n001/tcp/7/p2p/n001", PeerAddress("n001", 7, "n001")),
+        ("10.0.0.5:30303", PeerAddress("10.0.0.5", 30303)),
+        ("[::1]:30303", PeerAddress("::1", 30303)),
+    ],
+)
+def test_addresses_parse_from_multiaddr_or_host_port(text: str, expected: PeerAddress) -> None:
+    assert parse_address(text) == expected
+    assert parse_address(str(expected)) == expected
+
+
+def test_addresses_print_as_multiaddr() -> None:
+    assert str(PeerAddress("10.0.0.5", 30303, ID)) == f"/ip4/10.0.0.5/tcp/30303/p2p/{ID}"
+    assert str(PeerAddress("::1", 5)) == "/ip6/::1/tcp/5"
+    assert str(PeerAddress("host.example", 5)) == "/dns/host.example/tcp/5"
+    assert PeerAddress("::1", 5).host_port == "[::1]:5"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "/ip4/10.0.0.5/udp/30303",
+        "/ip4/not-an-ip/tcp/1",
+        "/ip6/10.0.0.5/tcp/1",
+        "/ip4/10.0.0.5/tcp/99999",
+        "/ip4/10.0.0.5/tcp/1/p2p/bad id",
+        "/ip4/10.0.0.5/tcp/1/ipfs/x",
+        "host",
+        "::1:5",
+    ],
+)
+def test_bad_addresses_are_one_config_error_line(text: str) -> None:
+    with pytest.raises(ConfigError, match="seed"):
+        parse_address(text, field="seed")
+    assert try_parse_address(text) is None
+
+
+# ---------------------------------------------------------------- helpers
+
+ME = "n010"
+CONFIG = PeerTableConfig(
+    listen=(PeerAddress("n010", 30303),),
+    seeds=(PeerAddress("sentinel", 30303),),
+    outbound_target=3,
+    connections_max=5,
+    ping_interval_s=5.0,
+    ping_timeout_s=15.0,
+    dial_timeout_s=4.0,
+    backoff_min_s=1.0,
+    backoff_max_s=8.0,
+)
+
+
+def table(config: PeerTableConfig = CONFIG, me: str = ME) -> PeerTable:
+    return PeerTable(me, random.Random(7), config)
+
+
+def delivered(effects: Sequence[Effect], kind: type) -> list[object]:
+    return [e.value for e in effects if isinstance(e, Deliver) and isinstance(e.value, kind)]
+
+
+def sent(effects: Sequence[Effect], kind: type) -> list[tuple[str, object]]:
+    return [
+        (e.to, e.message) for e in effects if isinstance(e, Send) and isinstance(e.message, kind)
+    ]
+
+
+def connect(t: PeerTable, conn: int, peer: str, now: float = 0.0, **kw: object) -> list[Effect]:
+    key = kw.pop("key", b"k-" + peer.encode())
+    outbound = kw.pop("outbound", False)
+    address = kw.pop("address", None)
+    assert not kw
+    event = Connected(conn, peer, key, bool(outbound), address)  # type: ignore[arg-type]
+    return t.handle(Request(event), now)
+
+
+def addr(peer: str) -> str:
+    return str(PeerAddress(peer, 30303, peer))
+
+
+# ---------------------------------------------------------------- bootstrap and exchange
+
+
+def test_start_dials_the_seed_and_a_connection_to_it_resolves_its_peer_id() -> None:
+    t = table()
+    effects = t.handle(Start(), 0.0)
+    assert delivered(effects, Dial) == [Dial(PeerAddress("sentinel", 30303))]
+    assert any(getattr(e, "tag", None) == TICK for e in effects)
+    effects = connect(t, 1, "n000", outbound=True, address=PeerAddress("sentinel", 30303))
+    assert delivered(effects, PeerUp) == [PeerUp("n000", True)]
+    [(to, exchange)] = sent(effects, PeerExchange)
+    assert to == "n000"
+    assert isinstance(exchange, PeerExchange)
+    assert exchange.listen == (addr(ME),)
+    assert t.seeds[("sentinel", 30303)].resolved == "n000"
+    assert t.connected() == ["n000"]
+
+
+def test_peer_exchange_teaches_addresses_and_the_table_dials_up_to_its_target() -> None:
+    t = table()
+    t.handle(Start(), 0.0)
+    connect(t, 1, "n000", outbound=True, address=PeerAddress("sentinel", 30303))
+    offered = (*(addr(f"n{i:03d}") for i in range(1, 8)), addr(ME), "garbage", "/ip4/x")
+    effects = t.handle(Receive("n000", PeerExchange((addr("n000"),), offered)), 1.0)
+    dials = delivered(effects, Dial)
+    assert len(dials) == CONFIG.outbound_target - 1  # one outbound connection already
+    assert all(isinstance(d, Dial) and d.address.peer not in (ME, "n000") for d in dials)
+    assert ME not in t.known
+    assert len(t.known) == 8
+    assert t.known["n000"].address == PeerAddress("n000", 30303, "n000")
+    # Asking for a sample in return.
+    effects = t.handle(Receive("n000", PeerExchange((), (), reply=True)), 1.5)
+    assert len(sent(effects, PeerExchange)) == 1
+
+
+def test_messages_from_peers_without_a_connection_are_ignored() -> None:
+    t = table()
+    assert t.handle(Receive("n005", PeerExchange((), (addr("n001"),))), 0.0) == []
+    assert t.handle(Receive("n005", Ping(1)), 0.0) == []
+
+
+def test_ping_is_answered() -> None:
+    t = table()
+    connect(t, 1, "n001")
+    assert t.handle(Receive("n001", Ping(42)), 1.0) == [Send("n001", Pong(42))]
+
+
+# ---------------------------------------------------------------- one connection per pair
+
+
+@pytest.mark.parametrize("me", ["n001", "n002"])
+@pytest.mark.parametrize("outbound_first", [True, False])
+def test_crossing_dials_end_with_the_connection_dialed_by_the_smaller_id(
+    me: str, outbound_first: bool
+) -> None:
+    other = "n002" if me == "n001" else "n001"
+    t = table(me=me)
+    mine, theirs = (1, True), (2, False)  # (conn, outbound): conn 1 is the one we dialed
+    first, second = (mine, theirs) if outbound_first else (theirs, mine)
+    connect(t, first[0], other, outbound=first[1])
+    effects = connect(t, second[0], other, outbound=second[1])
+    kept = 1 if me == "n001" else 2  # both sides keep the one n001 dialed
+    assert t.by_peer == {other: kept}
+    closed = [c.conn for c in delivered(effects, Close) if isinstance(c, Close)]
+    assert closed == [3 - kept]
+
+
+def test_a_second_connection_from_the_same_dialer_replaces_the_first() -> None:
+    t = table()
+    connect(t, 1, "n001")
+    effects = connect(t, 2, "n001", now=3.0)
+    assert t.by_peer == {"n001": 2}
+    assert delivered(effects, Close) == [Close(1, "replaced by a newer connection")]
+    assert delivered(effects, PeerDown) == [PeerDown("n001")]
+    assert delivered(effects, PeerUp) == [PeerUp("n001", False)]
+    assert t.handle(Request(Disconnected(1)), 4.0) == []  # the driver's late report
+
+
+# ---------------------------------------------------------------- identity and limits
+
+
+def test_a_dial_that_reaches_another_peer_is_refused() -> None:
+    t = table()
+    address = PeerAddress("n001", 30303, "n001")
+    effects = connect(t, 1, "n009", outbound=True, address=address)
+    [close] = delivered(effects, Close)
+    assert isinstance(close, Close)
+    assert "reached" in close.reason
+    assert t.connected() == []
+
+
+def test_a_known_peer_presenting_a_different_key_is_refused() -> None:
+    t = table()
+    connect(t, 1, "n001", key=b"first")
+    t.handle(Request(Disconnected(1)), 1.0)
+    effects = connect(t, 2, "n001", now=2.0, key=b"second")
+    assert delivered(effects, Close) == [Close(2, "known peer presented a different key")]
+    assert t.counters.refused == {"known peer presented a different key": 1}
+    assert connect(t, 3, "n001", now=3.0, key=b"first") != []
+    assert t.connected() == ["n001"]
+
+
+def test_connecting_to_itself_is_refused() -> None:
+    assert delivered(connect(table(), 1, ME), Close) == [Close(1, "connected to itself")]
+
+
+def test_inbound_connections_beyond_the_limit_get_addresses_and_are_closed() -> None:
+    t = table()
+    inbound_max = CONFIG.connections_max - CONFIG.outbound_target
+    for conn in range(inbound_max):
+        connect(t, conn, f"n{conn:03d}")
+    effects = connect(t, 9, "n099")
+    assert [to for to, _ in sent(effects, PeerExchange)] == ["n099"]
+    assert delivered(effects, Close) == [Close(9, "connection limit")]
+    for conn in range(20, 23):  # room is kept for the outbound target
+        assert delivered(connect(t, conn, f"n{conn:03d}", outbound=True), Close) == []
+    assert len(t.connected()) == CONFIG.connections_max
+    assert delivered(connect(t, 30, "n030", outbound=True), Close) != []
+
+
+# ---------------------------------------------------------------- liveness and backoff
+
+
+def test_a_silent_connection_is_pinged_then_closed_at_the_deadline() -> None:
+    t = table(PeerTableConfig(ping_interval_s=5.0, ping_timeout_s=15.0))
+    connect(t, 1, "n001")
+    assert sent(t.handle(TimerFired(TICK), 4.0), Ping) == []
+    assert len(sent(t.handle(TimerFired(TICK), 5.0), Ping)) == 1
+    assert sent(t.handle(TimerFired(TICK), 6.0), Ping) == []  # one ping per interval
+    t.handle(Receive("n001", Pong(0)), 7.0)  # any message is a sign of life
+    assert delivered(t.handle(TimerFired(TICK), 21.0), Close) == []
+    effects = t.handle(TimerFired(TICK), 22.5)
+    assert delivered(effects, Close) == [Close(1, "ping timeout")]
+    assert delivered(effects, PeerDown) == [PeerDown("n001")]
+
+
+def test_redials_back_off_exponentially_up_to_the_cap() -> None:
+    t = table(PeerTableConfig(seeds=(PeerAddress("n001", 1, "n001"),), outbound_target=1))
+    dial_times = []
+    now = 0.0
+    effects = t.handle(Start(), now)
+    while now < 200.0:
+        for dial in delivered(effects, Dial):
+            assert isinstance(dial, Dial)
+            dial_times.append(now)
+            effects = t.handle(Request(DialFailed(dial.address, "refused")), now)
+        now += 0.25
+        effects = t.handle(TimerFired(TICK), now)
+    gaps = [b - a for a, b in itertools.pairwise(dial_times)]
+    assert gaps[0] == pytest.approx(t.config.backoff_min_s, abs=0.6)
+    for early, late in itertools.pairwise(gaps[:5]):
+        assert 1.4 < late / early < 2.9  # doubling, jittered by up to 25%
+    assert max(gaps) <= t.config.backoff_max_s + 0.25
+    assert gaps[-1] >= t.config.backoff_max_s - 0.25
+
+
+def test_a_dial_nobody_answers_times_out_and_is_retried() -> None:
+    t = table()
+    [dial] = delivered(t.handle(Start(), 0.0), Dial)
+    assert delivered(t.handle(TimerFired(TICK), 3.0), Dial) == []
+    assert delivered(t.handle(TimerFired(TICK), 4.5), Dial) == []  # timed out, backing off
+    later = [d for now in (5.0, 6.0, 7.0) for d in delivered(t.handle(TimerFired(TICK), now), Dial)]
+    assert later == [dial]
+
+
+# ---------------------------------------------------------------- any sequence of events
+
+PEERS = [f"n{i:03d}" for i in range(8)]
+
+
+@st.composite
+def events(draw: st.DrawFn) -> list[tuple[float, Input]]:
+    out: list[tuple[float, Input]] = []
+    now = 0.0
+    opened = 0  # a driver never reuses a connection id
+    for _ in range(draw(st.integers(0, 60))):
+        now += draw(st.sampled_from([0.0, 0.1, 1.0, 7.0]))
+        peer = draw(st.sampled_from(PEERS))
+        kind = draw(st.integers(0, 5))
+        event: Input
+        if kind == 0:
+            opened += 1
+            address = draw(st.sampled_from([None, PeerAddress(peer, 1, peer), PeerAddress("x", 1)]))
+            key = draw(st.sampled_from([b"a", b"b"]))
+            event = Request(Connected(opened, peer, key, draw(st.booleans()), address))
+        elif kind == 1:
+            event = Request(Disconnected(draw(st.integers(1, max(opened, 1)))))
+        elif kind == 2:
+            event = Request(DialFailed(PeerAddress(peer, 1, peer)))
+        elif kind == 3:
+            offered = draw(st.lists(st.sampled_from([addr(p) for p in PEERS] + ["junk"])))
+            event = Receive(peer, PeerExchange((addr(peer),), tuple(offered), draw(st.booleans())))
+        elif kind == 4:
+            event = Receive(peer, draw(st.sampled_from([Ping(1), Pong(2)])))
+        else:
+            event = TimerFired(TICK)
+        out.append((now, event))
+    return out
+
+
+@given(events())
+def test_any_event_sequence_keeps_the_table_consistent(sequence: list[tuple[float, Input]]) -> None:
+    config = PeerTableConfig(
+        listen=(PeerAddress(ME, 1),), seeds=(PeerAddress("seed", 1),), outbound_target=3,
+        connections_max=4,
+    )  # fmt: skip
+    t = PeerTable(ME, random.Random(1), config)
+    up: set[str] = set()
+    for now, event in [(0.0, Start()), *sequence]:
+        effects = t.handle(event, now)
+        for effect in effects:
+            if isinstance(effect, Deliver) and isinstance(effect.value, PeerUp):
+                assert effect.value.peer not in up, "up twice without a down"
+                up.add(effect.value.peer)
+            if isinstance(effect, Deliver) and isinstance(effect.value, PeerDown):
+                up.remove(effect.value.peer)
+            if isinstance(effect, Deliver) and isinstance(effect.value, Dial):
+                assert effect.value.address.peer not in t.by_peer
+        assert up == set(t.by_peer)
+        for peer, conn in t.by_peer.items():
+            assert t.conns[conn].peer == peer
+        assert len(t.by_peer) <= config.connections_max
+        assert t.statistics().outbound == sum(t.conns[c].outbound for c in t.by_peer.values())
+        assert len(t.known) <= config.known_max
