@@ -214,8 +214,27 @@ def exchanging(swarm: Swarm) -> Ledger:
     return ledger
 
 
-def merged(swarm: Swarm, name: str, root: bytes, attempt: int = 1) -> bytes:
-    return signed(swarm.people[name], Merged(DEFAULT_CONTRACT, 1, attempt, root))
+def merged(swarm: Swarm, name: str, root: bytes, attempt: int = 1, number: int = 1) -> bytes:
+    return signed(swarm.people[name], Merged(DEFAULT_CONTRACT, number, attempt, root))
+
+
+def test_training_is_over_after_a_round_in_which_every_participant_is_final(
+    swarm: Swarm,
+) -> None:
+    ledger = joined(swarm, "a", "b", "c")
+    contract = ledger.app.state.contracts[DEFAULT_CONTRACT]
+    ledger.block(check_in(swarm, "a", 1, final=True), *(check_in(swarm, n, 1) for n in "bc"))
+    ledger.block(*(merged(swarm, n, b"m" * 32) for n in "abc"))
+    assert round_of(ledger).status == RoundStatus.DONE
+    assert contract.done == {str(swarm.people["a"].peer_id)}
+    assert not round_of(ledger).all_final
+    assert not contract.training_over
+    ledger.block(*(check_in(swarm, n, 2, final=True) for n in "abc"))
+    assert not contract.training_over  # final check-ins alone do not end it: the round must
+    ledger.block(*(merged(swarm, n, b"n" * 32, number=2) for n in "abc"))
+    assert round_of(ledger, 2).all_final
+    assert contract.training_over
+    assert ledger.refusals() == []
 
 
 def test_participants_that_agree_finish_the_round_and_the_ledger_holds_the_root(
