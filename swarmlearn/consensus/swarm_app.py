@@ -297,8 +297,6 @@ class SwarmApp:
         round_.checkins[sender] = CheckInRecord(
             body.root, body.weight, body.min_peers, self._now_ms, body.final
         )
-        if body.final:
-            contract.done.add(sender)
         try_close(contract, round_, self._now_ms, self._active_learners())
         return "ok"
 

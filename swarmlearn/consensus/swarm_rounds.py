@@ -92,7 +92,16 @@ class ContractRecord:
     layout: tuple[TensorSpec, ...] | None = None
     total_bytes: int = 0
     rounds: dict[int, RoundRecord] = field(default_factory=dict)
-    done: set[str] = field(default_factory=set)  # SL nodes that checked in final weights
+
+    @property
+    def done(self) -> set[str]:
+        """SL nodes that checked in their final weights."""
+        return {
+            node
+            for record in self.rounds.values()
+            for node, check_in in record.checkins.items()
+            if check_in.final
+        }
 
     @property
     def training_over(self) -> bool:

@@ -663,13 +663,9 @@ class SLRoundCore:
         state.finished = True
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
         self._keep(state.contract, state.number, root, state.merged)
-        over = self._all_final(state.contract, state.number)
+        record = self._record(state)
+        over = record is not None and record.all_final
         return [Deliver(RoundDone(state.contract, state.number, root, state.merged, over))]
-
-    def _all_final(self, contract: str, number: int) -> bool:
-        record = self.app.state.contracts.get(contract)
-        round_ = record.rounds.get(number) if record is not None else None
-        return round_ is not None and round_.all_final
 
     def _keep(self, contract: str, number: int, root: bytes, flat: bytearray) -> None:
         """Serve the merged model to peers that fetch it; only the latest rounds are kept."""
