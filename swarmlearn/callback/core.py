@@ -185,6 +185,8 @@ class SwarmCore:
         self.loopback = options.loopback
         self.isSwarmTrainingOver = False
         self.rounds_done = 0
+        self.last_round: RoundOutcome | None = None  # the latest round that merged
+        self.last_round_s = 0.0  # its wall time, from handing over to holding the merged model
         self._layout: Layout | None = None
         self._client: Any = None
         self._started = time.monotonic()
@@ -302,8 +304,10 @@ class SwarmCore:
             )
             return None
         self.rounds_done += 1
+        self.last_round, self.last_round_s = outcome, took
         self.logger.info(
-            f"round {outcome.round}: merged in {took:.2f} s, hash {outcome.root.hex()[:12]}"
+            f"round {outcome.round}: {outcome.participants} peers, {len(flat) / 1e6:.1f} MB,"
+            f" merged in {took:.2f} s, hash {outcome.root.hex()[:12]}"
         )
         return outcome
 

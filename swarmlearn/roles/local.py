@@ -99,6 +99,7 @@ class LocalRoundDone(Message, tag=0xB3):
     root: bytes
     data: Payload
     training_over: bool = False
+    participants: int = 0
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ class RoundOutcome:
     root: bytes
     reason: str
     training_over: bool = False  # every node of the round has finished training
+    participants: int = 0  # how many nodes' weights the merge holds
 
 
 class LocalClient:
@@ -229,7 +231,12 @@ class LocalClient:
                     self.on_progress(reply.text)
             elif isinstance(reply, LocalRoundDone):
                 return RoundOutcome(
-                    reply.round, bytes(reply.data), reply.root, "", reply.training_over
+                    reply.round,
+                    bytes(reply.data),
+                    reply.root,
+                    "",
+                    reply.training_over,
+                    reply.participants,
                 )
             elif isinstance(reply, LocalRoundFailed):
                 return RoundOutcome(reply.round, None, b"", reply.reason)

@@ -147,6 +147,7 @@ class RoundDone:
     root: bytes
     flat: bytes | bytearray
     training_over: bool = False  # every participant of this round has finished training
+    participants: int = 0  # how many nodes' weights the merge holds
 
 
 @dataclass(frozen=True)
@@ -605,7 +606,12 @@ class SLRoundCore:
         if state.merged_root == record.merged_root and state.merged is not None:
             state.finished = True
             done = RoundDone(
-                state.contract, state.number, record.merged_root, state.merged, record.all_final
+                state.contract,
+                state.number,
+                record.merged_root,
+                state.merged,
+                record.all_final,
+                len(record.participants),
             )
             return [Deliver(done)]
         sources = [p for p in record.participants if p not in record.dissenters and p != self.me]
@@ -665,7 +671,8 @@ class SLRoundCore:
         self._keep(state.contract, state.number, root, state.merged)
         record = self._record(state)
         over = record is not None and record.all_final
-        return [Deliver(RoundDone(state.contract, state.number, root, state.merged, over))]
+        count = 0 if record is None else len(record.participants)
+        return [Deliver(RoundDone(state.contract, state.number, root, state.merged, over, count))]
 
     def _keep(self, contract: str, number: int, root: bytes, flat: bytearray) -> None:
         """Serve the merged model to peers that fetch it; only the latest rounds are kept."""

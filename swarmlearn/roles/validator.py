@@ -325,7 +325,11 @@ class ValidatorNode:
         if isinstance(value, Progress):
             reply(LocalProgress(value.round, value.text))
         elif isinstance(value, RoundDone):
-            reply(LocalRoundDone(value.round, value.root, value.flat, value.training_over))
+            reply(
+                LocalRoundDone(
+                    value.round, value.root, value.flat, value.training_over, value.participants
+                )
+            )
         else:
             reply(LocalRoundFailed(value.round, value.reason))
 
