@@ -194,6 +194,7 @@ class LocalClient:
             )
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout_s)
+        self.timeout_s = timeout_s
         self.sock.connect(str(path))
         self.reader = FrameReader(LOCAL_FRAME_BYTES_MAX)
         self.on_progress = on_progress
@@ -243,7 +244,14 @@ class LocalClient:
 
     def _receive(self) -> Message:
         while (body := self.reader.next_frame()) is None:
-            data = self.sock.recv(RECEIVE_BYTES)
+            try:
+                data = self.sock.recv(RECEIVE_BYTES)
+            except TimeoutError:
+                raise ConfigError(
+                    f"no word from the swarm node for {self.timeout_s:g} s (syncTimeout): fewer "
+                    "nodes checked in than minPeers, or the ledger refused this check-in "
+                    "(`swarmlearn ledger refusals HOST:PORT` says why)"
+                ) from None
             if not data:
                 raise ConfigError("the swarm node closed the local endpoint")
             self.reader.feed(data)
