@@ -7,14 +7,16 @@ consensus :class:`~swarmlearn.consensus.app.Application` interface. Every transa
 :class:`SignedTx`; the application checks, in order: it decodes; its sender is in the
 registry (or it is a ``Join`` whose certificate, issued by the swarm CA and valid at the
 block's time, belongs to the sender); the signature is the sender's; the sender's roles allow
-the body (contracts and resets need swci, rounds and perfdata need sl). A refused transaction
+the body (contracts, tasks and resets need swci, rounds and perfdata need sl, taskrunner
+enrolment and task status need swop). A refused transaction
 changes nothing but a counter and the refusal log, the same way on every validator.
 
 State: the registry (roles, address, certificate fingerprint and key, joined height,
 last-seen time and height), contracts (HPE's ``defaultbb.cqdb.sml.hpe`` exists from genesis),
-rounds (:mod:`swarm_rounds`), per-node performance data per round. Joins of SN members give
-a validator seat (effective two heights later). Time-driven steps (grace periods, exchange
-deadlines) run at the end of every block, at the block's time.
+rounds (:mod:`swarm_rounds`), per-node performance data per round, tasks and taskrunners
+(:mod:`swarm_tasks`; HPE's ``defaulttaskbb.taskdb.sml.hpe`` exists from genesis). Joins of
+SN members give a validator seat (effective two heights later). Time-driven steps (grace
+periods, exchange deadlines) run at the end of every block, at the block's time.
 
 The app hash chains the previous hash with every transaction's digest and outcome, so equal
 hashes mean equal histories and therefore equal states.
@@ -43,6 +45,7 @@ from swarmlearn.consensus.swarm_rounds import (
     record_merged,
     try_close,
 )
+from swarmlearn.consensus.swarm_tasks import OPERATOR_TXS, SWOP_TXS, TaskBook
 from swarmlearn.consensus.swarm_txs import (
     CheckIn,
     CreateContract,
@@ -63,13 +66,15 @@ DEFAULT_CONTRACT = "defaultbb.cqdb.sml.hpe"
 ACTIVE_MS = 120_000  # an SL member seen within this is "active" for the closing rule
 REFUSALS_KEPT = 1_000
 OUTCOMES_KEPT = 10_000
-ROLE_OF = {
+ROLE_OF: dict[type[Message], Role] = {
     CreateContract: Role.SWCI,
     ResetContract: Role.SWCI,
     CheckIn: Role.SL,
     Merged: Role.SL,
     Exclude: Role.SL,
     PerfData: Role.SL,
+    **{kind: Role.SWCI for kind in OPERATOR_TXS},
+    **{kind: Role.SWOP for kind in SWOP_TXS},
 }
 
 
@@ -90,6 +95,7 @@ class SwarmState:
     members: dict[str, Member] = field(default_factory=dict)
     contracts: dict[str, ContractRecord] = field(default_factory=dict)
     perf: dict[tuple[str, int, str], PerfData] = field(default_factory=dict)
+    tasks: TaskBook = field(default_factory=TaskBook)  # tasks and taskrunners (swarm_tasks)
     refusals: deque[tuple[int, str, str]] = field(
         default_factory=lambda: deque(maxlen=REFUSALS_KEPT)
     )
@@ -241,6 +247,10 @@ class SwarmApp:
                 for record in self.state.contracts[name].rounds.values():
                     if record.status == RoundStatus.EXCHANGING and sender in record.participants:
                         record.alive.add(sender)
+            case _ if isinstance(body, OPERATOR_TXS + SWOP_TXS):
+                problem = self.state.tasks.apply(sender, body, self._height)
+                if problem:
+                    return self._refuse(tx, problem, sender)
         return "ok"
 
     def _refuse(self, tx: bytes, reason: str, sender: str = "") -> str:
