@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from swarmlearn.p2p.identity import Identity
 from swarmlearn.p2p.tls import server_context
-from swarmlearn.roles import views
+from swarmlearn.roles import task_views, views
 
 if TYPE_CHECKING:
     from swarmlearn.roles.validator import ValidatorNode
@@ -106,6 +106,22 @@ def build_app(node: ValidatorNode) -> Starlette:
     async def refusals(request: Request) -> JSONResponse:
         return _json(views.refusals(node.app))
 
+    async def tasks(request: Request) -> JSONResponse:
+        return _json(task_views.tasks(node.app))
+
+    async def task(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        found = task_views.task_named(node.app, name)
+        return _error(404, f"no task {name!r}") if found is None else _json(found)
+
+    async def taskrunners(request: Request) -> JSONResponse:
+        return _json(task_views.runners(node.app))
+
+    async def taskrunner(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        found = task_views.runner_named(node.app, name)
+        return _error(404, f"no taskrunner {name!r}") if found is None else _json(found)
+
     async def transactions(request: Request) -> JSONResponse:
         try:
             wait_s = float(request.query_params.get("wait", "0"))
@@ -139,6 +155,10 @@ def build_app(node: ValidatorNode) -> Starlette:
         Route(f"{prefix}/contracts/{{name}}/rounds", rounds),
         Route(f"{prefix}/perfdata", perfdata),
         Route(f"{prefix}/refusals", refusals),
+        Route(f"{prefix}/tasks", tasks),
+        Route(f"{prefix}/tasks/{{name}}", task),
+        Route(f"{prefix}/taskrunners", taskrunners),
+        Route(f"{prefix}/taskrunners/{{name}}", taskrunner),
         Route(f"{prefix}/transactions", transactions, methods=["POST"]),
         Route(f"{prefix}/openapi.json", openapi),
         Route("/metrics", metrics),
