@@ -130,6 +130,12 @@ def _sim(args: argparse.Namespace) -> int:
     return cli.run(args)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from swarmlearn.demo import run
+
+    return run.run(args)
+
+
 def _days(text: str) -> int:
     try:
         value = int(text)
@@ -216,9 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_sim_arguments(sim)
     sim.set_defaults(command=_sim)
 
+    from swarmlearn.demo.run import add_demo_arguments
+
+    demo = commands.add_parser(
+        "demo", help="a swarm on this machine training digits, start to finish"
+    )
+    add_demo_arguments(demo)
+    demo.set_defaults(command=_demo)
+
     for name, what, issue_name in (
         ("ci", "swarm command interface (SWCI)", "the SWCI/SWOP issue"),
-        ("demo", "the 4-node demo", "the demo issue"),
     ):
         placeholder = commands.add_parser(name, help=f"{what} (not built yet)")
         placeholder.set_defaults(command=_not_built(name, issue_name))

@@ -1,0 +1,1 @@
+"""`swarmlearn demo`: a swarm of real nodes on this machine training sklearn's digits."""
