@@ -34,8 +34,10 @@ soak: $(VENV)/.dev-installed
 	  $(PY) -m swarmlearn.sim --scenario $$scenario --seeds $(SEEDS) || exit 1; \
 	done
 
+# DEMO_ARGS, e.g. '--nodes 3 --rounds 5 --keep' (swarmlearn demo --help lists them all).
+DEMO_ARGS ?=
 demo: $(VENV)/.dev-installed
-	$(VENV)/bin/swarmlearn demo
+	$(VENV)/bin/swarmlearn demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
