@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trio
 
 from swarmlearn.errors import ConfigError
 from swarmlearn.merge import ModelState, flatten, layout_of
@@ -31,3 +32,13 @@ def test_a_silent_node_gets_one_clear_line(tmp_path: Path) -> None:
         client.close()
     finally:
         server.close()
+
+
+def test_a_broken_connection_is_never_an_empty_reason() -> None:
+    from swarmlearn.roles.client import _reason
+
+    assert _reason(trio.BrokenResourceError()) == (
+        "connection broken (the node refused our certificate?)"
+    )
+    assert _reason(trio.EndOfChannel()) == "the node closed the connection"
+    assert _reason(OSError(111, "Connection refused")) == "[Errno 111] Connection refused"

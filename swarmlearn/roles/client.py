@@ -65,10 +65,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         return trio.run(_run, identity, host, port, args)
     except NETWORK_ERRORS as error:
-        print(
-            f"ledger {args.ledger} {args.address}: {error or type(error).__name__}", file=sys.stderr
-        )
+        print(f"ledger {args.ledger} {args.address}: {_reason(error)}", file=sys.stderr)
         return 1
+
+
+def _reason(error: BaseException) -> str:
+    """Why a request failed, never an empty line (trio's stream errors carry no text)."""
+    if isinstance(error, trio.BrokenResourceError) and not str(error):
+        return "connection broken (the node refused our certificate?)"
+    if isinstance(error, trio.EndOfChannel):
+        return "the node closed the connection"
+    return str(error) or type(error).__name__
 
 
 async def _run(identity: Identity, host: str, port: int, args: argparse.Namespace) -> int:
