@@ -35,7 +35,7 @@ def test_a_silent_node_gets_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_a_broken_connection_is_never_an_empty_reason() -> None:
-    from swarmlearn.roles.client import _reason
+    from swarmlearn.roles.validator import network_reason as _reason
 
     assert _reason(trio.BrokenResourceError()) == (
         "connection broken (the node refused our certificate?)"

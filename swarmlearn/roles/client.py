@@ -30,7 +30,7 @@ from swarmlearn.roles.messages import (
     SubmitReply,
     SubmitRequest,
 )
-from swarmlearn.roles.validator import NETWORK_ERRORS, ask
+from swarmlearn.roles.validator import NETWORK_ERRORS, ask, network_reason
 
 DEFAULT_PORT = 30303
 COMMIT_WAIT_S = 30.0
@@ -65,17 +65,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         return trio.run(_run, identity, host, port, args)
     except NETWORK_ERRORS as error:
-        print(f"ledger {args.ledger} {args.address}: {_reason(error)}", file=sys.stderr)
+        print(f"ledger {args.ledger} {args.address}: {network_reason(error)}", file=sys.stderr)
         return 1
-
-
-def _reason(error: BaseException) -> str:
-    """Why a request failed, never an empty line (trio's stream errors carry no text)."""
-    if isinstance(error, trio.BrokenResourceError) and not str(error):
-        return "connection broken (the node refused our certificate?)"
-    if isinstance(error, trio.EndOfChannel):
-        return "the node closed the connection"
-    return str(error) or type(error).__name__
 
 
 async def _run(identity: Identity, host: str, port: int, args: argparse.Namespace) -> int:

@@ -83,6 +83,15 @@ NETWORK_ERRORS = (
 M = TypeVar("M", bound=Message)
 
 
+def network_reason(error: BaseException) -> str:
+    """Why a request to a node failed, never empty (trio's stream errors carry no text)."""
+    if isinstance(error, trio.BrokenResourceError) and not str(error):
+        return "connection broken (the node refused our certificate?)"
+    if isinstance(error, trio.EndOfChannel):
+        return "the node closed the connection"
+    return str(error) or type(error).__name__
+
+
 @dataclass(frozen=True)
 class ValidatorOptions:
     data_dir: Path
@@ -155,9 +164,8 @@ async def fetch_genesis(identity: Identity, host: str, port: int) -> Genesis:
     try:
         reply = await ask(identity, host, port, GenesisRequest(), GenesisReply)
     except NETWORK_ERRORS as error:
-        reason = str(error) or type(error).__name__
         raise ConfigError(
-            f"--bootstrap {host}:{port}: cannot fetch the genesis ({reason})"
+            f"--bootstrap {host}:{port}: cannot fetch the genesis: {network_reason(error)}"
         ) from None
     genesis = reply.genesis
     theirs = {genesis.ca_fingerprint, hashlib.sha256(genesis.ca_certificate).digest()}
