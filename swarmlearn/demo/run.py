@@ -196,6 +196,8 @@ def _start_trainer(
     data_dir: Path,
     events: queue.Queue[tuple[int, str]],
 ) -> subprocess.Popen[bytes]:
+    from swarmlearn.demo.swarm import record_pid
+
     command = [
         sys.executable,
         "-m",
@@ -215,6 +217,7 @@ def _start_trainer(
             env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
             start_new_session=True,
         )
+    record_pid(args.workdir, f"trainer-n{index}", process.pid)
 
     def pump() -> None:
         assert process.stdout is not None
@@ -360,7 +363,6 @@ def _plot(results: dict[str, Any], path: Path) -> bool:
 
 def _print_keep(args: argparse.Namespace, swarm: Any) -> None:
     pids = " ".join(str(node.process.pid) for node in swarm.nodes)
-    (args.workdir / "pids").write_text(pids + "\n")
     first = swarm.nodes[0]
     pki = args.workdir / "pki"
     print(f"\nthe swarm keeps running (--keep): node API https://127.0.0.1:{first.api_port}")

@@ -3,8 +3,9 @@
 :class:`LocalSwarm` makes a CA and one certificate per node (SN + SL) plus an operator's
 (SWCI) in ``workdir/pki``, starts the sentinel, then the other nodes bootstrapping from it,
 each with its own data directory, on free loopback ports, and waits — within a deadline —
-until every node sees every validator. Each node's output goes to ``workdir/nI/node.log``.
-Stopping sends SIGTERM and waits; a node that does not stop in time is killed.
+until every node sees every validator. Each node's output goes to ``workdir/nI/node.log``;
+``workdir/pids`` lists the processes. Stopping sends SIGTERM and waits; a node that does not
+stop in time is killed.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ class LocalSwarm:
         log.close()
         node = Node(name, data, process)
         self.nodes.append(node)
+        record_pid(self.workdir, name, process.pid)
         threading.Thread(target=_pump, args=(process, node.lines, data), daemon=True).start()
         banner = self._banner(node, deadline)
         node.p2p_port = int(banner.split("/tcp/")[1].split("/")[0])
@@ -193,6 +195,12 @@ async def _validators(operator: Identity, port: int) -> int:
     except (*NETWORK_ERRORS, trio.TooSlowError):
         return 0
     return len(status.validators)
+
+
+def record_pid(workdir: Path, name: str, pid: int) -> None:
+    """``workdir/pids``: every process started for the swarm, one ``name pid`` a line."""
+    with (workdir / "pids").open("a") as pids:
+        pids.write(f"{name} {pid}\n")
 
 
 def _pump(process: subprocess.Popen[bytes], lines: queue.Queue[str], data: Path) -> None:
