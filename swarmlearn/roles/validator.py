@@ -270,6 +270,10 @@ class ValidatorNode:
                 self.driver.submit(Request(SubmitTx(tx)))
             await trio.sleep(JOIN_RETRY_S)
 
+    def joined(self) -> bool:
+        """Whether the ledger records this node at its address (and, for SN, its seat)."""
+        return self._joined()
+
     def _joined(self) -> bool:
         member = self.app.state.members.get(self.me)
         if member is None or member.address != "{}:{}".format(*self.address):
