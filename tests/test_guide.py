@@ -5,6 +5,8 @@ silent is told why instead of getting a bare socket timeout."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import trio
 from swarmlearn.errors import ConfigError
 from swarmlearn.merge import ModelState, flatten, layout_of
 from swarmlearn.roles.local import LocalClient
+from tests.conftest import Pki
 
 
 def test_a_silent_node_gets_one_clear_line(tmp_path: Path) -> None:
@@ -42,3 +45,55 @@ def test_a_broken_connection_is_never_an_empty_reason() -> None:
     )
     assert _reason(trio.EndOfChannel()) == "the node closed the connection"
     assert _reason(OSError(111, "Connection refused")) == "[Errno 111] Connection refused"
+
+
+def test_a_socket_left_by_a_stopped_node_is_one_clear_line(tmp_path: Path) -> None:
+    path = tmp_path / "sl.sock"
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(path))  # the file stays; nobody listens (a node that stopped)
+    left.close()
+    with pytest.raises(ConfigError, match=r"sl.sock: no swarm node answers here"):
+        LocalClient(path, timeout_s=1.0)
+
+
+@pytest.mark.parametrize("busy", ["--listen", "--api"])
+def test_a_port_in_use_is_one_line_naming_the_flag(pki: Pki, tmp_path: Path, busy: str) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    address = f"127.0.0.1:{taken.getsockname()[1]}"
+    ports = {"--listen": "127.0.0.1:0", "--api": "127.0.0.1:0", busy: address}
+    paths = pki.sn.paths
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "swarmlearn",
+                "node",
+                "--sentinel",
+                "--data-dir",
+                str(tmp_path / "node"),
+                "--cert",
+                str(paths.cert),
+                "--key",
+                str(paths.key),
+                "--cacert",
+                str(paths.ca),
+                "--listen",
+                ports["--listen"],
+                "--api",
+                ports["--api"],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        taken.close()
+    assert done.returncode == 2
+    assert (
+        done.stderr
+        == f"swarmlearn: error: {busy} {address}: cannot listen (Address already in use)\n"
+    )

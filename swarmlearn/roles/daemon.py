@@ -14,6 +14,7 @@ import logging
 import math
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -128,9 +129,29 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         trio.run(serve_node, identity, options)
-    except OSError as error:
-        raise ConfigError(f"--listen {args.listen}: cannot listen ({error.strerror})") from None
+    except (OSError, ExceptionGroup) as error:
+        bind_error = _bind_error(error)
+        if bind_error is None:
+            raise
+        api = any(
+            "hypercorn" in frame.filename
+            for frame in traceback.extract_tb(bind_error.__traceback__)
+        )
+        flag, address = ("--api", args.api) if api else ("--listen", args.listen)
+        reason = bind_error.strerror or str(bind_error)
+        raise ConfigError(f"{flag} {address}: cannot listen ({reason})") from None
     return 0
+
+
+def _bind_error(error: BaseException) -> OSError | None:
+    """The OSError of a failed bind, unwrapped from trio's nursery groups; None if not one."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    if not isinstance(error, OSError):
+        return None
+    frames = traceback.extract_tb(error.__traceback__)
+    binding = any(frame.name == "bind" or ".bind(" in (frame.line or "") for frame in frames)
+    return error if binding else None
 
 
 async def ping_node(

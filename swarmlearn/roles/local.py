@@ -195,7 +195,13 @@ class LocalClient:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout_s)
         self.timeout_s = timeout_s
-        self.sock.connect(str(path))
+        try:
+            self.sock.connect(str(path))
+        except ConnectionRefusedError:
+            self.sock.close()
+            raise ConfigError(
+                f"{path}: no swarm node answers here (is swarm-node running?)"
+            ) from None
         self.reader = FrameReader(LOCAL_FRAME_BYTES_MAX)
         self.on_progress = on_progress
 
