@@ -256,7 +256,7 @@ class LocalClient:
                 raise ConfigError(
                     f"no word from the swarm node for {self.timeout_s:g} s (syncTimeout): fewer "
                     "nodes checked in than minPeers, or the ledger refused this check-in "
-                    "(`swarmlearn ledger refusals HOST:PORT` says why)"
+                    "(the node's log or `swarmlearn ledger refusals` says why)"
                 ) from None
             if not data:
                 raise ConfigError("the swarm node closed the local endpoint")
