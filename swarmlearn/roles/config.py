@@ -2,8 +2,8 @@
 
 ``swarm-node --config node.toml`` reads keys named like the flags (``listen``, ``data-dir``,
 ``sentinel``, ``bootstrap``, ``sentinel-ip``, ``sentinel-port``, ``chain-id``, ``advertise``,
-``api``, ``log-level``, ``cert``, ``key``, ``cacert``, ``capath``; ``_`` may stand for
-``-``). A flag given on the command line wins over the file; the file wins over the
+``api``, ``log-level``, ``cert``, ``key``, ``cacert``, ``capath``, ``swop-profile``; ``_``
+may stand for ``-``). A flag given on the command line wins over the file; the file wins over the
 defaults. HPE's names are accepted: ``--data-dir``, ``--sentinel-ip`` with
 ``--sentinel-port`` (the node to bootstrap from), and the ``SWARM_ID_*`` identity variables.
 Every mistake is one line naming the key or flag and what is valid.
@@ -35,7 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "log_level": "info",
 }
 STRINGS = ("listen", "bootstrap", "sentinel_ip", "chain_id", "advertise", "api", "log_level")
-PATHS = ("data", "cert", "key", "cacert", "capath")
+PATHS = ("data", "cert", "key", "cacert", "capath", "swop_profile")
 KEYS = {
     **{name.replace("_", "-"): name for name in (*STRINGS, *PATHS, "sentinel", "sentinel_port")},
     "data-dir": "data",

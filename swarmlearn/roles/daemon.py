@@ -4,7 +4,8 @@ What runs today: the node checks its identity (it does not start without a valid
 certificate, key and CA, and says which file is wrong), then runs a ledger validator (SN):
 the sentinel creates the chain (``--sentinel``), other nodes join through any running node
 (``--bootstrap``), and a restarted node picks up from its data directory. Sync rounds (SL)
-and the task runner (SWOP) join it as their issues land.
+run through its local endpoint; ``--swop-profile FILE`` (or ``SWOP_PROFILE``) also makes it a
+SWOP that runs tasks from the ledger (:mod:`swarmlearn.roles.swop`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 import traceback
@@ -28,11 +30,13 @@ from swarmlearn.cli import (
 )
 from swarmlearn.errors import ConfigError, RemoteProtocolError
 from swarmlearn.p2p.address import parse_host_port
-from swarmlearn.p2p.identity import Identity
+from swarmlearn.p2p.identity import Identity, Role
 from swarmlearn.p2p.messages import Goodbye, Ping, Pong
 from swarmlearn.p2p.transport import TransportConfig, dial
 from swarmlearn.roles.api import DEFAULT_API_PORT
 from swarmlearn.roles.config import add_config_arguments, resolve
+from swarmlearn.roles.swop import Swop
+from swarmlearn.roles.swop_yaml import Profile, load_profile
 from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions
 
 log = logging.getLogger("swarmlearn.node")
@@ -70,6 +74,12 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         "--check", action="store_true", help="check the identity and configuration, then exit"
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--swop-profile",
+        type=Path,
+        metavar="FILE",
+        help="also be a SWOP: run tasks for this profile's taskrunner [SWOP_PROFILE]",
+    )
 
 
 def add_ping_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,14 +91,18 @@ def add_ping_arguments(parser: argparse.ArgumentParser) -> None:
     add_identity_arguments(parser)
 
 
-async def serve_node(identity: Identity, options: ValidatorOptions) -> None:
-    """Run the node until SIGTERM or SIGINT, then stop cleanly."""
+async def serve_node(
+    identity: Identity, options: ValidatorOptions, profile: Profile | None = None
+) -> None:
+    """Run the node (and its SWOP, with a profile) until SIGTERM or SIGINT, then stop cleanly."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         node = await ValidatorNode.open(
             identity, options, on_ready=lambda line: print(line, flush=True)
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
+            if profile is not None:
+                await nursery.start(Swop(node, profile).run)
             async for signum in signals:
                 log.info("%s received, stopping", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
@@ -111,6 +125,16 @@ def node_options(args: argparse.Namespace) -> ValidatorOptions:
     )
 
 
+def swop_profile(args: argparse.Namespace, identity: Identity) -> Profile | None:
+    """The checked SWOP profile of ``--swop-profile`` (or ``SWOP_PROFILE``), if any."""
+    path = args.swop_profile or os.environ.get("SWOP_PROFILE") or None
+    if path is None:
+        return None
+    if Role.SWOP not in identity.info.roles:
+        raise ConfigError(f"--swop-profile {path}: this node's certificate lacks the swop role")
+    return load_profile(path)
+
+
 def _address(
     text: str | None, field: str, default_port: int = DEFAULT_P2P_PORT
 ) -> tuple[str, int] | None:
@@ -124,11 +148,12 @@ def run(args: argparse.Namespace) -> int:
     )
     options = node_options(args)
     identity = identity_from_arguments(args)
+    profile = swop_profile(args, identity)
     if args.check:
         print(f"identity ok: {identity.info.name}, peer id {identity.peer_id}")
         return 0
     try:
-        trio.run(serve_node, identity, options)
+        trio.run(serve_node, identity, options, profile)
     except (OSError, ExceptionGroup) as error:
         bind_error = _bind_error(error)
         if bind_error is None:
