@@ -130,6 +130,12 @@ def _sim(args: argparse.Namespace) -> int:
     return cli.run(args)
 
 
+def _ci(args: argparse.Namespace) -> int:
+    from swarmlearn.swci import main
+
+    return main.run(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from swarmlearn.demo import run
 
@@ -230,11 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_arguments(demo)
     demo.set_defaults(command=_demo)
 
-    for name, what, issue_name in (
-        ("ci", "swarm command interface (SWCI)", "the SWCI/SWOP issue"),
-    ):
-        placeholder = commands.add_parser(name, help=f"{what} (not built yet)")
-        placeholder.set_defaults(command=_not_built(name, issue_name))
+    from swarmlearn.swci.main import add_ci_arguments
+
+    ci = commands.add_parser("ci", help="swarm command interface (SWCI): HPE's commands, REPL")
+    add_ci_arguments(ci)
+    ci.set_defaults(command=_ci)
     return parser
 
 

@@ -21,7 +21,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -71,8 +71,8 @@ class Frontend:
     session: Session
     as_json: bool = False
     echo: bool = False  # show each script line as if typed at the prompt
-    out: TextIO = sys.stdout
-    err: TextIO = sys.stderr
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
     count: int = 0
     worst: int = EXIT_OK
 
