@@ -15,8 +15,10 @@ node:
 
 Modes: *daemon* (the default when a node's local endpoint is found: ``SWARM_NODE_SOCKET``,
 or ``sl.sock`` in ``SWARM_DATA_DIR``/``./swarm-data``): the weights go to the local
-``swarm-node``; *loopback* (``SWARM_LOOPBACK=True``, as in HPE): no swarm at all, the script
-runs alone. A sync whose round fails keeps the local weights and says why.
+``swarm-node``; *embedded* (``nodeConfig=FILE`` or ``SWARM_NODE_CONFIG``, swarm-node's TOML
+config): the node runs in this process (``swarmlearn.callback.embedded``); *loopback*
+(``SWARM_LOOPBACK=True``, as in HPE): no swarm at all, the script runs alone. A sync whose
+round fails keeps the local weights and says why.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ COMMON_OPTIONS = (
     "mlPlatform",
     "ml_platform",
     "nodeSocket",
+    "nodeConfig",
     "syncTimeout",
 )
 SYNC_TIMEOUT_S = 3600.0
@@ -76,6 +79,7 @@ class Options:
     logger: logging.Logger
     loopback: bool
     socket: Path | None
+    node_config: Path | None  # embedded mode: swarm-node's TOML config, run in this process
     sync_timeout_s: float
     extra: Mapping[str, Any]
 
@@ -139,6 +143,7 @@ def parse_options(
         logger=logger,
         loopback=os.environ.get("SWARM_LOOPBACK", "").strip().lower() in ("true", "1", "yes"),
         socket=_socket(kwargs.get("nodeSocket")),
+        node_config=_node_config(kwargs.get("nodeConfig"), kwargs.get("nodeSocket")),
         sync_timeout_s=float(kwargs.get("syncTimeout", SYNC_TIMEOUT_S)),
         extra={k: v for k, v in kwargs.items() if k in platform_options},
     )
@@ -154,6 +159,24 @@ def _default_logger() -> logging.Logger:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     return logger
+
+
+def _node_config(explicit: Any, socket: Any) -> Path | None:
+    """Embedded mode's config: ``nodeConfig``, else ``SWARM_NODE_CONFIG`` unless a daemon's
+    socket is named (``nodeSocket`` or ``SWARM_NODE_SOCKET``)."""
+    if explicit:
+        if socket:
+            raise SwarmError("give nodeSocket (daemon mode) or nodeConfig (embedded), not both")
+        path = Path(explicit)
+    elif socket or os.environ.get("SWARM_NODE_SOCKET"):
+        return None
+    elif os.environ.get("SWARM_NODE_CONFIG"):
+        path = Path(os.environ["SWARM_NODE_CONFIG"])
+    else:
+        return None
+    if not path.is_file():
+        raise SwarmError(f"nodeConfig {path}: no such file (swarm-node's TOML config)")
+    return path
 
 
 def _socket(explicit: Any) -> Path | None:
@@ -189,6 +212,7 @@ class SwarmCore:
         self.last_round_s = 0.0  # its wall time, from handing over to holding the merged model
         self._layout: Layout | None = None
         self._client: Any = None
+        self._embedded: Any = None
         self._started = time.monotonic()
         self._best_loss: float | None = None
         if not self.loopback:
@@ -198,6 +222,11 @@ class SwarmCore:
         from swarmlearn.roles.local import LocalClient
 
         path = self.options.socket
+        if self.options.node_config is not None:
+            from swarmlearn.callback.embedded import EmbeddedNode
+
+            self._embedded = EmbeddedNode(self.options.node_config, self.logger)
+            path = self._embedded.start()
         assert path is not None
         self._client = LocalClient(
             path, timeout_s=self.options.sync_timeout_s, on_progress=self._progress
@@ -328,3 +357,6 @@ class SwarmCore:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self._embedded is not None:
+            self._embedded.close()
+            self._embedded = None
