@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 QUICK ?=
 
-.PHONY: test lint bench demo soak clean
+.PHONY: test lint bench bench-peers demo soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,17 @@ lint: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(PY) bench/run_all.py $(if $(QUICK),--quick,)
 
+# Flower and hivemind for bench/flower.py and bench/hivemind.py, in their own venv so .venv
+# stays light. torch first: 2.13.0 is the CPU wheel on disk (any other pulls a CUDA build).
+PEERS := .venv-peers
+bench-peers: $(PEERS)/.installed
+$(PEERS)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet torch==2.13.0
+	$(PEERS)/bin/pip install --quiet 'flwr[simulation]==1.42.0' ray==2.55.1 hivemind==1.1.12
+	$(PEERS)/bin/pip install --quiet -e . 'scikit-learn>=1.4'
+	touch $@
+
 # Long seed sweeps of every consensus scenario (SEEDS=first:end, default 0:1000 each).
 SEEDS ?= 0:1000
 soak: $(VENV)/.dev-installed
@@ -40,4 +51,4 @@ demo: $(VENV)/.dev-installed
 	$(VENV)/bin/swarmlearn demo $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
