@@ -266,3 +266,15 @@ def test_the_swarm_model_beats_each_local_only_model(
     local_best = max(accuracy(alone[0]), accuracy(alone[1]))
     assert local_best < 0.55
     assert accuracy(swarm[0]) > local_best + 0.2
+
+
+def test_progress_bar_with_eta_when_total_epochs_is_set(
+    loopback: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    callback = SwarmCallback(syncFrequency=5, minPeers=2, model=net(), totalEpochs=4)
+    with caplog.at_level("INFO", logger="SwarmCallback"):
+        callback.on_epoch_end(0)
+        callback.on_epoch_end(1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("[#####...............] epoch 1/4, 0 rounds, ETA ")
+    assert lines[1].startswith("[##########..........] epoch 2/4, 0 rounds, ETA ")

@@ -58,10 +58,29 @@ COMMON_OPTIONS = (
     "syncTimeout",
 )
 SYNC_TIMEOUT_S = 3600.0
+PROGRESS_BAR_WIDTH = 20
 
 
 class SwarmError(ConfigError):
     """HPE's name for a bad SwarmCallback argument (a ConfigError here: one clear line)."""
+
+
+@dataclass(frozen=True)
+class RoundTiming:
+    """Where the latest sync's time went, in seconds: the handover to and from the node
+    (``flatten_s + send_s + receive_s + unpack_s``, and the adapter's ``load_s``), and the
+    node's own part (``node_s``: check-in, exchange and merge among the peers)."""
+
+    flatten_s: float = 0.0
+    send_s: float = 0.0
+    node_s: float = 0.0
+    receive_s: float = 0.0
+    unpack_s: float = 0.0
+    load_s: float = 0.0
+
+    @property
+    def handover_s(self) -> float:
+        return self.flatten_s + self.send_s + self.receive_s + self.unpack_s + self.load_s
 
 
 @dataclass(frozen=True)
@@ -210,6 +229,7 @@ class SwarmCore:
         self.rounds_done = 0
         self.last_round: RoundOutcome | None = None  # the latest round that merged
         self.last_round_s = 0.0  # its wall time, from handing over to holding the merged model
+        self.last_timing = RoundTiming()
         self._layout: Layout | None = None
         self._client: Any = None
         self._embedded: Any = None
@@ -249,7 +269,14 @@ class SwarmCore:
         if self.totalEpochs:
             elapsed = time.monotonic() - self._started
             eta = elapsed / self.epochsCompleted * (self.totalEpochs - self.epochsCompleted)
-            self.logger.info(f"epoch {self.epochsCompleted}/{self.totalEpochs}, ETA {eta:.0f} s")
+            filled = min(
+                PROGRESS_BAR_WIDTH, PROGRESS_BAR_WIDTH * self.epochsCompleted // self.totalEpochs
+            )
+            bar = "#" * filled + "." * (PROGRESS_BAR_WIDTH - filled)
+            self.logger.info(
+                f"[{bar}] epoch {self.epochsCompleted}/{self.totalEpochs},"
+                f" {self.rounds_done} rounds, ETA {eta:.0f} s"
+            )
 
     def sync(
         self,
@@ -262,12 +289,24 @@ class SwarmCore:
         self.stepsBeforeNextSync = self.currentSyncFrequency
         if self.loopback or self.isSwarmTrainingOver:
             return None
+        started = time.perf_counter()
         flat = self._flat(state)
+        flattened = time.perf_counter()
         outcome = self._round(flat, self.nodeWeightage, loss, metric, final=False)
         if outcome is None or outcome.merged is None:
             return None
         self._adapt(loss)
-        return unpack(outcome.merged, self._layout_of(state))
+        unpacking = time.perf_counter()
+        merged = unpack(outcome.merged, self._layout_of(state))
+        client = self._client
+        self.last_timing = RoundTiming(
+            flatten_s=flattened - started,
+            send_s=client.last_send_s,
+            node_s=self.last_round_s - client.last_send_s - client.last_receive_s,
+            receive_s=client.last_receive_s,
+            unpack_s=time.perf_counter() - unpacking,
+        )
+        return merged
 
     def finish(
         self, state: ModelState, *, loss: float | None = None, metric: float | None = None

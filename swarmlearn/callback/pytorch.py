@@ -28,6 +28,8 @@ tensors, so they stay on their device (CUDA tensors come back on CUDA).
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -142,7 +144,9 @@ class SwarmCallback(SwarmCore):
         loss, metric = self._evaluate()
         merged = self.sync(state_of(self.model), loss=loss, metric=metric)
         if merged is not None:
+            started = time.perf_counter()
             load_state(self.model, merged)
+            self.last_timing = replace(self.last_timing, load_s=time.perf_counter() - started)
 
     def _evaluate(self) -> tuple[float | None, float | None]:
         """Loss and accuracy on adsValData, for PERFDATA and adaptive sync."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,8 @@ class LocalClient:
                 f"{path}: no swarm node answers here (is swarm-node running?)"
             ) from None
         self.reader = FrameReader(LOCAL_FRAME_BYTES_MAX)
+        self.last_send_s = 0.0  # handing the weights over, in the latest round
+        self.last_receive_s = 0.0  # reading the latest reply (the merged weights)
         self.on_progress = on_progress
 
     def sync_round(
@@ -229,8 +232,10 @@ class LocalClient:
             perf=perf,
             final=final,
         )
+        started = time.perf_counter()
         for buffer in encode_frame(message, LOCAL_FRAME_BYTES_MAX):
             self.sock.sendall(buffer)
+        self.last_send_s = time.perf_counter() - started
         while True:
             reply = self._receive()
             if isinstance(reply, LocalProgress):
@@ -249,9 +254,11 @@ class LocalClient:
                 return RoundOutcome(reply.round, None, b"", reply.reason)
 
     def _receive(self) -> Message:
+        first_data = None
         while (body := self.reader.next_frame()) is None:
             try:
                 data = self.sock.recv(RECEIVE_BYTES)
+                first_data = first_data or time.perf_counter()
             except TimeoutError:
                 raise ConfigError(
                     f"no word from the swarm node for {self.timeout_s:g} s (syncTimeout): fewer "
@@ -261,6 +268,8 @@ class LocalClient:
             if not data:
                 raise ConfigError("the swarm node closed the local endpoint")
             self.reader.feed(data)
+        # from the first byte read to the whole frame: for the merged weights, the handover
+        self.last_receive_s = 0.0 if first_data is None else time.perf_counter() - first_data
         return decode_body(body)
 
     def close(self) -> None:
