@@ -12,6 +12,7 @@ import sys
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from swarmlearn.cli import main
 from swarmlearn.consensus.swarm_app import sign_transaction
 from swarmlearn.consensus.swarm_tasks import (
     AssignTask,
@@ -303,23 +305,48 @@ POLL_S = 0.1
 WAIT_S = 60.0
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> Path:
-    ca = create_ca(tmp_path / "pki")
+@dataclass(frozen=True)
+class FailedRun:
+    root: Path
+    data: Path
+    runner: dict[str, Any]  # GET /v1/taskrunners/lab-runner at the end
+
+
+@pytest.fixture(scope="module")
+def failed_run(tmp_path_factory: pytest.TempPathFactory) -> FailedRun:
+    """A real swarm-node SWOP takes a RUN_SWARM task whose program does not exist."""
+    root = tmp_path_factory.mktemp("daemon")
+    pki = root / "pki"
+    ca = create_ca(pki)
     roles = [Role.SN, Role.SL, Role.SWOP]
-    issue_certificate(ca, "host1", tmp_path / "pki", hosts=["127.0.0.1"], roles=roles)
-    issue_certificate(ca, "op", tmp_path / "pki", hosts=[], roles=[Role.SWCI])
-    return tmp_path / "pki"
+    issue_certificate(ca, "host1", pki, hosts=["127.0.0.1"], roles=roles)
+    issue_certificate(ca, "op", pki, hosts=[], roles=[Role.SWCI])
+    (root / "node.toml").write_text(
+        f'cert = "{pki}/host1.pem"\nkey = "{pki}/host1-key.pem"\ncacert = "{pki}/ca.pem"\n'
+    )
+    usr = root / "usr"
+    usr.mkdir()
+    (usr / "profile.yaml").write_text(
+        "groupname: lab\ntaskrunner: lab-runner\nenvvars: [{API_TOKEN: hunter2}]\n"
+        "nodes: [{slnodedef: {idx: 0, privatedata: {src: data}}}]\n"
+    )
+    (usr / "data").mkdir()
+    task = load_task_yaml(
+        task_file(usr, "bad_run", "RUN_SWARM", "Command: no_such_script.py\nEntrypoint: python3")
+    )
+    with swop_daemon(root, root / "host1") as url:
+        runner = trio.run(_fail_a_task, pki, url, task)
+    return FailedRun(root, root / "host1", runner)
 
 
 @contextmanager
-def swop_daemon(pki: Path, data: Path, profile: Path) -> Iterator[str]:
+def swop_daemon(root: Path, data: Path) -> Iterator[str]:
     """A sentinel swarm-node that is also a SWOP (SWOP_PROFILE, HPE's variable); its API URL."""
-    identity = ["--cert", str(pki / "host1.pem"), "--key", str(pki / "host1-key.pem")]
-    command = [sys.executable, "-m", "swarmlearn.roles.daemon", "--data", str(data), *identity]
-    command += ["--cacert", str(pki / "ca.pem"), "--sentinel", "--listen", "127.0.0.1:0"]
+    command = [sys.executable, "-m", "swarmlearn.roles.daemon", "--data", str(data)]
+    command += ["--config", str(root / "node.toml"), "--sentinel", "--listen", "127.0.0.1:0"]
     command += ["--api", "127.0.0.1:0"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SWOP_PROFILE": str(profile)}
+    profile = str(root / "usr" / "profile.yaml")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SWOP_PROFILE": profile}
     data.mkdir(parents=True)
     with (
         (data / "stderr.log").open("w") as errors,
@@ -350,26 +377,58 @@ async def poll(http: httpx.AsyncClient, url: str, done: Any, what: str) -> Any:
 
 
 def test_a_swop_daemon_reports_a_failing_run_as_error_with_the_reason(
-    pki: Path, tmp_path: Path
+    failed_run: FailedRun,
 ) -> None:
-    usr = tmp_path / "usr"
-    usr.mkdir()
-    (usr / "profile.yaml").write_text(
-        "groupname: lab\ntaskrunner: lab-runner\n"
-        "nodes: [{slnodedef: {idx: 0, privatedata: {src: data}}}]\n"
-    )
-    (usr / "data").mkdir()
-    task = load_task_yaml(
-        task_file(usr, "bad_run", "RUN_SWARM", "Command: no_such_script.py\nEntrypoint: python3")
-    )
-    with swop_daemon(pki, tmp_path / "host1", usr / "profile.yaml") as url:
-        trio.run(_fail_a_task, pki, url, task)
-    logs = sorted((tmp_path / "host1" / "swop" / "logs").glob("bad_run.*.log"))
+    done = failed_run.runner
+    assert (done["task"], done["state"], done["peer_type"]) == ("bad_run", "ERROR", "SL")
+    assert done["counts"]["ERROR"] == 1
+    [peer] = done["peers"]
+    assert peer["reason"].startswith("node 0: exit status 2: ")
+    assert "can't open file" in peer["reason"]
+    assert "no_such_script.py" in peer["reason"]
+    logs = sorted((failed_run.data / "swop" / "logs").glob("bad_run.*.log"))
     assert [p.name for p in logs] == ["bad_run.1.node0.log"]
     assert "no_such_script.py" in logs[0].read_text()
 
 
-async def _fail_a_task(pki: Path, url: str, task: CreateTask) -> None:
+def test_collect_logs_packs_logs_config_versions_and_ledger_without_secrets(
+    failed_run: FailedRun, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = failed_run.root
+    monkeypatch.setenv("SWARM_API_TOKEN", "hunter2")
+    monkeypatch.setenv("SWARM_ID_KEY", str(root / "pki" / "host1-key.pem"))
+    output = root / "report.tar.gz"
+    argv = ["collect-logs", "--data-dir", str(failed_run.data), "-o", str(output)]
+    argv += ["--config", str(root / "node.toml"), "--swop-profile", str(root / "usr/profile.yaml")]
+    assert main(argv) == 0
+    assert f"wrote {output}" in capsys.readouterr().out
+    with tarfile.open(output) as archive:
+        files = {
+            m.name.split("/", 1)[1]: archive.extractfile(m).read()  # type: ignore[union-attr]
+            for m in archive.getmembers()
+        }
+    assert {"versions.json", "environment.json", "files.txt", "ledger.json"} <= set(files)
+    assert "logs/stderr.log" in files
+    assert b"no_such_script.py" in files["logs/swop/logs/bad_run.1.node0.log"]
+    assert not any(name.startswith("logs/ledger/") for name in files)  # binary, not logs
+    ledger = json.loads(files["ledger.json"])
+    assert [t["name"] for t in ledger["tasks"]] == ["bad_run"]
+    runners = {r["name"]: r for r in ledger["taskrunners"]}
+    assert runners["lab-runner"]["peers"] == failed_run.runner["peers"]  # replayed offline
+    assert json.loads(files["versions.json"])["swarmlearn"]
+    env = json.loads(files["environment.json"])
+    assert env["SWARM_API_TOKEN"] == "<redacted>"
+    assert env["SWARM_ID_KEY"].endswith("host1-key.pem")  # a key's path, not the key
+    config = json.loads(files["config/node.toml.json"])
+    assert config["key"].endswith("host1-key.pem")
+    assert b"API_TOKEN: <redacted>" in files["config/swop-profile.yaml"]
+    everything = b"".join(files.values())
+    assert b"PRIVATE KEY" not in everything
+    assert b"hunter2" not in everything
+    assert main(["collect-logs", "--data-dir", str(root / "nope")]) == 2
+
+
+async def _fail_a_task(pki: Path, url: str, task: CreateTask) -> dict[str, Any]:
     op = load_identity(IdentityPaths(pki / "op.pem", pki / "op-key.pem", pki / "ca.pem"))
     async with httpx.AsyncClient(verify=client_context(op), timeout=30) as http:
         chain = (await http.get(f"{url}/v1/health")).json()["chain"]
@@ -386,10 +445,7 @@ async def _fail_a_task(pki: Path, url: str, task: CreateTask) -> None:
         await submit(task)
         await submit(FinalizeTask(task.name))
         await submit(AssignTask(task.name, "lab-runner", 1))
-        done = await poll(http, runner_url, lambda r: r["state"] in ("COMPLETE", "ERROR"), "end")
-    assert done["state"] == "ERROR"
-    assert done["counts"]["ERROR"] == 1
-    [peer] = done["peers"]
-    assert peer["reason"].startswith("node 0: exit status 2: ")
-    assert "can't open file" in peer["reason"]
-    assert "no_such_script.py" in peer["reason"]
+        done: dict[str, Any] = await poll(
+            http, runner_url, lambda r: r["state"] in ("COMPLETE", "ERROR"), "end"
+        )
+    return done

@@ -25,8 +25,10 @@ task), ASSIGNED (nobody running yet), RUNNING, COMPLETE (the quorum completed) o
 (every slot is taken, nobody runs and the quorum cannot complete). ``ResetTaskRunner`` drops
 the assignment (SWOPs stop what they run for it) and keeps the listeners.
 
-Everything here is deterministic over the transactions and the block height; the refusal
-strings are what the API shows.
+Every transaction has a ``nonce`` (senders use the time in ns): the mempool refuses bytes it
+has committed before, and HPE's scripts repeat requests (RESET TASKRUNNER before and after a
+run). Everything here is deterministic over the transactions and the block height; the
+refusal strings are what the API shows.
 """
 
 from __future__ import annotations
@@ -73,21 +75,25 @@ class CreateTask(Message, tag=0xA8):
     prereq: str
     outcome: str
     body: str
+    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 @dataclass(frozen=True)
 class FinalizeTask(Message, tag=0xA9):
     name: str
+    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 @dataclass(frozen=True)
 class DeleteTask(Message, tag=0xAA):
     name: str
+    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 @dataclass(frozen=True)
 class CreateTaskRunner(Message, tag=0xAB):
     name: str
+    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 @dataclass(frozen=True)
@@ -98,11 +104,13 @@ class AssignTask(Message, tag=0xAC):
     runner: str
     peers: int = 0
     target: str = ""
+    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 @dataclass(frozen=True)
 class ResetTaskRunner(Message, tag=0xAD):
     name: str
+    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,7 @@ class EnrollTaskRunner(Message, tag=0xAE):
     """A SWOP listens on a taskrunner (as itself)."""
 
     runner: str
+    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,7 @@ class TaskPeerStatus(Message, tag=0xAF):
     state: str
     reason: str = ""
     assignment: int = 0
+    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 OPERATOR_TXS = (CreateTask, FinalizeTask, DeleteTask, CreateTaskRunner, AssignTask, ResetTaskRunner)

@@ -22,6 +22,7 @@ know how far it got); TARGET retries it. Every submit waits at most ``COMMIT_WAI
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import trio
@@ -88,10 +89,10 @@ class Swop:
                 if runner is None and not waiting_said:
                     self.say(f"swop: waiting for taskrunner {self.runner_name} to be created")
                     waiting_said = True
-                problem = await self.submit(EnrollTaskRunner(self.runner_name))
+                problem = await self.submit(EnrollTaskRunner(self.runner_name, time.time_ns()))
                 if problem:
                     log.debug("enrol: %s", problem)
-            await trio.sleep(POLL_S if runner is None else 0)
+            await trio.sleep(POLL_S)
 
     async def _step(self) -> None:
         runner = self.runner()
@@ -105,9 +106,7 @@ class Swop:
         free = not runner.designated and mine is None and len(runner.peers) < runner.quorum
         if not (free or (mine is not None and mine.state == PeerState.IDLE)):
             return
-        problem = await self.submit(
-            TaskPeerStatus(self.runner_name, task, PeerState.RUNNING.value, "", assignment)
-        )
+        problem = await self.submit(self._status(task, assignment, PeerState.RUNNING, ""))
         if problem:
             log.info("claim of %s refused: %s", task, problem)
             return
@@ -157,10 +156,13 @@ class Swop:
                 scope.cancel()
                 return
 
+    def _status(self, task: str, assignment: int, state: PeerState, reason: str) -> Message:
+        nonce = time.time_ns()
+        return TaskPeerStatus(self.runner_name, task, state.value, reason, assignment, nonce)
+
     async def _report(self, task: str, assignment: int, state: PeerState, reason: str) -> None:
-        body = TaskPeerStatus(self.runner_name, task, state.value, reason, assignment)
         while True:
-            problem = await self.submit(body)
+            problem = await self.submit(self._status(task, assignment, state, reason))
             runner = self.runner()
             mine = runner.peers.get(self.me) if runner else None
             if not problem or runner is None or runner.assignment != assignment:
