@@ -142,6 +142,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run.run(args)
 
 
+def _collect_logs(args: argparse.Namespace) -> int:
+    from swarmlearn.roles import collect_logs
+
+    return collect_logs.run(args)
+
+
 def _days(text: str) -> int:
     try:
         value = int(text)
@@ -227,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim = commands.add_parser("sim", help="run a deterministic swarm simulation")
     add_sim_arguments(sim)
     sim.set_defaults(command=_sim)
+
+    from swarmlearn.roles.collect_logs import add_collect_logs_arguments
+
+    collect = commands.add_parser(
+        "collect-logs",
+        help="pack this host's node logs, config, versions and ledger for a bug report",
+    )
+    add_collect_logs_arguments(collect)
+    collect.set_defaults(command=_collect_logs)
 
     from swarmlearn.demo.run import add_demo_arguments
 
