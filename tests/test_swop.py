@@ -1,41 +1,21 @@
-"""SWOP: YAML checks, each task type for real (subprocesses, files, a virtualenv), and a real
-daemon that takes a failing RUN_SWARM task from the ledger and reports ERROR with the reason.
+"""SWOP: YAML checks (one line naming the field), each task type for real (subprocesses,
+files, a virtualenv). The real daemon's tests are in ``test_swop_daemon.py``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import trio
-from cryptography.hazmat.primitives.serialization import Encoding
 
-from swarmlearn.cli import main
-from swarmlearn.consensus.swarm_app import sign_transaction
 from swarmlearn.consensus.swarm_tasks import (
-    AssignTask,
-    CreateTask,
-    CreateTaskRunner,
-    FinalizeTask,
     canonical_json,
 )
-from swarmlearn.consensus.swarm_txs import Join
 from swarmlearn.errors import ConfigError
-from swarmlearn.p2p.certs import create_ca, issue_certificate
-from swarmlearn.p2p.identity import IdentityPaths, Role, load_identity
-from swarmlearn.p2p.tls import client_context
-from swarmlearn.p2p.wire import Message
 from swarmlearn.roles.swop_tasks import TaskFailed, Workspace, execute
 from swarmlearn.roles.swop_yaml import Profile, load_profile, load_task_yaml
 
@@ -297,155 +277,3 @@ async def test_run_swarm_is_stopped_when_cancelled(tmp_path: Path) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # reaped: gone
-
-
-# ---------------------------------------------------------------- a real swarm-node SWOP
-
-POLL_S = 0.1
-WAIT_S = 60.0
-
-
-@dataclass(frozen=True)
-class FailedRun:
-    root: Path
-    data: Path
-    runner: dict[str, Any]  # GET /v1/taskrunners/lab-runner at the end
-
-
-@pytest.fixture(scope="module")
-def failed_run(tmp_path_factory: pytest.TempPathFactory) -> FailedRun:
-    """A real swarm-node SWOP takes a RUN_SWARM task whose program does not exist."""
-    root = tmp_path_factory.mktemp("daemon")
-    pki = root / "pki"
-    ca = create_ca(pki)
-    roles = [Role.SN, Role.SL, Role.SWOP]
-    issue_certificate(ca, "host1", pki, hosts=["127.0.0.1"], roles=roles)
-    issue_certificate(ca, "op", pki, hosts=[], roles=[Role.SWCI])
-    (root / "node.toml").write_text(
-        f'cert = "{pki}/host1.pem"\nkey = "{pki}/host1-key.pem"\ncacert = "{pki}/ca.pem"\n'
-    )
-    usr = root / "usr"
-    usr.mkdir()
-    (usr / "profile.yaml").write_text(
-        "groupname: lab\ntaskrunner: lab-runner\nenvvars: [{API_TOKEN: hunter2}]\n"
-        "nodes: [{slnodedef: {idx: 0, privatedata: {src: data}}}]\n"
-    )
-    (usr / "data").mkdir()
-    task = load_task_yaml(
-        task_file(usr, "bad_run", "RUN_SWARM", "Command: no_such_script.py\nEntrypoint: python3")
-    )
-    with swop_daemon(root, root / "host1") as url:
-        runner = trio.run(_fail_a_task, pki, url, task)
-    return FailedRun(root, root / "host1", runner)
-
-
-@contextmanager
-def swop_daemon(root: Path, data: Path) -> Iterator[str]:
-    """A sentinel swarm-node that is also a SWOP (SWOP_PROFILE, HPE's variable); its API URL."""
-    command = [sys.executable, "-m", "swarmlearn.roles.daemon", "--data", str(data)]
-    command += ["--config", str(root / "node.toml"), "--sentinel", "--listen", "127.0.0.1:0"]
-    command += ["--api", "127.0.0.1:0"]
-    profile = str(root / "usr" / "profile.yaml")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SWOP_PROFILE": profile}
-    data.mkdir(parents=True)
-    with (
-        (data / "stderr.log").open("w") as errors,
-        subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env
-        ) as node,
-    ):
-        try:
-            assert node.stdout is not None
-            banner = node.stdout.readline()  # blocks until the node serves (or dies)
-            assert ", api " in banner, (data / "stderr.log").read_text()
-            yield banner.split(", api ")[1].strip()
-        finally:
-            node.send_signal(signal.SIGTERM)
-            node.wait(timeout=30)
-
-
-async def poll(http: httpx.AsyncClient, url: str, done: Any, what: str) -> Any:
-    """GET ``url`` until ``done(json)``; the real daemon gives nothing else to wait on."""
-    found = None
-    with trio.move_on_after(WAIT_S):
-        while True:
-            found = (await http.get(url)).json()
-            if done(found):
-                return found
-            await trio.sleep(POLL_S)
-    raise AssertionError(f"no {what} within {WAIT_S} s: {found}")
-
-
-def test_a_swop_daemon_reports_a_failing_run_as_error_with_the_reason(
-    failed_run: FailedRun,
-) -> None:
-    done = failed_run.runner
-    assert (done["task"], done["state"], done["peer_type"]) == ("bad_run", "ERROR", "SL")
-    assert done["counts"]["ERROR"] == 1
-    [peer] = done["peers"]
-    assert peer["reason"].startswith("node 0: exit status 2: ")
-    assert "can't open file" in peer["reason"]
-    assert "no_such_script.py" in peer["reason"]
-    logs = sorted((failed_run.data / "swop" / "logs").glob("bad_run.*.log"))
-    assert [p.name for p in logs] == ["bad_run.1.node0.log"]
-    assert "no_such_script.py" in logs[0].read_text()
-
-
-def test_collect_logs_packs_logs_config_versions_and_ledger_without_secrets(
-    failed_run: FailedRun, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    root = failed_run.root
-    monkeypatch.setenv("SWARM_API_TOKEN", "hunter2")
-    monkeypatch.setenv("SWARM_ID_KEY", str(root / "pki" / "host1-key.pem"))
-    output = root / "report.tar.gz"
-    argv = ["collect-logs", "--data-dir", str(failed_run.data), "-o", str(output)]
-    argv += ["--config", str(root / "node.toml"), "--swop-profile", str(root / "usr/profile.yaml")]
-    assert main(argv) == 0
-    assert f"wrote {output}" in capsys.readouterr().out
-    with tarfile.open(output) as archive:
-        files = {
-            m.name.split("/", 1)[1]: archive.extractfile(m).read()  # type: ignore[union-attr]
-            for m in archive.getmembers()
-        }
-    assert {"versions.json", "environment.json", "files.txt", "ledger.json"} <= set(files)
-    assert "logs/stderr.log" in files
-    assert b"no_such_script.py" in files["logs/swop/logs/bad_run.1.node0.log"]
-    assert not any(name.startswith("logs/ledger/") for name in files)  # binary, not logs
-    ledger = json.loads(files["ledger.json"])
-    assert [t["name"] for t in ledger["tasks"]] == ["bad_run"]
-    runners = {r["name"]: r for r in ledger["taskrunners"]}
-    assert runners["lab-runner"]["peers"] == failed_run.runner["peers"]  # replayed offline
-    assert json.loads(files["versions.json"])["swarmlearn"]
-    env = json.loads(files["environment.json"])
-    assert env["SWARM_API_TOKEN"] == "<redacted>"
-    assert env["SWARM_ID_KEY"].endswith("host1-key.pem")  # a key's path, not the key
-    config = json.loads(files["config/node.toml.json"])
-    assert config["key"].endswith("host1-key.pem")
-    assert b"API_TOKEN: <redacted>" in files["config/swop-profile.yaml"]
-    everything = b"".join(files.values())
-    assert b"PRIVATE KEY" not in everything
-    assert b"hunter2" not in everything
-    assert main(["collect-logs", "--data-dir", str(root / "nope")]) == 2
-
-
-async def _fail_a_task(pki: Path, url: str, task: CreateTask) -> dict[str, Any]:
-    op = load_identity(IdentityPaths(pki / "op.pem", pki / "op-key.pem", pki / "ca.pem"))
-    async with httpx.AsyncClient(verify=client_context(op), timeout=30) as http:
-        chain = (await http.get(f"{url}/v1/health")).json()["chain"]
-
-        async def submit(body: Message) -> None:
-            tx = sign_transaction(op, chain, body)
-            reply = (await http.post(f"{url}/v1/transactions?wait=30", content=tx)).json()
-            assert reply["accepted"], reply
-
-        await submit(Join("", op.certificate.public_bytes(Encoding.DER)))
-        await submit(CreateTaskRunner("lab-runner"))  # the SWOP waits for it, then enrols
-        runner_url = f"{url}/v1/taskrunners/lab-runner"
-        await poll(http, runner_url, lambda r: len(r["listeners"]) == 1, "enrolled SWOP")
-        await submit(task)
-        await submit(FinalizeTask(task.name))
-        await submit(AssignTask(task.name, "lab-runner", 1))
-        done: dict[str, Any] = await poll(
-            http, runner_url, lambda r: r["state"] in ("COMPLETE", "ERROR"), "end"
-        )
-    return done
