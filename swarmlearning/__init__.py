@@ -1,5 +1,4 @@
 """Compatibility package for scripts written for HPE Swarm Learning.
 
-``swarmlearning.pyt`` and ``swarmlearning.tf`` will re-export ``SwarmCallback``
-once the callback issue lands.
+``swarmlearning.pyt`` (PyTorch) and ``swarmlearning.tf`` (Keras) re-export ``SwarmCallback``.
 """
