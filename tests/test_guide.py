@@ -45,6 +45,7 @@ def test_a_broken_connection_is_never_an_empty_reason() -> None:
     )
     assert _reason(trio.EndOfChannel()) == "the node closed the connection"
     assert _reason(OSError(111, "Connection refused")) == "[Errno 111] Connection refused"
+    assert _reason(trio.TooSlowError()) == "no answer within 30 s"
 
 
 def test_a_socket_left_by_a_stopped_node_is_one_clear_line(tmp_path: Path) -> None:

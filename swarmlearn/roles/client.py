@@ -33,7 +33,7 @@ from swarmlearn.roles.messages import (
 from swarmlearn.roles.validator import NETWORK_ERRORS, ask, network_reason
 
 DEFAULT_PORT = 30303
-COMMIT_WAIT_S = 30.0
+COMMIT_WAIT_S = 25.0  # under the request timeout, so the node's answer arrives first
 
 
 def add_ledger_arguments(parser: argparse.ArgumentParser) -> None:

@@ -89,6 +89,8 @@ def network_reason(error: BaseException) -> str:
         return "connection broken (the node refused our certificate?)"
     if isinstance(error, trio.EndOfChannel):
         return "the node closed the connection"
+    if isinstance(error, trio.TooSlowError):
+        return f"no answer within {REQUEST_TIMEOUT_S:g} s"
     return str(error) or type(error).__name__
 
 
