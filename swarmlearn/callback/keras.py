@@ -67,13 +67,15 @@ def weight_names(model: keras.Model) -> list[str]:
 
 
 def state_of(model: keras.Model) -> ModelState:
-    """Every weight of ``model`` as a numpy array (what reading the variable gives, no cast)."""
+    """Every weight of ``model`` as a numpy array, no cast and no copy: views of the tensors
+    read from the variables (TensorFlow copies a variable on write while a read is alive, so
+    the views keep the values of the moment they were taken)."""
     if not model.weights:
         raise SwarmError("the model has no weights yet: build it (keras.Input or model.build)")
     arrays: list[tuple[str, np.ndarray[Any, Any]]] = []
     bfloat16: list[str] = []
     for name, variable in zip(weight_names(model), model.weights, strict=True):
-        array = np.asarray(variable.numpy())
+        array = np.asarray(tf.convert_to_tensor(variable))  # a read-only view, no copy
         if array.dtype == ml_dtypes.bfloat16:
             array = array.view(np.uint16)
             bfloat16.append(name)
