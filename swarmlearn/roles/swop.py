@@ -46,6 +46,7 @@ log = logging.getLogger("swarmlearn.swop")
 POLL_S = 0.2
 COMMIT_WAIT_S = 30.0
 CHAIN_MAX = 100
+REPORT_ATTEMPTS = 50  # each waits for a commit (COMMIT_WAIT_S at most)
 
 
 class Swop:
@@ -161,7 +162,8 @@ class Swop:
         return TaskPeerStatus(self.runner_name, task, state.value, reason, assignment, nonce)
 
     async def _report(self, task: str, assignment: int, state: PeerState, reason: str) -> None:
-        while True:
+        """Until the ledger records it, the assignment is over, or REPORT_ATTEMPTS refusals."""
+        for _ in range(REPORT_ATTEMPTS):
             problem = await self.submit(self._status(task, assignment, state, reason))
             runner = self.runner()
             mine = runner.peers.get(self.me) if runner else None
@@ -171,3 +173,4 @@ class Swop:
                 return
             log.warning("status %s of %s not recorded (%s); again", state.value, task, problem)
             await trio.sleep(POLL_S)
+        log.error("status %s of %s: gave up after %d refusals", state.value, task, REPORT_ATTEMPTS)
