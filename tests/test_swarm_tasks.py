@@ -96,9 +96,10 @@ class Ledger:
         return self.app.state.tasks.runners[name].state()
 
 
-def task(name: str, prereq: str = "ROOTTASK", kind: str = "RUN_SWARM", **changes: str) -> Message:
-    fields = {"author": "ops", "outcome": f"{name}-out", "body": BODY, **changes}
-    return CreateTask(name, kind, prereq=prereq, **fields)
+def task(
+    name: str, prereq: str = "ROOTTASK", kind: str = "RUN_SWARM", author: str = "ops", body: str = BODY
+) -> Message:
+    return CreateTask(name, kind, author, prereq, f"{name}-out", body)
 
 
 def ready(name: str = "t", prereq: str = "ROOTTASK") -> list[Step]:
