@@ -97,7 +97,11 @@ class Ledger:
 
 
 def task(
-    name: str, prereq: str = "ROOTTASK", kind: str = "RUN_SWARM", author: str = "ops", body: str = BODY
+    name: str,
+    prereq: str = "ROOTTASK",
+    kind: str = "RUN_SWARM",
+    author: str = "ops",
+    body: str = BODY,
 ) -> Message:
     return CreateTask(name, kind, author, prereq, f"{name}-out", body)
 
