@@ -21,6 +21,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 VERSIONED = ("swarmlearn", "trio", "cryptography", "cbor2", "numpy")
+PEERS_VERSIONED = ("flwr", "ray", "hivemind", "torch", "scikit-learn")
 
 
 def run_bench(path: Path, quick: bool) -> dict[str, Any]:
@@ -44,7 +45,19 @@ def machine() -> list[str]:
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         f"- python {platform.python_version()}, {ssl.OPENSSL_VERSION}",
         f"- {versions}",
+        f"- {peers_line()}",
     ]
+
+
+def peers_line() -> str:
+    """The other frameworks' versions (bench/flower.py, bench/hivemind.py), from .venv-peers."""
+    sys.path.insert(0, str(HERE / "peers"))
+    from peerproc import MISSING, peers_versions
+
+    found = peers_versions(PEERS_VERSIONED)
+    if not found:
+        return f"compared against (.venv-peers): {MISSING}"
+    return "compared against (.venv-peers): " + ", ".join(f"{n} {v}" for n, v in found.items())
 
 
 def report(results: dict[str, dict[str, Any]], quick: bool) -> str:

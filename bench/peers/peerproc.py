@@ -108,7 +108,7 @@ class Peer:
     def tail(self, lines: int = 5) -> str:
         self._log_file.flush()
         text = self.log.read_text(errors="replace").strip().splitlines()
-        return " | ".join(text[-lines:])
+        return " / ".join(text[-lines:])
 
     def kill(self) -> None:
         """SIGKILL the peer's whole session (its helper processes die with it)."""
