@@ -142,6 +142,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run.run(args)
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from swarmlearn.dashboard import cli
+
+    return cli.run(args)
+
+
 def _collect_logs(args: argparse.Namespace) -> int:
     from swarmlearn.roles import collect_logs
 
@@ -242,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_collect_logs_arguments(collect)
     collect.set_defaults(command=_collect_logs)
+
+    from swarmlearn.dashboard.cli import add_dashboard_arguments
+
+    dashboard = commands.add_parser("dashboard", help="watch a swarm in the browser")
+    add_dashboard_arguments(dashboard)
+    dashboard.set_defaults(command=_dashboard)
 
     from swarmlearn.demo.run import add_demo_arguments
 
