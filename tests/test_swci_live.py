@@ -9,6 +9,9 @@ certificates' own signed transactions, so the taskrunner states SWCI shows are t
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -288,3 +291,53 @@ def test_failures_are_one_clear_line(session: Session, swarm: Swarm, tmp_path: P
     run(bare, "CREATE CONTEXT lab WITH IP 127.0.0.1")
     assert "context 'lab' has no cert, key, cacert" in fails(bare, "LIST NODES")
     assert "no active context" in fails(Session(directory=tmp_path / "none"), "LIST NODES")
+
+
+INIT_SCRIPT = """\
+EXIT ON FAILURE
+wait for ip 127.0.0.1 {port}
+create context test-mnist with ip 127.0.0.1 {port}
+switch context test-mnist
+cd {directory}
+CREATE CONTRACT init-contract
+CREATE TASK FROM taskdefs/init_task.yaml
+FINALIZE TASK init_task
+GET TASK INFO init_task
+LIST TASKS
+CREATE TASKRUNNER init-tr
+ASSIGN TASK init_task TO init-tr WITH 1 PEERS
+WAIT FOR TASKRUNNER init-tr 0.5
+LIST CONTRACTS
+"""
+
+
+def test_an_hpe_init_script_through_the_swci_command(swarm: Swarm, tmp_path: Path) -> None:
+    """The real ``swci`` executable runs an init script in HPE's grammar; nobody runs the
+    task, so the bounded WAIT fails and EXIT ON FAILURE ends the script with status 1."""
+    (tmp_path / "taskdefs").mkdir()
+    (tmp_path / "taskdefs" / "init_task.yaml").write_text(TASK_YAML.format(name="init_task"))
+    script = tmp_path / "swci-init"
+    script.write_text(INIT_SCRIPT.format(port=swarm.api_ports[0], directory=tmp_path))
+    operator = swarm.paths("operator")
+    env = {
+        **os.environ,
+        "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+        "SWARM_ID_CERT": str(operator.cert),
+        "SWARM_ID_KEY": str(operator.key),
+        "SWARM_ID_CACERT": str(operator.ca),
+    }
+    swci = Path(sys.executable).with_name("swci")
+    done = subprocess.run(
+        [str(swci), "--json", "--script", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    documents = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 1, done.stderr
+    assert [d["ok"] for d in documents] == [True] * 12 + [False]
+    assert documents[9]["result"][0]["name"] == "init_task"
+    assert documents[-1]["error"] == "WAIT FOR TASKRUNNER init-tr: still ASSIGNED after 0.5 s"
+    assert done.stderr.strip().endswith("still ASSIGNED after 0.5 s")
