@@ -20,6 +20,7 @@ from swarmlearn.dashboard.charts import line_chart
 from swarmlearn.dashboard.upstream import Snapshot, traffic
 
 ROUNDS_SHOWN = 100
+OVERVIEW_ROUNDS = 5
 PAGES = {  # name: (title, the API sources it reads)
     "overview": ("Overview", ("status", "nodes", "contracts", "metrics")),
     "contracts": ("Contracts", ("contracts",)),
@@ -116,9 +117,14 @@ def overview(snap: Snapshot, query: Query) -> str:
             f'<tr data-node="{escape(r.node)}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
         )
     nodes = _table(head, body, "no members yet", "nodes")
-    return (
-        f"{summary}<h2>Nodes</h2>{nodes}<h2>Contracts</h2>{contracts_table(snap.data['contracts'])}"
-    )
+    contracts = snap.data["contracts"]
+    latest = ""
+    if contracts:
+        contract = model.choose_contract(contracts, None)
+        recent = model.round_rows(contract)[:OVERVIEW_ROUNDS]
+        latest = f"<h2>Latest rounds of {escape(contract['name'])}</h2>"
+        latest += rounds_table(contract, recent)
+    return f"{summary}<h2>Nodes</h2>{nodes}<h2>Contracts</h2>{contracts_table(contracts)}{latest}"
 
 
 def contracts_table(contracts: list[dict[str, Any]]) -> str:
@@ -172,20 +178,16 @@ def _picker(contracts: list[dict[str, Any]], chosen: str, path: str) -> str:
     return f'<nav class="picker">contract: {" ".join(links)}</nav>'
 
 
-def rounds_page(snap: Snapshot, query: Query) -> str:
-    contracts = snap.data["contracts"]
-    contract = model.choose_contract(contracts, query.get("contract"))
-    rows = model.round_rows(contract)
+def rounds_table(contract: dict[str, Any], rows: list[model.RoundRow]) -> str:
+    """The timeline: a row per round, newest first, a bar as long as its duration."""
     size = model.model_bytes(contract.get("layout"))
-    shown = rows if query.get("all") else rows[:ROUNDS_SHOWN]
-    longest = max((r.duration_s or 0 for r in shown), default=0) or 1
+    longest = max((r.duration_s or 0 for r in rows), default=0) or 1
     body = []
-    for r in shown:
+    for r in rows:
         bar = ""
         if r.duration_s is not None:
-            bar = (
-                f'<div class="bar" style="width:{max(2, 100 * r.duration_s / longest):.0f}%"></div>'
-            )
+            width = max(2, 100 * r.duration_s / longest)
+            bar = f'<div class="bar" style="width:{width:.0f}%"></div>'
         excluded = "; ".join(f"{model.short(n)}: {why}" for n, why in r.excluded.items())
         cells = [
             str(r.round),
@@ -209,13 +211,20 @@ def rounds_page(snap: Snapshot, query: Query) -> str:
         f"no rounds yet in {contract['name']}: a round starts when its minimum number of SL "
         "nodes check in"
     )
+    return _table(head, body, empty, "rounds")
+
+
+def rounds_page(snap: Snapshot, query: Query) -> str:
+    contracts = snap.data["contracts"]
+    contract = model.choose_contract(contracts, query.get("contract"))
+    rows = model.round_rows(contract)
+    shown = rows if query.get("all") else rows[:ROUNDS_SHOWN]
     more = ""
     if len(rows) > len(shown):
         link = f"/rounds?{urlencode({'contract': contract['name'], 'all': '1'})}"
         more = f'<p><a href="{escape(link)}">all {len(rows)} rounds</a></p>'
-    return (
-        _picker(contracts, contract["name"], "/rounds") + _table(head, body, empty, "rounds") + more
-    )
+    picker = _picker(contracts, contract["name"], "/rounds")
+    return picker + rounds_table(contract, shown) + more
 
 
 def _others(r: model.RoundRow) -> list[str]:

@@ -1,0 +1,418 @@
+"""The swarm dashboard against a real node API: pages, live updates, errors, the CLI, and a
+real browser (Debian's Chromium, driven by Playwright) watching two daemons train.
+
+Most tests run one validator in-process with its API on a free loopback port and write
+real signed transactions to its ledger; the dashboard serves in the same trio nursery and is
+read over plain HTTP, as a browser would. The end-to-end test starts two swarm-node processes
+and two PyTorch training scripts that hold after their first round until the test lets them
+go, so "the page updates after the next round" is checked without timing luck.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from swarmlearn.cli import main
+from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT, sign_transaction
+from swarmlearn.consensus.swarm_txs import (
+    CheckIn,
+    CreateContract,
+    Join,
+    Merged,
+    PerfData,
+    TensorSpec,
+)
+from swarmlearn.dashboard import charts, model
+from swarmlearn.dashboard.server import serve_dashboard
+from swarmlearn.dashboard.upstream import Upstream
+from swarmlearn.p2p.certs import create_ca, issue_certificate
+from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
+from swarmlearn.p2p.wire import Message
+from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions
+
+LAYOUT = (TensorSpec("fc.weight", "float32", (10, 4)), TensorSpec("fc.bias", "float32", (10,)))
+WAIT_S = 30.0
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    ca = create_ca(tmp_path / "pki")
+    issue_certificate(ca, "sn", tmp_path / "pki", hosts=["127.0.0.1"], roles=[Role.SN])
+    for name in ("a", "b"):
+        issue_certificate(ca, name, tmp_path / "pki", hosts=[], roles=[Role.SL])
+    issue_certificate(ca, "op", tmp_path / "pki", hosts=[], roles=[Role.SWCI])
+    other = create_ca(tmp_path / "other")
+    issue_certificate(other, "stranger", tmp_path / "other", hosts=[], roles=[Role.SWCI])
+    # the stranger trusts the swarm's CA (so it can talk), but the swarm does not trust it
+    both = (tmp_path / "other" / "ca.pem").read_text() + (tmp_path / "pki" / "ca.pem").read_text()
+    (tmp_path / "other" / "both.pem").write_text(both)
+    return tmp_path / "pki"
+
+
+def identity(pki: Path, name: str, ca: Path | None = None) -> Identity:
+    return load_identity(
+        IdentityPaths(pki / f"{name}.pem", pki / f"{name}-key.pem", ca or pki / "ca.pem")
+    )
+
+
+@asynccontextmanager
+async def node_api(pki: Path, data: Path) -> AsyncIterator[tuple[ValidatorNode, int]]:
+    options = ValidatorOptions(data, ("127.0.0.1", 0), sentinel=True, api=("127.0.0.1", 0))
+    lines: list[str] = []
+    node = await ValidatorNode.open(identity(pki, "sn"), options, on_ready=lines.append)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        yield node, int(lines[0].rsplit(":", 1)[1])
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def dashboard(who: Identity, api_port: int) -> AsyncIterator[str]:
+    """The dashboard, served in-process on a free port, reading the API as ``who``."""
+    async with Upstream(who, "127.0.0.1", api_port) as upstream, trio.open_nursery() as nursery:
+        url = await nursery.start(
+            lambda task_status: serve_dashboard(
+                upstream, 0, interval_s=0.2, task_status=task_status
+            )
+        )
+        yield url.rstrip("/")
+        nursery.cancel_scope.cancel()
+
+
+async def submit(node: ValidatorNode, who: Identity, body: Message) -> None:
+    reply = await node.submit(sign_transaction(who, node.core.chain_id, body), WAIT_S)
+    assert reply.accepted, reply.reason
+
+
+async def one_round(node: ValidatorNode, pki: Path) -> dict[str, str]:
+    """Two SL members join, check in, agree on the merged root, report PERFDATA."""
+    people = {name: identity(pki, name) for name in ("a", "b", "op")}
+    for who in people.values():
+        await submit(node, who, Join("", who.certificate.public_bytes(Encoding.DER)))
+    for name in ("a", "b"):
+        await submit(node, people[name], CheckIn(DEFAULT_CONTRACT, 1, b"r" * 32, 1, 2, LAYOUT, 200))
+    for name in ("a", "b"):
+        await submit(node, people[name], Merged(DEFAULT_CONTRACT, 1, 1, b"\xab" * 32))
+    for name, loss in (("a", 0.9), ("b", 1.4)):
+        await submit(node, people[name], PerfData(DEFAULT_CONTRACT, 1, loss, 0.5, 1, 2))
+    return {name: str(who.peer_id) for name, who in people.items()}
+
+
+async def test_the_pages_show_nodes_contracts_a_round_and_its_curves(
+    pki: Path, tmp_path: Path
+) -> None:
+    async with node_api(pki, tmp_path / "data") as (node, port):
+        ids = await one_round(node, pki)
+        async with dashboard(identity(pki, "op"), port) as url, httpx.AsyncClient() as http:
+            overview = await http.get(url)
+            rounds = await http.get(f"{url}/rounds")
+            perf = await http.get(f"{url}/perf?contract={DEFAULT_CONTRACT}")
+            tasks = await http.get(f"{url}/tasks")
+            contracts = await http.get(f"{url}/contracts")
+            proxied = await http.get(f"{url}/proxy/v1/nodes")
+    assert overview.status_code == 200
+    for peer in (*ids.values(), str(node.me)):
+        assert f'data-node="{peer}"' in overview.text
+    assert '<span class="badge this-node">this node</span>' in overview.text
+    assert f'data-contract="{DEFAULT_CONTRACT}" data-last-round="1" data-done="1"' in overview.text
+    assert "200 B" in overview.text  # the model's size, from the contract's layout
+    row = re.search(r'<tr data-round="1" data-status="done">.*?</tr>', rounds.text)
+    assert row is not None, rounds.text
+    assert ids["a"][:10] in row[0]
+    assert ids["b"][:10] in row[0]
+    assert "ab" * 8 in row[0]  # the merged hash
+    assert "(2 in, min 2)" in row[0]
+    assert perf.text.count("<polyline") == 4  # two charts (loss, metric), a line per node
+    loss_chart = perf.text.split("<h2>Metric</h2>")[0]
+    assert f"{ids['a'][:10]} round 1: 0.9<" in loss_chart
+    assert f"{ids['b'][:10]} round 1: 1.4<" in loss_chart
+    assert "no tasks" in tasks.text
+    assert "fc.weight" in contracts.text
+    assert "10 x 4" in contracts.text
+    assert {m["node"] for m in proxied.json()} == {*ids.values(), str(node.me)}
+
+
+async def test_the_event_stream_sends_what_changed(pki: Path, tmp_path: Path) -> None:
+    async with (
+        node_api(pki, tmp_path / "data") as (node, port),
+        dashboard(identity(pki, "op"), port) as url,
+        events(url, "contracts") as stream,
+    ):
+        first = await stream.next_data()
+        assert DEFAULT_CONTRACT in first
+        assert "lab-7" not in first
+        op = identity(pki, "op")
+        await submit(node, op, Join("", op.certificate.public_bytes(Encoding.DER)))
+        await submit(node, op, CreateContract("lab-7"))
+        with trio.fail_after(WAIT_S):
+            while True:
+                if "lab-7" in await stream.next_data():
+                    break
+
+
+class EventStream:
+    """Reads a server-sent event stream off a raw socket (HTTP/1.0: no chunked framing)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def next_data(self) -> str:
+        """The ``data:`` line of the next event that has one."""
+        with trio.fail_after(WAIT_S):
+            while True:
+                while b"\n\n" not in self.buffer:
+                    chunk = await self.stream.receive_some()
+                    assert chunk, f"the event stream ended: {self.buffer[-300:]!r}"
+                    self.buffer += chunk
+                event, self.buffer = self.buffer.split(b"\n\n", 1)
+                for line in event.decode().splitlines():
+                    if line.startswith("data: "):
+                        return line
+
+
+@asynccontextmanager
+async def events(url: str, page: str) -> AsyncIterator[EventStream]:
+    host, port = url.split("//")[1].split(":")
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        request = f"GET /events?page={page} HTTP/1.0\r\nHost: {host}\r\n\r\n"
+        await stream.send_all(request.encode())
+        yield EventStream(stream)
+
+
+async def test_errors_are_said_on_the_page(pki: Path, tmp_path: Path) -> None:
+    async with node_api(pki, tmp_path / "data") as (_, port):
+        stranger = identity(tmp_path / "other", "stranger", tmp_path / "other" / "both.pem")
+        async with dashboard(stranger, port) as url, httpx.AsyncClient() as http:
+            rejected = await http.get(url)
+        async with dashboard(identity(pki, "op"), port) as url, httpx.AsyncClient() as http:
+            unknown = await http.get(f"{url}/rounds?contract=nope")
+            no_rounds = await http.get(f"{url}/rounds")
+            no_perf = await http.get(f"{url}/perf")
+            foreign = await http.get(url, headers={"Host": "dashboard.example"})
+    assert rejected.status_code == 502
+    assert "rejected the certificate of stranger" in rejected.text
+    assert "issued by this swarm&#x27;s CA" in rejected.text
+    assert f"no contract &#x27;nope&#x27; on this swarm; contracts: {DEFAULT_CONTRACT}" in (
+        unknown.text
+    )
+    assert "no rounds yet in" in no_rounds.text
+    assert "no PERFDATA for" in no_perf.text
+    assert foreign.status_code == 400  # DNS rebinding: only loopback host names
+
+
+async def test_an_unreachable_api_is_said_and_retried(pki: Path) -> None:
+    with trio.socket.socket() as placeholder:
+        await placeholder.bind(("127.0.0.1", 0))  # a port nobody listens on
+        port = placeholder.getsockname()[1]
+        async with dashboard(identity(pki, "op"), port) as url, httpx.AsyncClient() as http:
+            page = await http.get(url)
+            async with events(url, "overview") as stream:
+                data = await stream.next_data()
+    assert page.status_code == 502
+    assert f"cannot reach the node API at https://127.0.0.1:{port}" in page.text
+    assert "is swarm-node running there with --api" in data
+
+
+def test_charts_and_sizes() -> None:
+    assert charts.nice_ticks(0.13, 0.91) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert charts.nice_ticks(1, 1) == [1.0, 1.5, 2.0]
+    assert charts.nice_ticks(1, 37) == [0.0, 10.0, 20.0, 30.0, 40.0]
+    series = [model.Series("<node>", [(1.0, 0.5), (2.0, 0.25)])]
+    svg = charts.line_chart("loss", series, "loss")
+    assert svg.startswith("<svg")
+    assert "&lt;node&gt;" in svg
+    assert "<node>" not in svg
+    assert "no loss reported yet" in charts.line_chart("loss", [], "loss")
+    layout = [["w", "float32", [10, 4]], ["b", "bfloat16", [10]], ["n", "int64", []]]
+    assert model.model_bytes(layout) == 160 + 20 + 8
+    with pytest.raises(LookupError, match="no training contract on the ledger yet"):
+        model.choose_contract([], None)
+
+
+@contextmanager
+def dashboard_process(pki: Path, api: str, *extra: str) -> Iterator[subprocess.Popen[str]]:
+    ident = ["--cert", str(pki / "op.pem"), "--key", str(pki / "op-key.pem")]
+    command = [sys.executable, "-m", "swarmlearn", "dashboard", "--api", api, "--port", "0"]
+    command += [*ident, "--cacert", str(pki / "ca.pem"), *extra]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    ) as process:
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
+
+
+def read_url(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:  # ends when the process does
+        seen.append(line)
+        if line.startswith("dashboard: http://127.0.0.1:"):
+            return line.split()[1].rstrip("/")
+    raise AssertionError(f"the dashboard printed no URL: {''.join(seen)}")
+
+
+def test_the_command_prints_its_url_and_stops_on_sigterm(pki: Path) -> None:
+    with dashboard_process(pki, "127.0.0.1:1") as process:
+        url = read_url(process)
+        page = httpx.get(url, timeout=WAIT_S)
+        assert page.status_code == 502
+        assert "cannot reach the node API" in page.text
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=WAIT_S)
+    assert process.returncode == 0
+    assert out.strip().endswith("dashboard stopped")
+
+
+def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dashboard", "--api", "127.0.0.1:notaport", "--cert", "x.pem"]) == 2
+    bad_api = capsys.readouterr().err
+    assert bad_api.count("\n") == 1
+    assert bad_api.startswith("swarmlearn: error: --api")
+    assert main(["dashboard", "--api", "127.0.0.1:30304", "--cert", "/nonexistent/op.pem"]) == 2
+    no_identity = capsys.readouterr().err
+    assert no_identity.count("\n") == 1
+    assert "swarmlearn: error: " in no_identity
+    assert main(["dashboard", "--port", "70000", "--api", "127.0.0.1:1"]) == 2
+    assert "--port: expected 0..65535, got 70000" in capsys.readouterr().err
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+BROWSER_WAIT_MS = 120_000
+
+
+def api_of(data: Path) -> str:
+    """The API address a swarm-node process logged (Hypercorn's "Running on" line)."""
+    found = re.search(r"Running on https://(127\.0\.0\.1:\d+)", (data / "stderr.log").read_text())
+    assert found, (data / "stderr.log").read_text()
+    return found[1]
+
+
+def gated_script(
+    socket: Path, node: int, gate: threading.Event, rounds: dict[int, int], batches: int = 10
+) -> None:
+    """Real training with PERFDATA that holds after its first round until ``gate`` is set,
+    then trains ``batches`` batches (one more round) and finishes (a final round)."""
+    import torch
+
+    from swarmlearn.callback.pytorch import SwarmCallback
+    from tests.test_callback_torch import digits_split, net
+
+    model = net()
+    x, y = digits_split(node, 2)
+    data = torch.utils.data.TensorDataset(x, y)
+    loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=False)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:64], y[:64]), 32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with SwarmCallback(
+        syncFrequency=batches,
+        minPeers=2,
+        model=model,
+        nodeSocket=str(socket),
+        adsValData=val,
+        lossFunction="CrossEntropyLoss",
+        metricFunction="Accuracy",
+        totalEpochs=1,
+    ) as swarm:
+        if not gate.wait(timeout=BROWSER_WAIT_MS / 1000):
+            raise AssertionError("the test never let the training go on")
+        for xb, yb in list(loader)[:batches]:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            swarm.step()
+    rounds[node] = swarm.rounds_done
+
+
+def test_a_real_browser_watches_two_daemons_train(tmp_path: Path) -> None:
+    """Chromium opens the dashboard before training; the first round appears, and the next
+    ones appear without a reload (the page keeps a marker that a reload would erase)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
+    from playwright.sync_api import expect, sync_playwright
+
+    from swarmlearn.p2p.certs import CertificateAuthority
+    from tests.test_callback_torch import two_daemons
+
+    gate = threading.Event()
+    rounds: dict[int, int] = {}
+    with two_daemons(tmp_path) as data:
+        pki = tmp_path / "pki"
+        issue_certificate(CertificateAuthority.load(pki), "op", pki, hosts=[], roles=[Role.SWCI])
+        scripts = [
+            threading.Thread(target=gated_script, args=(data[i] / "sl.sock", i, gate, rounds))
+            for i in range(2)
+        ]
+        with (
+            dashboard_process(pki, api_of(data[0])) as process,
+            sync_playwright() as playwright,
+        ):
+            url = read_url(process)
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 720})
+                page.goto(url)
+                expect(page.locator("table.nodes tbody tr")).to_have_count(2)
+                page.evaluate("window.noReload = true")
+                for script in scripts:
+                    script.start()
+                row = page.locator(f'tr[data-contract="{DEFAULT_CONTRACT}"]')
+                expect(row).to_have_attribute("data-done", "1", timeout=BROWSER_WAIT_MS)
+                assert "1 done, 0 failed, 1 in all" in row.inner_text()
+                page.screenshot(path=tmp_path / "first-round.png", full_page=True)
+                gate.set()  # the scripts go on: one more round, then the final one
+                expect(row.locator("td").nth(6)).to_have_text("over", timeout=BROWSER_WAIT_MS)
+                assert page.evaluate("window.noReload") is True
+                assert int(row.get_attribute("data-done") or 0) >= 3
+                page.screenshot(path=tmp_path / "overview.png", full_page=True)
+                _check_rounds_and_curves(page, url, tmp_path)
+            finally:
+                gate.set()
+                browser.close()
+                for script in scripts:
+                    script.join(timeout=BROWSER_WAIT_MS / 1000)
+    assert rounds[0] == rounds[1] >= 3
+
+
+def _check_rounds_and_curves(page: Any, url: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}/rounds")
+    first = page.locator('tr[data-round="1"]')
+    expect(first).to_have_attribute("data-status", "done")
+    assert "(2 in, min 2)" in first.inner_text()
+    page.goto(f"{url}/perf")
+    expect(page.locator("svg.chart polyline")).to_have_count(4)  # loss and metric, 2 nodes
+    page.screenshot(path=tmp_path / "perf.png", full_page=True)
+    docs = os.environ.get("SWARMLEARN_DASHBOARD_PNG")  # to refresh docs/dashboard.png
+    if docs:
+        page.goto(url)
+        page.screenshot(path=docs, full_page=True)
