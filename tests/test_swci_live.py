@@ -288,8 +288,11 @@ def test_failures_are_one_clear_line(session: Session, swarm: Swarm, tmp_path: P
     assert "127.0.0.1" in message
     stranger.close()
     bare = Session(directory=tmp_path / "bare")
-    run(bare, "CREATE CONTEXT lab WITH IP 127.0.0.1")
-    assert "context 'lab' has no cert, key, cacert" in fails(bare, "LIST NODES")
+    run(bare, f"CREATE CONTEXT lab WITH IP 127.0.0.1 {swarm.api_ports[0]}")
+    assert "context 'lab' has no cert, key, cacert: give --cert" in fails(bare, "LIST NODES")
+    given = Session(directory=tmp_path / "bare", identity=swarm.paths("operator"))
+    assert run(given, "LIST NODES").doc  # a context made without identity uses --cert etc.
+    given.close()
     assert "no active context" in fails(Session(directory=tmp_path / "none"), "LIST NODES")
 
 

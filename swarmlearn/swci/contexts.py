@@ -59,8 +59,8 @@ class Context:
         missing = [name for name, path in given if path is None]
         if missing:
             raise ConfigError(
-                f"context {self.name!r} has no {', '.join(missing)}: recreate it with "
-                "--cert/--key/--cacert or SWARM_ID_CERT/SWARM_ID_KEY/SWARM_ID_CACERT set"
+                f"context {self.name!r} has no {', '.join(missing)}: give --cert/--key/--cacert "
+                "(or set SWARM_ID_CERT/SWARM_ID_KEY/SWARM_ID_CACERT), or recreate the context so"
             )
         assert self.cert is not None
         assert self.key is not None

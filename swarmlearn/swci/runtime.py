@@ -64,12 +64,17 @@ class Session:
         return self.contexts().get(self.context)
 
     def client(self) -> ApiClient:
-        """A client of the active context's node API (kept while the context is unchanged)."""
+        """A client of the active context's node API, as the context's identity (or, for a
+        context made without one, --cert etc.); kept while neither changes."""
         context = self.active()
-        key = (context.url, context.cert, context.key, context.cacert)
+        if context.cert is None and self.identity is not None:
+            paths = self.identity
+        else:
+            paths = context.identity_paths()
+        key = (context.url, paths)
         found = self._clients.get(key)
         if found is None:
-            identity = load_identity(context.identity_paths())
+            identity = load_identity(paths)
             found = self._clients[key] = ApiClient(context.url, identity, self.timeout_s)
         return found
 
