@@ -43,6 +43,7 @@ GOOD: list[tuple[str, c.Command]] = [
     ("ASSIGN TASK run TO tr1 TARGET AbC123", c.AssignTask("run", "tr1", 0, "AbC123")),
     ("GET TASKRUNNER STATUS tr1", c.GetTaskRunnerStatus("tr1")),
     ("GET TASKRUNNER INFO tr1", c.GetTaskRunnerInfo("tr1")),
+    ("GET TASKRUNNER PEER STATUS tr1 0", c.GetTaskRunnerPeerStatus("tr1", "0")),
     ("LIST TASKRUNNERS", c.ListTaskRunners()),
     ("LIST TASKRUNNER PEERS tr1", c.ListTaskRunnerPeers("tr1")),
     ("RESET TASKRUNNER tr1", c.ResetTaskRunner("tr1")),
@@ -110,7 +111,7 @@ BAD = [
     ("LIST NODES now", "LIST NODES: unexpected 'now' after 'NODES' (HELP LIST NODES)"),
     (
         "get taskrunner statu tr1",
-        "GET TASKRUNNER: expected INFO or STATUS after 'taskrunner', got 'statu': "
+        "GET TASKRUNNER: expected INFO, PEER or STATUS after 'taskrunner', got 'statu': "
         "did you mean STATUS? (HELP GET TASKRUNNER)",
     ),
     (

@@ -245,6 +245,13 @@ def test_taskrunner_commands_complete_and_error(
     listed = {p["node"]: p for p in run(session, "LIST TASKRUNNER PEERS tr1").doc}
     first = str(swops[0].identity.peer_id)
     assert listed[first]["state"] == "ERROR"
+    by_id = run(session, f"GET TASKRUNNER PEER STATUS tr1 {first[:10]}").doc
+    assert (by_id["state"], by_id["reason"]) == ("ERROR", listed[first]["reason"])
+    by_index = run(session, f"GET TASKRUNNER PEER STATUS tr1 {listed[first]['index']}").doc
+    assert by_index == by_id
+    assert "no peer is '7' (give an index 0..1 or a node id)" in fails(
+        session, "GET TASKRUNNER PEER STATUS tr1 7"
+    )
 
     run(session, f"ASSIGN TASK job TO tr1 TARGET {first}")  # retry the failed SWOP
     assert run(session, "GET TASKRUNNER INFO tr1").doc["counts"]["IDLE"] == 1

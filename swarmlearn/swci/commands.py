@@ -167,6 +167,12 @@ class GetTaskRunnerInfo(Command):
 
 
 @dataclass(frozen=True)
+class GetTaskRunnerPeerStatus(Command):
+    name: str
+    peer: str  # its index in LIST TASKRUNNER PEERS, or its node id (or a unique prefix)
+
+
+@dataclass(frozen=True)
 class ListTaskRunners(Command):
     pass
 

@@ -182,6 +182,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("GET TASKRUNNER STATUS <name>", c.GetTaskRunnerStatus,
          "Task, state, active/completed/failed peers, timestamps."),
     Spec("GET TASKRUNNER INFO <name>", c.GetTaskRunnerInfo, "A taskrunner's information."),
+    Spec("GET TASKRUNNER PEER STATUS <name> <peer>", c.GetTaskRunnerPeerStatus,
+         "One peer's state and reason (its index in LIST TASKRUNNER PEERS or its node id)."),
     Spec("LIST TASKRUNNERS", c.ListTaskRunners, "List the taskrunners."),
     Spec("LIST TASKRUNNER PEERS <name>", c.ListTaskRunnerPeers,
          "The peers enrolled in a taskrunner, with their state."),

@@ -151,25 +151,56 @@ def list_taskrunners(session: Session, command: c.ListTaskRunners) -> Result:
     return Result(runners, render.table(headers, rows, "(no taskrunners)"))
 
 
-@handles(c.ListTaskRunnerPeers)
-def list_taskrunner_peers(session: Session, command: c.ListTaskRunnerPeers) -> Result:
-    """Every SWOP enrolled on the runner, with its state in the current assignment."""
-    runner = _get(session, "taskrunners", command.name)
+def _peers(runner: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every SWOP enrolled on the runner (index order), with its state in the assignment."""
     peers = {p["node"]: p for p in runner["peers"]}
-    docs = []
-    for listener in runner["listeners"]:
+    found = []
+    for index, listener in enumerate(runner["listeners"]):
         peer = peers.get(listener["node"], {})
-        docs.append(
+        found.append(
             {
+                "index": index,
                 "node": listener["node"],
                 "enrolled_height": listener["enrolled_height"],
                 "state": peer.get("state"),
                 "reason": peer.get("reason", ""),
+                "heights": peer.get("heights"),
             }
         )
-    rows = [(render.short(d["node"]), d["enrolled_height"], d["state"], d["reason"]) for d in docs]
-    headers = ("NODE", "ENROLLED AT", "STATE", "REASON")
+    return found
+
+
+@handles(c.ListTaskRunnerPeers)
+def list_taskrunner_peers(session: Session, command: c.ListTaskRunnerPeers) -> Result:
+    docs = _peers(_get(session, "taskrunners", command.name))
+    rows = [
+        (d["index"], render.short(d["node"]), d["enrolled_height"], d["state"], d["reason"])
+        for d in docs
+    ]
+    headers = ("INDEX", "NODE", "ENROLLED AT", "STATE", "REASON")
     return Result(docs, render.table(headers, rows, "(no peers listen on it)"))
+
+
+@handles(c.GetTaskRunnerPeerStatus)
+def get_taskrunner_peer_status(session: Session, command: c.GetTaskRunnerPeerStatus) -> Result:
+    peers = _peers(_get(session, "taskrunners", command.name))
+    if command.peer.isdigit():
+        chosen = [p for p in peers if p["index"] == int(command.peer)]
+    else:
+        chosen = [p for p in peers if p["node"].startswith(command.peer)]
+    if not peers:
+        raise CommandFailed(f"taskrunner {command.name}: no peers listen on it")
+    if len(chosen) != 1:
+        what = "no peer is" if not chosen else f"{len(chosen)} peers are"
+        raise CommandFailed(
+            f"taskrunner {command.name}: {what} {command.peer!r} "
+            f"(give an index 0..{len(peers) - 1} or a node id)"
+        )
+    doc = chosen[0]
+    heights = doc["heights"] or {}
+    shown = [(k, v) for k, v in doc.items() if k != "heights"]
+    shown += [(f"{k} at", v) for k, v in heights.items()]
+    return Result(doc, render.fields(shown))
 
 
 @handles(c.WaitForTaskRunner)
