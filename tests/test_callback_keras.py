@@ -190,6 +190,29 @@ def test_loopback_fit_runs_alone_and_a_second_fit_stops_at_once(loopback: None) 
     assert swarm.epochsCompleted == EPOCHS
 
 
+def test_validation_loss_leaves_fits_running_metrics_alone(loopback: None) -> None:
+    """PERFDATA's model.evaluate runs mid-fit: it reports adsValData's loss and accuracy, and
+    puts back the running totals that fit's epoch figures are built from."""
+    model = net()
+    x, y = digits(0)
+    model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0, shuffle=False)
+    swarm = SwarmCallback(10, 2, adsValData=(x[64:128], y[64:128]), adsValBatchSize=16)
+    swarm.set_model(model)
+    swarm.loopback = False  # as with a node: evaluate before each sync
+
+    def running() -> list[bytes]:
+        return [v.numpy().tobytes() for metric in model.metrics for v in metric.variables]
+
+    before = running()
+    loss, metric = swarm._evaluate()
+    assert before
+    assert running() == before
+    expected = model.evaluate(x[64:128], y[64:128], batch_size=16, verbose=0, return_dict=True)
+    assert running() != before  # what evaluate alone does to them
+    assert loss == pytest.approx(expected["loss"])
+    assert metric == pytest.approx(expected["accuracy"])
+
+
 class CountingSyncs(SwarmCallback):
     syncs = 0
 
