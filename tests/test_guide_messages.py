@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
 import select
 import socket
 import subprocess
@@ -254,3 +255,34 @@ def test_tls_and_reachability_messages_are_quoted(sentinel: int) -> None:
         quoted(status.stderr.strip().replace(nobody, "127.0.0.1:30399"))
     finally:
         closed.close()
+
+
+GUIDE_PAGES = (
+    "README",
+    "quickstart",
+    "concepts",
+    "configuration",
+    "certificates",
+    "networking",
+    "operations",
+    "troubleshooting",
+)
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lowercase, punctuation dropped, spaces to dashes."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("name", GUIDE_PAGES)
+def test_the_guide_links_resolve(name: str) -> None:
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    text = (docs / f"{name}.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+\.md)(?:#([\w-]+))?\)", text)
+    assert links or name == "configuration"
+    for target, anchor in links:
+        page = docs / target
+        assert page.is_file(), f"docs/{name}.md links to {target}, which does not exist"
+        if anchor:
+            assert anchor in _anchors(page), f"docs/{name}.md links to {target}#{anchor}"
