@@ -5,7 +5,9 @@ POSTed to ``/v1/transactions?wait=S``: the API answers once the transaction is c
 refused, with the ledger's reason). An operator must be a member of the ledger before it may
 act, so the first write of a client checks the registry and joins by itself when needed.
 
-Every request has a timeout. Failures become one :class:`CommandFailed` line: the node is
+A transaction type with a ``nonce`` field gets the time in ns, so that repeating a command
+(RESET TASKRUNNER before and after a run) makes a new transaction, not a replay the ledger
+drops. Every request has a timeout. Failures become one :class:`CommandFailed` line: the node is
 unreachable, the node's certificate is not from our CA, the node rejected ours, or the API's
 own reason for a 4xx answer.
 """
@@ -13,7 +15,9 @@ own reason for a 4xx answer.
 from __future__ import annotations
 
 import ssl
-from typing import Any
+import time
+from dataclasses import replace
+from typing import Any, cast
 
 import httpx
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -70,6 +74,8 @@ class ApiClient:
         self._member = True
 
     def _submit(self, body: Message) -> int:
+        if "nonce" in getattr(body, "__dataclass_fields__", {}) and not getattr(body, "nonce", 0):
+            body = replace(cast(Any, body), nonce=time.time_ns())  # a repeat is a new tx
         tx = sign_transaction(self.identity, self.chain_id(), body)
         response = self._request(
             "POST",
