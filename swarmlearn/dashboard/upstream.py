@@ -4,7 +4,8 @@ One :class:`Upstream` holds one HTTP client (httpx, on trio through anyio) that 
 operator's certificate, as ``kubectl proxy`` does, so the browser needs none. Each read
 returns the decoded JSON, or raises :class:`UpstreamError` whose ``kind`` says what went wrong
 (``unreachable``, ``rejected``, ``untrusted``, ``timeout``, ``http``) and whose message says
-what to do about it. :meth:`Upstream.snapshot` gathers what a page needs in one go.
+what to do about it. :meth:`Upstream.snapshot` gathers what a page needs in one go, and reads
+the ledger's views again only when the ledger's height has moved.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ SOURCES = {
     "metrics": "/metrics",
 }
 OPTIONAL = frozenset({"tasks", "taskrunners"})
+#: Views of the ledger's state: they change only when its height does.
+LEDGER_VIEWS = frozenset({"nodes", "contracts", "perfdata"})
 
 
 class UpstreamError(Exception):
@@ -52,6 +55,7 @@ class Snapshot:
     data: dict[str, Any] = field(default_factory=dict)
     fetched_ms: int = 0
     fetch_s: float = 0.0
+    reused: int = 0  # ledger views taken from the previous read (the height had not moved)
 
 
 def _ssl_errors(error: BaseException) -> list[ssl.SSLError]:
@@ -111,6 +115,9 @@ class Upstream:
         self._http = httpx.AsyncClient(
             base_url=self.api, verify=client_context(identity), timeout=READ_TIMEOUT_S
         )
+        self._lock = trio.Lock()
+        self._height: int | None = None
+        self._views: dict[str, Any] = {}
 
     async def __aenter__(self) -> Upstream:
         return self
@@ -120,6 +127,11 @@ class Upstream:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    def forget(self) -> None:
+        """Drop the ledger views read so far: the next snapshot reads them all again."""
+        self._height = None
+        self._views.clear()
 
     async def get(self, path: str, *, optional: bool = False) -> Any:
         """The JSON (or, for ``/metrics``, text) at ``path``; None if optional and 404."""
@@ -144,25 +156,39 @@ class Upstream:
         return response.json()
 
     async def snapshot(self, sources: tuple[str, ...]) -> Snapshot:
-        """Every source in ``sources`` (names of :data:`SOURCES`), read at once."""
-        started = time.perf_counter()
-        snap = Snapshot(self.api)
-        errors: list[UpstreamError] = []
+        """Every source in ``sources`` (names of :data:`SOURCES`), current as of this call.
 
-        async def one(name: str) -> None:
-            try:
-                snap.data[name] = await self.get(SOURCES[name], optional=name in OPTIONAL)
-            except UpstreamError as error:
-                errors.append(error)
+        ``/v1/status`` is read every time; the ledger views (:data:`LEDGER_VIEWS`) are read
+        again only when the ledger's height has moved since they were last read, so a watched
+        swarm that is idle costs the node one small read per poll, however big its history."""
+        async with self._lock:
+            started = time.perf_counter()
+            snap = Snapshot(self.api)
+            status = await self.get(SOURCES["status"])
+            if status.get("height") != self._height:
+                self._views.clear()
+                self._height = status.get("height")
+            snap.data["status"] = status
+            wanted = [n for n in sources if n != "status" and n not in self._views]
+            errors: list[UpstreamError] = []
 
-        async with trio.open_nursery() as nursery:
-            for name in sources:
-                nursery.start_soon(one, name)
-        if errors:
-            raise min(errors, key=lambda e: e.kind != "rejected")  # the most telling one
-        snap.fetched_ms = int(time.time() * 1000)
-        snap.fetch_s = time.perf_counter() - started
-        return snap
+            async def one(name: str) -> None:
+                try:
+                    snap.data[name] = await self.get(SOURCES[name], optional=name in OPTIONAL)
+                except UpstreamError as error:
+                    errors.append(error)
+
+            async with trio.open_nursery() as nursery:
+                for name in wanted:
+                    nursery.start_soon(one, name)
+            if errors:
+                raise min(errors, key=lambda e: e.kind != "rejected")  # the most telling one
+            self._views.update({n: snap.data[n] for n in wanted if n in LEDGER_VIEWS})
+            snap.data.update({n: self._views[n] for n in sources if n not in snap.data})
+            snap.reused = len(sources) - len(wanted) - (1 if "status" in sources else 0)
+            snap.fetched_ms = int(time.time() * 1000)
+            snap.fetch_s = time.perf_counter() - started
+            return snap
 
 
 def traffic(metrics_text: str) -> dict[str, float]:
