@@ -104,6 +104,14 @@ def test_hpe_alias_ml_platform_and_a_keras_callback(loopback: None) -> None:
     assert callback.valBatchSize is None
 
 
+def test_another_keras_backend_is_one_clear_line(
+    loopback: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(SwarmError, match="needs the TensorFlow backend, Keras runs on 'jax'"):
+        SwarmCallback(10, 2)
+
+
 def test_without_loopback_a_missing_node_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"no swarm node's local endpoint here"):
         SwarmCallback(10, 2, nodeSocket=str(tmp_path / "sl.sock"))

@@ -108,6 +108,11 @@ class SwarmCallback(keras.callbacks.Callback, SwarmCore):  # type: ignore[misc]
         trainingContract: str = DEFAULT_TRAINING_CONTRACT,
         **kwargs: Any,
     ) -> None:
+        if keras.backend.backend() != "tensorflow":
+            raise SwarmError(
+                f"the Keras SwarmCallback needs the TensorFlow backend, Keras runs on"
+                f" {keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow"
+            )
         _refuse_foreign_options(kwargs)
         options = parse_options(syncFrequency, minPeers, trainingContract, kwargs, PLATFORM_OPTIONS)
         _check_val_data(options.val_data)
