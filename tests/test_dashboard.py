@@ -194,6 +194,26 @@ async def events(url: str, page: str) -> AsyncIterator[EventStream]:
         yield EventStream(stream)
 
 
+async def test_ledger_views_are_read_again_only_when_the_height_moves(
+    pki: Path, tmp_path: Path
+) -> None:
+    sources = ("status", "nodes", "contracts")
+    async with node_api(pki, tmp_path / "data") as (node, port):
+        with trio.fail_after(WAIT_S):
+            while not node.joined():  # noqa: ASYNC110 (a real node: poll it, with a deadline)
+                await trio.sleep(0.05)
+        async with Upstream(identity(pki, "op"), "127.0.0.1", port) as upstream:
+            first = await upstream.snapshot(sources)
+            again = await upstream.snapshot(sources)
+            op = identity(pki, "op")
+            await submit(node, op, Join("", op.certificate.public_bytes(Encoding.DER)))
+            moved = await upstream.snapshot(sources)
+    assert (first.reused, again.reused, moved.reused) == (0, 2, 0)
+    assert again.data["nodes"] == first.data["nodes"]
+    assert str(op.peer_id) in {m["node"] for m in moved.data["nodes"]}
+    assert moved.data["status"]["height"] > first.data["status"]["height"]
+
+
 async def test_errors_are_said_on_the_page(pki: Path, tmp_path: Path) -> None:
     async with node_api(pki, tmp_path / "data") as (_, port):
         stranger = identity(tmp_path / "other", "stranger", tmp_path / "other" / "both.pem")
