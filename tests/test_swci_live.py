@@ -22,6 +22,7 @@ import pytest
 from swarmlearn.consensus import swarm_tasks as tx
 from swarmlearn.errors import ConfigError
 from swarmlearn.merge import ModelState, flatten, layout_of
+from swarmlearn.p2p.identity import IdentityPaths
 from swarmlearn.roles.local import LocalClient, RoundOutcome
 from swarmlearn.swci.client import ApiClient, CommandFailed
 from swarmlearn.swci.grammar import parse
@@ -294,6 +295,17 @@ def test_failures_are_one_clear_line(session: Session, swarm: Swarm, tmp_path: P
     assert "certificate" in message
     assert "127.0.0.1" in message
     stranger.close()
+    # A stranger that trusts the swarm's CA too: our side is happy, the node hangs up.
+    bundle = tmp_path / "both.pem"
+    other_ca = (swarm.root / "other" / "ca.pem").read_text()
+    bundle.write_text(other_ca + swarm.paths("sn0").ca.read_text())
+    paths = swarm.paths("stranger", "other")
+    trusting = Session(
+        directory=tmp_path / "stranger", identity=IdentityPaths(paths.cert, paths.key, bundle)
+    )
+    run(trusting, f"CREATE CONTEXT lab WITH IP 127.0.0.1 {swarm.api_ports[0]}")
+    assert "it most likely rejected your certificate" in fails(trusting, "LIST NODES")
+    trusting.close()
     bare = Session(directory=tmp_path / "bare")
     run(bare, f"CREATE CONTEXT lab WITH IP 127.0.0.1 {swarm.api_ports[0]}")
     assert "context 'lab' has no cert, key, cacert: give --cert" in fails(bare, "LIST NODES")

@@ -147,6 +147,13 @@ def _transport_problem(url: str, error: httpx.TransportError) -> str:
             return f"cannot reach the node API at {url}: connection refused (is --api on?)"
         cause = cause.__cause__ or cause.__context__
     lowered = text.lower()
+    if isinstance(error, (httpx.RemoteProtocolError, httpx.ReadError)) and "disconnect" in lowered:
+        # TLS 1.3: the client's certificate is checked after our side of the handshake, and
+        # a server that refuses it just hangs up
+        return (
+            f"the node at {url} hung up without answering: it most likely rejected your "
+            "certificate (is it issued by this swarm's CA?)"
+        )
     if "certificate_verify_failed" in lowered:
         return f"the node at {url} presented a certificate that your CA does not trust: {text}"
     if "alert" in lowered or "certificate" in lowered:
