@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -146,7 +147,7 @@ def _read_until(fd: int, wanted: bytes, seen: bytearray) -> None:
             seen += os.read(fd, 4096)
 
 
-def test_the_repl_prompts_completes_and_keeps_history(config_home: Path) -> None:
+def test_the_repl_prompts_completes_is_interruptible_and_keeps_history(config_home: Path) -> None:
     leader, follower = pty.openpty()
     env = {**os.environ, "XDG_CONFIG_HOME": str(config_home.parent), "TERM": "dumb"}
     command = [sys.executable, "-m", "swarmlearn.swci.main"]
@@ -160,6 +161,11 @@ def test_the_repl_prompts_completes_and_keeps_history(config_home: Path) -> None
             os.write(leader, b"get context in\t\r")  # tab completes INFO
             _read_until(leader, b"SWCI:2 > ", seen)
             assert b"url     https://127.0.0.1:1" in seen.split(b"SWCI:1 > ")[1]
+            os.write(leader, b"WAIT FOR IP 127.0.0.1 1 100\r")  # nothing there: it waits
+            _read_until(leader, b"#", seen)  # the first try failed; the next is 5 s away
+            p.send_signal(signal.SIGINT)  # Ctrl-C stops the command, not the session
+            _read_until(leader, b"SWCI:3 > ", seen)
+            assert b"interrupted" in seen.split(b"SWCI:2 > ")[1]
             os.write(leader, b"EXIT\r")
             assert p.wait(timeout=READ_WAIT_S) == 0
         finally:
@@ -167,4 +173,4 @@ def test_the_repl_prompts_completes_and_keeps_history(config_home: Path) -> None
                 p.kill()
     os.close(leader)
     history = (config_home / "swci_history").read_text().splitlines()
-    assert history[-2:] == ["get context INFO ", "EXIT"]
+    assert history[-3:] == ["get context INFO ", "WAIT FOR IP 127.0.0.1 1 100", "EXIT"]

@@ -164,7 +164,11 @@ def repl(frontend: Frontend) -> int:
             except KeyboardInterrupt:
                 print(file=frontend.out)
                 continue
-            status, stop = frontend.run_line(line)
+            try:
+                status, stop = frontend.run_line(line)
+            except KeyboardInterrupt:  # Ctrl-C stops a command (a WAIT), not the session
+                print("\ninterrupted", file=frontend.err)
+                continue
             if stop:
                 return status or frontend.worst
     finally:
