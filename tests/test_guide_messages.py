@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -24,6 +25,8 @@ from swarmlearn.cli import ArgumentParser
 from swarmlearn.consensus.swarm_rounds import layout_difference
 from swarmlearn.consensus.swarm_txs import TensorSpec
 from swarmlearn.errors import ConfigError
+from swarmlearn.merge import ModelState, RangeMerge, WeightSet, layout_of, plan_shards
+from swarmlearn.merge.methods import method_named
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import IdentityPaths, Role, identity_paths_from_env, load_identity
 from swarmlearn.roles.config import resolve
@@ -286,3 +289,11 @@ def test_the_guide_links_resolve(name: str) -> None:
         assert page.is_file(), f"docs/{name}.md links to {target}, which does not exist"
         if anchor:
             assert anchor in _anchors(page), f"docs/{name}.md links to {target}#{anchor}"
+
+
+def test_a_global_merge_method_in_a_round_is_quoted() -> None:
+    layout = layout_of(ModelState({"w": np.zeros(8, dtype=np.float32)}))
+    shard = plan_shards(layout, 2).shards[0]
+    with pytest.raises(ValueError, match="is global") as caught:
+        RangeMerge(layout, shard, WeightSet.of([1, 1], 2), method_named("geomedian"))
+    quoted(f"ValueError: {caught.value}")
