@@ -166,9 +166,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout-s", type=float, default=540.0)
     parser.add_argument("--app", type=Path, default=APP, help="the Flower App's directory")
+    parser.add_argument("--logs", type=Path, help="keep the processes' logs in this new folder")
     args = parser.parse_args()
     out: dict[str, Any] = {"mode": args.mode}
-    with tempfile.TemporaryDirectory(prefix="bench-flower-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.logs:
+            args.logs.mkdir(parents=True)
+            tmp = str(args.logs)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-flower-"))
         result = Path(tmp) / "result.json"
         settings = {"nodes": args.nodes, "rounds": args.rounds, "epochs": args.epochs}
         os.environ[ENV] = json.dumps({**settings, "seed": args.seed, "result": str(result)})
