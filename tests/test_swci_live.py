@@ -120,7 +120,14 @@ def _train(swarm: Swarm, node: int, contract: str) -> RoundOutcome:
 def test_contract_commands_with_a_real_round(session: Session, swarm: Swarm) -> None:
     created = run(session, "CREATE CONTRACT lab-mean")
     assert created.doc["height"] > 0
-    assert "contract 'lab-mean' exists" in fails(session, "CREATE CONTRACT lab-mean with merge x")
+    assert "contract 'lab-mean' exists" in fails(
+        session, "CREATE CONTRACT lab-mean with merge coordmedian"
+    )
+    assert "merge method 'x' is not one of: coordmedian, geomedian" in fails(
+        session, "CREATE CONTRACT lab-x with merge x"
+    )
+    run(session, "CREATE CONTRACT lab-median WITH MERGE coordmedian")
+    assert run(session, "GET CONTRACT INFO lab-median").doc["merge_method"] == "coordmedian"
     assert "identical transaction is already on the ledger" in fails(
         session, "CREATE CONTRACT lab-mean"
     )
