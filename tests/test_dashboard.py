@@ -436,3 +436,27 @@ def _check_rounds_and_curves(page: Any, url: str, tmp_path: Path) -> None:
     if docs:
         page.goto(url)
         page.screenshot(path=docs, full_page=True)
+
+
+def test_an_swci_context_names_the_api_and_the_identity(
+    pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from swarmlearn.cli import build_parser
+    from swarmlearn.dashboard.cli import resolve
+    from swarmlearn.swci.contexts import Context, Contexts, save_contexts
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for variable in ("SWARM_ID_CERT", "SWARM_ID_KEY", "SWARM_ID_CACERT", "SWARM_ID_CAPATH"):
+        monkeypatch.delenv(variable, raising=False)
+    lab = Context("lab", "127.0.0.1", 40404, {}, pki / "op.pem", pki / "op-key.pem", pki / "ca.pem")
+    save_contexts(Contexts({"lab": lab}, "lab"))
+    parse = build_parser().parse_args
+    host, port, who = resolve(parse(["dashboard", "--context", "lab"]))
+    assert (host, port, who.info.name) == ("127.0.0.1", 40404, "op")
+    host, port, who = resolve(parse(["dashboard"]))  # the active context
+    assert (host, port, who.info.name) == ("127.0.0.1", 40404, "op")
+    named = parse(["dashboard", "--context", "lab", "--cert", str(pki / "a.pem")])
+    named.key = pki / "a-key.pem"  # explicit identity options win over the context's
+    assert resolve(named)[2].info.name == "a"
+    assert main(["dashboard", "--context", "lbb"]) == 2
+    assert "no context 'lbb'" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """``swarmlearn dashboard``: its options, where the node API is, and one-line errors.
 
-The API address comes from ``--api HOST:PORT`` or from an SWCI context (``--context NAME``,
-``swarmlearn.swci.contexts``), the identity from ``--cert/--key/--cacert`` or the
-``SWARM_ID_*`` variables, as for every other command.
+The API address comes from ``--api HOST:PORT``, else from an SWCI context (``--context NAME``,
+or the active one; ``swarmlearn.swci.contexts``), else 127.0.0.1:30304. Each identity option
+(``--cert/--key/--cacert/--capath``) given wins over the context's identity, which wins over
+the ``SWARM_ID_*`` variables.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -26,11 +25,14 @@ def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
     from swarmlearn.dashboard.server import DEFAULT_PORT
 
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--context", metavar="NAME", help="the SWCI context naming the node API")
+    where.add_argument(
+        "--context", metavar="NAME", help="the SWCI context naming the node API (default: active)"
+    )
     where.add_argument(
         "--api",
         metavar="HOST:PORT",
-        help=f"the node API to watch (default 127.0.0.1:{DEFAULT_API_PORT})",
+        help=f"the node API to watch (default: the active SWCI context, else "
+        f"127.0.0.1:{DEFAULT_API_PORT})",
     )
     parser.add_argument(
         "--port",
@@ -41,43 +43,35 @@ def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
     add_identity_arguments(parser)
 
 
-def _from_context(name: str) -> tuple[str, int, ident.IdentityPaths | None]:
-    try:
-        from swarmlearn.swci import contexts  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        raise ConfigError(
-            f"--context {name}: SWCI contexts are not available in this build; "
-            "give the node API with --api HOST:PORT"
-        ) from None
-    context: Any = contexts.load_context(name)
-    paths = getattr(context, "identity", None)
-    if not isinstance(paths, ident.IdentityPaths):
-        cert, key = getattr(context, "cert", None), getattr(context, "key", None)
-        ca = getattr(context, "cacert", None) or getattr(context, "ca", None)
-        paths = (
-            ident.IdentityPaths(Path(cert), Path(key), Path(ca)) if cert and key and ca else None
-        )
-    return str(context.host), int(context.port), paths
+def _where(args: argparse.Namespace) -> tuple[str, int, ident.IdentityPaths | None]:
+    """The API from --api, else the named (or the active) SWCI context, else the default."""
+    from swarmlearn.swci.contexts import load_context, load_contexts
+
+    if args.api is not None:
+        host, port = parse_host_port(args.api, field="--api", default_port=DEFAULT_API_PORT)
+        return host, port, None
+    if args.context is None and load_contexts().active is None:
+        return "127.0.0.1", DEFAULT_API_PORT, None
+    context = load_context(args.context)
+    has_identity = None not in (context.cert, context.key, context.cacert)
+    return context.host, context.port, context.identity_paths() if has_identity else None
 
 
 def resolve(args: argparse.Namespace) -> tuple[str, int, ident.Identity]:
-    """The API's host and port, and the operator's identity; one ConfigError line if wrong."""
-    paths = None
-    if args.context is not None:
-        host, port, paths = _from_context(args.context)
-    else:
-        host, port = parse_host_port(
-            args.api or f"127.0.0.1:{DEFAULT_API_PORT}",
-            field="--api",
-            default_port=DEFAULT_API_PORT,
-        )
+    """The API's host and port, and the operator's identity; one ConfigError line if wrong.
+
+    Each identity option given wins over the context's, which wins over ``SWARM_ID_*``."""
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: expected 0..65535, got {args.port}")
-    explicit = any(getattr(args, k) is not None for k in ("cert", "key", "cacert", "capath"))
-    if paths is None or explicit:
-        paths = ident.identity_paths_from_env(
-            os.environ, cert=args.cert, key=args.key, cacert=args.cacert, capath=args.capath
-        )
+    host, port, context = _where(args)
+    cacert = args.cacert or (None if context is None or args.capath else context.ca)
+    paths = ident.identity_paths_from_env(
+        os.environ,
+        cert=args.cert or (context.cert if context else None),
+        key=args.key or (context.key if context else None),
+        cacert=cacert,
+        capath=args.capath,
+    )
     return host, port, ident.load_identity(paths)
 
 
