@@ -182,11 +182,17 @@ def test_every_weight_travels_with_its_dtype(loopback: None) -> None:
         load_state(fresh, state_of(net(0)))
 
 
-def test_loopback_fit_runs_alone_and_a_second_fit_stops_at_once(loopback: None) -> None:
+def test_loopback_fit_runs_alone_and_a_second_fit_stops_at_once(
+    loopback: None, caplog: pytest.LogCaptureFixture
+) -> None:
     model = net()
     x, y = digits(0)
     swarm = SwarmCallback(syncFrequency=5, minPeers=2, totalEpochs=EPOCHS)
-    history = model.fit(x, y, batch_size=32, epochs=EPOCHS, verbose=0, callbacks=[swarm])
+    with caplog.at_level("INFO", logger="SwarmCallback"):
+        history = model.fit(x, y, batch_size=32, epochs=EPOCHS, verbose=0, callbacks=[swarm])
+    progress = [r.getMessage() for r in caplog.records if "epoch" in r.getMessage()]
+    assert progress[0].startswith("[######..............] epoch 1/3, 0 rounds, ETA ")
+    assert progress[-1].startswith("[####################] epoch 3/3, 0 rounds, ETA 0 s")
     losses = history.history["loss"]
     assert len(losses) == EPOCHS
     assert losses[-1] < losses[0] / 2
@@ -272,7 +278,12 @@ def hpe_style_script(socket: Path, node: int, out: dict[int, list[np.ndarray[Any
     out[node] = model.get_weights()
 
 
-def our_style_script(socket: Path, node: int, out: dict[int, list[np.ndarray[Any, Any]]]) -> None:
+def our_style_script(
+    socket: Path,
+    node: int,
+    out: dict[int, list[np.ndarray[Any, Any]]],
+    callbacks: dict[int, SwarmCallback] | None = None,
+) -> None:
     """Ours: a tf.data pipeline, validation data as a Dataset."""
     x_train, y_train = digits(node)
     data = tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(32)
@@ -282,6 +293,8 @@ def our_style_script(socket: Path, node: int, out: dict[int, list[np.ndarray[Any
     )
     model.fit(data, epochs=EPOCHS, verbose=0, shuffle=False, callbacks=[swarm])
     out[node] = model.get_weights()
+    if callbacks is not None:
+        callbacks[node] = swarm
 
 
 def accuracy(weights: list[np.ndarray[Any, Any]]) -> float:
@@ -298,12 +311,20 @@ def test_two_daemons_hpe_style_and_ours_end_identical_and_beat_training_alone(
     """Each node lacks half the digits: alone it cannot pass 55% on the held-out set; the
     swarm's model, bit-identical on both nodes, BatchNorm statistics included, can."""
     swarm: dict[int, list[np.ndarray[Any, Any]]] = {}
+    callbacks: dict[int, SwarmCallback] = {}
     with two_daemons(tmp_path) as data:
         run_scripts(
             threading.Thread(target=hpe_style_script, args=(data[0] / "sl.sock", 0, swarm)),
-            threading.Thread(target=our_style_script, args=(data[1] / "sl.sock", 1, swarm)),
+            threading.Thread(
+                target=our_style_script, args=(data[1] / "sl.sock", 1, swarm, callbacks)
+            ),
         )
     assert sorted(swarm) == [0, 1]
+    ours = callbacks[1]  # 24 batches an epoch: the first sync, one every 10 batches, the end
+    assert ours.isSwarmTrainingOver
+    assert ours.rounds_done >= 1 + EPOCHS * 24 // 10 + 1
+    assert ours.last_timing.load_s > 0
+    assert ours.last_timing.handover_s > ours.last_timing.load_s
     for a, b in zip(swarm[0], swarm[1], strict=True):
         assert a.dtype == b.dtype
         assert a.tobytes() == b.tobytes()

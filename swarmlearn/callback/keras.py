@@ -29,6 +29,8 @@ metrics' running state is put back afterwards, so ``fit``'s own figures are not 
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from typing import Any
 
 import keras
@@ -171,7 +173,9 @@ class SwarmCallback(keras.callbacks.Callback, SwarmCore):  # type: ignore[misc]
         loss, metric = self._evaluate()
         merged = self.sync(state_of(self.model), loss=loss, metric=metric)
         if merged is not None:
+            started = time.perf_counter()
             load_state(self.model, merged)
+            self.last_timing = replace(self.last_timing, load_s=time.perf_counter() - started)
 
     def _evaluate(self) -> tuple[float | None, float | None]:
         """Loss and first compiled metric on adsValData, for PERFDATA and adaptive sync."""
