@@ -7,6 +7,7 @@ import contextlib
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -58,11 +59,12 @@ def train_rounds(
     with LocalClient(socket, timeout_s=120) as client:
         for number in rounds:
             flat = bytes(flatten(model(1000 * number + node), layout))
-            outcomes.append(
-                client.sync_round(
-                    DEFAULT_CONTRACT, layout, flat, weight=node + 1, min_peers=min_peers
-                )
+            outcome = client.sync_round(
+                DEFAULT_CONTRACT, layout, flat, weight=node + 1, min_peers=min_peers
             )
+            # the merged weights are a view of the handover file, which the next round reuses
+            merged = None if outcome.merged is None else bytes(outcome.merged)
+            outcomes.append(replace(outcome, merged=merged))
     return outcomes
 
 

@@ -323,7 +323,8 @@ class SwarmCore:
             return None
         snapshot = self._flat(state)  # a copy: the caller may go on changing its model
         weight = 1 if self.checkinModelOnTrainEnd == "inactive" else self.nodeWeightage
-        contribution, merged = snapshot, None
+        contribution: bytes | bytearray | memoryview = snapshot
+        merged: bytes | bytearray | memoryview | None = None
         while True:
             outcome = self._round(contribution, weight, loss, metric, final=True)
             if outcome is None or outcome.merged is None:
@@ -343,11 +344,17 @@ class SwarmCore:
             self._layout = layout_of(state)
         return self._layout
 
-    def _flat(self, state: ModelState) -> bytes:
-        return bytes(flatten(state, self._layout_of(state)))
+    def _flat(self, state: ModelState) -> bytearray | memoryview:
+        return flatten(state, self._layout_of(state))  # a new buffer: the model may go on
 
     def _round(
-        self, flat: bytes, weight: int, loss: float | None, metric: float | None, *, final: bool
+        self,
+        flat: bytes | bytearray | memoryview,
+        weight: int,
+        loss: float | None,
+        metric: float | None,
+        *,
+        final: bool,
     ) -> RoundOutcome | None:
         """Hand ``flat`` to the node and wait for the round; None (and a warning) if it failed."""
         assert self._layout is not None

@@ -68,10 +68,12 @@ def load_state(model: torch.nn.Module, state: ModelState) -> None:
     with torch.no_grad():
         for name, target in targets.items():
             array = np.ascontiguousarray(state[name])
+            if not array.flags.writeable:  # torch wants a writable array; merged weights are
+                array = array.copy()
             if target.dtype == torch.bfloat16:
-                source = torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+                source = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
             else:
-                source = torch.from_numpy(array.copy())
+                source = torch.from_numpy(array)
             target.copy_(source.reshape(target.shape))
 
 

@@ -14,11 +14,12 @@ training loop (the SwarmCallback of the callback issue builds on it).
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import trio
@@ -27,6 +28,7 @@ from swarmlearn.errors import ConfigError, RemoteProtocolError
 from swarmlearn.merge.manifest import Layout, TensorSpec
 from swarmlearn.p2p.framing import FrameReader, encode_frame
 from swarmlearn.p2p.wire import Message, Payload, decode_body
+from swarmlearn.roles.handover import SharedBuffer, open_shared, shared_handover_enabled
 
 LOCAL_FRAME_BYTES_MAX = 2**32 - 1
 RECEIVE_BYTES = 1024 * 1024
@@ -53,6 +55,7 @@ class LocalContribute(Message, tag=0xB1):
     #: HPE's PERFDATA for this round (loss, metric, epochs done, epochs in all), if known.
     perf: tuple[float, float, int, int] | None = None
     final: bool = False  # the trainer's own training is over
+    shared: str = ""  # the weights are in this handover file, not in ``data`` (handover.py)
 
     def layout(self) -> Layout:
         specs = tuple(TensorSpec(t.name, t.dtype, t.shape, t.offset) for t in self.tensors)
@@ -63,13 +66,14 @@ class LocalContribute(Message, tag=0xB1):
         cls,
         contract: str,
         layout: Layout,
-        flat: bytes | memoryview,
+        flat: bytes | bytearray | memoryview,
         *,
         weight: int,
         min_peers: int,
         merge_method: str,
         perf: tuple[float, float, int, int] | None = None,
         final: bool = False,
+        shared: str = "",
     ) -> LocalContribute:
         tensors = tuple(
             LocalTensor(t.name, t.dtype, tuple(t.shape), t.offset) for t in layout.tensors
@@ -85,6 +89,7 @@ class LocalContribute(Message, tag=0xB1):
             flat,
             perf,
             final,
+            shared,
         )
 
 
@@ -101,6 +106,7 @@ class LocalRoundDone(Message, tag=0xB3):
     data: Payload
     training_over: bool = False
     participants: int = 0
+    shared: bool = False  # the merged weights are in the contribution's handover file
 
 
 @dataclass(frozen=True)
@@ -138,8 +144,16 @@ class LocalEndpoint:
 
     async def _serve_one(self, stream: trio.SocketStream) -> None:
         send, receive = trio.open_memory_channel[Message](1024)
+        shared: list[mmap.mmap] = []  # the trainer's handover file, once it sends one
 
         def reply(message: Message) -> None:
+            if (
+                isinstance(message, LocalRoundDone)
+                and shared
+                and len(message.data) == len(shared[0])
+            ):
+                shared[0][:] = message.data  # the merged weights, straight into the trainer's map
+                message = replace(message, data=b"", shared=True)
             with contextlib.suppress(
                 trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
             ):
@@ -159,11 +173,32 @@ class LocalEndpoint:
                     while (body := reader.next_frame()) is not None:
                         message = decode_body(body)
                         if isinstance(message, LocalContribute):
-                            self.on_contribute(message, reply)
+                            contribution = _take_shared(message, shared, reply)
+                            if contribution is not None:
+                                self.on_contribute(contribution, reply)
             except (RemoteProtocolError, trio.BrokenResourceError):
                 pass
             send.close()
             nursery.cancel_scope.cancel()
+            for mapped in shared:
+                mapped.close()
+
+
+def _take_shared(
+    message: LocalContribute, shared: list[mmap.mmap], reply: Callable[[Message], None]
+) -> LocalContribute | None:
+    """A contribution whose weights are in a handover file: the node's own copy of them."""
+    if not message.shared:
+        return message
+    try:
+        if not shared or len(shared[0]) != message.total_bytes:
+            for mapped in shared:
+                mapped.close()
+            shared[:] = [open_shared(message.shared, message.total_bytes)]
+    except (OSError, ValueError) as error:
+        reply(LocalRoundFailed(0, f"cannot use the handover file: {error} (SWARM_HANDOVER=socket)"))
+        return None
+    return replace(message, data=bytearray(shared[0]), shared="")
 
 
 # ---------------------------------------------------------------- the trainer's side (blocking)
@@ -172,7 +207,7 @@ class LocalEndpoint:
 @dataclass(frozen=True)
 class RoundOutcome:
     round: int
-    merged: bytes | None  # None: the round failed; keep your own weights
+    merged: bytes | bytearray | memoryview | None  # None: the round failed; keep your own weights
     root: bytes
     reason: str
     training_over: bool = False  # every node of the round has finished training
@@ -207,12 +242,14 @@ class LocalClient:
         self.last_send_s = 0.0  # handing the weights over, in the latest round
         self.last_receive_s = 0.0  # reading the latest reply (the merged weights)
         self.on_progress = on_progress
+        self.shared: SharedBuffer | None = None  # the handover file (handover.py), once used
+        self.use_shared = shared_handover_enabled()
 
     def sync_round(
         self,
         contract: str,
         layout: Layout,
-        flat: bytes,
+        flat: bytes | bytearray | memoryview,
         *,
         weight: int = 1,
         min_peers: int = 2,
@@ -221,30 +258,51 @@ class LocalClient:
         final: bool = False,
     ) -> RoundOutcome:
         """Hand over the weights (and HPE's perfdata: loss, metric, epochs done, epochs in
-        all); block until the round ends (or the socket times out)."""
+        all); block until the round ends (or the socket times out). With the shared-memory
+        handover, the merged weights returned are a view of the handover file, valid until
+        the next call."""
+        started = time.perf_counter()
+        payload, shared = flat, ""
+        if self.use_shared:
+            if self.shared is None or self.shared.size != len(flat):
+                if self.shared is not None:
+                    self.shared.close()
+                self.shared = SharedBuffer(len(flat))
+            self.shared.view()[:] = flat
+            payload, shared = b"", str(self.shared.path)
         message = LocalContribute.of(
             contract,
             layout,
-            flat,
+            payload,
             weight=weight,
             min_peers=min_peers,
             merge_method=merge_method,
             perf=perf,
             final=final,
+            shared=shared,
         )
-        started = time.perf_counter()
         for buffer in encode_frame(message, LOCAL_FRAME_BYTES_MAX):
             self.sock.sendall(buffer)
         self.last_send_s = time.perf_counter() - started
+        try:
+            return self._wait_for_round()
+        finally:
+            if self.shared is not None:
+                self.shared.unlink()  # the node has it mapped by now (or never will)
+
+    def _wait_for_round(self) -> RoundOutcome:
         while True:
             reply = self._receive()
             if isinstance(reply, LocalProgress):
                 if self.on_progress is not None:
                     self.on_progress(reply.text)
             elif isinstance(reply, LocalRoundDone):
+                merged = reply.data  # a writable view of the frame just read: no further copy
+                if reply.shared and self.shared is not None:
+                    merged = self.shared.view()
                 return RoundOutcome(
                     reply.round,
-                    bytes(reply.data),
+                    merged,
                     reply.root,
                     "",
                     reply.training_over,
@@ -274,6 +332,9 @@ class LocalClient:
 
     def close(self) -> None:
         self.sock.close()
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
 
     def __enter__(self) -> LocalClient:
         return self

@@ -1,0 +1,45 @@
+"""The shared-memory handover between a trainer and its node (roles/handover.py), and the
+socket path it replaces (``SWARM_HANDOVER=socket``), which must give the same weights."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from swarmlearn.roles.handover import SharedBuffer, open_shared
+from tests.test_callback_torch import our_style_script, run_scripts, two_daemons
+
+
+def test_the_handover_file_is_private_sized_and_removed(tmp_path: Path) -> None:
+    buffer = SharedBuffer(4096, tmp_path)
+    assert buffer.path.stat().st_mode & 0o777 == 0o600
+    buffer.view()[:4] = b"abcd"
+    mapped = open_shared(str(buffer.path), 4096)
+    assert mapped[:4] == b"abcd"  # the node sees what the trainer wrote, in place
+    mapped[:4] = b"wxyz"
+    assert bytes(buffer.view()[:4]) == b"wxyz"  # and the trainer what the node writes back
+    mapped.close()
+    with pytest.raises(ValueError, match="holds 4096 bytes, the layout says 8192"):
+        open_shared(str(buffer.path), 8192)
+    buffer.close()
+    assert not buffer.path.exists()
+
+
+def test_the_socket_handover_gives_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SWARM_HANDOVER", "socket")
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    with two_daemons(tmp_path) as data:
+        run_scripts(
+            *(
+                threading.Thread(target=our_style_script, args=(data[i] / "sl.sock", i, out))
+                for i in range(2)
+            )
+        )
+    assert sorted(out) == [0, 1]
+    for name, tensor in out[0].items():
+        assert torch.equal(tensor, out[1][name]), name
