@@ -28,6 +28,15 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from swarmlearn.cli import main
 from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT, sign_transaction
+from swarmlearn.consensus.swarm_tasks import (
+    DEFAULT_TASKRUNNER,
+    AssignTask,
+    CreateTask,
+    EnrollTaskRunner,
+    FinalizeTask,
+    TaskPeerStatus,
+    canonical_json,
+)
 from swarmlearn.consensus.swarm_txs import (
     CheckIn,
     CreateContract,
@@ -55,6 +64,7 @@ def pki(tmp_path: Path) -> Path:
     for name in ("a", "b"):
         issue_certificate(ca, name, tmp_path / "pki", hosts=[], roles=[Role.SL])
     issue_certificate(ca, "op", tmp_path / "pki", hosts=[], roles=[Role.SWCI])
+    issue_certificate(ca, "swop", tmp_path / "pki", hosts=[], roles=[Role.SWOP])
     other = create_ca(tmp_path / "other")
     issue_certificate(other, "stranger", tmp_path / "other", hosts=[], roles=[Role.SWCI])
     # the stranger trusts the swarm's CA (so it can talk), but the swarm does not trust it
@@ -100,7 +110,7 @@ async def submit(node: ValidatorNode, who: Identity, body: Message) -> None:
 
 async def one_round(node: ValidatorNode, pki: Path) -> dict[str, str]:
     """Two SL members join, check in, agree on the merged root, report PERFDATA."""
-    people = {name: identity(pki, name) for name in ("a", "b", "op")}
+    people = {name: identity(pki, name) for name in ("a", "b", "op", "swop")}
     for who in people.values():
         await submit(node, who, Join("", who.certificate.public_bytes(Encoding.DER)))
     for name in ("a", "b"):
@@ -112,11 +122,27 @@ async def one_round(node: ValidatorNode, pki: Path) -> dict[str, str]:
     return {name: str(who.peer_id) for name, who in people.items()}
 
 
+async def one_task(node: ValidatorNode, pki: Path) -> None:
+    """A SWOP task that runs and fails, with its reason on the ledger."""
+    op, swop = identity(pki, "op"), identity(pki, "swop")
+    body = canonical_json({"Command": "train.py", "Entrypoint": "python3"})
+    for who, message in (
+        (op, CreateTask("train", "RUN_SWARM", "ops", "ROOTTASK", "train-out", body)),
+        (op, FinalizeTask("train")),
+        (swop, EnrollTaskRunner(DEFAULT_TASKRUNNER)),
+        (op, AssignTask("train", DEFAULT_TASKRUNNER)),
+        (swop, TaskPeerStatus(DEFAULT_TASKRUNNER, "train", "RUNNING", "", 1)),
+        (swop, TaskPeerStatus(DEFAULT_TASKRUNNER, "train", "ERROR", "exit status 2", 1)),
+    ):
+        await submit(node, who, message)
+
+
 async def test_the_pages_show_nodes_contracts_a_round_and_its_curves(
     pki: Path, tmp_path: Path
 ) -> None:
     async with node_api(pki, tmp_path / "data") as (node, port):
         ids = await one_round(node, pki)
+        await one_task(node, pki)
         async with dashboard(identity(pki, "op"), port) as url, httpx.AsyncClient() as http:
             overview = await http.get(url)
             rounds = await http.get(f"{url}/rounds")
@@ -140,7 +166,13 @@ async def test_the_pages_show_nodes_contracts_a_round_and_its_curves(
     loss_chart = perf.text.split("<h2>Metric</h2>")[0]
     assert f"{ids['a'][:10]} round 1: 0.9<" in loss_chart
     assert f"{ids['b'][:10]} round 1: 1.4<" in loss_chart
-    assert "no tasks" in tasks.text
+    assert '<tr data-task="train">' in tasks.text
+    assert "RUN_SWARM" in tasks.text
+    failed = f'<tr data-runner="{DEFAULT_TASKRUNNER}" data-state="ERROR">'
+    runner = re.search(f"{failed}.*?</tr>", tasks.text)
+    assert runner is not None, tasks.text
+    assert ids["swop"][:10] in runner[0]
+    assert "exit status 2" in runner[0]
     assert "fc.weight" in contracts.text
     assert "10 x 4" in contracts.text
     assert {m["node"] for m in proxied.json()} == {*ids.values(), str(node.me)}

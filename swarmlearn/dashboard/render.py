@@ -256,27 +256,78 @@ def perf_page(snap: Snapshot, query: Query) -> str:
     return _picker(contracts, name, "/perf") + charts
 
 
-def _generic(items: list[Any] | None, what: str) -> str:
-    if items is None:
-        return f'<p class="empty">no {what}: this node\'s API has no SWOP {what} list</p>'
-    if not isinstance(items, list):
-        items = [items]
-    dicts = [i for i in items if isinstance(i, dict)]
-    keys = list(dict.fromkeys(k for d in dicts for k in d))
-    rows = [
-        "<tr>" + "".join(f"<td>{escape(str(d.get(k, '')))}</td>" for k in keys) + "</tr>"
-        for d in dicts
-    ]
-    return _table(keys, rows, f"no {what}", what)
+def _heights(item: dict[str, Any], *names: str) -> str:
+    found = [f"{n} {item[f'{n}_height']}" for n in names if item.get(f"{n}_height") is not None]
+    return escape(", ".join(found)) or "&ndash;"
+
+
+def tasks_table(tasks: list[dict[str, Any]]) -> str:
+    rows = []
+    for t in tasks:
+        cells = [
+            f"<code>{escape(str(t.get('name')))}</code>",
+            escape(str(t.get("task_type", ""))),
+            escape(str(t.get("author", ""))),
+            escape(str(t.get("prereq", ""))),
+            escape(str(t.get("outcome", ""))),
+            _badge("finalized" if t.get("finalized") else "draft"),
+            _heights(t, "created", "finalized", "completed"),
+        ]
+        rows.append(
+            f'<tr data-task="{escape(str(t.get("name")))}">'
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + "</tr>"
+        )
+    head = ["task", "type", "author", "prereq", "outcome", "state", "heights"]
+    return _table(head, rows, "no tasks", "tasks")
+
+
+def _peers(runner: dict[str, Any]) -> str:
+    peers = runner.get("peers")
+    if not isinstance(peers, list):
+        counts = runner.get("counts") or {}
+        return escape(", ".join(f"{k} {v}" for k, v in counts.items() if v)) or "&ndash;"
+    return (
+        "<br>".join(
+            f"{_node(str(p.get('node', '')))} {_badge(str(p.get('state', '')))}"
+            + (f" {escape(str(p['reason']))}" if p.get("reason") else "")
+            for p in peers
+        )
+        or "&ndash;"
+    )
+
+
+def runners_table(runners: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in runners:
+        listeners = r.get("listeners")
+        cells = [
+            f"<code>{escape(str(r.get('name')))}</code>",
+            escape(str(r.get("task") or "")) or "&ndash;",
+            _badge(str(r.get("state", ""))),
+            str(r.get("assignment", "")),
+            escape(f"{r.get('quorum', '')} ({r.get('mode', '')})"),
+            str(len(listeners) if isinstance(listeners, list) else listeners),
+            _peers(r),
+            _heights(r, "assigned", "finished"),
+        ]
+        rows.append(
+            f'<tr data-runner="{escape(str(r.get("name")))}" data-state='
+            f'"{escape(str(r.get("state", "")))}">'
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + "</tr>"
+        )
+    head = ["taskrunner", "task", "state", "assignment", "quorum", "listeners", "peers"]
+    return _table([*head, "heights"], rows, "no taskrunners", "runners")
 
 
 def tasks_page(snap: Snapshot, query: Query) -> str:
     tasks, runners = snap.data.get("tasks"), snap.data.get("taskrunners")
     if tasks is None and runners is None:
-        return '<p class="empty">no tasks: this node\'s API has no SWOP task list yet</p>'
+        return '<p class="empty">no tasks: this node\'s API has no SWOP task list</p>'
     return (
-        f"<h2>Tasks</h2>{_generic(tasks, 'tasks')}"
-        f"<h2>Task runners</h2>{_generic(runners, 'task runners')}"
+        f"<h2>Tasks</h2>{tasks_table(tasks or [])}"
+        f"<h2>Task runners</h2>{runners_table(runners or [])}"
     )
 
 
@@ -301,8 +352,10 @@ def sections(page_name: str, snap: Snapshot | None, error: str, query: Query) ->
     try:
         main = RENDERERS[page_name](snap, query)
         banner = ""
-    except LookupError as missing:
-        main, banner = "", f'<p class="warn">{escape(str(missing.args[0]))}</p>'
+    except LookupError as missing:  # a contract that is not (yet) there: offer the others
+        contracts = snap.data.get("contracts") or []
+        main = _picker(contracts, "", PATHS[page_name]) if contracts else ""
+        banner = f'<p class="warn">{escape(str(missing.args[0]))}</p>'
     took = f"{snap.fetch_s * 1000:.0f} ms"
     return {
         "banner": banner,

@@ -14,6 +14,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import trio
@@ -35,7 +36,8 @@ SOURCES = {
 }
 OPTIONAL = frozenset({"tasks", "taskrunners"})
 #: Views of the ledger's state: they change only when its height does.
-LEDGER_VIEWS = frozenset({"nodes", "contracts", "perfdata"})
+LEDGER_VIEWS = frozenset({"nodes", "contracts", "perfdata", "tasks", "taskrunners"})
+RUNNER_DETAILS_MAX = 20  # taskrunners whose peers (state and reason) a snapshot reads
 
 
 class UpstreamError(Exception):
@@ -174,7 +176,10 @@ class Upstream:
 
             async def one(name: str) -> None:
                 try:
-                    snap.data[name] = await self.get(SOURCES[name], optional=name in OPTIONAL)
+                    found = await self.get(SOURCES[name], optional=name in OPTIONAL)
+                    if name == "taskrunners" and isinstance(found, list):
+                        found = await self._runner_details(found)
+                    snap.data[name] = found
                 except UpstreamError as error:
                     errors.append(error)
 
@@ -189,6 +194,16 @@ class Upstream:
             snap.fetched_ms = int(time.time() * 1000)
             snap.fetch_s = time.perf_counter() - started
             return snap
+
+    async def _runner_details(self, runners: list[Any]) -> list[Any]:
+        """Each taskrunner's detailed view (its peers, their states and reasons)."""
+        detailed = list(runners)
+        for index, runner in enumerate(runners[:RUNNER_DETAILS_MAX]):
+            name = quote(str(runner.get("name", "")), safe="")
+            found = await self.get(f"{SOURCES['taskrunners']}/{name}", optional=True)
+            if isinstance(found, dict):
+                detailed[index] = found
+        return detailed
 
 
 def traffic(metrics_text: str) -> dict[str, float]:
