@@ -45,9 +45,9 @@ from swarmlearn.consensus.swarm_txs import (
     PerfData,
     TensorSpec,
 )
-from swarmlearn.dashboard import charts, model
+from swarmlearn.dashboard import charts, model, render
 from swarmlearn.dashboard.server import serve_dashboard
-from swarmlearn.dashboard.upstream import Upstream
+from swarmlearn.dashboard.upstream import Snapshot, Upstream
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.wire import Message
@@ -292,8 +292,13 @@ def test_charts_and_sizes() -> None:
     assert "no loss reported yet" in charts.line_chart("loss", [], "loss")
     layout = [["w", "float32", [10, 4]], ["b", "bfloat16", [10]], ["n", "int64", []]]
     assert model.model_bytes(layout) == 160 + 20 + 8
-    with pytest.raises(LookupError, match="no training contract on the ledger yet"):
+    with pytest.raises(model.Missing, match="no training contract on the ledger yet"):
         model.choose_contract([], None)
+    odd = Snapshot("https://node:30304", {"contracts": [{"rounds": []}], "perfdata": []})
+    parts = render.sections("perf", odd, "", {})
+    assert (
+        "cannot show this page from what https://node:30304 answered (KeyError" in (parts["banner"])
+    )
 
 
 @contextmanager

@@ -150,12 +150,16 @@ def contract_summary(contract: dict[str, Any]) -> ContractSummary:
     )
 
 
+class Missing(LookupError):
+    """What a page shows is not on the ledger (yet); the message says what is."""
+
+
 def choose_contract(contracts: list[dict[str, Any]], name: str | None) -> dict[str, Any]:
     """The contract called ``name``; without a name, the one with the latest activity.
 
-    Raises LookupError with a sentence naming the valid contracts."""
+    Raises :class:`Missing` with a sentence naming the valid contracts."""
     if not contracts:
-        raise LookupError(
+        raise Missing(
             "no training contract on the ledger yet: one appears when an operator creates it "
             "or the first SL node checks in"
         )
@@ -165,7 +169,7 @@ def choose_contract(contracts: list[dict[str, Any]], name: str | None) -> dict[s
         if contract["name"] == name:
             return contract
     names = ", ".join(c["name"] for c in contracts)
-    raise LookupError(f"no contract {name!r} on this swarm; contracts: {names}")
+    raise Missing(f"no contract {name!r} on this swarm; contracts: {names}")
 
 
 @dataclass(frozen=True)

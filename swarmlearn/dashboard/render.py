@@ -352,10 +352,17 @@ def sections(page_name: str, snap: Snapshot | None, error: str, query: Query) ->
     try:
         main = RENDERERS[page_name](snap, query)
         banner = ""
-    except LookupError as missing:  # a contract that is not (yet) there: offer the others
+    except model.Missing as missing:  # a contract that is not (yet) there: offer the others
         contracts = snap.data.get("contracts") or []
         main = _picker(contracts, "", PATHS[page_name]) if contracts else ""
         banner = f'<p class="warn">{escape(str(missing.args[0]))}</p>'
+    except (KeyError, TypeError, ValueError, AttributeError) as error:  # an unexpected answer
+        main = ""
+        banner = (
+            f'<p class="error">cannot show this page from what {escape(snap.api)} answered '
+            f"({type(error).__name__}: {escape(str(error))}): is the node a different "
+            f"swarmlearn version than this dashboard ({__version__})?</p>"
+        )
     took = f"{snap.fetch_s * 1000:.0f} ms"
     return {
         "banner": banner,
