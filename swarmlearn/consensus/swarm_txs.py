@@ -58,6 +58,7 @@ class CreateContract(Message, tag=0x94):
     grace_ms: int = 2_000  # after min_peers check-ins, how long the rest may still join
     exchange_base_ms: int = 10_000  # the exchange deadline: base + per GB of model
     exchange_ms_per_gb: int = 30_000
+    nonce: int = 0  # makes a repeated request a distinct transaction (senders: time in ns)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class ResetContract(Message, tag=0x95):
     """An operator (swci) starts a contract over: round numbers, layout and history reset."""
 
     name: str
+    nonce: int = 0  # a second reset of the same contract is a new request, not a replay
 
 
 @dataclass(frozen=True)
