@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -497,3 +498,17 @@ def test_an_swci_context_names_the_api_and_the_identity(
     assert resolve(named)[2].info.name == "a"
     assert main(["dashboard", "--context", "lbb"]) == 2
     assert "no context 'lbb'" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_one_line(pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ident = ["--cert", str(pki / "op.pem"), "--key", str(pki / "op-key.pem")]
+        ident += ["--cacert", str(pki / "ca.pem")]
+        assert main(["dashboard", "--api", "127.0.0.1:1", "--port", str(port), *ident]) == 2
+    error = capsys.readouterr().err
+    assert error == f"swarmlearn: error: --port {port}: 127.0.0.1:{port} is in use; " + (
+        "choose another port (0: any free one)\n"
+    )

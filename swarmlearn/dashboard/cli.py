@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import socket
 
 import trio
 
@@ -80,14 +81,35 @@ def run(args: argparse.Namespace) -> int:
     from swarmlearn.dashboard.upstream import Upstream
 
     host, port, identity = resolve(args)
+    if args.port and not _port_free(args.port):
+        raise ConfigError(_IN_USE.format(port=args.port))
     upstream = Upstream(identity, host, port)
     try:
         trio.run(run_dashboard, upstream, args.port, lambda line: print(line, flush=True))
-    except OSError as error:
-        if error.errno == errno.EADDRINUSE:
-            raise ConfigError(
-                f"--port {args.port}: 127.0.0.1:{args.port} is in use; choose another port "
-                "(0: any free one)"
-            ) from None
+    except (OSError, BaseExceptionGroup) as error:  # Hypercorn binds inside its nurseries
+        if _port_in_use(error):
+            raise ConfigError(_IN_USE.format(port=args.port)) from None
         raise
     return 0
+
+
+_IN_USE = "--port {port}: 127.0.0.1:{port} is in use; choose another port (0: any free one)"
+
+
+def _port_free(port: int) -> bool:
+    """Whether 127.0.0.1:``port`` can be bound now (as Hypercorn will, with SO_REUSEADDR)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def _port_in_use(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return any(_port_in_use(inner) for inner in error.exceptions)
+    return isinstance(error, OSError) and error.errno == errno.EADDRINUSE
