@@ -33,7 +33,7 @@ from swarmlearn.errors import ConfigError
 
 MARKER = ".swarmlearn-demo"
 QUIET_TIMEOUT_S = 180.0  # no event from any trainer for this long: something is stuck
-FRAMEWORKS = ("torch",)
+FRAMEWORKS = {"torch": "torch", "keras": "tensorflow"}  # and the module each needs
 
 
 @dataclass
@@ -93,7 +93,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epochs-per-round", type=int, default=1, help="local epochs between syncs (default 1)"
     )
-    parser.add_argument("--framework", default="torch", help="torch (default)")
+    parser.add_argument("--framework", default="torch", help="torch (default) or keras")
     parser.add_argument("--merge-method", default="mean", help="mean (default), coordmedian, ...")
     parser.add_argument(
         "--workdir", type=Path, default=Path("demo-run"), help="workspace (default ./demo-run)"
@@ -122,7 +122,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"--merge-method {args.merge_method!r} is not one of: {', '.join(sorted(METHODS))}"
         )
-    for module, extra in (("torch", "torch"), ("sklearn", "dev")):
+    for module, extra in ((FRAMEWORKS[args.framework], args.framework), ("sklearn", "dev")):
         try:
             __import__(module)
         except ImportError:
@@ -201,7 +201,7 @@ def _start_trainer(
     command = [
         sys.executable,
         "-m",
-        "swarmlearn.demo.trainer",
+        "swarmlearn.demo.trainer" if args.framework == "torch" else "swarmlearn.demo.trainer_keras",
         f"--node={index}",
         f"--nodes={args.nodes}",
         f"--rounds={args.rounds}",
@@ -278,17 +278,21 @@ def _compare(
     """The local-only and all-data models, trained here with the same steps per round."""
     from swarmlearn.demo import digits
 
+    if args.framework == "keras":
+        from swarmlearn.demo import digits_keras
+
+        train_alone = digits_keras.train_alone
+    else:
+        train_alone = digits.train_alone
     x_train, y_train, x_test, y_test = digits.dataset()
     shares = digits.split(x_train, y_train, args.nodes)
     steps = digits.steps_per_round(shares, args.epochs_per_round)
     alone = [
-        digits.train_alone(share, args.rounds, steps, x_test, y_test, seed=i)
+        train_alone(share, args.rounds, steps, x_test, y_test, seed=i)
         for i, share in enumerate(shares)
     ]
     everything = digits.split(x_train, y_train, 1)[0]
-    central = digits.train_alone(
-        everything, args.rounds, steps * args.nodes, x_test, y_test, seed=0
-    )
+    central = train_alone(everything, args.rounds, steps * args.nodes, x_test, y_test, seed=0)
     final_hashes = sorted({e["hash"] for e in progress.done.values()})
     return {
         "nodes": args.nodes,

@@ -26,8 +26,7 @@ def emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", type=int, required=True)
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--rounds", type=int, required=True)
@@ -35,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", type=Path, required=True)
     parser.add_argument("--merge-method", default="mean")
     parser.add_argument("--sync-timeout", type=float, default=120.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_trainer_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # several trainers share the machine's cores
 
