@@ -8,6 +8,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before tensorflow is imported
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,47 +18,16 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from sklearn.datasets import load_digits
 
 from swarmlearn.callback.core import SwarmError
 from swarmlearn.callback.keras import SwarmCallback, load_state, state_of, weight_names
 from swarmlearn.errors import ConfigError
+from tests.keras_helpers import accuracy, digits, net
+from tests.test_callback_embedded import NODES, write_configs
 from tests.test_callback_torch import run_scripts, two_daemons
 
 EPOCHS = 3
-TEST = slice(0, 300)  # held out: the same test set for every node
-
-
-def net(seed: int = 0) -> keras.Model:
-    """A small classifier with BatchNormalization; layers named, so weights match anywhere."""
-    model = keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(
-                32, kernel_initializer=keras.initializers.GlorotUniform(seed), name="hidden"
-            ),
-            keras.layers.BatchNormalization(momentum=0.9, name="norm"),
-            keras.layers.ReLU(name="relu"),
-            keras.layers.Dense(
-                10, kernel_initializer=keras.initializers.GlorotUniform(seed + 1), name="out"
-            ),
-        ],
-        name="digits",
-    )
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=0.1),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
-
-def digits(node: int, nodes: int = 2) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """This node's training share: label skew, it never sees digits d with d % nodes == node."""
-    x, y = load_digits(return_X_y=True)
-    x_train, y_train = x[300:] / 16.0, y[300:]
-    keep = (y_train % nodes) != node
-    return x_train[keep].astype(np.float32), y_train[keep]
+EMBEDDED_TIMEOUT_S = 240
 
 
 @pytest.fixture
@@ -297,14 +268,6 @@ def our_style_script(
         callbacks[node] = swarm
 
 
-def accuracy(weights: list[np.ndarray[Any, Any]]) -> float:
-    model = net()
-    model.set_weights(weights)
-    x, y = load_digits(return_X_y=True)
-    logits = model.predict(x[TEST] / 16.0, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=1) == y[TEST]))
-
-
 def test_two_daemons_hpe_style_and_ours_end_identical_and_beat_training_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -336,3 +299,59 @@ def test_two_daemons_hpe_style_and_ours_end_identical_and_beat_training_alone(
     together = accuracy(swarm[0])
     assert local_best < 0.55, local_best
     assert together > local_best + 0.2, (together, local_best)  # seen: 0.813 vs 0.487
+
+
+def start_trainer(node: int, config: Path, out: Path) -> subprocess.Popen[str]:
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    environment.pop("SWARM_LOOPBACK", None)
+    arguments = [str(node), str(NODES), str(config), str(out)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.embedded_keras_trainer", *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment,
+        cwd=Path(__file__).parent.parent,
+    )
+
+
+def wait_for_trainers(
+    processes: list[subprocess.Popen[str]], configs: list[Path], outs: list[Path]
+) -> list[str]:
+    """Once the sentinel (``processes[0]``) listens, start the others; all their output."""
+    sentinel = processes[0]
+    assert sentinel.stdout is not None
+    seen = []
+    for line in sentinel.stdout:  # the sentinel listens before the others bootstrap from it
+        seen.append(line)
+        if "listening on" in line:
+            break
+    else:
+        pytest.fail("".join(seen))
+    processes += [start_trainer(n, configs[n], outs[n]) for n in range(1, NODES)]
+    logs = [process.communicate(timeout=EMBEDDED_TIMEOUT_S)[0] for process in processes]
+    return ["".join(seen) + logs[0], *logs[1:]]
+
+
+def test_three_embedded_nodes_fit_one_keras_model(tmp_path: Path) -> None:
+    """Three processes, each with its swarm node inside (no daemon anywhere), real TLS on
+    loopback: bit-identical weights at the end, better than any node could do alone."""
+    configs = write_configs(tmp_path)
+    outs = [tmp_path / f"n{node}.npz" for node in range(NODES)]
+    processes = [start_trainer(0, configs[0], outs[0])]
+    try:
+        logs = wait_for_trainers(processes, configs, outs)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for process, log in zip(processes, logs, strict=True):
+        assert process.returncode == 0, log
+    weights = [list(np.load(out).values()) for out in outs]
+    for other in weights[1:]:
+        for a, b in zip(weights[0], other, strict=True):
+            assert a.dtype == b.dtype
+            assert a.tobytes() == b.tobytes()
+    assert "merged in" in logs[1]
+    assert accuracy(weights[0]) > 0.8  # seen: 0.893; each node alone lacks a third of the digits
