@@ -44,7 +44,13 @@ from swarmlearn.merge import ModelState
 # HPE's TF1 graph mode hooks variables through ``tf`` and ``sess``; named here so that a
 # script passing them is told why they are refused rather than "unknown option".
 PLATFORM_OPTIONS = ("tf", "sess")
-PYTORCH_OPTIONS = ("model", "lossFunction", "lossFunctionArgs", "metricFunction")
+PYTORCH_OPTIONS = (
+    "model",
+    "lossFunction",
+    "lossFunctionArgs",
+    "metricFunction",
+    "metricFunctionArgs",
+)
 TF1_MESSAGE = (
     "TF1 graph mode (mlPlatform='TF' with tf= and sess=) is not supported: train a Keras model"
     " with model.fit(..., callbacks=[swarmCallback])"
@@ -58,7 +64,7 @@ def weight_names(model: keras.Model) -> list[str]:
     used: set[str] = set()
     for variable in model.weights:
         path = str(variable.path)
-        base = path.removeprefix(prefix) if path != prefix else path
+        base = path.removeprefix(prefix)
         name, count = base, 0
         while name in used:
             count += 1
@@ -103,6 +109,8 @@ def load_state(model: keras.Model, state: ModelState) -> None:
 
 
 class SwarmCallback(keras.callbacks.Callback, SwarmCore):  # type: ignore[misc]
+    """HPE's SwarmCallback for ``model.fit(..., callbacks=[...])``; one per ``fit``."""
+
     def __init__(
         self,
         syncFrequency: Any,
