@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import re
 import select
 import socket
@@ -175,22 +176,24 @@ def test_callback_mistakes_are_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``swarmlearn ARGV`` with SWCI's contexts kept in the test's directory."""
     return subprocess.run(
         [sys.executable, "-m", "swarmlearn", *argv],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env={**os.environ, "XDG_CONFIG_HOME": str(Path("xdg").resolve())},
     )
 
 
 @pytest.fixture
-def sentinel(files: Path) -> Iterator[int]:
-    """A real sentinel (n0 of run/ca) on a free port; its port."""
+def sentinel(files: Path) -> Iterator[tuple[int, int]]:
+    """A real sentinel (n0 of run/ca) on free ports; its peer and API ports."""
     node = subprocess.Popen(
         [sys.executable, "-m", "swarmlearn", "node", "--sentinel", "--data-dir", "n0",
          "--cert", "run/ca/n0.pem", "--key", "run/ca/n0-key.pem", "--cacert", "run/ca/ca.pem",
-         "--listen", "127.0.0.1:0", "--api", "none"],
+         "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -205,7 +208,8 @@ def sentinel(files: Path) -> Iterator[int]:
             assert ready, "the sentinel printed no ready line within 60 s"
             line = node.stdout.readline()
             assert line, "the sentinel exited before it was ready"
-        yield int(line.split("/tcp/")[1].split("/")[0])
+        api = line.split("api https://127.0.0.1:")[1]
+        yield int(line.split("/tcp/")[1].split("/")[0]), int(api)
     finally:
         node.terminate()
         node.wait(timeout=30)
@@ -213,8 +217,8 @@ def sentinel(files: Path) -> Iterator[int]:
             node.stdout.close()
 
 
-def test_tls_and_reachability_messages_are_quoted(sentinel: int) -> None:
-    port = sentinel
+def test_tls_and_reachability_messages_are_quoted(sentinel: tuple[int, int]) -> None:
+    port = sentinel[0]
     Path("bad/both.pem").write_bytes(
         Path("bad/other/ca.pem").read_bytes() + Path("run/ca/ca.pem").read_bytes()
     )
@@ -297,3 +301,18 @@ def test_a_global_merge_method_in_a_round_is_quoted() -> None:
     with pytest.raises(ValueError, match="is global") as caught:
         RangeMerge(layout, shard, WeightSet.of([1, 1], 2), method_named("geomedian"))
     quoted(f"ValueError: {caught.value}")
+
+
+def test_swci_messages_are_quoted(sentinel: tuple[int, int]) -> None:
+    api = sentinel[1]
+    foreign = ("--cert", "bad/other/x.pem", "--key", "bad/other/x-key.pem")
+    Path("bad/both.pem").write_bytes(
+        Path("bad/other/ca.pem").read_bytes() + Path("run/ca/ca.pem").read_bytes()
+    )
+    for context, cacert in (("c1", "bad/other/ca.pem"), ("c2", "bad/both.pem")):
+        made = run("ci", *foreign, "--cacert", cacert, "CREATE", "CONTEXT", context, "WITH", "IP",
+                   "127.0.0.1", str(api))  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        listed = run("ci", "--context", context, "LIST", "NODES")
+        assert listed.returncode == 1
+        quoted(listed.stderr.strip().replace(f"127.0.0.1:{api}", "127.0.0.1:48304"))
