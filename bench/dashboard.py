@@ -30,6 +30,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
 import queue
 import re
 import statistics
@@ -290,6 +291,7 @@ def main() -> int:
             paints, ttfbs, tables = browser_times(url, runs) if browser else ([], [], [])
             cold_paints = browser_times(url, runs, served.upstream.forget)[0] if browser else []
     figures: dict[str, Any] = {"nodes": nodes, "rounds": rounds}
+    figures["load_average_1m"] = round(os.getloadavg()[0], 2)  # the machine is shared
     figures["api_read_ms"] = round(statistics.median(api), 1)
     figures["overview_cold_ms"] = round(statistics.median(cold), 1)
     figures["overview_server_ms"] = round(statistics.median(server), 1)

@@ -8,9 +8,11 @@ update come from one code path. Every value from the API goes through ``html.esc
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from html import escape
+from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
 
@@ -371,6 +373,17 @@ def sections(page_name: str, snap: Snapshot | None, error: str, query: Query) ->
     }
 
 
+@functools.cache
+def static_text(name: str) -> str:
+    """A file of ``static/`` (package data), read once."""
+    return resources.files("swarmlearn.dashboard").joinpath("static", name).read_text()
+
+
+def stylesheet() -> str:
+    """The CSS, inlined in every page: no request stands between the HTML and its first paint."""
+    return static_text("dashboard.css")
+
+
 def page(page_name: str, parts: dict[str, str], query: Query) -> str:
     """The whole document around ``parts``."""
     title = PAGES[page_name][0]
@@ -384,7 +397,7 @@ def page(page_name: str, parts: dict[str, str], query: Query) -> str:
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>{escape(title)} - swarmlearn dashboard</title>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<link rel="stylesheet" href="/static/dashboard.css">'
+        f"<style>{stylesheet()}</style>"
         f'<script src="/static/dashboard.js" defer></script></head>'
         f'<body data-page="{page_name}"><header><strong>swarmlearn</strong>'
         f"<nav>{nav}</nav><span id=conn></span><span id=stamp>{parts['stamp']}</span></header>"

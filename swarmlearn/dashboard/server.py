@@ -15,7 +15,6 @@ import json
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import trio
@@ -89,8 +88,8 @@ def build_app(upstream: Upstream, interval_s: float = INTERVAL_S) -> Starlette:
         name = request.path_params["name"]
         if name not in STATIC:
             return Response("not found", 404)
-        text = resources.files("swarmlearn.dashboard").joinpath("static", name).read_text()
-        return Response(text, media_type=STATIC[name])
+        cache = {"Cache-Control": "max-age=3600"}
+        return Response(render.static_text(name), media_type=STATIC[name], headers=cache)
 
     routes = [Route(path, page_route(name)) for name, path in render.PATHS.items()]
     routes += [
