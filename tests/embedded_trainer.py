@@ -14,7 +14,11 @@ from tests.test_callback_torch import digits_split, net
 
 
 def main() -> None:
-    node, nodes, config, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+    train(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4]))
+
+
+def train(node: int, nodes: int, config: str, out: Path) -> None:
+    """Two epochs on this node's share, a sync every 20 batches (alone with SWARM_LOOPBACK)."""
     torch.set_num_threads(1)
     model = net()
     x, y = digits_split(node, nodes)

@@ -18,6 +18,7 @@ from swarmlearn.callback.pytorch import SwarmCallback
 from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Role
+from tests.embedded_trainer import train
 from tests.test_callback_torch import accuracy, net
 
 NODES = 3
@@ -72,7 +73,9 @@ def start(node: int, config: Path, out: Path) -> subprocess.Popen[str]:
     )
 
 
-def test_three_embedded_nodes_train_one_model(tmp_path: Path) -> None:
+def test_three_embedded_nodes_train_one_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     configs = write_configs(tmp_path)
     outs = [tmp_path / f"n{node}.pt" for node in range(NODES)]
     sentinel = start(0, configs[0], outs[0])
@@ -94,7 +97,14 @@ def test_three_embedded_nodes_train_one_model(tmp_path: Path) -> None:
         for other in weights[1:]:
             assert torch.equal(tensor, other[name]), name  # bit for bit, buffers included
     assert "merged in" in logs[1]  # the per-round log line
-    assert accuracy(weights[0]) > 0.8  # each node alone lacks a third of the digits
+    # the same script alone (SWARM_LOOPBACK): each node lacks a third of the digits
+    monkeypatch.setenv("SWARM_LOOPBACK", "True")
+    alone = []
+    for node in range(NODES):
+        train(node, NODES, str(configs[node]), tmp_path / f"alone{node}.pt")
+        alone.append(accuracy(torch.load(tmp_path / f"alone{node}.pt")))
+    assert max(alone) < 0.75, alone
+    assert accuracy(weights[0]) > max(alone) + 0.1, (accuracy(weights[0]), alone)
 
 
 def test_node_config_must_exist(tmp_path: Path) -> None:
