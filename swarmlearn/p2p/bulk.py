@@ -234,12 +234,14 @@ class BlobServer:
                 continue
             except OSError:
                 return
-            threading.Thread(target=self._serve_raw, args=(raw,), daemon=True).start()
+            threading.Thread(target=self.serve_socket, args=(raw,), daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _serve_raw(self, raw: socket.socket) -> None:
+    def serve_socket(self, raw: socket.socket) -> None:
+        """Handshake on an accepted TCP socket and serve it until it closes (blocking; the
+        socket is closed at the end). A trio listener hands bulk connections over here."""
         lower_priority(self.nice)
         raw.settimeout(self.timeout_s)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -322,10 +324,13 @@ class Fetch:
         window_chunks: int = 4,
         reconnects_max: int = 3,
         nice: int = 5,
+        resume: bytes | None = None,
     ) -> None:
         if not sources or lanes_per_source < 1:
             raise LocalProtocolError("need at least one source and one lane per source")
         self.assembler = Assembler(manifest, bytes_max=bytes_max, buffer=buffer)
+        if resume is not None:  # chunks an earlier fetch left in ``buffer`` (re-verified)
+            self.assembler.resume(resume)
         self.manifest = manifest
         self.sources = {source.name: source for source in sources}
         self.lanes = [f"{s.name}#{k}" for s in sources for k in range(lanes_per_source)]

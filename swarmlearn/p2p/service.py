@@ -1,0 +1,477 @@
+"""The p2p service: the trio driver that runs the p2p cores on real sockets.
+
+Theory of operation
+-------------------
+:class:`P2PService` owns one :class:`~swarmlearn.p2p.node.P2PNode` (peer table + gossip)
+and carries out what it decides; every protocol decision is the core's. One function,
+:meth:`P2PService._input`, feeds the core an input with trio's clock and carries out the
+effects in order, without blocking:
+
+==============================  ==========================================================
+effect                          what the service does
+==============================  ==========================================================
+``Deliver(Dial(address))``      a dial task: TCP, the lane byte, mutual TLS (deadline:
+                                ``dial_timeout_s``); success is ``Connected``, failure
+                                ``DialFailed``; a dial already running is not repeated
+``Deliver(Close(conn))``        the link sends what it has queued, then ends
+``Send(peer, message)``         queued on the peer's link (bounded; a full queue drops and
+                                counts, as gossip expects)
+``SetTimer`` / ``CancelTimer``  one timer table; a task fires due tags as ``TimerFired``
+``Deliver(GossipDelivery)``     to the topic's subscriber channels (bounded; drops counted)
+``Deliver(PeerUp/PeerDown)``    the connected set changes; ``wait_*`` callers wake
+==============================  ==========================================================
+
+Every TCP connection starts with one cleartext byte naming what follows: ``M`` a message
+connection (mutual TLS 1.3 carrying a mux, :mod:`swarmlearn.p2p.service_link`), ``B`` a bulk
+lane for blobs (:mod:`swarmlearn.p2p.service_blobs`). So a node listens on one port. Every
+connection runs in the service's nursery; a link's end is ``Disconnected`` to the core.
+
+The core's peer id is the certificate's (the SHA-256 of its public key), and its key
+fingerprint the same digest, so a known peer presenting another key is a different peer id
+and is refused as a mismatch. Known addresses are persisted in the data directory
+(:mod:`swarmlearn.p2p.peerstore`) and dialed at the next start beside the seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from swarmlearn.errors import ConfigError, RemoteProtocolError
+from swarmlearn.p2p.gossip import Gossip, GossipConfig, GossipMessage, Publish, Subscribe
+from swarmlearn.p2p.gossip_messages import TOPIC_CONSENSUS, GossipDelivery
+from swarmlearn.p2p.identity import Identity, PeerId
+from swarmlearn.p2p.multiaddr import PeerAddress, parse_address
+from swarmlearn.p2p.mux import MuxConfig
+from swarmlearn.p2p.node import P2PNode
+from swarmlearn.p2p.peerstore import load_peers, save_peers
+from swarmlearn.p2p.peertable import (
+    Close,
+    Connected,
+    Dial,
+    DialFailed,
+    Disconnected,
+    PeerDown,
+    PeerExchange,
+    PeerTable,
+    PeerTableConfig,
+    PeerUp,
+)
+from swarmlearn.p2p.service_blobs import (
+    LANE_BULK,
+    LANE_MESSAGES,
+    BlobConfig,
+    BlobService,
+    FetchedBlob,
+    FetchError,
+)
+from swarmlearn.p2p.service_link import LINK_ERRORS, Link
+from swarmlearn.p2p.service_stats import ServiceCounters, ServiceStatistics, snapshot
+from swarmlearn.p2p.tls import client_context, server_context
+from swarmlearn.p2p.transfer import BlobManifest, BytesLike
+from swarmlearn.p2p.transport import (
+    Connection,
+    TransportConfig,
+    TransportCounters,
+    accept_stream,
+    connect_stream,
+)
+from swarmlearn.p2p.wire import Message
+from swarmlearn.sansio import (
+    Broadcast,
+    CancelTimer,
+    Deliver,
+    Effect,
+    Input,
+    Log,
+    Metric,
+    Receive,
+    Request,
+    Send,
+    SetTimer,
+    Start,
+    TimerFired,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BlobConfig", "FetchError", "FetchedBlob", "P2PService", "ServiceConfig"]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    host: str = "127.0.0.1"  # where to listen
+    port: int = 0  # 0: any free port
+    advertise_host: str | None = None  # the host others dial (default: ``host``)
+    seeds: tuple[str, ...] = ()  # the sentinel's address, multiaddr or host:port
+    data_dir: Path | None = None  # where known peers are kept across restarts
+    topics: tuple[str, ...] = ()  # subscribed at start
+    urgent_topics: tuple[str, ...] = (TOPIC_CONSENSUS,)  # on the priority-0 stream
+    table: PeerTableConfig = field(default_factory=PeerTableConfig)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    mux: MuxConfig = field(default_factory=MuxConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    blobs: BlobConfig = field(default_factory=BlobConfig)
+    queue_bytes_max: int = 8 * 1024 * 1024  # per link, not yet taken by the mux
+    write_budget_bytes: int = 256 * 1024  # data per writer turn
+    deliveries_max: int = 10_000  # per subscriber channel
+    persist_interval_s: float = 5.0
+    rng_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for index, seed in enumerate(self.seeds):
+            parse_address(seed, field=f"seeds[{index}]")
+        if self.host in ("0.0.0.0", "::") and self.advertise_host is None:
+            raise ConfigError(f"p2p host {self.host!r}: set advertise_host (the address to dial)")
+        if self.queue_bytes_max < 1 or self.deliveries_max < 1 or self.persist_interval_s <= 0:
+            raise ConfigError("p2p: queue_bytes_max, deliveries_max, persist_interval_s > 0")
+
+
+class P2PService:
+    """A node's p2p network service (see the module docstring)."""
+
+    def __init__(self, identity: Identity, config: ServiceConfig | None = None) -> None:
+        self.identity = identity
+        self.config = config or ServiceConfig()
+        self.me = str(identity.peer_id)
+        self.blobs = BlobService(identity, self.config.blobs)
+        self.counters = ServiceCounters()
+        self.address: PeerAddress | None = None
+        self.node: P2PNode | None = None
+        self._rng = random.Random(self.config.rng_seed)
+        self._links: dict[int, Link] = {}
+        self._next_conn = 0
+        self._dialing: set[tuple[str, int]] = set()
+        self._timers: dict[Any, float] = {}
+        self._timers_changed = trio.Event()
+        self._changed = trio.Event()
+        self._subscribers: dict[str, list[trio.MemorySendChannel[GossipDelivery]]] = {}
+        self._transport_counters = TransportCounters()
+        self._server_context = server_context(identity)
+        self._client_context = client_context(identity)
+        self._nursery: trio.Nursery | None = None
+        self._persisted: list[str] = []
+
+    # ------------------------------------------------------------ running
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[PeerAddress] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen, join the swarm and serve until cancelled (or :meth:`stop`); ``started``
+        gets this node's address (a multiaddr with its peer id)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                host, port = await nursery.start(self._listen)
+                advertised = self.config.advertise_host or host
+                self.address = PeerAddress(advertised, port, self.me)
+                self.node = self._build_node(self.address)
+                nursery.start_soon(self._fire_timers)
+                if self.config.data_dir is not None:
+                    nursery.start_soon(self._persist_every)
+                self._input(Start())
+                for topic in self.config.topics:
+                    self._input(Request(Subscribe(topic)))
+                task_status.started(self.address)
+        finally:
+            self.blobs.close()
+            self._persist()
+
+    def stop(self) -> None:
+        """End :meth:`run`: every connection and lane closes; known peers are persisted."""
+        self.blobs.close()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _build_node(self, address: PeerAddress) -> P2PNode:
+        config = self.config
+        seeds = [parse_address(seed, field="seeds") for seed in config.seeds]
+        if config.data_dir is not None:
+            seeds += [a for a in load_peers(config.data_dir) if a.peer != self.me]
+        table_config = PeerTableConfig(
+            **{**config.table.__dict__, "listen": (address,), "seeds": tuple(seeds)}
+        )
+        rng = self._rng
+        table = PeerTable(self.me, random.Random(rng.getrandbits(64)), table_config)
+        gossip = Gossip(self.me, random.Random(rng.getrandbits(64)), config.gossip)
+        return P2PNode(rng, table, gossip)
+
+    # ------------------------------------------------------------ the application's side
+
+    def subscribe(self, topic: str) -> trio.MemoryReceiveChannel[GossipDelivery]:
+        """Join ``topic``; its messages (not our own) arrive on the returned channel."""
+        send, receive = trio.open_memory_channel[GossipDelivery](self.config.deliveries_max)
+        self._subscribers.setdefault(topic, []).append(send)
+        self._input(Request(Subscribe(topic)))
+        return receive
+
+    def publish(self, topic: str, data: bytes) -> None:
+        """Publish ``data`` on ``topic`` (to every topic peer; they forward it on)."""
+        self.counters.published += 1
+        self._input(Request(Publish(topic, data)))
+
+    async def serve_blob(self, data: BytesLike, chunk_bytes: int | None = None) -> BlobManifest:
+        """Serve ``data`` to peers that fetch it by the manifest's root (a view is kept)."""
+        return await self.blobs.serve(data, chunk_bytes)
+
+    async def fetch_blob(
+        self,
+        root: bytes,
+        sources: Sequence[str],
+        buffer: bytearray | memoryview | None = None,
+    ) -> FetchedBlob:
+        """Fetch blob ``root`` from the peers ``sources`` (peer ids: at their known addresses,
+        or multiaddrs with peer ids); every chunk is verified against the manifest."""
+        addresses = []
+        for source in sources:
+            address = self._address_of(source)
+            if address is not None:
+                addresses.append(address)
+        if not addresses:
+            raise FetchError(f"blob {root.hex()[:16]}: no known address for {list(sources)}")
+        return await self.blobs.fetch(root, addresses, buffer)
+
+    def _address_of(self, source: str) -> PeerAddress | None:
+        if source.startswith("/"):
+            return parse_address(source, field="source")
+        assert self.node is not None, "the service is not running"
+        known = self.node.peers.known.get(source)
+        return known.address if known is not None and known.address.port else None
+
+    def connected(self) -> list[str]:
+        return self.node.peers.connected() if self.node is not None else []
+
+    def known(self) -> list[str]:
+        if self.node is None:
+            return []
+        return sorted(p for p, e in self.node.peers.known.items() if e.address.port)
+
+    async def wait_connected(self, count: int) -> None:
+        """Until at least ``count`` peers are connected (callers put a deadline around it)."""
+        while len(self.connected()) < count:
+            await self.wait_changed()
+
+    async def wait_known(self, count: int) -> None:
+        """Until at least ``count`` peers' addresses are known."""
+        while len(self.known()) < count:
+            await self.wait_changed()
+
+    async def wait_changed(self) -> None:
+        """Until a peer comes up or goes down, a connection is refused or closed, or a peer
+        exchange arrives."""
+        await self._changed.wait()
+
+    def statistics(self) -> ServiceStatistics:
+        return snapshot(self)
+
+    # ------------------------------------------------------------ the loop
+
+    def _input(self, event: Input) -> None:
+        """Feed the core one input and carry out its effects, in order (never blocks)."""
+        assert self.node is not None
+        for effect in self.node.handle(event, trio.current_time()):
+            self._carry_out(effect)
+
+    def _receive(self, peer: str, message: Message) -> None:
+        self._input(Receive(peer, message))
+        if isinstance(message, PeerExchange):
+            self._signal_change()  # addresses may have been learnt
+
+    def _signal_change(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _carry_out(self, effect: Effect) -> None:
+        match effect:
+            case Send(peer, message):
+                self._send(peer, message)
+            case Broadcast(message, peers):
+                for peer in peers if peers is not None else self.connected():
+                    self._send(peer, message)
+            case SetTimer(tag, delay_s):
+                self._timers[tag] = trio.current_time() + delay_s
+                self._timers_changed.set()
+            case CancelTimer(tag):
+                self._timers.pop(tag, None)
+            case Deliver(value):
+                self._deliver(value)
+            case Log(text, level, fields):
+                log.log(logging.getLevelName(level.upper()), "%s %s", text, dict(fields))
+            case Metric():
+                pass  # the cores' counters are read by statistics()
+            case _:
+                log.warning("p2p service: unexpected effect %r", effect)
+
+    def _deliver(self, value: object) -> None:
+        match value:
+            case Dial(address):
+                key = (address.host, address.port)
+                if key not in self._dialing and self._nursery is not None:
+                    self._dialing.add(key)
+                    self._nursery.start_soon(self._dial, address)
+            case Close(conn, reason):
+                link = self._links.get(conn)
+                if link is not None:
+                    link.ended = link.ended or reason
+                    link.close()
+                self._signal_change()  # a refusal is news too (statistics().refused)
+            case PeerUp() | PeerDown():
+                self._signal_change()
+            case GossipDelivery(topic):
+                self.counters.delivered += 1
+                for channel in list(self._subscribers.get(topic, [])):
+                    try:
+                        channel.send_nowait(value)
+                    except trio.WouldBlock:
+                        self.counters.deliveries_dropped += 1
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self._subscribers[topic].remove(channel)  # the subscriber left
+            case _:
+                pass
+
+    def _send(self, peer: str, message: Message) -> None:
+        link = self._link_for(peer)
+        if link is None:
+            self.counters.unroutable += 1
+            return
+        urgent = (
+            not isinstance(message, GossipMessage) or message.topic in self.config.urgent_topics
+        )
+        if not link.queue(message, 0 if urgent else 1):
+            self.counters.queue_full += 1
+
+    def _link_for(self, peer: str) -> Link | None:
+        """The core's connection to ``peer``, else the newest link to it (a refused peer
+        gets a peer exchange on the connection being refused)."""
+        assert self.node is not None
+        conn = self.node.peers.by_peer.get(peer)
+        if conn is not None and conn in self._links:
+            return self._links[conn]
+        links = [link for link in self._links.values() if link.peer == peer and not link.closing]
+        return max(links, key=lambda link: link.conn) if links else None
+
+    async def _fire_timers(self) -> None:
+        while True:
+            deadline = min(self._timers.values(), default=float("inf"))
+            with trio.move_on_at(deadline):
+                await self._timers_changed.wait()
+            self._timers_changed = trio.Event()
+            now = trio.current_time()
+            due = sorted((at, repr(tag), tag) for tag, at in self._timers.items() if at <= now)
+            for _, _, tag in due:
+                if self._timers.get(tag, float("inf")) <= now:
+                    del self._timers[tag]
+                    self._input(TimerFired(tag))
+
+    # ------------------------------------------------------------ connections
+
+    async def _listen(self, *, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+        sockname = listeners[0].socket.getsockname()
+        task_status.started((str(sockname[0]), int(sockname[1])))
+        await trio.serve_listeners(self._accept, listeners)
+
+    async def _accept(self, tcp: trio.SocketStream) -> None:
+        self.counters.accepted += 1
+        try:
+            with trio.fail_after(self.config.transport.handshake_timeout_s):
+                kind = await tcp.receive_some(1)
+                if kind == LANE_BULK:
+                    self.blobs.take_lane(tcp)
+                    return
+                if kind != LANE_MESSAGES:
+                    raise RemoteProtocolError(f"unknown connection kind {bytes(kind)!r}")
+                connection = await accept_stream(
+                    self.identity,
+                    tcp,
+                    config=self.config.transport,
+                    context=self._server_context,
+                    counters=self._transport_counters,
+                )
+        except (trio.TooSlowError, OSError, *LINK_ERRORS) as error:
+            self.counters.handshakes_failed += 1
+            log.info("p2p: refused an inbound connection: %s", error)
+            await trio.aclose_forcefully(tcp)
+            return
+        await self._run_link(connection, outbound=False, address=None)
+
+    async def _dial(self, address: PeerAddress) -> None:
+        self.counters.dials += 1
+        try:
+            assert self.node is not None
+            with trio.fail_after(self.node.peers.config.dial_timeout_s):
+                tcp = await trio.open_tcp_stream(address.host, address.port)
+                try:
+                    await tcp.send_all(LANE_MESSAGES)
+                    connection = await connect_stream(
+                        self.identity,
+                        tcp,
+                        config=self.config.transport,
+                        context=self._client_context,
+                        counters=self._transport_counters,
+                    )
+                except BaseException:
+                    await trio.aclose_forcefully(tcp)
+                    raise
+        except (trio.TooSlowError, OSError, *LINK_ERRORS) as error:
+            self._dialing.discard((address.host, address.port))
+            self.counters.dials_failed += 1
+            self._input(Request(DialFailed(address, f"{type(error).__name__}: {error}")))
+            return
+        self._dialing.discard((address.host, address.port))
+        await self._run_link(connection, outbound=True, address=address)
+
+    async def _run_link(
+        self, connection: Connection, *, outbound: bool, address: PeerAddress | None
+    ) -> None:
+        self._next_conn += 1
+        conn = self._next_conn
+        config = self.config
+        peer = str(connection.peer_id)
+        link = Link(
+            conn,
+            peer,
+            connection,
+            outbound=outbound,
+            mux_config=config.mux,
+            queue_bytes_max=config.queue_bytes_max,
+            write_budget_bytes=config.write_budget_bytes,
+            frame_bytes_max=config.transport.frame_bytes_max,
+        )
+        self._links[conn] = link
+        self.counters.links_opened += 1
+        try:
+            key = PeerId.parse(peer).digest
+            self._input(Request(Connected(conn, peer, key, outbound, address)))
+            await link.run(lambda message: self._receive(peer, message))
+        finally:
+            del self._links[conn]
+            self.counters.links_closed += 1
+            if self.node is not None:
+                self._input(Request(Disconnected(conn, link.ended or "ended")))
+
+    # ------------------------------------------------------------ persistence
+
+    async def _persist_every(self) -> None:
+        while True:
+            await trio.sleep(self.config.persist_interval_s)
+            self._persist()
+
+    def _persist(self) -> None:
+        if self.config.data_dir is None or self.node is None:
+            return
+        addresses = [
+            entry.address.with_peer(peer)
+            for peer, entry in self.node.peers.known.items()
+            if entry.address.port and peer != self.me
+        ]
+        texts = sorted(str(address) for address in addresses)
+        if texts != self._persisted:
+            save_peers(self.config.data_dir, addresses)
+            self._persisted = texts

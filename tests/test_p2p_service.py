@@ -1,0 +1,371 @@
+"""The p2p service on real loopback sockets (mutual TLS 1.3): discovery from one sentinel
+address, gossip, a 200 MB blob while consensus-sized messages keep flowing, several sources,
+the peer-id check, persisted peers, and real processes.
+
+No sleeps: every wait is on an event (a peer up, a message delivered) under a deadline."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from swarmlearn.errors import ConfigError
+from swarmlearn.p2p.certs import create_ca, issue_certificate
+from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
+from swarmlearn.p2p.multiaddr import PeerAddress
+from swarmlearn.p2p.peerstore import load_peers, peers_path
+from swarmlearn.p2p.service import P2PService, ServiceConfig
+from swarmlearn.p2p.service_blobs import BlobConfig, FetchError
+
+CONSENSUS = "consensus"
+NODES = 5
+DISCOVERY_DEADLINE_S = 20.0
+BLOB_BYTES = 200 * 1024 * 1024
+P99_BOUND_MS = 200.0
+IDLE_PINGS = 40
+LOAD_FACTOR = 5.0
+PING_TAGS = (index.to_bytes(8, "big") for index in itertools.count())
+
+
+@pytest.fixture(scope="module")
+def identities(tmp_path_factory: pytest.TempPathFactory) -> list[IdentityPaths]:
+    root = tmp_path_factory.mktemp("p2p-service-pki")
+    ca = create_ca(root / "ca")
+    paths = []
+    for index in range(NODES + 1):
+        issued = issue_certificate(
+            ca, f"node-{index}", root / "ca", hosts=["127.0.0.1"], roles=[Role.SN, Role.SL]
+        )
+        paths.append(IdentityPaths(issued.cert_path, issued.key_path, root / "ca" / "ca.pem"))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def loaded(identities: list[IdentityPaths]) -> list[Identity]:
+    return [load_identity(paths) for paths in identities]
+
+
+@asynccontextmanager
+async def swarm(configs: list[tuple[Identity, ServiceConfig]]) -> AsyncIterator[list[P2PService]]:
+    """Start the services in order (the first is the sentinel), stop them all at the end."""
+    services = []
+    async with trio.open_nursery() as nursery:
+        for identity, config in configs:
+            service = P2PService(identity, config)
+            await nursery.start(service.run)
+            services.append(service)
+        yield services
+        for service in services:
+            service.stop()
+
+
+def sentinel_plus(
+    loaded: list[Identity], count: int, **options: object
+) -> Callable[[PeerAddress], list[tuple[Identity, ServiceConfig]]]:
+    def configs(sentinel: PeerAddress) -> list[tuple[Identity, ServiceConfig]]:
+        # Half the nodes are given host:port, half the multiaddr with the sentinel's peer id.
+        seeds = [sentinel.host_port, str(sentinel)]
+        return [
+            (loaded[i], ServiceConfig(seeds=(seeds[i % 2],), rng_seed=i, **options))  # type: ignore[arg-type]
+            for i in range(1, count)
+        ]
+
+    return configs
+
+
+async def wait_full_mesh(services: list[P2PService]) -> None:
+    with trio.fail_after(DISCOVERY_DEADLINE_S):
+        for service in services:
+            await service.wait_connected(len(services) - 1)
+            await service.wait_known(len(services) - 1)
+
+
+@asynccontextmanager
+async def five_nodes(loaded: list[Identity]) -> AsyncIterator[list[P2PService]]:
+    config = ServiceConfig(rng_seed=0, topics=(CONSENSUS,))
+    async with swarm([(loaded[0], config)]) as (sentinel,):
+        assert sentinel.address is not None
+        others = sentinel_plus(loaded, NODES, topics=(CONSENSUS,))(sentinel.address)
+        async with swarm(others) as rest:
+            yield [sentinel, *rest]
+
+
+async def ping_pong(
+    pinger: P2PService, ponger: P2PService, rtts_ms: list[float], until: Callable[[], bool]
+) -> None:
+    """``pinger`` publishes a 300-byte consensus message, ``ponger`` answers on the same
+    topic, and the next ping goes when the answer arrives; until ``until()`` holds."""
+    pings = ponger.subscribe(CONSENSUS)
+    pongs = pinger.subscribe(CONSENSUS)
+    filler = bytes(280)
+
+    async def answer() -> None:
+        async for delivery in pings:
+            if delivery.data.startswith(b"ping"):
+                ponger.publish(CONSENSUS, b"pong" + delivery.data[4:])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer)
+        while not until():
+            tag = next(PING_TAGS)  # unique: gossip ids are content hashes
+            sent = trio.current_time()
+            pinger.publish(CONSENSUS, b"ping" + tag + filler)
+            with trio.fail_after(10):
+                async for delivery in pongs:
+                    if delivery.data.startswith(b"pong" + tag):
+                        break
+            rtts_ms.append((trio.current_time() - sent) * 1000)
+        nursery.cancel_scope.cancel()
+    pings.close()
+    pongs.close()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def test_five_nodes_from_one_sentinel_then_a_200_mb_blob_beside_consensus_traffic(
+    loaded: list[Identity],
+) -> None:
+    blob = np.random.default_rng(5).integers(0, 256, BLOB_BYTES, dtype=np.uint8)
+    async with five_nodes(loaded) as services:
+        await wait_full_mesh(services)
+        for service in services:
+            stats = service.statistics()
+            assert len(stats.connected) == NODES - 1
+            assert set(stats.known) == {s.me for s in services} - {service.me}
+            assert stats.refused.get("connection limit", 0) == 0
+        source, receiver = services[1], services[3]
+        idle_ms: list[float] = []
+        await ping_pong(receiver, source, idle_ms, lambda: len(idle_ms) >= IDLE_PINGS)
+        manifest = await source.serve_blob(blob.data)
+        fetched = []
+        busy_ms: list[float] = []
+
+        async def fetch() -> None:
+            fetched.append(await receiver.fetch_blob(manifest.root, [source.me]))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch)
+            await ping_pong(receiver, source, busy_ms, lambda: bool(fetched))
+        result = fetched[0]
+        assert result.manifest.root == manifest.root
+        assert hashlib.sha256(result.data).digest() == hashlib.sha256(blob.data).digest()
+        assert result.chunks_from == {source.me: manifest.chunk_count}
+        assert not result.banned
+        idle_p50, idle_p99, busy_p50, busy_p99 = (
+            percentile(idle_ms, 0.5),
+            percentile(idle_ms, 0.99),
+            percentile(busy_ms, 0.5),
+            percentile(busy_ms, 0.99),
+        )
+        rate = BLOB_BYTES / result.elapsed_s / 1e6
+        print(
+            f"blob {rate:.0f} MB/s in {result.elapsed_s:.1f} s; "
+            f"idle rtt p50 {idle_p50:.1f} ms p99 {idle_p99:.1f} ms; "
+            f"during: {len(busy_ms)} pings, rtt p50 {busy_p50:.1f} ms p99 {busy_p99:.1f} ms"
+        )
+        assert len(busy_ms) >= 5  # messages kept flowing all along
+        # The bound: 200 ms, or five times the idle p99 measured just before, when other work
+        # loads the machine (this 2-core machine's load average reaches 20 at times).
+        assert busy_p99 < max(P99_BOUND_MS, LOAD_FACTOR * idle_p99)
+        stats = receiver.statistics()
+        assert stats.blobs["fetches_completed"] == 1
+        assert stats.blobs["bytes_fetched"] == BLOB_BYTES
+        assert stats.counters["queue_full"] == 0
+
+
+async def test_several_sources_a_corrupt_one_banned_and_a_resumed_fetch(
+    loaded: list[Identity],
+) -> None:
+    blob = random.Random(11).randbytes(16 * 1024 * 1024 + 5)
+    blobs = BlobConfig(chunk_bytes=512 * 1024)
+    config = ServiceConfig(rng_seed=0, blobs=blobs)
+    async with swarm([(loaded[0], config)]) as (sentinel,):
+        assert sentinel.address is not None
+        async with swarm(sentinel_plus(loaded, 4, blobs=blobs)(sentinel.address)) as rest:
+            services = [sentinel, *rest]
+            await wait_full_mesh(services)
+            honest, also_honest, corrupt = services[0], services[1], services[2]
+            receiver = services[3]
+            manifest = await honest.serve_blob(blob)
+            await also_honest.serve_blob(blob)
+            # The corrupt source serves the honest manifest; from chunk 8 on, flipped bytes.
+            half = 8 * blobs.chunk_bytes
+            corrupt.blobs.server.add(manifest, blob[:half] + bytes(b ^ 1 for b in blob[half:]))
+
+            both = await receiver.fetch_blob(manifest.root, [honest.me, also_honest.me])
+            assert bytes(both.data) == blob
+            assert not both.banned
+            assert both.chunks_from[honest.me] > 0
+            assert both.chunks_from[also_honest.me] > 0
+
+            mixed = await receiver.fetch_blob(manifest.root, [corrupt.me, honest.me])
+            assert bytes(mixed.data) == blob
+            assert "bad hash" in mixed.banned[corrupt.me]
+            assert honest.me not in mixed.banned
+
+            with pytest.raises(FetchError, match="every source gave up"):
+                await receiver.fetch_blob(manifest.root, [corrupt.me])
+            held = receiver.blobs.counters.chunks_resumed
+            resumed = await receiver.fetch_blob(manifest.root, [also_honest.me])
+            resumed_chunks = receiver.blobs.counters.chunks_resumed - held
+            assert bytes(resumed.data) == blob
+            assert resumed_chunks >= 1  # the corrupt source's good first chunks were kept
+            assert resumed.chunks_from == {also_honest.me: manifest.chunk_count - resumed_chunks}
+            with pytest.raises(FetchError, match="no known address"):
+                await receiver.fetch_blob(manifest.root, ["nobody"])
+
+
+async def test_a_wrong_peer_is_refused_and_a_restart_reconnects_without_the_sentinel(
+    loaded: list[Identity], tmp_path: Path
+) -> None:
+    dirs = [tmp_path / f"node{i}" for i in range(3)]
+    async with swarm([(loaded[0], ServiceConfig(rng_seed=0, data_dir=dirs[0]))]) as (sentinel,):
+        assert sentinel.address is not None
+        seed = (sentinel.address.host_port,)
+        first = [
+            (loaded[i], ServiceConfig(seeds=seed, data_dir=dirs[i], rng_seed=i)) for i in (1, 2)
+        ]
+        async with swarm(first) as (one, two):
+            await wait_full_mesh([sentinel, one, two])
+            assert one.address is not None
+            assert two.address is not None
+            # An address that names node two's peer id but reaches node one: refused.
+            liar = str(PeerAddress(one.address.host, one.address.port, two.me))
+            async with swarm([(loaded[3], ServiceConfig(seeds=(liar,), rng_seed=3))]) as (odd,):
+                with trio.fail_after(DISCOVERY_DEADLINE_S):
+                    while not odd.statistics().refused:
+                        await odd.wait_changed()
+                stats = odd.statistics()
+                assert any("but reached" in reason for reason in stats.refused)
+                assert stats.connected == ()
+            two.stop()
+        sentinel.stop()
+    stored = load_peers(dirs[2])
+    assert {a.peer for a in stored} == {sentinel.me, one.me}
+    assert peers_path(dirs[2]).stat().st_mode & 0o777 == 0o600
+    # Node two again, no seeds: it finds node one (still up) from its stored addresses.
+    one_again = ServiceConfig(port=one.address.port, data_dir=dirs[1], rng_seed=1)
+    two_again = ServiceConfig(data_dir=dirs[2], rng_seed=2)
+    async with swarm([(loaded[1], one_again), (loaded[2], two_again)]) as (one, two):
+        with trio.fail_after(DISCOVERY_DEADLINE_S):
+            await two.wait_connected(1)
+        assert two.connected() == [one.me]
+
+
+def test_bad_input_is_one_line_naming_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"seeds\[1\] 'nowhere': no port"):
+        ServiceConfig(seeds=("127.0.0.1:4000", "nowhere"))
+    with pytest.raises(ConfigError, match="advertise_host"):
+        ServiceConfig(host="0.0.0.0")
+    peers_path(tmp_path).write_text('{"version": 1, "peers": ["/ip4/1.2.3.4/tcp/5"]}')
+    with pytest.raises(ConfigError, match=r"p2p-peers.json: peers\[0\] .* has no /p2p/ID"):
+        load_peers(tmp_path)
+    peers_path(tmp_path).write_text("{")
+    with pytest.raises(ConfigError, match=r"p2p-peers\.json: unreadable"):
+        load_peers(tmp_path)
+
+
+class Process:
+    """A ``service_cli`` process; its JSON lines are read with a deadline (no sleeps)."""
+
+    def __init__(self, paths: IdentityPaths, *args: str) -> None:
+        command = [sys.executable, "-m", "swarmlearn.p2p.service_cli", "--cert", str(paths.cert)]
+        command += ["--key", str(paths.key), "--cacert", str(paths.ca), *args]
+        self.popen = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.selector = selectors.DefaultSelector()
+        assert self.popen.stdout is not None
+        self.selector.register(self.popen.stdout, selectors.EVENT_READ)
+        self.last: dict[str, object] = {}
+        self.peer_id = ""
+
+    def wait_for(self, check: Callable[[dict[str, object]], bool], deadline_s: float) -> None:
+        """Read lines until one passes ``check``; fails at the deadline or at exit."""
+        assert self.popen.stdout is not None
+        end = time.monotonic() + deadline_s
+        while (left := end - time.monotonic()) > 0:
+            if not self.selector.select(left):
+                continue
+            line = self.popen.stdout.readline()
+            assert line, f"process exited ({self.popen.wait()}) before the condition held"
+            self.last = json.loads(line)
+            if self.last["event"] == "listening":
+                self.peer_id = str(self.last["peer_id"])
+            if check(self.last):
+                return
+        raise AssertionError(f"deadline passed; last line: {self.last}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        self.wait_for(lambda event: event["event"] == "stopped", 30)
+        assert self.popen.wait(30) == 0
+
+
+@contextmanager
+def processes() -> Iterator[list[Process]]:
+    started: list[Process] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            if process.popen.poll() is None:
+                process.popen.kill()
+            process.popen.wait()
+            process.selector.close()
+            if process.popen.stdout is not None:
+                process.popen.stdout.close()
+
+
+def connected_to(count: int) -> Callable[[dict[str, object]], bool]:
+    def check(event: dict[str, object]) -> bool:
+        peers = event.get("connected")
+        known = event.get("known")
+        return (
+            isinstance(peers, list)
+            and isinstance(known, list)
+            and len(peers) >= count <= len(known)
+        )
+
+    return check
+
+
+def test_real_processes_find_each_other_and_a_restart_needs_no_sentinel(
+    identities: list[IdentityPaths], tmp_path: Path
+) -> None:
+    with processes() as started:
+        sentinel = Process(identities[0], "--data-dir", str(tmp_path / "n0"))
+        started.append(sentinel)
+        sentinel.wait_for(lambda event: event["event"] == "listening", 60)
+        seed = str(sentinel.last["address"])
+        for index in (1, 2, 3):
+            started.append(
+                Process(identities[index], "--seed", seed, "--data-dir", f"{tmp_path}/n{index}")
+            )
+        for process in started:
+            process.wait_for(connected_to(3), 60)
+        sentinel.stop()
+        started[3].stop()
+        stopped = started[3].last["statistics"]
+        assert isinstance(stopped, dict)
+        assert len(stopped["known"]) == 3
+        again = Process(identities[3], "--data-dir", str(tmp_path / "n3"))  # no --seed
+        started.append(again)
+        again.wait_for(connected_to(2), 60)
+        assert again.last["connected"] == sorted(p.peer_id for p in started[1:3])
