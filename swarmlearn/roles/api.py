@@ -14,6 +14,7 @@ The endpoints are described in ``openapi.json`` beside this module, served at
 from __future__ import annotations
 
 import ssl
+import weakref
 from collections.abc import Iterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from swarmlearn.p2p.tls import server_context
 from swarmlearn.roles import task_views, views
 
 if TYPE_CHECKING:
+    from swarmlearn.p2p.service import P2PService
     from swarmlearn.roles.validator import ValidatorNode
 
 API_VERSION = "v1"
@@ -62,6 +64,14 @@ def _json(data: Any, status: int = 200) -> JSONResponse:
 
 def _error(status: int, message: str) -> JSONResponse:
     return _json({"error": message}, status)
+
+
+#: The p2p service running beside a node (``swarm-node --p2p``), shown by ``/v1/peers``.
+_P2P: weakref.WeakKeyDictionary[ValidatorNode, P2PService] = weakref.WeakKeyDictionary()
+
+
+def attach_p2p(node: ValidatorNode, service: P2PService) -> None:
+    _P2P[node] = service
 
 
 def build_app(node: ValidatorNode) -> Starlette:
@@ -136,6 +146,11 @@ def build_app(node: ValidatorNode) -> Starlette:
         result = {"accepted": reply.accepted, "reason": reply.reason, "height": reply.height}
         return _json(result, 200 if reply.accepted else 422)
 
+    async def peers(request: Request) -> JSONResponse:
+        service = _P2P.get(node)
+        stats = service.statistics().to_json() if service is not None else None
+        return _json({"ledger": list(node.status().peers), "p2p": stats})
+
     async def openapi(request: Request) -> Response:
         document = resources.files("swarmlearn.roles").joinpath("openapi.json").read_text()
         return Response(document, media_type="application/json")
@@ -160,6 +175,7 @@ def build_app(node: ValidatorNode) -> Starlette:
         Route(f"{prefix}/taskrunners", taskrunners),
         Route(f"{prefix}/taskrunners/{{name}}", taskrunner),
         Route(f"{prefix}/transactions", transactions, methods=["POST"]),
+        Route(f"{prefix}/peers", peers),
         Route(f"{prefix}/openapi.json", openapi),
         Route("/metrics", metrics),
     ]

@@ -30,10 +30,13 @@ from swarmlearn.cli import (
 )
 from swarmlearn.errors import ConfigError, RemoteProtocolError
 from swarmlearn.p2p.address import parse_host_port
+from swarmlearn.p2p.gossip_messages import TOPIC_CONSENSUS
 from swarmlearn.p2p.identity import Identity, Role
 from swarmlearn.p2p.messages import Goodbye, Ping, Pong
+from swarmlearn.p2p.multiaddr import parse_address
+from swarmlearn.p2p.service import P2PService, ServiceConfig
 from swarmlearn.p2p.transport import TransportConfig, dial
-from swarmlearn.roles.api import DEFAULT_API_PORT
+from swarmlearn.roles.api import DEFAULT_API_PORT, attach_p2p
 from swarmlearn.roles.config import add_config_arguments, resolve
 from swarmlearn.roles.swop import Swop
 from swarmlearn.roles.swop_yaml import Profile, load_profile
@@ -42,6 +45,7 @@ from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions
 log = logging.getLogger("swarmlearn.node")
 
 DEFAULT_P2P_PORT = 30303  # HPE's SN peer-to-peer port
+DEFAULT_P2P_SERVICE_PORT = 30310  # the p2p service (swarmlearn.p2p.service), with --p2p
 
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +79,17 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
+        "--p2p",
+        metavar="HOST:PORT",
+        help="also run the p2p service (discovery, gossip, blobs) here; see docs/p2p.md",
+    )
+    parser.add_argument(
+        "--p2p-seed",
+        action="append",
+        metavar="ADDRESS",
+        help="the sentinel's p2p address, HOST:PORT or /ip4/../tcp/../p2p/ID (repeatable)",
+    )
+    parser.add_argument(
         "--swop-profile",
         type=Path,
         metavar="FILE",
@@ -92,9 +107,13 @@ def add_ping_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def serve_node(
-    identity: Identity, options: ValidatorOptions, profile: Profile | None = None
+    identity: Identity,
+    options: ValidatorOptions,
+    profile: Profile | None = None,
+    p2p: ServiceConfig | None = None,
 ) -> None:
-    """Run the node (and its SWOP, with a profile) until SIGTERM or SIGINT, then stop cleanly."""
+    """Run the node (and its SWOP, with a profile; and the p2p service, with a config) until
+    SIGTERM or SIGINT, then stop cleanly."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         node = await ValidatorNode.open(
             identity, options, on_ready=lambda line: print(line, flush=True)
@@ -103,6 +122,11 @@ async def serve_node(
             await nursery.start(node.run)
             if profile is not None:
                 await nursery.start(Swop(node, profile).run)
+            if p2p is not None:
+                service = P2PService(identity, p2p)
+                address = await nursery.start(service.run)
+                attach_p2p(node, service)
+                print(f"p2p service listening on {address}", flush=True)
             async for signum in signals:
                 log.info("%s received, stopping", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
@@ -122,6 +146,28 @@ def node_options(args: argparse.Namespace) -> ValidatorOptions:
         chain_id=args.chain_id,
         advertise=_address(args.advertise, "--advertise"),
         api=None if args.api == "none" else _address(args.api, "--api", DEFAULT_API_PORT),
+    )
+
+
+def p2p_config(args: argparse.Namespace) -> ServiceConfig | None:
+    """The p2p service's configuration from ``--p2p`` and ``--p2p-seed`` (None: not run)."""
+    seeds = tuple(getattr(args, "p2p_seed", None) or ())
+    text = getattr(args, "p2p", None)
+    if text is None:
+        if seeds:
+            raise ConfigError("--p2p-seed needs --p2p HOST:PORT (where the p2p service listens)")
+        return None
+    host, port = parse_host_port(text, field="--p2p", default_port=DEFAULT_P2P_SERVICE_PORT)
+    for seed in seeds:
+        parse_address(seed, field="--p2p-seed")
+    advertise = _address(args.advertise, "--advertise")
+    return ServiceConfig(
+        host=host,
+        port=port,
+        advertise_host=advertise[0] if advertise is not None else None,
+        seeds=seeds,
+        data_dir=Path(args.data) / "p2p",
+        topics=(TOPIC_CONSENSUS,),
     )
 
 
@@ -149,11 +195,12 @@ def run(args: argparse.Namespace) -> int:
     options = node_options(args)
     identity = identity_from_arguments(args)
     profile = swop_profile(args, identity)
+    p2p = p2p_config(args)
     if args.check:
         print(f"identity ok: {identity.info.name}, peer id {identity.peer_id}")
         return 0
     try:
-        trio.run(serve_node, identity, options, profile)
+        trio.run(serve_node, identity, options, profile, p2p)
     except (OSError, ExceptionGroup) as error:
         bind_error = _bind_error(error)
         if bind_error is None:
@@ -162,7 +209,12 @@ def run(args: argparse.Namespace) -> int:
             "hypercorn" in frame.filename
             for frame in traceback.extract_tb(bind_error.__traceback__)
         )
+        p2p_bind = any(
+            frame.filename.endswith("service.py")
+            for frame in traceback.extract_tb(bind_error.__traceback__)
+        )
         flag, address = ("--api", args.api) if api else ("--listen", args.listen)
+        flag, address = ("--p2p", args.p2p) if p2p_bind else (flag, address)
         reason = bind_error.strerror or str(bind_error)
         raise ConfigError(f"{flag} {address}: cannot listen ({reason})") from None
     return 0
