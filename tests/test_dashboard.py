@@ -36,6 +36,7 @@ from swarmlearn.consensus.swarm_tasks import (
 from swarmlearn.consensus.swarm_txs import (
     CheckIn,
     CreateContract,
+    Exclude,
     Join,
     Merged,
     PerfData,
@@ -115,6 +116,11 @@ async def one_round(node: ValidatorNode, pki: Path) -> dict[str, str]:
         await submit(node, people[name], Merged(DEFAULT_CONTRACT, 1, 1, b"\xab" * 32))
     for name, loss in (("a", 0.9), ("b", 1.4)):
         await submit(node, people[name], PerfData(DEFAULT_CONTRACT, 1, loss, 0.5, 1, 2))
+    for name in ("a", "b"):  # round 2: a reports b's chunks as not matching b's commitment
+        await submit(node, people[name], CheckIn(DEFAULT_CONTRACT, 2, b"s" * 32, 1, 2, LAYOUT, 200))
+    culprit = str(people["b"].peer_id)
+    report = Exclude(DEFAULT_CONTRACT, 2, 1, culprit, "chunk 3 does not match its commitment")
+    await submit(node, people["a"], report)
     return {name: str(who.peer_id) for name, who in people.items()}
 
 
@@ -150,7 +156,7 @@ async def test_the_pages_show_nodes_contracts_a_round_and_its_curves(
     for peer in (*ids.values(), str(node.me)):
         assert f'data-node="{peer}"' in overview.text
     assert '<span class="badge this-node">this node</span>' in overview.text
-    assert f'data-contract="{DEFAULT_CONTRACT}" data-last-round="1" data-done="1"' in overview.text
+    assert f'data-contract="{DEFAULT_CONTRACT}" data-last-round="2" data-done="1"' in overview.text
     assert "200 B" in overview.text  # the model's size, from the contract's layout
     row = re.search(r'<tr data-round="1" data-status="done">.*?</tr>', rounds.text)
     assert row is not None, rounds.text
@@ -158,6 +164,9 @@ async def test_the_pages_show_nodes_contracts_a_round_and_its_curves(
     assert ids["b"][:10] in row[0]
     assert "ab" * 8 in row[0]  # the merged hash
     assert "(2 in, min 2)" in row[0]
+    excluded = re.search(r'<tr data-round="2" data-status="(\w+)">.*?</tr>', rounds.text)
+    assert excluded is not None, rounds.text
+    assert f"{ids['b'][:10]}: chunk 3 does not match its commitment" in excluded[0]
     assert perf.text.count("<polyline") == 4  # two charts (loss, metric), a line per node
     loss_chart = perf.text.split("<h2>Metric</h2>")[0]
     assert f"{ids['a'][:10]} round 1: 0.9<" in loss_chart
