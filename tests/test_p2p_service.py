@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import random
 import selectors
 import signal
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import trio
@@ -26,10 +28,11 @@ import trio
 from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
-from swarmlearn.p2p.multiaddr import PeerAddress
+from swarmlearn.p2p.multiaddr import PeerAddress, parse_address
 from swarmlearn.p2p.peerstore import load_peers, peers_path
 from swarmlearn.p2p.service import P2PService, ServiceConfig
 from swarmlearn.p2p.service_blobs import BlobConfig, FetchError
+from swarmlearn.p2p.tls import client_context
 
 CONSENSUS = "consensus"
 NODES = 5
@@ -369,3 +372,65 @@ def test_real_processes_find_each_other_and_a_restart_needs_no_sentinel(
         started.append(again)
         again.wait_for(connected_to(2), 60)
         assert again.last["connected"] == sorted(p.peer_id for p in started[1:3])
+
+
+@contextmanager
+def swarm_node(paths: IdentityPaths, data: Path, *flags: str) -> Iterator[tuple[str, str, str]]:
+    """A ``swarm-node --p2p`` process: its (ledger address, API URL, p2p multiaddr)."""
+    command = [sys.executable, "-m", "swarmlearn.roles.daemon", "--data", str(data)]
+    command += ["--cert", str(paths.cert), "--key", str(paths.key), "--cacert", str(paths.ca)]
+    command += ["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0", "--p2p", "127.0.0.1:0"]
+    data.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with (
+        (data / "stderr.log").open("a") as errors,
+        subprocess.Popen([*command, *flags], stdout=subprocess.PIPE, stderr=errors, env=env) as p,
+    ):
+        try:
+            assert p.stdout is not None
+            banner = p.stdout.readline().decode()  # blocks until the node listens (or dies)
+            assert ", api https://" in banner, (data / "stderr.log").read_text()
+            p2p_line = p.stdout.readline().decode()
+            assert p2p_line.startswith("p2p service listening on /ip4/"), p2p_line
+            ledger = banner.split("listening on ")[1].split(",")[0]
+            yield ledger, banner.rsplit(" ", 1)[1].strip(), p2p_line.split()[-1]
+        finally:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=30)
+
+
+def test_swarm_node_runs_the_service_and_shows_its_peers_in_the_api(
+    identities: list[IdentityPaths], tmp_path: Path
+) -> None:
+    verify = client_context(load_identity(identities[5]))
+    with (
+        swarm_node(identities[0], tmp_path / "n0", "--sentinel") as (ledger, _, seed),
+        swarm_node(
+            identities[1],
+            tmp_path / "n1",
+            "--bootstrap",
+            ledger_host_port(ledger),
+            "--p2p-seed",
+            seed,
+        ) as (_, url, _),
+        httpx.Client(verify=verify, timeout=5) as http,
+    ):
+        sentinel_id = seed.rsplit("/", 1)[1]
+        deadline = time.monotonic() + 60
+        peers: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            peers = http.get(f"{url}/v1/peers").json()
+            p2p = peers["p2p"]
+            if isinstance(p2p, dict) and sentinel_id in p2p["connected"]:
+                break
+            time.sleep(0.1)  # polling a real process, under the deadline above
+        p2p = peers["p2p"]
+        assert isinstance(p2p, dict)
+        assert p2p["connected"] == [sentinel_id]
+        assert p2p["address"].startswith("/ip4/127.0.0.1/tcp/")
+        assert isinstance(peers["ledger"], list)
+
+
+def ledger_host_port(multiaddr: str) -> str:
+    return parse_address(multiaddr).host_port

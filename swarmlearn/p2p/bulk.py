@@ -375,29 +375,37 @@ class Fetch:
         lower_priority(self.nice)
         source = lane.rsplit("#", 1)[0]
         failures = 0
-        while failures <= self.reconnects_max and not self._finished(source):
-            try:
-                with self.sources[source].dial() as sock:
-                    with self._lock:
-                        self._sockets[lane] = sock
-                    failures = 0 if self._pump(lane, sock) else failures
+        try:
+            while failures <= self.reconnects_max and not self._finished(source):
+                try:
+                    with self.sources[source].dial() as sock:
+                        with self._lock:
+                            self._sockets[lane] = sock
+                        self._pump(lane, sock)
+                        return
+                except _Banned:
                     return
-            except _Banned:
-                return
-            except (OSError, ssl.SSLError, RemoteProtocolError, ValueError) as error:
-                failures += 1
-                log.info("bulk lane %s failed (%d): %s", lane, failures, error)
-                with self._lock:
-                    self.scheduler.remove(lane)
-                    self.scheduler.add_source(lane)
-                    self._lock.notify_all()
-                time.sleep(min(0.1 * 2**failures, 2.0))
-            finally:
-                with self._lock:
-                    self._sockets.pop(lane, None)
-        with self._lock:
-            self.scheduler.remove(lane)
-            self._lock.notify_all()
+                except (OSError, ssl.SSLError, RemoteProtocolError, ValueError) as error:
+                    failures += 1
+                    log.info("bulk lane %s failed (%d): %s", lane, failures, error)
+                    with self._lock:
+                        self.scheduler.remove(lane)
+                        self.scheduler.add_source(lane)
+                        self._lock.notify_all()
+                    time.sleep(min(0.1 * 2**failures, 2.0))
+                finally:
+                    with self._lock:
+                        self._sockets.pop(lane, None)
+        finally:
+            # Only this thread writes into the slots of this lane's chunks, so only now may
+            # they go to another lane (a banned lane may still have been reading one).
+            with self._lock:
+                self.scheduler.remove(lane, ban=source in self.banned)
+                self._lock.notify_all()
+
+    def _lane_stopped(self, lane: str) -> bool:
+        """Under the lock: the lane was removed, or its source banned by another lane."""
+        return lane not in self.scheduler.in_flight or lane.rsplit("#", 1)[0] in self.banned
 
     def _finished(self, source: str) -> bool:
         with self._lock:
@@ -410,7 +418,7 @@ class Fetch:
         while True:
             with self._lock:
                 while True:
-                    if self._cancelled or lane not in self.scheduler.in_flight:
+                    if self._cancelled or self._lane_stopped(lane):
                         return True
                     more = self.scheduler.assign(lane)
                     if more or pending or self.scheduler.remaining == 0:
@@ -446,6 +454,8 @@ class Fetch:
         with self._lock:
             if not good:
                 self._ban_locked(lane, f"chunk {index}: bad hash")
+            if self._lane_stopped(lane):  # banned meanwhile: its chunks are not trusted
+                raise _Banned(self.banned.get(lane.rsplit("#", 1)[0], "stopped"))
             self.assembler.mark(index, size)
             self.scheduler.delivered(lane, index)
             self._lock.notify_all()
@@ -457,8 +467,9 @@ class Fetch:
     def _ban_locked(self, lane: str, reason: str) -> None:
         source = lane.rsplit("#", 1)[0]
         self.banned.setdefault(source, reason)
+        # The source's other lanes are woken (their sockets shut down); each gives its chunks
+        # back when its thread stops writing (see _lane), so no two lanes share a slot.
         for other in [name for name in self.scheduler.sources() if name.startswith(source + "#")]:
-            self.scheduler.remove(other, ban=True)
             sock = self._sockets.get(other)
             if sock is not None and other != lane:
                 sock.shutdown()

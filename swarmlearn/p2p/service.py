@@ -71,7 +71,7 @@ from swarmlearn.p2p.service_blobs import (
     FetchedBlob,
     FetchError,
 )
-from swarmlearn.p2p.service_link import LINK_ERRORS, Link
+from swarmlearn.p2p.service_link import LINK_ERRORS, Link, LinkCounters
 from swarmlearn.p2p.service_stats import ServiceCounters, ServiceStatistics, snapshot
 from swarmlearn.p2p.tls import client_context, server_context
 from swarmlearn.p2p.transfer import BlobManifest, BytesLike
@@ -142,6 +142,7 @@ class P2PService:
         self.me = str(identity.peer_id)
         self.blobs = BlobService(identity, self.config.blobs)
         self.counters = ServiceCounters()
+        self.closed_links = LinkCounters()
         self.address: PeerAddress | None = None
         self.node: P2PNode | None = None
         self._rng = random.Random(self.config.rng_seed)
@@ -453,6 +454,8 @@ class P2PService:
         finally:
             del self._links[conn]
             self.counters.links_closed += 1
+            for name, value in link.counters.__dict__.items():  # totals outlive the link
+                setattr(self.closed_links, name, getattr(self.closed_links, name) + value)
             if self.node is not None:
                 self._input(Request(Disconnected(conn, link.ended or "ended")))
 

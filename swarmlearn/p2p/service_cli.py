@@ -22,6 +22,7 @@ import trio
 from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.address import parse_host_port
 from swarmlearn.p2p.identity import identity_paths_from_env, load_identity
+from swarmlearn.p2p.multiaddr import parse_address
 from swarmlearn.p2p.service import P2PService, ServiceConfig
 
 
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         identity = load_identity(paths)
         host, port = parse_host_port(args.listen, field="--listen")
+        for seed in args.seed:
+            parse_address(seed, field="--seed")
         config = ServiceConfig(
             host=host,
             port=port,

@@ -37,7 +37,7 @@ class ServiceStatistics:
     refused: dict[str, int]  # why the peer table refused connections
     links: int
     queued_bytes: int  # waiting for the mux, all links
-    messages_sent: int
+    messages_sent: int  # all links, closed ones included
     messages_received: int
     messages_invalid: int
     counters: dict[str, int]
@@ -52,6 +52,7 @@ class ServiceStatistics:
 def snapshot(service: P2PService) -> ServiceStatistics:
     node = service.node
     links = list(service._links.values())
+    counters = [service.closed_links, *(link.counters for link in links)]
     table = node.peers.statistics() if node is not None else None
     gossip = node.gossip if node is not None else None
     gossip_counters = dataclasses.asdict(gossip.counters) if gossip is not None else {}
@@ -66,9 +67,9 @@ def snapshot(service: P2PService) -> ServiceStatistics:
         refused=dict(node.peers.counters.refused) if node is not None else {},
         links=len(links),
         queued_bytes=sum(link.pending_bytes for link in links),
-        messages_sent=sum(link.counters.messages_sent for link in links),
-        messages_received=sum(link.counters.messages_received for link in links),
-        messages_invalid=sum(link.counters.messages_invalid for link in links),
+        messages_sent=sum(c.messages_sent for c in counters),
+        messages_received=sum(c.messages_received for c in counters),
+        messages_invalid=sum(c.messages_invalid for c in counters),
         counters=dataclasses.asdict(service.counters),
         gossip=gossip_counters,
         blobs_serving=len(service.blobs.serving()),
