@@ -21,6 +21,7 @@ from swarmlearn.p2p.wire import Message
 from swarmlearn.roles.sl_round import (
     Contribute,
     FetchMerged,
+    Hashed,
     LedgerChanged,
     MergedPiece,
     RoundChunk,
@@ -59,7 +60,7 @@ class SwarmNodeCore:
         match event:
             case Receive(_, message) if isinstance(message, ROUND_MESSAGES):
                 effects = self.sl.handle(event, now)
-            case Request(Contribute()):
+            case Request(Contribute() | Hashed()):
                 effects = self.sl.handle(event, now)
             case TimerFired((str(kind), *_)) if kind.startswith("sl-"):
                 effects = self.sl.handle(event, now)

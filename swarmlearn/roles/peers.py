@@ -31,6 +31,7 @@ from swarmlearn.p2p.transport import (
     dial,
 )
 from swarmlearn.p2p.wire import Message, payload_of
+from swarmlearn.roles.lanes import LanePort, RoundLanes
 from swarmlearn.sansio import NodeId
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class PeerNetwork:
         on_request: RequestHandler,
         config: TransportConfig | None = None,
         on_peers_changed: Callable[[list[NodeId]], None] | None = None,
+        lanes: RoundLanes | None = None,
+        lane_types: tuple[type[Message], ...] = (),
     ) -> None:
         self.identity = identity
         self.me = str(identity.peer_id)
@@ -75,10 +78,18 @@ class PeerNetwork:
         self._dialing: set[NodeId] = set()
         self._nursery: trio.Nursery | None = None
         self.dropped = 0
+        self.lanes = lanes  # round data goes there when the peer has a lane (lanes.py)
+        self.lane_types = lane_types
 
     # ------------------------------------------------------------ the Outbox of the driver
 
     def send(self, peer: NodeId, message: Message) -> None:
+        if (
+            self.lanes is not None
+            and isinstance(message, self.lane_types)
+            and self.lanes.send(peer, message)
+        ):
+            return
         links = self._peers.get(peer)
         if not links:
             self.dropped += 1
@@ -127,6 +138,8 @@ class PeerNetwork:
         if peer == self.me or self._addresses.get(peer) == (host, port):
             return
         self._addresses[peer] = (host, port)
+        if self.lanes is not None:
+            self.lanes.set_host(peer, host)
         if self._nursery is not None and peer not in self._dialing:
             self._dialing.add(peer)
             self._nursery.start_soon(self._keep_dialing, peer)
@@ -160,6 +173,8 @@ class PeerNetwork:
             async with trio.open_nursery() as nursery:
                 if is_peer:
                     self._peers.setdefault(peer, []).append(link)
+                    if self.lanes is not None:
+                        send.send_nowait(LanePort(self.lanes.port))
                     self._changed()
                     nursery.start_soon(self._write, link, receive, nursery.cancel_scope)
                 await self._read(connection, peer, is_peer)
@@ -195,6 +210,10 @@ class PeerNetwork:
     async def _read(self, connection: Connection, peer: NodeId, is_peer: bool) -> None:
         try:
             async for message in connection:
+                if isinstance(message, LanePort):
+                    if is_peer and self.lanes is not None:
+                        self.lanes.set_port(peer, message.port)
+                    continue
                 if await self.on_request(connection, message):
                     continue
                 if is_peer:

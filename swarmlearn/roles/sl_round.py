@@ -34,6 +34,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
 from swarmlearn.consensus.swarm_txs import (
@@ -129,6 +131,17 @@ class Contribute:
 
 
 @dataclass(frozen=True)
+class Hashed:
+    """Input from the node: a round message that came on a lane, with the SHA-256 of its
+    payload, computed off the event loop by the node's own lane thread (so trusted, unlike
+    the message). The core compares it with the commitment instead of hashing again."""
+
+    sender: NodeId
+    message: RoundChunk | MergedPiece
+    digest: bytes
+
+
+@dataclass(frozen=True)
 class LedgerChanged:
     """Input from the node: a block was committed; look at the rounds again."""
 
@@ -171,6 +184,41 @@ SLEffect = Effect | SubmitSigned
 # ---------------------------------------------------------------- the core
 
 
+def _range_out(buffer: bytearray, start: int, stop: int) -> memoryview | None:
+    """The owner's range of the merged model's buffer, for its merge to write in place (when
+    the buffer sits at the layout's 8-byte phase, as the merge kernels need)."""
+    if np.frombuffer(buffer, np.uint8).ctypes.data % 8:
+        return None
+    return memoryview(buffer)[start:stop]
+
+
+def _note_digest(
+    digests: dict[int, bytes], layout: Layout, start: int, size: int, digest: bytes | None
+) -> None:
+    """Bytes ``[start, start + size)`` of the merged model were just written: forget the digests
+    of the chunks they touch, and keep ``digest`` when they are exactly one whole chunk."""
+    if size == 0:
+        return
+    first, last = start // layout.chunk_bytes, (start + size - 1) // layout.chunk_bytes
+    for chunk in range(first, last + 1):
+        digests.pop(chunk, None)
+    if digest is not None and first == last and layout.chunk_span(first) == (start, start + size):
+        digests[first] = digest
+
+
+def _merged_root(layout: Layout, merged: bytearray, digests: dict[int, bytes]) -> bytes:
+    """The manifest root of the merged model, hashing only the chunks no lane hashed."""
+    view = memoryview(merged)
+    hashes = []
+    for chunk in range(layout.chunk_count):
+        known = digests.get(chunk)
+        if known is None:
+            start, stop = layout.chunk_span(chunk)
+            known = hashlib.sha256(view[start:stop]).digest()
+        hashes.append(known)
+    return manifest_root(layout, hashes)
+
+
 def specs_of(layout: Layout) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in layout.tensors)
 
@@ -182,11 +230,14 @@ class _Attempt:
     me: int
     merge: RangeMerge | None
     manifests: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
-    waiting: list[tuple[int, int, bytes]] = field(default_factory=list)  # chunks before manifests
+    # chunks that came before their sender's manifest: participant, chunk, data, digest
+    waiting: list[tuple[int, int, Any, bytes | None]] = field(default_factory=list)
     merged: bytearray = field(default_factory=bytearray)
     pieces: set[int] = field(default_factory=set)  # owners whose whole range arrived
     bytes_from: dict[int, int] = field(default_factory=dict)  # merged bytes per owner
     reported: bool = False
+    digests: dict[int, bytes] = field(default_factory=dict)  # merged chunks hashed by a lane
+    merge_in_place: bool = False  # my range is merged straight into ``merged``
 
 
 @dataclass
@@ -216,7 +267,7 @@ class SLRoundCore:
         self.kept: dict[tuple[str, int], tuple[bytes, bytearray]] = {}  # merged, to serve
         # Messages of an attempt this node has not seen the ledger start yet (blocks commit
         # at slightly different times on different nodes): replayed when it starts.
-        self.early: list[tuple[str, RoundManifest | RoundChunk | MergedPiece]] = []
+        self.early: list[tuple[str, RoundManifest | RoundChunk | MergedPiece, bytes | None]] = []
         self.queued: dict[str, Contribute] = {}  # the next weights, while a round runs
         self.early_bytes = 0
 
@@ -231,6 +282,10 @@ class SLRoundCore:
                 if self._is_early(message):
                     return self._keep_early(sender, message)
                 return self._dispatch(sender, message)
+            case Request(Hashed(sender, RoundChunk() | MergedPiece() as message, digest)):
+                if self._is_early(message):
+                    return self._keep_early(sender, message, digest)
+                return self._dispatch(sender, message, digest)
             case Receive(sender, FetchMerged(contract, number)):
                 return self._serve(sender, contract, number)
             case TimerFired(("sl-deadline", str(contract), int(number), int(attempt))):
@@ -251,13 +306,16 @@ class SLRoundCore:
         return []
 
     def _dispatch(
-        self, sender: str, message: RoundManifest | RoundChunk | MergedPiece
+        self,
+        sender: str,
+        message: RoundManifest | RoundChunk | MergedPiece,
+        digest: bytes | None = None,
     ) -> list[SLEffect]:
         if isinstance(message, RoundManifest):
             return self._on_manifest(sender, message)
         if isinstance(message, RoundChunk):
-            return self._on_chunk(sender, message)
-        return self._on_piece(sender, message)
+            return self._on_chunk(sender, message, digest)
+        return self._on_piece(sender, message, digest)
 
     def _is_early(self, message: RoundManifest | RoundChunk | MergedPiece) -> bool:
         state = self.rounds.get((message.contract, message.round))
@@ -266,33 +324,36 @@ class SLRoundCore:
         return state.attempt is None or state.attempt.number < message.attempt
 
     def _keep_early(
-        self, sender: str, message: RoundManifest | RoundChunk | MergedPiece
+        self,
+        sender: str,
+        message: RoundManifest | RoundChunk | MergedPiece,
+        digest: bytes | None = None,
     ) -> list[SLEffect]:
         size = len(getattr(message, "data", b"")) + 64
         if self.early_bytes + size > EARLY_BYTES_MAX:
             return [Log("dropped an early round message: the buffer is full", "warning")]
-        self.early.append((sender, message))
+        self.early.append((sender, message, digest))
         self.early_bytes += size
         return []
 
     def _replay_early(self, state: _Round) -> list[SLEffect]:
         assert state.attempt is not None
         ready = [
-            (s, m)
-            for s, m in self.early
+            (s, m, d)
+            for s, m, d in self.early
             if (m.contract, m.round, m.attempt)
             == (state.contract, state.number, state.attempt.number)
         ]
         stale = [
-            (s, m)
-            for s, m in self.early
+            (s, m, d)
+            for s, m, d in self.early
             if (m.contract, m.round) == (state.contract, state.number)
             and m.attempt < state.attempt.number
         ]
-        gone = {id(m) for _, m in ready + stale}
-        self.early = [(s, m) for s, m in self.early if id(m) not in gone]
-        self.early_bytes = sum(len(getattr(m, "data", b"")) + 64 for _, m in self.early)
-        return [effect for sender, message in ready for effect in self._dispatch(sender, message)]
+        gone = {id(m) for _, m, _ in ready + stale}
+        self.early = [(s, m, d) for s, m, d in self.early if id(m) not in gone]
+        self.early_bytes = sum(len(getattr(m, "data", b"")) + 64 for _, m, _ in self.early)
+        return [effect for s, m, d in ready for effect in self._dispatch(s, m, d)]
 
     # ------------------------------------------------------------ committing
 
@@ -399,10 +460,12 @@ class SLRoundCore:
         weights = WeightSet.of(
             [record.checkins[p].weight for p in record.participants], len(record.participants)
         )
-        merge = RangeMerge(c.layout, plan.shards[me], weights, resolve_method(record.merge_method))
-        attempt = _Attempt(
-            record.attempt, record.participants, me, merge, merged=bytearray(c.layout.total_bytes)
-        )
+        merged = bytearray(c.layout.total_bytes)
+        out = _range_out(merged, plan.shards[me].start_byte, plan.shards[me].stop_byte)
+        method = resolve_method(record.merge_method)
+        merge = RangeMerge(c.layout, plan.shards[me], weights, method, out=out)
+        attempt = _Attempt(record.attempt, record.participants, me, merge, merged=merged)
+        attempt.merge_in_place = out is not None
         state.attempt = attempt
         effects: list[SLEffect] = []
         wait_s = max(0.0, record.deadline_ms / 1000 - now) + DEADLINE_MARGIN_S
@@ -469,28 +532,34 @@ class SLRoundCore:
         mine = [w for w in state.attempt.waiting if w[0] == index]
         state.attempt.waiting = [w for w in state.attempt.waiting if w[0] != index]
         effects: list[SLEffect] = []
-        for participant, chunk, data in mine:
-            effects += self._fold(state, participant, chunk, data)
+        for participant, chunk, data, digest in mine:
+            effects += self._fold(state, participant, chunk, data, digest)
         return effects
 
-    def _on_chunk(self, sender: str, c: RoundChunk) -> list[SLEffect]:
+    def _on_chunk(self, sender: str, c: RoundChunk, digest: bytes | None) -> list[SLEffect]:
         state = self._current(c.contract, c.round, c.attempt)
         if state is None or state.attempt is None or sender not in state.attempt.participants:
             return []
         index = state.attempt.participants.index(sender)
         if index not in state.attempt.manifests:
-            state.attempt.waiting.append((index, c.index, bytes(c.data)))
+            # a lane's frame is this chunk's own buffer; a message connection's may be shared
+            data = c.data if digest is not None else bytes(c.data)
+            state.attempt.waiting.append((index, c.index, data, digest))
             return []
-        return self._fold(state, index, c.index, c.data)
+        return self._fold(state, index, c.index, c.data, digest)
 
-    def _fold(self, state: _Round, participant: int, chunk: int, data: Any) -> list[SLEffect]:
+    def _fold(
+        self, state: _Round, participant: int, chunk: int, data: Any, digest: bytes | None
+    ) -> list[SLEffect]:
         attempt = state.attempt
         assert attempt is not None
         assert attempt.merge is not None
         layout = state.contribution.layout
         hashes = attempt.manifests[participant]
         start, stop = layout.chunk_span(chunk) if 0 <= chunk < layout.chunk_count else (0, -1)
-        if stop < 0 or len(data) != stop - start or hashlib.sha256(data).digest() != hashes[chunk]:
+        if digest is None and stop >= 0 and len(data) == stop - start:
+            digest = hashlib.sha256(data).digest()
+        if stop < 0 or len(data) != stop - start or digest != hashes[chunk]:
             culprit = attempt.participants[participant]
             return self._exclude(state, culprit, f"chunk {chunk} does not match its commitment")
         try:
@@ -512,10 +581,17 @@ class SLRoundCore:
             return []
         result = attempt.merge.result()
         shard = attempt.merge.shard
-        effects = self._place(state, attempt.me, shard.start_byte, result)
+        in_place = attempt.merge_in_place
+        effects = self._place(state, attempt.me, shard.start_byte, result, copy=not in_place)
+        # Pieces cut at chunk boundaries: a receiver's lane hashes each whole chunk it gets,
+        # and the merged root takes those digests instead of hashing the bytes again.
         chunk_bytes = state.contribution.layout.chunk_bytes
-        for offset in range(0, max(len(result), 1), chunk_bytes):
-            piece = result[offset : offset + chunk_bytes]
+        first_cut = (shard.start_byte // chunk_bytes + 1) * chunk_bytes
+        cuts = [shard.start_byte, *range(first_cut, shard.stop_byte, chunk_bytes)]
+        for index, cut in enumerate(cuts):
+            end = cuts[index + 1] if index + 1 < len(cuts) else shard.stop_byte
+            offset = cut - shard.start_byte
+            piece = result[offset : offset + end - cut]
             for other in attempt.participants:
                 if other != self.me:
                     effects.append(
@@ -525,14 +601,14 @@ class SLRoundCore:
                                 state.contract,
                                 state.number,
                                 attempt.number,
-                                shard.start_byte + offset,
+                                cut,
                                 piece,
                             ),
                         )
                     )
         return effects
 
-    def _on_piece(self, sender: str, p: MergedPiece) -> list[SLEffect]:
+    def _on_piece(self, sender: str, p: MergedPiece, digest: bytes | None) -> list[SLEffect]:
         state = self.rounds.get((p.contract, p.round))
         if state is None:
             return []
@@ -545,9 +621,18 @@ class SLRoundCore:
         ):
             return []
         owner = state.attempt.participants.index(sender)
-        return self._place(state, owner, p.start, p.data)
+        return self._place(state, owner, p.start, p.data, digest)
 
-    def _place(self, state: _Round, owner: int, start: int, data: Any) -> list[SLEffect]:
+    def _place(
+        self,
+        state: _Round,
+        owner: int,
+        start: int,
+        data: Any,
+        digest: bytes | None = None,
+        *,
+        copy: bool = True,
+    ) -> list[SLEffect]:
         attempt = state.attempt
         assert attempt is not None
         layout = state.contribution.layout
@@ -556,14 +641,16 @@ class SLRoundCore:
             return [
                 Log(f"round {state.number}: a merged piece outside its owner's range", "warning")
             ]
-        attempt.merged[start : start + len(data)] = data
+        if copy:
+            attempt.merged[start : start + len(data)] = data
+        _note_digest(attempt.digests, layout, start, len(data), digest)
         attempt.bytes_from[owner] = attempt.bytes_from.get(owner, 0) + len(data)
         if attempt.bytes_from[owner] >= shard.nbytes:
             attempt.pieces.add(owner)
         if len(attempt.pieces) < len(attempt.participants) or attempt.reported:
             return []
         attempt.reported = True
-        root = build_manifest(layout, attempt.merged).root
+        root = _merged_root(layout, attempt.merged, attempt.digests)
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
         self._keep(state.contract, state.number, root, state.merged)
         report = Merged(state.contract, state.number, attempt.number, root)

@@ -47,6 +47,7 @@ from swarmlearn.p2p.wire import Message, decode_header, encode_header
 from swarmlearn.roles import views
 from swarmlearn.roles.api import serve_api
 from swarmlearn.roles.driver import CoreDriver
+from swarmlearn.roles.lanes import RoundLanes
 from swarmlearn.roles.local import (
     LocalContribute,
     LocalEndpoint,
@@ -66,7 +67,16 @@ from swarmlearn.roles.messages import (
 )
 from swarmlearn.roles.node_core import SwarmNodeCore
 from swarmlearn.roles.peers import PeerNetwork
-from swarmlearn.roles.sl_round import Contribute, Progress, RoundDone, RoundFailed
+from swarmlearn.roles.sl_round import (
+    Contribute,
+    Hashed,
+    MergedPiece,
+    Progress,
+    RoundChunk,
+    RoundDone,
+    RoundFailed,
+    RoundManifest,
+)
 from swarmlearn.sansio import Receive, Request, Start
 
 log = logging.getLogger(__name__)
@@ -81,6 +91,8 @@ NETWORK_ERRORS = (
     trio.TooSlowError,
 )
 M = TypeVar("M", bound=Message)
+#: What travels on round lanes rather than on the message connections.
+LANE_MESSAGES = (RoundManifest, RoundChunk, MergedPiece)
 
 
 def network_reason(error: BaseException) -> str:
@@ -208,8 +220,14 @@ class ValidatorNode:
             identity.certificate.public_bytes(serialization.Encoding.DER),
             join_at_start=False,  # _join does it, through the bootstrap node when there is one
         )
+        self.lanes = RoundLanes(identity, self._on_lane_message)
         self.network = PeerNetwork(
-            identity, self._on_peer_message, self._on_request, on_peers_changed=self.core.set_peers
+            identity,
+            self._on_peer_message,
+            self._on_request,
+            on_peers_changed=self.core.set_peers,
+            lanes=self.lanes,
+            lane_types=LANE_MESSAGES,
         )
         self.driver = CoreDriver(self.node, self.network, store, self._on_deliver)
         self.local = LocalEndpoint(options.data_dir / "sl.sock", self._on_contribute)
@@ -234,6 +252,7 @@ class ValidatorNode:
     ) -> None:
         with self.store:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.lanes.serve, self.options.listen[0])
                 host, port = await nursery.start(self.network.serve, *self.options.listen)
                 self.address = self.options.advertise or (host, port)
                 await nursery.start(self.driver.run, Start(self.store.load()))
@@ -293,6 +312,15 @@ class ValidatorNode:
 
     def _on_peer_message(self, peer: str, message: Message) -> None:
         self.driver.submit(Receive(peer, message))
+
+    def _on_lane_message(self, peer: str, message: Message, digest: bytes | None) -> None:
+        """A round message from a lane (lanes.py), its payload already hashed there."""
+        if isinstance(message, RoundChunk | MergedPiece) and digest is not None:
+            self.driver.submit(Request(Hashed(peer, message, digest)))
+        elif isinstance(message, LANE_MESSAGES):
+            self.driver.submit(Receive(peer, message))
+        else:
+            log.info("dropped a %s from %s's round lane", type(message).__name__, peer[:8])
 
     async def submit(self, data: bytes, wait_s: float = 0.0) -> SubmitReply:
         """Queue a transaction; with ``wait_s``, wait (that long at most) until it is committed."""

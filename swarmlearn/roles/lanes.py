@@ -1,0 +1,266 @@
+"""Round lanes: weight chunks between nodes over blocking TLS connections driven by threads.
+
+Theory of operation
+-------------------
+A round moves the model about twice through every node (reduce-scatter, all-gather). On the
+node's message connections (trio's ``SSLStream``) every 16 KiB TLS record is a trip through
+the event loop that also runs consensus, so a 100 MB round spent most of its time there. The
+round's messages (manifests, chunks, merged pieces) travel instead on *lanes*: one extra
+mutual-TLS connection per ordered pair of nodes (same certificates, peer id and SN role
+checked on both ends), written and read by plain threads with blocking calls. OpenSSL,
+the socket calls and SHA-256 release the GIL, so lanes encrypt, decrypt and hash beside the
+event loop, which keeps serving votes.
+
+- Each node listens for lanes on a port of its own and announces it on its message
+  connections (:class:`LanePort`); the host is the one the ledger records for that node.
+- Sending (:meth:`RoundLanes.send`, called by the node's outbox from the event loop): the
+  message joins the peer's queue (bounded in bytes; a full queue drops, as a lossy link
+  would: the round's deadline rule repairs loss). The peer's sender thread dials when it
+  has no connection and writes each frame with ``sendall`` on views of the weights: the
+  model is never copied to be sent. Frames to one peer keep their order (a manifest before
+  its chunks).
+- Receiving: a thread per accepted lane reads each frame into its own buffer (the only
+  copy is OpenSSL's), decodes it, hashes the payload there, and hands message and digest
+  to the event loop (``deliver``), waiting until the loop took it: a slow node slows its
+  senders rather than buffering without bound.
+
+A broken lane drops what was in flight on it; the next message redials. Nothing here
+decides anything about the round: the sans-IO core still verifies every chunk against the
+sender's commitment (with the digest computed here) and owns every deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import queue
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from swarmlearn.errors import RemoteProtocolError
+from swarmlearn.p2p.bulk import TlsPipe, recv_exact
+from swarmlearn.p2p.framing import FRAME_BYTES_MAX_DEFAULT, FRAME_LEN, encode_frame
+from swarmlearn.p2p.identity import Identity, Role
+from swarmlearn.p2p.tls import client_context, peer_certificate_info, server_context
+from swarmlearn.p2p.wire import Message, decode_body, payload_of
+from swarmlearn.sansio import NodeId
+
+log = logging.getLogger(__name__)
+
+QUEUE_BYTES_MAX = 512 * 1024 * 1024  # per peer, payload bytes waiting to be sent
+DIAL_TIMEOUT_S = 10.0
+SEND_TIMEOUT_S = 60.0  # one frame's write; a peer that reads nothing for this long is dropped
+ACCEPT_POLL_S = 0.2
+
+#: ``deliver(sender, message, digest)``: runs in the event loop's thread; ``digest`` is the
+#: SHA-256 of the message's payload (``None`` when it has none).
+Deliver = Callable[[NodeId, Message, bytes | None], None]
+
+
+@dataclass(frozen=True)
+class LanePort(Message, tag=0xA4):
+    """Sent on a message connection: this node accepts round lanes on ``port``."""
+
+    port: int
+
+
+class _Sender:
+    """One peer's outgoing lane: a queue and the thread that drains it."""
+
+    def __init__(self, lanes: RoundLanes, peer: NodeId) -> None:
+        self.lanes = lanes
+        self.peer = peer
+        self.queue: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+        self.queued_bytes = 0
+        self.lock = threading.Lock()
+        self.sock: ssl.SSLSocket | None = None
+        self.thread = threading.Thread(target=self._run, name=f"lane-{peer[:8]}", daemon=True)
+        self.thread.start()
+
+    def put(self, message: Message) -> bool:
+        size = len(payload_of(message))
+        with self.lock:
+            if self.queued_bytes + size > QUEUE_BYTES_MAX:
+                return False
+            self.queued_bytes += size
+        self.queue.put(message)
+        return True
+
+    def _run(self) -> None:
+        while (message := self.queue.get()) is not None:
+            try:
+                self._send(message)
+            except (OSError, ssl.SSLError, RemoteProtocolError) as error:
+                log.info("round lane to %s: %s", self.peer[:8], error or type(error).__name__)
+                self.lanes.dropped += 1
+                self._close()
+            finally:
+                with self.lock:
+                    self.queued_bytes -= len(payload_of(message))
+        self._close()
+
+    def _send(self, message: Message) -> None:
+        if self.sock is None:
+            self.sock = self._dial()
+        for part in encode_frame(message):
+            self.sock.sendall(part)
+
+    def _dial(self) -> ssl.SSLSocket:
+        address = self.lanes.address(self.peer)
+        if address is None:
+            raise RemoteProtocolError("no lane address known")
+        raw = socket.create_connection(address, timeout=DIAL_TIMEOUT_S)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock = self.lanes.client.wrap_socket(raw)
+            found = peer_certificate_info(sock.getpeercert(binary_form=True)).peer_id
+        except (OSError, ssl.SSLError, RemoteProtocolError):
+            raw.close()
+            raise
+        if str(found) != self.peer:
+            sock.close()
+            raise RemoteProtocolError(f"lane reached {found.short}, not {self.peer[:8]}")
+        sock.settimeout(SEND_TIMEOUT_S)
+        return sock
+
+    def _close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            self.sock = None
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class RoundLanes:
+    """A node's round lanes: its lane listener, and one sender per peer (see module doc)."""
+
+    def __init__(self, identity: Identity, deliver: Deliver) -> None:
+        self.me = str(identity.peer_id)
+        self.client = client_context(identity)
+        self.server = server_context(identity)
+        self.deliver = deliver
+        self.port = 0
+        self.dropped = 0  # messages lost to full queues or broken lanes
+        self._hosts: dict[NodeId, str] = {}
+        self._ports: dict[NodeId, int] = {}
+        self._senders: dict[NodeId, _Sender] = {}
+        self._receiving: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._listener: socket.socket | None = None
+
+    # ------------------------------------------------------------ addresses
+
+    def set_host(self, peer: NodeId, host: str) -> None:
+        self._hosts[peer] = host
+
+    def set_port(self, peer: NodeId, port: int) -> None:
+        self._ports[peer] = port
+
+    def address(self, peer: NodeId) -> tuple[str, int] | None:
+        host, port = self._hosts.get(peer), self._ports.get(peer)
+        return None if host is None or port is None else (host, port)
+
+    # ------------------------------------------------------------ sending (event loop)
+
+    def send(self, peer: NodeId, message: Message) -> bool:
+        """Queue ``message`` on the lane to ``peer``; False when the peer has no lane (yet)."""
+        if self._stop.is_set() or self.address(peer) is None:
+            return False
+        sender = self._senders.get(peer)
+        if sender is None:
+            sender = self._senders[peer] = _Sender(self, peer)
+        if not sender.put(message):
+            self.dropped += 1
+        return True
+
+    # ------------------------------------------------------------ running
+
+    async def serve(
+        self, host: str, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Accept lanes on ``host`` (a free port) until cancelled; the port is reported."""
+        self._token = trio.lowlevel.current_trio_token()
+        listener = socket.create_server((host, 0))
+        listener.settimeout(ACCEPT_POLL_S)
+        self._listener = listener
+        self.port = int(listener.getsockname()[1])
+        accepter = threading.Thread(target=self._accept, name="lanes-accept", daemon=True)
+        accepter.start()
+        task_status.started(self.port)
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        for sender in list(self._senders.values()):
+            sender.stop()
+        with self._lock:
+            for sock in self._receiving:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        if self._listener is not None:
+            self._listener.close()
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while not self._stop.is_set():
+            try:
+                raw, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._receive, args=(raw,), daemon=True).start()
+
+    def _receive(self, raw: socket.socket) -> None:
+        raw.settimeout(DIAL_TIMEOUT_S)  # the handshake; then reads wait for the next round
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self._receiving.add(raw)
+        try:
+            with TlsPipe(raw, self.server, server_side=True) as pipe:
+                peer = peer_certificate_info(pipe.peer_certificate())
+                if Role.SN not in peer.roles or str(peer.peer_id) == self.me:
+                    raise RemoteProtocolError(f"{peer.peer_id.short} may not open a round lane")
+                raw.settimeout(None)
+                self._read_frames(pipe, str(peer.peer_id))
+        except (OSError, ssl.SSLError, RemoteProtocolError, trio.RunFinishedError) as error:
+            log.info("round lane ended: %s", error or type(error).__name__)
+        finally:
+            with self._lock:
+                self._receiving.discard(raw)
+            raw.close()
+
+    def _read_frames(self, pipe: TlsPipe, peer: NodeId) -> None:
+        prefix = bytearray(FRAME_LEN.size)
+        while not self._stop.is_set():
+            try:
+                recv_exact(pipe, memoryview(prefix))
+            except ConnectionError:
+                return  # the sender closed the lane between frames
+            (size,) = FRAME_LEN.unpack(prefix)
+            if not 4 <= size <= FRAME_BYTES_MAX_DEFAULT:
+                raise RemoteProtocolError(f"lane frame of {size} bytes")
+            body = bytearray(size)
+            recv_exact(pipe, memoryview(body))
+            message = decode_body(body)
+            payload = payload_of(message)
+            digest = hashlib.sha256(payload).digest() if payload else None
+            assert self._token is not None
+            trio.from_thread.run_sync(self.deliver, peer, message, digest, trio_token=self._token)
