@@ -90,11 +90,13 @@ def sentinel_plus(
     return configs
 
 
-async def wait_full_mesh(services: list[P2PService]) -> None:
+async def wait_full_mesh(services: list[P2PService], topic: str | None = None) -> None:
     with trio.fail_after(DISCOVERY_DEADLINE_S):
         for service in services:
             await service.wait_connected(len(services) - 1)
             await service.wait_known(len(services) - 1)
+            if topic is not None:
+                await service.wait_topic_peers(topic, len(services) - 1)
 
 
 @asynccontextmanager
@@ -147,7 +149,7 @@ async def test_five_nodes_from_one_sentinel_then_a_200_mb_blob_beside_consensus_
 ) -> None:
     blob = np.random.default_rng(5).integers(0, 256, BLOB_BYTES, dtype=np.uint8)
     async with five_nodes(loaded) as services:
-        await wait_full_mesh(services)
+        await wait_full_mesh(services, CONSENSUS)
         for service in services:
             stats = service.statistics()
             assert len(stats.connected) == NODES - 1

@@ -44,7 +44,14 @@ from typing import Any
 import trio
 
 from swarmlearn.errors import ConfigError, RemoteProtocolError
-from swarmlearn.p2p.gossip import Gossip, GossipConfig, GossipMessage, Publish, Subscribe
+from swarmlearn.p2p.gossip import (
+    Gossip,
+    GossipConfig,
+    GossipMessage,
+    Publish,
+    Subscribe,
+    Subscriptions,
+)
 from swarmlearn.p2p.gossip_messages import TOPIC_CONSENSUS, GossipDelivery
 from swarmlearn.p2p.identity import Identity, PeerId
 from swarmlearn.p2p.multiaddr import PeerAddress, parse_address
@@ -263,9 +270,19 @@ class P2PService:
         while len(self.known()) < count:
             await self.wait_changed()
 
+    def topic_peers(self, topic: str) -> list[str]:
+        """Connected peers known to be subscribed to ``topic``."""
+        gossip = self.node.gossip if self.node is not None else None
+        return gossip.topic_peers(topic) if gossip is not None else []
+
+    async def wait_topic_peers(self, topic: str, count: int) -> None:
+        """Until at least ``count`` connected peers are subscribed to ``topic``."""
+        while len(self.topic_peers(topic)) < count:
+            await self.wait_changed()
+
     async def wait_changed(self) -> None:
         """Until a peer comes up or goes down, a connection is refused or closed, or a peer
-        exchange arrives."""
+        exchange or a subscription change arrives."""
         await self._changed.wait()
 
     def statistics(self) -> ServiceStatistics:
@@ -281,8 +298,8 @@ class P2PService:
 
     def _receive(self, peer: str, message: Message) -> None:
         self._input(Receive(peer, message))
-        if isinstance(message, PeerExchange):
-            self._signal_change()  # addresses may have been learnt
+        if isinstance(message, PeerExchange | Subscriptions):
+            self._signal_change()  # addresses or topic peers may have been learnt
 
     def _signal_change(self) -> None:
         self._changed.set()
