@@ -165,6 +165,9 @@ class P2PService:
         self._client_context = client_context(identity)
         self._nursery: trio.Nursery | None = None
         self._persisted: list[str] = []
+        # Read now, so that a bad peers file is one ConfigError line before anything starts.
+        data_dir = self.config.data_dir
+        self._stored = load_peers(data_dir) if data_dir is not None else []
 
     # ------------------------------------------------------------ running
 
@@ -200,8 +203,7 @@ class P2PService:
     def _build_node(self, address: PeerAddress) -> P2PNode:
         config = self.config
         seeds = [parse_address(seed, field="seeds") for seed in config.seeds]
-        if config.data_dir is not None:
-            seeds += [a for a in load_peers(config.data_dir) if a.peer != self.me]
+        seeds += [address for address in self._stored if address.peer != self.me]
         table_config = PeerTableConfig(
             **{**config.table.__dict__, "listen": (address,), "seeds": tuple(seeds)}
         )
