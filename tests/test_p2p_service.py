@@ -30,9 +30,11 @@ from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.multiaddr import PeerAddress, parse_address
 from swarmlearn.p2p.peerstore import load_peers, peers_path
+from swarmlearn.p2p.peertable import PeerTableConfig
 from swarmlearn.p2p.service import P2PService, ServiceConfig
-from swarmlearn.p2p.service_blobs import BlobConfig, FetchError
+from swarmlearn.p2p.service_blobs import LANE_MESSAGES, BlobConfig, FetchError
 from swarmlearn.p2p.tls import client_context
+from swarmlearn.p2p.transport import connect_stream
 
 CONSENSUS = "consensus"
 NODES = 5
@@ -97,6 +99,9 @@ async def wait_full_mesh(services: list[P2PService], topic: str | None = None) -
             await service.wait_known(len(services) - 1)
             if topic is not None:
                 await service.wait_topic_peers(topic, len(services) - 1)
+            # Crossing dials end with one connection per pair: the duplicates close.
+            while service.statistics().links > len(services) - 1:
+                await service.wait_changed()
 
 
 @asynccontextmanager
@@ -153,6 +158,7 @@ async def test_five_nodes_from_one_sentinel_then_a_200_mb_blob_beside_consensus_
         for service in services:
             stats = service.statistics()
             assert len(stats.connected) == NODES - 1
+            assert stats.links == NODES - 1
             assert set(stats.known) == {s.me for s in services} - {service.me}
             assert stats.refused.get("connection limit", 0) == 0
         source, receiver = services[1], services[3]
@@ -436,3 +442,25 @@ def test_swarm_node_runs_the_service_and_shows_its_peers_in_the_api(
 
 def ledger_host_port(multiaddr: str) -> str:
     return parse_address(multiaddr).host_port
+
+
+async def test_a_silent_peer_is_dropped_on_the_ping_deadline(loaded: list[Identity]) -> None:
+    table = PeerTableConfig(ping_interval_s=0.3, ping_timeout_s=1.0, tick_s=0.1)
+    async with swarm([(loaded[0], ServiceConfig(table=table, rng_seed=0))]) as (node,):
+        assert node.address is not None
+        # A peer that completes the handshake, then never says a word (nor reads).
+        tcp = await trio.open_tcp_stream(node.address.host, node.address.port)
+        await tcp.send_all(LANE_MESSAGES)
+        silent = await connect_stream(loaded[5], tcp)
+        async with silent:
+            up_at = trio.current_time()
+            with trio.fail_after(DISCOVERY_DEADLINE_S):
+                await node.wait_connected(1)
+                assert node.connected() == [str(loaded[5].peer_id)]
+                while node.connected():
+                    await node.wait_changed()
+                silent_s = trio.current_time() - up_at
+                while node.statistics().links:  # the link sends what it queued, then ends
+                    await node.wait_changed()
+            assert table.ping_timeout_s <= silent_s
+            assert node.statistics().counters["links_closed"] == 1

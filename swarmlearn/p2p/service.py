@@ -283,8 +283,8 @@ class P2PService:
             await self.wait_changed()
 
     async def wait_changed(self) -> None:
-        """Until a peer comes up or goes down, a connection is refused or closed, or a peer
-        exchange or a subscription change arrives."""
+        """Until a peer comes up or goes down, a connection is refused, closed or ends, or a
+        peer exchange or a subscription change arrives."""
         await self._changed.wait()
 
     def statistics(self) -> ServiceStatistics:
@@ -477,6 +477,7 @@ class P2PService:
                 setattr(self.closed_links, name, getattr(self.closed_links, name) + value)
             if self.node is not None:
                 self._input(Request(Disconnected(conn, link.ended or "ended")))
+            self._signal_change()
 
     # ------------------------------------------------------------ persistence
 
