@@ -97,7 +97,9 @@ LANE_MESSAGES = (RoundManifest, RoundChunk, MergedPiece)
 
 def network_reason(error: BaseException) -> str:
     """Why a request to a node failed, never empty (trio's stream errors carry no text)."""
-    if isinstance(error, trio.BrokenResourceError) and not str(error):
+    if isinstance(error, trio.BrokenResourceError) and (
+        not str(error) or isinstance(error.__cause__, ConnectionResetError)
+    ):  # a TLS 1.3 client learns of a refused certificate as either, depending on timing
         return "connection broken (the node refused our certificate?)"
     if isinstance(error, trio.EndOfChannel):
         return "the node closed the connection"
