@@ -464,3 +464,18 @@ async def test_a_silent_peer_is_dropped_on_the_ping_deadline(loaded: list[Identi
                     await node.wait_changed()
             assert table.ping_timeout_s <= silent_s
             assert node.statistics().counters["links_closed"] == 1
+
+
+async def test_a_lane_over_the_limit_is_refused(loaded: list[Identity]) -> None:
+    blob = random.Random(3).randbytes(1024 * 1024)
+    one_lane = ServiceConfig(rng_seed=0, blobs=BlobConfig(chunk_bytes=256 * 1024, lanes_max=1))
+    async with swarm([(loaded[0], one_lane)]) as (source,):
+        assert source.address is not None
+        async with swarm(sentinel_plus(loaded, 2)(source.address)) as (receiver,):
+            manifest = await source.serve_blob(blob)
+            # One lane held open (its server thread waits for a request): the source is full.
+            held = await trio.to_thread.run_sync(receiver.blobs.dialer(source.address))
+            with held, pytest.raises(FetchError, match="no manifest"):
+                await receiver.fetch_blob(manifest.root, [str(source.address)])
+            assert source.statistics().blobs["lanes_refused"] == 1
+            assert source.statistics().blobs["lanes_served"] == 1

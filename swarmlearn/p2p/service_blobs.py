@@ -57,12 +57,13 @@ class BlobConfig:
     window_chunks: int = 4
     lane_timeout_s: float = 30.0  # a lane silent this long is broken
     fetch_timeout_s: float = 600.0
+    lanes_max: int = 64  # inbound lanes served at once (a thread each); more are closed
 
     def __post_init__(self) -> None:
         if self.chunk_bytes < 1 or self.bytes_max < 1:
             raise ConfigError("blobs: chunk_bytes and bytes_max must be >= 1")
-        if self.lanes_per_source < 1 or self.window_chunks < 1:
-            raise ConfigError("blobs: lanes_per_source and window_chunks must be >= 1")
+        if min(self.lanes_per_source, self.window_chunks, self.lanes_max) < 1:
+            raise ConfigError("blobs: lanes_per_source, window_chunks and lanes_max must be >= 1")
         if self.lane_timeout_s <= 0 or self.fetch_timeout_s <= 0:
             raise ConfigError("blobs: lane_timeout_s and fetch_timeout_s must be > 0")
 
@@ -70,6 +71,7 @@ class BlobConfig:
 @dataclass
 class BlobCounters:
     lanes_served: int = 0
+    lanes_refused: int = 0  # over lanes_max
     fetches_completed: int = 0
     fetches_failed: int = 0
     bytes_fetched: int = 0
@@ -124,7 +126,13 @@ class BlobService:
         raw = socket.socket(fileno=stream.socket.detach())
         raw.setblocking(True)
         with self._lock:
-            self._lanes.add(raw)
+            full = len(self._lanes) >= self.config.lanes_max
+            if not full:
+                self._lanes.add(raw)
+        if full:
+            self.counters.lanes_refused += 1
+            raw.close()
+            return
         self.counters.lanes_served += 1
         threading.Thread(target=self._serve_lane, args=(raw,), daemon=True).start()
 
