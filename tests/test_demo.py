@@ -82,7 +82,7 @@ def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
     [
         (["--nodes", "1"], "--nodes must be at least 2 (a swarm), got 1"),
         (["--rounds", "0"], "--rounds must be at least 1, got 0"),
-        (["--merge-method", "average"], "--merge-method 'average' is not one of: "),
+        (["--merge-method", "average"], "--merge-method: merge method 'average' is not one of: "),
         (["--framework", "jax"], "--framework must be one of: torch, keras; got 'jax'"),
     ],
 )

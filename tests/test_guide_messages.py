@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+import torch
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -26,8 +26,6 @@ from swarmlearn.cli import ArgumentParser
 from swarmlearn.consensus.swarm_rounds import layout_difference
 from swarmlearn.consensus.swarm_txs import TensorSpec
 from swarmlearn.errors import ConfigError
-from swarmlearn.merge import ModelState, RangeMerge, WeightSet, layout_of, plan_shards
-from swarmlearn.merge.methods import method_named
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import IdentityPaths, Role, identity_paths_from_env, load_identity
 from swarmlearn.roles.config import resolve
@@ -295,12 +293,14 @@ def test_the_guide_links_resolve(name: str) -> None:
             assert anchor in _anchors(page), f"docs/{name}.md links to {target}#{anchor}"
 
 
-def test_a_global_merge_method_in_a_round_is_quoted() -> None:
-    layout = layout_of(ModelState({"w": np.zeros(8, dtype=np.float32)}))
-    shard = plan_shards(layout, 2).shards[0]
-    with pytest.raises(ValueError, match="is global") as caught:
-        RangeMerge(layout, shard, WeightSet.of([1, 1], 2), method_named("geomedian"))
-    quoted(f"ValueError: {caught.value}")
+def test_a_global_merge_method_in_a_round_is_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from swarmlearn.callback.core import SwarmError
+    from swarmlearn.callback.pytorch import SwarmCallback
+
+    monkeypatch.setenv("SWARM_LOOPBACK", "True")
+    with pytest.raises(SwarmError) as caught:
+        SwarmCallback(10, 2, model=torch.nn.Linear(2, 2), mergeMethod="geomedian")
+    quoted(f"SwarmError: {caught.value}")
 
 
 def test_swci_messages_are_quoted(sentinel: tuple[int, int]) -> None:

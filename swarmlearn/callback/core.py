@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from swarmlearn.errors import ConfigError
-from swarmlearn.merge import METHODS, ModelState, flatten, layout_of, unpack
+from swarmlearn.merge import ModelState, flatten, layout_of, round_method_problem, unpack
 from swarmlearn.merge.manifest import Layout
 
 if TYPE_CHECKING:
@@ -138,8 +138,9 @@ def parse_options(
             f"checkinModelOnTrainEnd must be one of {', '.join(CHECKIN_MODES)}, got {mode!r}"
         )
     method = str(kwargs.get("mergeMethod", "mean")).lower()
-    if method not in METHODS:
-        raise SwarmError(f"mergeMethod {method!r} is not one of: {', '.join(sorted(METHODS))}")
+    problem = round_method_problem(method)
+    if problem is not None:
+        raise SwarmError(f"mergeMethod: {problem}")
     adaptive = bool(kwargs.get("useAdaptiveSync", False))
     if adaptive and kwargs.get("adsValData") is None:
         raise SwarmError("useAdaptiveSync needs adsValData (validation data for the loss)")

@@ -59,6 +59,7 @@ from swarmlearn.consensus.swarm_txs import (
 )
 from swarmlearn.consensus.types import Block, Validator
 from swarmlearn.errors import RemoteProtocolError
+from swarmlearn.merge.methods import round_method_problem
 from swarmlearn.p2p.identity import Identity, Role, describe_certificate
 from swarmlearn.p2p.wire import Message, decode_header, encode_header
 
@@ -232,6 +233,8 @@ class SwarmApp:
             case CreateContract(name=name):
                 if name in self.state.contracts:
                     return self._refuse(tx, f"contract {name!r} exists", sender)
+                if problem := round_method_problem(body.merge_method):
+                    return self._refuse(tx, problem, sender)
                 self.state.contracts[name] = ContractRecord(body)
             case ResetContract(name=name):
                 if name not in self.state.contracts:
@@ -286,6 +289,8 @@ class SwarmApp:
             return self._refuse(
                 tx, f"round {body.round} is not open; check in for round {expected}", sender
             )
+        if problem := round_method_problem(body.merge_method):
+            return self._refuse(tx, problem, sender)
         if contract.layout is None:
             contract.layout, contract.total_bytes = body.layout, body.total_bytes
         difference = layout_difference(contract.layout, body.layout)

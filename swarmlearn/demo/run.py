@@ -106,7 +106,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    from swarmlearn.merge import METHODS
+    from swarmlearn.merge import round_method_problem
 
     if args.nodes < 2:
         raise ConfigError(f"--nodes must be at least 2 (a swarm), got {args.nodes}")
@@ -118,10 +118,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"--framework must be one of: {', '.join(FRAMEWORKS)}; got {args.framework!r}"
         )
-    if args.merge_method not in METHODS:
-        raise ConfigError(
-            f"--merge-method {args.merge_method!r} is not one of: {', '.join(sorted(METHODS))}"
-        )
+    if problem := round_method_problem(args.merge_method):
+        raise ConfigError(f"--merge-method: {problem}")
     for module, extra in ((FRAMEWORKS[args.framework], args.framework), ("sklearn", "dev")):
         try:
             __import__(module)

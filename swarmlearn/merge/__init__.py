@@ -34,6 +34,7 @@ from swarmlearn.merge.merge import (
 )
 from swarmlearn.merge.methods import (
     METHODS,
+    ROUND_METHODS,
     CoordMedian,
     Custom,
     GeoMedian,
@@ -46,6 +47,7 @@ from swarmlearn.merge.methods import (
     UnknownMethodError,
     method_named,
     resolve_method,
+    round_method_problem,
 )
 from swarmlearn.merge.plan import Segment, Shard, ShardPlan, plan_shards, segments_between
 from swarmlearn.merge.sharded import (
@@ -69,6 +71,7 @@ __all__ = [
     "FLOAT_DTYPES",
     "INT_DTYPES",
     "METHODS",
+    "ROUND_METHODS",
     "CoordMedian",
     "Custom",
     "GeoMedian",
@@ -114,6 +117,7 @@ __all__ = [
     "pack",
     "plan_shards",
     "resolve_method",
+    "round_method_problem",
     "segments_between",
     "sum_partials",
     "unpack",

@@ -171,6 +171,27 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
+# What a sync round can merge today: methods that shard by coordinate (each owner merges its
+# range alone). Global methods (geometric median, Krum) need distances over whole models: the
+# merge engine has them (RangeCollector), the round protocol does not exchange them yet.
+ROUND_METHODS: tuple[str, ...] = tuple(
+    sorted(name for name, cls in METHODS.items() if cls.scope != "global")
+)
+
+
+def round_method_problem(name: str) -> str | None:
+    """Why ``name`` cannot merge a sync round, or None if it can."""
+    if name in ROUND_METHODS:
+        return None
+    valid = ", ".join(ROUND_METHODS)
+    if name in METHODS:
+        return (
+            f"merge method {name!r} needs distances over whole models and is not available in"
+            f" sync rounds yet; use one of: {valid}"
+        )
+    return f"merge method {name!r} is not one of: {valid}"
+
+
 def method_scope(method: Method) -> Scope:
     return method.sharded_scope if isinstance(method, Custom) else method.scope
 

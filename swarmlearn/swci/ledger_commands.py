@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from swarmlearn.consensus import swarm_txs
 from swarmlearn.errors import ConfigError
-from swarmlearn.merge.methods import METHODS
+from swarmlearn.merge.methods import round_method_problem
 from swarmlearn.swci import commands as c
 from swarmlearn.swci import render
 from swarmlearn.swci.runtime import Result, Session, handles
@@ -35,11 +35,9 @@ def list_nodes(session: Session, command: c.ListNodes) -> Result:
 
 @handles(c.CreateContract)
 def create_contract(session: Session, command: c.CreateContract) -> Result:
-    if command.merge_method not in METHODS:
-        raise ConfigError(
-            f"CREATE CONTRACT {command.name}: merge method {command.merge_method!r} is not one "
-            f"of: {', '.join(sorted(METHODS))}"
-        )
+    problem = round_method_problem(command.merge_method)
+    if problem is not None:
+        raise ConfigError(f"CREATE CONTRACT {command.name}: {problem}")
     body = swarm_txs.CreateContract(command.name, merge_method=command.merge_method)
     height = session.client().submit(body)
     doc = {"contract": command.name, "merge_method": command.merge_method, "height": height}
