@@ -5,7 +5,7 @@ check-ins from four nodes, their agreeing ``Merged`` roots and their PERFDATA, e
 the swarm application block by block (in-process, with a block clock the bench moves on,
 since each round needs its grace period of ledger time). That state is put behind the real
 node API (a validator in-process, Hypercorn + mutual TLS), and the dashboard reads it from
-there as it would from any node. Figures, medians of several runs:
+there as it would from any node. Figures, medians of 15 runs (3 with --quick):
 
 - ``api_read_ms``: the four API reads the overview needs, straight from the API (the ceiling:
   the dashboard cannot be faster than the data it reads);
@@ -292,7 +292,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="300 rounds, 3 runs (under 30 s)")
     args = parser.parse_args()
-    nodes, rounds, runs = (100, 300, 3) if args.quick else (100, 1000, 7)
+    nodes, rounds, runs = (100, 300, 3) if args.quick else (100, 1000, 15)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         root, people = make_pki(Path(tmp) / "pki", nodes)
