@@ -14,11 +14,13 @@ training loop (the SwarmCallback of the callback issue builds on it).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import mmap
 import os
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,6 +34,11 @@ from swarmlearn.roles.handover import SharedBuffer, open_shared, shared_handover
 
 LOCAL_FRAME_BYTES_MAX = 2**32 - 1
 RECEIVE_BYTES = 1024 * 1024
+HASH_THREADS = min(4, os.cpu_count() or 1)
+
+#: ``on_contribute(contribution, reply, chunk_hashes)``: the weights' chunk hashes are computed
+#: here, in worker threads, so the event loop does not spend a model's worth of SHA-256.
+OnContribute = Callable[["LocalContribute", Callable[[Message], None], tuple[bytes, ...]], None]
 
 
 @dataclass(frozen=True)
@@ -121,11 +128,7 @@ class LocalRoundFailed(Message, tag=0xB4):
 class LocalEndpoint:
     """Serves trainers on a Unix socket; one connection per trainer, one contract each."""
 
-    def __init__(
-        self,
-        path: Path,
-        on_contribute: Callable[[LocalContribute, Callable[[Message], None]], None],
-    ) -> None:
+    def __init__(self, path: Path, on_contribute: OnContribute) -> None:
         self.path = path
         self.on_contribute = on_contribute
 
@@ -175,30 +178,57 @@ class LocalEndpoint:
                         if isinstance(message, LocalContribute):
                             contribution = _take_shared(message, shared, reply)
                             if contribution is not None:
-                                self.on_contribute(contribution, reply)
+                                hashes = await trio.to_thread.run_sync(
+                                    hash_chunks, contribution.layout(), contribution.data
+                                )
+                                self.on_contribute(contribution, reply, hashes)
             except (RemoteProtocolError, trio.BrokenResourceError):
                 pass
             send.close()
             nursery.cancel_scope.cancel()
             for mapped in shared:
-                mapped.close()
+                _close_map(mapped)
+            shared.clear()  # ``reply`` outlives this connection: it must not keep the map
+
+
+def _close_map(mapped: mmap.mmap) -> None:
+    with contextlib.suppress(BufferError):  # a round still reads it: unmapped with its views
+        mapped.close()
+
+
+def hash_chunks(layout: Layout, flat: bytes | bytearray | memoryview) -> tuple[bytes, ...]:
+    """SHA-256 of each chunk of ``flat``, in ``HASH_THREADS`` threads (hashlib releases the GIL)."""
+    view = memoryview(flat).cast("B")
+    if len(view) != layout.total_bytes:
+        raise ValueError(f"flat bytes are {len(view)} long, the layout says {layout.total_bytes}")
+
+    def one(index: int) -> bytes:
+        start, stop = layout.chunk_span(index)
+        return hashlib.sha256(view[start:stop]).digest()
+
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        return tuple(pool.map(one, range(layout.chunk_count)))
 
 
 def _take_shared(
     message: LocalContribute, shared: list[mmap.mmap], reply: Callable[[Message], None]
 ) -> LocalContribute | None:
-    """A contribution whose weights are in a handover file: the node's own copy of them."""
+    """A contribution whose weights are in a handover file: a view of the mapping, not a copy.
+
+    The trainer waits for the round's outcome before it writes the file again; the merged
+    weights are written there only once the round is over (``LocalRoundDone``).
+    """
     if not message.shared:
         return message
     try:
         if not shared or len(shared[0]) != message.total_bytes:
             for mapped in shared:
-                mapped.close()
+                _close_map(mapped)
             shared[:] = [open_shared(message.shared, message.total_bytes)]
     except (OSError, ValueError) as error:
         reply(LocalRoundFailed(0, f"cannot use the handover file: {error} (SWARM_HANDOVER=socket)"))
         return None
-    return replace(message, data=bytearray(shared[0]), shared="")
+    return replace(message, data=memoryview(shared[0]), shared="")
 
 
 # ---------------------------------------------------------------- the trainer's side (blocking)

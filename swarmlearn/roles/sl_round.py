@@ -31,7 +31,7 @@ agreeing reporters, re-plan with the live ones, or fail). Progress is delivered 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -54,7 +54,7 @@ from swarmlearn.merge import (
     plan_shards,
     resolve_method,
 )
-from swarmlearn.merge.manifest import manifest_root
+from swarmlearn.merge.manifest import chunk_hashes, manifest_root
 from swarmlearn.p2p.wire import Message, Payload
 from swarmlearn.sansio import (
     Deliver,
@@ -128,6 +128,9 @@ class Contribute:
     perf: tuple[float, float, int, int] | None = None
     #: The trainer's own training is over: these are its final weights (said in the check-in).
     final: bool = False
+    #: SHA-256 of each chunk of ``flat``, when the node already computed them off the event
+    #: loop (local, so trusted); hashed here otherwise.
+    chunk_hashes: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -370,13 +373,16 @@ class SLRoundCore:
                 )
             ]
         number = contract.next_round_number()
-        manifest = build_manifest(c.layout, c.flat)
-        state = _Round(c.contract, number, c, manifest.chunk_hashes, manifest.root)
+        hashes = c.chunk_hashes
+        if hashes is None or len(hashes) != c.layout.chunk_count:
+            hashes = chunk_hashes(c.layout, c.flat)
+        root = manifest_root(c.layout, hashes)
+        state = _Round(c.contract, number, c, hashes, root)
         self.rounds[(c.contract, number)] = state
         check_in = CheckIn(
             c.contract,
             number,
-            manifest.root,
+            root,
             c.weight,
             c.min_peers,
             specs_of(c.layout),
@@ -436,7 +442,7 @@ class SLRoundCore:
                 effects.append(SetTimer(tag, max(0.0, close_s - now) + DEADLINE_MARGIN_S))
             return effects
         if record.status == RoundStatus.FAILED:
-            state.finished = True
+            self._finish(state)
             return [Deliver(RoundFailed(state.contract, state.number, record.reason))]
         if record.status == RoundStatus.DONE:
             return self._done(state, record)
@@ -455,6 +461,7 @@ class SLRoundCore:
                 )
             ]
         c = state.contribution
+        self._release_settled(state.contract, state.number)
         me = record.participants.index(self.me)
         plan = plan_shards(c.layout, len(record.participants))
         weights = WeightSet.of(
@@ -691,7 +698,7 @@ class SLRoundCore:
     def _done(self, state: _Round, record: RoundRecord) -> list[SLEffect]:
         assert record.merged_root is not None
         if state.merged_root == record.merged_root and state.merged is not None:
-            state.finished = True
+            self._finish(state)
             done = RoundDone(
                 state.contract,
                 state.number,
@@ -703,7 +710,7 @@ class SLRoundCore:
             return [Deliver(done)]
         sources = [p for p in record.participants if p not in record.dissenters and p != self.me]
         if not sources:
-            state.finished = True
+            self._finish(state)
             return [
                 Deliver(RoundFailed(state.contract, state.number, "no peer holds the merged model"))
             ]
@@ -745,7 +752,7 @@ class SLRoundCore:
         record = self._record(state)
         root = build_manifest(state.contribution.layout, attempt.merged).root
         if record is None or root != record.merged_root:
-            state.finished = True
+            self._finish(state)
             return [
                 Deliver(
                     RoundFailed(
@@ -753,7 +760,7 @@ class SLRoundCore:
                     )
                 )
             ]
-        state.finished = True
+        self._finish(state)
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
         self._keep(state.contract, state.number, root, state.merged)
         record = self._record(state)
@@ -770,6 +777,31 @@ class SLRoundCore:
         for key in [k for k, r in self.rounds.items() if k[0] == contract and r.finished]:
             if key[1] < number - KEPT_ROUNDS:
                 del self.rounds[key]
+
+    def _finish(self, state: _Round) -> None:
+        """The round is over: let go of the trainer's weights (a view of its handover file,
+        which must not stay mapped for a round that needs it no more)."""
+        state.finished = True
+        state.contribution = replace(state.contribution, flat=b"")
+
+    def _release_settled(self, contract: str, number: int) -> None:
+        """Before round ``number`` assembles a merged model, free the kept ones of earlier
+        rounds that no participant can still need: every participant reported the root the
+        ledger holds, so none of them will ask for it (peak memory: one merged model)."""
+        for key in [k for k in self.kept if k[0] == contract and k[1] < number]:
+            found = self.app.state.contracts.get(contract)
+            record = None if found is None else found.rounds.get(key[1])
+            settled = (
+                record is not None
+                and record.status == RoundStatus.DONE
+                and not record.dissenters
+                and all(record.merged.get(p) == record.merged_root for p in record.participants)
+            )
+            if settled:
+                del self.kept[key]
+                old = self.rounds.get(key)
+                if old is not None and old.finished:
+                    old.merged, old.attempt = None, None  # the attempt holds it too
 
     def _progress(self, state: _Round, text: str) -> Deliver:
         state.last_progress = text

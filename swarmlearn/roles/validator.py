@@ -347,7 +347,12 @@ class ValidatorNode:
             outcome.append(reply)
             event.set()
 
-    def _on_contribute(self, message: LocalContribute, reply: Callable[[Message], None]) -> None:
+    def _on_contribute(
+        self,
+        message: LocalContribute,
+        reply: Callable[[Message], None],
+        chunk_hashes: tuple[bytes, ...],
+    ) -> None:
         """A trainer on this host hands over its weights for the contract's next round."""
         self._trainers[message.contract] = reply
         contribution = Contribute(
@@ -359,6 +364,7 @@ class ValidatorNode:
             message.merge_method,
             message.perf,
             message.final,
+            chunk_hashes,
         )
         self.driver.submit(Request(contribution))
 
