@@ -291,7 +291,7 @@ class SwarmCore:
         if self.loopback or self.isSwarmTrainingOver:
             return None
         started = time.perf_counter()
-        flat = self._flat(state)
+        flat = self._flat_for_node(state)
         flattened = time.perf_counter()
         outcome = self._round(flat, self.nodeWeightage, loss, metric, final=False)
         if outcome is None or outcome.merged is None:
@@ -344,6 +344,12 @@ class SwarmCore:
         if self._layout is None:
             self._layout = layout_of(state)
         return self._layout
+
+    def _flat_for_node(self, state: ModelState) -> bytearray | memoryview:
+        """The state flattened straight into the node's handover buffer when there is one."""
+        layout = self._layout_of(state)
+        staging = self._client.staging(layout.total_bytes)
+        return self._flat(state) if staging is None else flatten(state, layout, out=staging)
 
     def _flat(self, state: ModelState) -> bytearray | memoryview:
         return flatten(state, self._layout_of(state))  # a new buffer: the model may go on

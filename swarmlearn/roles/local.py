@@ -293,12 +293,10 @@ class LocalClient:
         the next call."""
         started = time.perf_counter()
         payload, shared = flat, ""
-        if self.use_shared:
-            if self.shared is None or self.shared.size != len(flat):
-                if self.shared is not None:
-                    self.shared.close()
-                self.shared = SharedBuffer(len(flat))
-            self.shared.view()[:] = flat
+        staging = self.staging(len(flat))
+        if staging is not None and self.shared is not None:
+            if not (isinstance(flat, memoryview) and flat.obj is self.shared.map):
+                staging[:] = flat  # else the caller wrote its weights there already
             payload, shared = b"", str(self.shared.path)
         message = LocalContribute.of(
             contract,
@@ -319,6 +317,18 @@ class LocalClient:
         finally:
             if self.shared is not None:
                 self.shared.unlink()  # the node has it mapped by now (or never will)
+
+    def staging(self, size: int) -> memoryview | None:
+        """Where to write the next contribution of ``size`` bytes so that handing it over
+        copies nothing: the shared handover file (None with ``SWARM_HANDOVER=socket``). What
+        is there is the node's to read until the round ends."""
+        if not self.use_shared:
+            return None
+        if self.shared is None or self.shared.size != size:
+            if self.shared is not None:
+                self.shared.close()
+            self.shared = SharedBuffer(size)
+        return self.shared.view()
 
     def _wait_for_round(self) -> RoundOutcome:
         while True:
