@@ -1,0 +1,124 @@
+"""Round lanes (roles/lanes.py) over real mutual-TLS sockets on loopback: frames arrive in
+order with their payload's digest, and only SN peers with the expected identity get a lane."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import ssl
+
+import pytest
+import trio
+
+from swarmlearn.p2p.certs import create_ca, issue_certificate
+from swarmlearn.p2p.framing import encode_frame
+from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
+from swarmlearn.p2p.tls import client_context
+from swarmlearn.p2p.wire import Message
+from swarmlearn.roles.lanes import RoundLanes
+from swarmlearn.roles.sl_round import MergedPiece, RoundChunk, RoundManifest
+
+WAIT_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def identities(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
+    pki = tmp_path_factory.mktemp("pki")
+    ca = create_ca(pki)
+    roles = {"a": [Role.SN, Role.SL], "b": [Role.SN, Role.SL], "c": [Role.SN], "x": [Role.SL]}
+    found = {}
+    for name, granted in roles.items():
+        issue_certificate(ca, name, pki, hosts=["127.0.0.1"], roles=granted)
+        found[name] = load_identity(
+            IdentityPaths(pki / f"{name}.pem", pki / f"{name}-key.pem", pki / "ca.pem")
+        )
+    return found
+
+
+class Inbox:
+    def __init__(self, expected: int) -> None:
+        self.got: list[tuple[str, Message, bytes | None]] = []
+        self.expected = expected
+        self.full = trio.Event()
+
+    def deliver(self, peer: str, message: Message, digest: bytes | None) -> None:
+        self.got.append((peer, message, digest))
+        if len(self.got) >= self.expected:
+            self.full.set()
+
+
+async def test_frames_arrive_in_order_with_their_digests(identities: dict[str, Identity]) -> None:
+    a, b = identities["a"], identities["b"]
+    inbox = Inbox(expected=4)
+    sender, receiver = RoundLanes(a, Inbox(0).deliver), RoundLanes(b, inbox.deliver)
+    chunk = bytes(range(256)) * (16 * 1024)  # 4 MiB
+    sent: list[Message] = [
+        RoundManifest("c", 1, 0, (hashlib.sha256(chunk).digest(),)),
+        RoundChunk("c", 1, 0, 0, chunk),
+        RoundChunk("c", 1, 0, 1, chunk[:1000]),
+        MergedPiece("c", 1, 0, 8, memoryview(chunk)[8:4096]),
+    ]
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(receiver.serve, "127.0.0.1")
+        assert not sender.send(str(b.peer_id), sent[0])  # no address yet: not taken
+        sender.set_host(str(b.peer_id), "127.0.0.1")
+        sender.set_port(str(b.peer_id), port)
+        for message in sent:
+            assert sender.send(str(b.peer_id), message)
+        with trio.fail_after(WAIT_S):
+            await inbox.full.wait()
+        sender.close()
+        nursery.cancel_scope.cancel()
+    assert [peer for peer, _, _ in inbox.got] == [str(a.peer_id)] * 4
+    assert [type(m) for _, m, _ in inbox.got] == [type(m) for m in sent]
+    assert inbox.got[0][2] is None  # no payload, no digest
+    for (_, message, digest), original in zip(inbox.got[1:], sent[1:], strict=True):
+        assert isinstance(message, RoundChunk | MergedPiece)
+        assert isinstance(original, RoundChunk | MergedPiece)
+        assert bytes(message.data) == bytes(original.data)
+        assert digest == hashlib.sha256(original.data).digest()
+    assert sender.dropped == 0
+
+
+async def test_a_lane_that_reaches_another_node_drops_the_message(
+    identities: dict[str, Identity],
+) -> None:
+    a, b, c = identities["a"], identities["b"], identities["c"]
+    inbox = Inbox(expected=1)
+    sender, impostor = RoundLanes(a, Inbox(0).deliver), RoundLanes(c, inbox.deliver)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(impostor.serve, "127.0.0.1")
+        sender.set_host(str(b.peer_id), "127.0.0.1")
+        sender.set_port(str(b.peer_id), port)  # b's lane, but c answers there
+        assert sender.send(str(b.peer_id), RoundChunk("c", 1, 0, 0, b"x" * 64))
+        with trio.fail_after(WAIT_S):
+            while sender.dropped == 0:  # noqa: ASYNC110 (a lane thread counts it)
+                await trio.sleep(0.01)
+        sender.close()
+        nursery.cancel_scope.cancel()
+    assert inbox.got == []
+
+
+async def test_a_node_without_the_sn_role_gets_no_lane(identities: dict[str, Identity]) -> None:
+    b, outsider = identities["b"], identities["x"]
+    inbox = Inbox(expected=1)
+    receiver = RoundLanes(b, inbox.deliver)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(receiver.serve, "127.0.0.1")
+
+        def try_lane() -> bytes:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as raw,
+                client_context(outsider).wrap_socket(raw) as tls,
+            ):
+                try:
+                    for part in encode_frame(RoundChunk("c", 1, 0, 0, b"x" * 64)):
+                        tls.sendall(part)  # a well-formed frame: refused for who sent it
+                    return tls.recv(1)  # the lane is closed on us: b"" (or a reset)
+                except (ConnectionError, ssl.SSLError):
+                    return b""
+
+        assert await trio.to_thread.run_sync(try_lane) == b""
+        receiver.close()
+        nursery.cancel_scope.cancel()
+    assert inbox.got == []
