@@ -44,10 +44,16 @@ from swarmlearn.roles.validator import ask
 
 HERE = Path(__file__).resolve().parent
 MB = 1_000_000
-#: Where a round's time goes, from the progress lines each node sends its trainer: the last
-#: check-in committed and the round closed ("exchanging"), every participant holding the
-#: merged model ("merged"), the ledger's agreement delivered to every trainer ("done").
-PHASES = {"closed": "exchanging with", "exchanged": "merged, root", "done": ""}
+#: Where a round's time goes, from the progress lines each node sends its trainer: every node
+#: holding its trainer's weights, hashed, and signing its check-in ("checking in"); the last
+#: check-in committed and the round closed ("exchanging"); every participant holding the
+#: merged model ("merged"); the ledger's agreement delivered to every trainer ("done").
+PHASES = {
+    "handed": "checking in",
+    "closed": "exchanging with",
+    "exchanged": "merged, root",
+    "done": "",
+}
 
 
 def _load_transport_bench() -> Any:

@@ -122,3 +122,35 @@ async def test_a_node_without_the_sn_role_gets_no_lane(identities: dict[str, Ide
         receiver.close()
         nursery.cancel_scope.cancel()
     assert inbox.got == []
+
+
+async def test_a_lane_that_cannot_be_dialed_hands_its_messages_back(
+    identities: dict[str, Identity],
+) -> None:
+    a, b = identities["a"], identities["b"]
+    back: list[tuple[str, Message]] = []
+    both_back = trio.Event()
+
+    def fallback(peer: str, message: Message) -> None:
+        back.append((peer, message))
+        if len(back) == 2:
+            both_back.set()
+
+    sender = RoundLanes(a, Inbox(0).deliver, fallback)
+    with socket.socket() as closed:  # a port nobody listens on: the firewall case, refused
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+    sent = [RoundChunk("c", 1, 0, index, b"y" * 64) for index in range(2)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sender.serve, "127.0.0.1")
+        sender.set_host(str(b.peer_id), "127.0.0.1")
+        sender.set_port(str(b.peer_id), dead_port)
+        for message in sent:
+            assert sender.send(str(b.peer_id), message)
+        with trio.fail_after(WAIT_S):
+            await both_back.wait()
+        assert not sender.send(str(b.peer_id), sent[0])  # the lane is down: the caller sends
+        sender.close()
+        nursery.cancel_scope.cancel()
+    assert back == [(str(b.peer_id), message) for message in sent]
+    assert (sender.fallen_back, sender.dropped) == (2, 0)

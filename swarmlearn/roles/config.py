@@ -2,10 +2,11 @@
 
 ``swarm-node --config node.toml`` reads keys named like the flags (``listen``, ``data-dir``,
 ``sentinel``, ``bootstrap``, ``sentinel-ip``, ``sentinel-port``, ``chain-id``, ``advertise``,
-``api``, ``log-level``, ``cert``, ``key``, ``cacert``, ``capath``, ``swop-profile``; ``_``
-may stand for ``-``). A flag given on the command line wins over the file; the file wins over the
-defaults. HPE's names are accepted: ``--data-dir``, ``--sentinel-ip`` with
-``--sentinel-port`` (the node to bootstrap from), and the ``SWARM_ID_*`` identity variables.
+``lane-port``, ``api``, ``log-level``, ``cert``, ``key``, ``cacert``, ``capath``,
+``swop-profile``; ``_`` may stand for ``-``). A flag given on the command line wins over the
+file; the file wins over the defaults. HPE's names are accepted: ``--data-dir``,
+``--sentinel-ip`` with ``--sentinel-port`` (the node to bootstrap from), and the
+``SWARM_ID_*`` identity variables.
 Every mistake is one line naming the key or flag and what is valid.
 
 ```toml
@@ -37,7 +38,10 @@ DEFAULTS: dict[str, Any] = {
 STRINGS = ("listen", "bootstrap", "sentinel_ip", "chain_id", "advertise", "api", "log_level")
 PATHS = ("data", "cert", "key", "cacert", "capath", "swop_profile")
 KEYS = {
-    **{name.replace("_", "-"): name for name in (*STRINGS, *PATHS, "sentinel", "sentinel_port")},
+    **{
+        name.replace("_", "-"): name
+        for name in (*STRINGS, *PATHS, "sentinel", "sentinel_port", "lane_port")
+    },
     "data-dir": "data",
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -101,6 +105,10 @@ def _checked(path: Path, key: str, name: str, value: Any) -> Any:
     if name == "sentinel_port":
         if type(value) is not int or not 0 < value < 65536:
             raise ConfigError(f"config {path}: {key} must be a port number (1..65535)")
+        return value
+    if name == "lane_port":
+        if type(value) is not int or not 0 <= value < 65536:
+            raise ConfigError(f"config {path}: {key} must be a port number (0..65535; 0: any)")
         return value
     if type(value) is not str or not value:
         raise ConfigError(f"config {path}: {key} must be a non-empty string")

@@ -75,6 +75,13 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"serve the HTTP API here (default 127.0.0.1:{DEFAULT_API_PORT}; 'none' for no API)",
     )
     parser.add_argument(
+        "--lane-port",
+        type=int,
+        metavar="PORT",
+        help="accept round lanes (the weights of sync rounds) on this port of the --listen "
+        "host (default: any free port, announced to the peers)",
+    )
+    parser.add_argument(
         "--check", action="store_true", help="check the identity and configuration, then exit"
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -146,7 +153,16 @@ def node_options(args: argparse.Namespace) -> ValidatorOptions:
         chain_id=args.chain_id,
         advertise=_address(args.advertise, "--advertise"),
         api=None if args.api == "none" else _address(args.api, "--api", DEFAULT_API_PORT),
+        lane_port=_lane_port(getattr(args, "lane_port", None)),
     )
+
+
+def _lane_port(port: int | None) -> int:
+    if port is None:
+        return 0
+    if not 0 <= port < 65536:
+        raise ConfigError(f"--lane-port {port}: must be a port number (0..65535; 0: any free one)")
+    return port
 
 
 def p2p_config(args: argparse.Namespace) -> ServiceConfig | None:

@@ -24,7 +24,10 @@ event loop, which keeps serving votes.
   to the event loop (``deliver``), waiting until the loop took it: a slow node slows its
   senders rather than buffering without bound.
 
-A broken lane drops what was in flight on it; the next message redials. Nothing here
+A lane that cannot be dialed or breaks (a firewall that lets only the message port through,
+a peer that restarted) hands the message it was writing, and the rest of its queue, back
+to the node's message connection (``fallback``), and that peer gets no lane for
+``LANE_RETRY_S``: rounds go on, slower, rather than losing chunks. Nothing here
 decides anything about the round: the sans-IO core still verifies every chunk against the
 sender's commitment (with the digest computed here) and owns every deadline.
 """
@@ -38,6 +41,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,13 +58,19 @@ from swarmlearn.sansio import NodeId
 log = logging.getLogger(__name__)
 
 QUEUE_BYTES_MAX = 512 * 1024 * 1024  # per peer, payload bytes waiting to be sent
-DIAL_TIMEOUT_S = 10.0
+DIAL_TIMEOUT_S = 3.0  # TCP connect (a firewall that drops the lane port costs this, then
+#                       the message connection is used for LANE_RETRY_S)
+HANDSHAKE_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 60.0  # one frame's write; a peer that reads nothing for this long is dropped
 ACCEPT_POLL_S = 0.2
+LANE_RETRY_S = 120.0  # after a lane to a peer failed, its messages take the message connection
 
 #: ``deliver(sender, message, digest)``: runs in the event loop's thread; ``digest`` is the
 #: SHA-256 of the message's payload (``None`` when it has none).
 Deliver = Callable[[NodeId, Message, bytes | None], None]
+#: ``fallback(peer, message)``: runs in the event loop's thread; sends ``message`` on the
+#: node's message connection instead.
+Fallback = Callable[[NodeId, Message], None]
 
 
 @dataclass(frozen=True)
@@ -95,11 +105,20 @@ class _Sender:
     def _run(self) -> None:
         while (message := self.queue.get()) is not None:
             try:
-                self._send(message)
+                if self.lanes.is_down(self.peer):
+                    self.lanes.fall_back(self.peer, message)
+                else:
+                    self._send(message)
             except (OSError, ssl.SSLError, RemoteProtocolError) as error:
-                log.info("round lane to %s: %s", self.peer[:8], error or type(error).__name__)
-                self.lanes.dropped += 1
+                log.info(
+                    "round lane to %s: %s; using the message connection for %g s",
+                    self.peer[:8],
+                    error or type(error).__name__,
+                    LANE_RETRY_S,
+                )
                 self._close()
+                self.lanes.mark_down(self.peer)
+                self.lanes.fall_back(self.peer, message)  # a partial frame is never delivered
             finally:
                 with self.lock:
                     self.queued_bytes -= len(payload_of(message))
@@ -116,6 +135,7 @@ class _Sender:
         if address is None:
             raise RemoteProtocolError("no lane address known")
         raw = socket.create_connection(address, timeout=DIAL_TIMEOUT_S)
+        raw.settimeout(HANDSHAKE_TIMEOUT_S)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock = self.lanes.client.wrap_socket(raw)
@@ -146,13 +166,18 @@ class _Sender:
 class RoundLanes:
     """A node's round lanes: its lane listener, and one sender per peer (see module doc)."""
 
-    def __init__(self, identity: Identity, deliver: Deliver) -> None:
+    def __init__(
+        self, identity: Identity, deliver: Deliver, fallback: Fallback | None = None
+    ) -> None:
         self.me = str(identity.peer_id)
         self.client = client_context(identity)
         self.server = server_context(identity)
         self.deliver = deliver
+        self.fallback = fallback
         self.port = 0
-        self.dropped = 0  # messages lost to full queues or broken lanes
+        self.dropped = 0  # messages lost: a full queue, or a failed lane with no fallback
+        self.fallen_back = 0  # messages handed back to the message connection
+        self._down_until: dict[NodeId, float] = {}
         self._hosts: dict[NodeId, str] = {}
         self._ports: dict[NodeId, int] = {}
         self._senders: dict[NodeId, _Sender] = {}
@@ -170,6 +195,25 @@ class RoundLanes:
     def set_port(self, peer: NodeId, port: int) -> None:
         self._ports[peer] = port
 
+    def is_down(self, peer: NodeId) -> bool:
+        return time.monotonic() < self._down_until.get(peer, 0.0)
+
+    def mark_down(self, peer: NodeId) -> None:
+        self._down_until[peer] = time.monotonic() + LANE_RETRY_S
+
+    def fall_back(self, peer: NodeId, message: Message) -> None:
+        """From a sender thread: ``message`` goes on the message connection (or is lost)."""
+        token, fallback = self._token, self.fallback
+        if token is None or fallback is None or self._stop.is_set():
+            self.dropped += 1
+            return
+        self.fallen_back += 1  # counted first: the loop may look as soon as it has it
+        try:
+            trio.from_thread.run_sync(fallback, peer, message, trio_token=token)
+        except trio.RunFinishedError:
+            self.fallen_back -= 1
+            self.dropped += 1
+
     def address(self, peer: NodeId) -> tuple[str, int] | None:
         host, port = self._hosts.get(peer), self._ports.get(peer)
         return None if host is None or port is None else (host, port)
@@ -178,7 +222,7 @@ class RoundLanes:
 
     def send(self, peer: NodeId, message: Message) -> bool:
         """Queue ``message`` on the lane to ``peer``; False when the peer has no lane (yet)."""
-        if self._stop.is_set() or self.address(peer) is None:
+        if self._stop.is_set() or self.address(peer) is None or self.is_down(peer):
             return False
         sender = self._senders.get(peer)
         if sender is None:
@@ -190,11 +234,15 @@ class RoundLanes:
     # ------------------------------------------------------------ running
 
     async def serve(
-        self, host: str, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+        self,
+        host: str,
+        port: int = 0,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept lanes on ``host`` (a free port) until cancelled; the port is reported."""
+        """Accept lanes on ``host:port`` (0: a free port) until cancelled; reports the port."""
         self._token = trio.lowlevel.current_trio_token()
-        listener = socket.create_server((host, 0))
+        listener = socket.create_server((host, port))
         listener.settimeout(ACCEPT_POLL_S)
         self._listener = listener
         self.port = int(listener.getsockname()[1])
@@ -229,7 +277,7 @@ class RoundLanes:
             threading.Thread(target=self._receive, args=(raw,), daemon=True).start()
 
     def _receive(self, raw: socket.socket) -> None:
-        raw.settimeout(DIAL_TIMEOUT_S)  # the handshake; then reads wait for the next round
+        raw.settimeout(HANDSHAKE_TIMEOUT_S)  # then reads wait for the next round, unbounded
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             self._receiving.add(raw)

@@ -90,6 +90,10 @@ class PeerNetwork:
             and self.lanes.send(peer, message)
         ):
             return
+        self.send_direct(peer, message)
+
+    def send_direct(self, peer: NodeId, message: Message) -> None:
+        """On the message connection, whatever the message (a lane's fallback)."""
         links = self._peers.get(peer)
         if not links:
             self.dropped += 1

@@ -117,6 +117,7 @@ class ValidatorOptions:
     chain_id: str | None = None
     advertise: tuple[str, int] | None = None
     api: tuple[str, int] | None = None  # the HTTP API (HPE's 30304); None: none
+    lane_port: int = 0  # round lanes (lanes.py) on the --listen host; 0: any free port
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
 
 
@@ -222,7 +223,7 @@ class ValidatorNode:
             identity.certificate.public_bytes(serialization.Encoding.DER),
             join_at_start=False,  # _join does it, through the bootstrap node when there is one
         )
-        self.lanes = RoundLanes(identity, self._on_lane_message)
+        self.lanes = RoundLanes(identity, self._on_lane_message, self._lane_fallback)
         self.network = PeerNetwork(
             identity,
             self._on_peer_message,
@@ -254,7 +255,8 @@ class ValidatorNode:
     ) -> None:
         with self.store:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.lanes.serve, self.options.listen[0])
+                lane_host, lane_port = self.options.listen[0], self.options.lane_port
+                await nursery.start(self.lanes.serve, lane_host, lane_port)
                 host, port = await nursery.start(self.network.serve, *self.options.listen)
                 self.address = self.options.advertise or (host, port)
                 await nursery.start(self.driver.run, Start(self.store.load()))
@@ -314,6 +316,9 @@ class ValidatorNode:
 
     def _on_peer_message(self, peer: str, message: Message) -> None:
         self.driver.submit(Receive(peer, message))
+
+    def _lane_fallback(self, peer: str, message: Message) -> None:
+        self.network.send_direct(peer, message)
 
     def _on_lane_message(self, peer: str, message: Message, digest: bytes | None) -> None:
         """A round message from a lane (lanes.py), its payload already hashed there."""
