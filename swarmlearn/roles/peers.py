@@ -10,6 +10,11 @@ connection to answer on. Known addresses (the sentinel's, then those the ledger 
 dialed, re-dialed with capped exponential backoff, and never dialed twice at once. A full
 send queue drops the message (the protocols repair loss); a broken connection ends only its
 own tasks. The gossip layer of the p2p issue will replace this full mesh.
+
+With ``lanes`` (:mod:`swarmlearn.roles.lanes`), messages of ``lane_types`` (a sync round's
+weights) go to the peer's round lane instead, and each new peer connection first announces
+this node's lane port (:class:`~swarmlearn.roles.lanes.LanePort`); a peer without a lane
+(not announced yet, or its lane failed) gets them here, with ``send_direct``.
 """
 
 from __future__ import annotations

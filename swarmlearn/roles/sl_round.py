@@ -22,6 +22,14 @@ the round and fixes the participants; participant ``i`` owns range ``i`` of
    fetches them from a participant and verifies them against the ledger's root. A FAILED
    round is delivered as such: the trainer keeps its own weights, never a partial merge.
 
+Bytes and memory: the node's round lanes (:mod:`swarmlearn.roles.lanes`) hash each chunk and
+merged piece as it arrives and hand it in as :class:`Hashed`, so the core compares digests
+instead of hashing again (a plain ``Receive``, as in the simulator, is hashed here). Merged
+pieces are cut at chunk boundaries, so the merged root reuses those digests; an owner merges
+its range straight into the merged model's buffer. The contribution is kept only as given
+(a view of the trainer's handover file: no copy) and let go when the round ends; a merged
+model that every participant agreed on is freed when the next round starts.
+
 Every wait is bounded: the attempt deadline comes from the ledger (model size based); when
 it passes, the core sends a ``Heartbeat`` so the ledger runs its deadline rule (finish with
 agreeing reporters, re-plan with the live ones, or fail). Progress is delivered as it goes
@@ -34,8 +42,6 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
 from swarmlearn.consensus.swarm_txs import (
@@ -44,10 +50,8 @@ from swarmlearn.consensus.swarm_txs import (
     Heartbeat,
     Merged,
     PerfData,
-    TensorSpec,
 )
 from swarmlearn.merge import (
-    Layout,
     RangeMerge,
     WeightSet,
     build_manifest,
@@ -55,10 +59,26 @@ from swarmlearn.merge import (
     resolve_method,
 )
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
-from swarmlearn.p2p.wire import Message, Payload
+from swarmlearn.roles.sl_messages import (
+    Contribute,
+    FetchMerged,
+    Hashed,
+    LedgerChanged,
+    MergedPiece,
+    Progress,
+    RoundChunk,
+    RoundDone,
+    RoundFailed,
+    RoundManifest,
+    SLEffect,
+    SubmitSigned,
+    merged_root,
+    note_digest,
+    range_out,
+    specs_of,
+)
 from swarmlearn.sansio import (
     Deliver,
-    Effect,
     Input,
     Log,
     NodeId,
@@ -69,161 +89,31 @@ from swarmlearn.sansio import (
     TimerFired,
 )
 
+#: The core, and (re-exported from sl_messages) what it speaks.
+__all__ = [
+    "Contribute",
+    "FetchMerged",
+    "Hashed",
+    "LedgerChanged",
+    "MergedPiece",
+    "Progress",
+    "RoundChunk",
+    "RoundDone",
+    "RoundFailed",
+    "RoundManifest",
+    "SLEffect",
+    "SLRoundCore",
+    "SubmitSigned",
+    "specs_of",
+]
+
 DEADLINE_MARGIN_S = 0.5
 KEPT_ROUNDS = 2  # merged models kept per contract, for peers that fetch them
 RESEND_S = 2.0
 EARLY_BYTES_MAX = 512 * 1024 * 1024
 
 
-# ---------------------------------------------------------------- messages (tags 0xA0-0xAF)
-
-
-@dataclass(frozen=True)
-class RoundManifest(Message, tag=0xA0):
-    contract: str
-    round: int
-    attempt: int
-    chunk_hashes: tuple[bytes, ...]
-
-
-@dataclass(frozen=True)
-class RoundChunk(Message, tag=0xA1):
-    contract: str
-    round: int
-    attempt: int
-    index: int
-    data: Payload
-
-
-@dataclass(frozen=True)
-class MergedPiece(Message, tag=0xA2):
-    contract: str
-    round: int
-    attempt: int
-    start: int  # byte offset in the flat layout
-    data: Payload
-
-
-@dataclass(frozen=True)
-class FetchMerged(Message, tag=0xA3):
-    contract: str
-    round: int
-
-
-# ---------------------------------------------------------------- inputs and deliveries
-
-
-@dataclass(frozen=True)
-class Contribute:
-    """Request from the trainer: these weights, for the contract's next round."""
-
-    contract: str
-    flat: bytes | bytearray | memoryview
-    layout: Layout
-    weight: int = 1
-    min_peers: int = 2
-    merge_method: str = "mean"
-    #: HPE's PERFDATA for this round, when the trainer reports it: loss, metric, epochs
-    #: done, epochs in all.
-    perf: tuple[float, float, int, int] | None = None
-    #: The trainer's own training is over: these are its final weights (said in the check-in).
-    final: bool = False
-    #: SHA-256 of each chunk of ``flat``, when the node already computed them off the event
-    #: loop (local, so trusted); hashed here otherwise.
-    chunk_hashes: tuple[bytes, ...] | None = None
-
-
-@dataclass(frozen=True)
-class Hashed:
-    """Input from the node: a round message that came on a lane, with the SHA-256 of its
-    payload, computed off the event loop by the node's own lane thread (so trusted, unlike
-    the message). The core compares it with the commitment instead of hashing again."""
-
-    sender: NodeId
-    message: RoundChunk | MergedPiece
-    digest: bytes
-
-
-@dataclass(frozen=True)
-class LedgerChanged:
-    """Input from the node: a block was committed; look at the rounds again."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    contract: str
-    round: int
-    text: str
-
-
-@dataclass(frozen=True)
-class RoundDone:
-    contract: str
-    round: int
-    root: bytes
-    flat: bytes | bytearray
-    training_over: bool = False  # every participant of this round has finished training
-    participants: int = 0  # how many nodes' weights the merge holds
-
-
-@dataclass(frozen=True)
-class RoundFailed:
-    contract: str
-    round: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class SubmitSigned:
-    """Effect for the node: put this signed transaction on the ledger."""
-
-    tx: bytes
-
-
-#: The SL core's effects: the sans-IO vocabulary plus one of its own, handled by the node.
-SLEffect = Effect | SubmitSigned
-
-
 # ---------------------------------------------------------------- the core
-
-
-def _range_out(buffer: bytearray, start: int, stop: int) -> memoryview | None:
-    """The owner's range of the merged model's buffer, for its merge to write in place (when
-    the buffer sits at the layout's 8-byte phase, as the merge kernels need)."""
-    if np.frombuffer(buffer, np.uint8).ctypes.data % 8:
-        return None
-    return memoryview(buffer)[start:stop]
-
-
-def _note_digest(
-    digests: dict[int, bytes], layout: Layout, start: int, size: int, digest: bytes | None
-) -> None:
-    """Bytes ``[start, start + size)`` of the merged model were just written: forget the digests
-    of the chunks they touch, and keep ``digest`` when they are exactly one whole chunk."""
-    if size == 0:
-        return
-    first, last = start // layout.chunk_bytes, (start + size - 1) // layout.chunk_bytes
-    for chunk in range(first, last + 1):
-        digests.pop(chunk, None)
-    if digest is not None and first == last and layout.chunk_span(first) == (start, start + size):
-        digests[first] = digest
-
-
-def _merged_root(layout: Layout, merged: bytearray, digests: dict[int, bytes]) -> bytes:
-    """The manifest root of the merged model, hashing only the chunks no lane hashed."""
-    view = memoryview(merged)
-    hashes = []
-    for chunk in range(layout.chunk_count):
-        known = digests.get(chunk)
-        if known is None:
-            start, stop = layout.chunk_span(chunk)
-            known = hashlib.sha256(view[start:stop]).digest()
-        hashes.append(known)
-    return manifest_root(layout, hashes)
-
-
-def specs_of(layout: Layout) -> tuple[TensorSpec, ...]:
-    return tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in layout.tensors)
 
 
 @dataclass
@@ -468,7 +358,7 @@ class SLRoundCore:
             [record.checkins[p].weight for p in record.participants], len(record.participants)
         )
         merged = bytearray(c.layout.total_bytes)
-        out = _range_out(merged, plan.shards[me].start_byte, plan.shards[me].stop_byte)
+        out = range_out(merged, plan.shards[me].start_byte, plan.shards[me].stop_byte)
         method = resolve_method(record.merge_method)
         merge = RangeMerge(c.layout, plan.shards[me], weights, method, out=out)
         attempt = _Attempt(record.attempt, record.participants, me, merge, merged=merged)
@@ -650,14 +540,14 @@ class SLRoundCore:
             ]
         if copy:
             attempt.merged[start : start + len(data)] = data
-        _note_digest(attempt.digests, layout, start, len(data), digest)
+        note_digest(attempt.digests, layout, start, len(data), digest)
         attempt.bytes_from[owner] = attempt.bytes_from.get(owner, 0) + len(data)
         if attempt.bytes_from[owner] >= shard.nbytes:
             attempt.pieces.add(owner)
         if len(attempt.pieces) < len(attempt.participants) or attempt.reported:
             return []
         attempt.reported = True
-        root = _merged_root(layout, attempt.merged, attempt.digests)
+        root = merged_root(layout, attempt.merged, attempt.digests)
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
         self._keep(state.contract, state.number, root, state.merged)
         report = Merged(state.contract, state.number, attempt.number, root)

@@ -1,0 +1,171 @@
+"""What the SL round core (:mod:`swarmlearn.roles.sl_round`) speaks: its wire messages, its
+inputs, deliveries and effect, and the byte-level helpers it uses on the merged model.
+
+Round messages (tags 0xA0-0xA3) travel between nodes, on round lanes where a node has them
+(:mod:`swarmlearn.roles.lanes`). :class:`Contribute` and :class:`Hashed` are local inputs
+from the node; :class:`Progress`, :class:`RoundDone` and :class:`RoundFailed` are delivered to
+the trainer; :class:`SubmitSigned` asks the node to put a transaction on the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from swarmlearn.consensus.swarm_txs import TensorSpec
+from swarmlearn.merge import Layout
+from swarmlearn.merge.manifest import manifest_root
+from swarmlearn.p2p.wire import Message, Payload
+from swarmlearn.sansio import Effect, NodeId
+
+# ---------------------------------------------------------------- messages (tags 0xA0-0xAF)
+
+
+@dataclass(frozen=True)
+class RoundManifest(Message, tag=0xA0):
+    contract: str
+    round: int
+    attempt: int
+    chunk_hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class RoundChunk(Message, tag=0xA1):
+    contract: str
+    round: int
+    attempt: int
+    index: int
+    data: Payload
+
+
+@dataclass(frozen=True)
+class MergedPiece(Message, tag=0xA2):
+    contract: str
+    round: int
+    attempt: int
+    start: int  # byte offset in the flat layout
+    data: Payload
+
+
+@dataclass(frozen=True)
+class FetchMerged(Message, tag=0xA3):
+    contract: str
+    round: int
+
+
+# ---------------------------------------------------------------- inputs and deliveries
+
+
+@dataclass(frozen=True)
+class Contribute:
+    """Request from the trainer: these weights, for the contract's next round."""
+
+    contract: str
+    flat: bytes | bytearray | memoryview
+    layout: Layout
+    weight: int = 1
+    min_peers: int = 2
+    merge_method: str = "mean"
+    #: HPE's PERFDATA for this round, when the trainer reports it: loss, metric, epochs
+    #: done, epochs in all.
+    perf: tuple[float, float, int, int] | None = None
+    #: The trainer's own training is over: these are its final weights (said in the check-in).
+    final: bool = False
+    #: SHA-256 of each chunk of ``flat``, when the node already computed them off the event
+    #: loop (local, so trusted); hashed here otherwise.
+    chunk_hashes: tuple[bytes, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Hashed:
+    """Input from the node: a round message that came on a lane, with the SHA-256 of its
+    payload, computed off the event loop by the node's own lane thread (so trusted, unlike
+    the message). The core compares it with the commitment instead of hashing again."""
+
+    sender: NodeId
+    message: RoundChunk | MergedPiece
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class LedgerChanged:
+    """Input from the node: a block was committed; look at the rounds again."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    contract: str
+    round: int
+    text: str
+
+
+@dataclass(frozen=True)
+class RoundDone:
+    contract: str
+    round: int
+    root: bytes
+    flat: bytes | bytearray
+    training_over: bool = False  # every participant of this round has finished training
+    participants: int = 0  # how many nodes' weights the merge holds
+
+
+@dataclass(frozen=True)
+class RoundFailed:
+    contract: str
+    round: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SubmitSigned:
+    """Effect for the node: put this signed transaction on the ledger."""
+
+    tx: bytes
+
+
+#: The SL core's effects: the sans-IO vocabulary plus one of its own, handled by the node.
+SLEffect = Effect | SubmitSigned
+
+
+# ---------------------------------------------------------------- helpers of the core
+
+
+def range_out(buffer: bytearray, start: int, stop: int) -> memoryview | None:
+    """The owner's range of the merged model's buffer, for its merge to write in place (when
+    the buffer sits at the layout's 8-byte phase, as the merge kernels need)."""
+    if np.frombuffer(buffer, np.uint8).ctypes.data % 8:
+        return None
+    return memoryview(buffer)[start:stop]
+
+
+def note_digest(
+    digests: dict[int, bytes], layout: Layout, start: int, size: int, digest: bytes | None
+) -> None:
+    """Bytes ``[start, start + size)`` of the merged model were just written: forget the digests
+    of the chunks they touch, and keep ``digest`` when they are exactly one whole chunk."""
+    if size == 0:
+        return
+    first, last = start // layout.chunk_bytes, (start + size - 1) // layout.chunk_bytes
+    for chunk in range(first, last + 1):
+        digests.pop(chunk, None)
+    if digest is not None and first == last and layout.chunk_span(first) == (start, start + size):
+        digests[first] = digest
+
+
+def merged_root(layout: Layout, merged: bytearray, digests: dict[int, bytes]) -> bytes:
+    """The manifest root of the merged model, hashing only the chunks no lane hashed."""
+    view = memoryview(merged)
+    hashes = []
+    for chunk in range(layout.chunk_count):
+        known = digests.get(chunk)
+        if known is None:
+            start, stop = layout.chunk_span(chunk)
+            known = hashlib.sha256(view[start:stop]).digest()
+        hashes.append(known)
+    return manifest_root(layout, hashes)
+
+
+def specs_of(layout: Layout) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in layout.tensors)
