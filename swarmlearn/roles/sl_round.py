@@ -635,6 +635,8 @@ class SLRoundCore:
         attempt = state.attempt
         if attempt is None or attempt.number != -1 or state.finished:
             return []
+        if not 0 <= p.start <= len(attempt.merged) - len(p.data):
+            return [Log(f"round {state.number}: a fetched piece outside the model", "warning")]
         attempt.merged[p.start : p.start + len(p.data)] = p.data
         attempt.bytes_from[-1] = attempt.bytes_from.get(-1, 0) + len(p.data)
         if attempt.bytes_from[-1] < len(attempt.merged):
