@@ -8,7 +8,7 @@ the weights over the node's local endpoint, as a training script would. Figures,
 - peak RSS of each daemon (VmHWM), as a multiple of the model size;
 - the ceiling: a blocking ``ssl.SSLSocket`` pair on the same loopback (bench/transport.py).
 
-    python bench/round.py [--quick]
+    python bench/round.py [--quick] [--rounds N]
 
 Targets (the rounds issue): 4 nodes in <= 1.0 s for 100 MB, peak RSS <= 2x the model. These
 are reported honestly, met or not. ``round_N_nodes_phases_s`` splits the round (PHASES below).
@@ -28,7 +28,13 @@ Xeon device host, before and after in the same call; the bench pinned to 2 cores
     peak RSS / model, 4 nodes  11.6x                 4.2x
     =========================  ====================  ====================
 
-4 nodes on 2 cores, after: closed 0.50 s (handover into shared memory, hashing, the
+On the 2-core development machine itself, at a quiet moment (load average about 3 from
+other jobs), before and after interleaved twice, 5 rounds each: 2 nodes 0.69 -> 0.46 s,
+4 nodes 1.24 -> 1.05 s, peak RSS 11.5x -> 4.2x; after, 4 nodes split as handed 0.22-0.28 s,
+closed 0.14-0.17 s, exchanged 0.62-0.64 s, done 0.05 s (before: closed 0.33 s, exchanged
+0.86 s). Under the heavy load of a shared machine every figure here is several times worse.
+
+4 nodes on 2 cores (device), after: closed 0.50 s (handover into shared memory, hashing, the
 check-ins' block), exchanged 0.91 s (reduce-scatter, merge, all-gather: 600 MB through TLS,
 every chunk hashed, in 4 daemons sharing 2 cores), done 0.07 s (the Merged block). Peak RSS
 is the interpreter (0.7x), the trainer's handover file mapped by the node (1x: shared with
