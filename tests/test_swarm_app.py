@@ -30,6 +30,9 @@ from swarmlearn.p2p.wire import Message, encode_header
 CHAIN = "app-test"
 LAYOUT = (TensorSpec("fc.weight", "float32", (10, 4)), TensorSpec("fc.bias", "float32", (10,)))
 T0 = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+# Certificates are valid from T0 - 5 min, whenever the fixture makes them (a long suite may
+# run this module's tests more than 5 minutes after it was imported).
+AT_T0 = dt.datetime.fromtimestamp(T0 / 1000, dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,8 @@ class Swarm:
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory: pytest.TempPathFactory) -> Swarm:
     root = tmp_path_factory.mktemp("swarm")
-    ca = create_ca(root / "ca")
-    other = create_ca(root / "other")
+    ca = create_ca(root / "ca", now=AT_T0)
+    other = create_ca(root / "other", now=AT_T0)
     roles = {
         "sn": [Role.SN, Role.SL],
         "a": [Role.SL],
@@ -52,11 +55,11 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Swarm:
     }
     people = {}
     for name, granted in roles.items():
-        issued = issue_certificate(ca, name, root / "ca", hosts=[], roles=granted)
+        issued = issue_certificate(ca, name, root / "ca", hosts=[], roles=granted, now=AT_T0)
         people[name] = load_identity(
             IdentityPaths(issued.cert_path, issued.key_path, root / "ca" / "ca.pem")
         )
-    issued = issue_certificate(other, "x", root / "other", hosts=[], roles=[Role.SL])
+    issued = issue_certificate(other, "x", root / "other", hosts=[], roles=[Role.SL], now=AT_T0)
     people["stranger"] = load_identity(
         IdentityPaths(issued.cert_path, issued.key_path, root / "other" / "ca.pem")
     )

@@ -35,6 +35,9 @@ from swarmlearn.p2p.wire import Message
 
 CHAIN = "tasks-test"
 T0 = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+# Certificates are valid from T0 - 5 min, whenever the fixture makes them (a long suite may
+# run this module's tests more than 5 minutes after it was imported).
+AT_T0 = dt.datetime.fromtimestamp(T0 / 1000, dt.UTC)
 BODY = canonical_json({"Command": "train.py", "Entrypoint": "python3"})
 ROLES = {
     "op": [Role.SWCI],
@@ -57,10 +60,10 @@ class People:
 @pytest.fixture(scope="module")
 def people(tmp_path_factory: pytest.TempPathFactory) -> People:
     root = tmp_path_factory.mktemp("pki")
-    ca = create_ca(root)
+    ca = create_ca(root, now=AT_T0)
     ids = {}
     for name, roles in ROLES.items():
-        issued = issue_certificate(ca, name, root, hosts=[], roles=roles)
+        issued = issue_certificate(ca, name, root, hosts=[], roles=roles, now=AT_T0)
         ids[name] = load_identity(IdentityPaths(issued.cert_path, issued.key_path, root / "ca.pem"))
     return People(ca.certificate.public_bytes(serialization.Encoding.DER), ids)
 
