@@ -83,6 +83,8 @@ class CoreDriver:
         self.store = store
         self.on_deliver = on_deliver
         self.clock = clock
+        #: Called with each input once the core has handled it and its effects ran.
+        self.on_handled: Callable[[Input], None] | None = None
         self.metrics: dict[str, float] = {}
         self.inputs_handled = 0
         self._send_input, self._inputs = trio.open_memory_channel[Input](INPUT_QUEUE_MAX)
@@ -115,6 +117,8 @@ class CoreDriver:
         self.inputs_handled += 1
         for effect in effects:
             await self._execute(effect)
+        if self.on_handled is not None:
+            self.on_handled(event)
 
     async def _execute(self, effect: Effect) -> None:
         match effect:

@@ -21,8 +21,10 @@ event loop, which keeps serving votes.
   its chunks).
 - Receiving: a thread per accepted lane reads each frame into its own buffer (the only
   copy is OpenSSL's), decodes it, hashes the payload there, and hands message and digest
-  to the event loop (``deliver``), waiting until the loop took it: a slow node slows its
-  senders rather than buffering without bound.
+  to the event loop (``deliver``). Payload bytes handed over but not yet handled by the
+  node are bounded (``RECEIVE_BUDGET_BYTES``; the node calls :meth:`RoundLanes.release`
+  when it handled one): a lane waits before reading more, so a node whose loop is busy
+  slows its senders (TCP backpressure) instead of piling up a model's worth of frames.
 
 A lane that cannot be dialed or breaks (a firewall that lets only the message port through,
 a peer that restarted) hands the message it was writing, and the rest of its queue, back
@@ -63,6 +65,7 @@ DIAL_TIMEOUT_S = 3.0  # TCP connect (a firewall that drops the lane port costs t
 HANDSHAKE_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 60.0  # one frame's write; a peer that reads nothing for this long is dropped
 ACCEPT_POLL_S = 0.2
+RECEIVE_BUDGET_BYTES = 32 * 1024 * 1024  # payloads delivered, not yet handled by the node
 LANE_RETRY_S = 120.0  # after a lane to a peer failed, its messages take the message connection
 
 #: ``deliver(sender, message, digest)``: runs in the event loop's thread; ``digest`` is the
@@ -178,6 +181,8 @@ class RoundLanes:
         self.dropped = 0  # messages lost: a full queue, or a failed lane with no fallback
         self.fallen_back = 0  # messages handed back to the message connection
         self._down_until: dict[NodeId, float] = {}
+        self._pending_bytes = 0  # payload bytes delivered, not yet released by the node
+        self._budget = threading.Condition()
         self._hosts: dict[NodeId, str] = {}
         self._ports: dict[NodeId, int] = {}
         self._senders: dict[NodeId, _Sender] = {}
@@ -194,6 +199,23 @@ class RoundLanes:
 
     def set_port(self, peer: NodeId, port: int) -> None:
         self._ports[peer] = port
+
+    def release(self, size: int) -> None:
+        """The node handled a delivered payload of ``size`` bytes (any thread)."""
+        with self._budget:
+            self._pending_bytes -= size
+            self._budget.notify_all()
+
+    def _take(self, size: int) -> None:
+        """Wait until ``size`` more bytes fit the receive budget (one frame always may)."""
+        with self._budget:
+            while (
+                self._pending_bytes > 0
+                and self._pending_bytes + size > RECEIVE_BUDGET_BYTES
+                and not self._stop.is_set()
+            ):
+                self._budget.wait(ACCEPT_POLL_S)
+            self._pending_bytes += size
 
     def is_down(self, peer: NodeId) -> bool:
         return time.monotonic() < self._down_until.get(peer, 0.0)
@@ -305,10 +327,22 @@ class RoundLanes:
             (size,) = FRAME_LEN.unpack(prefix)
             if not 4 <= size <= FRAME_BYTES_MAX_DEFAULT:
                 raise RemoteProtocolError(f"lane frame of {size} bytes")
-            body = bytearray(size)
-            recv_exact(pipe, memoryview(body))
-            message = decode_body(body)
-            payload = payload_of(message)
+            self._take(size)
+            try:
+                body = bytearray(size)
+                recv_exact(pipe, memoryview(body))
+                message = decode_body(body)
+                payload = payload_of(message)
+            except BaseException:
+                self.release(size)
+                raise
+            self.release(size - len(payload))  # the node releases the payload once handled
             digest = hashlib.sha256(payload).digest() if payload else None
             assert self._token is not None
-            trio.from_thread.run_sync(self.deliver, peer, message, digest, trio_token=self._token)
+            try:
+                trio.from_thread.run_sync(
+                    self.deliver, peer, message, digest, trio_token=self._token
+                )
+            except BaseException:
+                self.release(len(payload))
+                raise

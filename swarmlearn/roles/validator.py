@@ -43,7 +43,7 @@ from swarmlearn.p2p.certs import write_atomically
 from swarmlearn.p2p.identity import Identity, Role
 from swarmlearn.p2p.messages import Ping, Pong
 from swarmlearn.p2p.transport import Connection, dial
-from swarmlearn.p2p.wire import Message, decode_header, encode_header
+from swarmlearn.p2p.wire import Message, decode_header, encode_header, payload_of
 from swarmlearn.roles import views
 from swarmlearn.roles.api import serve_api
 from swarmlearn.roles.driver import CoreDriver
@@ -77,7 +77,7 @@ from swarmlearn.roles.sl_round import (
     RoundFailed,
     RoundManifest,
 )
-from swarmlearn.sansio import Receive, Request, Start
+from swarmlearn.sansio import Input, Receive, Request, Start
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,7 @@ class ValidatorNode:
             lane_types=LANE_MESSAGES,
         )
         self.driver = CoreDriver(self.node, self.network, store, self._on_deliver)
+        self.driver.on_handled = self._on_handled
         self.local = LocalEndpoint(options.data_dir / "sl.sock", self._on_contribute)
         self._trainers: dict[str, Callable[[Message], None]] = {}
         self.address = options.listen
@@ -321,13 +322,20 @@ class ValidatorNode:
         self.network.send_direct(peer, message)
 
     def _on_lane_message(self, peer: str, message: Message, digest: bytes | None) -> None:
-        """A round message from a lane (lanes.py), its payload already hashed there."""
+        """A round message from a lane (lanes.py), its payload already hashed there. The
+        lanes' receive budget gets the payload back once the core handled it (or now)."""
         if isinstance(message, RoundChunk | MergedPiece) and digest is not None:
-            self.driver.submit(Request(Hashed(peer, message, digest)))
+            if not self.driver.submit(Request(Hashed(peer, message, digest))):
+                self.lanes.release(len(message.data))
         elif isinstance(message, LANE_MESSAGES):
             self.driver.submit(Receive(peer, message))
         else:
             log.info("dropped a %s from %s's round lane", type(message).__name__, peer[:8])
+            self.lanes.release(len(payload_of(message)))
+
+    def _on_handled(self, event: Input) -> None:
+        if isinstance(event, Request) and isinstance(event.value, Hashed):
+            self.lanes.release(len(event.value.message.data))
 
     async def submit(self, data: bytes, wait_s: float = 0.0) -> SubmitReply:
         """Queue a transaction; with ``wait_s``, wait (that long at most) until it is committed."""
