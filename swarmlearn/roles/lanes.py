@@ -106,26 +106,35 @@ class _Sender:
         return True
 
     def _run(self) -> None:
-        while (message := self.queue.get()) is not None:
-            try:
-                if self.lanes.is_down(self.peer):
-                    self.lanes.fall_back(self.peer, message)
-                else:
-                    self._send(message)
-            except (OSError, ssl.SSLError, RemoteProtocolError) as error:
-                log.info(
-                    "round lane to %s: %s; using the message connection for %g s",
-                    self.peer[:8],
-                    error or type(error).__name__,
-                    LANE_RETRY_S,
-                )
-                self._close()
-                self.lanes.mark_down(self.peer)
-                self.lanes.fall_back(self.peer, message)  # a partial frame is never delivered
-            finally:
-                with self.lock:
-                    self.queued_bytes -= len(payload_of(message))
+        while True:
+            message = self.queue.get()
+            if message is None:
+                break
+            self._one(message)
+            # Not kept while waiting for the next: it is a view of a whole model (a merged
+            # one would stay alive into the next round, a second model's worth of memory).
+            del message
         self._close()
+
+    def _one(self, message: Message) -> None:
+        try:
+            if self.lanes.is_down(self.peer):
+                self.lanes.fall_back(self.peer, message)
+            else:
+                self._send(message)
+        except (OSError, ssl.SSLError, RemoteProtocolError) as error:
+            log.info(
+                "round lane to %s: %s; using the message connection for %g s",
+                self.peer[:8],
+                error or type(error).__name__,
+                LANE_RETRY_S,
+            )
+            self._close()
+            self.lanes.mark_down(self.peer)
+            self.lanes.fall_back(self.peer, message)  # a partial frame is never delivered
+        finally:
+            with self.lock:
+                self.queued_bytes -= len(payload_of(message))
 
     def _send(self, message: Message) -> None:
         if self.sock is None:
@@ -346,3 +355,4 @@ class RoundLanes:
             except BaseException:
                 self.release(len(payload))
                 raise
+            del body, message, payload  # the node has them; not kept while the lane waits
