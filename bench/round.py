@@ -13,32 +13,33 @@ the weights over the node's local endpoint, as a training script would. Figures,
 Targets (the rounds issue): 4 nodes in <= 1.0 s for 100 MB, peak RSS <= 2x the model. These
 are reported honestly, met or not. ``round_N_nodes_phases_s`` splits the round (PHASES below).
 
-Measured 2026-11-26, full size, medians of 5 rounds (pinned) and 3 (unpinned), on a 16-core
-Xeon device host, before and after in the same call; the bench pinned to 2 cores with
-``taskset -c 0,1`` to match the 2-core development machine, and unpinned:
+Measured 2026-11-26, full size, medians of 5 rounds. On the 2-core development machine at a
+quiet moment (load average 1.5-2 from other jobs), before and after back to back:
 
     =========================  ====================  ====================
     100 MB                     before (round data    after (round lanes,
                                on the trio message   no copies, hashes
                                connections)          in threads)
     =========================  ====================  ====================
-    2 nodes, 2 cores           1.19 s                0.80 s
-    4 nodes, 2 cores           2.24 s                1.44 s
-    4 nodes, 16 cores          1.59 s                0.59 s
-    peak RSS / model, 4 nodes  11.6x                 4.2x
+    2 nodes                    0.66 s                0.44-0.47 s
+    4 nodes                    1.24 s                0.90-1.00 s
+    peak RSS / model, 2 nodes  12.5x                 2.9x
+    peak RSS / model, 4 nodes  11.6x                 3.2-3.3x
     =========================  ====================  ====================
 
-On the 2-core development machine itself, at a quiet moment (load average about 3 from
-other jobs), before and after interleaved twice, 5 rounds each: 2 nodes 0.69 -> 0.46 s,
-4 nodes 1.24 -> 1.05 s, peak RSS 11.5x -> 4.2x; after, 4 nodes split as handed 0.22-0.28 s,
-closed 0.14-0.17 s, exchanged 0.62-0.64 s, done 0.05 s (before: closed 0.33 s, exchanged
-0.86 s). Under the heavy load of a shared machine every figure here is several times worse.
+4 nodes, after: handed 0.15-0.20 s (the four trainers of this one process copy their weights
+into shared memory under one GIL, then each node hashes them in threads), closed 0.14 s (the
+check-ins' block), exchanged 0.57-0.59 s (reduce-scatter, merge, all-gather: 600 MB through
+TLS, every chunk hashed, in 4 daemons sharing 2 cores), done 0.04 s (the Merged block).
+Before: closed 0.35 s, exchanged 0.85 s. Peak RSS after: the interpreter (0.7x), the
+trainer's handover file mapped by the node (1x, shared with the trainer: not a copy), the
+merged model being assembled (1x), chunks in flight (bounded by the lanes' receive budget).
+Under the heavy load of a shared machine every figure is several times worse.
 
-4 nodes on 2 cores (device), after: closed 0.50 s (handover into shared memory, hashing, the
-check-ins' block), exchanged 0.91 s (reduce-scatter, merge, all-gather: 600 MB through TLS,
-every chunk hashed, in 4 daemons sharing 2 cores), done 0.07 s (the Merged block). Peak RSS
-is the interpreter (0.7x), the trainer's handover file mapped by the node (1x: shared with
-the trainer, not a copy), the merged model being assembled (1x), and chunks in flight.
+On a 16-core Xeon device host (an earlier state of this work: lanes, no copies, before the
+receive budget and the lane-thread fix), before and after in the same call: pinned to 2
+cores (``taskset -c 0,1``) 4 nodes 2.24 -> 1.44 s, 2 nodes 1.19 -> 0.80 s; unpinned 4 nodes
+1.59 -> 0.59 s; peak RSS 11.6x -> 4.2x.
 """
 
 from __future__ import annotations
