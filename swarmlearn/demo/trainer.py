@@ -13,17 +13,53 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from swarmlearn.callback.core import SwarmCore
 from swarmlearn.callback.pytorch import SwarmCallback
 from swarmlearn.demo import digits
 
 
 def emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
+
+
+class RoundReporter:
+    """Emits a ``round`` event each time the callback has merged a new round."""
+
+    def __init__(self, swarm: SwarmCore, node: int, accuracy: Callable[[], float]) -> None:
+        self.swarm, self.node, self.accuracy = swarm, node, accuracy
+        self.seen = 0
+
+    def __call__(self, epoch: int) -> None:
+        outcome = self.swarm.last_round
+        if self.swarm.rounds_done == self.seen or outcome is None:
+            return
+        self.seen = self.swarm.rounds_done
+        emit(
+            "round",
+            node=self.node,
+            round=outcome.round,
+            peers=outcome.participants,
+            merge_s=round(self.swarm.last_round_s, 3),
+            hash=outcome.root.hex(),
+            epoch=epoch,
+            accuracy=self.accuracy(),
+        )
+
+    def done(self) -> None:
+        final = self.swarm.last_round
+        emit(
+            "done",
+            node=self.node,
+            rounds=self.swarm.rounds_done,
+            hash=final.root.hex() if final else "",
+            accuracy=self.accuracy(),
+        )
 
 
 def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,24 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         syncTimeout=args.sync_timeout,
         logger=logger,
     )
-    seen = 0
-
-    def report(epoch: int) -> None:
-        nonlocal seen
-        if swarm.rounds_done == seen or swarm.last_round is None:
-            return
-        seen = swarm.rounds_done
-        outcome = swarm.last_round
-        emit(
-            "round",
-            node=args.node,
-            round=outcome.round,
-            peers=outcome.participants,
-            merge_s=round(swarm.last_round_s, 3),
-            hash=outcome.root.hex(),
-            epoch=epoch,
-            accuracy=digits.accuracy(model, x_test, y_test),
-        )
+    report = RoundReporter(swarm, args.node, lambda: digits.accuracy(model, x_test, y_test))
 
     swarm.on_train_begin()
     report(0)
@@ -101,14 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         report((number + 1) * args.epochs_per_round)
     swarm.on_train_end()
     report(args.rounds * args.epochs_per_round)
-    final = swarm.last_round
-    emit(
-        "done",
-        node=args.node,
-        rounds=swarm.rounds_done,
-        hash=final.root.hex() if final else "",
-        accuracy=digits.accuracy(model, x_test, y_test),
-    )
+    report.done()
     return 0
 
 

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from swarmlearn.demo import digits, digits_keras
-from swarmlearn.demo.trainer import add_trainer_arguments, emit
+from swarmlearn.demo.trainer import RoundReporter, add_trainer_arguments, emit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,24 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         syncTimeout=args.sync_timeout,
         logger=logger,
     )
-    seen = 0
-
-    def report(epoch: int) -> None:
-        nonlocal seen
-        if swarm.rounds_done == seen or swarm.last_round is None:
-            return
-        seen = swarm.rounds_done
-        outcome = swarm.last_round
-        emit(
-            "round",
-            node=args.node,
-            round=outcome.round,
-            peers=outcome.participants,
-            merge_s=round(swarm.last_round_s, 3),
-            hash=outcome.root.hex(),
-            epoch=epoch,
-            accuracy=digits_keras.accuracy(model, x_test, y_test),
-        )
+    report = RoundReporter(swarm, args.node, lambda: digits_keras.accuracy(model, x_test, y_test))
 
     class Report(keras.callbacks.Callback):  # type: ignore[misc]
         def on_train_begin(self, logs: Any = None) -> None:
@@ -79,14 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         callbacks=[swarm, Report()],  # the swarm's hooks run first: Report sees the round
     )
     report(args.rounds * args.epochs_per_round)  # the final round, in on_train_end
-    final = swarm.last_round
-    emit(
-        "done",
-        node=args.node,
-        rounds=swarm.rounds_done,
-        hash=final.root.hex() if final else "",
-        accuracy=digits_keras.accuracy(model, x_test, y_test),
-    )
+    report.done()
     return 0
 
 
