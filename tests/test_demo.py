@@ -55,6 +55,25 @@ def test_two_nodes_two_rounds_give_a_table_from_real_training(tmp_path: Path) ->
     assert alive(workdir) == []
 
 
+def test_three_daemons_end_with_one_model_better_than_each_alone(tmp_path: Path) -> None:
+    """Daemon mode with three nodes: each lacks three or four digits, so alone it stays under
+    70%; the three end bit-identical (one merged hash) and better than any of them alone."""
+    workdir, results = tmp_path / "demo", tmp_path / "results.json"
+    done = subprocess.run(
+        [*DEMO, "--nodes", "3", "--rounds", "2", "--workdir", str(workdir), "--json", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = json.loads(results.read_text())
+    assert found["identical"]
+    assert len(set(found["swarm_accuracy"].values())) == 1
+    alone = found["alone_accuracy"].values()
+    assert max(alone) < 0.7, alone
+    assert min(found["swarm_accuracy"].values()) > max(alone), found
+
+
 def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     with subprocess.Popen(
