@@ -279,3 +279,28 @@ def test_progress_bar_with_eta_when_total_epochs_is_set(
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("[#####...............] epoch 1/4, 0 rounds, ETA ")
     assert lines[1].startswith("[##########..........] epoch 2/4, 0 rounds, ETA ")
+
+
+def test_a_check_in_the_ledger_refuses_fails_at_once_with_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another model on a contract whose layout is set: the node says why at once (it asks its
+    ledger before checking in) instead of leaving the trainer waiting until syncTimeout."""
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    with two_daemons(tmp_path) as data:
+        run_scripts(
+            *(
+                threading.Thread(target=our_style_script, args=(data[i] / "sl.sock", i, out, 1))
+                for i in range(2)
+            )
+        )
+        other = torch.nn.Linear(64, 10)  # not the model the contract's rounds merged
+        socket = str(data[0] / "sl.sock")
+        callback = SwarmCallback(syncFrequency=5, minPeers=2, model=other, nodeSocket=socket)
+        with caplog.at_level("WARNING", logger="SwarmCallback"):
+            callback.on_train_begin()  # a hang here would end in syncTimeout's ConfigError
+        callback.close()
+    assert callback.rounds_done == 0
+    warning = caplog.records[-1].getMessage()
+    assert "the ledger refuses it: tensor 0 is 'weight', the contract's is '0.weight'" in warning
+    assert warning.endswith("keeping the local weights")

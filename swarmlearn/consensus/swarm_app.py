@@ -56,6 +56,7 @@ from swarmlearn.consensus.swarm_txs import (
     PerfData,
     ResetContract,
     SignedTx,
+    TensorSpec,
 )
 from swarmlearn.consensus.types import Block, Validator
 from swarmlearn.errors import RemoteProtocolError
@@ -280,6 +281,21 @@ class SwarmApp:
             updates.append(Validator(sender, _public_key(join.certificate), 1))
         return "ok"
 
+    def check_in_problem(
+        self, name: str, merge_method: str, layout: tuple[TensorSpec, ...]
+    ) -> str | None:
+        """Why the ledger refuses any check-in to contract ``name`` with this merge method and
+        model, whoever sends it and whenever; None if it does not. An SL node asks before it
+        checks in, so that its trainer hears the reason at once instead of waiting."""
+        contract = self.state.contracts.get(name)
+        if contract is None:
+            return f"no contract {name!r}"
+        if problem := round_method_problem(merge_method):
+            return problem
+        if contract.layout is not None:
+            return layout_difference(contract.layout, layout) or None
+        return None
+
     def _check_in(self, tx: bytes, sender: str, body: CheckIn) -> str:
         contract = self.state.contracts.get(body.contract)
         if contract is None:
@@ -289,13 +305,10 @@ class SwarmApp:
             return self._refuse(
                 tx, f"round {body.round} is not open; check in for round {expected}", sender
             )
-        if problem := round_method_problem(body.merge_method):
+        if problem := self.check_in_problem(body.contract, body.merge_method, body.layout):
             return self._refuse(tx, problem, sender)
         if contract.layout is None:
             contract.layout, contract.total_bytes = body.layout, body.total_bytes
-        difference = layout_difference(contract.layout, body.layout)
-        if difference:
-            return self._refuse(tx, difference, sender)
         round_ = contract.rounds.get(body.round)
         if round_ is None:
             round_ = contract.rounds[body.round] = RoundRecord(

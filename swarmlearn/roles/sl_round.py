@@ -252,8 +252,10 @@ class SLRoundCore:
 
     def _contribute(self, c: Contribute, now: float) -> list[SLEffect]:
         contract = self.app.state.contracts.get(c.contract)
-        if contract is None:
-            return [Deliver(RoundFailed(c.contract, 0, f"no contract {c.contract!r}"))]
+        problem = self.app.check_in_problem(c.contract, c.merge_method, specs_of(c.layout))
+        if contract is None or problem is not None:
+            number = 0 if contract is None else contract.next_round_number()
+            return [Deliver(RoundFailed(c.contract, number, f"the ledger refuses it: {problem}"))]
         busy = [r for r in self.rounds.values() if r.contract == c.contract and not r.finished]
         if busy:  # one round at a time per contract: this one waits for the current one
             self.queued[c.contract] = c
