@@ -98,14 +98,6 @@ def _print_info(info: ident.CertificateInfo) -> None:
     print(f"expires     {info.not_valid_after.isoformat(timespec='seconds')}")
 
 
-def _not_built(what: str, issue: str) -> Command:
-    def command(args: argparse.Namespace) -> int:
-        print(f"swarmlearn {what}: not built yet ({issue})", file=sys.stderr)
-        return EXIT_USAGE
-
-    return command
-
-
 def _node(args: argparse.Namespace) -> int:
     from swarmlearn.roles import daemon
 
