@@ -69,6 +69,12 @@ def test_flag_mistakes() -> None:
         parse("--sentinel-ip", "h", "--bootstrap", "h:1")
     with pytest.raises(ConfigError, match=r"config .*missing\.toml: file does not exist"):
         parse("--config", "/missing.toml")
+    with pytest.raises(ConfigError, match="on every address, the node needs --advertise"):
+        node_options(parse("--listen", "0.0.0.0:30303"))
+    assert node_options(parse("--listen", "0.0.0.0:1", "--advertise", "10.0.0.5:1")).listen == (
+        "0.0.0.0",
+        1,
+    )
 
 
 def test_a_node_checks_its_identity_from_a_config_file(

@@ -45,6 +45,7 @@ from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions
 log = logging.getLogger("swarmlearn.node")
 
 DEFAULT_P2P_PORT = 30303  # HPE's SN peer-to-peer port
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 DEFAULT_P2P_SERVICE_PORT = 30310  # the p2p service (swarmlearn.p2p.service), with --p2p
 
 
@@ -145,6 +146,12 @@ def node_options(args: argparse.Namespace) -> ValidatorOptions:
     if args.sentinel and args.bootstrap:
         raise ConfigError("--sentinel creates a swarm and --bootstrap joins one: give only one")
     listen = parse_host_port(args.listen, field="--listen", default_port=DEFAULT_P2P_PORT)
+    if listen[0] in WILDCARD_HOSTS and args.advertise is None:
+        raise ConfigError(
+            f"--listen {args.listen}: on every address, the node needs --advertise HOST:PORT,"
+            " the address the other nodes dial (the ledger would record"
+            f" {listen[0]}:{listen[1]}, which to them is themselves)"
+        )
     return ValidatorOptions(
         data_dir=args.data,
         listen=listen,
