@@ -305,7 +305,7 @@ def test_failures_are_one_clear_line(session: Session, swarm: Swarm, tmp_path: P
     # A stranger that trusts the swarm's CA too: our side is happy, the node hangs up.
     bundle = tmp_path / "both.pem"
     other_ca = (swarm.root / "other" / "ca.pem").read_text()
-    bundle.write_text(other_ca + swarm.paths("sn0").ca.read_text())
+    bundle.write_text(other_ca + swarm.paths("n0").ca.read_text())
     paths = swarm.paths("stranger", "other")
     trusting = Session(
         directory=tmp_path / "stranger", identity=IdentityPaths(paths.cert, paths.key, bundle)

@@ -219,8 +219,9 @@ def _start_trainer(
 
     def pump() -> None:
         assert process.stdout is not None
-        for raw in process.stdout:
-            events.put((index, raw.decode(errors="replace")))
+        with process.stdout:
+            for raw in process.stdout:
+                events.put((index, raw.decode(errors="replace")))
         events.put((index, ""))
 
     threading.Thread(target=pump, daemon=True).start()

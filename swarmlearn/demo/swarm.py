@@ -42,6 +42,7 @@ class Node:
     p2p_port: int = 0
     api_port: int = 0
     lines: queue.Queue[str] = field(default_factory=queue.Queue)
+    pump: threading.Thread | None = None  # copies its output to the log, closes the pipe
 
     @property
     def socket(self) -> Path:
@@ -96,6 +97,8 @@ class LocalSwarm:
             except subprocess.TimeoutExpired:
                 node.process.kill()
                 node.process.wait()
+            if node.pump is not None:
+                node.pump.join(STOP_TIMEOUT_S)  # the pipe is at its end: the pump closes it
 
     # ------------------------------------------------------------ pieces
 
@@ -152,7 +155,8 @@ class LocalSwarm:
         node = Node(name, data, process)
         self.nodes.append(node)
         record_pid(self.workdir, name, process.pid)
-        threading.Thread(target=_pump, args=(process, node.lines, data), daemon=True).start()
+        node.pump = threading.Thread(target=_pump, args=(process, node.lines, data), daemon=True)
+        node.pump.start()
         banner = self._banner(node, deadline)
         node.p2p_port = int(banner.split("/tcp/")[1].split("/")[0])
         node.api_port = int(banner.rsplit(":", 1)[1])
@@ -206,7 +210,7 @@ def record_pid(workdir: Path, name: str, pid: int) -> None:
 def _pump(process: subprocess.Popen[bytes], lines: queue.Queue[str], data: Path) -> None:
     """A node's stdout: each line to the queue (for the banner) and to its log; "" at the end."""
     assert process.stdout is not None
-    with (data / "node.log").open("a") as log:
+    with process.stdout, (data / "node.log").open("a") as log:
         for raw in process.stdout:
             line = raw.decode(errors="replace").rstrip("\n")
             log.write(line + "\n")
