@@ -16,10 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from swarmlearn.consensus.swarm_app import sign_transaction
 from swarmlearn.consensus.swarm_txs import CreateContract, Join
 from swarmlearn.p2p.certs import create_ca, issue_certificate
-from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
+from swarmlearn.p2p.identity import Role
 from swarmlearn.p2p.tls import client_context
 from swarmlearn.roles.api import build_app
-from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions
+from swarmlearn.roles.validator import ValidatorNode
+from tests.api_helpers import identity, sentinel_api
 
 
 @pytest.fixture
@@ -30,24 +31,10 @@ def pki(tmp_path: Path) -> Path:
     return tmp_path / "pki"
 
 
-def identity(pki: Path, name: str) -> Identity:
-    return load_identity(
-        IdentityPaths(pki / f"{name}.pem", pki / f"{name}-key.pem", pki / "ca.pem")
-    )
-
-
 @pytest.fixture
 async def api(pki: Path, tmp_path: Path) -> AsyncIterator[tuple[ValidatorNode, str]]:
-    options = ValidatorOptions(
-        tmp_path / "data", ("127.0.0.1", 0), sentinel=True, api=("127.0.0.1", 0)
-    )
-    lines: list[str] = []
-    node = await ValidatorNode.open(identity(pki, "sn"), options, on_ready=lines.append)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        url = lines[0].split(", api ")[1]
-        yield node, url
-        nursery.cancel_scope.cancel()
+    async with sentinel_api(pki, tmp_path / "data") as found:
+        yield found
 
 
 def client(pki: Path, name: str = "op") -> httpx.AsyncClient:

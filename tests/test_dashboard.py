@@ -46,9 +46,10 @@ from swarmlearn.dashboard import charts, model, render
 from swarmlearn.dashboard.server import serve_dashboard
 from swarmlearn.dashboard.upstream import Snapshot, Upstream
 from swarmlearn.p2p.certs import create_ca, issue_certificate
-from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
+from swarmlearn.p2p.identity import Identity, Role
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions
+from swarmlearn.roles.validator import ValidatorNode
+from tests.api_helpers import identity, sentinel_api
 
 LAYOUT = (TensorSpec("fc.weight", "float32", (10, 4)), TensorSpec("fc.bias", "float32", (10,)))
 WAIT_S = 30.0
@@ -70,21 +71,10 @@ def pki(tmp_path: Path) -> Path:
     return tmp_path / "pki"
 
 
-def identity(pki: Path, name: str, ca: Path | None = None) -> Identity:
-    return load_identity(
-        IdentityPaths(pki / f"{name}.pem", pki / f"{name}-key.pem", ca or pki / "ca.pem")
-    )
-
-
 @asynccontextmanager
 async def node_api(pki: Path, data: Path) -> AsyncIterator[tuple[ValidatorNode, int]]:
-    options = ValidatorOptions(data, ("127.0.0.1", 0), sentinel=True, api=("127.0.0.1", 0))
-    lines: list[str] = []
-    node = await ValidatorNode.open(identity(pki, "sn"), options, on_ready=lines.append)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        yield node, int(lines[0].rsplit(":", 1)[1])
-        nursery.cancel_scope.cancel()
+    async with sentinel_api(pki, data) as (node, url):
+        yield node, int(url.rsplit(":", 1)[1])
 
 
 @asynccontextmanager

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from swarmlearn.consensus.swarm_app import sign_transaction
@@ -22,10 +21,11 @@ from swarmlearn.consensus.swarm_tasks import (
 )
 from swarmlearn.consensus.swarm_txs import Join
 from swarmlearn.p2p.certs import create_ca, issue_certificate
-from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
+from swarmlearn.p2p.identity import Identity, Role
 from swarmlearn.p2p.tls import client_context
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions
+from swarmlearn.roles.validator import ValidatorNode
+from tests.api_helpers import identity, sentinel_api
 
 
 @pytest.fixture
@@ -36,23 +36,10 @@ def pki(tmp_path: Path) -> Path:
     return tmp_path / "pki"
 
 
-def identity(pki: Path, name: str) -> Identity:
-    return load_identity(
-        IdentityPaths(pki / f"{name}.pem", pki / f"{name}-key.pem", pki / "ca.pem")
-    )
-
-
 @pytest.fixture
 async def api(pki: Path, tmp_path: Path) -> AsyncIterator[tuple[ValidatorNode, str]]:
-    options = ValidatorOptions(
-        tmp_path / "data", ("127.0.0.1", 0), sentinel=True, api=("127.0.0.1", 0)
-    )
-    lines: list[str] = []
-    node = await ValidatorNode.open(identity(pki, "sn"), options, on_ready=lines.append)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        yield node, lines[0].split(", api ")[1]
-        nursery.cancel_scope.cancel()
+    async with sentinel_api(pki, tmp_path / "data") as found:
+        yield found
 
 
 async def test_tasks_and_taskrunners_as_json(api: tuple[ValidatorNode, str], pki: Path) -> None:
