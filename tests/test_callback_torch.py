@@ -11,14 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import trio
 from sklearn.datasets import load_digits
 
 from swarmlearn.callback.core import SwarmError
 from swarmlearn.callback.pytorch import SwarmCallback, load_state, state_of
-from swarmlearn.p2p.certs import create_ca, issue_certificate
-from swarmlearn.p2p.identity import IdentityPaths, Role, load_identity
-from tests.test_real_swarm import node_process, wait_for
+from swarmlearn.demo.swarm import LocalSwarm
 
 
 def net() -> torch.nn.Module:
@@ -172,28 +169,10 @@ def our_style_script(
 
 @contextlib.contextmanager
 def two_daemons(tmp_path: Path) -> Iterator[list[Path]]:
-    """Two swarm-node processes (the first the sentinel), both validators; their data dirs."""
-    ca = create_ca(tmp_path / "pki")
-    for index in range(2):
-        issue_certificate(
-            ca, f"sn{index}", tmp_path / "pki", hosts=["127.0.0.1"], roles=[Role.SN, Role.SL]
-        )
-    pki = tmp_path / "pki"
-    data = [tmp_path / "n0", tmp_path / "n1"]
-    with node_process(pki, "sn0", data[0], "--sentinel", "--listen", "127.0.0.1:0") as (_, port0):
-        join = ("--bootstrap", f"127.0.0.1:{port0}", "--listen", "127.0.0.1:0")
-        with node_process(pki, "sn1", data[1], *join) as (_, port1):
-            client = load_identity(
-                IdentityPaths(pki / "sn0.pem", pki / "sn0-key.pem", pki / "ca.pem")
-            )
-            trio.run(
-                wait_for,
-                client,
-                [port0, port1],
-                "2 validators",
-                lambda s: all(len(x.validators) == 2 for x in s),
-            )
-            yield data
+    """Two swarm-node processes (the demo's LocalSwarm: the first the sentinel, both
+    validators, certificates in ``tmp_path/pki``, logs in ``nI/node.log``); their data dirs."""
+    with LocalSwarm(tmp_path, 2) as swarm:
+        yield [node.data_dir for node in swarm.nodes]
 
 
 def run_scripts(*scripts: threading.Thread) -> None:

@@ -38,8 +38,9 @@ BROWSER_WAIT_MS = 120_000
 
 def api_of(data: Path) -> str:
     """The API address a swarm-node process logged (Hypercorn's "Running on" line)."""
-    found = re.search(r"Running on https://(127\.0\.0\.1:\d+)", (data / "stderr.log").read_text())
-    assert found, (data / "stderr.log").read_text()
+    log = (data / "node.log").read_text()
+    found = re.search(r"Running on https://(127\.0\.0\.1:\d+)", log)
+    assert found, log
     return found[1]
 
 
