@@ -252,7 +252,8 @@ class SLRoundCore:
 
     def _contribute(self, c: Contribute, now: float) -> list[SLEffect]:
         contract = self.app.state.contracts.get(c.contract)
-        problem = self.app.check_in_problem(c.contract, c.merge_method, specs_of(c.layout))
+        specs = specs_of(c.layout)
+        problem = self.app.check_in_problem(c.contract, c.merge_method, specs)
         if contract is None or problem is not None:
             number = 0 if contract is None else contract.next_round_number()
             return [Deliver(RoundFailed(c.contract, number, f"the ledger refuses it: {problem}"))]
@@ -277,7 +278,7 @@ class SLRoundCore:
             root,
             c.weight,
             c.min_peers,
-            specs_of(c.layout),
+            specs,
             c.layout.total_bytes,
             c.merge_method,
             c.final,
