@@ -62,6 +62,10 @@ class Role(enum.StrEnum):
         return x509.ObjectIdentifier(f"{SWARMLEARN_OID}.1.{list(Role).index(self) + 1}")
 
 
+#: The roles of a certificate that runs a swarm-node (a swci certificate is an operator's).
+NODE_ROLES: frozenset[Role] = frozenset({Role.SN, Role.SL, Role.SWOP})
+
+
 @dataclass(frozen=True, order=True)
 class PeerId:
     """SHA-256 of a certificate's SubjectPublicKeyInfo; ``str()`` is lowercase base32."""
