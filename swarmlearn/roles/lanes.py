@@ -52,7 +52,7 @@ import trio
 from swarmlearn.errors import RemoteProtocolError
 from swarmlearn.p2p.bulk import TlsPipe, recv_exact
 from swarmlearn.p2p.framing import FRAME_BYTES_MAX_DEFAULT, FRAME_LEN, encode_frame
-from swarmlearn.p2p.identity import Identity, Role
+from swarmlearn.p2p.identity import NODE_ROLES, Identity
 from swarmlearn.p2p.tls import client_context, peer_certificate_info, server_context
 from swarmlearn.p2p.wire import Message, decode_body, payload_of
 from swarmlearn.sansio import NodeId
@@ -315,7 +315,7 @@ class RoundLanes:
         try:
             with TlsPipe(raw, self.server, server_side=True) as pipe:
                 peer = peer_certificate_info(pipe.peer_certificate())
-                if Role.SN not in peer.roles or str(peer.peer_id) == self.me:
+                if not peer.roles & NODE_ROLES or str(peer.peer_id) == self.me:
                     raise RemoteProtocolError(f"{peer.peer_id.short} may not open a round lane")
                 raw.settimeout(None)
                 self._read_frames(pipe, str(peer.peer_id))
