@@ -3,13 +3,16 @@
 Theory of operation
 -------------------
 Every connection is mutual TLS; the peer's id and roles come from its certificate. A
-connection from a node with the SN role is a *peer*: it gets its own bounded send queue,
-drained by a writer task, and what it sends goes to ``on_peer_message`` (the consensus
-driver). Anything may also send node-API requests, which go to ``on_request`` with the
-connection to answer on. Known addresses (the sentinel's, then those the ledger records) are
-dialed, re-dialed with capped exponential backoff, and never dialed twice at once. A full
-send queue drops the message (the protocols repair loss); a broken connection ends only its
-own tasks. The gossip layer of the p2p issue will replace this full mesh.
+connection from a node that runs a swarm-node (a certificate with the sn, sl or swop role:
+validators, and the SL/SWOP-only members that follow their ledger) is a *peer*: it gets its
+own bounded send queue, drained by a writer task, and what it sends goes to
+``on_peer_message`` (the consensus driver: a node without a seat catches up on blocks and
+follows the proposals and votes from there). Anything may also send node-API requests,
+which go to ``on_request`` with the connection to answer on. Known addresses (those the
+ledger records for its members) are dialed, re-dialed with capped exponential backoff,
+and never dialed twice at once. A full send queue drops the message (the protocols repair
+loss); a broken connection ends only its own tasks. The gossip layer of the p2p issue will
+replace this full mesh.
 
 With ``lanes`` (:mod:`swarmlearn.roles.lanes`), messages of ``lane_types`` (a sync round's
 weights) go to the peer's round lane instead, and each new peer connection first announces
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 import trio
 
 from swarmlearn.errors import RemoteProtocolError
-from swarmlearn.p2p.identity import Identity, Role
+from swarmlearn.p2p.identity import NODE_ROLES, Identity
 from swarmlearn.p2p.transport import (
     Connection,
     Listener,
@@ -175,7 +178,7 @@ class PeerNetwork:
 
     async def _run_connection(self, connection: Connection) -> None:
         peer = str(connection.peer_id)
-        is_peer = Role.SN in connection.peer.roles and peer != self.me
+        is_peer = bool(connection.peer.roles & NODE_ROLES) and peer != self.me
         send, receive = trio.open_memory_channel[Message](SEND_QUEUE_MAX)
         link = _Peer(connection, send)
         try:

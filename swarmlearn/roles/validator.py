@@ -40,8 +40,9 @@ from swarmlearn.consensus.swarm_txs import Join
 from swarmlearn.consensus.types import Validator
 from swarmlearn.errors import ConfigError, RemoteProtocolError
 from swarmlearn.p2p.certs import write_atomically
-from swarmlearn.p2p.identity import Identity, Role
+from swarmlearn.p2p.identity import NODE_ROLES, Identity, Role
 from swarmlearn.p2p.messages import Ping, Pong
+from swarmlearn.p2p.multiaddr import PeerAddress
 from swarmlearn.p2p.transport import Connection, dial
 from swarmlearn.p2p.wire import Message, decode_header, encode_header, payload_of
 from swarmlearn.roles import views
@@ -269,13 +270,19 @@ class ValidatorNode:
                         serve_api, self, self.identity, *self.options.api
                     )
                     api = f", api https://{api_host}:{api_port}"
-                self.on_ready(
-                    f"swarm-node {self.identity.info.name} (sn) chain {self.core.chain_id} "
-                    f"height {self.core.height - 1} "
-                    f"listening on /ip4/{host}/tcp/{port}/p2p/{self.me}{api}"
-                )
+                self.on_ready(self._ready_line(host, port, api))
                 task_status.started((host, port))
                 nursery.start_soon(self._join)
+
+    def _ready_line(self, host: str, port: int, api: str) -> str:
+        """What the node prints once it listens: its roles, chain, height and address."""
+        roles = ",".join(role.value for role in Role if role in self.identity.info.roles)
+        kind = " sentinel" if self.options.sentinel else ""
+        address = PeerAddress(host, port, self.me)
+        return (
+            f"swarm-node {self.identity.info.name}{kind} ({roles or 'no roles'}) chain "
+            f"{self.core.chain_id} height {self.core.height - 1} listening on {address}{api}"
+        )
 
     # ------------------------------------------------------------ joining
 
@@ -413,7 +420,7 @@ class ValidatorNode:
     def _learn_addresses(self) -> None:
         for node, member in sorted(self.app.state.members.items()):
             host, _, port = member.address.rpartition(":")
-            if Role.SN in member.roles and port.isdigit():
+            if member.roles & NODE_ROLES and port.isdigit():
                 self.network.add_address(node, host, int(port))
 
     async def _on_request(self, connection: Connection, message: Message) -> bool:
