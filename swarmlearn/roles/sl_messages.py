@@ -106,7 +106,7 @@ class RoundDone:
     contract: str
     round: int
     root: bytes
-    flat: bytes | bytearray
+    flat: bytes | bytearray | memoryview
     training_over: bool = False  # every participant of this round has finished training
     participants: int = 0  # how many nodes' weights the merge holds
 
@@ -154,7 +154,7 @@ def note_digest(
         digests[first] = digest
 
 
-def merged_root(layout: Layout, merged: bytearray, digests: dict[int, bytes]) -> bytes:
+def merged_root(layout: Layout, merged: bytearray | memoryview, digests: dict[int, bytes]) -> bytes:
     """The manifest root of the merged model, hashing only the chunks no lane hashed."""
     view = memoryview(merged)
     hashes = []
@@ -165,6 +165,13 @@ def merged_root(layout: Layout, merged: bytearray, digests: dict[int, bytes]) ->
             known = hashlib.sha256(view[start:stop]).digest()
         hashes.append(known)
     return manifest_root(layout, hashes)
+
+
+def chunk_cuts(layout: Layout, start: int, stop: int) -> list[tuple[int, int]]:
+    """Bytes ``[start, stop)`` cut at chunk boundaries: ``(cut, end)`` pairs, in order."""
+    first = (start // layout.chunk_bytes + 1) * layout.chunk_bytes
+    cuts = [start, *range(first, stop, layout.chunk_bytes)]
+    return list(zip(cuts, [*cuts[1:], stop], strict=True))
 
 
 def specs_of(layout: Layout) -> tuple[TensorSpec, ...]:

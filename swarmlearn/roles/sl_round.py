@@ -39,14 +39,12 @@ agreeing reporters, re-plan with the live ones, or fail). Progress is delivered 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
 from swarmlearn.consensus.swarm_txs import (
     CheckIn,
-    Exclude,
     Heartbeat,
     Merged,
     PerfData,
@@ -54,7 +52,6 @@ from swarmlearn.consensus.swarm_txs import (
 from swarmlearn.merge import (
     RangeMerge,
     WeightSet,
-    build_manifest,
     plan_shards,
     resolve_method,
 )
@@ -72,11 +69,15 @@ from swarmlearn.roles.sl_messages import (
     RoundManifest,
     SLEffect,
     SubmitSigned,
+    chunk_cuts,
     merged_root,
     note_digest,
     range_out,
     specs_of,
 )
+from swarmlearn.roles.sl_round_merged import KeptModels
+from swarmlearn.roles.sl_round_outcome import RoundEnds
+from swarmlearn.roles.sl_round_state import Attempt, EarlyMessages, RoundState
 from swarmlearn.sansio import (
     Deliver,
     Input,
@@ -108,61 +109,23 @@ __all__ = [
 ]
 
 DEADLINE_MARGIN_S = 0.5
-KEPT_ROUNDS = 2  # merged models kept per contract, for peers that fetch them
 RESEND_S = 2.0
-EARLY_BYTES_MAX = 512 * 1024 * 1024
 
 
 # ---------------------------------------------------------------- the core
 
 
-@dataclass
-class _Attempt:
-    number: int
-    participants: tuple[str, ...]
-    me: int
-    merge: RangeMerge | None
-    manifests: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
-    # chunks that came before their sender's manifest: participant, chunk, data, digest
-    waiting: list[tuple[int, int, Any, bytes | None]] = field(default_factory=list)
-    merged: bytearray = field(default_factory=bytearray)
-    pieces: set[int] = field(default_factory=set)  # owners whose whole range arrived
-    bytes_from: dict[int, int] = field(default_factory=dict)  # merged bytes per owner
-    reported: bool = False
-    digests: dict[int, bytes] = field(default_factory=dict)  # merged chunks hashed by a lane
-    merge_in_place: bool = False  # my range is merged straight into ``merged``
-
-
-@dataclass
-class _Round:
-    contract: str
-    number: int
-    contribution: Contribute
-    manifest_hashes: tuple[bytes, ...]
-    root: bytes
-    attempt: _Attempt | None = None
-    merged_root: bytes | None = None
-    merged: bytearray | None = None
-    finished: bool = False
-    last_progress: str = ""
-    check_in: bytes = b""  # the signed CheckIn, resent until the ledger has it
-    sent_at: float = 0.0
-
-
-class SLRoundCore:
+class SLRoundCore(RoundEnds):
     """One SL node's rounds, for every contract it trains on."""
 
     def __init__(self, me: NodeId, app: SwarmApp, sign: Any) -> None:
         self.me = me
         self.app = app
         self.sign = sign  # body Message -> signed transaction bytes
-        self.rounds: dict[tuple[str, int], _Round] = {}
-        self.kept: dict[tuple[str, int], tuple[bytes, bytearray]] = {}  # merged, to serve
-        # Messages of an attempt this node has not seen the ledger start yet (blocks commit
-        # at slightly different times on different nodes): replayed when it starts.
-        self.early: list[tuple[str, RoundManifest | RoundChunk | MergedPiece, bytes | None]] = []
+        self.rounds: dict[tuple[str, int], RoundState] = {}
+        self.kept = KeptModels()  # merged models, to serve peers that fetch them
+        self.early = EarlyMessages()  # replayed when their attempt starts here
         self.queued: dict[str, Contribute] = {}  # the next weights, while a round runs
-        self.early_bytes = 0
 
     def handle(self, event: Input, now: float) -> list[SLEffect]:
         match event:
@@ -180,22 +143,18 @@ class SLRoundCore:
                     return self._keep_early(sender, message, digest)
                 return self._dispatch(sender, message, digest)
             case Receive(sender, FetchMerged(contract, number)):
-                return self._serve(sender, contract, number)
+                return self.kept.serve(sender, contract, number)
             case TimerFired(("sl-deadline", str(contract), int(number), int(attempt))):
                 return self._deadline(contract, number, attempt, now)
-            case TimerFired(("sl-alive", str(contract), int(number), int(attempt))):
-                current = self._current(contract, number, attempt)
-                if current is None or current.finished or current.merged_root is not None:
-                    return []
-                beat = Heartbeat(contract, number, attempt, int(now * 1000))
-                return [SubmitSigned(self.sign(beat))]
-            case TimerFired(("sl-tick", str(contract), int(number), int(attempt))):
+            case TimerFired(("sl-alive" | "sl-tick" as kind, str(contract), int(number), int(a))):
                 state = self.rounds.get((contract, number))
-                if state is None or state.finished or state.attempt is not None:
+                if state is None or state.finished or state.merged_root is not None:
                     return []
-                return [
-                    SubmitSigned(self.sign(Heartbeat(contract, number, attempt, int(now * 1000))))
-                ]
+                if (state.attempt is None) != (kind == "sl-tick"):
+                    return []  # a tick waits for the round to close; alive, in an attempt
+                if kind == "sl-alive" and self._current(contract, number, a) is None:
+                    return []
+                return [SubmitSigned(self.sign(Heartbeat(contract, number, a, int(now * 1000))))]
         return []
 
     def _dispatch(
@@ -222,30 +181,13 @@ class SLRoundCore:
         message: RoundManifest | RoundChunk | MergedPiece,
         digest: bytes | None = None,
     ) -> list[SLEffect]:
-        size = len(getattr(message, "data", b"")) + 64
-        if self.early_bytes + size > EARLY_BYTES_MAX:
+        if not self.early.keep(sender, message, digest):
             return [Log("dropped an early round message: the buffer is full", "warning")]
-        self.early.append((sender, message, digest))
-        self.early_bytes += size
         return []
 
-    def _replay_early(self, state: _Round) -> list[SLEffect]:
+    def _replay_early(self, state: RoundState) -> list[SLEffect]:
         assert state.attempt is not None
-        ready = [
-            (s, m, d)
-            for s, m, d in self.early
-            if (m.contract, m.round, m.attempt)
-            == (state.contract, state.number, state.attempt.number)
-        ]
-        stale = [
-            (s, m, d)
-            for s, m, d in self.early
-            if (m.contract, m.round) == (state.contract, state.number)
-            and m.attempt < state.attempt.number
-        ]
-        gone = {id(m) for _, m, _ in ready + stale}
-        self.early = [(s, m, d) for s, m, d in self.early if id(m) not in gone]
-        self.early_bytes = sum(len(getattr(m, "data", b"")) + 64 for _, m, _ in self.early)
+        ready = self.early.take(state.contract, state.number, state.attempt.number)
         return [effect for s, m, d in ready for effect in self._dispatch(s, m, d)]
 
     # ------------------------------------------------------------ committing
@@ -270,7 +212,7 @@ class SLRoundCore:
         if hashes is None or len(hashes) != c.layout.chunk_count:
             hashes = chunk_hashes(c.layout, c.flat)
         root = manifest_root(c.layout, hashes)
-        state = _Round(c.contract, number, c, hashes, root)
+        state = RoundState(c.contract, number, c, hashes, root)
         self.rounds[(c.contract, number)] = state
         check_in = CheckIn(
             c.contract,
@@ -295,7 +237,7 @@ class SLRoundCore:
             effects.insert(1, SubmitSigned(self.sign(report)))
         return effects
 
-    def _missed(self, state: _Round, record: RoundRecord | None) -> bool:
+    def _missed(self, state: RoundState, record: RoundRecord | None) -> bool:
         """This contribution belongs to a later round than ``state.number``."""
         contract = self.app.state.contracts.get(state.contract)
         if contract is None or contract.next_round_number() == state.number:
@@ -305,11 +247,7 @@ class SLRoundCore:
             return record.checkins[self.me].root != state.root
         return record is None or record.status != RoundStatus.OPEN
 
-    def _record(self, state: _Round) -> RoundRecord | None:
-        contract = self.app.state.contracts.get(state.contract)
-        return None if contract is None else contract.rounds.get(state.number)
-
-    def _follow(self, state: _Round, now: float) -> list[SLEffect]:
+    def _follow(self, state: RoundState, now: float) -> list[SLEffect]:
         record = self._record(state)
         if state.finished:
             return []
@@ -345,7 +283,7 @@ class SLRoundCore:
 
     # ------------------------------------------------------------ the exchange
 
-    def _start_attempt(self, state: _Round, record: RoundRecord, now: float) -> list[SLEffect]:
+    def _start_attempt(self, state: RoundState, record: RoundRecord, now: float) -> list[SLEffect]:
         if self.me not in record.participants:
             state.attempt = None
             return [
@@ -354,7 +292,7 @@ class SLRoundCore:
                 )
             ]
         c = state.contribution
-        self._release_settled(state.contract, state.number)
+        self.kept.release_settled(self.app, state.contract, state.number, self.rounds)
         me = record.participants.index(self.me)
         plan = plan_shards(c.layout, len(record.participants))
         weights = WeightSet.of(
@@ -364,7 +302,7 @@ class SLRoundCore:
         out = range_out(merged, plan.shards[me].start_byte, plan.shards[me].stop_byte)
         method = resolve_method(record.merge_method)
         merge = RangeMerge(c.layout, plan.shards[me], weights, method, out=out)
-        attempt = _Attempt(record.attempt, record.participants, me, merge, merged=merged)
+        attempt = Attempt(record.attempt, record.participants, me, merge, merged=merged)
         attempt.merge_in_place = out is not None
         state.attempt = attempt
         effects: list[SLEffect] = []
@@ -408,12 +346,6 @@ class SLRoundCore:
         )
         return effects + self._after_merge_step(state) + self._replay_early(state)
 
-    def _current(self, contract: str, number: int, attempt: int) -> _Round | None:
-        state = self.rounds.get((contract, number))
-        if state is None or state.attempt is None or state.attempt.number != attempt:
-            return None
-        return state
-
     def _on_manifest(self, sender: str, m: RoundManifest) -> list[SLEffect]:
         state = self._current(m.contract, m.round, m.attempt)
         record = self._record(state) if state else None
@@ -449,7 +381,7 @@ class SLRoundCore:
         return self._fold(state, index, c.index, c.data, digest)
 
     def _fold(
-        self, state: _Round, participant: int, chunk: int, data: Any, digest: bytes | None
+        self, state: RoundState, participant: int, chunk: int, data: Any, digest: bytes | None
     ) -> list[SLEffect]:
         attempt = state.attempt
         assert attempt is not None
@@ -473,7 +405,7 @@ class SLRoundCore:
             ]
         return self._after_merge_step(state)
 
-    def _after_merge_step(self, state: _Round) -> list[SLEffect]:
+    def _after_merge_step(self, state: RoundState) -> list[SLEffect]:
         attempt = state.attempt
         assert attempt is not None
         assert attempt.merge is not None
@@ -485,27 +417,10 @@ class SLRoundCore:
         effects = self._place(state, attempt.me, shard.start_byte, result, copy=not in_place)
         # Pieces cut at chunk boundaries: a receiver's lane hashes each whole chunk it gets,
         # and the merged root takes those digests instead of hashing the bytes again.
-        chunk_bytes = state.contribution.layout.chunk_bytes
-        first_cut = (shard.start_byte // chunk_bytes + 1) * chunk_bytes
-        cuts = [shard.start_byte, *range(first_cut, shard.stop_byte, chunk_bytes)]
-        for index, cut in enumerate(cuts):
-            end = cuts[index + 1] if index + 1 < len(cuts) else shard.stop_byte
-            offset = cut - shard.start_byte
-            piece = result[offset : offset + end - cut]
-            for other in attempt.participants:
-                if other != self.me:
-                    effects.append(
-                        Send(
-                            other,
-                            MergedPiece(
-                                state.contract,
-                                state.number,
-                                attempt.number,
-                                cut,
-                                piece,
-                            ),
-                        )
-                    )
+        for cut, end in chunk_cuts(state.contribution.layout, shard.start_byte, shard.stop_byte):
+            piece = result[cut - shard.start_byte : end - shard.start_byte]
+            message = MergedPiece(state.contract, state.number, attempt.number, cut, piece)
+            effects += [Send(other, message) for other in attempt.participants if other != self.me]
         return effects
 
     def _on_piece(self, sender: str, p: MergedPiece, digest: bytes | None) -> list[SLEffect]:
@@ -525,7 +440,7 @@ class SLRoundCore:
 
     def _place(
         self,
-        state: _Round,
+        state: RoundState,
         owner: int,
         start: int,
         data: Any,
@@ -561,25 +476,6 @@ class SLRoundCore:
 
     # ------------------------------------------------------------ ends
 
-    def _exclude(self, state: _Round, culprit: str, reason: str) -> list[SLEffect]:
-        attempt = state.attempt
-        assert attempt is not None
-        report = Exclude(state.contract, state.number, attempt.number, culprit, reason)
-        return [
-            SubmitSigned(self.sign(report)),
-            Log(f"round {state.number}: excluding {culprit[:8]}: {reason}", "warning"),
-        ]
-
-    def _deadline(self, contract: str, number: int, attempt: int, now: float) -> list[SLEffect]:
-        state = self._current(contract, number, attempt)
-        if state is None or state.finished:
-            return []
-        beat = Heartbeat(contract, number, attempt, int(now * 1000))
-        return [
-            SubmitSigned(self.sign(beat)),
-            self._progress(state, f"round {number}: attempt {attempt} past its deadline"),
-        ]
-
     def _start_queued(self, now: float) -> list[SLEffect]:
         effects: list[SLEffect] = []
         for contract, queued in sorted(self.queued.items()):
@@ -587,117 +483,3 @@ class SLRoundCore:
                 del self.queued[contract]
                 effects += self._contribute(queued, now)
         return effects
-
-    def _done(self, state: _Round, record: RoundRecord) -> list[SLEffect]:
-        assert record.merged_root is not None
-        if state.merged_root == record.merged_root and state.merged is not None:
-            self._finish(state)
-            done = RoundDone(
-                state.contract,
-                state.number,
-                record.merged_root,
-                state.merged,
-                record.all_final,
-                len(record.participants),
-            )
-            return [Deliver(done)]
-        sources = [p for p in record.participants if p not in record.dissenters and p != self.me]
-        if not sources:
-            self._finish(state)
-            return [
-                Deliver(RoundFailed(state.contract, state.number, "no peer holds the merged model"))
-            ]
-        state.merged = None
-        state.attempt = _Attempt(
-            -1,
-            record.participants,
-            -1,
-            None,
-            merged=bytearray(state.contribution.layout.total_bytes),
-        )
-        return [
-            Send(sources[0], FetchMerged(state.contract, state.number)),
-            self._progress(state, f"round {state.number}: fetching the merged model"),
-        ]
-
-    def _serve(self, sender: str, contract: str, number: int) -> list[SLEffect]:
-        kept = self.kept.get((contract, number))
-        if kept is None:
-            return []
-        _, flat = kept
-        size = 4 * 1024 * 1024
-        return [
-            Send(
-                sender,
-                MergedPiece(contract, number, -1, offset, memoryview(flat)[offset : offset + size]),
-            )
-            for offset in range(0, len(flat), size)
-        ]
-
-    def _fetched(self, state: _Round, p: MergedPiece) -> list[SLEffect]:
-        attempt = state.attempt
-        if attempt is None or attempt.number != -1 or state.finished:
-            return []
-        if not 0 <= p.start <= len(attempt.merged) - len(p.data):
-            return [Log(f"round {state.number}: a fetched piece outside the model", "warning")]
-        attempt.merged[p.start : p.start + len(p.data)] = p.data
-        attempt.bytes_from[-1] = attempt.bytes_from.get(-1, 0) + len(p.data)
-        if attempt.bytes_from[-1] < len(attempt.merged):
-            return []
-        record = self._record(state)
-        root = build_manifest(state.contribution.layout, attempt.merged).root
-        if record is None or root != record.merged_root:
-            self._finish(state)
-            return [
-                Deliver(
-                    RoundFailed(
-                        state.contract, state.number, "the fetched model does not match the ledger"
-                    )
-                )
-            ]
-        self._finish(state)
-        state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
-        self._keep(state.contract, state.number, root, state.merged)
-        record = self._record(state)
-        over = record is not None and record.all_final
-        count = 0 if record is None else len(record.participants)
-        return [Deliver(RoundDone(state.contract, state.number, root, state.merged, over, count))]
-
-    def _keep(self, contract: str, number: int, root: bytes, flat: bytearray) -> None:
-        """Serve the merged model to peers that fetch it; only the latest rounds are kept."""
-        self.kept[(contract, number)] = (root, flat)
-        mine = sorted(n for c, n in self.kept if c == contract)
-        for old in mine[:-KEPT_ROUNDS]:
-            del self.kept[(contract, old)]
-        for key in [k for k, r in self.rounds.items() if k[0] == contract and r.finished]:
-            if key[1] < number - KEPT_ROUNDS:
-                del self.rounds[key]
-
-    def _finish(self, state: _Round) -> None:
-        """The round is over: let go of the trainer's weights (a view of its handover file,
-        which must not stay mapped for a round that needs it no more)."""
-        state.finished = True
-        state.contribution = replace(state.contribution, flat=b"")
-
-    def _release_settled(self, contract: str, number: int) -> None:
-        """Before round ``number`` assembles a merged model, free the kept ones of earlier
-        rounds that no participant can still need: every participant reported the root the
-        ledger holds, so none of them will ask for it (peak memory: one merged model)."""
-        for key in [k for k in self.kept if k[0] == contract and k[1] < number]:
-            found = self.app.state.contracts.get(contract)
-            record = None if found is None else found.rounds.get(key[1])
-            settled = (
-                record is not None
-                and record.status == RoundStatus.DONE
-                and not record.dissenters
-                and all(record.merged.get(p) == record.merged_root for p in record.participants)
-            )
-            if settled:
-                del self.kept[key]
-                old = self.rounds.get(key)
-                if old is not None and old.finished:
-                    old.merged, old.attempt = None, None  # the attempt holds it too
-
-    def _progress(self, state: _Round, text: str) -> Deliver:
-        state.last_progress = text
-        return Deliver(Progress(state.contract, state.number, text))
