@@ -1,5 +1,6 @@
 """Round lanes (roles/lanes.py) over real mutual-TLS sockets on loopback: frames arrive in
-order with their payload's digest, and only SN peers with the expected identity get a lane."""
+order with their payload's digest, and only swarm nodes (SN, SL, SWOP certificates) with the
+expected identity get a lane."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ WAIT_S = 20.0
 def identities(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
     pki = tmp_path_factory.mktemp("pki")
     ca = create_ca(pki)
-    roles = {"a": [Role.SN, Role.SL], "b": [Role.SN, Role.SL], "c": [Role.SN], "x": [Role.SL]}
+    roles = {"a": [Role.SN, Role.SL], "b": [Role.SN, Role.SL], "c": [Role.SN], "x": [Role.SWCI]}
     found = {}
     for name, granted in roles.items():
         issue_certificate(ca, name, pki, hosts=["127.0.0.1"], roles=granted)
@@ -99,7 +100,7 @@ async def test_a_lane_that_reaches_another_node_drops_the_message(
     assert inbox.got == []
 
 
-async def test_a_node_without_the_sn_role_gets_no_lane(identities: dict[str, Identity]) -> None:
+async def test_a_certificate_without_a_node_role_gets_no_lane(identities: dict[str, Identity]) -> None:
     b, outsider = identities["b"], identities["x"]
     inbox = Inbox(expected=1)
     receiver = RoundLanes(b, inbox.deliver)
