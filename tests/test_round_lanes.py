@@ -100,7 +100,9 @@ async def test_a_lane_that_reaches_another_node_drops_the_message(
     assert inbox.got == []
 
 
-async def test_a_certificate_without_a_node_role_gets_no_lane(identities: dict[str, Identity]) -> None:
+async def test_a_certificate_with_no_node_role_gets_no_lane(
+    identities: dict[str, Identity],
+) -> None:
     b, outsider = identities["b"], identities["x"]
     inbox = Inbox(expected=1)
     receiver = RoundLanes(b, inbox.deliver)
