@@ -15,7 +15,9 @@ State: the registry (roles, address, certificate fingerprint and key, joined hei
 last-seen time and height), contracts (HPE's ``defaultbb.cqdb.sml.hpe`` exists from genesis),
 rounds (:mod:`swarm_rounds`), per-node performance data per round, tasks and taskrunners
 (:mod:`swarm_tasks`; HPE's ``defaulttaskbb.taskdb.sml.hpe`` exists from genesis). Joins of
-SN members give a validator seat (effective two heights later). Time-driven steps (grace
+SN members give a validator seat (effective two heights later); a ``Leave`` takes the
+member out of the registry and its seat away the same way, by the member itself or by an
+operator (swci) for another node, but never the last seat. Time-driven steps (grace
 periods, exchange deadlines) run at the end of every block, at the block's time.
 
 The app hash chains the previous hash with every transaction's digest and outcome, so equal
@@ -52,6 +54,7 @@ from swarmlearn.consensus.swarm_txs import (
     Exclude,
     Heartbeat,
     Join,
+    Leave,
     Merged,
     PerfData,
     ResetContract,
@@ -231,6 +234,9 @@ class SwarmApp:
         match body:
             case Join():
                 return self._join(sender, body, updates)
+            case Leave():
+                if refusal := self._leave(sender, body, updates):
+                    return self._refuse(tx, refusal, sender)
             case CreateContract(name=name):
                 if name in self.state.contracts:
                     return self._refuse(tx, f"contract {name!r} exists", sender)
@@ -280,6 +286,23 @@ class SwarmApp:
             self.seated.add(sender)
             updates.append(Validator(sender, _public_key(join.certificate), 1))
         return "ok"
+
+    def _leave(self, sender: str, leave: Leave, updates: list[Validator]) -> str:
+        """Take ``leave.node`` (or the sender) out of the registry and its seat away; or why
+        not (an empty string when done)."""
+        node = leave.node or sender
+        if node != sender and Role.SWCI not in self.state.members[sender].roles:
+            return "only an operator (swci) may remove another node; a node leaves as itself"
+        member = self.state.members.get(node)
+        if member is None and node not in self.seated:
+            return f"{node[:8]} is neither a member nor a validator"
+        if node in self.seated:
+            if len(self.seated) == 1:
+                return f"{node[:8]} holds the last validator seat: the ledger would stop"
+            self.seated.discard(node)
+            updates.append(Validator(node, member.public_key if member else b"", 0))
+        self.state.members.pop(node, None)
+        return ""
 
     def check_in_problem(
         self, name: str, merge_method: str, layout: tuple[TensorSpec, ...]

@@ -4,7 +4,8 @@ Every transaction is a :class:`SignedTx`: the sender's node id, the canonical by
 body message, and the sender's signature over :class:`TxSignBytes` (chain id included). A
 node can only act as itself: :class:`Join` carries the sender's certificate, which must be
 issued by the swarm's CA and whose key must be the sender's; later transactions are checked
-against the key the registry recorded at the join.
+against the key the registry recorded at the join. :class:`Leave` is the way out: a member
+leaves as itself, or an operator removes a dead one.
 """
 
 from __future__ import annotations
@@ -128,3 +129,14 @@ class Heartbeat(Message, tag=0x9A):
     round: int = 0
     attempt: int = 0
     at_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Leave(Message, tag=0x9B):
+    """Leave the registry; an SN member also gives up its validator seat (two heights later,
+    the way seats are added). ``node`` names another member to remove (an operator's, swci,
+    for a dead node); empty: the sender itself. The last validator seat is never removed."""
+
+    node: str = ""
+    reason: str = ""
+    nonce: int = 0  # makes a repeated request a distinct transaction (senders: time in ns)

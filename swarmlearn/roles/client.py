@@ -2,7 +2,9 @@
 
 Reading (``status``, ``members``, ``contracts``, ``refusals``) needs any certificate of the
 swarm. Writing signs a transaction with the caller's own key: ``join`` registers the caller
-(needed once before anything else), ``create-contract`` needs an operator (swci) certificate.
+(needed once before anything else), ``create-contract`` needs an operator (swci) certificate,
+``leave`` takes the caller out of the registry (and its validator seat), or, with ``--node``
+and an operator's certificate, removes another node (a dead one, while a quorum is alive).
 Writes wait until the transaction is committed and say whether the ledger accepted it.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 import trio
@@ -18,7 +21,8 @@ from cryptography.hazmat.primitives import serialization
 
 from swarmlearn.cli import add_identity_arguments, identity_from_arguments
 from swarmlearn.consensus.swarm_app import sign_transaction
-from swarmlearn.consensus.swarm_txs import CreateContract, Join
+from swarmlearn.consensus.swarm_txs import CreateContract, Join, Leave
+from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.address import parse_host_port
 from swarmlearn.p2p.identity import Identity
 from swarmlearn.p2p.wire import Message
@@ -57,6 +61,17 @@ def add_ledger_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--json", action="store_true", help="print JSON for scripts")
     add_identity_arguments(create)
     create.set_defaults(ledger="create-contract")
+    leave = commands.add_parser(
+        "leave", help="leave the swarm, or remove another node (--node, swci)"
+    )
+    leave.add_argument("address", metavar="HOST:PORT")
+    leave.add_argument(
+        "--node", metavar="ID", help="the node to remove (its peer id, or a unique prefix)"
+    )
+    leave.add_argument("--reason", default="", help="why, for the ledger")
+    leave.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_identity_arguments(leave)
+    leave.set_defaults(ledger="leave")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,6 +96,9 @@ async def _run(identity: Identity, host: str, port: int, args: argparse.Namespac
     status = await ask(identity, host, port, StatusRequest(), NodeStatus)
     if args.ledger == "join":
         body: Message = Join("", identity.certificate.public_bytes(serialization.Encoding.DER))
+    elif args.ledger == "leave":
+        node = await _node_named(identity, host, port, status, args.node) if args.node else ""
+        body = Leave(node, args.reason, time.time_ns())
     else:
         body = CreateContract(args.name, merge_method=args.merge_method)
     tx = sign_transaction(identity, status.chain_id, body)
@@ -92,6 +110,22 @@ async def _run(identity: Identity, host: str, port: int, args: argparse.Namespac
     else:
         print(f"committed at height {reply.height}" if reply.accepted else reply.reason)
     return 0 if reply.accepted else 1
+
+
+async def _node_named(
+    identity: Identity, host: str, port: int, status: NodeStatus, text: str
+) -> str:
+    """The member or validator whose peer id is ``text`` or starts with it."""
+    view = await ask(identity, host, port, LedgerQuery("members"), LedgerReply)
+    known = {row["node"] for row in json.loads(view.json)} | set(status.validators)
+    found = sorted(node for node in known if node.startswith(text.lower()))
+    if len(found) != 1:
+        what = "no member or validator" if not found else f"{len(found)} nodes"
+        raise ConfigError(
+            f"--node {text}: {what} of this swarm has a peer id starting with it "
+            "(see swarmlearn ledger members / status)"
+        )
+    return found[0]
 
 
 def _print_status(status: NodeStatus, as_json: bool) -> None:

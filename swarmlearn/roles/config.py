@@ -3,10 +3,10 @@
 ``swarm-node --config node.toml`` reads keys named like the flags (``listen``, ``data-dir``,
 ``sentinel``, ``bootstrap``, ``sentinel-ip``, ``sentinel-port``, ``chain-id``, ``advertise``,
 ``lane-port``, ``api``, ``log-level``, ``cert``, ``key``, ``cacert``, ``capath``,
-``swop-profile``; ``_`` may stand for ``-``). A flag given on the command line wins over the
-file; the file wins over the defaults. HPE's names are accepted: ``--data-dir``,
-``--sentinel-ip`` with ``--sentinel-port`` (the node to bootstrap from), and the
-``SWARM_ID_*`` identity variables.
+``swop-profile``, ``leave-on-exit``; ``_`` may stand for ``-``). A flag given on the
+command line wins over the file; the file wins over the defaults. HPE's names are accepted:
+``--data-dir``, ``--sentinel-ip`` with ``--sentinel-port`` (the node to bootstrap from), and
+the ``SWARM_ID_*`` identity variables.
 Every mistake is one line naming the key or flag and what is valid.
 
 ```toml
@@ -40,7 +40,7 @@ PATHS = ("data", "cert", "key", "cacert", "capath", "swop_profile")
 KEYS = {
     **{
         name.replace("_", "-"): name
-        for name in (*STRINGS, *PATHS, "sentinel", "sentinel_port", "lane_port")
+        for name in (*STRINGS, *PATHS, "sentinel", "sentinel_port", "lane_port", "leave_on_exit")
     },
     "data-dir": "data",
 }
@@ -98,7 +98,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _checked(path: Path, key: str, name: str, value: Any) -> Any:
-    if name == "sentinel":
+    if name in ("sentinel", "leave_on_exit"):
         if type(value) is not bool:
             raise ConfigError(f"config {path}: {key} must be true or false")
         return value

@@ -3,7 +3,8 @@
 What runs today: the node checks its identity (it does not start without a valid
 certificate, key and CA, and says which file is wrong), then runs a ledger validator (SN):
 the sentinel creates the chain (``--sentinel``), other nodes join through any running node
-(``--bootstrap``), and a restarted node picks up from its data directory. Sync rounds (SL)
+(``--bootstrap``), and a restarted node picks up from its data directory; with
+``--leave-on-exit`` it leaves the swarm (registry and seat) when it is stopped. Sync rounds (SL)
 run through its local endpoint; ``--swop-profile FILE`` (or ``SWOP_PROFILE``) also makes it a
 SWOP that runs tasks from the ledger (:mod:`swarmlearn.roles.swop`).
 """
@@ -11,6 +12,7 @@ SWOP that runs tasks from the ledger (:mod:`swarmlearn.roles.swop`).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -83,6 +85,12 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         "host (default: any free port, announced to the peers)",
     )
     parser.add_argument(
+        "--leave-on-exit",
+        action="store_true",
+        help="on SIGTERM/SIGINT, leave the swarm (registry and validator seat) before stopping; "
+        "default: keep them, so that a restart picks up where it was",
+    )
+    parser.add_argument(
         "--check", action="store_true", help="check the identity and configuration, then exit"
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -119,9 +127,11 @@ async def serve_node(
     options: ValidatorOptions,
     profile: Profile | None = None,
     p2p: ServiceConfig | None = None,
+    *,
+    leave_on_exit: bool = False,
 ) -> None:
     """Run the node (and its SWOP, with a profile; and the p2p service, with a config) until
-    SIGTERM or SIGINT, then stop cleanly."""
+    SIGTERM or SIGINT, then stop cleanly (with ``leave_on_exit``, after leaving the swarm)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         node = await ValidatorNode.open(
             identity, options, on_ready=lambda line: print(line, flush=True)
@@ -137,6 +147,9 @@ async def serve_node(
                 print(f"p2p service listening on {address}", flush=True)
             async for signum in signals:
                 log.info("%s received, stopping", signal.Signals(signum).name)
+                if leave_on_exit:
+                    print("leaving the swarm (--leave-on-exit)", flush=True)
+                    print(await node.leave("leave-on-exit"), flush=True)
                 nursery.cancel_scope.cancel()
                 break
     print("swarm-node stopped", flush=True)
@@ -223,7 +236,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"identity ok: {identity.info.name}, peer id {identity.peer_id}")
         return 0
     try:
-        trio.run(serve_node, identity, options, profile, p2p)
+        leave = bool(getattr(args, "leave_on_exit", False))
+        trio.run(
+            functools.partial(serve_node, leave_on_exit=leave),
+            identity,
+            options,
+            profile,
+            p2p,
+        )
     except (OSError, ExceptionGroup) as error:
         bind_error = _bind_error(error)
         if bind_error is None:

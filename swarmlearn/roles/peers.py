@@ -156,10 +156,18 @@ class PeerNetwork:
             self._dialing.add(peer)
             self._nursery.start_soon(self._keep_dialing, peer)
 
+    def known(self) -> set[NodeId]:
+        """The peers this node keeps dialing."""
+        return set(self._addresses)
+
+    def forget(self, peer: NodeId) -> None:
+        """Stop re-dialing ``peer`` (it left the swarm); a connection it has stays."""
+        self._addresses.pop(peer, None)
+
     async def _keep_dialing(self, peer: NodeId) -> None:
         delay = REDIAL_MIN_S
         try:
-            while True:
+            while peer in self._addresses:
                 if not self._peers.get(peer):
                     host, port = self._addresses[peer]
                     try:

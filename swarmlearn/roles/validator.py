@@ -12,6 +12,11 @@ Bootstrap, as HPE's users know it:
   roles the certificate grants, and gives SN members a validator seat (effective two heights
   after it is committed). It repeats the request until the ledger shows it.
 
+A node leaves with :meth:`ValidatorNode.leave` (``swarm-node --leave-on-exit`` on SIGTERM):
+a signed ``Leave`` takes it out of the registry and, for SN, its seat away; it waits (a few
+seconds at most) until the seat is gone from the current height's validator set, so that it
+never stops while the others still need its vote.
+
 A restarted node needs neither flag: its data directory holds the genesis, the blocks and the
 WAL of the height it was working on.
 """
@@ -36,7 +41,7 @@ from swarmlearn.consensus.crypto import KeySigner, KeyVerifier
 from swarmlearn.consensus.events import Committed, Genesis, SubmitTx, TxRefused
 from swarmlearn.consensus.store import DiskStore
 from swarmlearn.consensus.swarm_app import SwarmApp, sign_transaction
-from swarmlearn.consensus.swarm_txs import Join
+from swarmlearn.consensus.swarm_txs import Join, Leave
 from swarmlearn.consensus.types import Validator
 from swarmlearn.errors import ConfigError, RemoteProtocolError
 from swarmlearn.p2p.certs import write_atomically
@@ -83,6 +88,7 @@ from swarmlearn.sansio import Input, Receive, Request, Start
 log = logging.getLogger(__name__)
 
 JOIN_RETRY_S = 2.0
+LEAVE_WAIT_S = 8.0  # how long a leaving node waits for its Leave to take effect
 REQUEST_TIMEOUT_S = 30.0
 NETWORK_ERRORS = (
     OSError,
@@ -155,6 +161,8 @@ async def obtain_genesis(identity: Identity, options: ValidatorOptions) -> Genes
         found = decode_header(path.read_bytes())
         if not isinstance(found, Genesis):
             raise ConfigError(f"{path}: not a genesis file")
+        if options.bootstrap is not None:
+            await check_same_chain(identity, options, found)
         return found
     if options.sentinel:
         chain_id = options.chain_id or f"swarm-{random.SystemRandom().getrandbits(32):08x}"
@@ -176,6 +184,24 @@ async def obtain_genesis(identity: Identity, options: ValidatorOptions) -> Genes
     options.data_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(path, encode_header(genesis), overwrite=True)
     return genesis
+
+
+async def check_same_chain(identity: Identity, options: ValidatorOptions, stored: Genesis) -> None:
+    """Refuse a data directory that holds another chain than the ``--bootstrap`` node's (an
+    unreachable bootstrap node is no reason to refuse: the stored chain is used)."""
+    host, port = options.bootstrap or ("", 0)
+    try:
+        theirs = await fetch_genesis(identity, host, port)
+    except ConfigError as error:
+        log.warning("%s; starting from the chain in %s", error, options.data_dir)
+        return
+    if encode_header(theirs) != encode_header(stored):
+        same = " (same id, another genesis)" if theirs.chain_id == stored.chain_id else ""
+        raise ConfigError(
+            f"--data-dir {options.data_dir}: holds chain {stored.chain_id!r}, but --bootstrap "
+            f"{host}:{port} runs chain {theirs.chain_id!r}{same}; use a fresh --data-dir, or "
+            f"remove {options.data_dir / 'ledger'} and {options.data_dir / 'genesis.cbor'}"
+        )
 
 
 async def fetch_genesis(identity: Identity, host: str, port: int) -> Genesis:
@@ -239,6 +265,8 @@ class ValidatorNode:
         self._trainers: dict[str, Callable[[Message], None]] = {}
         self.address = options.listen
         self._waiters: dict[bytes, list[tuple[trio.Event, list[SubmitReply]]]] = {}
+        self._committed = trio.Event()  # set (and replaced) at every committed block
+        self.leaving = False
 
     @classmethod
     async def open(
@@ -295,7 +323,7 @@ class ValidatorNode:
 
     async def _join(self) -> None:
         """Until the ledger records this node (its address and, for SN members, a seat)."""
-        while not self._joined():
+        while not self._joined() and not self.leaving:
             tx = self._join_transaction()
             if self.options.bootstrap is not None:
                 await self._submit_remote(*self.options.bootstrap, tx)
@@ -313,6 +341,21 @@ class ValidatorNode:
             return False
         seats = self.core.validator_sets.get(self.core.height + 1, self.core.validators)
         return Role.SN not in member.roles or self.me in seats
+
+    async def leave(self, reason: str = "", wait_s: float = LEAVE_WAIT_S) -> str:
+        """Leave the swarm (registry and seat); wait until no height needs this node's vote.
+        What happened, in words, for the log and the console."""
+        self.leaving = True
+        body = Leave("", reason, time.time_ns())
+        tx = sign_transaction(self.identity, self.core.chain_id, body)
+        with trio.move_on_after(wait_s):
+            reply = await self.submit(tx, wait_s)
+            if not reply.accepted:
+                return f"leave not done: {reply.reason}"
+            while self.me in self.core.validators:  # the seat goes two heights later
+                await self._committed.wait()
+            return f"left the swarm at height {reply.height}"
+        return f"leave not done within {wait_s:g} s"
 
     async def _submit_remote(self, host: str, port: int, tx: bytes) -> None:
         try:
@@ -408,6 +451,8 @@ class ValidatorNode:
             log.info("%s", value.text if isinstance(value, Progress) else type(value).__name__)
             self._to_trainer(value)
         elif isinstance(value, Committed):
+            self._committed.set()
+            self._committed = trio.Event()
             self._learn_addresses()
             for tx in value.txs:
                 outcome = self.app.outcome(tx) or "ok"
@@ -418,6 +463,8 @@ class ValidatorNode:
             self._wake(value.data, SubmitReply(False, value.reason))
 
     def _learn_addresses(self) -> None:
+        for node in self.network.known() - self.app.state.members.keys():
+            self.network.forget(node)  # it left
         for node, member in sorted(self.app.state.members.items()):
             host, _, port = member.address.rpartition(":")
             if member.roles & NODE_ROLES and port.isdigit():

@@ -1,0 +1,138 @@
+"""Leaving the swarm: the ledger's ``Leave`` (a table of who may remove whom), and real
+``swarm-node`` processes: of four validators, two leave on SIGTERM (``--leave-on-exit``),
+and the remaining two still commit, which with four seats they could not."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from swarmlearn.consensus.swarm_app import SwarmApp
+from swarmlearn.consensus.swarm_txs import CreateContract, Join, Leave
+from swarmlearn.consensus.types import Block, BlockHeader
+from swarmlearn.p2p.certs import create_ca, issue_certificate
+from swarmlearn.p2p.identity import IdentityPaths, Role, load_identity
+from swarmlearn.p2p.wire import Message
+from tests.test_real_swarm import _submit, node_process, wait_for
+from tests.test_swarm_app import AT_T0, CHAIN, T0, Swarm, der, signed
+
+ROLES = {
+    "sn1": [Role.SN, Role.SL],
+    "sn2": [Role.SN, Role.SL],
+    "a": [Role.SL],
+    "op": [Role.SWCI],
+    "late": [Role.SL],
+}
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory: pytest.TempPathFactory) -> Swarm:
+    root = tmp_path_factory.mktemp("leave")
+    ca = create_ca(root / "ca", now=AT_T0)
+    found = {}
+    for name, granted in ROLES.items():
+        issued = issue_certificate(ca, name, root / "ca", hosts=[], roles=granted, now=AT_T0)
+        found[name] = load_identity(
+            IdentityPaths(issued.cert_path, issued.key_path, root / "ca" / "ca.pem")
+        )
+    return Swarm(ca.certificate.public_bytes(Encoding.DER), found)
+
+
+def test_who_may_leave_and_who_may_remove_whom(people: Swarm) -> None:
+    app = SwarmApp(CHAIN, people.ca_der, T0)
+    ids = {name: str(person.peer_id) for name, person in people.people.items()}
+    height = 0
+
+    def block(*bodies: tuple[str, Message]) -> list[tuple[str, int]]:
+        """Execute one block; each transaction's outcome, and the seat changes (node, power)."""
+        nonlocal height
+        height += 1
+        txs = tuple(signed(people.people[who], body) for who, body in bodies)
+        header = BlockHeader(CHAIN, height, T0 + height, "v", b"", b"", b"", b"")
+        executed = app.execute_block(Block(header, txs))
+        outcomes.extend(app.outcome(tx) or "" for tx in txs)
+        return [(v.node, v.power) for v in executed.validator_updates]
+
+    outcomes: list[str] = []
+    joins = [(n, Join(f"{n}:1", der(people.people[n]))) for n in ("sn1", "sn2", "a", "op")]
+    assert block(*joins) == [(ids["sn1"], 1), (ids["sn2"], 1)]
+    table: list[tuple[str, Message, str, list[tuple[str, int]]]] = [
+        ("a", Leave(ids["sn1"]), "refused: only an operator (swci) may remove another", []),
+        ("late", Leave(), "refused: " + ids["late"][:8] + " is not a member: join first", []),
+        ("op", Leave(ids["late"]), "refused: " + ids["late"][:8] + " is neither a member", []),
+        ("a", Leave(reason="done"), "ok", []),  # an SL member leaves: no seat to give up
+        ("sn2", Leave(), "ok", [(ids["sn2"], 0)]),  # an SN member leaves with its seat
+        ("op", Leave(ids["sn1"]), "refused: " + ids["sn1"][:8] + " holds the last", []),
+        ("sn1", Leave(), "refused: " + ids["sn1"][:8] + " holds the last validator seat", []),
+    ]
+    for who, body, outcome, seats in table:
+        assert block((who, body)) == seats, (who, body)
+        assert outcomes[-1].startswith(outcome), (who, body, outcomes[-1])
+    assert set(app.state.members) == {ids["sn1"], ids["op"]}
+    assert app.seated == {ids["sn1"]}
+    # The operator removes a (dead) SN member; a node that left may join again.
+    assert block(("sn2", Join("sn2:1", der(people.people["sn2"])))) == [(ids["sn2"], 1)]
+    assert block(("op", Leave(ids["sn2"][:8], "dead"))) == []  # a prefix names nobody
+    assert outcomes[-1].startswith("refused:")
+    assert block(("op", Leave(ids["sn2"], "dead"))) == [(ids["sn2"], 0)]
+    assert block(("sn2", CreateContract("x"))) == []
+    assert outcomes[-1] == "refused: " + ids["sn2"][:8] + " is not a member: join first"
+
+
+NODES = 4
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    ca = create_ca(tmp_path / "pki")
+    for index in range(NODES):
+        issue_certificate(
+            ca, f"sn{index}", tmp_path / "pki", hosts=["127.0.0.1"], roles=[Role.SN, Role.SL]
+        )
+    issue_certificate(ca, "operator", tmp_path / "pki", hosts=[], roles=[Role.SWCI])
+    return tmp_path / "pki"
+
+
+def test_two_of_four_leave_on_exit_and_the_other_two_still_commit(
+    pki: Path, tmp_path: Path
+) -> None:
+    operator = load_identity(
+        IdentityPaths(pki / "operator.pem", pki / "operator-key.pem", pki / "ca.pem")
+    )
+    data = [tmp_path / f"n{i}" for i in range(NODES)]
+    with node_process(pki, "sn0", data[0], "--sentinel", "--listen", "127.0.0.1:0") as (_, port0):
+        join = ["--bootstrap", f"127.0.0.1:{port0}", "--listen", "127.0.0.1:0"]
+        leaving = [*join, "--leave-on-exit"]
+        with (
+            node_process(pki, "sn1", data[1], *join) as (_, port1),
+            node_process(pki, "sn2", data[2], *leaving) as (second, port2),
+            node_process(pki, "sn3", data[3], *leaving) as (third, port3),
+        ):
+            ports = [port0, port1, port2, port3]
+            trio.run(
+                wait_for,
+                operator,
+                ports,
+                "4 validators",
+                lambda s: all(len(x.validators) == NODES for x in s),
+            )
+            trio.run(_submit, operator, port0, Join("", der(operator)))
+            for process in (second, third):  # one after the other, as an operator would
+                process.send_signal(signal.SIGTERM)
+                out, _ = process.communicate(timeout=30)
+                assert "left the swarm at height" in out, out
+                assert process.returncode == 0
+            survivors = trio.run(
+                wait_for,
+                operator,
+                ports[:2],
+                "2 validators",
+                lambda s: all(len(x.validators) == 2 for x in s),
+            )
+            # Two of four seats could not commit anything; two of two can.
+            height = trio.run(_submit, operator, port1, CreateContract("after-the-leaves"))
+            assert height > survivors[0].height
