@@ -1,22 +1,26 @@
 """Leaving the swarm: the ledger's ``Leave`` (a table of who may remove whom), and real
-``swarm-node`` processes: of four validators, two leave on SIGTERM (``--leave-on-exit``),
-and the remaining two still commit, which with four seats they could not."""
+``swarm-node`` processes: of four validators, a dead one is removed by the operator and one
+leaves on SIGTERM (``--leave-on-exit``); the remaining two still commit, which with four
+seats they could not."""
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from swarmlearn.cli import main
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_txs import CreateContract, Join, Leave
 from swarmlearn.consensus.types import Block, BlockHeader
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import IdentityPaths, Role, load_identity
 from swarmlearn.p2p.wire import Message
+from swarmlearn.roles.messages import NodeStatus
 from tests.test_real_swarm import _submit, node_process, wait_for
 from tests.test_swarm_app import AT_T0, CHAIN, T0, Swarm, der, signed
 
@@ -97,42 +101,49 @@ def pki(tmp_path: Path) -> Path:
     return tmp_path / "pki"
 
 
-def test_two_of_four_leave_on_exit_and_the_other_two_still_commit(
-    pki: Path, tmp_path: Path
+def test_a_dead_node_removed_and_one_leaving_on_exit_leave_two_that_commit(
+    pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Four seats; sn3 is SIGKILLed and the operator removes it (``swarmlearn ledger leave
+    --node``), sn2 stops with ``--leave-on-exit``: sn0 and sn1 still commit. Without the two
+    leaves, two of four seats could commit nothing."""
     operator = load_identity(
         IdentityPaths(pki / "operator.pem", pki / "operator-key.pem", pki / "ca.pem")
     )
     data = [tmp_path / f"n{i}" for i in range(NODES)]
     with node_process(pki, "sn0", data[0], "--sentinel", "--listen", "127.0.0.1:0") as (_, port0):
         join = ["--bootstrap", f"127.0.0.1:{port0}", "--listen", "127.0.0.1:0"]
-        leaving = [*join, "--leave-on-exit"]
         with (
             node_process(pki, "sn1", data[1], *join) as (_, port1),
-            node_process(pki, "sn2", data[2], *leaving) as (second, port2),
-            node_process(pki, "sn3", data[3], *leaving) as (third, port3),
+            node_process(pki, "sn2", data[2], *join, "--leave-on-exit") as (leaving, port2),
+            node_process(pki, "sn3", data[3], *join) as (dead, port3),
         ):
             ports = [port0, port1, port2, port3]
-            trio.run(
-                wait_for,
-                operator,
-                ports,
-                "4 validators",
-                lambda s: all(len(x.validators) == NODES for x in s),
-            )
+            trio.run(wait_for, operator, ports, "4 validators", _seats(NODES))
             trio.run(_submit, operator, port0, Join("", der(operator)))
-            for process in (second, third):  # one after the other, as an operator would
-                process.send_signal(signal.SIGTERM)
-                out, _ = process.communicate(timeout=30)
-                assert "left the swarm at height" in out, out
-                assert process.returncode == 0
-            survivors = trio.run(
-                wait_for,
-                operator,
-                ports[:2],
-                "2 validators",
-                lambda s: all(len(x.validators) == 2 for x in s),
-            )
-            # Two of four seats could not commit anything; two of two can.
+            dead.kill()
+            dead.wait()
+            victim = str(load_identity(_paths(pki, "sn3")).peer_id)
+            identity = ["--cert", str(pki / "operator.pem"), "--key", str(pki / "operator-key.pem")]
+            identity += ["--cacert", str(pki / "ca.pem")]
+            address = f"127.0.0.1:{port1}"
+            command = ["ledger", "leave", address, "--node", victim[:10], "--reason", "dead"]
+            assert main([*command, *identity]) == 0
+            assert "committed at height" in capsys.readouterr().out
+            trio.run(wait_for, operator, ports[:3], "3 validators", _seats(NODES - 1))
+
+            leaving.send_signal(signal.SIGTERM)
+            out, _ = leaving.communicate(timeout=30)
+            assert "left the swarm at height" in out, out
+            assert leaving.returncode == 0
+            survivors = trio.run(wait_for, operator, ports[:2], "2 validators", _seats(2))
             height = trio.run(_submit, operator, port1, CreateContract("after-the-leaves"))
             assert height > survivors[0].height
+
+
+def _seats(count: int) -> Callable[[list[NodeStatus]], bool]:
+    return lambda statuses: all(len(s.validators) == count for s in statuses)
+
+
+def _paths(pki: Path, name: str) -> IdentityPaths:
+    return IdentityPaths(pki / f"{name}.pem", pki / f"{name}-key.pem", pki / "ca.pem")
