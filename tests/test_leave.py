@@ -5,15 +5,19 @@ seats they could not."""
 
 from __future__ import annotations
 
+import functools
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
+import swarmlearn.consensus.simulation as bft
 from swarmlearn.cli import main
+from swarmlearn.consensus.events import Committed, SubmitTx
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_txs import CreateContract, Join, Leave
 from swarmlearn.consensus.types import Block, BlockHeader
@@ -21,6 +25,9 @@ from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import IdentityPaths, Role, load_identity
 from swarmlearn.p2p.wire import Message
 from swarmlearn.roles.messages import NodeStatus
+from swarmlearn.sim import Simulator
+from swarmlearn.sim.checkers import Checker
+from swarmlearn.sim.scenarios import node_names
 from tests.test_real_swarm import _submit, node_process, wait_for
 from tests.test_swarm_app import AT_T0, CHAIN, T0, Swarm, der, signed
 
@@ -85,6 +92,37 @@ def test_who_may_leave_and_who_may_remove_whom(people: Swarm) -> None:
     assert block(("op", Leave(ids["sn2"], "dead"))) == [(ids["sn2"], 0)]
     assert block(("sn2", CreateContract("x"))) == []
     assert outcomes[-1] == "refused: " + ids["sn2"][:8] + " is not a member: join first"
+
+
+class CommittedTxs(Checker):
+    """Which node committed which transactions (the simulator delivers every block)."""
+
+    def __init__(self) -> None:
+        self.txs: dict[str, set[bytes]] = {}
+
+    def on_deliver(self, node: str, incarnation: int, value: Any, time: float) -> None:
+        if isinstance(value, Committed):
+            self.txs.setdefault(node, set()).update(value.txs)
+
+
+@pytest.mark.parametrize("removed", [True, False])
+def test_in_the_core_two_removed_seats_of_four_let_the_other_two_commit(removed: bool) -> None:
+    """Simulated validators: two of four seats are removed (power 0, as a ``Leave`` does),
+    then those two crash; the two left commit. Without the removal they halt (2/4 < 2/3)."""
+    nodes = tuple(node_names(4))
+    seen = CommittedTxs()
+    sim = Simulator(7, nodes, bft.validator_factory(nodes), checkers=[seen])
+    sim.start()
+    if removed:
+        for node in nodes[2:]:
+            sim.request(nodes[0], SubmitTx(f"validator:{node}:00:0".encode()), at=0.01)
+    sim.request(nodes[0], SubmitTx(b"before=1"), at=0.5)  # the proof block, then this one
+    for node in nodes[2:]:
+        sim.loop.call_at(1.5, functools.partial(sim.crash, node))
+    sim.request(nodes[1], SubmitTx(b"after=1"), at=2.0)
+    sim.run(time_limit=8.0)
+    assert all(b"before=1" in seen.txs[node] for node in nodes)
+    assert [b"after=1" in seen.txs[node] for node in nodes[:2]] == [removed, removed]
 
 
 NODES = 4
