@@ -267,6 +267,7 @@ class ValidatorNode:
         self._waiters: dict[bytes, list[tuple[trio.Event, list[SubmitReply]]]] = {}
         self._committed = trio.Event()  # set (and replaced) at every committed block
         self.leaving = False
+        self._bootstrap_peer: str | None = None  # the --bootstrap node's id, once asked
 
     @classmethod
     async def open(
@@ -305,11 +306,10 @@ class ValidatorNode:
     def _ready_line(self, host: str, port: int, api: str) -> str:
         """What the node prints once it listens: its roles, chain, height and address."""
         roles = ",".join(role.value for role in Role if role in self.identity.info.roles)
-        kind = " sentinel" if self.options.sentinel else ""
-        address = PeerAddress(host, port, self.me)
+        name = self.identity.info.name + (" sentinel" if self.options.sentinel else "")
         return (
-            f"swarm-node {self.identity.info.name}{kind} ({roles or 'no roles'}) chain "
-            f"{self.core.chain_id} height {self.core.height - 1} listening on {address}{api}"
+            f"swarm-node {name} ({roles or 'no roles'}) chain {self.core.chain_id} height "
+            f"{self.core.height - 1} listening on {PeerAddress(host, port, self.me)}{api}"
         )
 
     # ------------------------------------------------------------ joining
@@ -323,19 +323,17 @@ class ValidatorNode:
 
     async def _join(self) -> None:
         """Until the ledger records this node (its address and, for SN members, a seat)."""
-        while not self._joined() and not self.leaving:
+        while not self.joined() and not self.leaving:
             tx = self._join_transaction()
             if self.options.bootstrap is not None:
                 await self._submit_remote(*self.options.bootstrap, tx)
             else:
                 self.driver.submit(Request(SubmitTx(tx)))
             await trio.sleep(JOIN_RETRY_S)
+        self._bootstrap_peer = None  # caught up: the ledger says whom to dial from now on
 
     def joined(self) -> bool:
         """Whether the ledger records this node at its address (and, for SN, its seat)."""
-        return self._joined()
-
-    def _joined(self) -> bool:
         member = self.app.state.members.get(self.me)
         if member is None or member.address != "{}:{}".format(*self.address):
             return False
@@ -359,6 +357,10 @@ class ValidatorNode:
 
     async def _submit_remote(self, host: str, port: int, tx: bytes) -> None:
         try:
+            if self._bootstrap_peer is None:  # a peer at once: catching up starts now
+                status = await ask(self.identity, host, port, StatusRequest(), NodeStatus)
+                self._bootstrap_peer = status.node
+                self.network.add_address(status.node, host, port)
             await ask(self.identity, host, port, SubmitRequest(tx), SubmitReply)
         except NETWORK_ERRORS as error:
             log.warning("join request to %s:%d failed: %s", host, port, error)
@@ -464,7 +466,8 @@ class ValidatorNode:
 
     def _learn_addresses(self) -> None:
         for node in self.network.known() - self.app.state.members.keys():
-            self.network.forget(node)  # it left
+            if node != self._bootstrap_peer:
+                self.network.forget(node)  # it left
         for node, member in sorted(self.app.state.members.items()):
             host, _, port = member.address.rpartition(":")
             if member.roles & NODE_ROLES and port.isdigit():
