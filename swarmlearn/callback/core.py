@@ -330,7 +330,9 @@ class SwarmCore:
             outcome = self._round(contribution, weight, loss, metric, final=True)
             if outcome is None or outcome.merged is None:
                 break
-            merged = outcome.merged
+            # A copy: the merged weights are a view of the handover file, which the next
+            # round's weights (and, if that round fails, a partial merge) are written over.
+            merged = bytes(outcome.merged)
             if outcome.training_over:
                 self.logger.info(f"round {outcome.round}: every node has finished training")
                 break
@@ -380,7 +382,7 @@ class SwarmCore:
             final=final,
         )
         took = time.monotonic() - started
-        if outcome.merged is None:
+        if outcome.merged is None:  # the model's own weights stay: never the handover file's
             self.logger.warning(
                 f"round {outcome.round} failed ({outcome.reason}): keeping the local weights"
             )

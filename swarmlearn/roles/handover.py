@@ -2,11 +2,14 @@
 
 Over the local socket the weights would cross the kernel twice each way; instead the trainer
 keeps one memory-mapped file (in ``/dev/shm`` where it exists, mode 0600) the size of its
-model, writes its flat weights there and sends only the file's path. The node copies them
-out once (it keeps its own copy for the round) and, when the round is done, writes the
-merged weights back into the same file; the trainer reads them in place. One memcpy each
-way, about 10x faster than the socket for a 100 MB model. After the first round the file's
-name is removed (both sides keep their mappings), so a killed trainer leaks no memory.
+model, writes its flat weights there and sends only the file's path. The node sends its
+chunks straight from the file and assembles the merged model in the same file as the
+merged pieces arrive (each where this node's own chunks for that range were, sent by then),
+so it holds no second copy of the model; the trainer reads the merged weights in place. On
+a failed round the file may hold a partial merge: the trainer keeps its model's weights
+(the SwarmCallback flattens them into the file again for the next round). About 10x faster
+than the socket for a 100 MB model. After the first round the file's name is removed (both
+sides keep their mappings), so a killed trainer leaks no memory.
 
 ``SWARM_HANDOVER=socket`` turns it off (the weights then travel in the socket's frames).
 """

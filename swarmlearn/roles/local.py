@@ -120,6 +120,7 @@ class LocalRoundDone(Message, tag=0xB3):
 class LocalRoundFailed(Message, tag=0xB4):
     round: int
     reason: str
+    overwritten: bool = False  # the handover file holds a partial merge, no one's weights
 
 
 # ---------------------------------------------------------------- the node's side (trio)
@@ -155,8 +156,10 @@ class LocalEndpoint:
                 and shared
                 and len(message.data) == len(shared[0])
             ):
-                shared[0][:] = message.data  # the merged weights, straight into the trainer's map
-                message = replace(message, data=b"", shared=True)
+                data = message.data
+                if not (isinstance(data, memoryview) and data.obj is shared[0]):
+                    shared[0][:] = data  # the merged weights, straight into the trainer's map
+                message = replace(message, data=b"", shared=True)  # (or merged there already)
             with contextlib.suppress(
                 trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
             ):
@@ -215,8 +218,9 @@ def _take_shared(
 ) -> LocalContribute | None:
     """A contribution whose weights are in a handover file: a view of the mapping, not a copy.
 
-    The trainer waits for the round's outcome before it writes the file again; the merged
-    weights are written there only once the round is over (``LocalRoundDone``).
+    The trainer waits for the round's outcome before it writes the file again. The round
+    assembles the merged weights in the file as they arrive (no second model in the node);
+    the trainer reads them there on ``LocalRoundDone``, and ignores the file on a failure.
     """
     if not message.shared:
         return message
@@ -242,6 +246,9 @@ class RoundOutcome:
     reason: str
     training_over: bool = False  # every node of the round has finished training
     participants: int = 0  # how many nodes' weights the merge holds
+    #: The round failed after the node merged into the handover file: the file holds no
+    #: one's weights (the weights the trainer keeps are its model's, not the file's).
+    overwritten: bool = False
 
 
 class LocalClient:
@@ -289,8 +296,9 @@ class LocalClient:
     ) -> RoundOutcome:
         """Hand over the weights (and HPE's perfdata: loss, metric, epochs done, epochs in
         all); block until the round ends (or the socket times out). With the shared-memory
-        handover, the merged weights returned are a view of the handover file, valid until
-        the next call."""
+        handover, the node assembles the merged weights in the handover file itself: those
+        returned are a view of it, valid until the next call; after a failed round the file
+        may hold a partial merge (``overwritten``): keep the weights you have, not the file's."""
         started = time.perf_counter()
         payload, shared = flat, ""
         staging = self.staging(len(flat))
@@ -349,7 +357,9 @@ class LocalClient:
                     reply.participants,
                 )
             elif isinstance(reply, LocalRoundFailed):
-                return RoundOutcome(reply.round, None, b"", reply.reason)
+                return RoundOutcome(
+                    reply.round, None, b"", reply.reason, overwritten=reply.overwritten
+                )
 
     def _receive(self) -> Message:
         first_data = None

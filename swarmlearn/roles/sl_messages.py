@@ -10,6 +10,7 @@ the trainer; :class:`SubmitSigned` asks the node to put a transaction on the led
 from __future__ import annotations
 
 import hashlib
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,6 +117,9 @@ class RoundFailed:
     contract: str
     round: int
     reason: str
+    #: Merged bytes were written over the contribution (the trainer's handover file): what
+    #: the file holds now is no one's weights. The trainer keeps the weights it has.
+    overwritten: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,17 @@ SLEffect = Effect | SubmitSigned
 
 
 # ---------------------------------------------------------------- helpers of the core
+
+
+def handover_file(flat: bytes | bytearray | memoryview, size: int) -> memoryview | None:
+    """The contribution as a writable byte view of a shared mapping (the trainer's handover
+    file, :mod:`swarmlearn.roles.handover`) that the round may assemble the merged model in;
+    None for any other buffer (a socket frame, bytes), which the round must not write."""
+    if not isinstance(flat, memoryview) or flat.readonly or not isinstance(flat.obj, mmap.mmap):
+        return None
+    if not flat.c_contiguous or flat.nbytes != size:
+        return None
+    return flat.cast("B") if flat.format != "B" or flat.ndim != 1 else flat
 
 
 def range_out(buffer: bytearray, start: int, stop: int) -> memoryview | None:

@@ -70,6 +70,7 @@ from swarmlearn.roles.sl_messages import (
     SLEffect,
     SubmitSigned,
     chunk_cuts,
+    handover_file,
     merged_root,
     note_digest,
     range_out,
@@ -273,8 +274,7 @@ class SLRoundCore(RoundEnds):
                 effects.append(SetTimer(tag, max(0.0, close_s - now) + DEADLINE_MARGIN_S))
             return effects
         if record.status == RoundStatus.FAILED:
-            self._finish(state)
-            return [Deliver(RoundFailed(state.contract, state.number, record.reason))]
+            return [self._failed(state, record.reason)]
         if record.status == RoundStatus.DONE:
             return self._done(state, record)
         if state.attempt is None or state.attempt.number != record.attempt:
@@ -298,12 +298,24 @@ class SLRoundCore(RoundEnds):
         weights = WeightSet.of(
             [record.checkins[p].weight for p in record.participants], len(record.participants)
         )
-        merged = bytearray(c.layout.total_bytes)
-        out = range_out(merged, plan.shards[me].start_byte, plan.shards[me].stop_byte)
+        # Merged in the trainer's handover file when the weights came in one: pieces land
+        # where this node's own chunks for their owner's range were (sent by then: the owner
+        # merged them); its own range is merged apart and copied in (its chunks are folded
+        # in participant order). Else in a buffer of its own, its range merged in place.
+        file = handover_file(c.flat, c.layout.total_bytes)
+        if file is not None and state.overwritten:
+            return self._cannot_retry(state, record.attempt)
+        shard = plan.shards[me]
+        merged: bytearray | memoryview
+        if file is None:
+            merged = buffer = bytearray(c.layout.total_bytes)
+            out = range_out(buffer, shard.start_byte, shard.stop_byte)
+        else:
+            merged, out = file, None
         method = resolve_method(record.merge_method)
         merge = RangeMerge(c.layout, plan.shards[me], weights, method, out=out)
         attempt = Attempt(record.attempt, record.participants, me, merge, merged=merged)
-        attempt.merge_in_place = out is not None
+        attempt.merge_in_place, attempt.in_file = out is not None, file is not None
         state.attempt = attempt
         effects: list[SLEffect] = []
         wait_s = max(0.0, record.deadline_ms / 1000 - now) + DEADLINE_MARGIN_S
@@ -385,7 +397,8 @@ class SLRoundCore(RoundEnds):
     ) -> list[SLEffect]:
         attempt = state.attempt
         assert attempt is not None
-        assert attempt.merge is not None
+        if attempt.merge is None:  # merged and copied into the handover file already
+            return [Log(f"round {state.number}: chunk {chunk} came twice", "warning")]
         layout = state.contribution.layout
         hashes = attempt.manifests[participant]
         start, stop = layout.chunk_span(chunk) if 0 <= chunk < layout.chunk_count else (0, -1)
@@ -408,13 +421,15 @@ class SLRoundCore(RoundEnds):
     def _after_merge_step(self, state: RoundState) -> list[SLEffect]:
         attempt = state.attempt
         assert attempt is not None
-        assert attempt.merge is not None
-        if not attempt.merge.done or attempt.me in attempt.pieces:
+        if attempt.merge is None or not attempt.merge.done or attempt.me in attempt.pieces:
             return []
-        result = attempt.merge.result()
+        result: Any = attempt.merge.result()
         shard = attempt.merge.shard
         in_place = attempt.merge_in_place
         effects = self._place(state, attempt.me, shard.start_byte, result, copy=not in_place)
+        if attempt.in_file:  # sent from the file: the range's own buffer is let go now
+            result = memoryview(attempt.merged)[shard.start_byte : shard.stop_byte]
+            attempt.merge = None
         # Pieces cut at chunk boundaries: a receiver's lane hashes each whole chunk it gets,
         # and the merged root takes those digests instead of hashing the bytes again.
         for cut, end in chunk_cuts(state.contribution.layout, shard.start_byte, shard.stop_byte):
@@ -458,6 +473,7 @@ class SLRoundCore(RoundEnds):
             ]
         if copy:
             attempt.merged[start : start + len(data)] = data
+            state.overwritten |= attempt.in_file
         note_digest(attempt.digests, layout, start, len(data), digest)
         attempt.bytes_from[owner] = attempt.bytes_from.get(owner, 0) + len(data)
         if attempt.bytes_from[owner] >= shard.nbytes:

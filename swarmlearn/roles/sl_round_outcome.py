@@ -50,22 +50,27 @@ class RoundEnds:
     def _done(self, state: RoundState, record: RoundRecord) -> list[SLEffect]:
         assert record.merged_root is not None
         if state.merged_root == record.merged_root and state.merged is not None:
+            flat = state.merged
+            if isinstance(flat, memoryview) and not self.kept.settled(
+                self.app, state.contract, state.number
+            ):
+                # A dissenting or silent participant will fetch it, and the trainer is about
+                # to write its next weights over this file: the one case that needs a copy.
+                self._keep(state.contract, state.number, record.merged_root, bytearray(flat))
             self._finish(state)
             done = RoundDone(
                 state.contract,
                 state.number,
                 record.merged_root,
-                state.merged,
+                flat,
                 record.all_final,
                 len(record.participants),
             )
             return [Deliver(done)]
         sources = [p for p in record.participants if p not in record.dissenters and p != self.me]
         if not sources:
-            self._finish(state)
-            return [
-                Deliver(RoundFailed(state.contract, state.number, "no peer holds the merged model"))
-            ]
+            return [self._failed(state, "no peer holds the merged model")]
+        self._drop_file_views(state)
         state.merged = None
         state.attempt = Attempt(
             -1,
@@ -92,14 +97,7 @@ class RoundEnds:
         record = self._record(state)
         root = build_manifest(state.contribution.layout, attempt.merged).root
         if record is None or root != record.merged_root:
-            self._finish(state)
-            return [
-                Deliver(
-                    RoundFailed(
-                        state.contract, state.number, "the fetched model does not match the ledger"
-                    )
-                )
-            ]
+            return [self._failed(state, "the fetched model does not match the ledger")]
         self._finish(state)
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
         self._keep(state.contract, state.number, root, state.merged)
@@ -116,6 +114,36 @@ class RoundEnds:
         which must not stay mapped for a round that needs it no more)."""
         state.finished = True
         state.contribution = replace(state.contribution, flat=b"")
+        self._drop_file_views(state)
+
+    def _drop_file_views(self, state: RoundState) -> None:
+        """Forget every view of the trainer's handover file this round holds: the trainer
+        writes its next weights there once it hears the outcome."""
+        if state.attempt is not None and state.attempt.in_file:
+            state.attempt = None
+        if isinstance(state.merged, memoryview):
+            state.merged = None
+        kept = self.kept.kept.get((state.contract, state.number))
+        if kept is not None and isinstance(kept[1], memoryview):
+            del self.kept.kept[(state.contract, state.number)]
+
+    def _failed(self, state: RoundState, reason: str) -> Deliver:
+        """The round failed for this node: the trainer keeps its own weights (and hears
+        whether its handover file was written over: it then holds no one's weights)."""
+        self._finish(state)
+        if state.overwritten:
+            reason += " (the handover file holds a partial merge: keep your own weights)"
+        return Deliver(RoundFailed(state.contract, state.number, reason, state.overwritten))
+
+    def _cannot_retry(self, state: RoundState, attempt: int) -> list[SLEffect]:
+        """A new attempt, after merged bytes were written over this node's contribution in
+        its handover file: it has no weights to send, so it sits the attempt out (silent:
+        the ledger's deadline rule plans the next one without it) and the round fails here."""
+        reason = f"attempt {attempt} needs the weights merged over in an earlier attempt"
+        return [
+            Log(f"round {state.number}: {reason}; sitting it out", "warning"),
+            self._failed(state, reason),
+        ]
 
     def _progress(self, state: RoundState, text: str) -> Deliver:
         state.last_progress = text

@@ -35,6 +35,7 @@ class Attempt:
     reported: bool = False
     digests: dict[int, bytes] = field(default_factory=dict)  # merged chunks hashed by a lane
     merge_in_place: bool = False  # my range is merged straight into ``merged``
+    in_file: bool = False  # ``merged`` is the trainer's handover file (the contribution)
 
 
 @dataclass
