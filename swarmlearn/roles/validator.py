@@ -446,7 +446,7 @@ class ValidatorNode:
                 )
             )
         else:
-            reply(LocalRoundFailed(value.round, value.reason))
+            reply(LocalRoundFailed(value.round, value.reason, value.overwritten))
 
     def _on_deliver(self, value: Any) -> None:
         if isinstance(value, Progress | RoundDone | RoundFailed):
