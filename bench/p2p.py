@@ -12,10 +12,17 @@ mutual-TLS certificates, interleaved round by round so machine noise hits both a
   over the node's framed transport (another connection) and records each round trip: the
   small-message latency during the transfer. The receiver reports its peak RSS.
 
-    python bench/p2p.py [--quick] [--repeat N]
+    python bench/p2p.py [--quick] [--repeat N] [--lanes N]
 
 The last line printed is the JSON summary; ``met`` needs bulk >= 70% of the ceiling, a p99
 ping under load <= 20 ms and a receiver peak RSS <= blob + 64 MiB.
+
+Where the CPU goes (``*_cpu_s_per_GB``, CPU seconds per gigabyte moved, each end): both runs
+saturate a small machine's cores, so the ratio is about CPU per byte. The bulk path must
+also SHA-256 every byte (``hash_cpu_s_per_GB``), so ``bulk_vs_ceiling_cpu_bound`` =
+ceiling / (ceiling + hash) is the best ratio a CPU-bound run can show;
+``bulk_cpu_beyond_tls_and_hash_s_per_GB`` is what the bulk path spends beyond both,
+``bulk_ping_cpu_s_per_GB`` of it on the latency probe (both ends).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +103,8 @@ def child_ceiling(identity: Identity, total: int) -> None:
 
 
 def cpu_s() -> float:
-    times = os.times()
-    return times.user + times.system
+    """This process's CPU seconds, all threads (to the microsecond, unlike os.times)."""
+    return time.process_time()
 
 
 def child_bulk(identity: Identity, args: argparse.Namespace) -> None:
@@ -118,7 +126,7 @@ def child_bulk(identity: Identity, args: argparse.Namespace) -> None:
         manifest = fetch_manifest(dial_bulk, root)
         sources = [Source("sender", dial_bulk)]
         fetch = Fetch(manifest, sources, bytes_max=args.bytes, buffer=buffer,
-                      lanes_per_source=LANES, window_chunks=WINDOW_CHUNKS)  # fmt: skip
+                      lanes_per_source=args.lanes, window_chunks=WINDOW_CHUNKS)  # fmt: skip
         result = fetch.run()
         elapsed_s = time.perf_counter() - began
         cpu.append(cpu_s())
@@ -142,10 +150,13 @@ def child_bulk(identity: Identity, args: argparse.Namespace) -> None:
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pinger)
+                trio_cpu_s = time.thread_time()
                 elapsed_s, complete = await trio.to_thread.run_sync(transfer)
+                trio_cpu_s = time.thread_time() - trio_cpu_s
                 done.set()
                 nursery.cancel_scope.cancel()
-        return {"elapsed_s": elapsed_s, "complete": complete, "rtts_ms": rtts}
+        return {"elapsed_s": elapsed_s, "complete": complete, "rtts_ms": rtts,
+                "trio_cpu_s": trio_cpu_s}  # fmt: skip
 
     result = trio.run(main)
     result |= {"prefault_s": prefault_s, "peak_rss_mb": peak_rss_mb(), "cpu_s": cpu[1] - cpu[0]}
@@ -161,8 +172,10 @@ def spawn(mode: str, paths: IdentityPaths, total: int, *extra: str) -> subproces
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
 
-def measure_ceiling(receiver: IdentityPaths, sender: Identity, total: int) -> tuple[float, float]:
-    """Bytes per second, and CPU seconds spent by both ends."""
+def measure_ceiling(
+    receiver: IdentityPaths, sender: Identity, total: int
+) -> tuple[float, float, float]:
+    """Bytes per second, and CPU seconds spent by the sender and by the receiver."""
     payload = bytes(WRITE_BYTES)
     with spawn("ceiling", receiver, total) as child:
         assert child.stdout is not None
@@ -178,13 +191,18 @@ def measure_ceiling(receiver: IdentityPaths, sender: Identity, total: int) -> tu
         receiver_cpu_s = float(child.stdout.readline())
         if child.wait(timeout=120) != 0:
             raise RuntimeError("ceiling receiver failed")
-    return total / elapsed, sender_cpu_s + receiver_cpu_s
+    return total / elapsed, sender_cpu_s, receiver_cpu_s
 
 
 def measure_bulk(
-    receiver: IdentityPaths, sender: Identity, total: int, root: bytes, ports: tuple[int, int]
+    receiver: IdentityPaths,
+    sender: Identity,
+    total: int,
+    root: bytes,
+    ports: tuple[int, int],
+    lanes: int = LANES,
 ) -> dict[str, Any]:
-    extra = ["--root", root.hex(), "--peer", str(sender.peer_id),
+    extra = ["--root", root.hex(), "--peer", str(sender.peer_id), "--lanes", str(lanes),
              "--bulk-port", str(ports[0]), "--ping-port", str(ports[1])]  # fmt: skip
     with spawn("bulk", receiver, total, *extra) as child:
         out, _ = child.communicate(timeout=300)
@@ -196,6 +214,9 @@ def measure_bulk(
     return result
 
 
+PING_SERVER_CPU_S = [0.0]  # the ping server thread's CPU seconds so far (it updates it)
+
+
 def serve_pings(identity: Identity, listener: socket.socket) -> None:
     server = Listener(identity, CONFIG)
 
@@ -203,6 +224,7 @@ def serve_pings(identity: Identity, listener: socket.socket) -> None:
         async for message in connection:
             if isinstance(message, Ping):
                 await connection.send(Pong(message.nonce))
+            PING_SERVER_CPU_S[0] = time.thread_time()
 
     async def serve(tcp: trio.SocketStream) -> None:
         await server.serve_stream(tcp, pong)
@@ -219,7 +241,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def run(total: int, repeat: int) -> dict[str, Any]:
+def run(total: int, repeat: int, lanes: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         receiver, sender_paths = make_pki(Path(tmp))
         sender = load_identity(sender_paths)
@@ -227,9 +249,9 @@ def run(total: int, repeat: int) -> dict[str, Any]:
 
         model = np.random.default_rng(0).integers(0, 2**63, total // 8, dtype=np.uint64)
         blob = model.data.cast("B")  # the numpy buffer itself: served without a copy
-        began = time.perf_counter()
+        began, began_cpu_s = time.perf_counter(), cpu_s()
         manifest = BlobManifest.build(blob, CHUNK_BYTES)
-        hash_s = time.perf_counter() - began
+        hash_s, hash_cpu_s = time.perf_counter() - began, cpu_s() - began_cpu_s
         server = BlobServer(sender)
         server.add(manifest, blob)
         bulk_listener = socket.create_server(("127.0.0.1", 0))
@@ -237,48 +259,81 @@ def run(total: int, repeat: int) -> dict[str, Any]:
         ports = (bulk_listener.getsockname()[1], ping_listener.getsockname()[1])
         threading.Thread(target=server.serve_forever, args=(bulk_listener,), daemon=True).start()
         threading.Thread(target=serve_pings, args=(sender, ping_listener), daemon=True).start()
-        ceilings, bulks, ratios, rtts, rss, prefault = [], [], [], [], [], []
-        ceiling_cpu, bulk_cpu = [], []
+        samples: dict[str, list[float]] = defaultdict(list)
         for round_ in range(repeat):  # interleaved, so machine noise hits both alike
-            rate, cpu = measure_ceiling(receiver, sender, total)
-            ceilings.append(rate)
-            ceiling_cpu.append(cpu)
+            rate, sender_cpu_s, receiver_cpu_s = measure_ceiling(receiver, sender, total)
             before = cpu_s()  # the sender's threads: serving lanes (and answering pings)
-            result = measure_bulk(receiver, sender, total, manifest.root, ports)
-            bulk_cpu.append(cpu_s() - before + result["cpu_s"])
-            bulks.append(total / result["elapsed_s"])
-            ratios.append(bulks[-1] / ceilings[-1])
-            rtts += result["rtts_ms"]
-            rss.append(result["peak_rss_mb"])
-            prefault.append(result["prefault_s"])
-            print(f"run {round_ + 1}/{repeat}: ceiling {ceilings[-1] / 1e9:.3f} GB/s, "
-                  f"bulk {bulks[-1] / 1e9:.3f} GB/s, {len(result['rtts_ms'])} pings, "
-                  f"p99 {percentile(result['rtts_ms'], 0.99):.2f} ms, "
+            ping_server_cpu_s = PING_SERVER_CPU_S[0]
+            result = measure_bulk(receiver, sender, total, manifest.root, ports, lanes)
+            ping_server_cpu_s = PING_SERVER_CPU_S[0] - ping_server_cpu_s
+            rtts = result["rtts_ms"]
+            for key, value in {
+                "ceiling": rate,
+                "bulk": total / result["elapsed_s"],
+                "ratio": total / result["elapsed_s"] / rate,
+                "ceiling_sender_cpu": sender_cpu_s,
+                "ceiling_receiver_cpu": receiver_cpu_s,
+                "bulk_sender_cpu": cpu_s() - before,
+                "bulk_receiver_cpu": result["cpu_s"],
+                "ping_cpu": result["trio_cpu_s"] + ping_server_cpu_s,
+                "rss": result["peak_rss_mb"],
+                "prefault": result["prefault_s"],
+            }.items():
+                samples[key].append(value)
+            samples["rtts"] += rtts
+            print(f"run {round_ + 1}/{repeat}: ceiling {rate / 1e9:.3f} GB/s, "
+                  f"bulk {samples['bulk'][-1] / 1e9:.3f} GB/s, {len(rtts)} pings, "
+                  f"p99 {percentile(rtts, 0.99):.2f} ms, "
                   f"rss {result['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
         server.stop()
-    ceiling, bulk = statistics.median(ceilings), statistics.median(bulks)
-    blob_mb = total / MiB
+    return summarize(samples, total, (hash_s, hash_cpu_s)) | {"runs": repeat, "lanes": lanes}
+
+
+def summarize(
+    samples: dict[str, list[float]], total: int, hashing: tuple[float, float]
+) -> dict[str, Any]:
+    """Medians over the runs; CPU per gigabyte, both ends, and where the bulk path's goes.
+    ``hashing``: the wall and CPU seconds that hashing the blob once took."""
     gigabytes = total / 1e9
-    bulk_cpu_per_gb = statistics.median(bulk_cpu) / gigabytes
-    cores = os.cpu_count() or 1
+    hash_s, hash_cpu_s = hashing
+
+    def median(key: str) -> float:
+        return float(statistics.median(samples[key]))
+
+    def per_gb(*keys: str) -> float:
+        runs = zip(*(samples[key] for key in keys), strict=True)
+        return round(float(statistics.median([sum(run) for run in runs])) / gigabytes, 3)
+
+    ceiling_cpu = per_gb("ceiling_sender_cpu", "ceiling_receiver_cpu")
+    bulk_cpu = per_gb("bulk_sender_cpu", "bulk_receiver_cpu")
+    hash_cpu = hash_cpu_s / gigabytes
+    rtts = samples["rtts"]
     return {
         "bytes_per_run": total,
-        "runs": repeat,
         "chunk_bytes": CHUNK_BYTES,
-        "lanes": LANES,
-        "ceiling_GBps": round(ceiling / 1e9, 3),
-        "bulk_GBps": round(bulk / 1e9, 3),
-        "bulk_vs_ceiling": round(statistics.median(ratios), 3),  # per round, then the median
-        "ceiling_cpu_s_per_GB": round(statistics.median(ceiling_cpu) / gigabytes, 3),
-        "bulk_cpu_s_per_GB": round(bulk_cpu_per_gb, 3),
-        "cores": cores,
-        "bulk_cpu_bound_GBps": round(cores / bulk_cpu_per_gb, 3),
+        "ceiling_GBps": round(median("ceiling") / 1e9, 3),
+        "bulk_GBps": round(median("bulk") / 1e9, 3),
+        "bulk_vs_ceiling": round(median("ratio"), 3),  # per round, then the median
+        "ceiling_cpu_s_per_GB": ceiling_cpu,
+        "ceiling_sender_cpu_s_per_GB": per_gb("ceiling_sender_cpu"),
+        "ceiling_receiver_cpu_s_per_GB": per_gb("ceiling_receiver_cpu"),
+        "bulk_cpu_s_per_GB": bulk_cpu,
+        "bulk_sender_cpu_s_per_GB": per_gb("bulk_sender_cpu"),
+        "bulk_receiver_cpu_s_per_GB": per_gb("bulk_receiver_cpu"),
+        "bulk_ping_cpu_s_per_GB": per_gb("ping_cpu"),  # the latency probe, both ends
+        "hash_cpu_s_per_GB": round(hash_cpu, 3),
+        # When both are CPU-bound (few cores), the bulk path at best costs the ceiling's TLS
+        # plus one SHA-256 of every byte, and moves bytes that much slower.
+        "bulk_vs_ceiling_cpu_bound": round(ceiling_cpu / (ceiling_cpu + hash_cpu), 3),
+        "bulk_cpu_beyond_tls_and_hash_s_per_GB": round(bulk_cpu - ceiling_cpu - hash_cpu, 3),
+        "cores": os.cpu_count() or 1,
+        "bulk_cpu_bound_GBps": round((os.cpu_count() or 1) / bulk_cpu, 3),
         "small_message_pings": len(rtts),
         "small_message_p50_ms": round(percentile(rtts, 0.50), 2),
         "small_message_p99_ms": round(percentile(rtts, 0.99), 2),
-        "receiver_peak_rss_MB": round(max(rss), 1),
-        "receiver_rss_over_blob_MB": round(max(rss) - blob_mb, 1),
-        "receiver_buffer_prefault_s": round(statistics.median(prefault), 3),
+        "receiver_peak_rss_MB": round(max(samples["rss"]), 1),
+        "receiver_rss_over_blob_MB": round(max(samples["rss"]) - total / MiB, 1),
+        "receiver_buffer_prefault_s": round(median("prefault"), 3),
         "manifest_hash_GBps": round(total / hash_s / 1e9, 3),
     }
 
@@ -287,6 +342,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="256 MiB per run, 3 runs")
     parser.add_argument("--repeat", type=int, help="runs per mode (medians reported)")
+    parser.add_argument("--lanes", type=int, default=LANES, help=f"bulk lanes (default {LANES})")
     parser.add_argument("--child", choices=["ceiling", "bulk"], help=argparse.SUPPRESS)
     parser.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
     for name in ("cert", "key", "ca", "root", "peer"):
@@ -303,7 +359,7 @@ def main() -> None:
         return
     total = (256 if args.quick else 1024) * MiB
     repeat = args.repeat or (3 if args.quick else 5)
-    figures = run(total, repeat)
+    figures = run(total, repeat, args.lanes)
     targets = {
         "bulk_vs_ceiling": f">= {TARGET_RATIO}",
         "small_message_p99_ms": f"<= {TARGET_P99_MS}",
