@@ -8,8 +8,9 @@ from node 1 (``P2PService.fetch_blob``: bulk lanes, every chunk verified) and th
 go on throughout a second transfer of the blob (the first runs with nothing else going on).
 
 The ceiling is the same blob moved by ``bulk.Fetch`` from a ``BlobServer`` directly (no
-service, no ping-pong), in the same round; ``blob_vs_bulk`` (the service's quiet transfer
-over it) is the median of the per-round ratios. Both receive into the same preallocated,
+service, no ping-pong), in the same round: 3 pairs back to back, which goes first
+alternating; ``blob_vs_bulk`` (bulk alone's transfer time over the service's) is the median
+of the pairs, then of the rounds. Both receive into the same preallocated,
 already touched buffer (as a node that reuses its model's buffer does), so the ratio is the
 service's own overhead. ``blob_fresh_buffer_GBps`` is the service's default instead: a
 fresh anonymous mapping whose pages the lanes fault in as they write (on the 2-core
