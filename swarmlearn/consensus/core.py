@@ -29,7 +29,7 @@ height with everything around it:
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,7 @@ from swarmlearn.consensus.votekeeper import ROUND_WINDOW, Added, VoteKeeper
 from swarmlearn.p2p.wire import Message
 from swarmlearn.sansio import (
     Broadcast,
+    CancelTimer,
     Deliver,
     Effect,
     Input,
@@ -90,6 +91,7 @@ WAL = "wal"
 BLOCKS = "blocks"
 STATUS_TIMER = "status"
 NEXT_HEIGHT_TIMER = "next-height"
+BATCH_TIMER = "batch"
 FUTURE_BUFFER_MAX = 10_000
 
 
@@ -103,6 +105,9 @@ class ConsensusConfig:
     block_txs_max: int = 5_000
     block_bytes_max: int = 4 * 1024 * 1024
     create_empty_blocks: bool = False
+    #: The longest a proposer holds its proposal back while the ``awaits`` hook says the
+    #: rest of a batch of transactions is on its way (0: never).
+    batch_wait_s: float = 0.1
     mempool: MempoolConfig = field(default_factory=MempoolConfig)
 
     def timeout_s(self, step: Step, round_: int) -> float:
@@ -127,6 +132,7 @@ class ConsensusCore:
         rng: random.Random,
         peers: Sequence[str],
         config: ConsensusConfig | None = None,
+        awaits: Callable[[Sequence[bytes]], bool] | None = None,
     ) -> None:
         self.genesis = genesis
         self.chain_id = genesis.chain_id
@@ -148,6 +154,10 @@ class ConsensusCore:
         self.status_sent: dict[str, float] = {}
         self.future: list[tuple[str, Proposal | Vote]] = []
         self.replaying = False
+        #: The application's word on the mempool: True while more of a batch is coming.
+        self.awaits = awaits
+        self.held: tuple[int, int] | None = None  # the (height, round) of a held proposal
+        self.waited: tuple[int, int] | None = None  # ... whose wait is over
         self._new_height()
 
     # ------------------------------------------------------------ height bookkeeping
@@ -185,6 +195,8 @@ class ConsensusCore:
                 return self._status_tick()
             case TimerFired(tag) if tag == NEXT_HEIGHT_TIMER:
                 return self._next_height()
+            case TimerFired(tag) if tag == BATCH_TIMER:
+                return self._release()
         return []
 
     # ------------------------------------------------------------ inputs
@@ -193,12 +205,14 @@ class ConsensusCore:
         reason = self.mempool.add(data)
         if reason:
             return [Deliver(TxRefused(data, reason))]
-        return [Broadcast(Tx(data), self.peers), *self._maybe_start()]
+        return [Broadcast(Tx(data), self.peers), *self._maybe_start(), *self._batch_grew()]
 
     def _receive(self, sender: str, message: Message) -> list[Effect]:
         match message:
             case Tx(data):
-                return self._maybe_start() if not self.mempool.add(data) else []
+                if self.mempool.add(data):
+                    return []
+                return self._maybe_start() + self._batch_grew()
             case Proposal() | Vote():
                 return self._consensus_message(sender, message)
             case Status():
@@ -296,6 +310,9 @@ class ConsensusCore:
             output = pending.pop(0)
             match output:
                 case Propose(round_, block, valid_round):
+                    if block is None and self._hold(round_):
+                        effects.append(SetTimer(BATCH_TIMER, self.config.batch_wait_s))
+                        continue
                     effects += self._propose(round_, block, valid_round, pending)
                 case CastVote(kind, round_, value):
                     effects += self._cast(kind, round_, value, pending)
@@ -323,6 +340,42 @@ class ConsensusCore:
         pending.extend(self.machine.on_proposal(Received(proposal, True)))
         return self._publish(proposal)
 
+    # ------------------------------------------------------------ batching a proposal
+
+    def _hold(self, round_: int) -> bool:
+        """Hold a fresh proposal back while the application expects the rest of a batch."""
+        key = (self.height, round_)
+        if (
+            self.awaits is None
+            or self.replaying
+            or self.config.batch_wait_s <= 0
+            or self.waited == key
+            or self.me not in self.validators
+            or (self.height, round_, "proposal") in self.signed
+            or not self.awaits(self._reap())
+        ):
+            return False
+        self.held = key
+        return True
+
+    def _batch_grew(self) -> list[Effect]:
+        """A transaction arrived: propose now if it completed the batch being waited for."""
+        if self.held is None or self.awaits is None or self.awaits(self._reap()):
+            return []
+        return [CancelTimer(BATCH_TIMER), *self._release()]
+
+    def _release(self) -> list[Effect]:
+        """Make the held proposal (the batch is complete, or the wait is over)."""
+        held, self.held = self.held, None
+        state = self.machine.state
+        if held != (self.height, state.round) or state.step != Step.PROPOSE:
+            return []  # the height or round moved on without it
+        self.waited = held
+        return self._run([Propose(held[1], None, -1)])
+
+    def _reap(self) -> list[bytes]:
+        return self.mempool.reap(self.config.block_txs_max, self.config.block_bytes_max)
+
     def _cast(
         self, kind: VoteType, round_: int, value: bytes | None, pending: list[Output]
     ) -> list[Effect]:
@@ -349,7 +402,7 @@ class ConsensusCore:
         return [Persist(WAL, ("own", message)), Broadcast(message, self.peers)]
 
     def _build_block(self) -> Block:
-        txs = tuple(self.mempool.reap(self.config.block_txs_max, self.config.block_bytes_max))
+        txs = tuple(self._reap())
         header = BlockHeader(
             chain_id=self.chain_id,
             height=self.height,

@@ -30,12 +30,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 from cryptography.hazmat.primitives import serialization
 
+from swarmlearn.consensus.batching import expects_more
 from swarmlearn.consensus.core import ConsensusConfig, ConsensusCore
 from swarmlearn.consensus.crypto import KeySigner, KeyVerifier
 from swarmlearn.consensus.events import Committed, Genesis, SubmitTx, TxRefused
@@ -241,7 +243,14 @@ class ValidatorNode:
         seed = int.from_bytes(identity.peer_id.digest[:8], "big")
         signer, verifier = KeySigner(identity), KeyVerifier()
         self.core = ConsensusCore(
-            genesis, signer, verifier, self.app, random.Random(seed), [], options.consensus
+            genesis,
+            signer,
+            verifier,
+            self.app,
+            random.Random(seed),
+            [],
+            options.consensus,
+            awaits=partial(expects_more, self.app),
         )
         self.node = SwarmNodeCore(
             self.core,
