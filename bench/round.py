@@ -5,13 +5,21 @@ the weights over the node's local endpoint, as a training script would. Figures,
 
 - round wall time from the last contribution handed over to every trainer holding the merged
   weights (check-ins committed, reduce-scatter, merge, all-gather, agreement on the ledger);
-- peak RSS of each daemon (VmHWM), as a multiple of the model size;
+- peak RSS of each daemon (VmHWM), as a multiple of the model size, and the same less the
+  daemon's RSS when idle before the first round (the interpreter: what the rounds cost);
 - the ceiling: a blocking ``ssl.SSLSocket`` pair on the same loopback (bench/transport.py).
 
     python bench/round.py [--quick] [--rounds N]
 
-Targets (the rounds issue): 4 nodes in <= 1.0 s for 100 MB, peak RSS <= 2x the model. These
-are reported honestly, met or not. ``round_N_nodes_phases_s`` splits the round (PHASES below).
+Targets (the rounds issue): 4 nodes in <= 1.0 s for 100 MB, peak RSS <= 2x the model at 2 and
+at 4 nodes. These are reported honestly, met or not (never with --quick: its 20 MB model is
+dwarfed by the interpreter). ``round_N_nodes_phases_s`` splits the round (PHASES below).
+
+Issue 7 (merged model assembled in the trainer's handover file), 2026-11-26, 100 MB, medians
+of 3 rounds, load average 3.4-3.8 (other engineers' jobs on the 2 cores): peak RSS 2 nodes
+2.9x -> 2.37x, 4 nodes 3.2x -> 2.43x; above idle 1.67x and 1.73x (the handover file 1x, the
+owner's range merged apart 1/N, chunks held for their turn and in flight). Round times under
+that load: 0.69 s (2 nodes), 1.94 s (4 nodes).
 
 Measured 2026-11-26, full size, medians of 5 rounds. On the 2-core development machine at a
 quiet moment (load average 1.5-2 from other jobs), before and after back to back:
@@ -100,11 +108,15 @@ def _daemon(stack: ExitStack, pki: Path, name: str, data: Path, *flags: str) -> 
     return stack.enter_context(node_process(pki, name, data, *flags))
 
 
-def _peak_rss_bytes(pid: int) -> int:
+def _status_bytes(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    return _status_bytes(pid, "VmHWM")
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,9 @@ class SizeFigures:
     runs_s: list[float]
     peak_rss_vs_model: float
     phases_s: dict[str, float]  # median of each phase (PHASES)
+    #: the peak less the daemon's RSS when idle before the first round (the interpreter and
+    #: its libraries), as a multiple of the model: what the rounds themselves cost
+    peak_above_idle_vs_model: float
 
 
 def run_size(nodes: int, model_bytes: int, rounds: int) -> SizeFigures:
@@ -139,11 +154,15 @@ def run_size(nodes: int, model_bytes: int, rounds: int) -> SizeFigures:
             ports.append(port)
         client = load_identity(IdentityPaths(pki / "sn0.pem", pki / "sn0-key.pem", pki / "ca.pem"))
         trio.run(_wait_validators, client, ports, nodes)
+        idle = [_status_bytes(p.pid, "VmRSS") for p in processes]
         runs = [_one_round(root, nodes, layout, number) for number in range(1, rounds + 1)]
         rss = [_peak_rss_bytes(p.pid) for p in processes]
     times = [total for total, _ in runs]
     phases = {name: statistics.median(steps[name] for _, steps in runs) for name in PHASES}
-    return SizeFigures(statistics.median(times), times, max(rss) / model_bytes, phases)
+    above = max(peak - before for peak, before in zip(rss, idle, strict=True))
+    return SizeFigures(
+        statistics.median(times), times, max(rss) / model_bytes, phases, above / model_bytes
+    )
 
 
 async def _wait_validators(client: Any, ports: list[int], nodes: int) -> None:
@@ -218,14 +237,24 @@ def main() -> None:
         figures[f"round_{nodes}_nodes_s"] = round(result.round_s, 3)
         figures[f"round_{nodes}_nodes_runs_s"] = [round(t, 3) for t in result.runs_s]
         figures[f"peak_rss_{nodes}_nodes_vs_model"] = round(result.peak_rss_vs_model, 2)
+        figures[f"peak_rss_{nodes}_nodes_above_idle_vs_model"] = round(
+            result.peak_above_idle_vs_model, 2
+        )
         figures[f"round_{nodes}_nodes_phases_s"] = {
             name: round(value, 3) for name, value in result.phases_s.items()
         }
         print(f"{nodes} nodes: {figures[f'round_{nodes}_nodes_s']} s per round", flush=True)
-    targets = {"round_4_nodes_s": "<= 1.0 (100 MB)", "peak_rss_4_nodes_vs_model": "<= 2"}
+    # The targets are for a 100 MB model (--quick's 20 MB model is dwarfed by the interpreter:
+    # never met), at every size of swarm measured.
+    targets = {
+        "round_4_nodes_s": "<= 1.0 (100 MB)",
+        "peak_rss_2_nodes_vs_model": "<= 2 (100 MB)",
+        "peak_rss_4_nodes_vs_model": "<= 2 (100 MB)",
+    }
     met = (
         not args.quick
         and figures["round_4_nodes_s"] <= 1.0
+        and figures["peak_rss_2_nodes_vs_model"] <= 2
         and figures["peak_rss_4_nodes_vs_model"] <= 2
     )
     print(json.dumps({"figures": figures, "targets": targets, "met": met}))

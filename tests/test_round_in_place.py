@@ -19,7 +19,8 @@ import pytest
 from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
 from swarmlearn.merge import ModelState, flatten, layout_of, merge
 from swarmlearn.merge.manifest import Layout
-from swarmlearn.roles.sl_round import Contribute, MergedPiece, RoundDone, RoundFailed
+from swarmlearn.merge.plan import plan_shards
+from swarmlearn.roles.sl_round import Contribute, MergedPiece, RoundChunk, RoundDone, RoundFailed
 from swarmlearn.sansio import Effect, NodeId, Send
 from swarmlearn.sim import LinkConfig, Simulator
 from tests.test_rounds_sim import CHUNK_BYTES, RoundChecker, Swarm, factory, make_swarm, model
@@ -70,8 +71,27 @@ def test_the_merged_model_is_assembled_in_each_trainers_file(swarm3: Swarm) -> N
     layout = layout_of(model(rng), chunk_bytes=CHUNK_BYTES)
     states = {node: model(rng) for node in sim.node_ids}
     files = hand_over(sim, layout, states, at=1.0)
+    sent: list[tuple[NodeId, RoundChunk]] = []
+
+    def watch(node: NodeId, effects: list[Effect]) -> list[Effect]:
+        for effect in effects:
+            if isinstance(effect, Send) and isinstance(effect.message, RoundChunk):
+                sent.append((node, effect.message))
+        return effects
+
+    for node in sim.node_ids:
+        sim.set_policy(node, watch)
     sim.run(until=lambda: len(outcomes(checker, 1)) == 3 or bool(sim.violations), time_limit=60)
     assert not sim.violations, sim.violations
+    # Chunks go as views of the file (no copy), except those that straddle two owners'
+    # ranges: a merged piece from one owner lands on part of them while the other may
+    # still be sending them (a real lane writes the view later).
+    plan = plan_shards(layout, 3)
+    straddling = {c for c in range(layout.chunk_count) if len(plan.owners_of_chunk(c)) > 1}
+    assert straddling, "the test needs chunks at range boundaries"
+    for node, chunk in sent:
+        in_file = isinstance(chunk.data, memoryview) and chunk.data.obj is files[node]
+        assert in_file == (chunk.index not in straddling), (node, chunk.index)
     expected = reference(layout, states)
     done: dict[str, RoundDone] = outcomes(checker, 1)
     assert sorted(done) == sorted(files)

@@ -14,7 +14,6 @@ training loop (the SwarmCallback of the callback issue builds on it).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import mmap
 import os
 import socket
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import trio
 
+from swarmlearn.digest import content_digest
 from swarmlearn.errors import ConfigError, RemoteProtocolError
 from swarmlearn.merge.manifest import Layout, TensorSpec
 from swarmlearn.p2p.framing import FrameReader, encode_frame
@@ -35,9 +35,10 @@ from swarmlearn.roles.handover import SharedBuffer, open_shared, shared_handover
 LOCAL_FRAME_BYTES_MAX = 2**32 - 1
 RECEIVE_BYTES = 1024 * 1024
 HASH_THREADS = min(4, os.cpu_count() or 1)
+VERDICT_GRACE_S = 5.0
 
 #: ``on_contribute(contribution, reply, chunk_hashes)``: the weights' chunk hashes are computed
-#: here, in worker threads, so the event loop does not spend a model's worth of SHA-256.
+#: here, in worker threads, so the event loop does not spend a model's worth of hashing.
 OnContribute = Callable[["LocalContribute", Callable[[Message], None], tuple[bytes, ...]], None]
 
 
@@ -63,6 +64,7 @@ class LocalContribute(Message, tag=0xB1):
     perf: tuple[float, float, int, int] | None = None
     final: bool = False  # the trainer's own training is over
     shared: str = ""  # the weights are in this handover file, not in ``data`` (handover.py)
+    sync_timeout_s: float = 0.0  # the round fails at the node if not closed by then (0: never)
 
     def layout(self) -> Layout:
         specs = tuple(TensorSpec(t.name, t.dtype, t.shape, t.offset) for t in self.tensors)
@@ -81,6 +83,7 @@ class LocalContribute(Message, tag=0xB1):
         perf: tuple[float, float, int, int] | None = None,
         final: bool = False,
         shared: str = "",
+        sync_timeout_s: float = 0.0,
     ) -> LocalContribute:
         tensors = tuple(
             LocalTensor(t.name, t.dtype, tuple(t.shape), t.offset) for t in layout.tensors
@@ -97,6 +100,7 @@ class LocalContribute(Message, tag=0xB1):
             perf,
             final,
             shared,
+            sync_timeout_s,
         )
 
 
@@ -200,14 +204,14 @@ def _close_map(mapped: mmap.mmap) -> None:
 
 
 def hash_chunks(layout: Layout, flat: bytes | bytearray | memoryview) -> tuple[bytes, ...]:
-    """SHA-256 of each chunk of ``flat``, in ``HASH_THREADS`` threads (hashlib releases the GIL)."""
+    """The BLAKE3 hash of each chunk of ``flat``, in ``HASH_THREADS`` threads (GIL released)."""
     view = memoryview(flat).cast("B")
     if len(view) != layout.total_bytes:
         raise ValueError(f"flat bytes are {len(view)} long, the layout says {layout.total_bytes}")
 
     def one(index: int) -> bytes:
         start, stop = layout.chunk_span(index)
-        return hashlib.sha256(view[start:stop]).digest()
+        return content_digest(view[start:stop])
 
     with ThreadPoolExecutor(HASH_THREADS) as pool:
         return tuple(pool.map(one, range(layout.chunk_count)))
@@ -266,7 +270,9 @@ class LocalClient:
                 f"{path}: no swarm node's local endpoint here (is swarm-node running?)"
             )
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout_s)
+        # The node fails a round still open at syncTimeout and says so; a moment more for
+        # that verdict to arrive before a silent node is given up on.
+        self.sock.settimeout(timeout_s + min(VERDICT_GRACE_S, timeout_s))
         self.timeout_s = timeout_s
         try:
             self.sock.connect(str(path))
@@ -316,6 +322,7 @@ class LocalClient:
             perf=perf,
             final=final,
             shared=shared,
+            sync_timeout_s=self.timeout_s,
         )
         for buffer in encode_frame(message, LOCAL_FRAME_BYTES_MAX):
             self.sock.sendall(buffer)

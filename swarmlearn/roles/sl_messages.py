@@ -9,13 +9,13 @@ the trainer; :class:`SubmitSigned` asks the node to put a transaction on the led
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 from dataclasses import dataclass
 
 import numpy as np
 
 from swarmlearn.consensus.swarm_txs import TensorSpec
+from swarmlearn.digest import content_digest
 from swarmlearn.merge import Layout
 from swarmlearn.merge.manifest import manifest_root
 from swarmlearn.p2p.wire import Message, Payload
@@ -74,14 +74,16 @@ class Contribute:
     perf: tuple[float, float, int, int] | None = None
     #: The trainer's own training is over: these are its final weights (said in the check-in).
     final: bool = False
-    #: SHA-256 of each chunk of ``flat``, when the node already computed them off the event
+    #: The hash of each chunk of ``flat``, when the node already computed them off the event
     #: loop (local, so trusted); hashed here otherwise.
     chunk_hashes: tuple[bytes, ...] | None = None
+    #: The trainer's syncTimeout: a round that has not closed by then fails here (None: wait).
+    wait_s: float | None = None
 
 
 @dataclass(frozen=True)
 class Hashed:
-    """Input from the node: a round message that came on a lane, with the SHA-256 of its
+    """Input from the node: a round message that came on a lane, with the hash of its
     payload, computed off the event loop by the node's own lane thread (so trusted, unlike
     the message). The core compares it with the commitment instead of hashing again."""
 
@@ -177,7 +179,7 @@ def merged_root(layout: Layout, merged: bytearray | memoryview, digests: dict[in
         known = digests.get(chunk)
         if known is None:
             start, stop = layout.chunk_span(chunk)
-            known = hashlib.sha256(view[start:stop]).digest()
+            known = content_digest(view[start:stop])
         hashes.append(known)
     return manifest_root(layout, hashes)
 

@@ -24,21 +24,27 @@ the round and fixes the participants; participant ``i`` owns range ``i`` of
 
 Bytes and memory: the node's round lanes (:mod:`swarmlearn.roles.lanes`) hash each chunk and
 merged piece as it arrives and hand it in as :class:`Hashed`, so the core compares digests
-instead of hashing again (a plain ``Receive``, as in the simulator, is hashed here). Merged
-pieces are cut at chunk boundaries, so the merged root reuses those digests; an owner merges
-its range straight into the merged model's buffer. The contribution is kept only as given
-(a view of the trainer's handover file: no copy) and let go when the round ends; a merged
-model that every participant agreed on is freed when the next round starts.
+(a plain ``Receive``, as in the simulator, is hashed here). Merged pieces are cut at chunk
+boundaries, so the merged root reuses those digests. The contribution is kept as given, no
+copy. When it is a writable view of the trainer's handover file, the merged model is
+assembled in that file: a piece lands where this node's chunks of that range were (its owner
+had them all before it merged; a chunk that straddles two ranges is sent as a copy), and the
+node's own range is merged apart and copied in, so the node holds no second model. The cost:
+an attempt after pieces landed finds no weights to send; the node sits it out and its
+trainer, told ``overwritten``, keeps its model's weights. Otherwise (weights in a socket
+frame) the merged model gets its own buffer; one every participant agreed on is freed when
+the next round starts.
 
 Every wait is bounded: the attempt deadline comes from the ledger (model size based); when
 it passes, the core sends a ``Heartbeat`` so the ledger runs its deadline rule (finish with
 agreeing reporters, re-plan with the live ones, or fail). Progress is delivered as it goes
-("round 7: 2/3 checked in").
+("round 7: 2/3 checked in"); a round short of minPeers says so every ``WAIT_PROGRESS_S`` and
+fails at the trainer's syncTimeout (``Contribute.wait_s``); a check-in the ledger refuses for
+good (another model won the race to a contract's first check-in) fails it at the next block.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from swarmlearn.consensus.swarm_app import SwarmApp
@@ -49,6 +55,7 @@ from swarmlearn.consensus.swarm_txs import (
     Merged,
     PerfData,
 )
+from swarmlearn.digest import content_digest
 from swarmlearn.merge import (
     RangeMerge,
     WeightSet,
@@ -77,8 +84,14 @@ from swarmlearn.roles.sl_messages import (
     specs_of,
 )
 from swarmlearn.roles.sl_round_merged import KeptModels
-from swarmlearn.roles.sl_round_outcome import RoundEnds
-from swarmlearn.roles.sl_round_state import Attempt, EarlyMessages, RoundState
+from swarmlearn.roles.sl_round_outcome import WAIT_PROGRESS_S, RoundEnds
+from swarmlearn.roles.sl_round_state import (
+    Attempt,
+    EarlyMessages,
+    RoundState,
+    contribution_sends,
+    is_early,
+)
 from swarmlearn.sansio import (
     Deliver,
     Input,
@@ -136,15 +149,17 @@ class SLRoundCore(RoundEnds):
                 effects = [e for r in list(self.rounds.values()) for e in self._follow(r, now)]
                 return effects + self._start_queued(now)
             case Receive(sender, RoundManifest() | RoundChunk() | MergedPiece() as message):
-                if self._is_early(message):
+                if is_early(self.rounds, message):
                     return self._keep_early(sender, message)
                 return self._dispatch(sender, message)
             case Request(Hashed(sender, RoundChunk() | MergedPiece() as message, digest)):
-                if self._is_early(message):
+                if is_early(self.rounds, message):
                     return self._keep_early(sender, message, digest)
                 return self._dispatch(sender, message, digest)
             case Receive(sender, FetchMerged(contract, number)):
                 return self.kept.serve(sender, contract, number)
+            case TimerFired(("sl-wait" | "sl-expire" as kind, str(contract), int(number), _)):
+                return self._waiting(contract, number, now, expired=kind == "sl-expire")
             case TimerFired(("sl-deadline", str(contract), int(number), int(attempt))):
                 return self._deadline(contract, number, attempt, now)
             case TimerFired(("sl-alive" | "sl-tick" as kind, str(contract), int(number), int(a))):
@@ -169,12 +184,6 @@ class SLRoundCore(RoundEnds):
         if isinstance(message, RoundChunk):
             return self._on_chunk(sender, message, digest)
         return self._on_piece(sender, message, digest)
-
-    def _is_early(self, message: RoundManifest | RoundChunk | MergedPiece) -> bool:
-        state = self.rounds.get((message.contract, message.round))
-        if state is None or state.finished or message.attempt < 0:
-            return False
-        return state.attempt is None or state.attempt.number < message.attempt
 
     def _keep_early(
         self,
@@ -213,7 +222,7 @@ class SLRoundCore(RoundEnds):
         if hashes is None or len(hashes) != c.layout.chunk_count:
             hashes = chunk_hashes(c.layout, c.flat)
         root = manifest_root(c.layout, hashes)
-        state = RoundState(c.contract, number, c, hashes, root)
+        state = RoundState(c.contract, number, c, hashes, root, specs=specs, contributed_at=now)
         self.rounds[(c.contract, number)] = state
         check_in = CheckIn(
             c.contract,
@@ -231,7 +240,10 @@ class SLRoundCore(RoundEnds):
         effects: list[SLEffect] = [
             SubmitSigned(state.check_in),
             self._progress(state, "checking in"),
+            SetTimer(("sl-wait", c.contract, number, 0), WAIT_PROGRESS_S),
         ]
+        if c.wait_s is not None:
+            effects.append(SetTimer(("sl-expire", c.contract, number, 0), c.wait_s))
         if c.perf is not None:
             loss, metric, done, total = c.perf
             report = PerfData(c.contract, number, loss, metric, done, total)
@@ -257,9 +269,12 @@ class SLRoundCore(RoundEnds):
             # or the round closed first): the same weights go to the round that is open now.
             del self.rounds[(state.contract, state.number)]
             return self._contribute(state.contribution, now)
-        if (record is None or self.me not in record.checkins) and now - state.sent_at >= RESEND_S:
-            state.sent_at = now  # not on the ledger yet (refused while joining, or lost)
-            return [SubmitSigned(state.check_in)]
+        if record is None or self.me not in record.checkins:
+            if problem := self._refusal(state, record):  # for good: another model won the race
+                return [self._failed(state, f"the ledger refuses it: {problem}")]
+            if now - state.sent_at >= RESEND_S:
+                state.sent_at = now  # not on the ledger yet (refused while joining, or lost)
+                return [SubmitSigned(state.check_in)]
         if record is None:
             return []
         if record.status == RoundStatus.OPEN:
@@ -328,25 +343,7 @@ class SLRoundCore(RoundEnds):
             SetTimer(("sl-alive", state.contract, state.number, attempt.number), wait_s / 2)
         )
         attempt.manifests[me] = state.manifest_hashes
-        for owner_index, owner in enumerate(record.participants):
-            if owner == self.me:
-                continue
-            effects.append(
-                Send(
-                    owner,
-                    RoundManifest(
-                        state.contract, state.number, attempt.number, state.manifest_hashes
-                    ),
-                )
-            )
-            for chunk in plan.shards[owner_index].chunks(c.layout):
-                start, stop = c.layout.chunk_span(chunk)
-                data = memoryview(c.flat)[start:stop]
-                effects.append(
-                    Send(
-                        owner, RoundChunk(state.contract, state.number, attempt.number, chunk, data)
-                    )
-                )
+        effects += contribution_sends(self.me, state, attempt, plan)
         for chunk in plan.shards[me].chunks(c.layout):  # my own contribution to my own range
             start, stop = c.layout.chunk_span(chunk)
             merge.add(me, chunk, memoryview(c.flat)[start:stop])
@@ -403,7 +400,7 @@ class SLRoundCore(RoundEnds):
         hashes = attempt.manifests[participant]
         start, stop = layout.chunk_span(chunk) if 0 <= chunk < layout.chunk_count else (0, -1)
         if digest is None and stop >= 0 and len(data) == stop - start:
-            digest = hashlib.sha256(data).digest()
+            digest = content_digest(data)
         if stop < 0 or len(data) != stop - start or digest != hashes[chunk]:
             culprit = attempt.participants[participant]
             return self._exclude(state, culprit, f"chunk {chunk} does not match its commitment")

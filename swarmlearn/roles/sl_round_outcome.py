@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from swarmlearn.consensus.swarm_app import SwarmApp
-from swarmlearn.consensus.swarm_rounds import RoundRecord
+from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
 from swarmlearn.consensus.swarm_txs import Exclude, Heartbeat
 from swarmlearn.merge import build_manifest
 from swarmlearn.roles.sl_messages import (
@@ -30,8 +30,11 @@ from swarmlearn.roles.sl_messages import (
     SubmitSigned,
 )
 from swarmlearn.roles.sl_round_merged import KeptModels
-from swarmlearn.roles.sl_round_state import Attempt, RoundState
-from swarmlearn.sansio import Deliver, Log, NodeId, Send
+from swarmlearn.roles.sl_round_state import Attempt, EarlyMessages, RoundState
+from swarmlearn.sansio import Deliver, Log, NodeId, Send, SetTimer
+
+#: While a round waits for minPeers check-ins, the trainer hears so this often.
+WAIT_PROGRESS_S = 30.0
 
 
 class RoundEnds:
@@ -42,6 +45,7 @@ class RoundEnds:
     sign: Any
     rounds: dict[tuple[str, int], RoundState]
     kept: KeptModels
+    early: EarlyMessages
 
     def _record(self, state: RoundState) -> RoundRecord | None:
         contract = self.app.state.contracts.get(state.contract)
@@ -115,6 +119,7 @@ class RoundEnds:
         state.finished = True
         state.contribution = replace(state.contribution, flat=b"")
         self._drop_file_views(state)
+        self.early.drop_through(state.contract, state.number)
 
     def _drop_file_views(self, state: RoundState) -> None:
         """Forget every view of the trainer's handover file this round holds: the trainer
@@ -134,6 +139,47 @@ class RoundEnds:
         if state.overwritten:
             reason += " (the handover file holds a partial merge: keep your own weights)"
         return Deliver(RoundFailed(state.contract, state.number, reason, state.overwritten))
+
+    def _refusal(self, state: RoundState, record: RoundRecord | None) -> str | None:
+        """Why the ledger refuses this round's check-in whenever it is sent (a model or merge
+        method other than the one it took first, from a check-in that won the race), or
+        None: then a refusal was passing (not a member yet) and the check-in is resent."""
+        c = state.contribution
+        problem = self.app.check_in_problem(state.contract, c.merge_method, state.specs)
+        if problem is None and record is not None and record.merge_method != c.merge_method:
+            problem = f"merge method {c.merge_method!r}; the round's is {record.merge_method!r}"
+        return problem
+
+    def _waiting(self, contract: str, number: int, now: float, *, expired: bool) -> list[SLEffect]:
+        """The round is still open, short of minPeers: say so every ``WAIT_PROGRESS_S``, and
+        at the trainer's syncTimeout fail it (its check-in stays on the ledger; the trainer's
+        next weights replace it there)."""
+        state = self.rounds.get((contract, number))
+        if state is None or state.finished:
+            return []
+        record = self._record(state)
+        if record is not None and record.status != RoundStatus.OPEN:
+            return []
+        have = 0 if record is None else len(record.checkins)
+        need = max(state.contribution.min_peers, 0 if record is None else record.min_peers)
+        if have >= need:  # closing: the next block past the grace period closes it
+            return []
+        if expired:
+            wait_s = state.contribution.wait_s
+            return [
+                self._failed(
+                    state,
+                    f"round {number}: {have}/{need} checked in within syncTimeout={wait_s:g} s,"
+                    f" fewer than minPeers={need}",
+                )
+            ]
+        waited_s = round(now - state.contributed_at)
+        text = f"round {number}: {have}/{need} checked in, waiting for minPeers={need}"
+        text += f" ({waited_s:g} s)"
+        return [
+            self._progress(state, text),
+            SetTimer(("sl-wait", contract, number, 0), WAIT_PROGRESS_S),
+        ]
 
     def _cannot_retry(self, state: RoundState, attempt: int) -> list[SLEffect]:
         """A new attempt, after merged bytes were written over this node's contribution in

@@ -1,10 +1,12 @@
-"""What the SL round core (:mod:`swarmlearn.roles.sl_round`) remembers of a round.
+"""What the SL round core (:mod:`swarmlearn.roles.sl_round`) remembers of a round, and how
+it sends its contribution.
 
 :class:`RoundState` is one contribution's round on one contract (its check-in, the current
 attempt, the merged model once assembled); :class:`Attempt` is one try at the exchange with a
 fixed participant list. :class:`EarlyMessages` holds the round messages of an attempt this
 node has not yet seen the ledger start (blocks commit at slightly different times on
-different nodes), bounded in bytes, and hands them back when the attempt starts.
+different nodes, or this node's ledger lags), bounded in bytes, and hands them back when the
+attempt starts. :func:`contribution_sends` cuts a contribution into an attempt's messages.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from swarmlearn.consensus.swarm_txs import TensorSpec
 from swarmlearn.merge import RangeMerge
+from swarmlearn.merge.plan import ShardPlan
 from swarmlearn.roles.sl_messages import Contribute, MergedPiece, RoundChunk, RoundManifest
+from swarmlearn.sansio import NodeId, Send
 
 EARLY_BYTES_MAX = 512 * 1024 * 1024
 
@@ -53,6 +58,8 @@ class RoundState:
     check_in: bytes = b""  # the signed CheckIn, resent until the ledger has it
     sent_at: float = 0.0
     overwritten: bool = False  # merged bytes were written over the contribution (in place)
+    specs: tuple[TensorSpec, ...] = ()  # the contribution's tensors, as the ledger sees them
+    contributed_at: float = 0.0
 
 
 class EarlyMessages:
@@ -71,6 +78,11 @@ class EarlyMessages:
         self.held.append((sender, message, digest))
         self.held_bytes += size
         return True
+
+    def drop_through(self, contract: str, number: int) -> None:
+        """Forget the messages of the contract's rounds up to ``number`` (over here)."""
+        self.held = [h for h in self.held if h[1].contract != contract or h[1].round > number]
+        self.held_bytes = sum(_size(m) for _, m, _ in self.held)
 
     def take(
         self, contract: str, number: int, attempt: int
@@ -95,3 +107,39 @@ class EarlyMessages:
 
 def _size(message: RoundMessage) -> int:
     return len(getattr(message, "data", b"")) + 64
+
+
+def is_early(rounds: dict[tuple[str, int], RoundState], message: RoundMessage) -> bool:
+    """``message`` belongs to an attempt this node has not started yet: keep it till then."""
+    state = rounds.get((message.contract, message.round))
+    if state is None and message.attempt >= 0:  # my ledger lags: my weights wait under
+        return any(  # an earlier round, and move to this one when it catches up
+            r.contract == message.contract and not r.finished and r.number < message.round
+            for r in rounds.values()
+        )
+    if state is None or state.finished or message.attempt < 0:
+        return False
+    return state.attempt is None or state.attempt.number < message.attempt
+
+
+def contribution_sends(
+    me: NodeId, state: RoundState, attempt: Attempt, plan: ShardPlan
+) -> list[Send]:
+    """My manifest and my chunks of each other owner's range, as views of my weights (no
+    copy). In the handover file, a chunk that straddles two ranges goes as a copy: one
+    owner's merged piece may land on its bytes before the other owner has all of it."""
+    c, number = state.contribution, attempt.number
+    view = memoryview(c.flat)
+    sends: list[Send] = []
+    for owner_index, owner in enumerate(attempt.participants):
+        if owner == me:
+            continue
+        manifest = RoundManifest(state.contract, state.number, number, state.manifest_hashes)
+        sends.append(Send(owner, manifest))
+        for chunk in plan.shards[owner_index].chunks(c.layout):
+            start, stop = c.layout.chunk_span(chunk)
+            data: Any = view[start:stop]
+            if attempt.in_file and len(plan.owners_of_chunk(chunk)) > 1:
+                data = bytes(data)
+            sends.append(Send(owner, RoundChunk(state.contract, state.number, number, chunk, data)))
+    return sends
