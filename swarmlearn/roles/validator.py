@@ -439,6 +439,7 @@ class ValidatorNode:
             message.perf,
             message.final,
             chunk_hashes,
+            message.sync_timeout_s or None,
         )
         self.driver.submit(Request(contribution))
 
