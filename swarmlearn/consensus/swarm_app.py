@@ -343,8 +343,10 @@ class SwarmApp:
                 f"merge method {body.merge_method!r}; the round's is {round_.merge_method!r}",
                 sender,
             )
-        if sender in round_.checkins:
+        if sender in round_.checkins and round_.checkins[sender].root == body.root:
             return self._refuse(tx, f"already checked in to round {body.round}", sender)
+        # Other weights from a node that checked in already: its trainer gave up at its
+        # syncTimeout and syncs again. Nothing moved yet (the round is open): they replace it.
         round_.checkins[sender] = CheckInRecord(
             body.root, body.weight, body.min_peers, self._now_ms, body.final
         )
