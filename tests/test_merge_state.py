@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from typing import Any
 
@@ -12,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from swarmlearn.digest import content_digest
 from swarmlearn.merge import (
     ALIGN_BYTES,
     Layout,
@@ -128,7 +128,7 @@ def test_layout_offsets_are_aligned_and_documented() -> None:
     assert flat[38:40] == b"\0\0"  # padding after "half"
     assert flat[24:32] == struct.pack("<q", 7)
     assert flat[32:38] == np.array([1.5, -2.0, 3.25], "<f2").tobytes()
-    assert manifest.chunk_hashes[1] == hashlib.sha256(flat[16:32]).digest()
+    assert manifest.chunk_hashes[1] == content_digest(flat[16:32])
 
 
 def test_layout_encoding_is_canonical() -> None:
@@ -143,8 +143,8 @@ def test_layout_encoding_is_canonical() -> None:
         + struct.pack("<BQQQ", 2, 2, 3, 0)
     )
     assert layout.encode() == expected
-    hashes = [hashlib.sha256(bytes(8)).digest()] * 3
-    assert manifest_root(layout, hashes) == hashlib.sha256(expected + b"".join(hashes)).digest()
+    hashes = [content_digest(bytes(8))] * 3
+    assert manifest_root(layout, hashes) == content_digest(expected + b"".join(hashes))
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ as step tables between two cores wired by hand."""
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from swarmlearn.digest import content_digest
 from swarmlearn.errors import LocalProtocolError, RemoteProtocolError
 from swarmlearn.merge.manifest import pack
 from swarmlearn.merge.state import ModelState
@@ -49,7 +49,7 @@ MANIFEST = BlobManifest.build(BLOB, 1024)
 def test_a_manifest_commits_to_sizes_and_every_chunk() -> None:
     assert MANIFEST.chunk_count == 10
     assert MANIFEST.chunk_span(9) == (9216, 10_000)
-    assert MANIFEST.chunk_hashes[3] == hashlib.sha256(BLOB[3072:4096]).digest()
+    assert MANIFEST.chunk_hashes[3] == content_digest(BLOB[3072:4096])
     reply = MANIFEST.to_message()
     assert BlobManifest.from_message(reply, MANIFEST.root) == MANIFEST
     tampered = ManifestReply(reply.root, reply.total_bytes, 2048, reply.hashes)

@@ -4,13 +4,13 @@ expected identity get a lane."""
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import ssl
 
 import pytest
 import trio
 
+from swarmlearn.digest import content_digest
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.framing import encode_frame
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
@@ -54,7 +54,7 @@ async def test_frames_arrive_in_order_with_their_digests(identities: dict[str, I
     sender, receiver = RoundLanes(a, Inbox(0).deliver), RoundLanes(b, inbox.deliver)
     chunk = bytes(range(256)) * (16 * 1024)  # 4 MiB
     sent: list[Message] = [
-        RoundManifest("c", 1, 0, (hashlib.sha256(chunk).digest(),)),
+        RoundManifest("c", 1, 0, (content_digest(chunk),)),
         RoundChunk("c", 1, 0, 0, chunk),
         RoundChunk("c", 1, 0, 1, chunk[:1000]),
         MergedPiece("c", 1, 0, 8, memoryview(chunk)[8:4096]),
@@ -77,7 +77,7 @@ async def test_frames_arrive_in_order_with_their_digests(identities: dict[str, I
         assert isinstance(message, RoundChunk | MergedPiece)
         assert isinstance(original, RoundChunk | MergedPiece)
         assert bytes(message.data) == bytes(original.data)
-        assert digest == hashlib.sha256(original.data).digest()
+        assert digest == content_digest(original.data)
     assert sender.dropped == 0
 
 

@@ -12,9 +12,10 @@ Because every offset and ``chunk_bytes`` are multiples of 8 and every element si
 chunk boundary is always an element boundary: chunk ``c`` is bytes
 ``[c * chunk_bytes, min((c + 1) * chunk_bytes, total_bytes))`` and the last chunk may be short.
 
-The :class:`Manifest` is the layout plus SHA-256 of each chunk plus a root::
+The :class:`Manifest` is the layout plus the BLAKE3-256 hash of each chunk
+(:mod:`swarmlearn.digest`) plus a root::
 
-    root = SHA-256(layout.encode() || chunk_hash_0 || ... || chunk_hash_{n-1})
+    root = BLAKE3(layout.encode() || chunk_hash_0 || ... || chunk_hash_{n-1})
 
 where ``layout.encode()`` is the canonical encoding below, so the root commits to names,
 dtypes, shapes, offsets and chunk size as well as to the bytes. All integers little-endian::
@@ -29,7 +30,6 @@ layout with zero-copy ``np.frombuffer`` views on a memoryview of the bytes.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import struct
 from collections.abc import Sequence
@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from swarmlearn.digest import content_digest, content_hasher
 from swarmlearn.merge.dtypes import check_dtype_name, itemsize, storage_dtype
 from swarmlearn.merge.state import ModelState
 
@@ -131,7 +132,7 @@ class Layout:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A layout plus the SHA-256 of each chunk and the root that commits to both."""
+    """A layout plus the BLAKE3 hash of each chunk and the root that commits to both."""
 
     layout: Layout
     chunk_hashes: tuple[bytes, ...]
@@ -140,9 +141,7 @@ class Manifest:
     def verify_chunk(self, index: int, data: BytesLike) -> bool:
         """Whether ``data`` is exactly chunk ``index`` of the committed state."""
         start, stop = self.layout.chunk_span(index)
-        return (
-            len(data) == stop - start and hashlib.sha256(data).digest() == self.chunk_hashes[index]
-        )
+        return len(data) == stop - start and content_digest(data) == self.chunk_hashes[index]
 
 
 def _aligned(offset: int) -> int:
@@ -186,13 +185,13 @@ def chunk_hashes(layout: Layout, flat: BytesLike) -> tuple[bytes, ...]:
         raise ValueError(f"flat bytes are {len(flat)} long, the layout says {layout.total_bytes}")
     view = memoryview(flat).cast("B")
     spans = (layout.chunk_span(i) for i in range(layout.chunk_count))
-    return tuple(hashlib.sha256(view[start:stop]).digest() for start, stop in spans)
+    return tuple(content_digest(view[start:stop]) for start, stop in spans)
 
 
 def manifest_root(layout: Layout, hashes: Sequence[bytes]) -> bytes:
     if len(hashes) != layout.chunk_count:
         raise ValueError(f"{len(hashes)} chunk hashes for {layout.chunk_count} chunks")
-    digest = hashlib.sha256(layout.encode())
+    digest = content_hasher(layout.encode())
     for chunk_hash in hashes:
         digest.update(chunk_hash)
     return digest.digest()

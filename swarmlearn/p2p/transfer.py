@@ -3,13 +3,13 @@
 Theory of operation
 -------------------
 A blob (a model's flat weights) is named by its :class:`BlobManifest`: total size, chunk
-size, the SHA-256 of every chunk, and a root over them::
+size, the BLAKE3 hash of every chunk (:mod:`swarmlearn.digest`), and a root over them::
 
-    root = SHA-256(b"swarmlearn.blob/1\\0" | u64 total_bytes | u64 chunk_bytes | hash_0 | ...)
+    root = BLAKE3(b"swarmlearn.blob/1\\0" | u64 total_bytes | u64 chunk_bytes | hash_0 | ...)
 
 (little-endian integers). Whoever knows the root can check a manifest from anyone, and with
 the manifest every chunk from anyone. :meth:`BlobManifest.from_merge` reuses the chunk hashes
-of a :class:`swarmlearn.merge.manifest.Manifest` (same spans, same SHA-256), so weights
+of a :class:`swarmlearn.merge.manifest.Manifest` (same spans, same hash), so weights
 committed in a round are fetched without hashing them again.
 
 An :class:`Assembler` receives one blob into one preallocated buffer. Every chunk is checked
@@ -31,11 +31,11 @@ still in flight elsewhere (*endgame*), so one slow source cannot hold up the las
 from __future__ import annotations
 
 import enum
-import hashlib
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from swarmlearn.digest import content_digest, content_hasher
 from swarmlearn.errors import LocalProtocolError, RemoteProtocolError
 from swarmlearn.p2p.messages import Chunk
 from swarmlearn.p2p.wire import Message, Payload
@@ -85,7 +85,7 @@ class BlobManifest:
 
     @staticmethod
     def compute_root(total_bytes: int, chunk_bytes: int, hashes: Iterable[bytes]) -> bytes:
-        digest = hashlib.sha256(BLOB_MAGIC + struct.pack("<QQ", total_bytes, chunk_bytes))
+        digest = content_hasher(BLOB_MAGIC + struct.pack("<QQ", total_bytes, chunk_bytes))
         for chunk_hash in hashes:
             digest.update(chunk_hash)
         return digest.digest()
@@ -97,7 +97,7 @@ class BlobManifest:
             raise LocalProtocolError("chunk_bytes must be > 0")
         view = memoryview(data).cast("B")
         hashes = tuple(
-            hashlib.sha256(view[start : start + chunk_bytes]).digest()
+            content_digest(view[start : start + chunk_bytes])
             for start in range(0, len(view), chunk_bytes)
         )
         return cls(len(view), chunk_bytes, hashes, cls.compute_root(len(view), chunk_bytes, hashes))
@@ -213,7 +213,7 @@ class Assembler:
 
     def verify(self, index: int) -> bool:
         """Whether the bytes in chunk ``index``'s slot hash as the manifest says (no state)."""
-        return hashlib.sha256(self.slot(index)).digest() == self.manifest.chunk_hashes[index]
+        return content_digest(self.slot(index)) == self.manifest.chunk_hashes[index]
 
     def mark(self, index: int, size: int) -> None:
         """Chunk ``index`` (verified, ``size`` bytes) is held."""
@@ -228,7 +228,7 @@ class Assembler:
         problem = self.check(index, size)
         if problem is None:
             expected = self.manifest.chunk_hashes[index]
-            if hashlib.sha256(data).digest() != expected:
+            if content_digest(data) != expected:
                 problem = Verdict.BAD_HASH
         if problem is not None:
             self.received_bytes += size

@@ -8,7 +8,7 @@ the event loop that also runs consensus, so a 100 MB round spent most of its tim
 round's messages (manifests, chunks, merged pieces) travel instead on *lanes*: one extra
 mutual-TLS connection per ordered pair of nodes (same certificates, peer id and SN role
 checked on both ends), written and read by plain threads with blocking calls. OpenSSL,
-the socket calls and SHA-256 release the GIL, so lanes encrypt, decrypt and hash beside the
+the socket calls and BLAKE3 release the GIL, so lanes encrypt, decrypt and hash beside the
 event loop, which keeps serving votes.
 
 - Each node listens for lanes on a port of its own and announces it on its message
@@ -37,7 +37,6 @@ sender's commitment (with the digest computed here) and owns every deadline.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import queue
 import socket
@@ -49,6 +48,7 @@ from dataclasses import dataclass
 
 import trio
 
+from swarmlearn.digest import content_digest
 from swarmlearn.errors import RemoteProtocolError
 from swarmlearn.p2p.bulk import TlsPipe, recv_exact
 from swarmlearn.p2p.framing import FRAME_BYTES_MAX_DEFAULT, FRAME_LEN, encode_frame
@@ -69,7 +69,7 @@ RECEIVE_BUDGET_BYTES = 32 * 1024 * 1024  # payloads delivered, not yet handled b
 LANE_RETRY_S = 120.0  # after a lane to a peer failed, its messages take the message connection
 
 #: ``deliver(sender, message, digest)``: runs in the event loop's thread; ``digest`` is the
-#: SHA-256 of the message's payload (``None`` when it has none).
+#: the BLAKE3 hash of the message's payload (``None`` when it has none).
 Deliver = Callable[[NodeId, Message, bytes | None], None]
 #: ``fallback(peer, message)``: runs in the event loop's thread; sends ``message`` on the
 #: node's message connection instead.
@@ -346,7 +346,7 @@ class RoundLanes:
                 self.release(size)
                 raise
             self.release(size - len(payload))  # the node releases the payload once handled
-            digest = hashlib.sha256(payload).digest() if payload else None
+            digest = content_digest(payload) if payload else None
             assert self._token is not None
             try:
                 trio.from_thread.run_sync(
