@@ -15,11 +15,22 @@ Targets (the rounds issue): 4 nodes in <= 1.0 s for 100 MB, peak RSS <= 2x the m
 at 4 nodes. These are reported honestly, met or not (never with --quick: its 20 MB model is
 dwarfed by the interpreter). ``round_N_nodes_phases_s`` splits the round (PHASES below).
 
-Issue 7 (merged model assembled in the trainer's handover file), 2026-11-26, 100 MB, medians
-of 3 rounds, load average 3.4-3.8 (other engineers' jobs on the 2 cores): peak RSS 2 nodes
-2.9x -> 2.37x, 4 nodes 3.2x -> 2.43x; above idle 1.67x and 1.73x (the handover file 1x, the
-owner's range merged apart 1/N, chunks held for their turn and in flight). Round times under
-that load: 0.69 s (2 nodes), 1.94 s (4 nodes).
+Issue 7 (the merged model assembled in the trainer's handover file), 100 MB, medians of 3
+rounds, back to back with the previous commit (047835d) on the same 2 cores, load average 6 to
+11 from other engineers' jobs, two pairs of runs:
+
+    ===========================  ===============  ===============
+    peak RSS / model             before           after
+    ===========================  ===============  ===============
+    2 nodes                      2.99x, 2.91x     2.43x, 2.43x
+    4 nodes                      3.38x, 3.29x     2.87x, 2.73x
+    4 nodes, above idle          2.68x, 2.59x     2.16x, 2.02x
+    ===========================  ===============  ===============
+
+At load 3.5: 2.37x and 2.43x. Still above the 2x target: the interpreter (0.7x), the handover
+file (1x), the owner's range merged apart (1/N: it must not touch the contribution while a
+new attempt may still need it) and chunks held for their turn in the fixed-order merge (up
+to 0.5x per node under load, when one sender lags the others) with those in flight.
 
 Measured 2026-11-26, full size, medians of 5 rounds. On the 2-core development machine at a
 quiet moment (load average 1.5-2 from other jobs), before and after back to back:
