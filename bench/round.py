@@ -139,6 +139,9 @@ class SizeFigures:
     #: the peak less the daemon's RSS when idle before the first round (the interpreter and
     #: its libraries), as a multiple of the model: what the rounds themselves cost
     peak_above_idle_vs_model: float
+    #: median of each run's time from the last check-in ("checking in") to the last trainer
+    #: holding the merged weights: issue 7's definition, without the trainers' hashing
+    from_checkin_s: float = 0.0
 
 
 def run_size(nodes: int, model_bytes: int, rounds: int) -> SizeFigures:
@@ -171,8 +174,14 @@ def run_size(nodes: int, model_bytes: int, rounds: int) -> SizeFigures:
     times = [total for total, _ in runs]
     phases = {name: statistics.median(steps[name] for _, steps in runs) for name in PHASES}
     above = max(peak - before for peak, before in zip(rss, idle, strict=True))
+    from_checkin = statistics.median(total - steps["handed"] for total, steps in runs)
     return SizeFigures(
-        statistics.median(times), times, max(rss) / model_bytes, phases, above / model_bytes
+        statistics.median(times),
+        times,
+        max(rss) / model_bytes,
+        phases,
+        above / model_bytes,
+        from_checkin,
     )
 
 
@@ -247,6 +256,7 @@ def main() -> None:
         result = run_size(nodes, model_bytes, rounds)
         figures[f"round_{nodes}_nodes_s"] = round(result.round_s, 3)
         figures[f"round_{nodes}_nodes_runs_s"] = [round(t, 3) for t in result.runs_s]
+        figures[f"round_{nodes}_nodes_from_checkin_s"] = round(result.from_checkin_s, 3)
         figures[f"peak_rss_{nodes}_nodes_vs_model"] = round(result.peak_rss_vs_model, 2)
         figures[f"peak_rss_{nodes}_nodes_above_idle_vs_model"] = round(
             result.peak_above_idle_vs_model, 2
