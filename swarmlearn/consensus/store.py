@@ -16,6 +16,9 @@ starts and older ones are removed, so replay reads only the unfinished height. B
 Durability follows CometBFT's WAL rules: records the node signed (``own``), end-of-height
 markers and blocks are fsynced before :meth:`DiskStore.persist` returns (so before the driver
 sends anything that follows them); other inputs are written without waiting for the disk.
+A driver that has several records to persist for one input batches them: :meth:`DiskStore.write`
+each (in order; True for a record that must be durable), then one :meth:`DiskStore.sync` of
+the streams it needs durable before its next effect: one fsync per file, not per record.
 
 Reading back: a torn or corrupt *tail* (a crash in the middle of an append) is cut off at the
 last whole record, with a warning. A bad record with good records after it is corruption
@@ -29,6 +32,7 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -129,12 +133,23 @@ class AppendLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file = path.open("ab")
+        self.unsynced = False  # holds a record that must be durable and is not yet
 
     def append(self, record: Any, *, sync: bool) -> None:
+        self.write(record, durable=sync)
+        if sync:
+            self.sync()
+
+    def write(self, record: Any, *, durable: bool) -> None:
+        """Hand ``record`` to the OS (it survives a crash of the node, not of the machine)."""
         self._file.write(frame(record))
         self._file.flush()
-        if sync:
+        self.unsynced |= durable
+
+    def sync(self) -> None:
+        if self.unsynced:
             os.fsync(self._file.fileno())
+            self.unsynced = False
 
     def close(self) -> None:
         self._file.close()
@@ -150,6 +165,7 @@ class DiskStore:
         segments = self._segments()
         height = segments[-1][0] if segments else 1
         self._wal = AppendLog(self._segment_path(height))
+        self._retired: list[AppendLog] = []  # ended WAL segments with records to fsync
 
     def _segment_path(self, height: int) -> Path:
         return self.directory / f"wal-{height:012d}.log"
@@ -172,23 +188,48 @@ class DiskStore:
         return {"blocks": tuple(blocks), "wal": tuple(wal)}
 
     def persist(self, stream: str, record: Any) -> None:
+        """Write ``record``; if it must be durable, fsync it before returning."""
+        if self.write(stream, record):
+            self.sync((stream,))
+
+    def write(self, stream: str, record: Any) -> bool:
+        """Append ``record`` without waiting for the disk; True if it must be made durable
+        (by :meth:`sync` of its stream) before anything that follows it is done."""
         if stream == "blocks":
-            self._blocks.append(record, sync=True)
-        elif stream == "wal":
-            self._wal.append(record, sync=record[0] in SYNCED_KINDS)
-            if record[0] == "height":
-                self._next_segment(record[1] + 1)
-        else:
+            self._blocks.write(record, durable=True)
+            return True
+        if stream != "wal":
             raise ValueError(f"unknown stream {stream!r}")
+        durable = record[0] in SYNCED_KINDS
+        self._wal.write(record, durable=durable)
+        if record[0] == "height":
+            self._next_segment(record[1] + 1)
+        return durable
+
+    def sync(self, streams: Iterable[str]) -> None:
+        """fsync what was written to ``streams`` (one fsync per file that needs one)."""
+        for stream in set(streams):
+            if stream == "blocks":
+                self._blocks.sync()
+            elif stream == "wal":
+                for ended in self._retired:
+                    ended.sync()
+                    ended.close()
+                self._retired = []
+                self._wal.sync()
 
     def _next_segment(self, height: int) -> None:
-        self._wal.close()
+        if self._wal.unsynced:
+            self._retired.append(self._wal)  # closed once synced
+        else:
+            self._wal.close()
         self._wal = AppendLog(self._segment_path(height))
         for old_height, path in self._segments():
             if old_height < height - 1:
                 path.unlink()
 
     def close(self) -> None:
+        self.sync(("wal", "blocks"))
         self._wal.close()
         self._blocks.close()
 
