@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 from cryptography.hazmat.primitives import serialization
@@ -45,12 +45,12 @@ from swarmlearn.consensus.store import DiskStore
 from swarmlearn.consensus.swarm_app import SwarmApp, sign_transaction
 from swarmlearn.consensus.swarm_txs import Join, Leave
 from swarmlearn.consensus.types import Validator
-from swarmlearn.errors import ConfigError, RemoteProtocolError
+from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.certs import write_atomically
 from swarmlearn.p2p.identity import NODE_ROLES, Identity, Role
 from swarmlearn.p2p.messages import Ping, Pong
 from swarmlearn.p2p.multiaddr import PeerAddress
-from swarmlearn.p2p.transport import Connection, dial
+from swarmlearn.p2p.transport import Connection
 from swarmlearn.p2p.wire import Message, decode_header, encode_header, payload_of
 from swarmlearn.roles import views
 from swarmlearn.roles.api import serve_api
@@ -75,6 +75,10 @@ from swarmlearn.roles.messages import (
 )
 from swarmlearn.roles.node_core import SwarmNodeCore
 from swarmlearn.roles.peers import PeerNetwork
+from swarmlearn.roles.requests import NETWORK_ERRORS as NETWORK_ERRORS
+from swarmlearn.roles.requests import REQUEST_TIMEOUT_S as REQUEST_TIMEOUT_S
+from swarmlearn.roles.requests import ask as ask
+from swarmlearn.roles.requests import network_reason as network_reason
 from swarmlearn.roles.sl_round import (
     Contribute,
     Hashed,
@@ -91,30 +95,8 @@ log = logging.getLogger(__name__)
 
 JOIN_RETRY_S = 2.0
 LEAVE_WAIT_S = 8.0  # how long a leaving node waits for its Leave to take effect
-REQUEST_TIMEOUT_S = 30.0
-NETWORK_ERRORS = (
-    OSError,
-    RemoteProtocolError,
-    trio.BrokenResourceError,
-    trio.EndOfChannel,
-    trio.TooSlowError,
-)
-M = TypeVar("M", bound=Message)
 #: What travels on round lanes rather than on the message connections.
 LANE_MESSAGES = (RoundManifest, RoundChunk, MergedPiece)
-
-
-def network_reason(error: BaseException) -> str:
-    """Why a request to a node failed, never empty (trio's stream errors carry no text)."""
-    if isinstance(error, trio.BrokenResourceError) and (
-        not str(error) or isinstance(error.__cause__, ConnectionResetError)
-    ):  # a TLS 1.3 client learns of a refused certificate as either, depending on timing
-        return "connection broken (the node refused our certificate?)"
-    if isinstance(error, trio.EndOfChannel):
-        return "the node closed the connection"
-    if isinstance(error, trio.TooSlowError):
-        return f"no answer within {REQUEST_TIMEOUT_S:g} s"
-    return str(error) or type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -143,17 +125,6 @@ def ca_fingerprint(identity: Identity) -> bytes:
 def own_validator(identity: Identity) -> Validator:
     signer = KeySigner(identity)
     return Validator(signer.node_id, signer.public_key, 1)
-
-
-async def ask(identity: Identity, host: str, port: int, request: Message, reply_type: type[M]) -> M:
-    """One request to a node's API and its reply, within ``REQUEST_TIMEOUT_S``."""
-    with trio.fail_after(REQUEST_TIMEOUT_S):
-        async with await dial(identity, host, port) as connection:
-            await connection.send(request)
-            while True:
-                reply = await connection.receive()
-                if isinstance(reply, reply_type):
-                    return reply
 
 
 async def obtain_genesis(identity: Identity, options: ValidatorOptions) -> Genesis:
