@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import random
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from swarmlearn.consensus.batching import expects_more
 from swarmlearn.consensus.core import ConsensusCore
 from swarmlearn.consensus.crypto import SimSigner, SimVerifier
 from swarmlearn.consensus.events import Genesis
@@ -124,6 +126,7 @@ def build_node(context: NodeContext) -> SwarmNodeCore:
     app = SwarmApp(CHAIN, swarm.genesis.ca_certificate, swarm.genesis.time_ms, seated)
     signer = SimSigner(context.node_id)
     consensus = ConsensusCore(swarm.genesis, signer, SimVerifier(), app, context.rng, context.peers)
+    consensus.awaits = partial(expects_more, app)  # as a real node: proposals batch a round
 
     def sign(body: Message) -> bytes:
         return sign_transaction(identity, CHAIN, body)
