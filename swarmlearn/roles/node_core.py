@@ -24,6 +24,7 @@ from swarmlearn.roles.sl_round import (
     Hashed,
     LedgerChanged,
     MergedPiece,
+    Refilled,
     RoundChunk,
     RoundManifest,
     SLEffect,
@@ -60,7 +61,7 @@ class SwarmNodeCore:
         match event:
             case Receive(_, message) if isinstance(message, ROUND_MESSAGES):
                 effects = self.sl.handle(event, now)
-            case Request(Contribute() | Hashed()):
+            case Request(Contribute() | Hashed() | Refilled()):
                 effects = self.sl.handle(event, now)
             case TimerFired((str(kind), *_)) if kind.startswith("sl-"):
                 effects = self.sl.handle(event, now)

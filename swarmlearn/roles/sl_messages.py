@@ -2,9 +2,10 @@
 inputs, deliveries and effect, and the byte-level helpers it uses on the merged model.
 
 Round messages (tags 0xA0-0xA3) travel between nodes, on round lanes where a node has them
-(:mod:`swarmlearn.roles.lanes`). :class:`Contribute` and :class:`Hashed` are local inputs
-from the node; :class:`Progress`, :class:`RoundDone` and :class:`RoundFailed` are delivered to
-the trainer; :class:`SubmitSigned` asks the node to put a transaction on the ledger.
+(:mod:`swarmlearn.roles.lanes`). :class:`Contribute`, :class:`Hashed` and :class:`Refilled`
+are local inputs from the node; :class:`Progress`, :class:`RoundDone`, :class:`RoundFailed`
+and :class:`NeedRefill` are delivered to the trainer (which answers the last with
+:class:`Refilled`); :class:`SubmitSigned` asks the node to put a transaction on the ledger.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ class Contribute:
     chunk_hashes: tuple[bytes, ...] | None = None
     #: The trainer's syncTimeout: a round that has not closed by then fails here (None: wait).
     wait_s: float | None = None
+    #: The trainer can write these weights into ``flat`` again when asked (:class:`NeedRefill`):
+    #: an attempt after merged bytes landed over them (in its handover file) then goes on.
+    refill: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,19 @@ class Hashed:
     sender: NodeId
     message: RoundChunk | MergedPiece
     digest: bytes
+
+
+@dataclass(frozen=True)
+class Refilled:
+    """Input from the node: the trainer wrote its weights into its handover file again
+    (``ok``), or could not (``reason``). ``chunk_hashes``: those of the file's bytes, hashed
+    by the node off the event loop; hashed here when None. They must be the committed ones."""
+
+    contract: str
+    round: int
+    ok: bool
+    reason: str = ""
+    chunk_hashes: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +139,17 @@ class RoundFailed:
     #: Merged bytes were written over the contribution (the trainer's handover file): what
     #: the file holds now is no one's weights. The trainer keeps the weights it has.
     overwritten: bool = False
+
+
+@dataclass(frozen=True)
+class NeedRefill:
+    """Delivered to the trainer: write your weights (those of this round's contribution) into
+    the handover file again, then say so (:class:`Refilled`); an attempt of the round needs
+    them after merged bytes were written over them."""
+
+    contract: str
+    round: int
+    attempt: int
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,12 @@ copy. When it is a writable view of the trainer's handover file, the merged mode
 assembled in that file: a piece lands where this node's chunks of that range were (its owner
 had them all before it merged; a chunk that straddles two ranges is sent as a copy), and the
 node's own range is merged apart and copied in, so the node holds no second model. The cost:
-an attempt after pieces landed finds no weights to send; the node sits it out and its
-trainer, told ``overwritten``, keeps its model's weights. Otherwise (weights in a socket
+an attempt after pieces landed (the ledger re-planned without a node that died) finds no
+weights to send: the node asks its trainer to write them into the file again
+(:class:`NeedRefill`; the trainer still has them: its model, or the bytes it handed over),
+checks what the trainer wrote against its commitment (:class:`Refilled`) and joins the
+attempt. A trainer that cannot refill: the node sits the attempt out and the trainer, told
+``overwritten``, keeps its model's weights. Otherwise (weights in a socket
 frame) the merged model gets its own buffer; one every participant agreed on is freed when
 the next round starts.
 
@@ -69,7 +73,9 @@ from swarmlearn.roles.sl_messages import (
     Hashed,
     LedgerChanged,
     MergedPiece,
+    NeedRefill,
     Progress,
+    Refilled,
     RoundChunk,
     RoundDone,
     RoundFailed,
@@ -84,7 +90,8 @@ from swarmlearn.roles.sl_messages import (
     specs_of,
 )
 from swarmlearn.roles.sl_round_merged import KeptModels
-from swarmlearn.roles.sl_round_outcome import WAIT_PROGRESS_S, RoundEnds
+from swarmlearn.roles.sl_round_outcome import DEADLINE_MARGIN_S, WAIT_PROGRESS_S
+from swarmlearn.roles.sl_round_refill import RoundRefill
 from swarmlearn.roles.sl_round_state import (
     Attempt,
     EarlyMessages,
@@ -111,7 +118,9 @@ __all__ = [
     "Hashed",
     "LedgerChanged",
     "MergedPiece",
+    "NeedRefill",
     "Progress",
+    "Refilled",
     "RoundChunk",
     "RoundDone",
     "RoundFailed",
@@ -122,14 +131,13 @@ __all__ = [
     "specs_of",
 ]
 
-DEADLINE_MARGIN_S = 0.5
 RESEND_S = 2.0
 
 
 # ---------------------------------------------------------------- the core
 
 
-class SLRoundCore(RoundEnds):
+class SLRoundCore(RoundRefill):
     """One SL node's rounds, for every contract it trains on."""
 
     def __init__(self, me: NodeId, app: SwarmApp, sign: Any) -> None:
@@ -156,6 +164,10 @@ class SLRoundCore(RoundEnds):
                 if is_early(self.rounds, message):
                     return self._keep_early(sender, message, digest)
                 return self._dispatch(sender, message, digest)
+            case Request(Refilled() as refilled):
+                return self._refilled(refilled, now)
+            case TimerFired(("sl-refill", str(contract), int(number), int(attempt))):
+                return self._refill_expired(contract, number, attempt)
             case Receive(sender, FetchMerged(contract, number)):
                 return self.kept.serve(sender, contract, number)
             case TimerFired(("sl-wait" | "sl-expire" as kind, str(contract), int(number), _)):
@@ -262,7 +274,7 @@ class SLRoundCore(RoundEnds):
 
     def _follow(self, state: RoundState, now: float) -> list[SLEffect]:
         record = self._record(state)
-        if state.finished:
+        if state.finished or state.refilling is not None:  # (the trainer is writing its file)
             return []
         if self._missed(state, record):
             # Checked in to a round that had moved on (a restarted node's ledger was behind,
@@ -319,7 +331,7 @@ class SLRoundCore(RoundEnds):
         # in participant order). Else in a buffer of its own, its range merged in place.
         file = handover_file(c.flat, c.layout.total_bytes)
         if file is not None and state.overwritten:
-            return self._cannot_retry(state, record.attempt)
+            return self._refill(state, record, now)
         shard = plan.shards[me]
         merged: bytearray | memoryview
         if file is None:

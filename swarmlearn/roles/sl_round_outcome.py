@@ -35,6 +35,8 @@ from swarmlearn.sansio import Deliver, Log, NodeId, Send, SetTimer
 
 #: While a round waits for minPeers check-ins, the trainer hears so this often.
 WAIT_PROGRESS_S = 30.0
+#: A node's attempt timers fire this long after the ledger's deadline for it.
+DEADLINE_MARGIN_S = 0.5
 
 
 class RoundEnds:
@@ -179,16 +181,6 @@ class RoundEnds:
         return [
             self._progress(state, text),
             SetTimer(("sl-wait", contract, number, 0), WAIT_PROGRESS_S),
-        ]
-
-    def _cannot_retry(self, state: RoundState, attempt: int) -> list[SLEffect]:
-        """A new attempt, after merged bytes were written over this node's contribution in
-        its handover file: it has no weights to send, so it sits the attempt out (silent:
-        the ledger's deadline rule plans the next one without it) and the round fails here."""
-        reason = f"attempt {attempt} needs the weights merged over in an earlier attempt"
-        return [
-            Log(f"round {state.number}: {reason}; sitting it out", "warning"),
-            self._failed(state, reason),
         ]
 
     def _progress(self, state: RoundState, text: str) -> Deliver:

@@ -60,6 +60,7 @@ class RoundState:
     overwritten: bool = False  # merged bytes were written over the contribution (in place)
     specs: tuple[TensorSpec, ...] = ()  # the contribution's tensors, as the ledger sees them
     contributed_at: float = 0.0
+    refilling: int | None = None  # the attempt waiting for the trainer to refill its file
 
 
 class EarlyMessages:
