@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -293,7 +293,15 @@ class SwarmCore:
         started = time.perf_counter()
         flat = self._flat_for_node(state)
         flattened = time.perf_counter()
-        outcome = self._round(flat, self.nodeWeightage, loss, metric, final=False)
+        # The model stays as it is until the round succeeds: if the node needs the weights
+        # again (merged bytes landed over them in the handover file and a node died), they
+        # are flattened into the file once more.
+        layout = self._layout_of(state)
+
+        def refill(out: memoryview) -> None:
+            flatten(state, layout, out=out)
+
+        outcome = self._round(flat, self.nodeWeightage, loss, metric, final=False, refill=refill)
         if outcome is None or outcome.merged is None:
             return None
         self._adapt(loss)
@@ -364,6 +372,7 @@ class SwarmCore:
         metric: float | None,
         *,
         final: bool,
+        refill: Callable[[memoryview], object] | None = None,
     ) -> RoundOutcome | None:
         """Hand ``flat`` to the node and wait for the round; None (and a warning) if it failed."""
         assert self._layout is not None
@@ -380,6 +389,7 @@ class SwarmCore:
             merge_method=self.mergeMethod,
             perf=perf,
             final=final,
+            refill=refill,
         )
         took = time.monotonic() - started
         if outcome.merged is None:  # the model's own weights stay: never the handover file's

@@ -7,6 +7,13 @@ raw after a small header: no copy into CBOR); the node answers with :class:`Loca
 lines while the round runs, then :class:`LocalRoundDone` (the merged weights, verified
 against the ledger's root) or :class:`LocalRoundFailed` (keep your own weights).
 
+With the shared-memory handover the node assembles the merged weights in the trainer's
+handover file, over its weights. A new attempt of the round after that (a node died mid
+exchange) needs them again: the node sends :class:`LocalRefill`, the trainer writes its
+weights into the file again and answers :class:`LocalRefilled`; the node hashes the file and
+the round checks it against the commitment. A trainer says it can refill in its
+:class:`LocalContribute` (``refill``); a trainer that cannot sees the round fail instead.
+
 :class:`LocalClient` is the trainer's side: plain blocking sockets, since it runs inside a
 training loop (the SwarmCallback of the callback issue builds on it).
 """
@@ -21,6 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -40,6 +48,9 @@ VERDICT_GRACE_S = 5.0
 #: ``on_contribute(contribution, reply, chunk_hashes)``: the weights' chunk hashes are computed
 #: here, in worker threads, so the event loop does not spend a model's worth of hashing.
 OnContribute = Callable[["LocalContribute", Callable[[Message], None], tuple[bytes, ...]], None]
+#: ``on_refilled(contract, answer, chunk_hashes)``: the trainer's answer to a LocalRefill, with
+#: the hashes of its handover file's bytes (hashed here too; empty when it could not refill).
+OnRefilled = Callable[[str, "LocalRefilled", tuple[bytes, ...]], None]
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,7 @@ class LocalContribute(Message, tag=0xB1):
     final: bool = False  # the trainer's own training is over
     shared: str = ""  # the weights are in this handover file, not in ``data`` (handover.py)
     sync_timeout_s: float = 0.0  # the round fails at the node if not closed by then (0: never)
+    refill: bool = False  # the trainer answers LocalRefill (writes its weights again)
 
     def layout(self) -> Layout:
         specs = tuple(TensorSpec(t.name, t.dtype, t.shape, t.offset) for t in self.tensors)
@@ -84,6 +96,7 @@ class LocalContribute(Message, tag=0xB1):
         final: bool = False,
         shared: str = "",
         sync_timeout_s: float = 0.0,
+        refill: bool = False,
     ) -> LocalContribute:
         tensors = tuple(
             LocalTensor(t.name, t.dtype, tuple(t.shape), t.offset) for t in layout.tensors
@@ -101,6 +114,7 @@ class LocalContribute(Message, tag=0xB1):
             final,
             shared,
             sync_timeout_s,
+            refill,
         )
 
 
@@ -127,15 +141,35 @@ class LocalRoundFailed(Message, tag=0xB4):
     overwritten: bool = False  # the handover file holds a partial merge, no one's weights
 
 
+@dataclass(frozen=True)
+class LocalRefill(Message, tag=0xB5):
+    """Node -> trainer: write this round's weights into the handover file again."""
+
+    round: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class LocalRefilled(Message, tag=0xB6):
+    """Trainer -> node: the weights are in the handover file again (or, not ok, why not)."""
+
+    round: int
+    ok: bool
+    reason: str = ""
+
+
 # ---------------------------------------------------------------- the node's side (trio)
 
 
 class LocalEndpoint:
     """Serves trainers on a Unix socket; one connection per trainer, one contract each."""
 
-    def __init__(self, path: Path, on_contribute: OnContribute) -> None:
+    def __init__(
+        self, path: Path, on_contribute: OnContribute, on_refilled: OnRefilled | None = None
+    ) -> None:
         self.path = path
         self.on_contribute = on_contribute
+        self.on_refilled = on_refilled
 
     async def serve(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
         if self.path.exists():
@@ -175,20 +209,14 @@ class LocalEndpoint:
                     await stream.send_all(buffer)
 
         reader = FrameReader(LOCAL_FRAME_BYTES_MAX)
+        latest: list[tuple[str, Layout]] = []  # this trainer's latest contract and layout
         async with stream, trio.open_nursery() as nursery:
             nursery.start_soon(write)
             try:
                 while data := await stream.receive_some(RECEIVE_BYTES):
                     reader.feed(data)
                     while (body := reader.next_frame()) is not None:
-                        message = decode_body(body)
-                        if isinstance(message, LocalContribute):
-                            contribution = _take_shared(message, shared, reply)
-                            if contribution is not None:
-                                hashes = await trio.to_thread.run_sync(
-                                    hash_chunks, contribution.layout(), contribution.data
-                                )
-                                self.on_contribute(contribution, reply, hashes)
+                        await self._on_message(decode_body(body), shared, latest, reply)
             except (RemoteProtocolError, trio.BrokenResourceError):
                 pass
             send.close()
@@ -196,6 +224,29 @@ class LocalEndpoint:
             for mapped in shared:
                 _close_map(mapped)
             shared.clear()  # ``reply`` outlives this connection: it must not keep the map
+
+    async def _on_message(
+        self,
+        message: Message,
+        shared: list[mmap.mmap],
+        latest: list[tuple[str, Layout]],
+        reply: Callable[[Message], None],
+    ) -> None:
+        if isinstance(message, LocalContribute):
+            contribution = _take_shared(message, shared, reply)
+            if contribution is not None:
+                latest[:] = [(contribution.contract, contribution.layout())]
+                hashes = await trio.to_thread.run_sync(
+                    hash_chunks, contribution.layout(), contribution.data
+                )
+                self.on_contribute(contribution, reply, hashes)
+        elif isinstance(message, LocalRefilled) and latest and self.on_refilled is not None:
+            (contract, layout), hashes = latest[0], ()
+            if message.ok and shared and len(shared[0]) == layout.total_bytes:
+                view = memoryview(shared[0])  # what the trainer wrote: the round compares
+                hashes = await trio.to_thread.run_sync(hash_chunks, layout, view)
+                view.release()
+            self.on_refilled(contract, message, hashes)
 
 
 def _close_map(mapped: mmap.mmap) -> None:
@@ -240,6 +291,13 @@ def _take_shared(
 
 
 # ---------------------------------------------------------------- the trainer's side (blocking)
+
+#: Writes the trainer's weights (those of the round it is in) into the given handover view.
+Refill = Callable[[memoryview], object]
+
+
+def _copy_into(flat: bytes | bytearray | memoryview, out: memoryview) -> None:
+    out[:] = memoryview(flat).cast("B")
 
 
 @dataclass(frozen=True)
@@ -299,18 +357,28 @@ class LocalClient:
         merge_method: str = "mean",
         perf: tuple[float, float, int, int] | None = None,
         final: bool = False,
+        refill: Refill | None = None,
     ) -> RoundOutcome:
         """Hand over the weights (and HPE's perfdata: loss, metric, epochs done, epochs in
         all); block until the round ends (or the socket times out). With the shared-memory
         handover, the node assembles the merged weights in the handover file itself: those
         returned are a view of it, valid until the next call; after a failed round the file
-        may hold a partial merge (``overwritten``): keep the weights you have, not the file's."""
+        may hold a partial merge (``overwritten``): keep the weights you have, not the file's.
+
+        If the round needs the weights again after merged bytes landed over them (a node
+        died mid exchange and the round goes on without it), they are written into the file
+        again: by ``refill(file view)``, or, without it, copied from ``flat`` (when ``flat``
+        is not the file itself; else the round fails, as the weights are gone)."""
         started = time.perf_counter()
         payload, shared = flat, ""
         staging = self.staging(len(flat))
+        refiller: Refill | None = None
         if staging is not None and self.shared is not None:
             if not (isinstance(flat, memoryview) and flat.obj is self.shared.map):
                 staging[:] = flat  # else the caller wrote its weights there already
+                refiller = refill or partial(_copy_into, flat)
+            else:
+                refiller = refill
             payload, shared = b"", str(self.shared.path)
         message = LocalContribute.of(
             contract,
@@ -323,12 +391,12 @@ class LocalClient:
             final=final,
             shared=shared,
             sync_timeout_s=self.timeout_s,
+            refill=refiller is not None,
         )
-        for buffer in encode_frame(message, LOCAL_FRAME_BYTES_MAX):
-            self.sock.sendall(buffer)
+        self._send(message)
         self.last_send_s = time.perf_counter() - started
         try:
-            return self._wait_for_round()
+            return self._wait_for_round(refiller)
         finally:
             if self.shared is not None:
                 self.shared.unlink()  # the node has it mapped by now (or never will)
@@ -345,10 +413,32 @@ class LocalClient:
             self.shared = SharedBuffer(size)
         return self.shared.view()
 
-    def _wait_for_round(self) -> RoundOutcome:
+    def _send(self, message: Message) -> None:
+        for buffer in encode_frame(message, LOCAL_FRAME_BYTES_MAX):
+            self.sock.sendall(buffer)
+
+    def _refill(self, ask: LocalRefill, refiller: Refill | None) -> None:
+        """Write the round's weights into the handover file again, and tell the node."""
+        if refiller is None or self.shared is None:
+            self._send(LocalRefilled(ask.round, False, "this trainer cannot refill its weights"))
+            return
+        if self.on_progress is not None:
+            self.on_progress(
+                f"round {ask.round}: refilling the handover file for attempt {ask.attempt}"
+            )
+        try:
+            refiller(self.shared.view())
+        except Exception as error:  # the caller's refill: the node fails the round and says why
+            self._send(LocalRefilled(ask.round, False, f"{type(error).__name__}: {error}"))
+            return
+        self._send(LocalRefilled(ask.round, True))
+
+    def _wait_for_round(self, refiller: Refill | None = None) -> RoundOutcome:
         while True:
             reply = self._receive()
-            if isinstance(reply, LocalProgress):
+            if isinstance(reply, LocalRefill):
+                self._refill(reply, refiller)
+            elif isinstance(reply, LocalProgress):
                 if self.on_progress is not None:
                     self.on_progress(reply.text)
             elif isinstance(reply, LocalRoundDone):
