@@ -56,13 +56,7 @@ from swarmlearn.roles import views
 from swarmlearn.roles.api import serve_api
 from swarmlearn.roles.driver import CoreDriver
 from swarmlearn.roles.lanes import RoundLanes
-from swarmlearn.roles.local import (
-    LocalContribute,
-    LocalEndpoint,
-    LocalProgress,
-    LocalRoundDone,
-    LocalRoundFailed,
-)
+from swarmlearn.roles.local import LocalEndpoint
 from swarmlearn.roles.messages import (
     GenesisReply,
     GenesisRequest,
@@ -80,15 +74,16 @@ from swarmlearn.roles.requests import REQUEST_TIMEOUT_S as REQUEST_TIMEOUT_S
 from swarmlearn.roles.requests import ask as ask
 from swarmlearn.roles.requests import network_reason as network_reason
 from swarmlearn.roles.sl_round import (
-    Contribute,
     Hashed,
     MergedPiece,
+    NeedRefill,
     Progress,
     RoundChunk,
     RoundDone,
     RoundFailed,
     RoundManifest,
 )
+from swarmlearn.roles.trainers import Trainers
 from swarmlearn.sansio import Input, Receive, Request, Start
 
 log = logging.getLogger(__name__)
@@ -241,8 +236,9 @@ class ValidatorNode:
         )
         self.driver = CoreDriver(self.node, self.network, store, self._on_deliver)
         self.driver.on_handled = self._on_handled
-        self.local = LocalEndpoint(options.data_dir / "sl.sock", self._on_contribute)
-        self._trainers: dict[str, Callable[[Message], None]] = {}
+        self.trainers = Trainers(self.driver.submit)  # trainers.py: the local glue
+        sock = options.data_dir / "sl.sock"
+        self.local = LocalEndpoint(sock, self.trainers.on_contribute, self.trainers.on_refilled)
         self.address = options.listen
         self._waiters: dict[bytes, list[tuple[trio.Event, list[SubmitReply]]]] = {}
         self._committed = trio.Event()  # set (and replaced) at every committed block
@@ -392,47 +388,10 @@ class ValidatorNode:
             outcome.append(reply)
             event.set()
 
-    def _on_contribute(
-        self,
-        message: LocalContribute,
-        reply: Callable[[Message], None],
-        chunk_hashes: tuple[bytes, ...],
-    ) -> None:
-        """A trainer on this host hands over its weights for the contract's next round."""
-        self._trainers[message.contract] = reply
-        contribution = Contribute(
-            message.contract,
-            message.data,  # a view of the received frame: not copied again
-            message.layout(),
-            message.weight,
-            message.min_peers,
-            message.merge_method,
-            message.perf,
-            message.final,
-            chunk_hashes,
-            message.sync_timeout_s or None,
-        )
-        self.driver.submit(Request(contribution))
-
-    def _to_trainer(self, value: Progress | RoundDone | RoundFailed) -> None:
-        reply = self._trainers.get(value.contract)
-        if reply is None:
-            return
-        if isinstance(value, Progress):
-            reply(LocalProgress(value.round, value.text))
-        elif isinstance(value, RoundDone):
-            reply(
-                LocalRoundDone(
-                    value.round, value.root, value.flat, value.training_over, value.participants
-                )
-            )
-        else:
-            reply(LocalRoundFailed(value.round, value.reason, value.overwritten))
-
     def _on_deliver(self, value: Any) -> None:
-        if isinstance(value, Progress | RoundDone | RoundFailed):
+        if isinstance(value, Progress | RoundDone | RoundFailed | NeedRefill):
             log.info("%s", value.text if isinstance(value, Progress) else type(value).__name__)
-            self._to_trainer(value)
+            self.trainers.deliver(value)
         elif isinstance(value, Committed):
             self._committed.set()
             self._committed = trio.Event()
