@@ -23,7 +23,12 @@ height with everything around it:
 - **gossip and catch-up**: transactions are flooded to peers; every ``status_interval_s`` a
   node tells one random peer its (height, round, step); a peer behind gets the next
   committed block with its commit (verified before it is applied), a peer at the same height
-  gets the proposals and votes it may have missed (this also repairs message loss).
+  gets the proposals and votes it may have missed (this also repairs message loss);
+- **batching**: with an ``awaits`` hook (the swarm app's :mod:`batching`), a proposer holds a
+  fresh proposal, at most ``batch_wait_s``, while the hook says more of a batch of
+  transactions is on its way, and proposes the moment it is complete.
+
+Catch-up lives in :mod:`catchup`, restart (replay of the persisted state) in :mod:`restart`.
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from swarmlearn.consensus.app import Application
+from swarmlearn.consensus.catchup import answer_status, catch_up
 from swarmlearn.consensus.crypto import Signer, Verifier
 from swarmlearn.consensus.events import (
     Committed,
@@ -52,6 +57,10 @@ from swarmlearn.consensus.machine import (
     ScheduleTimeout,
 )
 from swarmlearn.consensus.mempool import Mempool, MempoolConfig
+from swarmlearn.consensus.restart import BLOCKS as BLOCKS
+from swarmlearn.consensus.restart import STATUS_TIMER as STATUS_TIMER
+from swarmlearn.consensus.restart import WAL as WAL
+from swarmlearn.consensus.restart import restore
 from swarmlearn.consensus.types import (
     Block,
     BlockHeader,
@@ -87,9 +96,6 @@ from swarmlearn.sansio import (
     TimerFired,
 )
 
-WAL = "wal"
-BLOCKS = "blocks"
-STATUS_TIMER = "status"
 NEXT_HEIGHT_TIMER = "next-height"
 BATCH_TIMER = "batch"
 FUTURE_BUFFER_MAX = 10_000
@@ -184,7 +190,7 @@ class ConsensusCore:
         self.now = now
         match event:
             case Start(persisted):
-                return self._restore(persisted)
+                return restore(self, persisted)
             case Request(SubmitTx(data)):
                 return self._submit(data)
             case Receive(sender, message):
@@ -216,12 +222,12 @@ class ConsensusCore:
             case Proposal() | Vote():
                 return self._consensus_message(sender, message)
             case Status():
-                return self._answer_status(sender, message)
+                return answer_status(self, sender, message)
             case BlockRequest(height):
                 found = self.blocks.get(height)
                 return [Send(sender, BlockResponse(*found))] if found else []
             case BlockResponse(block, commit):
-                return self._catch_up(sender, block, commit)
+                return catch_up(self, sender, block, commit)
         return []
 
     def _consensus_message(self, sender: str, message: Proposal | Vote) -> list[Effect]:
@@ -514,112 +520,9 @@ class ConsensusCore:
             effects.append(Send(self.rng.choice(self.peers), self._status()))
         return effects
 
-    def _answer_status(self, sender: str, status: Status) -> list[Effect]:
-        if status.height < self.height:
-            found = self.blocks.get(status.height)
-            return [Send(sender, BlockResponse(*found))] if found else []
-        if status.height > self.height:
-            return self._ask_for_blocks(sender)
-        effects: list[Effect] = []
-        polkas: set[tuple[int, bytes]] = set()
-        for round_, received in sorted(self.machine.proposals.items()):
-            if round_ >= status.round:
-                effects.append(Send(sender, received.proposal))
-                if received.proposal.valid_round >= 0:  # the polka that justifies it (line 28)
-                    polkas.add((received.proposal.valid_round, received.proposal.block.hash))
-        for vote in self.keeper.votes():
-            justifies = vote.kind == VoteType.PREVOTE and (vote.round, vote.value) in polkas
-            if vote.round >= status.round or justifies:
-                effects.append(Send(sender, vote))
-        return effects
-
-    def _catch_up(self, sender: str, block: Block, commit: Commit) -> list[Effect]:
-        if block.header.height != self.height or commit.height != self.height:
-            return []
-        problem = self._block_problem(block) or self._commit_problem(block, commit)
-        if problem:
-            return [Log(f"block {self.height} from {sender} refused: {problem}", "warning")]
-        effects: list[Effect] = [Persist(WAL, ("msg", BlockResponse(block, commit)))]
-        effects += self._commit(block, commit)
-        return [*effects, Send(sender, self._status())]  # and the next one, please
-
-    def _commit_problem(self, block: Block, commit: Commit) -> str:
-        if commit.value != block.hash:
-            return "the commit is for another block"
-        seen: set[str] = set()
-        power = 0
-        for vote in commit.votes():
-            if vote.validator in seen or vote.validator not in self.validators:
-                return f"bad signer {vote.validator!r}"
-            key = self.validators.by_node[vote.validator].public_key
-            if not self.verifier.verify(key, vote.signature, vote.sign_bytes(self.chain_id)):
-                return f"bad signature by {vote.validator}"
-            seen.add(vote.validator)
-            power += self.validators.power(vote.validator)
-        return "" if self.validators.is_quorum(power) else "not signed by a quorum"
-
     # ------------------------------------------------------------ restart
-
-    def _restore(self, persisted: Any) -> list[Effect]:
-        self.replaying = True
-        for block, commit in persisted.get(BLOCKS, ()):
-            if block.header.height == self.height:
-                self._commit(block, commit)
-        wal = list(persisted.get(WAL, ()))
-        done = [
-            i
-            for i, record in enumerate(wal)
-            if record[0] == "height" and record[1] >= self.height - 1
-        ]
-        tail = wal[done[-1] + 1 :] if done else [r for r in wal if r[0] != "height"]
-        for record in tail:  # the guard first: replay re-uses what was signed, never re-signs
-            if record[0] == "own" and record[1].height == self.height:
-                self.signed[self._signed_key(record[1])] = record[1]
-        for record in tail:
-            self._replay(record)
-        self.replaying = False
-        effects: list[Effect] = [SetTimer(STATUS_TIMER, self.config.status_interval_s)]
-        if self.started:
-            effects += [Broadcast(message, self.peers) for message in self.signed.values()]
-            effects += self._restore_timers()
-        return effects
-
-    def _restore_timers(self) -> list[Effect]:
-        """The timeout the machine was waiting for when the node stopped."""
-        state = self.machine.state
-        steps = [Step.PROPOSE] if state.step == Step.PROPOSE else []
-        if state.step == Step.PREVOTE and ("timeout-prevote", state.round) in state.fired:
-            steps.append(Step.PREVOTE)
-        if ("timeout-precommit", state.round) in state.fired:
-            steps.append(Step.PRECOMMIT)
-        return [
-            SetTimer(
-                ("timeout", self.height, state.round, int(step)),
-                self.config.timeout_s(step, state.round),
-            )
-            for step in steps
-        ]
 
     @staticmethod
     def _signed_key(message: Proposal | Vote) -> tuple[int, int, str]:
         name = "proposal" if isinstance(message, Proposal) else message.kind.name
         return (message.height, message.round, name)
-
-    def _replay(self, record: tuple[Any, ...]) -> None:
-        kind = record[0]
-        if kind == "start" and record[1] == self.height and not self.started:
-            self._run(self.machine.start(0))
-        elif kind == "msg":
-            message = record[1]
-            if isinstance(message, BlockResponse):
-                if message.block.header.height == self.height:
-                    self._commit(message.block, message.commit)
-            elif message.height == self.height:
-                if not self.started:
-                    self._run(self.machine.start(0))
-                if isinstance(message, Proposal):
-                    self._proposal(message, persist=False)
-                else:
-                    self._vote(message, persist=False)
-        elif kind == "timeout" and record[1] == self.height:
-            self._run(self.machine.on_timeout(Step(record[3]), record[2]))

@@ -1,0 +1,83 @@
+"""Restart (sans-IO, for :class:`~swarmlearn.consensus.core.ConsensusCore`): the state
+rebuilt from what was persisted, with nothing sent while it is.
+
+Committed blocks are re-executed from the ``blocks`` stream; then the WAL of the unfinished
+height (the records after its last end-of-height marker) is replayed with sends suppressed,
+the node's own signed messages first, so that the double-sign guard holds them before the
+machine runs: replay re-uses what was signed and never signs anew. Once done, the node
+re-broadcasts what it had signed at this height and re-arms the timeout it was waiting for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from swarmlearn.consensus.types import BlockResponse, Proposal, Step
+from swarmlearn.sansio import Broadcast, Effect, SetTimer
+
+if TYPE_CHECKING:
+    from swarmlearn.consensus.core import ConsensusCore
+
+WAL = "wal"  # the write-ahead log stream (consensus/store.py)
+BLOCKS = "blocks"  # the committed blocks stream
+STATUS_TIMER = "status"
+
+
+def restore(core: ConsensusCore, persisted: Any) -> list[Effect]:
+    core.replaying = True
+    for block, commit in persisted.get(BLOCKS, ()):
+        if block.header.height == core.height:
+            core._commit(block, commit)
+    wal = list(persisted.get(WAL, ()))
+    done = [
+        i for i, record in enumerate(wal) if record[0] == "height" and record[1] >= core.height - 1
+    ]
+    tail = wal[done[-1] + 1 :] if done else [r for r in wal if r[0] != "height"]
+    for record in tail:  # the guard first: replay re-uses what was signed, never re-signs
+        if record[0] == "own" and record[1].height == core.height:
+            core.signed[core._signed_key(record[1])] = record[1]
+    for record in tail:
+        replay(core, record)
+    core.replaying = False
+    effects: list[Effect] = [SetTimer(STATUS_TIMER, core.config.status_interval_s)]
+    if core.started:
+        effects += [Broadcast(message, core.peers) for message in core.signed.values()]
+        effects += restore_timers(core)
+    return effects
+
+
+def restore_timers(core: ConsensusCore) -> list[Effect]:
+    """The timeout the machine was waiting for when the node stopped."""
+    state = core.machine.state
+    steps = [Step.PROPOSE] if state.step == Step.PROPOSE else []
+    if state.step == Step.PREVOTE and ("timeout-prevote", state.round) in state.fired:
+        steps.append(Step.PREVOTE)
+    if ("timeout-precommit", state.round) in state.fired:
+        steps.append(Step.PRECOMMIT)
+    return [
+        SetTimer(
+            ("timeout", core.height, state.round, int(step)),
+            core.config.timeout_s(step, state.round),
+        )
+        for step in steps
+    ]
+
+
+def replay(core: ConsensusCore, record: tuple[Any, ...]) -> None:
+    kind = record[0]
+    if kind == "start" and record[1] == core.height and not core.started:
+        core._run(core.machine.start(0))
+    elif kind == "msg":
+        message = record[1]
+        if isinstance(message, BlockResponse):
+            if message.block.header.height == core.height:
+                core._commit(message.block, message.commit)
+        elif message.height == core.height:
+            if not core.started:
+                core._run(core.machine.start(0))
+            if isinstance(message, Proposal):
+                core._proposal(message, persist=False)
+            else:
+                core._vote(message, persist=False)
+    elif kind == "timeout" and record[1] == core.height:
+        core._run(core.machine.on_timeout(Step(record[3]), record[2]))
