@@ -79,6 +79,8 @@ def trainer(
         for effect in effects:
             if isinstance(effect, Deliver) and isinstance(effect.value, NeedRefill):
                 asked.append(node)
+                if not flats[node]:
+                    continue  # a trainer that never answers
                 files[node][:] = flats[node]
                 refilled = Refilled(effect.value.contract, effect.value.round, True)
                 sim.request(node, refilled, at=sim.loop.now + 0.001)
@@ -182,3 +184,18 @@ def test_a_trainer_that_refills_other_bytes_fails_its_round(swarm4: Swarm) -> No
     assert f"chunk {chunks - 1} of {chunks} differs" in lied[0].reason
     assert lied[0].overwritten  # its file holds no one's weights: the trainer keeps its own
     assert liar not in run.checker.done.get((DEFAULT_CONTRACT, 1), {})
+
+
+def test_a_trainer_that_never_refills_fails_its_round_at_the_deadline(swarm4: Swarm) -> None:
+    silent: list[NodeId] = []
+
+    def refill_of(node: NodeId, flat: bytes) -> bytes:
+        if silent:
+            return flat
+        silent.append(node)
+        return b""
+
+    run = run_round_with_a_death(swarm4, refill_of)
+    late = [f for f in run.checker.failed if "did not refill its weights by" in f.reason]
+    assert len(late) == 1, run.checker.failed
+    assert silent[0] not in run.checker.done.get((DEFAULT_CONTRACT, 1), {})
