@@ -55,7 +55,6 @@ from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
 from swarmlearn.consensus.swarm_txs import (
     CheckIn,
-    Heartbeat,
     Merged,
     PerfData,
 )
@@ -175,14 +174,7 @@ class SLRoundCore(RoundRefill):
             case TimerFired(("sl-deadline", str(contract), int(number), int(attempt))):
                 return self._deadline(contract, number, attempt, now)
             case TimerFired(("sl-alive" | "sl-tick" as kind, str(contract), int(number), int(a))):
-                state = self.rounds.get((contract, number))
-                if state is None or state.finished or state.merged_root is not None:
-                    return []
-                if (state.attempt is None) != (kind == "sl-tick"):
-                    return []  # a tick waits for the round to close; alive, in an attempt
-                if kind == "sl-alive" and self._current(contract, number, a) is None:
-                    return []
-                return [SubmitSigned(self.sign(Heartbeat(contract, number, a, int(now * 1000))))]
+                return self._beat(kind, contract, number, a, now)
         return []
 
     def _dispatch(

@@ -202,6 +202,18 @@ class RoundEnds:
             Log(f"round {state.number}: excluding {culprit[:8]}: {reason}", "warning"),
         ]
 
+    def _beat(self, kind: str, contract: str, number: int, a: int, now: float) -> list[SLEffect]:
+        """A heartbeat: ``sl-tick`` while the round is closing, ``sl-alive`` halfway through
+        an attempt (the ledger plans a next attempt with the nodes that said so)."""
+        state = self.rounds.get((contract, number))
+        if state is None or state.finished or state.merged_root is not None:
+            return []
+        if (state.attempt is None) != (kind == "sl-tick"):
+            return []  # a tick waits for the round to close; alive, in an attempt
+        if kind == "sl-alive" and self._current(contract, number, a) is None:
+            return []
+        return [SubmitSigned(self.sign(Heartbeat(contract, number, a, int(now * 1000))))]
+
     def _deadline(self, contract: str, number: int, attempt: int, now: float) -> list[SLEffect]:
         state = self._current(contract, number, attempt)
         if state is None or state.finished:
