@@ -18,7 +18,16 @@ from swarmlearn.consensus.crypto import SimVerifier
 from swarmlearn.consensus.events import Committed, Genesis, SubmitTx
 from swarmlearn.consensus.swarm_rounds import RoundStatus
 from swarmlearn.consensus.types import Proposal, Step, Tx, Vote, VoteType
-from swarmlearn.sansio import Broadcast, Effect, Receive, Request, SetTimer, Start, TimerFired
+from swarmlearn.sansio import (
+    Broadcast,
+    Effect,
+    Persist,
+    Receive,
+    Request,
+    SetTimer,
+    Start,
+    TimerFired,
+)
 from tests.consensus_helpers import SIGNERS
 from tests.test_consensus_core import FOUR, SOLO, delivered, run
 from tests.test_swarm_app import (  # noqa: F401 (swarm: the module's fixture)
@@ -159,3 +168,22 @@ def test_a_full_mempool_is_not_inspected(swarm: Swarm) -> None:  # noqa: F811
     pending = [check_in(swarm, "a", 1)] + [b"k=%d" % i for i in range(PENDING_INSPECTED_MAX)]
     assert not expects_more(ledger.app, pending)
     assert expects_more(ledger.app, pending[:2])
+
+
+def test_a_proposer_stopped_while_holding_persists_its_proposal_before_sending_it() -> None:
+    nodes = {n: core(FOUR, n, 2) for n in "abcd"}
+    proposer = nodes["a"].validators.proposer(1, 0)
+    other = next(n for n in "abcd" if n != proposer)
+    node = nodes[proposer]
+    node.handle(Start(), 0.0)
+    held = node.handle(Receive(other, Tx(b"x=1")), 0.0)
+    wal = tuple(e.record for e in held if isinstance(e, Persist) and e.stream == "wal")
+    assert wal == (("start", 1),)  # stopped here: nothing signed yet
+    restarted = core(FOUR, proposer, 2)
+    effects = restarted.handle(Start({"wal": wal}), 1.0)
+    (proposal,) = proposals(effects)  # the replay proposed (the mempool did not survive)
+    persist = effects.index(Persist("wal", ("own", proposal)))
+    sent = next(
+        i for i, e in enumerate(effects) if isinstance(e, Broadcast) and e.message == proposal
+    )
+    assert persist < sent

@@ -4,8 +4,10 @@ rebuilt from what was persisted, with nothing sent while it is.
 Committed blocks are re-executed from the ``blocks`` stream; then the WAL of the unfinished
 height (the records after its last end-of-height marker) is replayed with sends suppressed,
 the node's own signed messages first, so that the double-sign guard holds them before the
-machine runs: replay re-uses what was signed and never signs anew. Once done, the node
-re-broadcasts what it had signed at this height and re-arms the timeout it was waiting for.
+machine runs: replay re-uses what was signed and never signs a conflicting message. What it
+signs anew (the node stopped before persisting it: never sent) is persisted once the replay
+is over; then the node re-broadcasts what it signed at this height and re-arms the timeout
+it was waiting for.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from swarmlearn.consensus.types import BlockResponse, Proposal, Step
-from swarmlearn.sansio import Broadcast, Effect, SetTimer
+from swarmlearn.sansio import Broadcast, Effect, Persist, SetTimer
 
 if TYPE_CHECKING:
     from swarmlearn.consensus.core import ConsensusCore
@@ -36,11 +38,16 @@ def restore(core: ConsensusCore, persisted: Any) -> list[Effect]:
     for record in tail:  # the guard first: replay re-uses what was signed, never re-signs
         if record[0] == "own" and record[1].height == core.height:
             core.signed[core._signed_key(record[1])] = record[1]
+    from_wal = set(core.signed)
     for record in tail:
         replay(core, record)
     core.replaying = False
     effects: list[Effect] = [SetTimer(STATUS_TIMER, core.config.status_interval_s)]
     if core.started:
+        # What the replay signed anew (the node stopped before it could persist it, so it was
+        # never sent) goes to the WAL before anything is sent, as any own message does.
+        fresh = [message for key, message in core.signed.items() if key not in from_wal]
+        effects += [Persist(WAL, ("own", message)) for message in fresh]
         effects += [Broadcast(message, core.peers) for message in core.signed.values()]
         effects += restore_timers(core)
     return effects
