@@ -32,6 +32,21 @@ file (1x), the owner's range merged apart (1/N: it must not touch the contributi
 new attempt may still need it) and chunks held for their turn in the fixed-order merge (up
 to 0.5x per node under load, when one sender lags the others) with those in flight.
 
+Then the trainer refills its handover file when a new attempt needs its weights (issue 7),
+so the owner's range is merged in place in the file too (its own chunks copied just before
+a fold writes over them). 100 MB, medians of 3 rounds, before (bf378ca) and after back to
+back, twice, load average 3.4 to 8.3:
+
+    ===========================  ===============  ===============
+    peak RSS / model             before           after
+    ===========================  ===============  ===============
+    2 nodes                      2.42x, 2.56x     1.95x, 2.00x
+    4 nodes                      3.00x, 2.77x     2.44x, 2.39x
+    4 nodes, above idle          2.29x, 2.06x     1.73x, 1.69x
+    ===========================  ===============  ===============
+
+Met at 2 nodes; at 4, above 2x by the chunks held for their turn and those in flight.
+
 Measured 2026-11-26, full size, medians of 5 rounds. On the 2-core development machine at a
 quiet moment (load average 1.5-2 from other jobs), before and after back to back:
 

@@ -41,7 +41,7 @@ def simulator(swarm: Swarm, checker: RoundChecker) -> Simulator:
 
 
 def hand_over(
-    sim: Simulator, layout: Layout, states: dict[str, ModelState], at: float
+    sim: Simulator, layout: Layout, states: dict[str, ModelState], at: float, refill: bool = False
 ) -> dict[str, mmap.mmap]:
     """Each node's weights in a shared mapping of their own, handed over as a view of it."""
     files = {}
@@ -50,7 +50,10 @@ def hand_over(
         files[node][:] = bytes(flatten(state, layout))
         weight = random.Random(node).randint(1, 100)
         flat = memoryview(files[node])
-        sim.request(node, Contribute(DEFAULT_CONTRACT, flat, layout, weight, len(states)), at=at)
+        contribution = Contribute(
+            DEFAULT_CONTRACT, flat, layout, weight, len(states), refill=refill
+        )
+        sim.request(node, contribution, at=at)
     return files
 
 
@@ -64,13 +67,16 @@ def outcomes(checker: RoundChecker, number: int) -> dict[str, Any]:
     return checker.done.get((DEFAULT_CONTRACT, number), {})
 
 
-def test_the_merged_model_is_assembled_in_each_trainers_file(swarm3: Swarm) -> None:
+@pytest.mark.parametrize("refill", [False, True])
+def test_the_merged_model_is_assembled_in_each_trainers_file(swarm3: Swarm, refill: bool) -> None:
+    """With a trainer that can refill (``refill``), each owner also merges its own range in
+    place in its file (its own chunks copied just before a fold writes over them)."""
     checker = RoundChecker()
     sim = simulator(swarm3, checker)
     rng = np.random.default_rng(7)
     layout = layout_of(model(rng), chunk_bytes=CHUNK_BYTES)
     states = {node: model(rng) for node in sim.node_ids}
-    files = hand_over(sim, layout, states, at=1.0)
+    files = hand_over(sim, layout, states, at=1.0, refill=refill)
     sent: list[tuple[NodeId, RoundChunk]] = []
 
     def watch(node: NodeId, effects: list[Effect]) -> list[Effect]:

@@ -177,7 +177,7 @@ def handover_file(flat: bytes | bytearray | memoryview, size: int) -> memoryview
     return flat.cast("B") if flat.format != "B" or flat.ndim != 1 else flat
 
 
-def range_out(buffer: bytearray, start: int, stop: int) -> memoryview | None:
+def range_out(buffer: bytearray | memoryview, start: int, stop: int) -> memoryview | None:
     """The owner's range of the merged model's buffer, for its merge to write in place (when
     the buffer sits at the layout's 8-byte phase, as the merge kernels need)."""
     if np.frombuffer(buffer, np.uint8).ctypes.data % 8:

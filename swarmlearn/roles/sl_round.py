@@ -28,16 +28,18 @@ merged piece as it arrives and hand it in as :class:`Hashed`, so the core compar
 boundaries, so the merged root reuses those digests. The contribution is kept as given, no
 copy. When it is a writable view of the trainer's handover file, the merged model is
 assembled in that file: a piece lands where this node's chunks of that range were (its owner
-had them all before it merged; a chunk that straddles two ranges is sent as a copy), and the
-node's own range is merged apart and copied in, so the node holds no second model. The cost:
-an attempt after pieces landed (the ledger re-planned without a node that died) finds no
+had them all before it merged; a chunk that straddles two ranges is sent as a copy), so the
+node holds no second model. Its own range is merged in place there too (each of its own
+chunks copied just before the range's first fold of it writes over it, and freed when
+folded) when the trainer can refill; else apart, and copied in once merged. The cost: an
+attempt after merged bytes landed (the ledger re-planned without a node that died) finds no
 weights to send: the node asks its trainer to write them into the file again
 (:class:`NeedRefill`; the trainer still has them: its model, or the bytes it handed over),
 checks what the trainer wrote against its commitment (:class:`Refilled`) and joins the
 attempt. A trainer that cannot refill: the node sits the attempt out and the trainer, told
-``overwritten``, keeps its model's weights. Otherwise (weights in a socket
-frame) the merged model gets its own buffer; one every participant agreed on is freed when
-the next round starts.
+``overwritten``, keeps its model's weights. Otherwise (weights in a socket frame) the
+merged model gets its own buffer; one every participant agreed on is freed when the next
+round starts.
 
 Every wait is bounded: the attempt deadline comes from the ledger (model size based); when
 it passes, the core sends a ``Heartbeat`` so the ledger runs its deadline rule (finish with
@@ -95,6 +97,7 @@ from swarmlearn.roles.sl_round_state import (
     Attempt,
     EarlyMessages,
     RoundState,
+    add_own,
     contribution_sends,
     is_early,
 )
@@ -254,16 +257,6 @@ class SLRoundCore(RoundRefill):
             effects.insert(1, SubmitSigned(self.sign(report)))
         return effects
 
-    def _missed(self, state: RoundState, record: RoundRecord | None) -> bool:
-        """This contribution belongs to a later round than ``state.number``."""
-        contract = self.app.state.contracts.get(state.contract)
-        if contract is None or contract.next_round_number() == state.number:
-            return False
-        if record is not None and self.me in record.checkins:
-            # Mine, unless it is a check-in from before a restart, with other weights.
-            return record.checkins[self.me].root != state.root
-        return record is None or record.status != RoundStatus.OPEN
-
     def _follow(self, state: RoundState, now: float) -> list[SLEffect]:
         record = self._record(state)
         if state.finished or state.refilling is not None:  # (the trainer is writing its file)
@@ -319,8 +312,8 @@ class SLRoundCore(RoundRefill):
         )
         # Merged in the trainer's handover file when the weights came in one: pieces land
         # where this node's own chunks for their owner's range were (sent by then: the owner
-        # merged them); its own range is merged apart and copied in (its chunks are folded
-        # in participant order). Else in a buffer of its own, its range merged in place.
+        # merged them); its own range in place (add_own) when the trainer can refill, else
+        # apart and copied in. Else in a buffer of its own, its range merged in place.
         file = handover_file(c.flat, c.layout.total_bytes)
         if file is not None and state.overwritten:
             return self._refill(state, record, now)
@@ -329,8 +322,9 @@ class SLRoundCore(RoundRefill):
         if file is None:
             merged = buffer = bytearray(c.layout.total_bytes)
             out = range_out(buffer, shard.start_byte, shard.stop_byte)
-        else:
-            merged, out = file, None
+        else:  # in the file too when a trainer can refill what the merge writes over
+            merged = file
+            out = range_out(file, shard.start_byte, shard.stop_byte) if c.refill else None
         method = resolve_method(record.merge_method)
         merge = RangeMerge(c.layout, plan.shards[me], weights, method, out=out)
         attempt = Attempt(record.attempt, record.participants, me, merge, merged=merged)
@@ -349,8 +343,10 @@ class SLRoundCore(RoundRefill):
         attempt.manifests[me] = state.manifest_hashes
         effects += contribution_sends(self.me, state, attempt, plan)
         for chunk in plan.shards[me].chunks(c.layout):  # my own contribution to my own range
-            start, stop = c.layout.chunk_span(chunk)
-            merge.add(me, chunk, memoryview(c.flat)[start:stop])
+            if attempt.in_file and attempt.merge_in_place and len(record.participants) > 1:
+                attempt.own_pending.add(chunk)  # added as a copy when its first peer's comes
+            else:
+                add_own(state, attempt, chunk)
         effects.append(
             self._progress(
                 state,
@@ -409,6 +405,8 @@ class SLRoundCore(RoundRefill):
             culprit = attempt.participants[participant]
             return self._exclude(state, culprit, f"chunk {chunk} does not match its commitment")
         try:
+            if chunk in attempt.own_pending:  # a fold may write over mine in the file now
+                add_own(state, attempt, chunk)
             attempt.merge.add(participant, chunk, data)
         except Exception as error:  # a duplicate, or a chunk outside my range: the sender's fault
             return [

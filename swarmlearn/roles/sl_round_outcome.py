@@ -183,6 +183,16 @@ class RoundEnds:
             SetTimer(("sl-wait", contract, number, 0), WAIT_PROGRESS_S),
         ]
 
+    def _missed(self, state: RoundState, record: RoundRecord | None) -> bool:
+        """This contribution belongs to a later round than ``state.number``."""
+        contract = self.app.state.contracts.get(state.contract)
+        if contract is None or contract.next_round_number() == state.number:
+            return False
+        if record is not None and self.me in record.checkins:
+            # Mine, unless it is a check-in from before a restart, with other weights.
+            return record.checkins[self.me].root != state.root
+        return record is None or record.status != RoundStatus.OPEN
+
     def _progress(self, state: RoundState, text: str) -> Deliver:
         state.last_progress = text
         return Deliver(Progress(state.contract, state.number, text))

@@ -41,6 +41,7 @@ class Attempt:
     digests: dict[int, bytes] = field(default_factory=dict)  # merged chunks hashed by a lane
     merge_in_place: bool = False  # my range is merged straight into ``merged``
     in_file: bool = False  # ``merged`` is the trainer's handover file (the contribution)
+    own_pending: set[int] = field(default_factory=set)  # my chunks of my range, not yet added
 
 
 @dataclass
@@ -144,3 +145,18 @@ def contribution_sends(
                 data = bytes(data)
             sends.append(Send(owner, RoundChunk(state.contract, state.number, number, chunk, data)))
     return sends
+
+
+def add_own(state: RoundState, attempt: Attempt, chunk: int) -> None:
+    """Add my own chunk ``chunk`` of my range to my merge. Merged in place in my handover
+    file, the range's folds write over my weights there: the chunk goes as a copy (held
+    until its turn, and freed when folded) and the file holds a partial merge from now on."""
+    assert attempt.merge is not None
+    c = state.contribution
+    start, stop = c.layout.chunk_span(chunk)
+    data: Any = memoryview(c.flat)[start:stop]
+    attempt.own_pending.discard(chunk)
+    if attempt.in_file and attempt.merge_in_place:
+        data = bytes(data)
+        state.overwritten = True
+    attempt.merge.add(attempt.me, chunk, data)
