@@ -63,7 +63,8 @@ class RoundRefill(RoundEnds):
         hashes = refilled.chunk_hashes
         if hashes is None or len(hashes) != c.layout.chunk_count:
             hashes = chunk_hashes(c.layout, c.flat)
-        bad = [i for i, (a, b) in enumerate(zip(hashes, state.manifest_hashes, strict=True)) if a != b]
+        pairs = zip(hashes, state.manifest_hashes, strict=True)
+        bad = [i for i, (a, b) in enumerate(pairs) if a != b]
         if bad:
             reason = (
                 f"attempt {attempt}: the refilled weights are not the committed ones"
