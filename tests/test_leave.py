@@ -28,7 +28,7 @@ from swarmlearn.roles.messages import NodeStatus
 from swarmlearn.sim import Simulator
 from swarmlearn.sim.checkers import Checker
 from swarmlearn.sim.scenarios import node_names
-from tests.test_real_swarm import _submit, node_process, wait_for
+from tests.test_real_swarm import _submit, make_pki, node_process, wait_for
 from tests.test_swarm_app import AT_T0, CHAIN, T0, Swarm, der, signed
 
 ROLES = {
@@ -130,13 +130,7 @@ NODES = 4
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
-    ca = create_ca(tmp_path / "pki")
-    for index in range(NODES):
-        issue_certificate(
-            ca, f"sn{index}", tmp_path / "pki", hosts=["127.0.0.1"], roles=[Role.SN, Role.SL]
-        )
-    issue_certificate(ca, "operator", tmp_path / "pki", hosts=[], roles=[Role.SWCI])
-    return tmp_path / "pki"
+    return make_pki(tmp_path, NODES)
 
 
 def test_a_dead_node_removed_and_one_leaving_on_exit_leave_two_that_commit(

@@ -18,10 +18,9 @@ from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
 from swarmlearn.errors import ConfigError
 from swarmlearn.merge import ModelState, flatten, layout_of, merge
 from swarmlearn.merge.manifest import Layout
-from swarmlearn.p2p.certs import create_ca, issue_certificate
-from swarmlearn.p2p.identity import IdentityPaths, Role, load_identity
+from swarmlearn.p2p.identity import IdentityPaths, load_identity
 from swarmlearn.roles.local import LocalClient, RoundOutcome
-from tests.test_real_swarm import node_process, wait_for
+from tests.test_real_swarm import make_pki, node_process, wait_for
 
 NODES = 4
 MODEL_FLOATS = 2_000_000  # 8 MB of float32 weights
@@ -39,12 +38,7 @@ def model(seed: int) -> ModelState:
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
-    ca = create_ca(tmp_path / "pki")
-    for index in range(NODES):
-        issue_certificate(
-            ca, f"sn{index}", tmp_path / "pki", hosts=["127.0.0.1"], roles=[Role.SN, Role.SL]
-        )
-    return tmp_path / "pki"
+    return make_pki(tmp_path, NODES, operator=False)
 
 
 def node_id(pki: Path, index: int) -> str:

@@ -89,15 +89,22 @@ async def wait_for(
     raise AssertionError(f"timed out waiting for {check}: (height, txs, validators, peers) {seen}")
 
 
+def make_pki(root: Path, nodes: int = NODES, *, operator: bool = True) -> Path:
+    """``root/pki``: a CA, ``sn0``.. ``sn{nodes-1}`` (roles sn and sl, host 127.0.0.1) and, with
+    ``operator``, an ``operator`` certificate (role swci)."""
+    ca = create_ca(root / "pki")
+    for index in range(nodes):
+        issue_certificate(
+            ca, f"sn{index}", root / "pki", hosts=["127.0.0.1"], roles=[Role.SN, Role.SL]
+        )
+    if operator:
+        issue_certificate(ca, "operator", root / "pki", hosts=[], roles=[Role.SWCI])
+    return root / "pki"
+
+
 @pytest.fixture
 def swarm_pki(tmp_path: Path) -> Path:
-    ca = create_ca(tmp_path / "pki")
-    for index in range(NODES):
-        issue_certificate(
-            ca, f"sn{index}", tmp_path / "pki", hosts=["127.0.0.1"], roles=[Role.SN, Role.SL]
-        )
-    issue_certificate(ca, "operator", tmp_path / "pki", hosts=[], roles=[Role.SWCI])
-    return tmp_path / "pki"
+    return make_pki(tmp_path)
 
 
 def test_four_validators_commit_and_a_killed_one_catches_up(

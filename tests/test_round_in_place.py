@@ -22,8 +22,15 @@ from swarmlearn.merge.manifest import Layout
 from swarmlearn.merge.plan import plan_shards
 from swarmlearn.roles.sl_round import Contribute, MergedPiece, RoundChunk, RoundDone, RoundFailed
 from swarmlearn.sansio import Effect, NodeId, Send
-from swarmlearn.sim import LinkConfig, Simulator
-from tests.test_rounds_sim import CHUNK_BYTES, RoundChecker, Swarm, factory, make_swarm, model
+from swarmlearn.sim import Simulator
+from tests.test_rounds_sim import (
+    CHUNK_BYTES,
+    RoundChecker,
+    Swarm,
+    make_swarm,
+    model,
+    start_simulator,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +39,7 @@ def swarm3(tmp_path_factory: pytest.TempPathFactory) -> Swarm:
 
 
 def simulator(swarm: Swarm, checker: RoundChecker) -> Simulator:
-    link = LinkConfig(latency_min_s=0.001, latency_tail_s=0.002, bandwidth_bps=100e6)
-    sim = Simulator(1, swarm.identities, factory(swarm), link=link, checkers=[checker])
-    for node in sim.node_ids:
-        sim.set_clock(node, offset_s=swarm.genesis.time_ms / 1000)
-    sim.start()
-    return sim
+    return start_simulator(swarm, 1, checker)
 
 
 def hand_over(

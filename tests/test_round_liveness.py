@@ -22,10 +22,10 @@ from swarmlearn.merge.manifest import Layout
 from swarmlearn.roles.local import LocalClient
 from swarmlearn.roles.sl_round import Contribute, Progress, RoundDone, RoundFailed
 from swarmlearn.roles.sl_round_outcome import WAIT_PROGRESS_S
-from swarmlearn.sim import LinkConfig, Simulator
+from swarmlearn.sim import Simulator
 from swarmlearn.sim.checkers import Checker, Violation
 from tests.test_callback_torch import two_daemons
-from tests.test_rounds_sim import CHUNK_BYTES, Swarm, factory, make_swarm, model
+from tests.test_rounds_sim import CHUNK_BYTES, Swarm, make_swarm, model, start_simulator
 
 
 class Heard(Checker):
@@ -51,12 +51,7 @@ def swarm2(tmp_path_factory: pytest.TempPathFactory) -> Swarm:
 
 
 def simulator(swarm: Swarm, heard: Heard) -> Simulator:
-    link = LinkConfig(latency_min_s=0.001, latency_tail_s=0.002, bandwidth_bps=100e6)
-    sim = Simulator(3, swarm.identities, factory(swarm), link=link, checkers=[heard])
-    for node in sim.node_ids:
-        sim.set_clock(node, offset_s=swarm.genesis.time_ms / 1000)
-    sim.start()
-    return sim
+    return start_simulator(swarm, 3, heard)
 
 
 def contribution(layout: Layout, state: ModelState, node: str, wait_s: float) -> Contribute:

@@ -31,8 +31,15 @@ from swarmlearn.roles.sl_round import (
     RoundFailed,
 )
 from swarmlearn.sansio import Deliver, Effect, NodeId, Send
-from swarmlearn.sim import LinkConfig, Simulator
-from tests.test_rounds_sim import CHUNK_BYTES, RoundChecker, Swarm, factory, make_swarm, model
+from swarmlearn.sim import Simulator
+from tests.test_rounds_sim import (
+    CHUNK_BYTES,
+    RoundChecker,
+    Swarm,
+    make_swarm,
+    model,
+    start_simulator,
+)
 
 MIN_PEERS = 3
 
@@ -43,12 +50,7 @@ def swarm4(tmp_path_factory: pytest.TempPathFactory) -> Swarm:
 
 
 def simulator(swarm: Swarm, checker: RoundChecker) -> Simulator:
-    link = LinkConfig(latency_min_s=0.001, latency_tail_s=0.002, bandwidth_bps=100e6)
-    sim = Simulator(3, swarm.identities, factory(swarm), link=link, checkers=[checker])
-    for node in sim.node_ids:
-        sim.set_clock(node, offset_s=swarm.genesis.time_ms / 1000)
-    sim.start()
-    return sim
+    return start_simulator(swarm, 3, checker)
 
 
 def weight_of(node: NodeId) -> int:

@@ -133,17 +133,23 @@ def swarm3(tmp_path_factory: pytest.TempPathFactory) -> Swarm:
     return make_swarm(tmp_path_factory.mktemp("swarm3"), 3)
 
 
-def run_rounds(
-    swarm: Swarm, seed: int, rounds: int
-) -> tuple[Simulator, RoundChecker, list[dict[str, ModelState]], Layout]:
-    checker = RoundChecker()
+def start_simulator(swarm: Swarm, seed: int, *checkers: Checker) -> Simulator:
+    """The swarm's nodes in a started simulator on 1-3 ms, 100 Mbit/s links."""
     link = LinkConfig(latency_min_s=0.001, latency_tail_s=0.002, bandwidth_bps=100e6)
     sim = Simulator(
-        seed, swarm.identities, factory(swarm), link=link, checkers=[checker], verbose=VERBOSE
+        seed, swarm.identities, factory(swarm), link=link, checkers=list(checkers), verbose=VERBOSE
     )
     for node in sim.node_ids:  # local clocks read genesis time at virtual time 0
         sim.set_clock(node, offset_s=swarm.genesis.time_ms / 1000)
     sim.start()
+    return sim
+
+
+def run_rounds(
+    swarm: Swarm, seed: int, rounds: int
+) -> tuple[Simulator, RoundChecker, list[dict[str, ModelState]], Layout]:
+    checker = RoundChecker()
+    sim = start_simulator(swarm, seed, checker)
     rng = np.random.default_rng(seed)
     nodes = sorted(swarm.identities)
     layout = layout_of(model(rng), chunk_bytes=CHUNK_BYTES)
