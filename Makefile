@@ -23,7 +23,7 @@ lint: $(VENV)/.dev-installed
 	$(VENV)/bin/mypy
 
 bench: $(VENV)/.dev-installed
-	$(PY) bench/run_all.py $(if $(QUICK),--quick,)
+	$(PY) bench/run_all.py $(if $(QUICK),--quick,) $(BENCHES)
 
 # Flower and hivemind for bench/flower.py and bench/hivemind.py, in their own venv so .venv
 # stays light. torch first: 2.13.0 is the CPU wheel on disk (any other pulls a CUDA build).

@@ -77,8 +77,14 @@ def report(results: dict[str, dict[str, Any]], quick: bool) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run every bench and write a report.")
     parser.add_argument("--quick", action="store_true", help="small sizes (each under 30 s)")
+    parser.add_argument("names", nargs="*", help="only these benches (e.g. round p2p); all if none")
     args = parser.parse_args()
     benches = sorted(p for p in HERE.glob("*.py") if p.name != Path(__file__).name)
+    unknown = sorted(set(args.names) - {p.stem for p in benches})
+    if unknown:
+        known = ", ".join(p.stem for p in benches)
+        parser.error(f"no bench {', '.join(unknown)}; there are {known}")
+    benches = [p for p in benches if not args.names or p.stem in args.names]
     results = {path.stem: run_bench(path, args.quick) for path in benches}
     out = HERE / "results" / "report.md"
     out.parent.mkdir(exist_ok=True)
