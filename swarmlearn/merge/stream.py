@@ -20,8 +20,9 @@ range. Results must not depend on arrival order, so the reduction order is fixed
 
 Memory: the output (the range), a scratch buffer (half a chunk, at most 1 MiB), a float32
 accumulator per float16 or bfloat16 region in flight, and the held chunks: at most N - 1 per
-region in flight. The round driver bounds the regions in flight with its flow-control window;
-within a window, arrival order is free.
+region in flight. ``held_by`` counts the held bytes per participant: a node's round lanes
+stop reading a sender that holds too much (roles/lanes.py), which bounds them; any arrival
+order is still merged the same.
 
 The bytes written are exactly those of :func:`~swarmlearn.merge.merge.merge` on whole states,
 because both apply the same elementwise kernels in the same participant order.
@@ -89,6 +90,9 @@ class _Inbox:
         self._chunks = shard.chunks(layout)
         self.held_bytes = 0
         self.held_bytes_max = 0
+        #: Bytes held per participant (the round's lanes stop reading a sender that holds
+        #: too much; see roles/lanes.py).
+        self.held_by = [0] * self.participants
 
     def _check(self, participant: int, chunk_index: int, data: BytesLike) -> memoryview:
         if not 0 <= participant < self.participants:
@@ -111,9 +115,14 @@ class _Inbox:
         start, stop = self.layout.chunk_span(chunk_index)
         return max(start, self.shard.start_byte), min(stop, self.shard.stop_byte), start
 
-    def _hold(self, nbytes: int) -> None:
+    def _hold(self, participant: int, nbytes: int) -> None:
         self.held_bytes += nbytes
+        self.held_by[participant] += nbytes
         self.held_bytes_max = max(self.held_bytes_max, self.held_bytes)
+
+    def _unhold(self, participant: int, nbytes: int) -> None:
+        self.held_bytes -= nbytes
+        self.held_by[participant] -= nbytes
 
 
 class RangeMerge(_Inbox):
@@ -182,18 +191,18 @@ class RangeMerge(_Inbox):
             )
         if region.wait_all:
             region.held[participant] = view
-            self._hold(len(view))
+            self._hold(participant, len(view))
             if len(region.held) == self.participants:
                 self._merge_all(chunk_index, region)
             return
         if participant != region.next:
             region.held[participant] = view
-            self._hold(len(view))
+            self._hold(participant, len(view))
             return
         batch = [view]
         while region.next + len(batch) in region.held:
             held = region.held.pop(region.next + len(batch))
-            self.held_bytes -= len(held)
+            self._unhold(region.next + len(batch), len(held))
             batch.append(held)
         self._fold(region, batch)
         if region.next == self.participants:
@@ -257,7 +266,8 @@ class RangeMerge(_Inbox):
         )
         for piece in pieces:
             merge_piece(piece, self.method, self.weights, piece.out_view(self._out))
-        self.held_bytes -= sum(len(c) for c in chunks)
+        for participant, chunk in enumerate(chunks):
+            self._unhold(participant, len(chunk))
         self._close(chunk_index)
 
     def _close(self, chunk_index: int) -> None:
@@ -286,7 +296,7 @@ class RangeCollector(_Inbox):
                 f"chunk {chunk_index} of participant {participant} arrived twice"
             )
         slots[participant] = view
-        self._hold(len(view))
+        self._hold(participant, len(view))
         self._missing -= 1
 
     def stack(self) -> RangeStack:

@@ -25,6 +25,12 @@ event loop, which keeps serving votes.
   node are bounded (``RECEIVE_BUDGET_BYTES``; the node calls :meth:`RoundLanes.release`
   when it handled one): a lane waits before reading more, so a node whose loop is busy
   slows its senders (TCP backpressure) instead of piling up a model's worth of frames.
+- Per sender, too (``PEER_BUDGET_BYTES``): its payloads delivered and not yet handled, plus
+  its chunks the node's merge holds for their turn (the fixed participant order;
+  :meth:`RoundLanes.set_held`, from the node after each input). Over it, that sender's lane
+  waits (one frame always may when it has none), so only that sender slows down. No
+  deadlock: every sender sends an owner's chunks in chunk order, so the participant the
+  merge waits for holds nothing (its earlier regions are complete) and is always read.
 
 A lane that cannot be dialed or breaks (a firewall that lets only the message port through,
 a peer that restarted) hands the message it was writing, and the rest of its queue, back
@@ -66,6 +72,8 @@ HANDSHAKE_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 60.0  # one frame's write; a peer that reads nothing for this long is dropped
 ACCEPT_POLL_S = 0.2
 RECEIVE_BUDGET_BYTES = 32 * 1024 * 1024  # payloads delivered, not yet handled by the node
+PEER_BUDGET_BYTES = 8 * 1024 * 1024  # one sender's payloads delivered and not handled, and
+#                                      its chunks held for their turn by the node's merge
 LANE_RETRY_S = 120.0  # after a lane to a peer failed, its messages take the message connection
 
 #: ``deliver(sender, message, digest)``: runs in the event loop's thread; ``digest`` is the
@@ -191,6 +199,9 @@ class RoundLanes:
         self.fallen_back = 0  # messages handed back to the message connection
         self._down_until: dict[NodeId, float] = {}
         self._pending_bytes = 0  # payload bytes delivered, not yet released by the node
+        self._pending_by: dict[NodeId, int] = {}  # the same, per sender
+        self._held_by: dict[NodeId, int] = {}  # chunk bytes the merge holds, per sender
+        self.stalled: set[NodeId] = set()  # senders whose lane waits now for their budget
         self._budget = threading.Condition()
         self._hosts: dict[NodeId, str] = {}
         self._ports: dict[NodeId, int] = {}
@@ -209,21 +220,42 @@ class RoundLanes:
     def set_port(self, peer: NodeId, port: int) -> None:
         self._ports[peer] = port
 
-    def release(self, size: int) -> None:
-        """The node handled a delivered payload of ``size`` bytes (any thread)."""
+    def release(self, size: int, peer: NodeId | None = None) -> None:
+        """The node handled a delivered payload of ``size`` bytes from ``peer`` (any thread;
+        ``peer`` None: bytes of no payload)."""
         with self._budget:
             self._pending_bytes -= size
+            if peer is not None:
+                self._pending_by[peer] = self._pending_by.get(peer, 0) - size
             self._budget.notify_all()
 
-    def _take(self, size: int) -> None:
-        """Wait until ``size`` more bytes fit the receive budget (one frame always may)."""
+    def set_held(self, held: dict[NodeId, int]) -> None:
+        """The bytes of each sender's chunks the node's merge holds now (absent: none)."""
         with self._budget:
-            while (
-                self._pending_bytes > 0
-                and self._pending_bytes + size > RECEIVE_BUDGET_BYTES
-                and not self._stop.is_set()
-            ):
+            if held != self._held_by:
+                self._held_by = dict(held)
+                self._budget.notify_all()
+
+    def peer_bytes(self, peer: NodeId) -> int:
+        """``peer``'s payloads delivered and not handled, plus its chunks held."""
+        with self._budget:
+            return self._pending_by.get(peer, 0) + self._held_by.get(peer, 0)
+
+    def _take(self, size: int, peer: NodeId) -> None:
+        """Wait until ``size`` more bytes fit the receive budget and ``peer``'s (one frame
+        always may: in all, and from a peer with nothing delivered and not let go)."""
+        with self._budget:
+            while not self._stop.is_set():
+                mine = self._pending_by.get(peer, 0) + self._held_by.get(peer, 0)
+                over_peer = mine > 0 and mine + size > PEER_BUDGET_BYTES
+                if over_peer:
+                    self.stalled.add(peer)
+                if not over_peer and not (
+                    self._pending_bytes > 0 and self._pending_bytes + size > RECEIVE_BUDGET_BYTES
+                ):
+                    break
                 self._budget.wait(ACCEPT_POLL_S)
+            self.stalled.discard(peer)
             self._pending_bytes += size
 
     def is_down(self, peer: NodeId) -> bool:
@@ -336,7 +368,7 @@ class RoundLanes:
             (size,) = FRAME_LEN.unpack(prefix)
             if not 4 <= size <= FRAME_BYTES_MAX_DEFAULT:
                 raise RemoteProtocolError(f"lane frame of {size} bytes")
-            self._take(size)
+            self._take(size, peer)
             try:
                 body = bytearray(size)
                 recv_exact(pipe, memoryview(body))
@@ -345,7 +377,9 @@ class RoundLanes:
             except BaseException:
                 self.release(size)
                 raise
-            self.release(size - len(payload))  # the node releases the payload once handled
+            with self._budget:  # the node releases the payload (with its peer) once handled
+                self._pending_by[peer] = self._pending_by.get(peer, 0) + len(payload)
+            self.release(size - len(payload))
             digest = content_digest(payload) if payload else None
             assert self._token is not None
             try:
@@ -353,6 +387,6 @@ class RoundLanes:
                     self.deliver, peer, message, digest, trio_token=self._token
                 )
             except BaseException:
-                self.release(len(payload))
+                self.release(len(payload), peer)
                 raise
             del body, message, payload  # the node has them; not kept while the lane waits

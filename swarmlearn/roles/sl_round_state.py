@@ -160,3 +160,19 @@ def add_own(state: RoundState, attempt: Attempt, chunk: int) -> None:
         data = bytes(data)
         state.overwritten = True
     attempt.merge.add(attempt.me, chunk, data)
+
+
+def held_by_sender(rounds: dict[tuple[str, int], RoundState], me: NodeId) -> dict[NodeId, int]:
+    """Bytes of each peer's chunks that the current attempts' merges hold for their turn
+    (the round lanes stop reading a peer that holds too many). A chunk stops counting when
+    it is folded, or when its attempt or round ends: nothing else keeps it."""
+    held: dict[NodeId, int] = {}
+    for state in rounds.values():
+        attempt = state.attempt
+        if state.finished or attempt is None or attempt.merge is None:
+            continue
+        for participant, nbytes in enumerate(attempt.merge.held_by):
+            sender = attempt.participants[participant]
+            if nbytes and sender != me:
+                held[sender] = held.get(sender, 0) + nbytes
+    return held

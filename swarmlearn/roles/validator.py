@@ -83,6 +83,7 @@ from swarmlearn.roles.sl_round import (
     RoundFailed,
     RoundManifest,
 )
+from swarmlearn.roles.sl_round_state import held_by_sender
 from swarmlearn.roles.trainers import Trainers
 from swarmlearn.sansio import Input, Receive, Request, Start
 
@@ -354,16 +355,18 @@ class ValidatorNode:
         lanes' receive budget gets the payload back once the core handled it (or now)."""
         if isinstance(message, RoundChunk | MergedPiece) and digest is not None:
             if not self.driver.submit(Request(Hashed(peer, message, digest))):
-                self.lanes.release(len(message.data))
+                self.lanes.release(len(message.data), peer)
         elif isinstance(message, LANE_MESSAGES):
             self.driver.submit(Receive(peer, message))
         else:
             log.info("dropped a %s from %s's round lane", type(message).__name__, peer[:8])
-            self.lanes.release(len(payload_of(message)))
+            self.lanes.release(len(payload_of(message)), peer)
 
     def _on_handled(self, event: Input) -> None:
+        """Back to the lanes' budgets: the payload handled, and the chunks held now."""
         if isinstance(event, Request) and isinstance(event.value, Hashed):
-            self.lanes.release(len(event.value.message.data))
+            self.lanes.release(len(event.value.message.data), event.value.sender)
+        self.lanes.set_held(held_by_sender(self.node.sl.rounds, self.me))
 
     async def submit(self, data: bytes, wait_s: float = 0.0) -> SubmitReply:
         """Queue a transaction; with ``wait_s``, wait (that long at most) until it is committed."""
