@@ -10,10 +10,11 @@ a reason outside the ledger is counted and left out.
     python bench/ledger_hold.py [--quick] [--pairs N]
 
 --quick: 1 MB, 5 rounds, two pairs (under 30 s). Default: 1 MB (11 rounds) and 100 MB
-(5 rounds), 3 pairs each. The machine's load moves the figures a lot: compare the on/off
-ratios of one run, and rerun on a quiet machine. Measured 2026-11-26 (load 4-7 on 2 cores,
-see docs/ledger-latency.md): 1 MB closed 0.054 -> 0.038 s, done 0.034 -> 0.026 s; 100 MB
-closed 0.060 -> 0.063 s, done 0.038 -> 0.027 s.
+(5 rounds), 3 pairs each; pairs alternate their order (off-on, on-off). The machine's load
+moves the figures a lot: compare the on/off ratios of one run, and rerun on a quiet machine.
+Measured 2026-11-26, ``--pairs 4``, load 6-6.6 on 2 cores: 1 MB (44 rounds each) closed
+0.055 -> 0.046 s, done 0.040 -> 0.034 s; 100 MB (20 rounds each) closed 0.071 -> 0.068 s,
+done 0.042 -> 0.030 s.
 """
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ def run_tree(tree: Path, model_bytes: int, rounds: int) -> tuple[list[dict[str, 
 def measure(trees: dict[str, Path], model_bytes: int, rounds: int, pairs: int) -> dict[str, float]:
     phases: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
     failed = 0
-    for _ in range(pairs):
-        for name in ("off", "on"):
+    for pair in range(pairs):  # off-on, on-off, ...: the order of a pair is no bias
+        for name in ("off", "on") if pair % 2 == 0 else ("on", "off"):
             got, lost = run_tree(trees[name], model_bytes, rounds)
             phases[name] += got
             failed += lost

@@ -14,9 +14,8 @@ mempool holds part of such a batch whose rest is due: check-ins for a round that
 active learner has checked in to (counting those on the ledger and those waiting), or
 ``Merged`` reports of an attempt whose other participants have not all reported. The
 proposer then waits for the rest, at most ``batch_wait_s``, and proposes at once when the
-last arrives. Blocks without such a transaction (an empty "proof" block) are never held:
-holding them too was measured to lengthen 100 MB rounds, whose check-ins arrive further
-apart than the hold (the held proof block was then in flight when the last one came).
+last arrives. Blocks without such a transaction (an empty "proof" block) are never held.
+``bench/ledger_hold.py`` measures the hold off and on.
 
 Nothing here changes what is valid: it only picks the moment of a proposal, which is the
 proposer's freedom in Tendermint (a late proposal costs the others nothing but their propose
