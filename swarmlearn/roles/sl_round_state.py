@@ -128,11 +128,13 @@ def contribution_sends(
     me: NodeId, state: RoundState, attempt: Attempt, plan: ShardPlan
 ) -> list[Send]:
     """My manifest and my chunks of each other owner's range, as views of my weights (no
-    copy). In the handover file, a chunk that straddles two ranges goes as a copy: one
-    owner's merged piece may land on its bytes before the other owner has all of it."""
+    copy). In the handover file, a chunk that straddles two ranges goes as a copy (one for
+    both owners): one owner's merged piece may land on its bytes before the other owner has
+    all of it."""
     c, number = state.contribution, attempt.number
     view = memoryview(c.flat)
     sends: list[Send] = []
+    copies: dict[int, bytes] = {}
     for owner_index, owner in enumerate(attempt.participants):
         if owner == me:
             continue
@@ -142,7 +144,9 @@ def contribution_sends(
             start, stop = c.layout.chunk_span(chunk)
             data: Any = view[start:stop]
             if attempt.in_file and len(plan.owners_of_chunk(chunk)) > 1:
-                data = bytes(data)
+                if chunk not in copies:
+                    copies[chunk] = bytes(data)
+                data = copies[chunk]
             sends.append(Send(owner, RoundChunk(state.contract, state.number, number, chunk, data)))
     return sends
 
