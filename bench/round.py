@@ -47,6 +47,13 @@ back, twice, load average 3.4 to 8.3:
 
 Met at 2 nodes; at 4, above 2x by the chunks held for their turn and those in flight.
 
+Then a per-sender budget on the round lanes counting the chunks the merge holds for their
+turn (docs/held-chunks.md), BLAKE3 chunk hashes and the ledger's proposal hold. Quiet machine
+(load 0.2-1.1), ``--rounds 5``, two runs: 2 nodes 0.278 / 0.305 s, 4 nodes 0.693 / 0.771 s
+(from the last check-in 0.539 / 0.562 s); peak RSS 1.95x / 1.96x at 2 nodes, 2.31x / 2.36x
+at 4 (the allocator's per-thread arenas keep 0.2-0.3x). 4-node phases: handed 0.17, closed
+0.04-0.05, exchanged 0.48-0.49, done 0.02 s.
+
 Measured 2026-11-26, full size, medians of 5 rounds. On the 2-core development machine at a
 quiet moment (load average 1.5-2 from other jobs), before and after back to back:
 
