@@ -20,10 +20,13 @@ height with everything around it:
   from the mempool and starts the next height. With ``create_empty_blocks`` off, a height
   starts only when there is a transaction to order, a peer is already working on it, or the
   last block changed the state (one empty "proof" block then records its app hash);
-- **gossip and catch-up**: transactions are flooded to peers; every ``status_interval_s`` a
-  node tells one random peer its (height, round, step); a peer behind gets the next
-  committed block with its commit (verified before it is applied), a peer at the same height
-  gets the proposals and votes it may have missed (this also repairs message loss);
+- **gossip and catch-up**: transactions are flooded to peers (checked first; a received
+  one is never relayed, so an honest peer never passes on a forgery: one a peer sends that
+  the ``is_forgery`` hook calls forged is delivered as :class:`ForgedTx`); every
+  ``status_interval_s`` a node tells one random peer its (height, round, step); a peer
+  behind gets the next committed block with its commit (verified before it is applied), a
+  peer at the same height gets the proposals and votes it may have missed (this also
+  repairs message loss);
 - **batching**: with an ``awaits`` hook (the swarm app's :mod:`batching`), a proposer holds a
   fresh proposal, at most ``batch_wait_s``, while the hook says more of a batch of
   transactions is on its way, and proposes the moment it is complete.
@@ -102,6 +105,14 @@ FUTURE_BUFFER_MAX = 10_000
 
 
 @dataclass(frozen=True)
+class ForgedTx:
+    """Delivered when a peer sent a transaction that the ``is_forgery`` hook calls forged."""
+
+    sender: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ConsensusConfig:
     timeout_propose_s: float = 1.0
     timeout_prevote_s: float = 0.5
@@ -139,6 +150,7 @@ class ConsensusCore:
         peers: Sequence[str],
         config: ConsensusConfig | None = None,
         awaits: Callable[[Sequence[bytes]], bool] | None = None,
+        is_forgery: Callable[[str], bool] | None = None,
     ) -> None:
         self.genesis = genesis
         self.chain_id = genesis.chain_id
@@ -162,6 +174,8 @@ class ConsensusCore:
         self.replaying = False
         #: The application's word on the mempool: True while more of a batch is coming.
         self.awaits = awaits
+        #: Which refusals of a peer's transaction prove it forged (the peer network polices).
+        self.is_forgery = is_forgery
         self.held: tuple[int, int] | None = None  # the (height, round) of a held proposal
         self.waited: tuple[int, int] | None = None  # ... whose wait is over
         self._new_height()
@@ -216,8 +230,9 @@ class ConsensusCore:
     def _receive(self, sender: str, message: Message) -> list[Effect]:
         match message:
             case Tx(data):
-                if self.mempool.add(data):
-                    return []
+                if reason := self.mempool.add(data):
+                    forged = self.is_forgery is not None and self.is_forgery(reason)
+                    return [Deliver(ForgedTx(sender, reason))] if forged else []
                 return self._maybe_start() + self._batch_grew()
             case Proposal() | Vote():
                 return self._consensus_message(sender, message)

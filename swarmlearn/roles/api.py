@@ -13,6 +13,7 @@ The endpoints are described in ``openapi.json`` beside this module, served at
 
 from __future__ import annotations
 
+import logging
 import ssl
 import weakref
 from collections.abc import Iterator
@@ -91,6 +92,7 @@ def build_app(node: ValidatorNode) -> Starlette:
                 "validators": list(s.validators),
                 "peers": list(s.peers),
                 "transactions": s.txs,
+                "policing": node.network.police.snapshot(trio.current_time()),
             }
         )
 
@@ -221,6 +223,20 @@ class _NodeCollector:
         yield _counter("swarm_bytes_received", "Bytes received.", traffic.bytes_received)
         refused = sum(node.app.state.refused.values())
         yield _counter("swarm_transactions_refused", "Transactions the ledger refused.", refused)
+        police = node.network.police
+        yield _counter(
+            "swarm_forged_transactions",
+            "Forged transactions peers sent (bad signature, wrong chain, undecodable).",
+            police.forged_total,
+        )
+        yield _counter(
+            "swarm_peer_bans", "Peers banned for forged transactions.", police.bans_total
+        )
+        yield _gauge(
+            "swarm_peers_banned",
+            "Peers banned now.",
+            len(police.banned(trio.current_time())),
+        )
         yield _counter(
             "swarm_inputs_handled", "Inputs the consensus core handled.", node.driver.inputs_handled
         )
@@ -246,7 +262,7 @@ async def serve_api(
     config = _TLSConfig(identity)
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
-    config.errorlog = "-"
+    config.errorlog = logging.getLogger("hypercorn.error")  # the node's handlers (--log-format)
     await serve(build_app(node), config, task_status=_Bound(task_status))  # type: ignore[arg-type]
 
 

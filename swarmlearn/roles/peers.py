@@ -18,10 +18,15 @@ With ``lanes`` (:mod:`swarmlearn.roles.lanes`), messages of ``lane_types`` (a sy
 weights) go to the peer's round lane instead, and each new peer connection first announces
 this node's lane port (:class:`~swarmlearn.roles.lanes.LanePort`); a peer without a lane
 (not announced yet, or its lane failed) gets them here, with ``send_direct``.
+
+A peer that keeps sending forged transactions (:meth:`PeerNetwork.report_forged`, from the
+consensus core's ``ForgedTx``) is banned by the :class:`~swarmlearn.roles.policing.Police`:
+its connections are closed, new ones refused and it is not dialed until the ban ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +35,7 @@ import trio
 
 from swarmlearn.errors import RemoteProtocolError
 from swarmlearn.p2p.identity import NODE_ROLES, Identity
+from swarmlearn.p2p.messages import Goodbye
 from swarmlearn.p2p.transport import (
     Connection,
     Listener,
@@ -40,6 +46,7 @@ from swarmlearn.p2p.transport import (
 )
 from swarmlearn.p2p.wire import Message, payload_of
 from swarmlearn.roles.lanes import LanePort, RoundLanes
+from swarmlearn.roles.policing import Police
 from swarmlearn.sansio import NodeId
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,7 @@ SEND_QUEUE_MAX = 4096
 SEND_QUEUE_BYTES_MAX = 512 * 1024 * 1024
 REDIAL_MIN_S = 0.2
 REDIAL_MAX_S = 5.0
+REFUSE_SEND_S = 1.0  # the most a refused (banned) peer's connection waits for its Goodbye
 
 CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError)
 
@@ -60,6 +68,7 @@ class _Peer:
     connection: Connection
     queue: trio.MemorySendChannel[Message]
     queued_bytes: int = 0  # payload bytes waiting in the queue (weight chunks are big)
+    scope: trio.CancelScope | None = None  # cancelled: the connection ends
 
 
 class PeerNetwork:
@@ -72,6 +81,7 @@ class PeerNetwork:
         on_peers_changed: Callable[[list[NodeId]], None] | None = None,
         lanes: RoundLanes | None = None,
         lane_types: tuple[type[Message], ...] = (),
+        police: Police | None = None,
     ) -> None:
         self.identity = identity
         self.me = str(identity.peer_id)
@@ -88,6 +98,7 @@ class PeerNetwork:
         self.dropped = 0
         self.lanes = lanes  # round data goes there when the peer has a lane (lanes.py)
         self.lane_types = lane_types
+        self.police = police or Police()
 
     # ------------------------------------------------------------ the Outbox of the driver
 
@@ -131,6 +142,23 @@ class PeerNetwork:
     def peers(self) -> list[NodeId]:
         return sorted(peer for peer, links in self._peers.items() if links)
 
+    # ------------------------------------------------------------ policing
+
+    def report_forged(self, peer: NodeId, reason: str) -> None:
+        """``peer`` sent a forged transaction: count it; enough of them, and it is banned."""
+        ban = self.police.forged(peer, reason, trio.current_time())
+        if ban is None:
+            return
+        log.warning(
+            "peer %s banned for %g s, its connections closed: %s",
+            peer[:8],
+            ban.duration_s,
+            ban.reason,
+        )
+        for link in self._peers.get(peer, ()):
+            if link.scope is not None:
+                link.scope.cancel()
+
     # ------------------------------------------------------------ running
 
     async def serve(
@@ -168,6 +196,10 @@ class PeerNetwork:
         delay = REDIAL_MIN_S
         try:
             while peer in self._addresses:
+                banned_s = self.police.banned_s(peer, trio.current_time())
+                if banned_s > 0:
+                    await trio.sleep(banned_s)
+                    continue
                 if not self._peers.get(peer):
                     host, port = self._addresses[peer]
                     try:
@@ -186,11 +218,21 @@ class PeerNetwork:
 
     async def _run_connection(self, connection: Connection) -> None:
         peer = str(connection.peer_id)
+        now = trio.current_time()
+        if self.police.refuse(peer, now):
+            log.debug("refused a connection of %s: banned", peer[:8])
+            why = f"banned for {self.police.banned_s(peer, now):.0f} s: forged transactions"
+            with trio.move_on_after(REFUSE_SEND_S):
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await connection.send(Goodbye(why))
+            await connection.aclose()
+            return
         is_peer = bool(connection.peer.roles & NODE_ROLES) and peer != self.me
         send, receive = trio.open_memory_channel[Message](SEND_QUEUE_MAX)
         link = _Peer(connection, send)
         try:
             async with trio.open_nursery() as nursery:
+                link.scope = nursery.cancel_scope
                 if is_peer:
                     self._peers.setdefault(peer, []).append(link)
                     if self.lanes is not None:

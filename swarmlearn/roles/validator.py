@@ -38,7 +38,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 
 from swarmlearn.consensus.batching import expects_more
-from swarmlearn.consensus.core import ConsensusConfig, ConsensusCore
+from swarmlearn.consensus.core import ConsensusConfig, ConsensusCore, ForgedTx
 from swarmlearn.consensus.crypto import KeySigner, KeyVerifier
 from swarmlearn.consensus.events import Committed, Genesis, SubmitTx, TxRefused
 from swarmlearn.consensus.store import DiskStore
@@ -69,6 +69,7 @@ from swarmlearn.roles.messages import (
 )
 from swarmlearn.roles.node_core import SwarmNodeCore
 from swarmlearn.roles.peers import PeerNetwork
+from swarmlearn.roles.policing import is_forgery
 from swarmlearn.roles.requests import NETWORK_ERRORS as NETWORK_ERRORS
 from swarmlearn.roles.requests import REQUEST_TIMEOUT_S as REQUEST_TIMEOUT_S
 from swarmlearn.roles.requests import ask as ask
@@ -218,6 +219,7 @@ class ValidatorNode:
             [],
             options.consensus,
             awaits=partial(expects_more, self.app),
+            is_forgery=is_forgery,
         )
         self.node = SwarmNodeCore(
             self.core,
@@ -403,6 +405,8 @@ class ValidatorNode:
                 outcome = self.app.outcome(tx) or "ok"
                 accepted = outcome == "ok"
                 self._wake(tx, SubmitReply(accepted, "" if accepted else outcome, value.height))
+        elif isinstance(value, ForgedTx):
+            self.network.report_forged(value.sender, value.reason)
         elif isinstance(value, TxRefused):
             log.info("transaction refused: %s", value.reason)
             self._wake(value.data, SubmitReply(False, value.reason))
