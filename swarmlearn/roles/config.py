@@ -2,11 +2,12 @@
 
 ``swarm-node --config node.toml`` reads keys named like the flags (``listen``, ``data-dir``,
 ``sentinel``, ``bootstrap``, ``sentinel-ip``, ``sentinel-port``, ``chain-id``, ``advertise``,
-``lane-port``, ``api``, ``log-level``, ``cert``, ``key``, ``cacert``, ``capath``,
+``lane-port``, ``api``, ``log-level``, ``log-format``, ``cert``, ``key``, ``cacert``, ``capath``,
 ``swop-profile``, ``leave-on-exit``; ``_`` may stand for ``-``). A flag given on the
 command line wins over the file; the file wins over the defaults. HPE's names are accepted:
 ``--data-dir``, ``--sentinel-ip`` with ``--sentinel-port`` (the node to bootstrap from), and
-the ``SWARM_ID_*`` identity variables.
+the ``SWARM_ID_*`` identity variables. ``log-format`` (text or json) falls back to
+``SWARM_LOG_FORMAT`` when neither the flag nor the file sets it.
 Every mistake is one line naming the key or flag and what is valid.
 
 ```toml
@@ -23,6 +24,7 @@ cacert = "/etc/swarm/ca.pem"
 from __future__ import annotations
 
 import argparse
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,16 @@ DEFAULTS: dict[str, Any] = {
     "api": "127.0.0.1:30304",
     "log_level": "info",
 }
-STRINGS = ("listen", "bootstrap", "sentinel_ip", "chain_id", "advertise", "api", "log_level")
+STRINGS = (
+    "listen",
+    "bootstrap",
+    "sentinel_ip",
+    "chain_id",
+    "advertise",
+    "api",
+    "log_level",
+    "log_format",
+)
 PATHS = ("data", "cert", "key", "cacert", "capath", "swop_profile")
 KEYS = {
     **{
@@ -45,6 +56,8 @@ KEYS = {
     "data-dir": "data",
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+LOG_FORMAT_ENV = "SWARM_LOG_FORMAT"
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +81,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, name, value)
     if args.log_level not in LOG_LEVELS:
         raise ConfigError(f"log-level {args.log_level!r} is not one of: {', '.join(LOG_LEVELS)}")
+    args.log_format = _log_format(getattr(args, "log_format", None))
     if args.sentinel_ip is not None:
         if args.bootstrap is not None:
             raise ConfigError("--sentinel-ip and --bootstrap name the same thing: give one")
@@ -75,6 +89,18 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     elif args.sentinel_port is not None:
         raise ConfigError("--sentinel-port needs --sentinel-ip")
     return args
+
+
+def _log_format(given: str | None) -> str:
+    """The flag's or file's value, else ``SWARM_LOG_FORMAT``'s, else text; checked."""
+    source, value = "log-format", given
+    if value is None and os.environ.get(LOG_FORMAT_ENV):
+        source, value = LOG_FORMAT_ENV, os.environ[LOG_FORMAT_ENV]
+    if value is None:
+        return "text"
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"{source} {value!r} is not one of: {', '.join(LOG_FORMATS)}")
+    return value
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from swarmlearn.p2p.messages import Goodbye, Ping, Pong
 from swarmlearn.p2p.multiaddr import parse_address
 from swarmlearn.p2p.service import P2PService, ServiceConfig
 from swarmlearn.p2p.transport import TransportConfig, dial
+from swarmlearn.roles import logs
 from swarmlearn.roles.api import DEFAULT_API_PORT, attach_p2p
 from swarmlearn.roles.config import add_config_arguments, resolve
 from swarmlearn.roles.swop import Swop
@@ -94,6 +95,11 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         "--check", action="store_true", help="check the identity and configuration, then exit"
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-format",
+        metavar="FORMAT",
+        help="text (default) or json: one JSON object per log line [SWARM_LOG_FORMAT]",
+    )
     parser.add_argument(
         "--p2p",
         metavar="HOST:PORT",
@@ -225,11 +231,10 @@ def _address(
 
 def run(args: argparse.Namespace) -> int:
     args = resolve(args)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    logs.configure(args.log_format, args.log_level)
     options = node_options(args)
     identity = identity_from_arguments(args)
+    logs.configure(args.log_format, args.log_level, identity.info.name, str(identity.peer_id))
     profile = swop_profile(args, identity)
     p2p = p2p_config(args)
     if args.check:
