@@ -57,13 +57,15 @@ def test_a_socket_left_by_a_stopped_node_is_one_clear_line(tmp_path: Path) -> No
         LocalClient(path, timeout_s=1.0)
 
 
-@pytest.mark.parametrize("busy", ["--listen", "--api"])
+@pytest.mark.parametrize("busy", ["--listen", "--api", "--lane-port"])
 def test_a_port_in_use_is_one_line_naming_the_flag(pki: Pki, tmp_path: Path, busy: str) -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     address = f"127.0.0.1:{taken.getsockname()[1]}"
-    ports = {"--listen": "127.0.0.1:0", "--api": "127.0.0.1:0", busy: address}
+    if busy == "--lane-port":
+        address = str(taken.getsockname()[1])  # a port on the --listen host
+    ports = {"--listen": "127.0.0.1:0", "--api": "127.0.0.1:0", "--lane-port": "0", busy: address}
     paths = pki.sn.paths
     try:
         done = subprocess.run(
@@ -85,6 +87,8 @@ def test_a_port_in_use_is_one_line_naming_the_flag(pki: Pki, tmp_path: Path, bus
                 ports["--listen"],
                 "--api",
                 ports["--api"],
+                "--lane-port",
+                ports["--lane-port"],
             ],
             capture_output=True,
             text=True,

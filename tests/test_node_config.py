@@ -38,6 +38,14 @@ def test_the_file_fills_what_flags_leave_and_flags_win(tmp_path: Path) -> None:
     assert parse().api == "127.0.0.1:30304"  # defaults when neither says
 
 
+def test_the_lane_port_is_hpes_30305_beside_the_default_30303_else_any_free_one() -> None:
+    assert node_options(parse()).lane_port == 30305
+    assert node_options(parse("--listen", "10.0.0.6:30303")).lane_port == 30305
+    assert node_options(parse("--listen", "127.0.0.1:4000")).lane_port == 0
+    assert node_options(parse("--listen", "127.0.0.1:0")).lane_port == 0
+    assert node_options(parse("--lane-port", "31005")).lane_port == 31005
+
+
 def test_hpe_names_on_the_command_line() -> None:
     options = node_options(
         parse("--data-dir", "/d", "--sentinel-ip", "h", "--sentinel-port", "31000")

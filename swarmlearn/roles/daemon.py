@@ -48,6 +48,7 @@ from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions
 log = logging.getLogger("swarmlearn.node")
 
 DEFAULT_P2P_PORT = 30303  # HPE's SN peer-to-peer port
+DEFAULT_LANE_PORT = 30305  # HPE's SL file server port: the round lanes, beside 30303
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 DEFAULT_P2P_SERVICE_PORT = 30310  # the p2p service (swarmlearn.p2p.service), with --p2p
 
@@ -83,7 +84,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="PORT",
         help="accept round lanes (the weights of sync rounds) on this port of the --listen "
-        "host (default: any free port, announced to the peers)",
+        f"host (default {DEFAULT_LANE_PORT} when --listen is on {DEFAULT_P2P_PORT}, else any "
+        "free port; announced to the peers either way)",
     )
     parser.add_argument(
         "--leave-on-exit",
@@ -179,13 +181,15 @@ def node_options(args: argparse.Namespace) -> ValidatorOptions:
         chain_id=args.chain_id,
         advertise=_address(args.advertise, "--advertise"),
         api=None if args.api == "none" else _address(args.api, "--api", DEFAULT_API_PORT),
-        lane_port=_lane_port(getattr(args, "lane_port", None)),
+        lane_port=_lane_port(getattr(args, "lane_port", None), listen[1]),
     )
 
 
-def _lane_port(port: int | None) -> int:
+def _lane_port(port: int | None, listen_port: int) -> int:
+    """HPE's 30305 beside the default 30303 (a firewall rule can name it); any free port
+    beside any other (several nodes on one host, tests): the peers learn it either way."""
     if port is None:
-        return 0
+        return DEFAULT_LANE_PORT if listen_port == DEFAULT_P2P_PORT else 0
     if not 0 <= port < 65536:
         raise ConfigError(f"--lane-port {port}: must be a port number (0..65535; 0: any free one)")
     return port
@@ -263,7 +267,13 @@ def run(args: argparse.Namespace) -> int:
         )
         flag, address = ("--api", args.api) if api else ("--listen", args.listen)
         flag, address = ("--p2p", args.p2p) if p2p_bind else (flag, address)
-        reason = bind_error.strerror or str(bind_error)
+        lane_bind = any(
+            frame.filename.endswith("lanes.py")
+            for frame in traceback.extract_tb(bind_error.__traceback__)
+        )
+        if lane_bind:
+            flag, address = "--lane-port", str(options.lane_port)
+        reason = os.strerror(bind_error.errno) if bind_error.errno else str(bind_error)
         raise ConfigError(f"{flag} {address}: cannot listen ({reason})") from None
     return 0
 
@@ -275,7 +285,10 @@ def _bind_error(error: BaseException) -> OSError | None:
     if not isinstance(error, OSError):
         return None
     frames = traceback.extract_tb(error.__traceback__)
-    binding = any(frame.name == "bind" or ".bind(" in (frame.line or "") for frame in frames)
+    binding = any(
+        frame.name in ("bind", "create_server") or ".bind(" in (frame.line or "")
+        for frame in frames
+    )
     return error if binding else None
 
 
