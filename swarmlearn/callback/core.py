@@ -7,7 +7,10 @@ where HPE silently ignores it. The adapters only translate between their framewo
 and a :class:`~swarmlearn.merge.ModelState`; this core decides when to sync and talks to the
 node:
 
-- ``on_train_begin``: one sync at once, so every node starts from the same merged weights;
+- ``on_train_begin``: the contract's latest merged model, when rounds ran before this node
+  joined (HPE: a node that joins late, or restarts, starts from the swarm's current model;
+  fetched by the node and verified against the ledger), then one sync at once, so every
+  node starts from the same merged weights;
 - ``on_batch_end``: every ``syncFrequency`` batches, a sync;
 - ``on_epoch_end``: counts epochs (progress, PERFDATA);
 - ``on_train_end``: this node is done; it keeps taking part (``checkinModelOnTrainEnd``)
@@ -58,6 +61,9 @@ COMMON_OPTIONS = (
     "syncTimeout",
 )
 SYNC_TIMEOUT_S = 3600.0
+#: The longest the first sync waits for the swarm's latest model (syncTimeout if shorter);
+#: without it, this node starts from its own weights (and says why).
+LATEST_TIMEOUT_S = 60.0
 PROGRESS_BAR_WIDTH = 20
 
 
@@ -236,6 +242,7 @@ class SwarmCore:
         self._embedded: Any = None
         self._started = time.monotonic()
         self._best_loss: float | None = None
+        self._asked_latest = False
         if not self.loopback:
             self._connect()
 
@@ -278,6 +285,30 @@ class SwarmCore:
                 f"[{bar}] epoch {self.epochsCompleted}/{self.totalEpochs},"
                 f" {self.rounds_done} rounds, ETA {eta:.0f} s"
             )
+
+    def latest_once(self, state_now: Callable[[], ModelState]) -> ModelState | None:
+        """Before the first sync: the contract's latest merged model, to load into the model
+        (None: loopback, no round has finished yet, or it could not be had: then this node
+        starts from its own weights, and the log says why: a model whose tensors differ from
+        the contract's, naming the tensor, as the sync's round failure does next)."""
+        if self._asked_latest or self.loopback or self.isSwarmTrainingOver:
+            return None
+        self._asked_latest = True
+        layout = self._layout_of(state_now())
+        wait_s = min(self.options.sync_timeout_s, LATEST_TIMEOUT_S)
+        try:
+            found = self._client.latest(self.trainingContract, layout, timeout_s=wait_s)
+        except ConfigError as error:  # another model than the contract's: the sync says so too
+            self.logger.warning(f"not loading the swarm's model: {error}")
+            return None
+        if found.merged is None:
+            if found.reason:
+                self.logger.warning(f"starting from this node's own weights: {found.reason}")
+            return None
+        self.logger.info(
+            f"loaded the swarm's model of round {found.round}, hash {found.root.hex()[:12]}"
+        )
+        return unpack(found.merged, layout)  # loaded at once, before the next flatten
 
     def sync(
         self,

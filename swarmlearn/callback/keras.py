@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import keras
@@ -178,6 +179,9 @@ class SwarmCallback(keras.callbacks.Callback, SwarmCore):  # type: ignore[misc]
         return bool(self.isSwarmTrainingOver)
 
     def _sync(self) -> None:
+        latest = self.latest_once(partial(state_of, self.model))  # once: a late joiner
+        if latest is not None:
+            load_state(self.model, latest)
         loss, metric = self._evaluate()
         merged = self.sync(state_of(self.model), loss=loss, metric=metric)
         if merged is not None:

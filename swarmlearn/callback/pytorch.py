@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -143,6 +144,9 @@ class SwarmCallback(SwarmCore):
     # ------------------------------------------------------------ internals
 
     def _sync(self) -> None:
+        latest = self.latest_once(partial(state_of, self.model))  # once: a late joiner
+        if latest is not None:
+            load_state(self.model, latest)
         loss, metric = self._evaluate()
         merged = self.sync(state_of(self.model), loss=loss, metric=metric)
         if merged is not None:

@@ -14,6 +14,12 @@ weights into the file again and answers :class:`LocalRefilled`; the node hashes 
 the round checks it against the commitment. A trainer says it can refill in its
 :class:`LocalContribute` (``refill``); a trainer that cannot sees the round fail instead.
 
+A trainer that joins late (or restarts) first asks for the contract's latest merged model
+(:class:`LocalLatest`): the node fetches it from a peer, verifies it against the ledger's root
+(:mod:`swarmlearn.roles.sl_round_latest`) and answers :class:`LocalLatestReply` (the model in
+the handover file when the trainer sent one, else in the frame; or none yet, or why not).
+The messages are in :mod:`swarmlearn.roles.local_messages`.
+
 :class:`LocalClient` is the trainer's side: plain blocking sockets, since it runs inside a
 training loop (the SwarmCallback of the callback issue builds on it).
 """
@@ -35,10 +41,19 @@ import trio
 
 from swarmlearn.digest import content_digest
 from swarmlearn.errors import ConfigError, RemoteProtocolError
-from swarmlearn.merge.manifest import Layout, TensorSpec
+from swarmlearn.merge.manifest import Layout
 from swarmlearn.p2p.framing import FrameReader, encode_frame
-from swarmlearn.p2p.wire import Message, Payload, decode_body
+from swarmlearn.p2p.wire import Message, decode_body
 from swarmlearn.roles.handover import SharedBuffer, open_shared, shared_handover_enabled
+from swarmlearn.roles.local_messages import LocalContribute as LocalContribute
+from swarmlearn.roles.local_messages import LocalLatest as LocalLatest
+from swarmlearn.roles.local_messages import LocalLatestReply as LocalLatestReply
+from swarmlearn.roles.local_messages import LocalProgress as LocalProgress
+from swarmlearn.roles.local_messages import LocalRefill as LocalRefill
+from swarmlearn.roles.local_messages import LocalRefilled as LocalRefilled
+from swarmlearn.roles.local_messages import LocalRoundDone as LocalRoundDone
+from swarmlearn.roles.local_messages import LocalRoundFailed as LocalRoundFailed
+from swarmlearn.roles.local_messages import LocalTensor as LocalTensor
 
 LOCAL_FRAME_BYTES_MAX = 2**32 - 1
 RECEIVE_BYTES = 1024 * 1024
@@ -51,111 +66,8 @@ OnContribute = Callable[["LocalContribute", Callable[[Message], None], tuple[byt
 #: ``on_refilled(contract, answer, chunk_hashes)``: the trainer's answer to a LocalRefill, with
 #: the hashes of its handover file's bytes (hashed here too; empty when it could not refill).
 OnRefilled = Callable[[str, "LocalRefilled", tuple[bytes, ...]], None]
-
-
-@dataclass(frozen=True)
-class LocalTensor(Message, tag=0xB0):
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    offset: int
-
-
-@dataclass(frozen=True)
-class LocalContribute(Message, tag=0xB1):
-    contract: str
-    weight: int
-    min_peers: int
-    merge_method: str
-    tensors: tuple[LocalTensor, ...]
-    total_bytes: int
-    chunk_bytes: int
-    data: Payload
-    #: HPE's PERFDATA for this round (loss, metric, epochs done, epochs in all), if known.
-    perf: tuple[float, float, int, int] | None = None
-    final: bool = False  # the trainer's own training is over
-    shared: str = ""  # the weights are in this handover file, not in ``data`` (handover.py)
-    sync_timeout_s: float = 0.0  # the round fails at the node if not closed by then (0: never)
-    refill: bool = False  # the trainer answers LocalRefill (writes its weights again)
-
-    def layout(self) -> Layout:
-        specs = tuple(TensorSpec(t.name, t.dtype, t.shape, t.offset) for t in self.tensors)
-        return Layout(specs, self.total_bytes, self.chunk_bytes)
-
-    @classmethod
-    def of(
-        cls,
-        contract: str,
-        layout: Layout,
-        flat: bytes | bytearray | memoryview,
-        *,
-        weight: int,
-        min_peers: int,
-        merge_method: str,
-        perf: tuple[float, float, int, int] | None = None,
-        final: bool = False,
-        shared: str = "",
-        sync_timeout_s: float = 0.0,
-        refill: bool = False,
-    ) -> LocalContribute:
-        tensors = tuple(
-            LocalTensor(t.name, t.dtype, tuple(t.shape), t.offset) for t in layout.tensors
-        )
-        return cls(
-            contract,
-            weight,
-            min_peers,
-            merge_method,
-            tensors,
-            layout.total_bytes,
-            layout.chunk_bytes,
-            flat,
-            perf,
-            final,
-            shared,
-            sync_timeout_s,
-            refill,
-        )
-
-
-@dataclass(frozen=True)
-class LocalProgress(Message, tag=0xB2):
-    round: int
-    text: str
-
-
-@dataclass(frozen=True)
-class LocalRoundDone(Message, tag=0xB3):
-    round: int
-    root: bytes
-    data: Payload
-    training_over: bool = False
-    participants: int = 0
-    shared: bool = False  # the merged weights are in the contribution's handover file
-
-
-@dataclass(frozen=True)
-class LocalRoundFailed(Message, tag=0xB4):
-    round: int
-    reason: str
-    overwritten: bool = False  # the handover file holds a partial merge, no one's weights
-
-
-@dataclass(frozen=True)
-class LocalRefill(Message, tag=0xB5):
-    """Node -> trainer: write this round's weights into the handover file again."""
-
-    round: int
-    attempt: int
-
-
-@dataclass(frozen=True)
-class LocalRefilled(Message, tag=0xB6):
-    """Trainer -> node: the weights are in the handover file again (or, not ok, why not)."""
-
-    round: int
-    ok: bool
-    reason: str = ""
+#: ``on_latest(request, reply)``: a trainer asks for the contract's latest merged model.
+OnLatest = Callable[["LocalLatest", Callable[[Message], None]], None]
 
 
 # ---------------------------------------------------------------- the node's side (trio)
@@ -165,11 +77,16 @@ class LocalEndpoint:
     """Serves trainers on a Unix socket; one connection per trainer, one contract each."""
 
     def __init__(
-        self, path: Path, on_contribute: OnContribute, on_refilled: OnRefilled | None = None
+        self,
+        path: Path,
+        on_contribute: OnContribute,
+        on_refilled: OnRefilled | None = None,
+        on_latest: OnLatest | None = None,
     ) -> None:
         self.path = path
         self.on_contribute = on_contribute
         self.on_refilled = on_refilled
+        self.on_latest = on_latest
 
     async def serve(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
         if self.path.exists():
@@ -190,7 +107,7 @@ class LocalEndpoint:
 
         def reply(message: Message) -> None:
             if (
-                isinstance(message, LocalRoundDone)
+                isinstance(message, LocalRoundDone | LocalLatestReply)
                 and shared
                 and len(message.data) == len(shared[0])
             ):
@@ -247,6 +164,13 @@ class LocalEndpoint:
                 hashes = await trio.to_thread.run_sync(hash_chunks, layout, view)
                 view.release()
             self.on_refilled(contract, message, hashes)
+        elif isinstance(message, LocalLatest) and self.on_latest is not None:
+            if message.shared:  # the model goes into this handover file (the next rounds' too)
+                problem = _map_shared(shared, message.shared, message.total_bytes)
+                if problem:
+                    reply(LocalLatestReply(0, b"", b"", f"cannot use the handover file: {problem}"))
+                    return
+            self.on_latest(message, reply)
 
 
 def _close_map(mapped: mmap.mmap) -> None:
@@ -279,15 +203,24 @@ def _take_shared(
     """
     if not message.shared:
         return message
-    try:
-        if not shared or len(shared[0]) != message.total_bytes:
-            for mapped in shared:
-                _close_map(mapped)
-            shared[:] = [open_shared(message.shared, message.total_bytes)]
-    except (OSError, ValueError) as error:
-        reply(LocalRoundFailed(0, f"cannot use the handover file: {error} (SWARM_HANDOVER=socket)"))
+    problem = _map_shared(shared, message.shared, message.total_bytes)
+    if problem:
+        reply(LocalRoundFailed(0, f"cannot use the handover file: {problem}"))
         return None
     return replace(message, data=memoryview(shared[0]), shared="")
+
+
+def _map_shared(shared: list[mmap.mmap], path: str, size: int) -> str:
+    """Map the trainer's handover file at ``path`` (unless one of ``size`` bytes is mapped
+    already: the trainer keeps one); '' or why it cannot be used."""
+    try:
+        if not shared or len(shared[0]) != size:
+            for mapped in shared:
+                _close_map(mapped)
+            shared[:] = [open_shared(path, size)]
+    except (OSError, ValueError) as error:
+        return f"{error} (SWARM_HANDOVER=socket)"
+    return ""
 
 
 # ---------------------------------------------------------------- the trainer's side (blocking)
@@ -311,6 +244,16 @@ class RoundOutcome:
     #: The round failed after the node merged into the handover file: the file holds no
     #: one's weights (the weights the trainer keeps are its model's, not the file's).
     overwritten: bool = False
+
+
+@dataclass(frozen=True)
+class LatestOutcome:
+    """The contract's latest merged model, as the node fetched and verified it."""
+
+    round: int  # 0: none (no round has finished yet, or ``reason`` says why not)
+    merged: bytes | bytearray | memoryview | None  # valid until the next call
+    root: bytes  # the ledger's root of round ``round``'s merged model
+    reason: str = ""
 
 
 class LocalClient:
@@ -401,6 +344,40 @@ class LocalClient:
             if self.shared is not None:
                 self.shared.unlink()  # the node has it mapped by now (or never will)
 
+    def latest(self, contract: str, layout: Layout, timeout_s: float = 60.0) -> LatestOutcome:
+        """The contract's latest merged model (HPE: a node that joins late, or restarts,
+        starts from it), fetched by the node from a peer and verified against the ledger's
+        root; in the handover file when there is one (a view, valid until the next call).
+        Blocks ``timeout_s`` at most. A model that differs from the contract's is a
+        :class:`ConfigError` naming the tensor."""
+        staging = self.staging(layout.total_bytes)
+        shared = "" if staging is None or self.shared is None else str(self.shared.path)
+        self._send(LocalLatest.of(contract, layout, timeout_s, shared))
+        waited = self.sock.gettimeout()
+        self.sock.settimeout(timeout_s + min(VERDICT_GRACE_S, timeout_s))
+        try:
+            reply = self._wait_for_latest(contract)
+        finally:
+            self.sock.settimeout(waited)
+            if self.shared is not None:
+                self.shared.unlink()  # the node has it mapped by now (or never will)
+        if reply.mismatch:
+            raise ConfigError(f"trainingContract {contract!r}: {reply.reason}")
+        if reply.round == 0 or reply.reason:
+            return LatestOutcome(reply.round, None, b"", reply.reason)
+        merged = reply.data
+        if reply.shared and self.shared is not None:
+            merged = self.shared.view()
+        return LatestOutcome(reply.round, merged, reply.root)
+
+    def _wait_for_latest(self, contract: str) -> LocalLatestReply:
+        while True:
+            reply = self._receive(f"no answer about {contract!r}'s latest model")
+            if isinstance(reply, LocalProgress) and self.on_progress is not None:
+                self.on_progress(reply.text)
+            elif isinstance(reply, LocalLatestReply):
+                return reply
+
     def staging(self, size: int) -> memoryview | None:
         """Where to write the next contribution of ``size`` bytes so that handing it over
         copies nothing: the shared handover file (None with ``SWARM_HANDOVER=socket``). What
@@ -458,13 +435,16 @@ class LocalClient:
                     reply.round, None, b"", reply.reason, overwritten=reply.overwritten
                 )
 
-    def _receive(self) -> Message:
+    def _receive(self, silence: str = "") -> Message:
         first_data = None
         while (body := self.reader.next_frame()) is None:
             try:
                 data = self.sock.recv(RECEIVE_BYTES)
                 first_data = first_data or time.perf_counter()
             except TimeoutError:
+                if silence:
+                    waited_s = self.sock.gettimeout() or 0.0
+                    raise ConfigError(f"{silence} from the swarm node in {waited_s:g} s") from None
                 raise ConfigError(
                     f"no word from the swarm node for {self.timeout_s:g} s (syncTimeout): fewer "
                     "nodes checked in than minPeers, or the ledger refused this check-in "

@@ -18,6 +18,7 @@ from swarmlearn.consensus.events import Committed, SubmitTx
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_txs import Join
 from swarmlearn.p2p.wire import Message
+from swarmlearn.roles.sl_messages import FetchLatest, MergedUnavailable
 from swarmlearn.roles.sl_round import (
     Contribute,
     FetchMerged,
@@ -33,7 +34,7 @@ from swarmlearn.roles.sl_round import (
 )
 from swarmlearn.sansio import Deliver, Effect, Input, Receive, Request, Start, TimerFired
 
-ROUND_MESSAGES = (RoundManifest, RoundChunk, MergedPiece, FetchMerged)
+ROUND_MESSAGES = (RoundManifest, RoundChunk, MergedPiece, FetchMerged, MergedUnavailable)
 
 
 class SwarmNodeCore:
@@ -61,7 +62,7 @@ class SwarmNodeCore:
         match event:
             case Receive(_, message) if isinstance(message, ROUND_MESSAGES):
                 effects = self.sl.handle(event, now)
-            case Request(Contribute() | Hashed() | Refilled()):
+            case Request(Contribute() | Hashed() | Refilled() | FetchLatest()):
                 effects = self.sl.handle(event, now)
             case TimerFired((str(kind), *_)) if kind.startswith("sl-"):
                 effects = self.sl.handle(event, now)

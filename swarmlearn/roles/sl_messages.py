@@ -1,11 +1,13 @@
 """What the SL round core (:mod:`swarmlearn.roles.sl_round`) speaks: its wire messages, its
 inputs, deliveries and effect, and the byte-level helpers it uses on the merged model.
 
-Round messages (tags 0xA0-0xA3) travel between nodes, on round lanes where a node has them
-(:mod:`swarmlearn.roles.lanes`). :class:`Contribute`, :class:`Hashed` and :class:`Refilled`
-are local inputs from the node; :class:`Progress`, :class:`RoundDone`, :class:`RoundFailed`
-and :class:`NeedRefill` are delivered to the trainer (which answers the last with
-:class:`Refilled`); :class:`SubmitSigned` asks the node to put a transaction on the ledger.
+Round messages (tags 0xA0-0xA3, 0xA5) travel between nodes, on round lanes where a node has
+them (:mod:`swarmlearn.roles.lanes`). :class:`Contribute`, :class:`Hashed` and
+:class:`Refilled` are local inputs from the node; :class:`Progress`, :class:`RoundDone`,
+:class:`RoundFailed` and :class:`NeedRefill` are delivered to the trainer (which answers the
+last with :class:`Refilled`); a trainer that joins late asks :class:`FetchLatest` and hears
+:class:`LatestProgress`, then :class:`LatestModel` or :class:`LatestFailed`;
+:class:`SubmitSigned` asks the node to put a transaction on the ledger.
 """
 
 from __future__ import annotations
@@ -53,6 +55,15 @@ class MergedPiece(Message, tag=0xA2):
 
 @dataclass(frozen=True)
 class FetchMerged(Message, tag=0xA3):
+    contract: str
+    round: int
+
+
+@dataclass(frozen=True)
+class MergedUnavailable(Message, tag=0xA5):
+    """The answer to FetchMerged from a node that no longer holds (or never held) that
+    round's merged model; it keeps a copy of the contract's next one for the asker."""
+
     contract: str
     round: int
 
@@ -150,6 +161,40 @@ class NeedRefill:
     contract: str
     round: int
     attempt: int
+
+
+@dataclass(frozen=True)
+class FetchLatest:
+    """Request from a trainer: the contract's latest merged model, for a model of this
+    layout (it joins late, or restarted); answered within ``wait_s``."""
+
+    contract: str
+    layout: Layout
+    wait_s: float
+
+
+@dataclass(frozen=True)
+class LatestProgress:
+    contract: str
+    text: str
+
+
+@dataclass(frozen=True)
+class LatestModel:
+    """Delivered to the trainers that asked: the model of round ``round``, whose root is the
+    ledger's; round 0: no round of the contract has finished yet."""
+
+    contract: str
+    round: int
+    root: bytes
+    flat: bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class LatestFailed:
+    contract: str
+    reason: str
+    mismatch: bool = False  # the trainer's model differs from the contract's
 
 
 @dataclass(frozen=True)

@@ -55,25 +55,18 @@ from typing import Any
 
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
-from swarmlearn.consensus.swarm_txs import (
-    CheckIn,
-    Merged,
-    PerfData,
-)
+from swarmlearn.consensus.swarm_txs import CheckIn, Merged, PerfData
 from swarmlearn.digest import content_digest
-from swarmlearn.merge import (
-    RangeMerge,
-    WeightSet,
-    plan_shards,
-    resolve_method,
-)
+from swarmlearn.merge import RangeMerge, WeightSet, plan_shards, resolve_method
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
 from swarmlearn.roles.sl_messages import (
     Contribute,
+    FetchLatest,
     FetchMerged,
     Hashed,
     LedgerChanged,
     MergedPiece,
+    MergedUnavailable,
     NeedRefill,
     Progress,
     Refilled,
@@ -90,6 +83,7 @@ from swarmlearn.roles.sl_messages import (
     range_out,
     specs_of,
 )
+from swarmlearn.roles.sl_round_latest import LatestModels
 from swarmlearn.roles.sl_round_merged import KeptModels
 from swarmlearn.roles.sl_round_outcome import DEADLINE_MARGIN_S, WAIT_PROGRESS_S
 from swarmlearn.roles.sl_round_refill import RoundRefill
@@ -139,7 +133,7 @@ RESEND_S = 2.0
 # ---------------------------------------------------------------- the core
 
 
-class SLRoundCore(RoundRefill):
+class SLRoundCore(RoundRefill, LatestModels):
     """One SL node's rounds, for every contract it trains on."""
 
     def __init__(self, me: NodeId, app: SwarmApp, sign: Any) -> None:
@@ -150,6 +144,7 @@ class SLRoundCore(RoundRefill):
         self.kept = KeptModels()  # merged models, to serve peers that fetch them
         self.early = EarlyMessages()  # replayed when their attempt starts here
         self.queued: dict[str, Contribute] = {}  # the next weights, while a round runs
+        self.latest = {}  # fetches of a contract's latest model, for trainers (sl_round_latest)
 
     def handle(self, event: Input, now: float) -> list[SLEffect]:
         match event:
@@ -157,7 +152,11 @@ class SLRoundCore(RoundRefill):
                 return self._contribute(contribution, now)
             case Request(LedgerChanged()):
                 effects = [e for r in list(self.rounds.values()) for e in self._follow(r, now)]
-                return effects + self._start_queued(now)
+                return effects + self._start_queued(now) + self._latest_follow(now)
+            case Request(FetchLatest()) | Receive(_, MergedUnavailable()):
+                return self._latest_handle(event, now)  # a trainer that joins late
+            case TimerFired(("sl-latest" | "sl-latest-end", *_)):
+                return self._latest_handle(event, now)
             case Receive(sender, RoundManifest() | RoundChunk() | MergedPiece() as message):
                 if is_early(self.rounds, message):
                     return self._keep_early(sender, message)
@@ -438,6 +437,8 @@ class SLRoundCore(RoundRefill):
         return effects
 
     def _on_piece(self, sender: str, p: MergedPiece, digest: bytes | None) -> list[SLEffect]:
+        if p.attempt == -1 and (fetched := self._latest_piece(sender, p)) is not None:
+            return fetched  # the latest model, fetched for a trainer (sl_round_latest)
         state = self.rounds.get((p.contract, p.round))
         if state is None:
             return []

@@ -5,14 +5,18 @@ sends ``FetchMerged``; a node that holds that round's model answers with 4 MiB
 ``MergedPiece`` messages (attempt ``-1``), and the fetcher verifies the whole model against the
 ledger's root (:mod:`swarmlearn.roles.sl_round`). Only the latest ``KEPT_ROUNDS`` rounds per
 contract are kept, and one whose every participant reported the ledger's root is freed before
-the next round assembles its model (peak memory: one merged model).
+the next round assembles its model (peak memory: one merged model); one merged in a
+trainer's handover file is not kept at all then (the trainer writes its next weights there).
+A node asked for a model it does not hold answers ``MergedUnavailable`` and remembers the
+contract as *wanted*: it keeps a copy of the contract's next merged model, whatever its
+participants reported, for the asker (a late joiner, :mod:`swarmlearn.roles.sl_round_latest`).
 """
 
 from __future__ import annotations
 
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_rounds import RoundStatus
-from swarmlearn.roles.sl_messages import MergedPiece, SLEffect
+from swarmlearn.roles.sl_messages import MergedPiece, MergedUnavailable, SLEffect
 from swarmlearn.roles.sl_round_state import RoundState
 from swarmlearn.sansio import Send
 
@@ -27,6 +31,7 @@ class KeptModels:
 
     def __init__(self) -> None:
         self.kept: dict[tuple[str, int], tuple[bytes, Flat]] = {}
+        self.wanted: set[str] = set()  # contracts whose next model a peer asked for in vain
 
     def keep(
         self,
@@ -73,7 +78,8 @@ class KeptModels:
     def serve(self, sender: str, contract: str, number: int) -> list[SLEffect]:
         kept = self.kept.get((contract, number))
         if kept is None:
-            return []
+            self.wanted.add(contract)
+            return [Send(sender, MergedUnavailable(contract, number))]
         _, flat = kept
         view = memoryview(flat)
         return [

@@ -57,12 +57,14 @@ class RoundEnds:
         assert record.merged_root is not None
         if state.merged_root == record.merged_root and state.merged is not None:
             flat = state.merged
-            if isinstance(flat, memoryview) and not self.kept.settled(
-                self.app, state.contract, state.number
+            wanted = state.contract in self.kept.wanted  # a peer (a late joiner) asked for it
+            if isinstance(flat, memoryview) and (
+                wanted or not self.kept.settled(self.app, state.contract, state.number)
             ):
-                # A dissenting or silent participant will fetch it, and the trainer is about
-                # to write its next weights over this file: the one case that needs a copy.
+                # A dissenting or silent participant (or a late joiner) will fetch it, and the
+                # trainer is about to write its next weights over this file: a copy.
                 self._keep(state.contract, state.number, record.merged_root, bytearray(flat))
+            self.kept.wanted.discard(state.contract)
             self._finish(state)
             done = RoundDone(
                 state.contract,

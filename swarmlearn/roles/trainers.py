@@ -5,7 +5,8 @@ A trainer's :class:`LocalContribute` becomes the core's :class:`Contribute` (sub
 node's driver); what the core delivers for a contract (progress, the outcome, a request to
 refill the handover file) goes to the trainer that contributed to it, as local messages; the
 trainer's :class:`LocalRefilled` (with the hashes the endpoint took of its file) becomes the
-core's :class:`Refilled`.
+core's :class:`Refilled`. A trainer's :class:`LocalLatest` (it joins late) becomes the core's
+:class:`FetchLatest`; its progress and answer go to every trainer that asked for the contract.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.local import (
+from swarmlearn.roles.local_messages import (
     LocalContribute,
+    LocalLatest,
+    LocalLatestReply,
     LocalProgress,
     LocalRefill,
     LocalRefilled,
     LocalRoundDone,
     LocalRoundFailed,
 )
+from swarmlearn.roles.sl_messages import FetchLatest, LatestFailed, LatestModel, LatestProgress
 from swarmlearn.roles.sl_round import (
     Contribute,
     NeedRefill,
@@ -33,6 +37,8 @@ from swarmlearn.sansio import Input, Request
 
 #: What the SL core delivers to a trainer.
 ToTrainer = Progress | RoundDone | RoundFailed | NeedRefill
+#: What the SL core delivers to the trainers that asked for a contract's latest model.
+ToJoiner = LatestProgress | LatestModel | LatestFailed
 
 
 class Trainers:
@@ -41,6 +47,7 @@ class Trainers:
     def __init__(self, submit: Callable[[Input], bool]) -> None:
         self.submit = submit  # the node driver's: an input for the core
         self.replies: dict[str, Callable[[Message], None]] = {}
+        self.joiners: dict[str, list[Callable[[Message], None]]] = {}  # waiting for a model
 
     def on_contribute(
         self,
@@ -72,7 +79,17 @@ class Trainers:
         hashes = chunk_hashes or None
         self.submit(Request(Refilled(contract, message.round, message.ok, message.reason, hashes)))
 
-    def deliver(self, value: ToTrainer) -> None:
+    def on_latest(self, message: LocalLatest, reply: Callable[[Message], None]) -> None:
+        """A trainer on this host asks for the contract's latest merged model."""
+        self.joiners.setdefault(message.contract, []).append(reply)
+        asked = FetchLatest(message.contract, message.layout(), message.wait_s)
+        if not self.submit(Request(asked)):
+            self.deliver(LatestFailed(message.contract, "the node is overloaded; try again"))
+
+    def deliver(self, value: ToTrainer | ToJoiner) -> None:
+        if isinstance(value, LatestProgress | LatestModel | LatestFailed):
+            self._to_joiners(value)
+            return
         reply = self.replies.get(value.contract)
         if reply is None:
             return
@@ -88,3 +105,15 @@ class Trainers:
             reply(LocalRefill(value.round, value.attempt))
         else:
             reply(LocalRoundFailed(value.round, value.reason, value.overwritten))
+
+    def _to_joiners(self, value: ToJoiner) -> None:
+        if isinstance(value, LatestProgress):
+            for reply in self.joiners.get(value.contract, ()):
+                reply(LocalProgress(0, value.text))
+            return
+        if isinstance(value, LatestModel):
+            answer = LocalLatestReply(value.round, value.root, value.flat)
+        else:
+            answer = LocalLatestReply(0, b"", b"", value.reason, value.mismatch)
+        for reply in self.joiners.pop(value.contract, ()):
+            reply(answer)
