@@ -85,7 +85,7 @@ from swarmlearn.roles.sl_round import (
     RoundManifest,
 )
 from swarmlearn.roles.sl_round_state import held_by_sender
-from swarmlearn.roles.trainers import Trainers
+from swarmlearn.roles.trainers import ToJoiner, Trainers
 from swarmlearn.sansio import Input, Receive, Request, Start
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,9 @@ class ValidatorNode:
         self.driver.on_handled = self._on_handled
         self.trainers = Trainers(self.driver.submit)  # trainers.py: the local glue
         sock = options.data_dir / "sl.sock"
-        self.local = LocalEndpoint(sock, self.trainers.on_contribute, self.trainers.on_refilled)
+        self.local = LocalEndpoint(
+            sock, self.trainers.on_contribute, self.trainers.on_refilled, self.trainers.on_latest
+        )
         self.address = options.listen
         self._waiters: dict[bytes, list[tuple[trio.Event, list[SubmitReply]]]] = {}
         self._committed = trio.Event()  # set (and replaced) at every committed block
@@ -394,7 +396,7 @@ class ValidatorNode:
             event.set()
 
     def _on_deliver(self, value: Any) -> None:
-        if isinstance(value, Progress | RoundDone | RoundFailed | NeedRefill):
+        if isinstance(value, Progress | RoundDone | RoundFailed | NeedRefill | ToJoiner):
             log.info("%s", value.text if isinstance(value, Progress) else type(value).__name__)
             self.trainers.deliver(value)
         elif isinstance(value, Committed):
