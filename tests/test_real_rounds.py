@@ -24,16 +24,22 @@ from tests.test_real_swarm import make_pki, node_process, wait_for
 
 NODES = 4
 MODEL_FLOATS = 2_000_000  # 8 MB of float32 weights
+ROUNDS_MODEL_FLOATS = 12_500_000  # 50 MB: the rounds issue's real-process model
 
 
-def model(seed: int) -> ModelState:
+def model(seed: int, floats: int = MODEL_FLOATS) -> ModelState:
     rng = np.random.default_rng(seed)
     return ModelState(
         {
-            "w": rng.standard_normal(MODEL_FLOATS).astype(np.float32),
-            "b": rng.standard_normal(10).astype(np.float32),
+            "w": rng.standard_normal(floats, dtype=np.float32),
+            "b": rng.standard_normal(10, dtype=np.float32),
         }
     )
+
+
+def model_for(layout: Layout, seed: int) -> ModelState:
+    """``model(seed)`` at the size ``layout`` was made for."""
+    return model(seed, layout.tensors[0].shape[0])
 
 
 @pytest.fixture
@@ -52,7 +58,7 @@ def train_rounds(
     outcomes = []
     with LocalClient(socket, timeout_s=120) as client:
         for number in rounds:
-            flat = bytes(flatten(model(1000 * number + node), layout))
+            flat = bytes(flatten(model_for(layout, 1000 * number + node), layout))
             outcome = client.sync_round(
                 DEFAULT_CONTRACT, layout, flat, weight=node + 1, min_peers=min_peers
             )
@@ -63,7 +69,7 @@ def train_rounds(
 
 
 def test_four_daemons_run_rounds_and_a_killed_one_rejoins(pki: Path, tmp_path: Path) -> None:
-    layout = layout_of(model(0), chunk_bytes=1024 * 1024)
+    layout = layout_of(model(0, ROUNDS_MODEL_FLOATS), chunk_bytes=1024 * 1024)
     data = [tmp_path / f"n{i}" for i in range(NODES)]
     with node_process(pki, "sn0", data[0], "--sentinel", "--listen", "127.0.0.1:0") as (_, port0):
         join = ["--bootstrap", f"127.0.0.1:{port0}", "--listen", "127.0.0.1:0"]
@@ -97,7 +103,7 @@ def test_four_daemons_run_rounds_and_a_killed_one_rejoins(pki: Path, tmp_path: P
                 assert len({o.root for o in outcomes}) == 1
                 # The reference sums in the round's participant order: sorted by node id.
                 order = sorted(range(NODES), key=lambda i: node_id(pki, i))
-                states = [model(1000 * number + i) for i in order]
+                states = [model_for(layout, 1000 * number + i) for i in order]
                 expected = bytes(flatten(merge(states, [i + 1 for i in order]), layout))
                 assert outcomes[0].merged == expected
 
@@ -115,21 +121,22 @@ def test_four_daemons_run_rounds_and_a_killed_one_rejoins(pki: Path, tmp_path: P
             assert all(o.merged is not None for o in outcomes), [o.reason for o in outcomes]
             assert len({o.root for o in outcomes}) == 1
 
-            # Restarted from its data directory, node 3 catches up and joins round 4.
+            # Restarted from its data directory, node 3 catches up and joins rounds 4 and 5.
             with (
                 node_process(pki, "sn3", data[3], "--listen", f"127.0.0.1:{port3}"),
                 ThreadPoolExecutor(NODES) as pool,
             ):
                 fourth = list(
                     pool.map(
-                        lambda i: train_rounds(sockets[i], i, range(4, 5), layout, NODES),
+                        lambda i: train_rounds(sockets[i], i, range(4, 6), layout, NODES),
                         range(NODES),
                     )
                 )
-            outcomes = [runs[0] for runs in fourth]
-            assert all(o.merged is not None for o in outcomes), [o.reason for o in outcomes]
-            assert len({o.root for o in outcomes}) == 1
-            assert {o.round for o in outcomes} == {4}
+            for number in (4, 5):
+                outcomes = [runs[number - 4] for runs in fourth]
+                assert all(o.merged is not None for o in outcomes), [o.reason for o in outcomes]
+                assert len({o.root for o in outcomes}) == 1
+                assert {o.round for o in outcomes} == {number}
 
 
 def _contribute_then_die(socket: Path, layout: Layout, victim: subprocess.Popen[str]) -> None:
@@ -147,6 +154,6 @@ def _contribute_then_die(socket: Path, layout: Layout, victim: subprocess.Popen[
 
 
 def _sync_quietly(client: LocalClient, layout: Layout) -> None:
-    flat = bytes(flatten(model(3003), layout))
+    flat = bytes(flatten(model_for(layout, 3003), layout))
     with contextlib.suppress(ConfigError, OSError):  # its node dies under it
         client.sync_round(DEFAULT_CONTRACT, layout, flat, weight=4, min_peers=NODES - 1)
