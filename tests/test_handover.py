@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from swarmlearn.roles.handover import SharedBuffer, open_shared
+from swarmlearn.roles.handover import SharedBuffer, open_shared, shed_pages
 from tests.test_callback_torch import our_style_script, run_scripts, two_daemons
 
 
@@ -26,6 +26,32 @@ def test_the_handover_file_is_private_sized_and_removed(tmp_path: Path) -> None:
         open_shared(str(buffer.path), 8192)
     buffer.close()
     assert not buffer.path.exists()
+
+
+def _resident_shmem_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssShmem:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssShmem in /proc/self/status")
+
+
+def test_shed_pages_leave_the_bytes_in_the_file_and_out_of_the_resident_set() -> None:
+    size = 32 * 1024 * 1024
+    trainer = SharedBuffer(size)
+    node = open_shared(str(trainer.path), size)
+    view = memoryview(node)
+    view[:] = bytes(range(256)) * (size // 256)  # the node wrote it: all resident here
+    before = _resident_shmem_kb()
+    shed_pages(view[1000 : size // 2 + 5])  # unaligned: rounded outwards
+    after = _resident_shmem_kb()
+    assert before - after >= size // 2 // 1024 - 4  # half the map left the resident set
+    assert view[size // 2 - 1] == (size // 2 - 1) % 256  # the bytes are still the file's
+    assert bytes(trainer.view()[:256]) == bytes(range(256))
+    shed_pages(b"not a map")  # any other buffer: nothing happens
+    shed_pages(memoryview(bytearray(10)))
+    del view
+    node.close()
+    trainer.close()
 
 
 def test_the_socket_handover_gives_the_same_result(

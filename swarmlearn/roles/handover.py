@@ -22,6 +22,8 @@ import os
 import secrets
 from pathlib import Path
 
+import numpy as np
+
 SHM_DIR = Path("/dev/shm")
 
 
@@ -55,6 +57,27 @@ class SharedBuffer:
         self.path.unlink(missing_ok=True)
         with contextlib.suppress(BufferError):  # views of it still alive: freed with them
             self.map.close()
+
+
+def shed_pages(view: object) -> None:
+    """Let this process's mapping forget the pages under ``view`` (``MADV_DONTNEED``) when
+    ``view`` is a slice of a handover file's map; any other buffer: nothing happens.
+
+    The mapping is shared, so the bytes stay in the file (the trainer's): only this
+    process's resident set sheds them, until they are touched again (a minor fault, no
+    copy). The node calls it on the pages it has hashed, sent or written, so it never
+    holds the trainer's whole model resident beside its own buffers. Pages are rounded
+    outwards: a neighbour's bytes sharing a page are safe for the same reason.
+    """
+    if not isinstance(view, memoryview) or not isinstance(view.obj, mmap.mmap) or not view:
+        return
+    whole = view.obj
+    with contextlib.suppress(ValueError, BufferError):  # closed already: nothing resident
+        base = np.frombuffer(whole, np.uint8).ctypes.data
+        start = np.frombuffer(view.cast("B"), np.uint8).ctypes.data - base
+        first = start - start % mmap.PAGESIZE
+        stop = min(len(whole), start + view.nbytes)
+        whole.madvise(mmap.MADV_DONTNEED, first, stop - first)
 
 
 def open_shared(path: str, size: int) -> mmap.mmap:

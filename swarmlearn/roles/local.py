@@ -44,7 +44,12 @@ from swarmlearn.errors import ConfigError, RemoteProtocolError
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.p2p.framing import FrameReader, encode_frame
 from swarmlearn.p2p.wire import Message, decode_body
-from swarmlearn.roles.handover import SharedBuffer, open_shared, shared_handover_enabled
+from swarmlearn.roles.handover import (
+    SharedBuffer,
+    open_shared,
+    shared_handover_enabled,
+    shed_pages,
+)
 from swarmlearn.roles.local_messages import LocalContribute as LocalContribute
 from swarmlearn.roles.local_messages import LocalLatest as LocalLatest
 from swarmlearn.roles.local_messages import LocalLatestReply as LocalLatestReply
@@ -186,7 +191,9 @@ def hash_chunks(layout: Layout, flat: bytes | bytearray | memoryview) -> tuple[b
 
     def one(index: int) -> bytes:
         start, stop = layout.chunk_span(index)
-        return content_digest(view[start:stop])
+        digest = content_digest(view[start:stop])
+        shed_pages(view[start:stop])  # a handover file's pages: the trainer's, not resident here
+        return digest
 
     with ThreadPoolExecutor(HASH_THREADS) as pool:
         return tuple(pool.map(one, range(layout.chunk_count)))

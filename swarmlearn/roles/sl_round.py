@@ -59,6 +59,7 @@ from swarmlearn.consensus.swarm_txs import CheckIn, Merged, PerfData
 from swarmlearn.digest import content_digest
 from swarmlearn.merge import RangeMerge, WeightSet, plan_shards, resolve_method
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
+from swarmlearn.roles.handover import shed_pages
 from swarmlearn.roles.sl_messages import (
     Contribute,
     FetchLatest,
@@ -474,6 +475,7 @@ class SLRoundCore(RoundRefill, LatestModels):
         if copy:
             attempt.merged[start : start + len(data)] = data
             state.overwritten |= attempt.in_file
+            shed_pages(attempt.merged[start : start + len(data)])  # in the file: the trainer's
         note_digest(attempt.digests, layout, start, len(data), digest)
         attempt.bytes_from[owner] = attempt.bytes_from.get(owner, 0) + len(data)
         if attempt.bytes_from[owner] >= shard.nbytes:
