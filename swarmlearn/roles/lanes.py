@@ -61,7 +61,7 @@ from swarmlearn.p2p.framing import FRAME_BYTES_MAX_DEFAULT, FRAME_LEN, encode_fr
 from swarmlearn.p2p.identity import NODE_ROLES, Identity
 from swarmlearn.p2p.tls import client_context, peer_certificate_info, server_context
 from swarmlearn.p2p.wire import Message, decode_body, payload_of
-from swarmlearn.roles.handover import shed_pages
+from swarmlearn.roles.handover import map_pages, shed_pages
 from swarmlearn.sansio import NodeId
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ class _Sender:
     def _send(self, message: Message) -> None:
         if self.sock is None:
             self.sock = self._dial()
+        map_pages(payload_of(message))
         for part in encode_frame(message):
             self.sock.sendall(part)
         shed_pages(payload_of(message))  # sent from a handover file: not kept resident here

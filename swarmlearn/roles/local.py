@@ -46,6 +46,7 @@ from swarmlearn.p2p.framing import FrameReader, encode_frame
 from swarmlearn.p2p.wire import Message, decode_body
 from swarmlearn.roles.handover import (
     SharedBuffer,
+    map_pages,
     open_shared,
     shared_handover_enabled,
     shed_pages,
@@ -191,6 +192,7 @@ def hash_chunks(layout: Layout, flat: bytes | bytearray | memoryview) -> tuple[b
 
     def one(index: int) -> bytes:
         start, stop = layout.chunk_span(index)
+        map_pages(view[start:stop])
         digest = content_digest(view[start:stop])
         shed_pages(view[start:stop])  # a handover file's pages: the trainer's, not resident here
         return digest
