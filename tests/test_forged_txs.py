@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from swarmlearn.consensus.core import ConsensusCore, ForgedTx
 from swarmlearn.consensus.crypto import KeySigner, KeyVerifier
 from swarmlearn.consensus.events import Genesis, SubmitTx, TxRefused
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT, SwarmApp
+from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT, SwarmApp, is_forgery
 from swarmlearn.consensus.swarm_txs import CreateContract, Heartbeat, Join, PerfData, SignedTx
 from swarmlearn.consensus.types import Block, BlockHeader, Tx
 from swarmlearn.p2p.certs import create_ca, issue_certificate
@@ -29,7 +29,7 @@ from swarmlearn.p2p.messages import Goodbye, Ping, Pong
 from swarmlearn.p2p.tls import client_context
 from swarmlearn.p2p.transport import Connection, dial
 from swarmlearn.p2p.wire import Message, encode_header
-from swarmlearn.roles.policing import Police, PolicingConfig, is_forgery
+from swarmlearn.roles.policing import Police, PolicingConfig
 from swarmlearn.roles.validator import (
     ValidatorNode,
     ValidatorOptions,

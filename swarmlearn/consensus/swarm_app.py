@@ -71,6 +71,22 @@ DEFAULT_CONTRACT = "defaultbb.cqdb.sml.hpe"
 ACTIVE_MS = 120_000  # an SL member seen within this is "active" for the closing rule
 REFUSALS_KEPT = 1_000
 OUTCOMES_KEPT = 10_000
+
+# Refusals that no ledger state explains: the transaction itself is forged (bad bytes, a
+# signature that does not verify, another swarm's or another node's certificate). The peer
+# network bans a peer that keeps sending them (roles/policing.py); every other refusal
+# depends on the state (not a member yet, a round closed) and proves nothing.
+UNDECODABLE = "undecodable transaction"
+NOT_SIGNED = "not a signed swarm transaction"
+BAD_SIGNATURE = "bad signature"
+FOREIGN_CERTIFICATE = "the certificate is not one of this swarm's"
+NOT_ITSELF = "a node can only join as itself"
+FORGERY_REASONS = (UNDECODABLE, NOT_SIGNED, BAD_SIGNATURE, FOREIGN_CERTIFICATE, NOT_ITSELF)
+
+
+def is_forgery(reason: str) -> bool:
+    """Whether a transaction refused for ``reason`` was forged (whatever the ledger's state)."""
+    return reason.startswith(FORGERY_REASONS)
 ROLE_OF: dict[type[Message], Role] = {
     CreateContract: Role.SWCI,
     ResetContract: Role.SWCI,
@@ -170,9 +186,9 @@ class SwarmApp:
             signed = decode_header(tx)
             body = signed.decoded_body() if isinstance(signed, SignedTx) else None
         except RemoteProtocolError as error:
-            return f"undecodable transaction: {error}"
+            return f"{UNDECODABLE}: {error}"
         if not isinstance(signed, SignedTx) or body is None:
-            return "not a signed swarm transaction"
+            return NOT_SIGNED
         if isinstance(body, Join):
             problem = self._check_certificate(signed.sender, body.certificate)
             if problem:
@@ -187,7 +203,7 @@ class SwarmApp:
                 return f"{type(body).__name__} needs the {needed.value} role"
             key = member.public_key
         if not self._signature_ok(tx, key, signed):
-            return "bad signature"
+            return BAD_SIGNATURE
         return signed.sender, body
 
     def _signature_ok(self, tx: bytes, key: bytes, signed: SignedTx) -> bool:
@@ -209,7 +225,7 @@ class SwarmApp:
             cert.verify_directly_issued_by(self.ca)
             info = describe_certificate(cert)
         except (ValueError, TypeError, InvalidSignature):
-            return "the certificate is not one of this swarm's"
+            return FOREIGN_CERTIFICATE
         moment = self._now_ms / 1000
         if (
             not cert.not_valid_before_utc.timestamp()
@@ -218,7 +234,7 @@ class SwarmApp:
         ):
             return "the certificate is not valid at this block's time"
         if str(info.peer_id) != sender:
-            return "a node can only join as itself"
+            return NOT_ITSELF
         return ""
 
     # ------------------------------------------------------------ executing

@@ -6,9 +6,10 @@ Honest nodes check every transaction before they send it (the consensus core's `
 runs the application's ``check_tx`` before its ``Broadcast``; a transaction received from
 a peer is never relayed), so a transaction a peer sends that fails a check that does not
 depend on the ledger's state is provably the sender's doing. Those are *forgeries*
-(:func:`is_forgery`): undecodable bytes, bytes that are not a signed swarm transaction, a
-bad signature (another sender's name, another chain's id, tampered bytes: peer ids are
-public-key hashes, so a signature check never depends on the state), a ``Join`` with a
+(:func:`swarmlearn.consensus.swarm_app.is_forgery`, next to the checks that say so):
+undecodable bytes, bytes that are not a signed swarm transaction, a bad signature (another
+sender's name, another chain's id, tampered bytes: peer ids are public-key hashes, so a
+signature check never depends on the state), a ``Join`` with a
 certificate of another swarm or of another node. Refusals for state reasons ("not a
 member", "round closed", "mempool full", duplicates) are never counted: an honest peer
 sends those when it is ahead of or behind this node.
@@ -24,20 +25,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-
-#: The refusals (``check_tx`` reasons, by their start) that prove a forgery.
-FORGERY_REASONS = (
-    "undecodable transaction",
-    "not a signed swarm transaction",
-    "bad signature",
-    "the certificate is not one of this swarm's",
-    "a node can only join as itself",
-)
-
-
-def is_forgery(reason: str) -> bool:
-    """Whether a transaction refused for ``reason`` was forged (whatever the ledger's state)."""
-    return reason.startswith(FORGERY_REASONS)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from swarmlearn.consensus.core import ConsensusConfig, ConsensusCore, ForgedTx
 from swarmlearn.consensus.crypto import KeySigner, KeyVerifier
 from swarmlearn.consensus.events import Committed, Genesis, SubmitTx, TxRefused
 from swarmlearn.consensus.store import DiskStore
-from swarmlearn.consensus.swarm_app import SwarmApp, sign_transaction
+from swarmlearn.consensus.swarm_app import SwarmApp, is_forgery, sign_transaction
 from swarmlearn.consensus.swarm_txs import Join, Leave
 from swarmlearn.consensus.types import Validator
 from swarmlearn.errors import ConfigError
@@ -69,7 +69,6 @@ from swarmlearn.roles.messages import (
 )
 from swarmlearn.roles.node_core import SwarmNodeCore
 from swarmlearn.roles.peers import PeerNetwork
-from swarmlearn.roles.policing import is_forgery
 from swarmlearn.roles.requests import NETWORK_ERRORS as NETWORK_ERRORS
 from swarmlearn.roles.requests import REQUEST_TIMEOUT_S as REQUEST_TIMEOUT_S
 from swarmlearn.roles.requests import ask as ask
