@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,16 +30,23 @@ def alive(workdir: Path) -> list[str]:
     return found
 
 
-def test_two_nodes_two_rounds_give_a_table_from_real_training(tmp_path: Path) -> None:
+def run_demo(tmp_path: Path, nodes: int) -> tuple[Path, subprocess.CompletedProcess[str], Any]:
+    """The demo with ``nodes`` nodes, 2 rounds: its workdir, the finished process (exit 0),
+    and its --json results."""
     workdir, results = tmp_path / "demo", tmp_path / "results.json"
+    flags = ["--nodes", str(nodes), "--rounds", "2", "--workdir", str(workdir)]
     done = subprocess.run(
-        [*DEMO, "--nodes", "2", "--rounds", "2", "--workdir", str(workdir), "--json", str(results)],
+        [*DEMO, *flags, "--json", str(results)],
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    found = json.loads(results.read_text())
+    return workdir, done, json.loads(results.read_text())
+
+
+def test_two_nodes_two_rounds_give_a_table_from_real_training(tmp_path: Path) -> None:
+    workdir, done, found = run_demo(tmp_path, 2)
     assert found["identical"]
     assert found["rounds_merged"] >= 3  # the first sync, one per round, the final one
     swarm, alone = found["swarm_accuracy"], found["alone_accuracy"]
@@ -58,15 +66,7 @@ def test_two_nodes_two_rounds_give_a_table_from_real_training(tmp_path: Path) ->
 def test_three_daemons_end_with_one_model_better_than_each_alone(tmp_path: Path) -> None:
     """Daemon mode with three nodes: each lacks three or four digits, so alone it stays under
     70%; the three end bit-identical (one merged hash) and better than any of them alone."""
-    workdir, results = tmp_path / "demo", tmp_path / "results.json"
-    done = subprocess.run(
-        [*DEMO, "--nodes", "3", "--rounds", "2", "--workdir", str(workdir), "--json", str(results)],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    found = json.loads(results.read_text())
+    _, _, found = run_demo(tmp_path, 3)
     assert found["identical"]
     assert len(set(found["swarm_accuracy"].values())) == 1
     alone = found["alone_accuracy"].values()
