@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import trio
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
 from swarmlearn.merge import RangeMerge, WeightSet, flatten, layout_of, plan_shards
 from swarmlearn.merge.methods import resolve_method
 from swarmlearn.p2p.identity import Identity
@@ -26,12 +25,7 @@ from swarmlearn.roles.sl_round_state import held_by_sender
 from swarmlearn.sansio import Effect, NodeId
 from swarmlearn.sim import Simulator
 from tests.test_round_lanes import WAIT_S, Inbox, identities  # noqa: F401 (a fixture)
-from tests.test_round_refill import (
-    dies_after_first_piece,
-    hand_over,
-    simulator,
-    trainer,
-)
+from tests.test_round_refill import run_round_with_a_death
 from tests.test_rounds_sim import CHUNK_BYTES, RoundChecker, Swarm, make_swarm, model
 
 
@@ -122,29 +116,17 @@ def run_watched(swarm: Swarm, refill: bool) -> tuple[Simulator, RoundChecker, in
     """Round 1 on 4 nodes with merges in the handover files; one owner dies after its first
     merged piece went out, the ledger re-plans with the survivors. ``refill``: the
     survivors' trainers write their weights again (else one never answers and fails)."""
-    checker = RoundChecker()
-    sim = simulator(swarm, checker)
-    rng = np.random.default_rng(11)
-    layout = layout_of(model(rng), chunk_bytes=CHUNK_BYTES)
-    flats = {node: bytes(flatten(model(rng), layout)) for node in sim.node_ids}
-    files = hand_over(sim, layout, flats)
-    victim = sim.node_ids[1]
-    survivors = [n for n in sim.node_ids if n != victim]
-    refills = dict(flats)
-    if not refill:
-        refills[survivors[0]] = b""  # a trainer that never answers: its round fails
     peaks: dict[NodeId, int] = {}
-    for node in survivors:
-        sim.set_policy(node, watched(sim, peaks, trainer(sim, files, refills, [])))
-    sim.set_policy(victim, watched(sim, peaks, dies_after_first_piece(sim, victim)))
+    silent: list[NodeId] = []  # the first survivor asked, without refill: it never answers
 
-    def over() -> bool:
-        ends = len(checker.done.get((DEFAULT_CONTRACT, 1), {})) + len(checker.failed)
-        return ends == len(survivors) or bool(sim.violations)
+    def refill_of(node: NodeId, flat: bytes) -> bytes:
+        if refill or silent:
+            return flat
+        silent.append(node)
+        return b""
 
-    sim.run(until=over, time_limit=120)
-    assert not sim.violations, sim.violations
-    return sim, checker, max(peaks.values())
+    run = run_round_with_a_death(swarm, refill_of, lambda sim, policy: watched(sim, peaks, policy))
+    return run.sim, run.checker, max(peaks.values())
 
 
 @pytest.mark.parametrize("refill", [True, False])

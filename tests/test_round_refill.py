@@ -118,9 +118,17 @@ class Run:
     layout: Layout
 
 
-def run_round_with_a_death(swarm: Swarm, refill_of: Callable[[NodeId, bytes], bytes]) -> Run:
+NodePolicy = Callable[[NodeId, list[Effect]], list[Effect]]
+
+
+def run_round_with_a_death(
+    swarm: Swarm,
+    refill_of: Callable[[NodeId, bytes], bytes],
+    wrap: Callable[[Simulator, NodePolicy], NodePolicy] = lambda sim, policy: policy,
+) -> Run:
     """Round 1 on 4 nodes; one owner dies after its first merged piece went out. A trainer
-    asked to refill writes ``refill_of(node, its weights)``."""
+    asked to refill writes ``refill_of(node, its weights)`` (``b""``: it never answers).
+    ``wrap`` puts a watcher around each node's policy."""
     checker = RoundChecker()
     sim = simulator(swarm, checker)
     rng = np.random.default_rng(11)
@@ -132,8 +140,8 @@ def run_round_with_a_death(swarm: Swarm, refill_of: Callable[[NodeId, bytes], by
     asked: list[NodeId] = []
     refills = {node: refill_of(node, flats[node]) for node in survivors}
     for node in survivors:
-        sim.set_policy(node, trainer(sim, files, refills, asked))
-    sim.set_policy(victim, dies_after_first_piece(sim, victim))
+        sim.set_policy(node, wrap(sim, trainer(sim, files, refills, asked)))
+    sim.set_policy(victim, wrap(sim, dies_after_first_piece(sim, victim)))
 
     def over() -> bool:
         ends = len(checker.done.get((DEFAULT_CONTRACT, 1), {})) + len(checker.failed)
