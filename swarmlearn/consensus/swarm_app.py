@@ -87,6 +87,8 @@ FORGERY_REASONS = (UNDECODABLE, NOT_SIGNED, BAD_SIGNATURE, FOREIGN_CERTIFICATE, 
 def is_forgery(reason: str) -> bool:
     """Whether a transaction refused for ``reason`` was forged (whatever the ledger's state)."""
     return reason.startswith(FORGERY_REASONS)
+
+
 ROLE_OF: dict[type[Message], Role] = {
     CreateContract: Role.SWCI,
     ResetContract: Role.SWCI,
