@@ -47,6 +47,26 @@ def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"nodeWeightge": 3}, "unknown option 'nodeWeightge'; did you mean 'nodeWeightage'?"),
         ({"model": None}, r"model must be the torch\.nn\.Module to train"),
         ({"lossFunction": "CrossEntropy"}, "lossFunction 'CrossEntropy' is not a torch.nn loss"),
+        (
+            {"lossFunction": "CrossEntropyLoss", "lossFunctionArgs": {"reduce_it": "sum"}},
+            "lossFunctionArgs for CrossEntropyLoss: unknown argument 'reduce_it'; did you mean",
+        ),
+        (
+            {"metricFunction": "F1score"},
+            "'F1score' is not a torchmetrics metric; did you mean 'F1Sc",
+        ),
+        (
+            {"metricFunction": "F1Score", "metricFunctionArgs": {"task": "multiclass"}},
+            "metricFunction='F1Score' with metricFunctionArgs {'task': 'multiclass'}: `num_cl",
+        ),
+        (
+            {"metricFunction": "F1Score", "metricFunctionArgs": {"num_class": 3, "task": "binary"}},
+            "unknown argument 'num_class'; did you mean 'num_classes'\\? F1Score takes: task,",
+        ),
+        (
+            {"metricFunction": "F1Score", "metricFunctionArgs": [1]},
+            "metricFunctionArgs must be a dict of keyword arguments",
+        ),
         ({"adsValData": [1, 2]}, "adsValData must be a torch.utils.data.DataLoader"),
         ({"trainingContract": None}, "trainingContract must be a contract name"),
     ],
@@ -128,6 +148,7 @@ def hpe_style_script(socket: Path, node: int, out: dict[int, dict[str, torch.Ten
         lossFunction="CrossEntropyLoss",
         lossFunctionArgs={"reduction": "sum"},
         metricFunction="Accuracy",
+        metricFunctionArgs={"task": "multiclass", "num_classes": 10},
         nodeSocket=str(socket),
     )
     swarmCallback.on_train_begin()
@@ -283,3 +304,35 @@ def test_a_check_in_the_ledger_refuses_fails_at_once_with_the_reason(
     warning = caplog.records[-1].getMessage()
     assert "the ledger refuses it: tensor 0 is 'weight', the contract's is '0.weight'" in warning
     assert warning.endswith("keeping the local weights")
+
+
+def test_hpe_loss_and_any_torchmetrics_metric_on_the_validation_data() -> None:
+    """HPE's mnist-pyt options: the loss is the mean per sample whatever its reduction, the
+    metric is torchmetrics' own over the whole set (here F1Score, macro-averaged)."""
+    import torchmetrics
+
+    model = net()
+    x, y = digits_split(0, 2)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:100], y[:100]), 32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SWARM_LOOPBACK", "True")
+        callback = SwarmCallback(
+            10,
+            2,
+            model=model,
+            adsValData=val,
+            lossFunction="CrossEntropyLoss",
+            lossFunctionArgs={"reduction": "sum"},
+            metricFunction="F1Score",
+            metricFunctionArgs={"task": "multiclass", "num_classes": 10, "average": "macro"},
+        )
+    callback.loopback = False  # as with a node: evaluate before each sync
+    loss, metric = callback.evaluate()
+    model.eval()
+    with torch.no_grad():
+        out = model(x[:100])
+    expected_loss = float(torch.nn.functional.cross_entropy(out, y[:100]))
+    f1 = torchmetrics.F1Score(task="multiclass", num_classes=10, average="macro")
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert metric == pytest.approx(float(f1(out, y[:100])), rel=1e-5)
+    assert model.training is False  # it was in eval mode before, and is left so
