@@ -431,7 +431,7 @@ class SwarmCore:
         self.rounds_done += 1
         self.last_round, self.last_round_s = outcome, took
         self.logger.info(
-            f"round {outcome.round}: {outcome.participants} peers, {len(flat) / 1e6:.1f} MB,"
+            f"round {outcome.round}: {outcome.participants} peers, {_size(len(flat))},"
             f" merged in {took:.2f} s, hash {outcome.root.hex()[:12]}"
         )
         return outcome
@@ -456,3 +456,8 @@ class SwarmCore:
         if self._embedded is not None:
             self._embedded.close()
             self._embedded = None
+
+
+def _size(count: int) -> str:
+    """A round's bytes for the log, exact (small models, PEFT adapters), and in MB from 1 MB."""
+    return f"{count} bytes" if count < 1_000_000 else f"{count / 1e6:.1f} MB ({count} bytes)"

@@ -29,9 +29,10 @@ tensors, so they stay on their device (CUDA tensors come back on CUDA).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -57,9 +58,14 @@ PLATFORM_OPTIONS = (
 
 def state_of(model: torch.nn.Module) -> ModelState:
     """The model's whole state_dict as numpy arrays (views of CPU tensors where possible)."""
+    return tensors_state(model.state_dict())
+
+
+def tensors_state(tensors: Mapping[str, torch.Tensor]) -> ModelState:
+    """Named tensors as numpy arrays (views of CPU tensors where possible)."""
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     bfloat16 = []
-    for name, tensor in model.state_dict().items():
+    for name, tensor in tensors.items():
         value = tensor.detach()
         if value.dtype == torch.bfloat16:
             arrays[name] = value.cpu().view(torch.int16).numpy().view(np.uint16)
@@ -71,7 +77,11 @@ def state_of(model: torch.nn.Module) -> ModelState:
 
 def load_state(model: torch.nn.Module, state: ModelState) -> None:
     """Copy merged arrays into the model's own tensors (same device, same dtype)."""
-    targets = model.state_dict()
+    load_tensors(model.state_dict(), state)
+
+
+def load_tensors(targets: Mapping[str, torch.Tensor], state: ModelState) -> None:
+    """Copy merged arrays into the named tensors, in place (same device, same dtype)."""
     with torch.no_grad():
         for name, target in targets.items():
             array = np.ascontiguousarray(state[name])
@@ -90,10 +100,11 @@ class TorchSwarm(SwarmCore):
     say which tensors travel (the whole state_dict here; PEFT's adapters in the Hugging Face
     callback)."""
 
-    def __init__(self, options: Options, model: Any) -> None:
-        if not isinstance(model, torch.nn.Module):
+    def __init__(self, options: Options, model: Any, *, model_later: bool = False) -> None:
+        """``model_later``: None is allowed now, the model is set before the first sync."""
+        if not isinstance(model, torch.nn.Module) and not (model_later and model is None):
             raise SwarmError("model must be the torch.nn.Module to train (model=...)")
-        self.model = model
+        self.model: torch.nn.Module = cast(torch.nn.Module, model)  # None until set, if later
         extra = options.extra
         self.loss_function = loss_function(extra.get("lossFunction"), extra.get("lossFunctionArgs"))
         self.metric = metric_function(extra.get("metricFunction"), extra.get("metricFunctionArgs"))

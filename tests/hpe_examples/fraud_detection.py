@@ -1,3 +1,7 @@
+# swarmlearn test fixture: HPE's examples/fraud-detection/model/fraud-detection.py (commit
+# 7723116). The data loading is unchanged: the test writes generated look-alikes of the two
+# CSVs into DATA_DIR (tests/hpe_standins). One line changed for Keras 3: model.save takes a
+# .keras path. `git log -p` on this file shows it.
 ############################################################################
 ## (C)Copyright 2021-2023 Hewlett Packard Enterprise Development LP
 ## Licensed under the Apache License, Version 2.0 (the "License"); you may
@@ -113,7 +117,7 @@ def main():
 
   # Save
   model_path = os.path.join(scratchDir, modelName)
-  model.save(model_path)
+  model.save(model_path + '.keras')  # swarmlearn test: Keras 3 saves .keras files
   print('Saved the trained model!')
 
 

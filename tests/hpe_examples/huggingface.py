@@ -1,3 +1,10 @@
+# swarmlearn test fixture: HPE's examples/huggingface/model/model.py (commit 7723116), unchanged
+# but for the data and model loading, which download (Yelp CSVs, bert-base-cased): generated
+# reviews, a word-level tokenizer and a 2-layer BERT built from a config (tests/hpe_standins);
+# seaborn (imported, unused) is not installed; the output goes under SCRATCH_DIR instead of
+# /tmp/test; transformers 4.46 renamed evaluation_strategy to eval_strategy and 5.0 dropped
+# logging_dir.
+# `git log -p` on this file shows the exact lines.
 ############################################################################
 ## (C)Copyright 2025 Hewlett Packard Enterprise Development LP
 ## Licensed under the Apache License, Version 2.0 (the "License"); you may
@@ -17,8 +24,8 @@
 ############################################################################
 
 import os
-import pandas as pd
-from datasets import Dataset, load_dataset
+from pathlib import Path  # swarmlearn test: the stand-ins below
+from tests.hpe_standins import Dataset, reviews, tiny_bert, tokenizer as standin_tokenizer  # swarmlearn test: was datasets
 from transformers import Trainer, TrainingArguments, AutoTokenizer, AutoModelForSequenceClassification
 from swarmlearning.hf_transformers import SwarmCallback
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, confusion_matrix
@@ -26,7 +33,6 @@ import numpy as np
 import torch
 import time  # Add for timing
 import matplotlib.pyplot as plt
-import seaborn as sns
 
 
 def main():
@@ -55,15 +61,8 @@ def main():
     print(f"[INFO] Loading data for node {node_id}")
     data_load_start = time.time()
     
-    train_df = pd.read_csv(train_file)
-    train_df = train_df[['text', 'stars']].dropna()
-    train_df['label'] = train_df['stars'].astype(int) - 1
-    train_df = train_df[['text', 'label']].sample(n=4000, random_state=42)  # Same size as PEFT version
-
-    test_df = pd.read_csv(test_file)
-    test_df = test_df[['text', 'stars']].dropna()
-    test_df['label'] = test_df['stars'].astype(int) - 1
-    test_df = test_df[['text', 'label']].sample(n=1200, random_state=42)  # Same size as PEFT version
+    train_df = reviews(256, seed=int(node_id[-1]))  # swarmlearn test: was pd.read_csv(train_file)...
+    test_df = reviews(64, seed=0)  # swarmlearn test: was pd.read_csv(test_file)...
 
     train_dataset = Dataset.from_pandas(train_df)
     test_dataset = Dataset.from_pandas(test_df)
@@ -74,7 +73,7 @@ def main():
     # Tokenization - using online model
     model_name = "bert-base-cased"
     print(f"[INFO] Loading tokenizer from {model_name}")
-    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    tokenizer = standin_tokenizer(Path(os.environ['SCRATCH_DIR']))  # swarmlearn test: was AutoTokenizer.from_pretrained(model_name)
 
     def tokenize_function(examples):
         return tokenizer(examples["text"], padding="max_length", truncation=True, max_length=256)
@@ -96,7 +95,7 @@ def main():
     print(f"[INFO] Loading base model from {model_name}")
     model_load_start = time.time()
     
-    model = AutoModelForSequenceClassification.from_pretrained(model_name, num_labels=5)
+    model = tiny_bert(num_labels=5)  # swarmlearn test: was AutoModelForSequenceClassification.from_pretrained(model_name, num_labels=5)
     model.to(device)
     
     model_load_end = time.time()
@@ -109,15 +108,15 @@ def main():
     print(f"[INFO] Trainable parameters: {trainable_params:,} (100.00%)")
 
     # Training arguments
-    output_dir = f"/tmp/test/model/saved_models/{node_id}_full"  # Add _full to distinguish from PEFT
+    output_dir = f"{os.environ['SCRATCH_DIR']}/model/saved_models/{node_id}_full"  # swarmlearn test: was /tmp/test/...  # Add _full to distinguish from PEFT
     training_args = TrainingArguments(
         output_dir=output_dir,
         num_train_epochs=max_epochs,
         per_device_train_batch_size=32,
         per_device_eval_batch_size=128,
         gradient_accumulation_steps=4,  # Effective batch size = 128
-        evaluation_strategy="epoch",
-        logging_dir=f"{output_dir}/logs",
+        eval_strategy="epoch",  # swarmlearn test: was evaluation_strategy (transformers < 4.46)
+        # logging_dir=f"{output_dir}/logs",  # swarmlearn test: transformers 5 dropped logging_dir
         logging_steps=1,
         save_strategy="epoch",
         load_best_model_at_end=True,

@@ -1,3 +1,7 @@
+# swarmlearn test fixture: HPE's examples/mnist-pyt/cpu-based/model/mnist_pyt.py (commit
+# 7723116), unchanged but for the data loading: the torchvision import and loadData's two
+# lines (MNIST download) are replaced by sklearn's digits shaped as MNIST (tests/hpe_standins).
+# `git log -p tests/hpe_examples/mnist_pyt.py` shows the exact lines.
 ############################################################################
 ## (C)Copyright 2021-2023 Hewlett Packard Enterprise Development LP
 ## Licensed under the Apache License, Version 2.0 (the "License"); you may
@@ -17,7 +21,7 @@ import datetime
 import numpy as np
 import os
 from swarmlearning.pyt import SwarmCallback
-from torchvision import datasets, transforms
+from tests.hpe_standins import mnist_torch_datasets  # swarmlearn test: was torchvision
 import time
 import torch 
 import torch.nn as nn
@@ -51,8 +55,7 @@ class mnistNet(nn.Module):
         return output
         
 def loadData():
-    train_ds = datasets.MNIST('../data', train=True, download=True, transform=transforms.ToTensor())
-    test_ds = datasets.MNIST('../data', train=False, transform=transforms.ToTensor())
+    train_ds, test_ds = mnist_torch_datasets()  # swarmlearn test: was datasets.MNIST (download)
     
     return train_ds, test_ds
     

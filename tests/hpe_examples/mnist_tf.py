@@ -1,3 +1,7 @@
+# swarmlearn test fixture: HPE's examples/mnist/model/mnist_tf.py (commit 7723116), unchanged
+# but for the data loading (mnist.load_data() downloads: sklearn's digits shaped as MNIST
+# instead, tests/hpe_standins) and one line Keras 3 needs: model.save takes a .keras path
+# (Keras 2's SavedModel directory is gone). `git log -p` on this file shows the exact lines.
 ############################################################################
 ## (C)Copyright 2021-2023 Hewlett Packard Enterprise Development LP
 ## Licensed under the Apache License, Version 2.0 (the "License"); you may
@@ -33,7 +37,7 @@
 ############################################################################
 
 import tensorflow as tf
-from tensorflow.keras.datasets import mnist
+from tests.hpe_standins import mnist_arrays  # swarmlearn test: was tensorflow.keras.datasets
 import numpy as np
 import time
 import datetime
@@ -49,7 +53,7 @@ def load_data():
     # The data, split between train and test sets:
     # Refer - https://keras.io/api/datasets/mnist/.
     """
-    (x_train, y_train), (x_test, y_test) = mnist.load_data()
+    (x_train, y_train), (x_test, y_test) = mnist_arrays()  # swarmlearn test: was mnist.load_data()
     return (x_train, y_train), (x_test, y_test)
 
 
@@ -99,7 +103,7 @@ def main():
   print('Saving the final Swarm model ...')
   swarmCallback.logger.info('Saving the final Swarm model ...')
   model_path = os.path.join(scratchDir, model_name)
-  model.save(model_path)
+  model.save(model_path + '.keras')  # swarmlearn test: Keras 3 saves .keras files
   print('Saved the trained model!')
   swarmCallback.logger.info(f'Saved the trained model - {model_path}')
 
