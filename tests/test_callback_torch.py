@@ -61,7 +61,7 @@ def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
         ),
         (
             {"metricFunction": "F1Score", "metricFunctionArgs": {"num_class": 3, "task": "binary"}},
-            "unknown argument 'num_class'; did you mean 'num_classes'\\? F1Score takes: task,",
+            "unknown argument 'num_class'; did you mean 'num_classes'\\? \\(F1Score takes: task,",
         ),
         (
             {"metricFunction": "F1Score", "metricFunctionArgs": [1]},

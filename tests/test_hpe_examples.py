@@ -103,7 +103,8 @@ def torch_saved_arrays(path: Path) -> list[bytes]:
 
 
 def keras_saved_arrays(path: Path) -> list[bytes]:
-    """Every weight in a ``.keras`` file (its ``model.weights.h5``), as bytes."""
+    """The model's weights in a ``.keras`` file (its ``model.weights.h5``), as bytes: its
+    layers', not the optimizer's (each node's own, as in HPE)."""
     import h5py
 
     arrays: list[bytes] = []
@@ -113,7 +114,7 @@ def keras_saved_arrays(path: Path) -> list[bytes]:
     with h5py.File(weights, "r") as store:
 
         def visit(name: str, item: object) -> None:
-            if isinstance(item, h5py.Dataset):
+            if isinstance(item, h5py.Dataset) and name.startswith("layers/"):
                 arrays.append(name.encode() + np.asarray(item).tobytes())
 
         store.visititems(visit)

@@ -76,7 +76,7 @@ def _build(option: str, factory: type, args: dict[str, Any], base: tuple[str, ..
         if key not in valid and not (open_ended and not base):
             raise SwarmError(
                 f"{option}Args for {factory.__name__}: unknown argument {key!r}"
-                f"{_hint(key, valid)} {factory.__name__} takes: {', '.join(valid)}"
+                f"{_hint(key, valid)} ({factory.__name__} takes: {', '.join(valid)})"
             )
     try:
         return factory(**args)
@@ -105,7 +105,7 @@ def loss_function(name: Any, args: Any) -> torch.nn.Module | None:
     if str(name) not in names:
         raise SwarmError(
             f"lossFunction {name!r} is not a torch.nn loss{_hint(str(name), names)}"
-            f" torch.nn has: {', '.join(names)}"
+            f" (torch.nn has: {', '.join(names)})"
         )
     module: torch.nn.Module = _build("lossFunction", getattr(torch.nn, str(name)), arguments, ())
     return module
@@ -136,7 +136,7 @@ def metric_function(name: Any, args: Any) -> Any:
     if str(name) not in names:
         raise SwarmError(
             f"metricFunction {name!r} is not a torchmetrics metric{_hint(str(name), names)}"
-            f" torchmetrics has: {', '.join(names)}"
+            f" (torchmetrics has: {', '.join(names)})"
         )
     return _build("metricFunction", getattr(torchmetrics, str(name)), arguments, METRIC_BASE_ARGS)
 
