@@ -96,7 +96,7 @@ def test_every_callback_option_is_on_the_page_with_its_status() -> None:
 
 def command_words(command: str) -> str:
     """``GET TASKRUNNER PEER STATUS <tr> <peer>`` -> ``GET TASKRUNNER PEER STATUS``."""
-    words = []
+    words: list[str] = []
     for word in command.split():
         if word.startswith(("<", "[")) or (words and word in ("TO", "WITH", "TARGET")):
             break
