@@ -51,6 +51,12 @@ RECORD_BYTES_MAX: Final = 256 * 1024 * 1024
 SYNCED_KINDS: Final = frozenset({"own", "height"})
 
 
+def must_sync(stream: str, record: Any) -> bool:
+    """Whether the store fsyncs ``record`` before the node's next effect (the WAL rules
+    above); the simulator models its disk with the same rule."""
+    return stream == "blocks" or (stream == "wal" and record[0] in SYNCED_KINDS)
+
+
 class WalCorrupt(ConfigError):
     """A log is damaged before its tail: the node must not start on it."""
 
@@ -200,7 +206,7 @@ class DiskStore:
             return True
         if stream != "wal":
             raise ValueError(f"unknown stream {stream!r}")
-        durable = record[0] in SYNCED_KINDS
+        durable = must_sync(stream, record)
         self._wal.write(record, durable=durable)
         if record[0] == "height":
             self._next_segment(record[1] + 1)
