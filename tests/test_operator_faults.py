@@ -18,7 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -480,3 +480,61 @@ class FullDisk:
             + re.escape(ENOSPC_LINE),
             last,
         ), text
+
+
+# ---------------------------------------------------------------- the page quotes them
+
+
+PAGE = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+PAGE_DATA = "/var/lib/swarm"
+
+
+def test_the_lines_are_quoted_in_the_operations_page(tmp_path: Path) -> None:
+    """docs/operations.md quotes each line word for word (the data directory and the pid
+    mapped to the page's), so the page cannot drift from the node."""
+    data = tmp_path / "swarm"
+    lines = [*_lock_and_genesis_lines(data), *_block_log_lines(data / "ledger")]
+    store = DiskStore(tmp_path / "full", write=FillingDisk(free=10))
+    lines.append(
+        str(persist_until_full(store)[1]).replace(str(tmp_path / "full"), str(data / "ledger"))
+    )
+    store.close()
+    for line in lines:
+        shown = line.replace(str(data), PAGE_DATA).replace(f"pid {os.getpid()}", "pid 4242")
+        assert f"swarm-node: error: {shown}\n" in PAGE, shown
+
+
+def raised(kind: type[Exception], call: Callable[..., object], *args: object) -> str:
+    with pytest.raises(kind) as caught:
+        call(*args)
+    return str(caught.value)
+
+
+def _lock_and_genesis_lines(data: Path) -> list[str]:
+    lock = DataDirLock.acquire(data)
+    try:
+        in_use = raised(ConfigError, DataDirLock.acquire, data)
+    finally:
+        lock.release()
+    me = identity(make_pki(data.parent, 1, operator=False), "sn0")
+    write_blocks(data / "ledger", [1])
+    lines = [in_use]
+    for sentinel in (False, True):
+        options = ValidatorOptions(data, ("127.0.0.1", 0), sentinel=sentinel)
+        lines.append(raised(ConfigError, trio.run, obtain_genesis, me, options))
+    shutil.rmtree(data / "ledger")
+    return lines
+
+
+def _block_log_lines(ledger: Path) -> list[str]:
+    lines = []
+    for heights in ([*range(1, 10), 7], [1, 3], list(range(1, 15))):
+        path = write_blocks(ledger, heights)
+        if len(heights) == 14:  # a flipped byte in block 13
+            spoiled = bytearray(path.read_bytes())
+            spoiled[spans(bytes(spoiled))[12][0] + 12] ^= 0xFF
+            path.write_bytes(spoiled)
+        with DiskStore(ledger) as store:
+            lines.append(raised(WalCorrupt, store.load))
+        shutil.rmtree(ledger)
+    return lines
