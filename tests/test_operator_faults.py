@@ -40,9 +40,12 @@ from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.identity import Identity, IdentityPaths, load_identity
 from swarmlearn.roles.daemon import _config_error
 from swarmlearn.roles.datadir import LOCK_FILE, DataDirLock
+from swarmlearn.roles.driver import CoreDriver
 from swarmlearn.roles.messages import NodeStatus, StatusRequest
 from swarmlearn.roles.validator import ValidatorOptions, ask, obtain_genesis
+from swarmlearn.sansio import Broadcast, Deliver, Effect, Persist, Start
 from tests.consensus_helpers import block
+from tests.test_driver_sync import OWN_A, OWN_B, Log, Outbox, Scripted
 from tests.test_real_swarm import _submit, make_pki, wait_for
 
 DAEMON = [sys.executable, "-m", "swarmlearn.roles.daemon"]
@@ -184,6 +187,63 @@ def test_the_fault_is_found_inside_the_nursery_groups() -> None:
     nested = ExceptionGroup("outer", [ExceptionGroup("inner", [ValueError("x"), fault])])
     assert _config_error(nested) is fault
     assert _config_error(ExceptionGroup("other", [ValueError("x")])) is None
+
+
+def run_driver(store: DiskStore, effects: list[Effect]) -> tuple[list[str], BaseException]:
+    """Drive one input whose effects are ``effects`` over ``store``: what was sent or
+    delivered, and what stopped the driver."""
+    log = Log()
+
+    async def main() -> None:
+        driver = CoreDriver(Scripted(effects), Outbox(log), store, log.events.append)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(driver.run, Start())
+            nursery.cancel_scope.cancel()
+
+    with pytest.raises(BaseExceptionGroup) as stopped:
+        trio.run(main)
+    fault = _config_error(stopped.value)
+    assert fault is not None, stopped.value
+    return log.events, fault
+
+
+EFFECTS: list[Effect] = [
+    Persist("wal", ("own", OWN_A)),
+    Broadcast(OWN_A, None),
+    Persist("wal", ("own", OWN_B)),
+    Broadcast(OWN_B, None),
+    Deliver("committed"),
+]
+
+
+def test_a_failed_write_stops_the_driver_before_any_effect_of_its_input(
+    tmp_path: Path,
+) -> None:
+    own_a = len(frame(("own", OWN_A)))
+    store = DiskStore(tmp_path, write=FillingDisk(free=own_a + 5))  # B does not fit
+    events, fault = run_driver(store, EFFECTS)
+    store.close()
+    assert events == []  # A was written, but nothing that follows it ran: nothing sent
+    assert str(fault) == f"{tmp_path / 'wal-000000000001.log'}: {ENOSPC_LINE}"
+    with DiskStore(tmp_path) as again:
+        assert again.load()["wal"] == (("own", OWN_A),)  # B's half is a torn tail, cut
+
+
+def test_a_failed_fsync_stops_the_driver_before_it_sends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    store = DiskStore(tmp_path)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    events, fault = run_driver(store, EFFECTS)
+    store.close()
+    assert events == []
+    assert str(fault) == (
+        f"{tmp_path / 'wal-000000000001.log'}: cannot sync (Input/output error); the node "
+        "stopped and nothing it acknowledged is lost: check the disk, then start the node again"
+    )
 
 
 # ---------------------------------------------------------------- genesis beside a ledger
