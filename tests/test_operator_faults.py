@@ -261,6 +261,20 @@ def test_a_ledger_without_its_genesis_is_refused(tmp_path: Path, sentinel: bool)
     assert not (tmp_path / "data" / "genesis.cbor").exists()
 
 
+def test_a_sentinel_never_starts_a_chain_over_another(tmp_path: Path) -> None:
+    me = identity(make_pki(tmp_path, 1, operator=False), "sn0")
+    data = tmp_path / "data"
+    first = ValidatorOptions(data, ("127.0.0.1", 0), sentinel=True, chain_id="lab")
+    made = trio.run(obtain_genesis, me, first)
+    again = trio.run(obtain_genesis, me, first)  # a restart with the same flags
+    assert again == made
+    other = ValidatorOptions(data, ("127.0.0.1", 0), sentinel=True, chain_id="other")
+    assert raised(ConfigError, trio.run, obtain_genesis, me, other) == (
+        f"--chain-id other: {data} holds chain 'lab'; a sentinel never starts a chain over "
+        "another: give a fresh --data-dir, or leave out --chain-id to restart 'lab'"
+    )
+
+
 def missing_genesis(data: Path, blocks: Path, *, sentinel: bool) -> str:
     if sentinel:
         return (

@@ -19,6 +19,7 @@ longer name, and ``--sentinel`` must never start a new chain over them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -47,10 +48,11 @@ class DataDirLock:
             directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as error:
+            full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+            remedy = "free space there" if full else "make it writable"
             raise ConfigError(
                 f"--data-dir {directory}: cannot write there ({error.strerror or error}); the "
-                "node keeps its ledger and socket there: make it writable, or give another "
-                "--data-dir"
+                f"node keeps its ledger and socket there: {remedy}, or give another --data-dir"
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

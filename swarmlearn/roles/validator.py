@@ -130,6 +130,12 @@ async def obtain_genesis(identity: Identity, options: ValidatorOptions) -> Genes
     check_genesis_beside_ledger(options.data_dir, sentinel=options.sentinel)
     if path.exists():
         found = read_genesis(path)
+        if options.sentinel and options.chain_id not in (None, found.chain_id):
+            raise ConfigError(
+                f"--chain-id {options.chain_id}: {options.data_dir} holds chain "
+                f"{found.chain_id!r}; a sentinel never starts a chain over another: give a "
+                f"fresh --data-dir, or leave out --chain-id to restart {found.chain_id!r}"
+            )
         if options.bootstrap is not None:
             await check_same_chain(identity, options, found)
         return found
