@@ -505,7 +505,8 @@ def test_a_node_on_a_full_disk_stops_in_one_line_and_catches_up_once_space_is_ba
 
 class FullDisk:
     """Node 3 (its data on a small tmpfs) runs out of space mid-run, stops with one line while
-    the three others go on committing, and restarts once space is back: its disk held every
+    the three others go on committing; started again on the full disk it stops the same way
+    (as under a supervisor's restart loop); once space is back it starts: its disk held every
     block it had reported, and it ends with the others' height, block hash and app hash."""
 
     def __init__(
@@ -532,8 +533,11 @@ class FullDisk:
         self.check_one_line()
         for index in range(3):  # the others go on without it
             await _submit(self.operator, ports[index], CreateContract(f"without-{index}"))
-        filler.unlink()
         restart = ("--listen", f"127.0.0.1:{ports[3]}")
+        with daemon(self.pki, "sn3", self.data, self.log, *restart) as (again, _, _):
+            assert again.wait(timeout=RUN_S) == 2  # still full: a supervisor's restart loop
+        self.check_one_line()
+        filler.unlink()
         with daemon(self.pki, "sn3", self.data, self.log, *restart) as (_, _, banner):
             assert int(banner.split(" height ")[1].split()[0]) >= reported
             await _submit(self.operator, ports[0], CreateContract("after"))
