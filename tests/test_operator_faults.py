@@ -275,6 +275,19 @@ def test_a_sentinel_never_starts_a_chain_over_another(tmp_path: Path) -> None:
     )
 
 
+def test_a_damaged_genesis_file_is_one_line(tmp_path: Path) -> None:
+    me = identity(make_pki(tmp_path, 1, operator=False), "sn0")
+    data = tmp_path / "data"
+    options = ValidatorOptions(data, ("127.0.0.1", 0), sentinel=True, chain_id="lab")
+    trio.run(obtain_genesis, me, options)
+    genesis = data / "genesis.cbor"
+    genesis.write_bytes(genesis.read_bytes()[:-7])  # cut short
+    assert raised(ConfigError, trio.run, obtain_genesis, me, options) == (
+        f"{genesis}: not a genesis file (damaged?); restore it from a backup, or move the "
+        "data directory away and --bootstrap afresh"
+    )
+
+
 def missing_genesis(data: Path, blocks: Path, *, sentinel: bool) -> str:
     if sentinel:
         return (
