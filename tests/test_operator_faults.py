@@ -36,9 +36,8 @@ from swarmlearn.consensus.store import (
 )
 from swarmlearn.consensus.swarm_txs import CreateContract, Join
 from swarmlearn.consensus.types import Status, Step
-from swarmlearn.errors import ConfigError
+from swarmlearn.errors import ConfigError, config_error_in
 from swarmlearn.p2p.identity import Identity, IdentityPaths, load_identity
-from swarmlearn.roles.daemon import _config_error
 from swarmlearn.roles.datadir import LOCK_FILE, DataDirLock
 from swarmlearn.roles.driver import CoreDriver
 from swarmlearn.roles.messages import NodeStatus, StatusRequest
@@ -185,8 +184,8 @@ def test_a_read_only_ledger_is_one_line(tmp_path: Path) -> None:
 def test_the_fault_is_found_inside_the_nursery_groups() -> None:
     fault = StoreFault("blocks.log: cannot write")
     nested = ExceptionGroup("outer", [ExceptionGroup("inner", [ValueError("x"), fault])])
-    assert _config_error(nested) is fault
-    assert _config_error(ExceptionGroup("other", [ValueError("x")])) is None
+    assert config_error_in(nested) is fault
+    assert config_error_in(ExceptionGroup("other", [ValueError("x")])) is None
 
 
 def run_driver(store: DiskStore, effects: list[Effect]) -> tuple[list[str], BaseException]:
@@ -202,7 +201,7 @@ def run_driver(store: DiskStore, effects: list[Effect]) -> tuple[list[str], Base
 
     with pytest.raises(BaseExceptionGroup) as stopped:
         trio.run(main)
-    fault = _config_error(stopped.value)
+    fault = config_error_in(stopped.value)
     assert fault is not None, stopped.value
     return log.events, fault
 

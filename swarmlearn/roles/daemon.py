@@ -30,7 +30,7 @@ from swarmlearn.cli import (
     identity_from_arguments,
     run_command,
 )
-from swarmlearn.errors import ConfigError, RemoteProtocolError
+from swarmlearn.errors import ConfigError, RemoteProtocolError, config_error_in
 from swarmlearn.p2p.address import parse_host_port
 from swarmlearn.p2p.gossip_messages import TOPIC_CONSENSUS
 from swarmlearn.p2p.identity import Identity, Role
@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
             p2p,
         )
     except (OSError, ExceptionGroup) as error:
-        fault = _config_error(error)
+        fault = config_error_in(error)
         if fault is not None:  # a disk fault mid-run, a damaged log: its one line, exit 2
             raise fault from None
         bind_error = _bind_error(error)
@@ -279,19 +279,6 @@ def run(args: argparse.Namespace) -> int:
         reason = os.strerror(bind_error.errno) if bind_error.errno else str(bind_error)
         raise ConfigError(f"{flag} {address}: cannot listen ({reason})") from None
     return 0
-
-
-def _config_error(error: BaseException) -> ConfigError | None:
-    """The first :class:`ConfigError` inside trio's nursery groups (a store that hit a full
-    disk stops the node with one; the tasks cancelled with it add nothing to say)."""
-    if isinstance(error, ConfigError):
-        return error
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            found = _config_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 def _bind_error(error: BaseException) -> OSError | None:
