@@ -12,6 +12,7 @@ it restarts with the space back and catches up with its state intact.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -84,6 +85,21 @@ def test_a_data_dir_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
     assert str(refused.value) == (
         f"--data-dir {data}: cannot write there (Not a directory); the node keeps its ledger "
         "and socket there: make it writable, or give another --data-dir"
+    )
+
+
+def test_a_filesystem_without_locks_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(ConfigError) as refused:
+        DataDirLock.acquire(tmp_path)
+    assert str(refused.value) == (
+        f"--data-dir {tmp_path}: cannot lock {tmp_path / LOCK_FILE} (No locks available); a "
+        "data directory must be on a filesystem with file locks (a local disk)"
     )
 
 

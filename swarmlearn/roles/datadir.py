@@ -63,6 +63,12 @@ class DataDirLock:
                 f"--data-dir {directory}: in use by another swarm-node ({holder}); a data "
                 "directory belongs to one node: stop that one, or give another --data-dir"
             ) from None
+        except OSError as error:  # no locks on this filesystem (some network mounts)
+            os.close(fd)
+            raise ConfigError(
+                f"--data-dir {directory}: cannot lock {path} ({error.strerror or error}); a "
+                "data directory must be on a filesystem with file locks (a local disk)"
+            ) from None
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
