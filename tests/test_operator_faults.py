@@ -36,7 +36,7 @@ from swarmlearn.consensus.store import (
     read_log,
 )
 from swarmlearn.consensus.swarm_txs import CreateContract, Join
-from swarmlearn.consensus.types import Status, Step
+from swarmlearn.consensus.types import Block, BlockHeader, Status, Step, tx_root
 from swarmlearn.errors import ConfigError, config_error_in
 from swarmlearn.p2p.identity import Identity, IdentityPaths, load_identity
 from swarmlearn.roles.datadir import LOCK_FILE, DataDirLock
@@ -44,7 +44,7 @@ from swarmlearn.roles.driver import CoreDriver
 from swarmlearn.roles.messages import NodeStatus, StatusRequest
 from swarmlearn.roles.validator import ValidatorOptions, ask, obtain_genesis
 from swarmlearn.sansio import Broadcast, Deliver, Effect, Persist, Start
-from tests.consensus_helpers import block
+from tests.consensus_helpers import CHAIN
 from tests.test_driver_sync import OWN_A, OWN_B, Log, Outbox, Scripted
 from tests.test_real_swarm import _submit, make_pki, wait_for
 
@@ -56,8 +56,21 @@ ENOSPC_LINE = (
 )
 
 
-def record(height: int) -> tuple[object, ...]:
-    return (block(height), Status(height, 0, Step.PROPOSE))
+def linked(heights: int, tag: int = 0) -> list[Block]:
+    """Blocks 1..``heights`` of one chain (``tag`` tells chains apart), each naming the last."""
+    blocks, previous = [], b""
+    for height in range(1, heights + 1):
+        header = BlockHeader(CHAIN, height, 1000 + tag, "a", previous, tx_root(()), b"", b"")
+        blocks.append(Block(header, ()))
+        previous = blocks[-1].hash
+    return blocks
+
+
+CHAIN_A = linked(20)
+
+
+def record(height: int, chain: list[Block] = CHAIN_A) -> tuple[object, ...]:
+    return (chain[height - 1], Status(height, 0, Step.PROPOSE))
 
 
 # ---------------------------------------------------------------- the lock
@@ -134,7 +147,19 @@ def test_a_block_log_with_a_repeated_or_missing_height_is_refused(
 def test_a_block_log_in_order_loads(tmp_path: Path) -> None:
     write_blocks(tmp_path, [1, 2, 3])
     with DiskStore(tmp_path) as store:
-        assert store.load()["blocks"] == tuple(record(h) for h in (1, 2, 3))
+        assert store.load(CHAIN)["blocks"] == tuple(record(h) for h in (1, 2, 3))
+
+
+def test_a_block_of_another_chain_is_refused(tmp_path: Path) -> None:
+    path = write_blocks(tmp_path, [1, 2])
+    with DiskStore(tmp_path) as store:
+        store.persist("blocks", record(3, linked(3, tag=1)))  # same heights, another chain
+        assert raised(WalCorrupt, store.load) == (
+            f"{path}: height 3 does not follow height 2 (a block spliced in?); {REFUSED}"
+        )
+        assert raised(WalCorrupt, store.load, "another") == (
+            f"{path}: height 1 is of chain {CHAIN!r}, not the genesis's 'another'; {REFUSED}"
+        )
 
 
 # ---------------------------------------------------------------- a full disk (injected)
@@ -155,8 +180,8 @@ class FillingDisk:
 
 
 def test_a_full_disk_is_one_line_and_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    size = len(frame(record(1)))
-    store = DiskStore(tmp_path, write=FillingDisk(free=3 * size + size // 2))
+    three = sum(len(frame(record(height))) for height in (1, 2, 3))
+    store = DiskStore(tmp_path, write=FillingDisk(free=three + len(frame(record(4))) // 2))
     acknowledged, fault = persist_until_full(store)
     assert str(fault) == f"{tmp_path / 'blocks.log'}: {ENOSPC_LINE}"
     with pytest.raises(StoreFault):  # the log takes nothing after a failed write
@@ -634,8 +659,11 @@ def _lock_and_genesis_lines(data: Path) -> list[str]:
 
 def _block_log_lines(ledger: Path) -> list[str]:
     lines = []
-    for heights in ([*range(1, 10), 7], [1, 3], list(range(1, 15))):
+    for heights in ([*range(1, 10), 7], [1, 3], [1, 2], list(range(1, 15))):
         path = write_blocks(ledger, heights)
+        if heights == [1, 2]:
+            with DiskStore(ledger) as store:
+                store.persist("blocks", record(3, linked(3, tag=1)))
         if len(heights) == 14:  # a flipped byte in block 13
             spoiled = bytearray(path.read_bytes())
             spoiled[spans(bytes(spoiled))[12][0] + 12] ^= 0xFF

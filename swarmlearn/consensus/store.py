@@ -24,8 +24,9 @@ Reading back: a torn or corrupt *tail* (a crash in the middle of an append) is c
 last whole record, with a warning. A bad record with good records after it is corruption
 inside the log: :class:`WalCorrupt` stops the node with the file and offset, because
 replaying around it could make the node sign against its own past (a fork). ``blocks.log``
-must hold heights 1, 2, 3, ... in order: a repeated or missing height is corruption too (a
-second process wrote into the directory, or a file was spliced), named with the height.
+must hold heights 1, 2, 3, ... in order, each block naming the hash of the one before it: a
+repeated or missing height, or a block of another chain, is corruption too (a second process
+wrote into the directory, or files were spliced), named with the height.
 
 Disk faults: a write, fsync or open that fails (a full disk, a read-only filesystem, an I/O
 error) raises :class:`StoreFault`, one line naming the file and the reason. The driver has
@@ -180,26 +181,35 @@ def _any_record_after(data: bytes, offset: int) -> bool:
     )
 
 
-def check_heights(path: Path, blocks: list[Any]) -> None:
-    """``blocks`` (the records of ``path``) hold heights 1, 2, 3, ... in that order, or
+def check_blocks(path: Path, blocks: list[Any], chain_id: str | None = None) -> None:
+    """``blocks`` (the records of ``path``) hold heights 1, 2, 3, ... in that order, each
+    block naming the one before it (and, given ``chain_id``, of that chain), or
     :class:`WalCorrupt` names the first height out of place."""
+    previous: Any = None
     for expected, record in enumerate(blocks, start=1):
-        height = _height(record)
-        if height == expected:
-            continue
-        if height is None:
-            what = f"record {expected} is not a block"
-        elif height < expected:
-            what = f"height {height} repeats (after height {expected - 1})"
-        else:
-            what = f"height {expected} is missing (height {height} follows {expected - 1})"
-        raise WalCorrupt(f"{path}: {what}; {REFUSED}")
+        what = _out_of_place(expected, record, previous, chain_id)
+        if what is not None:
+            raise WalCorrupt(f"{path}: {what}; {REFUSED}")
+        previous = record[0]
 
 
-def _height(record: Any) -> int | None:
-    header = getattr(record[0], "header", None) if isinstance(record, tuple) and record else None
+def _out_of_place(expected: int, record: Any, previous: Any, chain_id: str | None) -> str | None:
+    """Why ``record`` cannot be block ``expected`` after ``previous`` (None: it can)."""
+    block = record[0] if isinstance(record, tuple) and record else None
+    header = getattr(block, "header", None)
     height = getattr(header, "height", None)
-    return height if isinstance(height, int) else None
+    if not isinstance(height, int):
+        return f"record {expected} is not a block"
+    if height < expected:
+        return f"height {height} repeats (after height {expected - 1})"
+    if height > expected:
+        return f"height {expected} is missing (height {height} follows {expected - 1})"
+    found_chain = getattr(header, "chain_id", None)
+    if chain_id is not None and found_chain != chain_id:
+        return f"height {height} is of chain {found_chain!r}, not the genesis's {chain_id!r}"
+    if previous is not None and getattr(header, "previous_hash", None) != previous.hash:
+        return f"height {height} does not follow height {height - 1} (a block spliced in?)"
+    return None
 
 
 class AppendLog:
@@ -282,13 +292,14 @@ class DiskStore:
                 continue
         return sorted(found)
 
-    def load(self) -> dict[str, tuple[Any, ...]]:
-        """What was persisted, per stream (the ``Start`` input of the core)."""
+    def load(self, chain_id: str | None = None) -> dict[str, tuple[Any, ...]]:
+        """What was persisted, per stream (the ``Start`` input of the core); the blocks are
+        checked (:func:`check_blocks`, of ``chain_id`` when given)."""
         wal: list[Any] = []
         for _, path in self._segments():
             wal += read_log(path, repair=True)
         blocks = read_log(self.directory / "blocks.log", repair=True)
-        check_heights(self.directory / "blocks.log", blocks)
+        check_blocks(self.directory / "blocks.log", blocks, chain_id)
         return {"blocks": tuple(blocks), "wal": tuple(wal)}
 
     def persist(self, stream: str, record: Any) -> None:

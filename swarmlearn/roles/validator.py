@@ -291,7 +291,7 @@ class ValidatorNode:
             genesis = await obtain_genesis(identity, options)
             store = DiskStore(options.data_dir / "ledger")
             try:
-                persisted = store.load()
+                persisted = store.load(genesis.chain_id)
             except BaseException:
                 store.close()
                 raise
