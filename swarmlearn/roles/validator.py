@@ -23,12 +23,13 @@ WAL of the height it was working on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -305,33 +306,39 @@ class ValidatorNode:
     async def run(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        with self._holding_lock(), self.store:  # the store closes before the lock goes
+            async with trio.open_nursery() as nursery:
+                lane_host, lane_port = self.options.listen[0], self.options.lane_port
+                await nursery.start(self.lanes.serve, lane_host, lane_port)
+                host, port = await nursery.start(self.network.serve, *self.options.listen)
+                self.address = self.options.advertise or (host, port)
+                await nursery.start(self.driver.run, Start(self._take_persisted()))
+                await nursery.start(self.local.serve)
+                self._learn_addresses()
+                api = ""
+                if self.options.api is not None:
+                    api_host, api_port = await nursery.start(
+                        serve_api, self, self.identity, *self.options.api
+                    )
+                    api = f", api https://{api_host}:{api_port}"
+                self.on_ready(self._ready_line(host, port, api))
+                task_status.started((host, port))
+                nursery.start_soon(self._join)
+
+    @contextlib.contextmanager
+    def _holding_lock(self) -> Iterator[None]:
+        """The data directory stays this node's until run() ends, however it ends."""
         try:
-            with self.store:
-                await self._serve(task_status)
+            yield
         finally:
             if self.lock is not None:
                 self.lock.release()
 
-    async def _serve(self, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+    def _take_persisted(self) -> dict[str, tuple[Any, ...]]:
+        """What open() read from the store (or, for a node built without it, read now)."""
         persisted = self.persisted if self.persisted is not None else self.store.load()
         self.persisted = None  # the core holds it from here
-        async with trio.open_nursery() as nursery:
-            lane_host, lane_port = self.options.listen[0], self.options.lane_port
-            await nursery.start(self.lanes.serve, lane_host, lane_port)
-            host, port = await nursery.start(self.network.serve, *self.options.listen)
-            self.address = self.options.advertise or (host, port)
-            await nursery.start(self.driver.run, Start(persisted))
-            await nursery.start(self.local.serve)
-            self._learn_addresses()
-            api = ""
-            if self.options.api is not None:
-                api_host, api_port = await nursery.start(
-                    serve_api, self, self.identity, *self.options.api
-                )
-                api = f", api https://{api_host}:{api_port}"
-            self.on_ready(self._ready_line(host, port, api))
-            task_status.started((host, port))
-            nursery.start_soon(self._join)
+        return persisted
 
     def _ready_line(self, host: str, port: int, api: str) -> str:
         """What the node prints once it listens: its roles, chain, height and address."""
