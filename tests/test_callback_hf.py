@@ -72,6 +72,7 @@ def rows(count: int) -> list[dict[str, torch.Tensor]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # a Trainer on two busy cores: 10-50 s
 def test_a_sync_every_sync_frequency_trainer_steps(tmp_path: Path) -> None:
     """40 rows, batches of 2, accumulating 2: 10 optimizer steps; a sync at the start, after
     steps 4 and 8, and the end's rounds (none in loopback)."""

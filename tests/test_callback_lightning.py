@@ -84,6 +84,8 @@ def test_bad_arguments_say_what_is_wrong(
         SwarmCallback(syncFrequency=4, minPeers=2, **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)  # a Trainer on two busy cores: 10-50 s
 def test_a_sync_every_sync_frequency_batches_on_the_module(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
