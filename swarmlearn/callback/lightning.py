@@ -15,7 +15,7 @@ submodule only). Each training batch counts (``on_train_batch_end``): a sync eve
 and syncs at once, so every node starts from the same weights; ``on_train_end`` takes part in
 the last rounds (``checkinModelOnTrainEnd``) and loads the final swarm model. The whole
 ``state_dict`` travels, buffers included, every dtype kept, as in the PyTorch callback. Needs
-the ``lightning`` extra (``lightning.pytorch``; ``pytorch_lightning`` 2.x modules work too).
+the ``lightning`` extra (``lightning.pytorch``).
 """
 
 from __future__ import annotations
