@@ -144,6 +144,9 @@ def test_mnist_pyt_with_f1score(tmp_path: Path) -> None:
     assert saved[1] == saved[0]
     assert saved[2] == saved[0]
     assert sum(len(a) for a in saved[0]) == synced[0][2]  # the whole model travels
+    figures = re.findall(r"adsValData: loss ([\d.]+), F1Score ([\d.]+)", logs[0])
+    assert len(figures) >= 2  # before the first sync and the last: PERFDATA's loss and metric
+    assert 0.0 < float(figures[-1][1]) <= 1.0
 
 
 def test_mnist_keras(tmp_path: Path) -> None:

@@ -144,7 +144,13 @@ class TorchSwarm(SwarmCore):
         loader = self.options.val_data
         if loader is None or self.loopback:
             return None, None
-        return evaluate(self.model, loader, self.loss_function, self.metric)
+        loss, metric = evaluate(self.model, loader, self.loss_function, self.metric)
+        figures = [] if loss is None else [f"loss {loss:.4f}"]
+        if metric is not None:
+            figures.append(f"{self.options.extra.get('metricFunction')} {metric:.4f}")
+        if figures:
+            self.logger.info(f"adsValData: {', '.join(figures)}")
+        return loss, metric
 
 
 class SwarmCallback(TorchSwarm):
