@@ -120,3 +120,15 @@ def test_the_compatibility_import_is_the_same_class() -> None:
     callback = HPECallback(syncFrequency=16, minPeers=3, model=tiny_bert(5))
     assert callback.hfMode == "full"
     assert callback.loopback
+
+
+def test_a_peft_model_without_hf_mode_is_told_what_peft_mode_saves(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """HPE's huggingface-peft example sets no hfMode: the whole state travels, as in HPE; the
+    log says what hfMode='peft' would send instead."""
+    model = lora(tiny_bert(5))
+    with caplog.at_level("INFO", logger="SwarmCallback"):
+        callback = SwarmCallback(syncFrequency=16, minPeers=2, model=model)
+    assert callback.hfMode == "full"
+    assert f"hfMode='peft' sends only the adapters ({adapter_bytes(model)} bytes)" in caplog.text

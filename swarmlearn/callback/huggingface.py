@@ -65,6 +65,13 @@ class SwarmCallback(TorchSwarm, TrainerCallback):
             _peft_model(kwargs.get("model"))
         TrainerCallback.__init__(self)
         TorchSwarm.__init__(self, options, kwargs.get("model"))
+        if "hfMode" not in kwargs and _is_peft(self.model):
+            full = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+            self.logger.info(
+                f"a PEFT model in hfMode='full': each round sends the whole state_dict"
+                f" ({full} bytes); hfMode='peft' sends only the adapters"
+                f" ({adapter_bytes(self.model)} bytes)"
+            )
 
     # ------------------------------------------------------------ which tensors travel
 
@@ -124,6 +131,14 @@ def _peft_model(model: Any) -> None:
             "hfMode='peft' needs a PEFT model (peft.get_peft_model(model, config)),"
             f" got {type(model).__name__}"
         )
+
+
+def _is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
 
 
 def adapter_bytes(model: torch.nn.Module) -> int:
