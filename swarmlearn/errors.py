@@ -36,3 +36,8 @@ class RemoteProtocolError(ProtocolError):
 
 class ConfigError(SwarmlearnError):
     """A user's mistake, explained in one line that names the field or file."""
+
+
+class ModelMismatchError(ConfigError):
+    """The trainer's model differs from the one its training contract holds (the message
+    names the tensor)."""

@@ -59,6 +59,13 @@ def test_bad_arguments_say_what_is_wrong(
         SwarmCallback(**arguments)  # type: ignore[arg-type]
 
 
+def test_a_misspelt_named_argument_gets_a_did_you_mean(loopback: None) -> None:
+    with pytest.raises(SwarmError, match=r"unknown option 'minPeer'; did you mean 'minPeers'\?"):
+        SwarmCallback(syncFrequency=10, minPeer=3, model=net())
+    with pytest.raises(SwarmError, match=r"SwarmCallback needs minPeers \(an integer >= 1\)"):
+        SwarmCallback(syncFrequency=10, model=net())
+
+
 def test_hpe_alias_ml_platform_is_accepted(loopback: None) -> None:
     callback = SwarmCallback(
         10, 2, model=net(), mlPlatform="PYTORCH", lossFunction="CrossEntropyLoss"

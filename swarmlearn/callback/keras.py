@@ -114,8 +114,8 @@ class SwarmCallback(keras.callbacks.Callback, SwarmCore):  # type: ignore[misc]
 
     def __init__(
         self,
-        syncFrequency: Any,
-        minPeers: Any,
+        syncFrequency: Any = None,
+        minPeers: Any = None,
         trainingContract: str = DEFAULT_TRAINING_CONTRACT,
         **kwargs: Any,
     ) -> None:

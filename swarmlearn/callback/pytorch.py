@@ -81,8 +81,8 @@ def load_state(model: torch.nn.Module, state: ModelState) -> None:
 class SwarmCallback(SwarmCore):
     def __init__(
         self,
-        syncFrequency: Any,
-        minPeers: Any,
+        syncFrequency: Any = None,
+        minPeers: Any = None,
         trainingContract: str = DEFAULT_TRAINING_CONTRACT,
         **kwargs: Any,
     ) -> None:

@@ -40,7 +40,7 @@ from pathlib import Path
 import trio
 
 from swarmlearn.digest import content_digest
-from swarmlearn.errors import ConfigError, RemoteProtocolError
+from swarmlearn.errors import ConfigError, ModelMismatchError, RemoteProtocolError
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.p2p.framing import FrameReader, encode_frame
 from swarmlearn.p2p.wire import Message, decode_body
@@ -371,7 +371,7 @@ class LocalClient:
             if self.shared is not None:
                 self.shared.unlink()  # the node has it mapped by now (or never will)
         if reply.mismatch:
-            raise ConfigError(f"trainingContract {contract!r}: {reply.reason}")
+            raise ModelMismatchError(f"trainingContract {contract!r}: {reply.reason}")
         if reply.round == 0 or reply.reason:
             return LatestOutcome(reply.round, None, b"", reply.reason)
         merged = reply.data
