@@ -19,6 +19,7 @@ from swarmlearn.consensus.swarm_txs import (
     Join,
     Merged,
     PerfData,
+    ResetContract,
     SignedTx,
     TensorSpec,
 )
@@ -321,6 +322,17 @@ def test_perfdata_is_recorded_per_node_and_round(swarm: Swarm) -> None:
     ledger.block(signed(swarm.people["a"], PerfData(DEFAULT_CONTRACT, 1, 0.5, 0.9, 2, 10)))
     key = (DEFAULT_CONTRACT, 1, str(swarm.people["a"].peer_id))
     assert ledger.app.state.perf[key].metric == 0.9
+
+
+def test_reset_contract_drops_its_perfdata(swarm: Swarm) -> None:
+    ledger = joined(swarm, "a", "op")
+    ledger.block(
+        signed(swarm.people["op"], CreateContract("lab")),
+        signed(swarm.people["a"], PerfData(DEFAULT_CONTRACT, 1, 0.5, 0.9, 2, 10)),
+        signed(swarm.people["a"], PerfData("lab", 1, 0.5, 0.9, 2, 10)),
+    )
+    ledger.block(signed(swarm.people["op"], ResetContract(DEFAULT_CONTRACT)))
+    assert [k[0] for k in ledger.app.state.perf] == ["lab"]  # the new run starts with none
 
 
 def test_same_blocks_same_hash_on_every_validator(swarm: Swarm) -> None:

@@ -265,6 +265,8 @@ class SwarmApp:
                 if name not in self.state.contracts:
                     return self._refuse(tx, f"no contract {name!r}", sender)
                 self.state.contracts[name] = ContractRecord(self.state.contracts[name].params)
+                for key in [k for k in self.state.perf if k[0] == name]:
+                    del self.state.perf[key]  # PERFDATA shows the new run only
             case CheckIn():
                 return self._check_in(tx, sender, body)
             case Merged() | Exclude():
