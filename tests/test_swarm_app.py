@@ -347,3 +347,15 @@ def test_certificates_are_checked_at_the_blocks_time(swarm: Swarm, tmp_path: Pat
     ledger.now_ms = T0 + 400 * 24 * 3600 * 1000  # past the 365-day certificates
     ledger.block(signed(swarm.people["a"], Join("a:1", der(swarm.people["a"]))))
     assert ledger.refusals() == ["the certificate is not valid at this block's time"]
+
+
+def test_a_nodes_liveness_is_its_votes_not_its_training(swarm: Swarm) -> None:
+    ledger = joined(swarm, "a", "sn")
+    a = str(swarm.people["a"].peer_id)
+    member = ledger.app.state.members[a]
+    trained_at = (member.last_seen_height, member.last_seen_ms)
+    ledger.app.votes_seen(40, 99_000, [a, "not-a-member"])
+    assert (member.alive_height, member.alive_ms) == (40, 99_000)  # LIST NODES' last seen
+    assert (member.last_seen_height, member.last_seen_ms) == trained_at
+    ledger.app.votes_seen(39, 98_000, [a])  # an older commit changes nothing
+    assert member.alive_height == 40

@@ -23,11 +23,13 @@ def _contract(session: Session, name: str) -> dict[str, Any]:
 
 @handles(c.ListNodes)
 def list_nodes(session: Session, command: c.ListNodes) -> Result:
-    """HPE's LIST NODES: SN, SL and SWOP nodes; operators (swci only) are not shown."""
+    """HPE's LIST NODES: SN, SL and SWOP nodes; operators (swci only) are not shown. Last
+    seen is the node's liveness: its latest vote in a block's commit (validators vote on
+    every block) or transaction, not its latest training activity."""
     members = [m for m in session.client().get("nodes") if set(m["roles"]) - {"swci"}]
     rows = [
         (m["node"][: render.SHORT_ID], ",".join(m["roles"]), m["address"] or "-",
-         m["joined_height"], m["last_seen_height"], render.when(m["last_seen_ms"]))
+         m["joined_height"], m["alive_height"], render.when(m["alive_ms"]))
         for m in members
     ]  # fmt: skip
     headers = ("NODE", "ROLES", "ADDRESS", "JOINED", "SEEN AT", "LAST SEEN (UTC)")
