@@ -140,6 +140,8 @@ class RoundEnds:
         if state is None or fetch is None or sender != fetch.source:
             return []
         fetch.source = ""  # its stall timer drops out
+        if fetch.tries >= FETCH_TRIES:
+            return self._fetch_next(state)  # the last try: the round fails now
         backoff_s = FETCH_BACKOFF_S * 2 ** (fetch.tries - 1)
         return [SetTimer(("sl-fetch", m.contract, m.round, fetch.tries), backoff_s)]
 
