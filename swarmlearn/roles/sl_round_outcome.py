@@ -180,8 +180,9 @@ class RoundEnds:
         self._finish(state)
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
         self._keep(state.contract, state.number, root, state.merged)
-        over = record.all_final
-        count = len(record.participants)
+        record = self._record(state)
+        over = record is not None and record.all_final
+        count = 0 if record is None else len(record.participants)
         return [Deliver(RoundDone(state.contract, state.number, root, state.merged, over, count))]
 
     def _keep(self, contract: str, number: int, root: bytes, flat: bytearray | memoryview) -> None:
