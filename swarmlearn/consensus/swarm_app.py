@@ -275,11 +275,10 @@ class SwarmApp:
                     return self._refuse(tx, problem, sender)
                 self.state.contracts[name] = ContractRecord(body)
             case ResetContract(name=name):
+                self._drop_perf(name)  # PERFDATA shows the new run only
                 if name not in self.state.contracts:
                     return self._refuse(tx, f"no contract {name!r}", sender)
                 self.state.contracts[name] = ContractRecord(self.state.contracts[name].params)
-                for key in [k for k in self.state.perf if k[0] == name]:
-                    del self.state.perf[key]  # PERFDATA shows the new run only
             case CheckIn():
                 return self._check_in(tx, sender, body)
             case Merged() | Exclude():
@@ -295,6 +294,11 @@ class SwarmApp:
                 if problem:
                     return self._refuse(tx, problem, sender)
         return "ok"
+
+    def _drop_perf(self, name: str) -> None:
+        if name in self.state.contracts:
+            for key in [k for k in self.state.perf if k[0] == name]:
+                del self.state.perf[key]
 
     def _refuse(self, tx: bytes, reason: str, sender: str = "") -> str:
         self.state.refusals.append((self._height, sender, reason))
