@@ -9,7 +9,9 @@ paused), trainers through the nodes' local endpoints (LocalClient) and the Swarm
 - model_not_fitting_contract_fails_loudly: a Keras script on a contract that holds a
   PyTorch model ends at its first sync with one SwarmError line, exit status 1;
 - trainer_started_before_node: a script waits for its node's socket, then trains;
-- swci_init_rerun: an SWCI init script runs twice; other settings are refused.
+- swci_init_rerun: an SWCI init script runs twice; other settings are refused;
+- final_perfdata: the final round's PERFDATA is measured on the final merged model, so two
+  nodes that validate on the same data report the same figures.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ ROUND_WAIT_S = 90.0  # a round of a 40 kB model, with a 10 s exchange deadline p
 #: After the paused node resumes, its trainer hears the round's outcome within this: the
 #: fetch's tries (each at most its stall timer, plus the backoffs) and a catch-up margin.
 FETCH_BOUND_S = FETCH_TRIES * FETCH_STALL_S + FETCH_BACKOFF_S * 2**FETCH_TRIES + 30.0
-SCRIPT_WAIT_S = 240.0  # a Keras script's TensorFlow import is slow on a busy machine
+SCRIPT_WAIT_S = 240.0
+PERF_WAIT_S = 30.0
+POLL_S = 0.2  # a Keras script's TensorFlow import is slow on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +162,8 @@ print("the script ended normally")
 """
 
 
-def torch_net() -> torch.nn.Module:
-    torch.manual_seed(0)
+def torch_net(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
 
 
@@ -198,6 +202,65 @@ def test_model_not_fitting_contract_fails_loudly(swarm: LocalSwarm, tmp_path: Pa
     assert "trainingContract 'torch-lab' holds another model (" in line
     assert "the contract's is '0.weight'" in line  # the tensor, named
     assert "RESET CONTRACT torch-lab" in line
+
+
+def perf_script(socket: Path, node: int, contract: str) -> None:
+    """Trains on its own data; validates on data every node shares (PERFDATA's loss)."""
+    from swarmlearn.callback.pytorch import SwarmCallback
+
+    rng = np.random.default_rng(node)
+    x = torch.tensor(rng.standard_normal((64, 64)), dtype=torch.float32)
+    y = torch.tensor(rng.integers(0, 10, 64))
+    shared = np.random.default_rng(99)
+    xv = torch.tensor(shared.standard_normal((32, 64)), dtype=torch.float32)
+    yv = torch.tensor(shared.integers(0, 10, 32))
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xv, yv), batch_size=16)
+    net = torch_net(node)  # the first round's figures: each node's own weights
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    callback = SwarmCallback(
+        syncFrequency=100,
+        minPeers=2,
+        model=net,
+        trainingContract=contract,
+        nodeSocket=str(socket),
+        adsValData=val,
+        lossFunction="CrossEntropyLoss",
+        metricFunction="Accuracy",
+        totalEpochs=1,
+    )
+    callback.on_train_begin()
+    for start in range(0, 64, 16):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(
+            net(x[start : start + 16]), y[start : start + 16]
+        ).backward()
+        optimizer.step()
+        callback.on_batch_end()
+    callback.on_epoch_end(0)
+    callback.on_train_end()
+
+
+def test_final_perfdata_is_measured_on_the_final_model(swarm: LocalSwarm) -> None:
+    operator = ApiClient(f"https://127.0.0.1:{swarm.nodes[0].api_port}", swarm.operator())
+    operator.submit(CreateContract("perf-lab"))
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda i: perf_script(swarm.nodes[i].socket, i, "perf-lab"), (1, 2)))
+    # The final figures follow the final round (a transaction each, after the scripts end).
+    deadline = time.monotonic() + PERF_WAIT_S
+    while True:
+        rows = operator.get("perfdata", contract="perf-lab")
+        final = max(row["round"] for row in rows)
+        last = [row for row in rows if row["round"] == final]
+        if last[0]["loss"] == last[-1]["loss"] or time.monotonic() > deadline:
+            break
+        time.sleep(POLL_S)  # real processes: nothing to wait on but the ledger's answers
+    operator.close()
+    assert len(last) == 2, rows
+    # the same final model, the same validation data: the same figures on both nodes
+    assert last[0]["loss"] == last[1]["loss"], rows
+    assert last[0]["metric"] == last[1]["metric"], rows
+    first = [row for row in rows if row["round"] == 1]
+    assert first[0]["loss"] != first[1]["loss"]  # measured on each node's own weights
 
 
 def test_trainer_started_before_node(tmp_path: Path) -> None:

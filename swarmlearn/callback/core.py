@@ -428,6 +428,15 @@ class SwarmCore:
         self.isSwarmTrainingOver = True
         return None if merged is None else unpack(merged, self._layout_of(state))
 
+    def report_final(self, loss: float | None, metric: float | None) -> None:
+        """HPE's PERFDATA of the last merged round, measured on its merged model (loaded by
+        ``finish``): it replaces what came with the check-in, measured on this node's own
+        weights, so every node reports its figure for the same, final model."""
+        if loss is None or self.last_round is None or self._client is None:
+            return
+        perf = (float(loss), float(metric or 0.0), self.epochsCompleted, self.totalEpochs)
+        self._client.report_perf(self.trainingContract, self.last_round.round, perf)
+
     def _layout_of(self, state: ModelState) -> Layout:
         if self._layout is None:
             self._layout = layout_of(state)

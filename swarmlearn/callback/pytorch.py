@@ -118,6 +118,7 @@ class SwarmCallback(SwarmCore):
         merged = self.finish(state_of(self.model), loss=loss, metric=metric)
         if merged is not None:
             load_state(self.model, merged)
+            self.report_final(*self._evaluate())  # PERFDATA of the final model
         self.close()
 
     # ------------------------------------------------------------ the simpler form

@@ -72,6 +72,7 @@ from swarmlearn.roles.sl_messages import (
     NeedRefill,
     Progress,
     Refilled,
+    ReportPerf,
     RoundChunk,
     RoundDone,
     RoundFailed,
@@ -170,6 +171,11 @@ class SLRoundCore(RoundRefill, LatestModels):
                 if is_early(self.rounds, message):
                     return self._keep_early(sender, message, digest)
                 return self._dispatch(sender, message, digest)
+            case Request(ReportPerf() as r):  # measured after the round: on its merged model
+                perf = PerfData(
+                    r.contract, r.round, r.loss, r.metric, r.epochs_done, r.epochs_total
+                )
+                return [SubmitSigned(self.sign(perf))]
             case Request(Refilled() as refilled):
                 return self._refilled(refilled, now)
             case TimerFired(("sl-fetch", str(contract), int(number), int(tries))):
