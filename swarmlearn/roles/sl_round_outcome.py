@@ -115,10 +115,10 @@ class RoundEnds:
         assert attempt is not None
         if fetch.tries >= FETCH_TRIES:
             reason = (
-                f"round {state.number}: the merged model could not be fetched from"
-                f" {len(fetch.sources)} peer(s) in {fetch.tries} tries"
+                f"the merged model could not be fetched from {len(fetch.sources)} peer(s)"
+                f" in {fetch.tries} tries"
             )
-            return [Log(reason, "warning"), self._failed(state, reason)]
+            return [Log(f"round {state.number}: {reason}", "warning"), self._failed(state, reason)]
         fetch.source = fetch.sources[fetch.tries % len(fetch.sources)]
         fetch.tries += 1
         fetch.seen = attempt.bytes_from[-1] = 0
