@@ -50,9 +50,9 @@ ROUND_WAIT_S = 90.0  # a round of a 40 kB model, with a 10 s exchange deadline p
 #: After the paused node resumes, its trainer hears the round's outcome within this: the
 #: fetch's tries (each at most its stall timer, plus the backoffs) and a catch-up margin.
 FETCH_BOUND_S = FETCH_TRIES * FETCH_STALL_S + FETCH_BACKOFF_S * 2**FETCH_TRIES + 30.0
-SCRIPT_WAIT_S = 240.0
-PERF_WAIT_S = 30.0
-POLL_S = 0.2  # a Keras script's TensorFlow import is slow on a busy machine
+SCRIPT_WAIT_S = 240.0  # a Keras script's TensorFlow import is slow on a busy machine
+PERF_WAIT_S = 30.0  # the final PERFDATA is a transaction after the scripts end
+POLL_S = 0.2
 
 
 @pytest.fixture(scope="module")
