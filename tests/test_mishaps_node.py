@@ -231,9 +231,8 @@ def perf_script(socket: Path, node: int, contract: str) -> None:
     callback.on_train_begin()
     for start in range(0, 64, 16):
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(
-            net(x[start : start + 16]), y[start : start + 16]
-        ).backward()
+        loss = torch.nn.functional.cross_entropy(net(x[start : start + 16]), y[start : start + 16])
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         callback.on_batch_end()
     callback.on_epoch_end(0)
