@@ -97,10 +97,15 @@ def test_list_nodes_shows_sn_sl_and_swop_nodes_not_operators(
     swop = ApiClient(swarm.url(), swarm.identity("swop1"))
     swop.submit(tx.EnrollTaskRunner(TR))  # joins first: a SWOP member
     swop.close()
-    run(session, "CREATE CONTRACT nodes-check")  # the operator joins by itself
+    created = run(session, "CREATE CONTRACT nodes-check")  # the operator joins by itself
     nodes = run(session, "LIST NODES")
     roles = sorted(tuple(n["roles"]) for n in nodes.doc)
     assert roles == [("sl", "sn"), ("sl", "sn"), ("swop",)]
+    # Last seen is liveness: both validators voted on the contract's block, although their
+    # latest transaction is older (their Join).
+    for node in (n for n in nodes.doc if "sn" in n["roles"]):
+        assert node["alive_height"] >= created.doc["height"] > node["last_seen_height"]
+        assert str(node["alive_height"]) in nodes.text
     operator = str(swarm.identity("operator").peer_id)
     assert operator[:12] not in nodes.text
     assert nodes.text.splitlines()[0].split()[:3] == ["NODE", "ROLES", "ADDRESS"]
