@@ -387,7 +387,7 @@ class ValidatorNode:
         """Leave the swarm (registry and seat); wait until no height needs this node's vote.
         What happened, in words, for the log and the console."""
         self.leaving = True
-        body = Leave("", reason, time.time_ns())
+        body = Leave("", reason, nonce=time.time_ns())
         tx = sign_transaction(self.identity, self.core.chain_id, body)
         with trio.move_on_after(wait_s):
             reply = await self.submit(tx, wait_s)
