@@ -79,6 +79,13 @@ def test_bad_arguments_say_what_is_wrong(
         SwarmCallback(**arguments)  # type: ignore[arg-type]
 
 
+def test_a_misspelt_named_argument_gets_a_did_you_mean(loopback: None) -> None:
+    with pytest.raises(SwarmError, match=r"unknown option 'minPeer'; did you mean 'minPeers'\?"):
+        SwarmCallback(syncFrequency=10, minPeer=3, model=net())
+    with pytest.raises(SwarmError, match=r"SwarmCallback needs minPeers \(an integer >= 1\)"):
+        SwarmCallback(syncFrequency=10, model=net())
+
+
 def test_hpe_alias_ml_platform_is_accepted(loopback: None) -> None:
     callback = SwarmCallback(
         10, 2, model=net(), mlPlatform="PYTORCH", lossFunction="CrossEntropyLoss"
@@ -285,11 +292,9 @@ def test_progress_bar_with_eta_when_total_epochs_is_set(
 
 
 @pytest.mark.process
-def test_a_check_in_the_ledger_refuses_fails_at_once_with_the_reason(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Another model on a contract whose layout is set: the node says why at once (it asks its
-    ledger before checking in) instead of leaving the trainer waiting until syncTimeout."""
+def test_a_model_that_is_not_the_contracts_fails_at_the_first_sync(tmp_path: Path) -> None:
+    """Another model on a contract whose layout is set: the first sync raises one SwarmError
+    naming the tensor and the fixes, at once (not a warning per round and exit status 0)."""
     out: dict[int, dict[str, torch.Tensor]] = {}
     with two_daemons(tmp_path) as data:
         run_scripts(
@@ -301,13 +306,14 @@ def test_a_check_in_the_ledger_refuses_fails_at_once_with_the_reason(
         other = torch.nn.Linear(64, 10)  # not the model the contract's rounds merged
         socket = str(data[0] / "sl.sock")
         callback = SwarmCallback(syncFrequency=5, minPeers=2, model=other, nodeSocket=socket)
-        with caplog.at_level("WARNING", logger="SwarmCallback"):
+        with pytest.raises(SwarmError) as caught:
             callback.on_train_begin()  # a hang here would end in syncTimeout's ConfigError
         callback.close()
     assert callback.rounds_done == 0
-    warning = caplog.records[-1].getMessage()
-    assert "the ledger refuses it: tensor 0 is 'weight', the contract's is '0.weight'" in warning
-    assert warning.endswith("keeping the local weights")
+    message = str(caught.value)
+    assert "tensor 0 is 'weight', the contract's is '0.weight'" in message
+    assert "trainingContract='NAME'" in message
+    assert "RESET CONTRACT defaultbb.cqdb.sml.hpe" in message
 
 
 def test_hpe_loss_and_any_torchmetrics_metric_on_the_validation_data() -> None:
@@ -340,3 +346,18 @@ def test_hpe_loss_and_any_torchmetrics_metric_on_the_validation_data() -> None:
     assert loss == pytest.approx(expected_loss, rel=1e-5)
     assert metric == pytest.approx(float(f1(out, y[:100])), rel=1e-5)
     assert model.training is False  # it was in eval mode before, and is left so
+
+
+def test_accuracy_without_arguments_is_the_argmax_accuracy() -> None:
+    """What swarmlearn took before torchmetrics (and the demo passes): no task needed."""
+    from swarmlearn.callback.torch_eval import evaluate, metric_function
+
+    model = net()
+    x, y = digits_split(0, 2)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:100], y[:100]), 32)
+    loss, accuracy = evaluate(model, val, None, metric_function("Accuracy", None))
+    model.eval()
+    with torch.no_grad():
+        expected = float((model(x[:100]).argmax(dim=1) == y[:100]).float().mean())
+    assert loss is None
+    assert accuracy == pytest.approx(expected)

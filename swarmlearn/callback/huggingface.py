@@ -46,8 +46,8 @@ PLATFORM_OPTIONS = (
 class SwarmCallback(TorchSwarm, TrainerCallback):
     def __init__(
         self,
-        syncFrequency: Any,
-        minPeers: Any,
+        syncFrequency: Any = None,
+        minPeers: Any = None,
         trainingContract: str = DEFAULT_TRAINING_CONTRACT,
         **kwargs: Any,
     ) -> None:

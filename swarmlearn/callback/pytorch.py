@@ -137,6 +137,7 @@ class TorchSwarm(SwarmCore):
         merged = self.finish(self.state_now(), loss=loss, metric=metric)
         if merged is not None:
             self.load(merged)
+            self.report_final(*self.evaluate())  # PERFDATA of the final model
         self.close()
 
     def evaluate(self) -> tuple[float | None, float | None]:
@@ -156,8 +157,8 @@ class TorchSwarm(SwarmCore):
 class SwarmCallback(TorchSwarm):
     def __init__(
         self,
-        syncFrequency: Any,
-        minPeers: Any,
+        syncFrequency: Any = None,
+        minPeers: Any = None,
         trainingContract: str = DEFAULT_TRAINING_CONTRACT,
         **kwargs: Any,
     ) -> None:

@@ -4,9 +4,10 @@ Lightning, Hugging Face), and the validation pass that reports them.
 As HPE documents: ``lossFunction`` names a ``torch.nn`` loss class and ``lossFunctionArgs``
 its constructor's keyword arguments (``"CrossEntropyLoss"``, ``{"reduction": "sum"}``);
 ``metricFunction`` names any ``torchmetrics`` metric class and ``metricFunctionArgs`` its
-arguments (``"F1Score"``, ``{"task": "multiclass", "num_classes": 10}``). Both are built once,
-when the callback is made, so a wrong name or argument is one line then, naming what exists
-(with a did-you-mean), never a traceback in the middle of training.
+arguments (``"F1Score"``, ``{"task": "multiclass", "num_classes": 10}``; ``"Accuracy"``
+alone, as swarmlearn took it before, is the argmax accuracy, no torchmetrics needed). Both are
+built once, when the callback is made, so a wrong name or argument is one line then, naming
+what exists (with a did-you-mean), never a traceback in the middle of training.
 
 The loss and metric are computed on ``adsValData`` before each sync and at the end (PERFDATA,
 adaptive sync). The loss is the mean over samples whatever the loss's ``reduction``; the metric
@@ -125,6 +126,8 @@ def metric_function(name: Any, args: Any) -> Any:
     """``metricFunction`` / ``metricFunctionArgs``: a torchmetrics Metric, built (None: none)."""
     if name is None:
         return None
+    if name == "Accuracy" and args is None:
+        return ArgmaxAccuracy()  # swarmlearn's before torchmetrics: no task needed
     arguments = _arguments("metricFunctionArgs", args)
     try:
         import torchmetrics
@@ -139,6 +142,28 @@ def metric_function(name: Any, args: Any) -> Any:
             f" (torchmetrics has: {', '.join(names)})"
         )
     return _build("metricFunction", getattr(torchmetrics, str(name)), arguments, METRIC_BASE_ARGS)
+
+
+class ArgmaxAccuracy:
+    """``metricFunction="Accuracy"`` without ``metricFunctionArgs``: the share of samples
+    whose highest output is the target (torchmetrics' Accuracy needs a ``task``)."""
+
+    def __init__(self) -> None:
+        self.correct = 0
+        self.count = 0
+
+    def reset(self) -> None:
+        self.correct = self.count = 0
+
+    def to(self, device: torch.device) -> ArgmaxAccuracy:
+        return self
+
+    def update(self, out: torch.Tensor, target: torch.Tensor) -> None:
+        self.correct += int((out.argmax(dim=1) == target).sum())
+        self.count += len(target)
+
+    def compute(self) -> torch.Tensor:
+        return torch.tensor(self.correct / max(self.count, 1))
 
 
 def _split(batch: Any) -> tuple[Any, torch.Tensor]:
