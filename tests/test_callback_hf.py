@@ -132,3 +132,28 @@ def test_a_peft_model_without_hf_mode_is_told_what_peft_mode_saves(
         callback = SwarmCallback(syncFrequency=16, minPeers=2, model=model)
     assert callback.hfMode == "full"
     assert f"hfMode='peft' sends only the adapters ({adapter_bytes(model)} bytes)" in caplog.text
+
+
+def test_loss_and_metric_on_dict_batches() -> None:
+    """adsValData for a Trainer's model: a DataLoader of dict batches with ``label``; the
+    loss and metric come from the model's logits (HPE's are a TODO)."""
+    model = tiny_bert(5)
+    val: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(rows(16), batch_size=8)  # type: ignore[arg-type]
+    callback = SwarmCallback(
+        16,
+        2,
+        model=model,
+        adsValData=val,
+        lossFunction="CrossEntropyLoss",
+        metricFunction="Accuracy",
+        metricFunctionArgs={"task": "multiclass", "num_classes": 5},
+    )
+    callback.loopback = False  # as with a node: evaluate before each sync
+    loss, accuracy = callback.evaluate()
+    batch = next(iter(torch.utils.data.DataLoader(rows(16), batch_size=16)))  # type: ignore[arg-type]
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = float(torch.nn.functional.cross_entropy(logits, batch["label"]))
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert accuracy == pytest.approx(float((logits.argmax(1) == batch["label"]).float().mean()))
