@@ -85,6 +85,24 @@ class CheckIn(Message, tag=0x96):
     #: The node's own training is over: these are its final weights, and it keeps checking
     #: in until every node of a round is final (HPE's ``checkinModelOnTrainEnd``).
     final: bool = False
+    #: The trainer session (at the node's local endpoint) this check-in is for, and a nonce:
+    #: a re-run that checks in the same weights after ``RESET CONTRACT`` is a new transaction.
+    session: int = 0
+    nonce: int = 0
+    #: The trainer waits this long at most (its syncTimeout left): the check-in expires this
+    #: long after the block that holds it, unless the round has closed (0: never).
+    wait_ms: int = 0
+
+
+@dataclass(frozen=True)
+class CheckOut(Message, tag=0x9C):
+    """An SL node withdraws its check-in from a round still open: the trainer session it was
+    for went away (disconnected). Only the check-in of that ``session`` is taken back."""
+
+    contract: str
+    round: int
+    session: int
+    reason: str = ""
 
 
 @dataclass(frozen=True)

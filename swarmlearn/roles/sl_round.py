@@ -53,6 +53,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from swarmlearn.consensus.events import TxRefused
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
 from swarmlearn.consensus.swarm_txs import CheckIn, Merged, PerfData
@@ -75,6 +76,7 @@ from swarmlearn.roles.sl_messages import (
     RoundDone,
     RoundFailed,
     RoundManifest,
+    SessionClosed,
     SLEffect,
     SubmitSigned,
     chunk_cuts,
@@ -124,11 +126,14 @@ __all__ = [
     "RoundManifest",
     "SLEffect",
     "SLRoundCore",
+    "SessionClosed",
     "SubmitSigned",
     "specs_of",
 ]
 
 RESEND_S = 2.0
+#: Refusals of a check-in that pass (the node is joining, the pool is full): it is resent.
+PASSING_REFUSALS = ("already in the mempool", "mempool full", "is not a member")
 
 
 # ---------------------------------------------------------------- the core
@@ -145,12 +150,18 @@ class SLRoundCore(RoundRefill, LatestModels):
         self.kept = KeptModels()  # merged models, to serve peers that fetch them
         self.early = EarlyMessages()  # replayed when their attempt starts here
         self.queued: dict[str, Contribute] = {}  # the next weights, while a round runs
+        self.queued_at: dict[str, float] = {}  # when their trainer's sync started
+        self.nonce = 0  # check-ins signed: with the session, each one a distinct transaction
         self.latest = {}  # fetches of a contract's latest model, for trainers (sl_round_latest)
 
     def handle(self, event: Input, now: float) -> list[SLEffect]:
         match event:
             case Request(Contribute() as contribution):
                 return self._contribute(contribution, now)
+            case Request(SessionClosed(session)):
+                return self._session_closed(session, now)
+            case Request(TxRefused(data, reason)):
+                return self._tx_refused(data, reason)
             case Request(LedgerChanged()):
                 effects = [e for r in list(self.rounds.values()) for e in self._follow(r, now)]
                 return effects + self._start_queued(now) + self._latest_follow(now)
@@ -209,28 +220,35 @@ class SLRoundCore(RoundRefill, LatestModels):
 
     # ------------------------------------------------------------ committing
 
-    def _contribute(self, c: Contribute, now: float) -> list[SLEffect]:
+    def _contribute(
+        self, c: Contribute, now: float, started: float | None = None
+    ) -> list[SLEffect]:
+        """Check ``c`` in (or queue it behind the contract's running round). ``started``: when
+        the trainer's sync began (its syncTimeout counts from there, queued or not)."""
+        started = now if started is None else started
         contract = self.app.state.contracts.get(c.contract)
         specs = specs_of(c.layout)
         problem = self.app.check_in_problem(c.contract, c.merge_method, specs)
         if contract is None or problem is not None:
             number = 0 if contract is None else contract.next_round_number()
-            return [Deliver(RoundFailed(c.contract, number, f"the ledger refuses it: {problem}"))]
+            reason = f"the ledger refuses it: {problem}"
+            failed = RoundFailed(c.contract, number, reason, session=c.session, refused=True)
+            return [Deliver(failed)]
         busy = [r for r in self.rounds.values() if r.contract == c.contract and not r.finished]
         if busy:  # one round at a time per contract: this one waits for the current one
-            self.queued[c.contract] = c
-            return [
-                self._progress(
-                    busy[0], f"round {busy[0].number} still running; next weights queued"
-                )
-            ]
+            self.queued[c.contract], self.queued_at[c.contract] = c, started
+            text = f"round {busy[0].number} still running; next weights queued"
+            return [Deliver(Progress(c.contract, busy[0].number, text, c.session))]
         number = contract.next_round_number()
         hashes = c.chunk_hashes
         if hashes is None or len(hashes) != c.layout.chunk_count:
             hashes = chunk_hashes(c.layout, c.flat)
         root = manifest_root(c.layout, hashes)
-        state = RoundState(c.contract, number, c, hashes, root, specs=specs, contributed_at=now)
+        state = RoundState(c.contract, number, c, hashes, root, specs=specs, contributed_at=started)
+        state.generation = contract.generation
         self.rounds[(c.contract, number)] = state
+        left_s = None if c.wait_s is None else max(0.0, c.wait_s - (now - started))
+        self.nonce += 1
         check_in = CheckIn(
             c.contract,
             number,
@@ -241,6 +259,9 @@ class SLRoundCore(RoundRefill, LatestModels):
             c.layout.total_bytes,
             c.merge_method,
             c.final,
+            c.session,
+            self.nonce,
+            0 if left_s is None else max(1, int(left_s * 1000)),
         )
         state.check_in = self.sign(check_in)
         state.sent_at = now
@@ -249,26 +270,77 @@ class SLRoundCore(RoundRefill, LatestModels):
             self._progress(state, "checking in"),
             SetTimer(("sl-wait", c.contract, number, 0), WAIT_PROGRESS_S),
         ]
-        if c.wait_s is not None:
-            effects.append(SetTimer(("sl-expire", c.contract, number, 0), c.wait_s))
+        if left_s is not None:
+            effects.append(SetTimer(("sl-expire", c.contract, number, 0), left_s))
         if c.perf is not None:
             loss, metric, done, total = c.perf
             report = PerfData(c.contract, number, loss, metric, done, total)
             effects.insert(1, SubmitSigned(self.sign(report)))
         return effects
 
+    def _session_closed(self, session: int, now: float) -> list[SLEffect]:
+        """A trainer went away: drop its queued weights, withdraw its open check-ins (a round
+        already exchanging goes on: the other participants need these weights)."""
+        for contract, queued in sorted(self.queued.items()):
+            if queued.session == session:
+                del self.queued[contract], self.queued_at[contract]
+        effects: list[SLEffect] = []
+        for key, state in sorted(self.rounds.items()):
+            if state.finished or state.contribution.session != session:
+                continue
+            record = self._record(state)
+            if record is not None and record.status != RoundStatus.OPEN:
+                continue
+            reason = "its trainer went away"
+            effects += self._check_out(state, record, reason)
+            self._finish(state)
+            del self.rounds[key]
+            effects.append(Log(f"round {state.number}: check-in withdrawn: {reason}", "info"))
+        return effects + self._start_queued(now)
+
+    def _tx_refused(self, data: bytes, reason: str) -> list[SLEffect]:
+        """The node's mempool refused a transaction: if it is a round's check-in, and not for
+        a passing reason, the round fails at once with the reason (the trainer hears it)."""
+        found = [s for s in self.rounds.values() if s.check_in == data and not s.finished]
+        if not found:
+            return []
+        if reason == "already committed":  # resent after it made a block: what did it do?
+            outcome = self.app.outcome(data) or ""
+            if not outcome.startswith("refused: "):
+                return []
+            reason = outcome.removeprefix("refused: ")
+        if any(passing in reason for passing in PASSING_REFUSALS):
+            return []
+        return [self._failed(found[0], f"the ledger refuses it: {reason}", refused=True)]
+
+    def _refused_on_ledger(self, state: RoundState) -> str | None:
+        """Why the ledger refused this round's check-in when it executed it (None: it did not,
+        it has not yet, or for a passing reason)."""
+        outcome = self.app.outcome(state.check_in) or ""
+        if not outcome.startswith("refused: "):
+            return None
+        reason = outcome.removeprefix("refused: ")
+        passing = (*PASSING_REFUSALS, "already checked in", "is not open")
+        return None if any(p in reason for p in passing) else reason
+
     def _follow(self, state: RoundState, now: float) -> list[SLEffect]:
         record = self._record(state)
         if state.finished or state.refilling is not None:  # (the trainer is writing its file)
             return []
+        contract = self.app.state.contracts.get(state.contract)
+        if contract is None or contract.generation != state.generation:
+            reason = f"round {state.number}: the contract was reset (RESET CONTRACT); sync again"
+            return [self._failed(state, reason)]
+        if (refused := self._refused_on_ledger(state)) is not None:
+            return [self._failed(state, f"the ledger refuses it: {refused}", refused=True)]
         if self._missed(state, record):
             # Checked in to a round that had moved on (a restarted node's ledger was behind,
             # or the round closed first): the same weights go to the round that is open now.
             del self.rounds[(state.contract, state.number)]
-            return self._contribute(state.contribution, now)
+            return self._contribute(state.contribution, now, state.contributed_at)
         if record is None or self.me not in record.checkins:
             if problem := self._refusal(state, record):  # for good: another model won the race
-                return [self._failed(state, f"the ledger refuses it: {problem}")]
+                return [self._failed(state, f"the ledger refuses it: {problem}", refused=True)]
             if now - state.sent_at >= RESEND_S:
                 state.sent_at = now  # not on the ledger yet (refused while joining, or lost)
                 return [SubmitSigned(state.check_in)]
@@ -499,5 +571,5 @@ class SLRoundCore(RoundRefill, LatestModels):
         for contract, queued in sorted(self.queued.items()):
             if not any(r.contract == contract and not r.finished for r in self.rounds.values()):
                 del self.queued[contract]
-                effects += self._contribute(queued, now)
+                effects += self._contribute(queued, now, self.queued_at.pop(contract, now))
         return effects

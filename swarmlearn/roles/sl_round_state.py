@@ -62,6 +62,7 @@ class RoundState:
     specs: tuple[TensorSpec, ...] = ()  # the contribution's tensors, as the ledger sees them
     contributed_at: float = 0.0
     refilling: int | None = None  # the attempt waiting for the trainer to refill its file
+    generation: int = 0  # the contract's (RESET CONTRACT starts a new one; this round ends)
 
 
 class EarlyMessages:

@@ -241,7 +241,11 @@ class ValidatorNode:
         self.trainers = Trainers(self.driver.submit)  # trainers.py: the local glue
         sock = options.data_dir / "sl.sock"
         self.local = LocalEndpoint(
-            sock, self.trainers.on_contribute, self.trainers.on_refilled, self.trainers.on_latest
+            sock,
+            self.trainers.on_contribute,
+            self.trainers.on_refilled,
+            self.trainers.on_latest,
+            self.trainers.on_closed,
         )
         self.address = options.listen
         self._waiters: dict[bytes, list[tuple[trio.Event, list[SubmitReply]]]] = {}
