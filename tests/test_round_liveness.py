@@ -120,7 +120,8 @@ def test_a_round_short_of_min_peers_says_so_and_ends_at_the_sync_timeout(swarm2:
     weights = [random.Random(node).randint(1, 100) for node in nodes]
     expected = bytes(flatten(merge([states[n] for n in nodes], weights, "mean"), layout))
     assert all(bytes(v.flat) == expected and v.round == 2 for _, _, v in done)
-    record = sim.nodes[lonely].core.app.state.contracts[DEFAULT_CONTRACT].rounds[1]
+    app = sim.nodes[lonely].core.app  # type: ignore[union-attr]
+    record = app.state.contracts[DEFAULT_CONTRACT].rounds[1]
     assert (record.status, record.reason) == (RoundStatus.FAILED, ABANDONED)
 
 
