@@ -210,3 +210,20 @@ def test_a_dead_nodes_check_in_expires_and_the_round_is_abandoned(swarm4: Swarm,
     sim.run(until=lambda: len(heard.done(3) + heard.done(4)) == 2, time_limit=at + 30)
     done = heard.done(3) + heard.done(4)
     assert {(v.round, bytes(v.flat)) for v in done} == {(2, expected_merge(layout, states))}
+
+
+def test_a_sync_queued_behind_a_running_round_ends_at_its_sync_timeout(swarm3: Swarm) -> None:
+    """syncTimeout counts from the sync's start, also while its weights wait in the queue."""
+    heard = Heard()
+    sim = start_simulator(swarm3, 0, heard)
+    rng = np.random.default_rng(0)
+    node = sim.node_ids[0]
+    layout = layout_of(model(rng), chunk_bytes=CHUNK_BYTES)
+    sim.request(node, contribution(layout, model(rng), node, 1, 3), at=1.0)  # waits for peers
+    sim.request(node, contribution(layout, model(rng), node, 2, 3, wait_s=5.0), at=2.0)
+    sim.run(until=lambda: bool(heard.ends()), time_limit=30.0)
+    ((_, at, failed),) = heard.ends()
+    assert isinstance(failed, RoundFailed)
+    assert failed.session == 2
+    assert 7.0 <= at < 7.1
+    assert failed.reason.startswith("still queued behind round 1 at syncTimeout=5 s")

@@ -185,6 +185,8 @@ class SLRoundCore(RoundRefill, LatestModels):
                 return self.kept.serve(sender, contract, number)
             case TimerFired(("sl-wait" | "sl-expire" as kind, str(contract), int(number), _)):
                 return self._waiting(contract, number, now, expired=kind == "sl-expire")
+            case TimerFired(("sl-queued", str(contract), int(number), int(session))):
+                return self._queued_expired(contract, number, session, now)
             case TimerFired(("sl-deadline", str(contract), int(number), int(attempt))):
                 return self._deadline(contract, number, attempt, now)
             case TimerFired(("sl-alive" | "sl-tick" as kind, str(contract), int(number), int(a))):
@@ -236,9 +238,7 @@ class SLRoundCore(RoundRefill, LatestModels):
             return [Deliver(failed)]
         busy = [r for r in self.rounds.values() if r.contract == c.contract and not r.finished]
         if busy:  # one round at a time per contract: this one waits for the current one
-            self.queued[c.contract], self.queued_at[c.contract] = c, started
-            text = f"round {busy[0].number} still running; next weights queued"
-            return [Deliver(Progress(c.contract, busy[0].number, text, c.session))]
+            return self._queue(c, busy[0].number, started, now)
         number = contract.next_round_number()
         hashes = c.chunk_hashes
         if hashes is None or len(hashes) != c.layout.chunk_count:
@@ -277,6 +277,33 @@ class SLRoundCore(RoundRefill, LatestModels):
             report = PerfData(c.contract, number, loss, metric, done, total)
             effects.insert(1, SubmitSigned(self.sign(report)))
         return effects
+
+    def _queue(self, c: Contribute, number: int, started: float, now: float) -> list[SLEffect]:
+        """Hold ``c`` until round ``number`` of its contract ends here."""
+        self.queued[c.contract], self.queued_at[c.contract] = c, started
+        text = f"round {number} still running; next weights queued"
+        effects: list[SLEffect] = [Deliver(Progress(c.contract, number, text, c.session))]
+        if c.wait_s is not None:  # its syncTimeout runs while it waits here too
+            left_s = max(0.0, c.wait_s - (now - started))
+            effects.append(SetTimer(("sl-queued", c.contract, number, c.session), left_s))
+        return effects
+
+    def _queued_expired(
+        self, contract: str, number: int, session: int, now: float
+    ) -> list[SLEffect]:
+        """A trainer's weights still queued behind the contract's running round at its
+        syncTimeout: dropped, and the trainer told why (never a sync longer than it asked)."""
+        queued = self.queued.get(contract)
+        if queued is None or queued.session != session or queued.wait_s is None:
+            return []
+        if now - self.queued_at[contract] < queued.wait_s:
+            return []  # newer weights of the same session, with their own timer
+        del self.queued[contract], self.queued_at[contract]
+        reason = (
+            f"still queued behind round {number} at syncTimeout={queued.wait_s:g} s: this"
+            " node's previous round of the contract has not ended"
+        )
+        return [Deliver(RoundFailed(contract, number + 1, reason, session=session))]
 
     def _session_closed(self, session: int, now: float) -> list[SLEffect]:
         """A trainer went away: drop its queued weights, withdraw its open check-ins (a round
