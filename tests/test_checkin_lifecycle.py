@@ -12,10 +12,11 @@ import pytest
 
 from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
 from swarmlearn.consensus.swarm_rounds import ABANDONED, RoundStatus
-from swarmlearn.consensus.swarm_txs import CheckOut, ResetContract
-from tests.test_swarm_app import Ledger, Swarm, check_in, joined, round_of, signed
+from swarmlearn.consensus.swarm_txs import CheckOut, Merged, ResetContract
+from tests.test_swarm_app import Ledger, Swarm, check_in, joined, merged, round_of, signed
 from tests.test_swarm_app import swarm as swarm
 
+EARLIER = f"a round of an earlier run of contract {DEFAULT_CONTRACT!r} (RESET CONTRACT ended it)"
 Step = tuple[tuple[bytes, ...], int, dict[str, object]]
 
 
@@ -114,10 +115,11 @@ def test_reset_contract_ends_open_rounds_and_a_rerun_checks_in_again(swarm: Swar
     assert contract.rounds == {}
     assert contract.generation == 1
     # The re-run of the same seeded script: the same weights, another session: a new tx.
-    rerun = check_in(swarm, "a", 1, session=2, nonce=1)
+    rerun = check_in(swarm, "a", 1, session=2, nonce=1, generation=1)
     assert rerun != first
-    ledger.block(rerun, check_in(swarm, "b", 1, session=4))
-    assert ledger.refusals() == []
+    stale = check_in(swarm, "b", 1, session=3)  # sent before the reset, late: refused
+    ledger.block(rerun, stale, check_in(swarm, "b", 1, session=4, generation=1))
+    assert ledger.refusals() == [EARLIER]
     assert round_of(ledger).status == RoundStatus.EXCHANGING  # every learner is in
 
 
@@ -141,3 +143,25 @@ def test_a_nodes_second_check_in_replaces_its_first_unless_it_is_the_same(
     assert ledger.refusals() == ([refusal] if refusal else [])
     ledger.block(after_ms=1_000)  # past the first check-in's wait
     assert len(round_of(ledger).checkins) == (0 if refusal else 1)
+
+
+def test_after_a_reset_the_earlier_runs_reports_are_refused_and_the_same_ones_are_new(
+    swarm: Swarm,
+) -> None:
+    """A re-run of a seeded script merges to the same root: its Merged must be a new
+    transaction; a late report of the earlier run must not land in the new run's round."""
+    ledger = joined(swarm, "a", "b", "op")
+    ledger.block(*(check_in(swarm, n, 1, session=1) for n in "ab"))
+    ledger.block(*(merged(swarm, n, b"m" * 32) for n in "ab"))
+    assert round_of(ledger).status == RoundStatus.DONE
+    ledger.block(signed(swarm.people["op"], ResetContract(DEFAULT_CONTRACT, nonce=2)))
+    ledger.block(*(check_in(swarm, n, 1, session=2, generation=1) for n in "ab"))
+    late = merged(swarm, "a", b"m" * 32)  # generation 0: the earlier run's
+    again = [signed(swarm.people[n], Merged(DEFAULT_CONTRACT, 1, 1, b"m" * 32, 1)) for n in "ab"]
+    assert late not in again
+    ledger.block(late, check_in(swarm, "a", 2, session=3), *again)
+    earlier = (
+        f"a round of an earlier run of contract {DEFAULT_CONTRACT!r} (RESET CONTRACT ended it)"
+    )
+    assert ledger.refusals() == [earlier, earlier]
+    assert round_of(ledger).status == RoundStatus.DONE

@@ -353,6 +353,8 @@ class SwarmApp:
         contract = self.state.contracts.get(body.contract)
         if contract is None:
             return self._refuse(tx, f"no contract {body.contract!r}", sender)
+        if body.generation != contract.generation:
+            return self._refuse(tx, _earlier_run(body.contract), sender)
         expected = contract.next_round_number()
         if body.round != expected:
             return self._refuse(
@@ -399,6 +401,8 @@ class SwarmApp:
     def _exchange(self, tx: bytes, sender: str, body: Merged | Exclude) -> str:
         contract = self.state.contracts.get(body.contract)
         round_ = contract.rounds.get(body.round) if contract else None
+        if contract is not None and body.generation != contract.generation:
+            return self._refuse(tx, _earlier_run(body.contract), sender)
         if contract is None or round_ is None or round_.status != RoundStatus.EXCHANGING:
             return self._refuse(
                 tx, f"round {body.round} of {body.contract!r} is not exchanging", sender
@@ -439,6 +443,10 @@ class SwarmApp:
             for m in self.state.members.values()
             if Role.SL in m.roles and m.last_seen_ms >= horizon
         )
+
+
+def _earlier_run(contract: str) -> str:
+    return f"a round of an earlier run of contract {contract!r} (RESET CONTRACT ended it)"
 
 
 def sign_transaction(identity: Identity, chain_id: str, body: Message) -> bytes:

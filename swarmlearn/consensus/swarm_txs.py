@@ -92,6 +92,9 @@ class CheckIn(Message, tag=0x96):
     #: The trainer waits this long at most (its syncTimeout left): the check-in expires this
     #: long after the block that holds it, unless the round has closed (0: never).
     wait_ms: int = 0
+    #: The contract's run (RESET CONTRACT starts the next): a round of an earlier run is over,
+    #: and the same report in a later run is a new transaction.
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,9 @@ class Merged(Message, tag=0x97):
     round: int
     attempt: int
     root: bytes
+    #: The contract's run (RESET CONTRACT starts the next): a round of an earlier run is over,
+    #: and the same report in a later run is a new transaction.
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,9 @@ class Exclude(Message, tag=0x98):
     attempt: int
     culprit: str
     reason: str
+    #: The contract's run (RESET CONTRACT starts the next): a round of an earlier run is over,
+    #: and the same report in a later run is a new transaction.
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,9 @@ class PerfData(Message, tag=0x99):
     metric: float
     epochs_done: int
     epochs_total: int
+    #: The contract's run (RESET CONTRACT starts the next): a round of an earlier run is over,
+    #: and the same report in a later run is a new transaction.
+    generation: int = 0
 
 
 @dataclass(frozen=True)

@@ -262,6 +262,7 @@ class SLRoundCore(RoundRefill, LatestModels):
             c.session,
             self.nonce,
             0 if left_s is None else max(1, int(left_s * 1000)),
+            contract.generation,
         )
         state.check_in = self.sign(check_in)
         state.sent_at = now
@@ -274,7 +275,7 @@ class SLRoundCore(RoundRefill, LatestModels):
             effects.append(SetTimer(("sl-expire", c.contract, number, 0), left_s))
         if c.perf is not None:
             loss, metric, done, total = c.perf
-            report = PerfData(c.contract, number, loss, metric, done, total)
+            report = PerfData(c.contract, number, loss, metric, done, total, contract.generation)
             effects.insert(1, SubmitSigned(self.sign(report)))
         return effects
 
@@ -585,7 +586,7 @@ class SLRoundCore(RoundRefill, LatestModels):
         root = merged_root(layout, attempt.merged, attempt.digests)
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
         self._keep(state.contract, state.number, root, state.merged)
-        report = Merged(state.contract, state.number, attempt.number, root)
+        report = Merged(state.contract, state.number, attempt.number, root, state.generation)
         return [
             SubmitSigned(self.sign(report)),
             self._progress(state, f"round {state.number}: merged, root {root.hex()[:12]}"),

@@ -237,7 +237,9 @@ class RoundEnds:
     def _exclude(self, state: RoundState, culprit: str, reason: str) -> list[SLEffect]:
         attempt = state.attempt
         assert attempt is not None
-        report = Exclude(state.contract, state.number, attempt.number, culprit, reason)
+        report = Exclude(
+            state.contract, state.number, attempt.number, culprit, reason, state.generation
+        )
         return [
             SubmitSigned(self.sign(report)),
             Log(f"round {state.number}: excluding {culprit[:8]}: {reason}", "warning"),
