@@ -108,9 +108,9 @@ class Trainer:
         return RoundOutcome(outcome.round, merged, outcome.root, outcome.reason)
 
     def kill(self) -> None:
-        """As a killed script: the connection drops, mid-round."""
+        """As a killed script: the connection drops, mid-round. (Shut down, not closed: the
+        trainer's own thread closes it, so that its descriptor is not reused under it.)"""
         self.client.sock.shutdown(socket.SHUT_RDWR)
-        self.client.close()
 
 
 def start(pool: ThreadPoolExecutor, call: Callable[[], RoundOutcome]) -> Future[RoundOutcome]:
@@ -173,6 +173,8 @@ def _quietly(
         return trainer.sync(contract, layout, seed, peers)
     except (ConfigError, OSError):
         return None
+    finally:
+        trainer.client.close()
 
 
 def hpe_style_sync(
