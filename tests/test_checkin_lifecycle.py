@@ -8,12 +8,26 @@ re-run's identical weights are a new transaction (session, nonce).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import cbor2
 import pytest
 
 from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
 from swarmlearn.consensus.swarm_rounds import ABANDONED, RoundStatus
-from swarmlearn.consensus.swarm_txs import CheckOut, Merged, ResetContract
-from tests.test_swarm_app import Ledger, Swarm, check_in, joined, merged, round_of, signed
+from swarmlearn.consensus.swarm_txs import CheckIn, CheckOut, Merged, ResetContract
+from swarmlearn.errors import RemoteProtocolError
+from swarmlearn.p2p.wire import decode_header, encode_header
+from tests.test_swarm_app import (
+    LAYOUT,
+    Ledger,
+    Swarm,
+    check_in,
+    joined,
+    merged,
+    round_of,
+    signed,
+)
 from tests.test_swarm_app import swarm as swarm
 
 EARLIER = f"a round of an earlier run of contract {DEFAULT_CONTRACT!r} (RESET CONTRACT ended it)"
@@ -165,3 +179,14 @@ def test_after_a_reset_the_earlier_runs_reports_are_refused_and_the_same_ones_ar
     )
     assert ledger.refusals() == [earlier, earlier]
     assert round_of(ledger).status == RoundStatus.DONE
+
+
+def test_a_check_in_from_before_sessions_still_decodes_with_the_new_fields_defaulted() -> None:
+    """Ledgers and peers of the previous version send CheckIn without session, nonce, wait
+    and generation: they decode (defaults), so an old chain replays; too few fields do not."""
+    new = CheckIn(DEFAULT_CONTRACT, 1, b"r" * 32, 1, 2, LAYOUT, 216, "mean", False, 5, 6, 7, 8)
+    tag, *fields = cbor2.loads(encode_header(new))
+    old = decode_header(cbor2.dumps([tag, *fields[:9]], canonical=True))
+    assert old == replace(new, session=0, nonce=0, wait_ms=0, generation=0)
+    with pytest.raises(RemoteProtocolError):
+        decode_header(cbor2.dumps([tag, *fields[:6]], canonical=True))
