@@ -23,6 +23,8 @@ from swarmlearn.sim.scenarios import SetupContext, rumor_workload, scenario
 from swarmlearn.sim.testing import sweep
 from tests.sim_probe import probe_factory
 
+pytestmark = pytest.mark.sim
+
 # ---------------------------------------------------------------- loop and seeds
 
 
@@ -193,6 +195,7 @@ def test_the_agreement_checker_catches_two_decisions_for_one_slot() -> None:
 # ---------------------------------------------------------------- the command line
 
 
+@pytest.mark.process
 def test_the_cli_prints_seed_summary_and_fingerprint() -> None:
     done = subprocess.run(
         [
