@@ -4,6 +4,7 @@ training on two swarm-node daemons (one script in HPE's exact style, one with ou
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,11 +265,10 @@ def test_progress_bar_with_eta_when_total_epochs_is_set(
 
 
 @pytest.mark.process
-def test_a_check_in_the_ledger_refuses_fails_at_once_with_the_reason(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_check_in_the_ledger_refuses_fails_at_once_with_the_reason(tmp_path: Path) -> None:
     """Another model on a contract whose layout is set: the node says why at once (it asks its
-    ledger before checking in) instead of leaving the trainer waiting until syncTimeout."""
+    ledger before checking in) instead of leaving the trainer waiting until syncTimeout, and
+    the sync raises it (the same weights would be refused again)."""
     out: dict[int, dict[str, torch.Tensor]] = {}
     with two_daemons(tmp_path) as data:
         run_scripts(
@@ -280,10 +280,8 @@ def test_a_check_in_the_ledger_refuses_fails_at_once_with_the_reason(
         other = torch.nn.Linear(64, 10)  # not the model the contract's rounds merged
         socket = str(data[0] / "sl.sock")
         callback = SwarmCallback(syncFrequency=5, minPeers=2, model=other, nodeSocket=socket)
-        with caplog.at_level("WARNING", logger="SwarmCallback"):
-            callback.on_train_begin()  # a hang here would end in syncTimeout's ConfigError
+        refused = "the ledger refuses it: tensor 0 is 'weight', the contract's is '0.weight'"
+        with pytest.raises(SwarmError, match=re.escape(refused)):
+            callback.on_train_begin()  # a hang here would end in syncTimeout's SwarmError
         callback.close()
     assert callback.rounds_done == 0
-    warning = caplog.records[-1].getMessage()
-    assert "the ledger refuses it: tensor 0 is 'weight', the contract's is '0.weight'" in warning
-    assert warning.endswith("keeping the local weights")

@@ -19,6 +19,7 @@ from swarmlearn.roles.local import LocalEndpoint
 from swarmlearn.roles.local_messages import LocalContribute, LocalRoundDone, LocalRoundFailed
 from swarmlearn.roles.sl_round import (
     Contribute,
+    LedgerChanged,
     RoundDone,
     RoundFailed,
     SessionClosed,
@@ -104,13 +105,18 @@ def test_a_check_in_carries_session_nonce_and_wait_and_a_closed_session_checks_o
     ledger.block(*first)
     assert core.handle(Request(SessionClosed(8)), 101.0) == []  # another session: nothing
     effects = core.handle(Request(SessionClosed(7)), 101.0)
-    (withdraw,) = [body_of(tx) for tx in submitted(effects)]
-    assert withdraw == CheckOut(DEFAULT_CONTRACT, 1, 7, "its trainer went away")
-    assert core.rounds == {}
-    again = submitted(core.handle(Request(contribution(9)[0]), 102.0))  # the restarted script
+    (check_out,) = submitted(effects)
+    assert body_of(check_out) == CheckOut(DEFAULT_CONTRACT, 1, 7, "its trainer went away")
+    # The restarted script's weights wait until the ledger shows the old check-in out.
+    queued = core.handle(Request(contribution(9)[0]), 102.0)
+    assert submitted(queued) == []
+    ledger.block(check_out)
+    assert ledger.refusals() == []
+    again = submitted(core.handle(Request(LedgerChanged()), 102.5))
+    assert list(core.rounds) == [(DEFAULT_CONTRACT, 2)]  # round 1, left empty, was abandoned
     (check_again,) = [body_of(tx) for tx in again if isinstance(body_of(tx), CheckIn)]
     assert isinstance(check_again, CheckIn)
-    assert (check_again.round, check_again.session, check_again.nonce) == (1, 9, 2)
+    assert (check_again.round, check_again.session, check_again.nonce) == (2, 9, 2)
     assert check_again.root == check.root  # the same weights, yet another transaction
     assert again != first
 

@@ -90,6 +90,7 @@ from swarmlearn.roles.sl_round_latest import LatestModels
 from swarmlearn.roles.sl_round_merged import KeptModels
 from swarmlearn.roles.sl_round_outcome import DEADLINE_MARGIN_S, WAIT_PROGRESS_S
 from swarmlearn.roles.sl_round_refill import RoundRefill
+from swarmlearn.roles.sl_round_sessions import RESEND_S, RoundSessions
 from swarmlearn.roles.sl_round_state import (
     Attempt,
     EarlyMessages,
@@ -131,15 +132,11 @@ __all__ = [
     "specs_of",
 ]
 
-RESEND_S = 2.0
-#: Refusals of a check-in that pass (the node is joining, the pool is full): it is resent.
-PASSING_REFUSALS = ("already in the mempool", "mempool full", "is not a member")
-
 
 # ---------------------------------------------------------------- the core
 
 
-class SLRoundCore(RoundRefill, LatestModels):
+class SLRoundCore(RoundSessions, RoundRefill, LatestModels):
     """One SL node's rounds, for every contract it trains on."""
 
     def __init__(self, me: NodeId, app: SwarmApp, sign: Any) -> None:
@@ -185,6 +182,8 @@ class SLRoundCore(RoundRefill, LatestModels):
                 return self.kept.serve(sender, contract, number)
             case TimerFired(("sl-wait" | "sl-expire" as kind, str(contract), int(number), _)):
                 return self._waiting(contract, number, now, expired=kind == "sl-expire")
+            case TimerFired(("sl-gone", str(contract), int(number), _)):
+                return self._gone_timer(contract, number, now)
             case TimerFired(("sl-queued", str(contract), int(number), int(session))):
                 return self._queued_expired(contract, number, session, now)
             case TimerFired(("sl-deadline", str(contract), int(number), int(attempt))):
@@ -279,82 +278,12 @@ class SLRoundCore(RoundRefill, LatestModels):
             effects.insert(1, SubmitSigned(self.sign(report)))
         return effects
 
-    def _queue(self, c: Contribute, number: int, started: float, now: float) -> list[SLEffect]:
-        """Hold ``c`` until round ``number`` of its contract ends here."""
-        self.queued[c.contract], self.queued_at[c.contract] = c, started
-        text = f"round {number} still running; next weights queued"
-        effects: list[SLEffect] = [Deliver(Progress(c.contract, number, text, c.session))]
-        if c.wait_s is not None:  # its syncTimeout runs while it waits here too
-            left_s = max(0.0, c.wait_s - (now - started))
-            effects.append(SetTimer(("sl-queued", c.contract, number, c.session), left_s))
-        return effects
-
-    def _queued_expired(
-        self, contract: str, number: int, session: int, now: float
-    ) -> list[SLEffect]:
-        """A trainer's weights still queued behind the contract's running round at its
-        syncTimeout: dropped, and the trainer told why (never a sync longer than it asked)."""
-        queued = self.queued.get(contract)
-        if queued is None or queued.session != session or queued.wait_s is None:
-            return []
-        if now - self.queued_at[contract] < queued.wait_s:
-            return []  # newer weights of the same session, with their own timer
-        del self.queued[contract], self.queued_at[contract]
-        reason = (
-            f"still queued behind round {number} at syncTimeout={queued.wait_s:g} s: this"
-            " node's previous round of the contract has not ended"
-        )
-        return [Deliver(RoundFailed(contract, number + 1, reason, session=session))]
-
-    def _session_closed(self, session: int, now: float) -> list[SLEffect]:
-        """A trainer went away: drop its queued weights, withdraw its open check-ins (a round
-        already exchanging goes on: the other participants need these weights)."""
-        for contract, queued in sorted(self.queued.items()):
-            if queued.session == session:
-                del self.queued[contract], self.queued_at[contract]
-        effects: list[SLEffect] = []
-        for key, state in sorted(self.rounds.items()):
-            if state.finished or state.contribution.session != session:
-                continue
-            record = self._record(state)
-            if record is not None and record.status != RoundStatus.OPEN:
-                continue
-            reason = "its trainer went away"
-            effects += self._check_out(state, record, reason)
-            self._finish(state)
-            del self.rounds[key]
-            effects.append(Log(f"round {state.number}: check-in withdrawn: {reason}", "info"))
-        return effects + self._start_queued(now)
-
-    def _tx_refused(self, data: bytes, reason: str) -> list[SLEffect]:
-        """The node's mempool refused a transaction: if it is a round's check-in, and not for
-        a passing reason, the round fails at once with the reason (the trainer hears it)."""
-        found = [s for s in self.rounds.values() if s.check_in == data and not s.finished]
-        if not found:
-            return []
-        if reason == "already committed":  # resent after it made a block: what did it do?
-            outcome = self.app.outcome(data) or ""
-            if not outcome.startswith("refused: "):
-                return []
-            reason = outcome.removeprefix("refused: ")
-        if any(passing in reason for passing in PASSING_REFUSALS):
-            return []
-        return [self._failed(found[0], f"the ledger refuses it: {reason}", refused=True)]
-
-    def _refused_on_ledger(self, state: RoundState) -> str | None:
-        """Why the ledger refused this round's check-in when it executed it (None: it did not,
-        it has not yet, or for a passing reason)."""
-        outcome = self.app.outcome(state.check_in) or ""
-        if not outcome.startswith("refused: "):
-            return None
-        reason = outcome.removeprefix("refused: ")
-        passing = (*PASSING_REFUSALS, "already checked in", "is not open")
-        return None if any(p in reason for p in passing) else reason
-
     def _follow(self, state: RoundState, now: float) -> list[SLEffect]:
         record = self._record(state)
         if state.finished or state.refilling is not None:  # (the trainer is writing its file)
             return []
+        if state.gone_at is not None and (record is None or self.me not in record.participants):
+            return self._gone_follow(state, record, now)  # its trainer went away
         contract = self.app.state.contracts.get(state.contract)
         if contract is None or contract.generation != state.generation:
             reason = f"round {state.number}: the contract was reset (RESET CONTRACT); sync again"

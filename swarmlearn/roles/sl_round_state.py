@@ -63,6 +63,8 @@ class RoundState:
     contributed_at: float = 0.0
     refilling: int | None = None  # the attempt waiting for the trainer to refill its file
     generation: int = 0  # the contract's (RESET CONTRACT starts a new one; this round ends)
+    gone_at: float | None = None  # when its trainer session went away
+    check_out: bytes = b""  # the signed CheckOut of its check-in, resent until it is out
 
 
 class EarlyMessages:
