@@ -117,7 +117,7 @@ class RoundSessions(RoundEnds):
                 state.check_out = self.sign(body)
             return [SubmitSigned(state.check_out)]
         landed = self.app.outcome(state.check_in) is not None
-        if record is None and not landed and now - state.gone_at < GONE_WAIT_S:
+        if not landed and now - state.gone_at < GONE_WAIT_S:
             return []  # on its way: withdrawn once it lands
         self._finish(state)
         del self.rounds[(state.contract, state.number)]
