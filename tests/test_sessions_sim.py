@@ -11,6 +11,8 @@ each over a seed sweep (the seed moves the mishap's moment and the network's tim
 - wrong_min_peers, by closing: the same, the trainers stopped (sessions closed) instead.
 - dead_node_expires: a node dies after checking in; its check-in expires on the ledger (block
   time) while another node waits, and the round is abandoned when the last trainer gives up.
+- the named scenarios of :mod:`swarmlearn.roles.simulation_sessions` (``sessions-restart``,
+  ``sessions-minpeers``), with their checkers, over a sweep.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import swarmlearn.roles.simulation_sessions  # noqa: F401  (registers the sessions-* scenarios)
 from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT, SwarmApp
 from swarmlearn.consensus.swarm_rounds import ABANDONED, RoundStatus
 from swarmlearn.merge import ModelState, flatten, layout_of, merge
@@ -28,6 +31,8 @@ from swarmlearn.merge.manifest import Layout
 from swarmlearn.roles.sl_round import Contribute, Progress, RoundDone, RoundFailed, SessionClosed
 from swarmlearn.sim import Simulator
 from swarmlearn.sim.checkers import Checker, Violation
+from swarmlearn.sim.scenarios import run_scenario
+from swarmlearn.sim.testing import sweep
 from tests.test_rounds_sim import CHUNK_BYTES, Swarm, make_swarm, model, start_simulator
 
 pytestmark = pytest.mark.sim
@@ -227,3 +232,14 @@ def test_a_sync_queued_behind_a_running_round_ends_at_its_sync_timeout(swarm3: S
     assert failed.session == 2
     assert 7.0 <= at < 7.1
     assert failed.reason.startswith("still queued behind round 1 at syncTimeout=5 s")
+
+
+@pytest.mark.parametrize("name", ["sessions-restart", "sessions-minpeers"])
+def test_the_named_session_scenarios_over_a_seed_sweep(
+    name: str, request: pytest.FixtureRequest
+) -> None:
+    """``python -m swarmlearn.sim --scenario sessions-restart --seed N`` replays any of them."""
+    count = request.config.getoption("--sim-seeds") or 10  # make check: 5
+    results = sweep(name, range(count))
+    assert len({r.fingerprint for r in results}) == count
+    assert run_scenario(name, 0).fingerprint == results[0].fingerprint  # one seed, one run
