@@ -184,7 +184,9 @@ def test_after_a_reset_the_earlier_runs_reports_are_refused_and_the_same_ones_ar
 def test_a_check_in_from_before_sessions_still_decodes_with_the_new_fields_defaulted() -> None:
     """Ledgers and peers of the previous version send CheckIn without session, nonce, wait
     and generation: they decode (defaults), so an old chain replays; too few fields do not."""
-    new = CheckIn(DEFAULT_CONTRACT, 1, b"r" * 32, 1, 2, LAYOUT, 216, "mean", False, 5, 6, 7, 8)
+    new = CheckIn(
+        DEFAULT_CONTRACT, 1, b"r" * 32, 1, 2, LAYOUT, 216, "mean", False, 5, 7, 8, nonce=6
+    )
     tag, *fields = cbor2.loads(encode_header(new))
     old = decode_header(cbor2.dumps([tag, *fields[:9]], canonical=True))
     assert old == replace(new, session=0, nonce=0, wait_ms=0, generation=0)

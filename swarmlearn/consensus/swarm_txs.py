@@ -10,9 +10,19 @@ leaves as itself, or an operator removes a dead one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from swarmlearn.p2p.wire import Message, decode_header, encode_header
+
+
+@dataclass(frozen=True)
+class Unique:
+    """A request a sender may repeat: the mempool refuses bytes it has committed before, so
+    ``nonce`` (senders use the time in ns) makes each repetition a distinct transaction.
+    Keyword-only, so it comes last in the constructor and on the wire (after the fields of
+    the message that inherits it)."""
+
+    nonce: int = field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,7 @@ class Join(Message, tag=0x93):
 
 
 @dataclass(frozen=True)
-class CreateContract(Message, tag=0x94):
+class CreateContract(Unique, Message, tag=0x94):
     """An operator (swci) names a training contract."""
 
     name: str
@@ -59,20 +69,20 @@ class CreateContract(Message, tag=0x94):
     grace_ms: int = 2_000  # after min_peers check-ins, how long the rest may still join
     exchange_base_ms: int = 10_000  # the exchange deadline: base + per GB of model
     exchange_ms_per_gb: int = 30_000
-    nonce: int = 0  # makes a repeated request a distinct transaction (senders: time in ns)
 
 
 @dataclass(frozen=True)
-class ResetContract(Message, tag=0x95):
+class ResetContract(Unique, Message, tag=0x95):
     """An operator (swci) starts a contract over: round numbers, layout and history reset."""
 
     name: str
-    nonce: int = 0  # a second reset of the same contract is a new request, not a replay
 
 
 @dataclass(frozen=True)
-class CheckIn(Message, tag=0x96):
-    """An SL node commits to its exact weights for a round, before any byte moves."""
+class CheckIn(Unique, Message, tag=0x96):
+    """An SL node commits to its exact weights for a round, before any byte moves. Its
+    ``nonce`` (the node's count of check-ins), with ``session``, makes each a distinct
+    transaction: a re-run that checks in the same weights after ``RESET CONTRACT`` too."""
 
     contract: str
     round: int
@@ -85,10 +95,8 @@ class CheckIn(Message, tag=0x96):
     #: The node's own training is over: these are its final weights, and it keeps checking
     #: in until every node of a round is final (HPE's ``checkinModelOnTrainEnd``).
     final: bool = False
-    #: The trainer session (at the node's local endpoint) this check-in is for, and a nonce:
-    #: a re-run that checks in the same weights after ``RESET CONTRACT`` is a new transaction.
+    #: The trainer session (at the node's local endpoint) this check-in is for.
     session: int = 0
-    nonce: int = 0
     #: The trainer waits this long at most (its syncTimeout left): the check-in expires this
     #: long after the block that holds it, unless the round has closed (0: never).
     wait_ms: int = 0
@@ -162,11 +170,10 @@ class Heartbeat(Message, tag=0x9A):
 
 
 @dataclass(frozen=True)
-class Leave(Message, tag=0x9B):
+class Leave(Unique, Message, tag=0x9B):
     """Leave the registry; an SN member also gives up its validator seat (two heights later,
     the way seats are added). ``node`` names another member to remove (an operator's, swci,
     for a dead node); empty: the sender itself. The last validator seat is never removed."""
 
     node: str = ""
     reason: str = ""
-    nonce: int = 0  # makes a repeated request a distinct transaction (senders: time in ns)

@@ -20,7 +20,12 @@ from swarmlearn.consensus.events import Committed, SubmitTx, TxRefused
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_txs import Join
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.sl_messages import FetchLatest, MergedUnavailable, SessionClosed
+from swarmlearn.roles.sl_messages import (
+    FetchLatest,
+    MergedUnavailable,
+    ReportPerf,
+    SessionClosed,
+)
 from swarmlearn.roles.sl_round import (
     Contribute,
     FetchMerged,
@@ -37,6 +42,8 @@ from swarmlearn.roles.sl_round import (
 from swarmlearn.sansio import Deliver, Effect, Input, Receive, Request, Start, TimerFired
 
 ROUND_MESSAGES = (RoundManifest, RoundChunk, MergedPiece, FetchMerged, MergedUnavailable)
+#: Local requests for the SL core (from the node: a trainer's, or a round lane's).
+SL_REQUESTS = (Contribute, Hashed, Refilled, FetchLatest, ReportPerf, SessionClosed)
 
 
 class SwarmNodeCore:
@@ -64,7 +71,14 @@ class SwarmNodeCore:
         match event:
             case Receive(_, message) if isinstance(message, ROUND_MESSAGES):
                 effects = self.sl.handle(event, now)
-            case Request(Contribute() | Hashed() | Refilled() | FetchLatest() | SessionClosed()):
+            case Request(
+                Contribute()
+                | Hashed()
+                | Refilled()
+                | FetchLatest()
+                | ReportPerf()
+                | SessionClosed()
+            ):
                 effects = self.sl.handle(event, now)
             case TimerFired((str(kind), *_)) if kind.startswith("sl-"):
                 effects = self.sl.handle(event, now)
