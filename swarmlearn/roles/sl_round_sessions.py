@@ -141,6 +141,8 @@ class RoundSessions(RoundEnds):
     def _refused_on_ledger(self, state: RoundState) -> str | None:
         """Why the ledger refused this round's check-in when it executed it (None: it did not,
         it has not yet, or for a passing reason)."""
+        if not state.check_in:  # (a round state that was never checked in from here)
+            return None
         outcome = self.app.outcome(state.check_in) or ""
         if not outcome.startswith("refused: "):
             return None
