@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from swarmlearn.callback.core import SwarmCore, parse_options
+from swarmlearn.callback.core import SwarmCore, SwarmError, parse_options
 from swarmlearn.consensus.swarm_txs import CreateContract, ResetContract
 from swarmlearn.demo.swarm import LocalSwarm
 from swarmlearn.errors import ConfigError
@@ -232,6 +232,25 @@ def test_rerun_after_reset_contract(swarm: LocalSwarm) -> None:
             client = operator(swarm)
             client.submit(ResetContract(contract))
             client.close()
+
+
+def test_a_refused_check_in_fails_the_sync_at_once(swarm: LocalSwarm) -> None:
+    """A check-in the ledger refuses when it executes it (the open round merges with another
+    method): the script's sync raises the ledger's reason at the next block, not at its
+    syncTimeout."""
+    contract = new_contract(swarm, "mishap-refused")
+    layout = layout_of(model(0, FLOATS))
+    with ThreadPoolExecutor(2) as pool:
+        holder = Trainer(swarm, 1)
+        holding = pool.submit(_quietly, holder, contract, layout, 700, NODES)
+        assert holder.hears("round 1: 1/3 checked in").wait(ROUND_BOUND_S)
+        began = time.monotonic()
+        with pytest.raises(SwarmError, match=r"merge method 'coordmedian'; the round's is 'mean'"):
+            hpe_style_sync(swarm, 0, contract, 701, mergeMethod="coordmedian", syncTimeout=60)
+        took_s = time.monotonic() - began
+        holder.kill()
+        assert holding.result(timeout=ROUND_BOUND_S) is None
+    assert took_s < 3.0, took_s  # a block or two (about 0.1 s each when the host is quiet)
 
 
 def test_wrong_minpeers_then_rerun(swarm: LocalSwarm) -> None:
