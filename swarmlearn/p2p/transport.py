@@ -277,6 +277,10 @@ class Connection:
     def statistics(self) -> TransportStatistics:
         return self._counters.snapshot()
 
+    def count_idle(self) -> None:
+        """A handler closed a connection that sat idle past its deadline."""
+        self._counters.idle_timeouts += 1
+
 
 async def _secure(
     transport: trio.abc.Stream,
@@ -485,3 +489,7 @@ class Listener:
 
     def statistics(self) -> TransportStatistics:
         return self._counters.snapshot()
+
+    def count_idle(self) -> None:
+        """A handler closed a connection that sat idle past its deadline."""
+        self._counters.idle_timeouts += 1

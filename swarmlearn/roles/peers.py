@@ -19,6 +19,13 @@ weights) go to the peer's round lane instead, and each new peer connection first
 this node's lane port (:class:`~swarmlearn.roles.lanes.LanePort`); a peer without a lane
 (not announced yet, or its lane failed) gets them here, with ``send_direct``.
 
+Only a member (a certificate with a node role) gets consensus traffic: anything else gets
+its requests answered and nothing else, and a connection of one that sends nothing for
+``REQUEST_IDLE_S`` is closed (counted in ``idle_timeouts``). What any connection may make
+the node hold (frame sizes by type, bytes in flight, deadlines, connection and handshake
+caps) is the transport's (:mod:`swarmlearn.p2p.transport`, :mod:`swarmlearn.p2p.limits`);
+an undecodable frame closes its connection and is counted there.
+
 A peer that keeps sending forged transactions (:meth:`PeerNetwork.report_forged`, from the
 consensus core's ``ForgedTx``) is banned by the :class:`~swarmlearn.roles.policing.Police`:
 its connections are closed, new ones refused and it is not dialed until the ban ends.
@@ -56,6 +63,7 @@ SEND_QUEUE_BYTES_MAX = 512 * 1024 * 1024
 REDIAL_MIN_S = 0.2
 REDIAL_MAX_S = 5.0
 REFUSE_SEND_S = 1.0  # the most a refused (banned) peer's connection waits for its Goodbye
+REQUEST_IDLE_S = 300.0  # silence before a non-member's connection (requests only) is closed
 
 CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError)
 
@@ -204,7 +212,12 @@ class PeerNetwork:
                     host, port = self._addresses[peer]
                     try:
                         connection = await dial(
-                            self.identity, host, port, config=self.config, counters=self.dialed
+                            self.identity,
+                            host,
+                            port,
+                            config=self.config,
+                            counters=self.dialed,
+                            budget=self.listener.budget,
                         )
                     except (OSError, RemoteProtocolError, trio.TooSlowError) as error:
                         log.debug("dial %s at %s:%d failed: %s", peer[:8], host, port, error)
@@ -271,7 +284,7 @@ class PeerNetwork:
 
     async def _read(self, connection: Connection, peer: NodeId, is_peer: bool) -> None:
         try:
-            async for message in connection:
+            while (message := await self._next(connection, is_peer)) is not None:
                 if isinstance(message, LanePort):
                     if is_peer and self.lanes is not None:
                         self.lanes.set_port(peer, message.port)
@@ -282,3 +295,18 @@ class PeerNetwork:
                     self.on_peer_message(peer, message)
         except CONNECTION_ERRORS as error:
             log.info("connection to %s ended: %s", peer[:8], error or type(error).__name__)
+
+    async def _next(self, connection: Connection, is_peer: bool) -> Message | None:
+        """The next message (None: the connection ended); a non-member's within
+        ``REQUEST_IDLE_S``."""
+        try:
+            if is_peer:
+                return await connection.receive()
+            with trio.fail_after(REQUEST_IDLE_S):
+                return await connection.receive()
+        except trio.EndOfChannel:
+            return None
+        except trio.TooSlowError:
+            connection.count_idle()
+            log.info("closed %s's connection: idle %g s", connection.peer_id.short, REQUEST_IDLE_S)
+            return None
