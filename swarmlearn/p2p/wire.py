@@ -421,21 +421,26 @@ TAG_PEEK_BYTES: Final = HEADER_LEN.size + 9 + 3
 def peek_tag(start: Buffer, body_len: int) -> int | None:
     """The message tag from the first bytes of a body (``body_len`` long in all), or None
     while too few have arrived; :class:`RemoteProtocolError` when they cannot be a message's."""
-    view = memoryview(start).cast("B")
-    if len(view) < min(TAG_PEEK_BYTES, body_len):
+    view = memoryview(start).cast("B")[:body_len]
+    if len(view) < HEADER_LEN.size + 1:
         return None
     (header_len,) = HEADER_LEN.unpack(view[: HEADER_LEN.size])
-    header = view[HEADER_LEN.size : HEADER_LEN.size + header_len]
-    if len(header) < 2 or header[0] >> 5 != 4:
+    head = view[HEADER_LEN.size : HEADER_LEN.size + header_len]
+    if head[0] >> 5 != 4 or head[0] & 0x1F > 27:
         raise RemoteProtocolError("frame body does not start with a message header")
-    info = header[0] & 0x1F
-    at = 1 + {24: 1, 25: 2, 26: 4, 27: 8}.get(info, 0)
-    if info > 27 or len(header) <= at:
-        raise RemoteProtocolError("frame body does not start with a message header")
-    first, rest = header[at], header[at + 1 :]
+    at = 1 + {24: 1, 25: 2, 26: 4, 27: 8}.get(head[0] & 0x1F, 0)
+    if len(head) <= at:
+        return _need_more(view, body_len, HEADER_LEN.size + header_len)
+    first = head[at]
     if first >> 5 != 0 or first & 0x1F > 25:
         raise RemoteProtocolError("message tag is not a small unsigned integer")
     size = {24: 1, 25: 2}.get(first & 0x1F, 0)
-    if len(rest) < size:
+    if len(head) < at + 1 + size:
+        return _need_more(view, body_len, HEADER_LEN.size + header_len)
+    return first & 0x1F if size == 0 else int.from_bytes(head[at + 1 : at + 1 + size], "big")
+
+
+def _need_more(view: memoryview, body_len: int, header_end: int) -> None:
+    """None (wait for more bytes), unless the header or body already ended."""
+    if len(view) >= min(header_end, body_len):
         raise RemoteProtocolError("message header cut short")
-    return first & 0x1F if size == 0 else int.from_bytes(rest[:size], "big")
