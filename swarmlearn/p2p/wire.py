@@ -430,13 +430,15 @@ def peek_tag(start: Buffer, body_len: int) -> int | None:
         raise RemoteProtocolError("frame body does not start with a message header")
     at = 1 + {24: 1, 25: 2, 26: 4, 27: 8}.get(head[0] & 0x1F, 0)
     if len(head) <= at:
-        return _need_more(view, body_len, HEADER_LEN.size + header_len)
+        _need_more(view, body_len, HEADER_LEN.size + header_len)
+        return None
     first = head[at]
     if first >> 5 != 0 or first & 0x1F > 25:
         raise RemoteProtocolError("message tag is not a small unsigned integer")
     size = {24: 1, 25: 2}.get(first & 0x1F, 0)
     if len(head) < at + 1 + size:
-        return _need_more(view, body_len, HEADER_LEN.size + header_len)
+        _need_more(view, body_len, HEADER_LEN.size + header_len)
+        return None
     return first & 0x1F if size == 0 else int.from_bytes(head[at + 1 : at + 1 + size], "big")
 
 
