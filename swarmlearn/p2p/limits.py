@@ -35,9 +35,9 @@ from swarmlearn.p2p.wire import Message, has_payload, message_types
 #: transactions by default) and its signatures; nothing without bulk bytes is bigger.
 HEADER_FRAME_BYTES_MAX: Final = 8 * 1024 * 1024
 #: Partial frames each connection may hold on its own, whatever the others hold.
-RESERVE_BYTES_DEFAULT: Final = 1024 * 1024
+RESERVE_BYTES_DEFAULT: Final = 256 * 1024
 #: Partial frames all of a node's connections hold together, beyond their reserves.
-TOTAL_BYTES_MAX_DEFAULT: Final = 128 * 1024 * 1024
+TOTAL_BYTES_MAX_DEFAULT: Final = 64 * 1024 * 1024
 
 
 class FrameRefused(RemoteProtocolError):

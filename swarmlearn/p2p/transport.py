@@ -73,7 +73,7 @@ class TransportConfig:
     #: Most bytes asked of the TLS stream per read.
     receive_bytes_max: int = 1024 * 1024
     #: A frame's reads may take this long, plus a second per ``frame_rate_min_bytes_s``.
-    frame_timeout_s: float = 30.0
+    frame_timeout_s: float = 10.0
     frame_rate_min_bytes_s: float = 1024 * 1024
     #: Silence allowed between frames (None: no limit; a member's link may idle).
     idle_timeout_s: float | None = None
