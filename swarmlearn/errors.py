@@ -50,3 +50,8 @@ def config_error_in(error: BaseException) -> ConfigError | None:
             if found is not None:
                 return found
     return None
+
+
+class ModelMismatchError(ConfigError):
+    """The trainer's model differs from the one its training contract holds (the message
+    names the tensor)."""

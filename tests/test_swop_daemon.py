@@ -103,7 +103,7 @@ class Operator:
         return done
 
     async def reset(self) -> None:
-        await self.submit(ResetTaskRunner("lab-runner", time.time_ns()))
+        await self.submit(ResetTaskRunner("lab-runner", nonce=time.time_ns()))
 
 
 def client(root: Path) -> httpx.AsyncClient:

@@ -269,7 +269,11 @@ class ValidatorNode:
         self.trainers = Trainers(self.driver.submit)  # trainers.py: the local glue
         sock = options.data_dir / "sl.sock"
         self.local = LocalEndpoint(
-            sock, self.trainers.on_contribute, self.trainers.on_refilled, self.trainers.on_latest
+            sock,
+            self.trainers.on_contribute,
+            self.trainers.on_refilled,
+            self.trainers.on_latest,
+            on_perf=self.trainers.on_perf,
         )
         self.address = options.listen
         self._waiters: dict[bytes, list[tuple[trio.Event, list[SubmitReply]]]] = {}
@@ -383,7 +387,7 @@ class ValidatorNode:
         """Leave the swarm (registry and seat); wait until no height needs this node's vote.
         What happened, in words, for the log and the console."""
         self.leaving = True
-        body = Leave("", reason, time.time_ns())
+        body = Leave("", reason, nonce=time.time_ns())
         tx = sign_transaction(self.identity, self.core.chain_id, body)
         with trio.move_on_after(wait_s):
             reply = await self.submit(tx, wait_s)
