@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from swarmlearn.errors import LocalProtocolError, RemoteProtocolError
+from swarmlearn.p2p.framing import encode_frame
 from swarmlearn.p2p.identity import Identity, Role
 from swarmlearn.p2p.messages import Chunk, Goodbye, Ping, Pong
 from swarmlearn.p2p.tls import client_context
@@ -160,7 +161,8 @@ async def test_sending_over_the_limit_is_our_mistake(kind: str, pki: Pki) -> Non
 @pytest.mark.parametrize("kind", KINDS)
 async def test_the_stream_ending_mid_frame_is_a_protocol_error(kind: str, pki: Pki) -> None:
     async with connection_pair(kind, pki.sl, pki.sn) as (client, server):
-        await client._stream.send_all(struct.pack(">I", 100) + b"partial")
+        ping_head = bytes(encode_frame(Ping(1))[0])[4:]  # a message header, then nothing more
+        await client._stream.send_all(struct.pack(">I", 100) + ping_head)
         await client._stream.aclose()
         with pytest.raises(RemoteProtocolError, match="middle of a frame"):
             await server.receive()
