@@ -21,10 +21,13 @@ this node's lane port (:class:`~swarmlearn.roles.lanes.LanePort`); a peer withou
 
 Only a member (a certificate with a node role) gets consensus traffic: anything else gets
 its requests answered and nothing else, and a connection of one that sends nothing for
-``REQUEST_IDLE_S`` is closed (counted in ``idle_timeouts``). What any connection may make
-the node hold (frame sizes by type, bytes in flight, deadlines, connection and handshake
-caps) is the transport's (:mod:`swarmlearn.p2p.transport`, :mod:`swarmlearn.p2p.limits`);
-an undecodable frame closes its connection and is counted there.
+``REQUEST_IDLE_S`` is closed (counted in ``idle_timeouts``). Writes have deadlines too: a
+request and its reply within ``REQUEST_S``, a queued message within ``SEND_TIMEOUT_S`` plus
+a second per ``SEND_RATE_MIN_BYTES_S``; past them the connection is closed. What any
+connection may make the node hold (frame sizes by type, bytes in flight, deadlines,
+connection and handshake caps) is the transport's (:mod:`swarmlearn.p2p.transport`,
+:mod:`swarmlearn.p2p.limits`); an undecodable frame closes its connection and is counted
+there.
 
 A peer that keeps sending forged transactions (:meth:`PeerNetwork.report_forged`, from the
 consensus core's ``ForgedTx``) is banned by the :class:`~swarmlearn.roles.policing.Police`:
@@ -64,6 +67,9 @@ REDIAL_MIN_S = 0.2
 REDIAL_MAX_S = 5.0
 REFUSE_SEND_S = 1.0  # the most a refused (banned) peer's connection waits for its Goodbye
 REQUEST_IDLE_S = 300.0  # silence before a non-member's connection (requests only) is closed
+REQUEST_S = 180.0  # the most one request (a submit waits up to 120 s) holds its connection
+SEND_TIMEOUT_S = 30.0  # one message's write, plus a second per SEND_RATE_MIN_BYTES_S of it:
+SEND_RATE_MIN_BYTES_S = 1024 * 1024  # a peer that reads nothing for that long is cut off
 
 CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError)
 
@@ -274,9 +280,11 @@ class PeerNetwork:
         connection = link.connection
         try:
             async for message in queue:
-                await connection.send(message)
-                link.queued_bytes -= len(payload_of(message))
-        except CONNECTION_ERRORS as error:
+                size = len(payload_of(message))
+                with trio.fail_after(SEND_TIMEOUT_S + size / SEND_RATE_MIN_BYTES_S):
+                    await connection.send(message)
+                link.queued_bytes -= size
+        except (*CONNECTION_ERRORS, trio.TooSlowError) as error:
             log.info(
                 "sending to %s failed: %s", connection.peer_id.short, error or type(error).__name__
             )
@@ -289,11 +297,13 @@ class PeerNetwork:
                     if is_peer and self.lanes is not None:
                         self.lanes.set_port(peer, message.port)
                     continue
-                if await self.on_request(connection, message):
+                with trio.fail_after(REQUEST_S):  # a reply the peer does not read, too
+                    answered = await self.on_request(connection, message)
+                if answered:
                     continue
                 if is_peer:
                     self.on_peer_message(peer, message)
-        except CONNECTION_ERRORS as error:
+        except (*CONNECTION_ERRORS, trio.TooSlowError) as error:
             log.info("connection to %s ended: %s", peer[:8], error or type(error).__name__)
 
     async def _next(self, connection: Connection, is_peer: bool) -> Message | None:
