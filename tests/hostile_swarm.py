@@ -449,6 +449,7 @@ def attacks(swarm: Swarm, limit_s: float) -> Iterator[dict[str, Seen]]:
             "lane_slow_handshakes",
             "lane_malformed",
             "ledger_memory",
+            "ledger_silent_small",
             "ledger_wrong_type",
             "ledger_malformed",
             "ledger_slow_handshakes",
@@ -465,6 +466,9 @@ def attacks(swarm: Swarm, limit_s: float) -> Iterator[dict[str, Seen]]:
         lambda: slow_handshakes(lanes, 150, seen["lane_slow_handshakes"], stop, limit_s),
         lambda: malformed(pki, lanes, seen["lane_malformed"], stop, limit_s),
         lambda: memory_hog(pki, victim.port, 30, 8 * MIB, seen["ledger_memory"], stop, limit_s),
+        lambda: silent_frame(
+            pki, victim.port, 64 * 1024, seen["ledger_silent_small"], stop, limit_s
+        ),
         lambda: wrong_type(pki, victim.port, seen["ledger_wrong_type"], stop, limit_s),
         lambda: malformed(pki, victim.port, seen["ledger_malformed"], stop, limit_s),
         lambda: slow_handshakes(victim.port, 20, seen["ledger_slow_handshakes"], stop, limit_s),
@@ -498,6 +502,7 @@ MEMBERS = (
     "lane_silent_small",
     "lane_malformed",
     "ledger_memory",
+    "ledger_silent_small",
     "ledger_wrong_type",
     "ledger_malformed",
     "operator_on_ledger",
