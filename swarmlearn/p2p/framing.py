@@ -162,7 +162,12 @@ class FrameReader:
         """False while the tag has not arrived; raises when ``body_len`` is over its limit."""
         if not self.typed:
             return True
-        tag = peek_tag(memoryview(start)[:TAG_PEEK_BYTES], body_len)
+        try:
+            tag = peek_tag(memoryview(start)[:TAG_PEEK_BYTES], body_len)
+        except FrameRefused:
+            raise
+        except RemoteProtocolError as error:  # not a message header: refused from it
+            raise FrameRefused(str(error)) from None
         if tag is None:
             return False
         limit = frame_bytes_max_for(tag, self.frame_bytes_max)
