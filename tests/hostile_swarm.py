@@ -55,11 +55,15 @@ class Node:
     data: Path
 
 
+HOGS = 10  # certificates the memory attack spreads its connections over
+
+
 def make_pki(root: Path, nodes: int) -> Path:
-    """sn0.. (sn, sl), ``mallory`` (an ordinary member's roles: sn, sl) and ``operator``
-    (swci)."""
+    """sn0.. (sn, sl); ``mallory``, ``crowd``, ``hog0``.. (an ordinary member's roles: sn,
+    sl); and ``operator`` (swci)."""
     ca = create_ca(root / "pki")
-    for name in [f"sn{index}" for index in range(nodes)] + ["mallory"]:
+    attackers = ["mallory", "crowd", *(f"hog{index}" for index in range(HOGS))]
+    for name in [f"sn{index}" for index in range(nodes)] + attackers:
         issue_certificate(ca, name, root / "pki", hosts=[HOST], roles=[Role.SN, Role.SL])
     issue_certificate(ca, "operator", root / "pki", hosts=[], roles=[Role.SWCI])
     return root / "pki"
@@ -249,7 +253,7 @@ def lane_port(pki: Path, node: Node) -> int:
 def closed_by_peer(sock: socket.socket, stop: threading.Event, limit_s: float) -> bool:
     """Wait (up to ``limit_s``, or ``stop``) for the other side to close ``sock``."""
     deadline = time.monotonic() + limit_s
-    sock.settimeout(0.2)
+    sock.settimeout(min(0.2, max(limit_s, 0.01)))
     while not stop.is_set() and time.monotonic() < deadline:
         try:
             if not sock.recv(65536):
@@ -287,15 +291,15 @@ def memory_hog(
     stop: threading.Event,
     limit_s: float,
 ) -> None:
-    """``connections`` members each announce 64 MiB on ``port``, send ``sent`` bytes of it
-    and hold the rest back."""
+    """``connections`` members (``HOGS`` certificates) each announce 64 MiB on ``port``, send
+    ``sent`` bytes of it and hold the rest back."""
     socks: list[ssl.SSLSocket] = []
     payload = b"\x00" * MIB
     try:
-        for _ in range(connections):
+        for index in range(connections):
             seen.attempts += 1
             try:
-                sock = tls(identity(pki, "mallory"), port)
+                sock = tls(identity(pki, f"hog{index % HOGS}"), port)
                 socks.append(sock)
                 sock.sendall(chunk_prefix(64 * MIB - 1))
                 for _ in range(sent // MIB):
@@ -306,6 +310,30 @@ def memory_hog(
         deadline = time.monotonic() + limit_s
         for sock in socks:
             seen.closed += closed_by_peer(sock, stop, max(0.0, deadline - time.monotonic()))
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def crowd(
+    pki: Path, port: int, count: int, seen: Seen, stop: threading.Event, limit_s: float
+) -> None:
+    """One member opens ``count`` connections and holds them; counts those the node closes."""
+    socks = []
+    try:
+        for _ in range(count):
+            seen.attempts += 1
+            with contextlib.suppress(OSError, ssl.SSLError):
+                socks.append(tls(identity(pki, "crowd"), port))
+        seen.ready.set()
+        deadline = time.monotonic() + limit_s
+        while socks and not stop.is_set() and time.monotonic() < deadline:
+            for sock in list(socks):
+                if closed_by_peer(sock, stop, 0.01):
+                    seen.closed += 1
+                    socks.remove(sock)
+                    sock.close()
+            stop.wait(0.1)
     finally:
         for sock in socks:
             sock.close()
@@ -441,46 +469,52 @@ def attacks(swarm: Swarm, limit_s: float) -> Iterator[dict[str, Seen]]:
     block ends (or ``limit_s``); yields what each saw (filled in as they go)."""
     pki, victim = swarm.pki, swarm.victim
     lanes = lane_port(pki, victim)
-    seen = {
-        name: Seen(name)
-        for name in (
-            "lane_silent_64mib",
-            "lane_silent_small",
-            "lane_slow_handshakes",
-            "lane_malformed",
-            "ledger_memory",
-            "ledger_silent_small",
-            "ledger_wrong_type",
-            "ledger_malformed",
-            "ledger_slow_handshakes",
-            "operator_on_ledger",
-            "api_slow_handshakes",
-            "api_big_post",
-            "api_big_post_chunked",
-        )
-    }
+    seen: dict[str, Seen] = {}
+
+    def see(name: str) -> Seen:
+        return seen.setdefault(name, Seen(name))
+
     stop = threading.Event()
-    jobs: list[Callable[[], None]] = [
-        lambda: silent_frame(pki, lanes, 64 * MIB - 1, seen["lane_silent_64mib"], stop, limit_s),
-        lambda: silent_frame(pki, lanes, 64 * 1024, seen["lane_silent_small"], stop, limit_s),
-        lambda: slow_handshakes(lanes, 150, seen["lane_slow_handshakes"], stop, limit_s),
-        lambda: malformed(pki, lanes, seen["lane_malformed"], stop, limit_s),
-        lambda: memory_hog(pki, victim.port, 30, 8 * MIB, seen["ledger_memory"], stop, limit_s),
-        lambda: silent_frame(
-            pki, victim.port, 64 * 1024, seen["ledger_silent_small"], stop, limit_s
+    port, api = victim.port, victim.api_port
+    jobs: dict[str, Callable[[], None]] = {
+        "lane_silent_64mib": lambda: silent_frame(
+            pki, lanes, 64 * MIB - 1, see("lane_silent_64mib"), stop, limit_s
         ),
-        lambda: wrong_type(pki, victim.port, seen["ledger_wrong_type"], stop, limit_s),
-        lambda: malformed(pki, victim.port, seen["ledger_malformed"], stop, limit_s),
-        lambda: slow_handshakes(victim.port, 20, seen["ledger_slow_handshakes"], stop, limit_s),
-        lambda: operator_listens(pki, victim.port, seen["operator_on_ledger"], stop, limit_s),
-        lambda: slow_handshakes(victim.api_port, 20, seen["api_slow_handshakes"], stop, limit_s),
-        lambda: big_post(pki, victim.api_port, seen["api_big_post"], chunked=False),
-        lambda: big_post(pki, victim.api_port, seen["api_big_post_chunked"], chunked=True),
-    ]
+        "lane_silent_small": lambda: silent_frame(
+            pki, lanes, 64 * 1024, see("lane_silent_small"), stop, limit_s
+        ),
+        "lane_slow_handshakes": lambda: slow_handshakes(
+            lanes, 150, see("lane_slow_handshakes"), stop, limit_s
+        ),
+        "lane_malformed": lambda: malformed(pki, lanes, see("lane_malformed"), stop, limit_s),
+        "ledger_memory": lambda: memory_hog(
+            pki, port, 30, 8 * MIB, see("ledger_memory"), stop, limit_s
+        ),
+        "ledger_silent_small": lambda: silent_frame(
+            pki, port, 64 * 1024, see("ledger_silent_small"), stop, limit_s
+        ),
+        "ledger_crowd": lambda: crowd(pki, port, 20, see("ledger_crowd"), stop, limit_s),
+        "ledger_wrong_type": lambda: wrong_type(pki, port, see("ledger_wrong_type"), stop, limit_s),
+        "ledger_malformed": lambda: malformed(pki, port, see("ledger_malformed"), stop, limit_s),
+        "ledger_slow_handshakes": lambda: slow_handshakes(
+            port, 20, see("ledger_slow_handshakes"), stop, limit_s
+        ),
+        "operator_on_ledger": lambda: operator_listens(
+            pki, port, see("operator_on_ledger"), stop, limit_s
+        ),
+        "api_slow_handshakes": lambda: slow_handshakes(
+            api, 20, see("api_slow_handshakes"), stop, limit_s
+        ),
+        "api_big_post": lambda: big_post(pki, api, see("api_big_post"), chunked=False),
+        "api_big_post_chunked": lambda: big_post(
+            pki, api, see("api_big_post_chunked"), chunked=True
+        ),
+    }
+    for name in jobs:
+        see(name)
     # The members' connections first (each its handshake done), then the floods: a flood
     # that holds every lane slot would refuse them, and they would test nothing.
-    workers = (threading.Thread(target=job, daemon=True) for job in jobs)
-    threads = dict(zip(seen, workers, strict=True))
+    threads = {name: threading.Thread(target=job, daemon=True) for name, job in jobs.items()}
     for name in MEMBERS:
         threads[name].start()
     for name in MEMBERS:
@@ -503,6 +537,7 @@ MEMBERS = (
     "lane_malformed",
     "ledger_memory",
     "ledger_silent_small",
+    "ledger_crowd",
     "ledger_wrong_type",
     "ledger_malformed",
     "operator_on_ledger",

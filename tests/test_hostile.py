@@ -4,8 +4,8 @@ of a two-node swarm, during sync rounds.
 The attacks (tests/hostile_swarm.py): on the lane port, a member that announces a 64 MiB frame
 and goes silent, one that announces 64 KiB and goes silent, 150 TLS handshakes trickled a
 byte a second, and a malformed frame; on the ledger port, 30 members that each announce
-64 MiB and send 8 MiB of it, one that announces 64 KiB and goes silent, a Ping announced at
-64 MiB, a malformed frame, 20 slow
+64 MiB and send 8 MiB of it (over 10 certificates), one that announces 64 KiB and goes
+silent, one that opens 20 connections, a Ping announced at 64 MiB, a malformed frame, 20 slow
 handshakes, and an operator (swci) certificate that listens; on the API, 20 slow handshakes
 and 1 GiB POSTs (announced, and chunked). The node must keep its rounds (round time within
 2x of a quiet run measured here first), its RSS within 256 MB above idle, its threads under
@@ -41,6 +41,7 @@ EXPECTED = {
     "lane malformed frame": ("lane", "frames_refused"),
     "ledger frames over type or budget": ("ledger", "frames_refused"),
     "ledger silent mid-frame": ("ledger", "frame_timeouts"),
+    "ledger one member's 20 connections": ("ledger", "connections_refused"),
     "ledger malformed frame": ("ledger", "messages_dropped"),
     "ledger slow handshakes": ("ledger", "handshakes_failed"),
     "api slow handshakes": ("api", "handshakes_failed"),
@@ -71,6 +72,7 @@ def test_a_node_under_every_attack_at_once_keeps_its_rounds_and_its_bounds(
         assert operator_saw == ["NodeStatus"], operator_saw  # answered, and nothing else
         for name in ("ledger_wrong_type", "ledger_malformed", "lane_malformed"):
             assert seen[name].closed == 1, seen[name]
+        assert seen["ledger_crowd"].closed >= 20 - 8, seen["ledger_crowd"]  # PEER_CONNECTIONS_MAX
         assert seen["api_big_post"].notes == ["413"], seen["api_big_post"]
         assert seen["api_big_post_chunked"].notes == ["413"], seen["api_big_post_chunked"]
 

@@ -281,6 +281,10 @@ class Connection:
         """A handler closed a connection that sat idle past its deadline."""
         self._counters.idle_timeouts += 1
 
+    def count_refused(self) -> None:
+        """A handler refused the connection (its peer holds too many)."""
+        self._counters.connections_refused += 1
+
 
 async def _secure(
     transport: trio.abc.Stream,
@@ -493,3 +497,7 @@ class Listener:
     def count_idle(self) -> None:
         """A handler closed a connection that sat idle past its deadline."""
         self._counters.idle_timeouts += 1
+
+    def count_refused(self) -> None:
+        """A handler refused the connection (its peer holds too many)."""
+        self._counters.connections_refused += 1

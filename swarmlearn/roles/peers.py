@@ -20,7 +20,9 @@ this node's lane port (:class:`~swarmlearn.roles.lanes.LanePort`); a peer withou
 (not announced yet, or its lane failed) gets them here, with ``send_direct``.
 
 Only a member (a certificate with a node role) gets consensus traffic: anything else gets
-its requests answered and nothing else, and a connection of one that sends nothing for
+its requests answered and nothing else. One certificate may hold ``PEER_CONNECTIONS_MAX``
+connections at once (more are closed, counted in ``connections_refused``), and a connection
+of one that sends nothing for
 ``REQUEST_IDLE_S`` is closed (counted in ``idle_timeouts``). Writes have deadlines too: a
 request and its reply within ``REQUEST_S``, a queued message within ``SEND_TIMEOUT_S`` plus
 a second per ``SEND_RATE_MIN_BYTES_S``; past them the connection is closed. What any
@@ -67,6 +69,7 @@ REDIAL_MIN_S = 0.2
 REDIAL_MAX_S = 5.0
 REFUSE_SEND_S = 1.0  # the most a refused (banned) peer's connection waits for its Goodbye
 REQUEST_IDLE_S = 300.0  # silence before a non-member's connection (requests only) is closed
+PEER_CONNECTIONS_MAX = 8  # connections of one certificate at once (a pair needs two)
 REQUEST_S = 180.0  # the most one request (a submit waits up to 120 s) holds its connection
 SEND_TIMEOUT_S = 30.0  # one message's write, plus a second per SEND_RATE_MIN_BYTES_S of it:
 SEND_RATE_MIN_BYTES_S = 1024 * 1024  # a peer that reads nothing for that long is cut off
@@ -108,6 +111,7 @@ class PeerNetwork:
         self._peers: dict[NodeId, list[_Peer]] = {}
         self._addresses: dict[NodeId, tuple[str, int]] = {}
         self._dialing: set[NodeId] = set()
+        self._open_by: dict[NodeId, int] = {}  # connections of each certificate, both ways
         self._nursery: trio.Nursery | None = None
         self.dropped = 0
         self.lanes = lanes  # round data goes there when the peer has a lane (lanes.py)
@@ -246,6 +250,20 @@ class PeerNetwork:
                     await connection.send(Goodbye(why))
             await connection.aclose()
             return
+        if self._open_by.get(peer, 0) >= PEER_CONNECTIONS_MAX:
+            connection.count_refused()
+            log.info("refused a connection of %s: %d open already", peer[:8], PEER_CONNECTIONS_MAX)
+            await connection.aclose()
+            return
+        self._open_by[peer] = self._open_by.get(peer, 0) + 1
+        try:
+            await self._serve_connection(connection, peer)
+        finally:
+            self._open_by[peer] -= 1
+            if not self._open_by[peer]:
+                del self._open_by[peer]
+
+    async def _serve_connection(self, connection: Connection, peer: NodeId) -> None:
         is_peer = bool(connection.peer.roles & NODE_ROLES) and peer != self.me
         send, receive = trio.open_memory_channel[Message](SEND_QUEUE_MAX)
         link = _Peer(connection, send)
