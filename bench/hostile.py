@@ -7,7 +7,8 @@ byte a second, a malformed frame; on its ledger port 30 members that each announ
 send 8 MiB of it, a Ping announced at 64 MiB, a malformed frame, 20 slow handshakes, an
 operator certificate listening; on its API 20 slow handshakes and two 1 GiB POSTs.
 
-Figures: the median round time quiet and under attack, and their ratio; the attacked node's
+Figures (after one round to warm up, not measured): the median round time quiet and under
+attack, and their ratio; the attacked node's
 peak RSS above its idle RSS (measured after the quiet rounds) and its peak thread count.
 
     python bench/hostile.py [--quick] [--rounds N]
@@ -45,10 +46,11 @@ def main() -> None:
     floats = (5 if args.quick else 25) * 1_000_000
     with tempfile.TemporaryDirectory() as tmp, swarm(Path(tmp), model_floats=floats) as nodes:
         pid = nodes.victim.process.pid
-        quiet = nodes.rounds(1, rounds)
+        nodes.rounds(1, 1)  # warm: lanes dialed, buffers in place (not measured)
+        quiet = nodes.rounds(2, rounds)
         idle = rss_bytes(pid)
         with Sampler(pid) as sampler, attacks(nodes, ATTACK_S):
-            attacked = nodes.rounds(1 + rounds, rounds)
+            attacked = nodes.rounds(2 + rounds, rounds)
     quiet_s, attacked_s = statistics.median(quiet), statistics.median(attacked)
     figures: dict[str, Any] = {
         "model_MB": floats * 4 // 1_000_000,

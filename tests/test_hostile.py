@@ -54,10 +54,11 @@ def test_a_node_under_every_attack_at_once_keeps_its_rounds_and_its_bounds(
 ) -> None:
     with swarm(tmp_path, model_floats=MODEL_FLOATS) as nodes:
         victim = nodes.victim
-        quiet = nodes.rounds(1, ROUNDS)
+        nodes.rounds(1, 1)  # warm: lanes dialed, buffers in place (not measured)
+        quiet = nodes.rounds(2, ROUNDS)
         idle_rss = rss_bytes(victim.process.pid)
         with Sampler(victim.process.pid) as sampler, attacks(nodes, ATTACK_S) as seen:
-            attacked = nodes.rounds(1 + ROUNDS, ROUNDS)
+            attacked = nodes.rounds(2 + ROUNDS, ROUNDS)
             counts = _wait_counted(nodes.pki, victim.api_port)
             operator_saw = list(seen["operator_on_ledger"].notes)
         quiet_s, attacked_s = statistics.median(quiet), statistics.median(attacked)
