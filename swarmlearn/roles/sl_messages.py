@@ -210,6 +210,16 @@ class LatestFailed:
 
 
 @dataclass(frozen=True)
+class PeerFault:
+    """Delivered to the node: ``peer`` broke the round's protocol (a chunk twice, one outside
+    the owner's range): the node's policing counts it against the peer, as it counts forged
+    transactions (enough of them and the peer is banned)."""
+
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ShedPages:
     """Delivered to the node: the round wrote bytes ``[start, start + size)`` of the trainer's
     handover file through ``view``; the node's mapping may forget those pages

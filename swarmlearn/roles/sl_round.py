@@ -58,6 +58,7 @@ from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
 from swarmlearn.consensus.swarm_txs import CheckIn, Merged, PerfData
 from swarmlearn.digest import content_digest
+from swarmlearn.errors import RemoteProtocolError
 from swarmlearn.merge import RangeMerge, WeightSet, plan_shards, resolve_method
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
 from swarmlearn.roles.sl_messages import (
@@ -69,6 +70,7 @@ from swarmlearn.roles.sl_messages import (
     MergedPiece,
     MergedUnavailable,
     NeedRefill,
+    PeerFault,
     Progress,
     Refilled,
     ReportPerf,
@@ -102,6 +104,7 @@ from swarmlearn.sansio import (
     Deliver,
     Input,
     Log,
+    Metric,
     NodeId,
     Receive,
     Request,
@@ -420,12 +423,12 @@ class SLRoundCore(RoundRefill, LatestModels):
             if chunk in attempt.own_pending:  # a fold may write over mine in the file now
                 add_own(state, attempt, chunk)
             attempt.merge.add(participant, chunk, data)
-        except Exception as error:  # a duplicate, or a chunk outside my range: the sender's fault
+        except RemoteProtocolError as error:  # a duplicate, or a chunk outside my range
+            sender = attempt.participants[participant]
             return [
-                Log(
-                    f"round {state.number}: chunk {chunk} from participant {participant}: {error}",
-                    "warning",
-                )
+                Log(f"round {state.number}: chunk {chunk} from {sender[:8]}: {error}", "warning"),
+                Metric("sl_chunks_refused", 1.0),
+                Deliver(PeerFault(sender, f"round {state.number}: {error}")),
             ]
         return self._after_merge_step(state)
 
