@@ -80,7 +80,7 @@ class TransportConfig:
     #: Frames are checked against their message type's limit from the header.
     typed_frames: bool = True
     #: A listener's connections (and TLS handshakes in progress) at once; more are closed.
-    connections_max: int = 512
+    connections_max: int = 256
     handshakes_max: int = 64
 
     def __post_init__(self) -> None:

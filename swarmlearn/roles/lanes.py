@@ -91,7 +91,7 @@ PEER_BUDGET_BYTES = 8 * 1024 * 1024  # one sender's payloads delivered and not h
 #                                      its chunks held for their turn by the node's merge
 LANE_RETRY_S = 120.0  # after a lane to a peer failed, its messages take the message connection
 LANE_THREADS_MAX = 64  # lanes served (and handshakes) at once; more are closed at once
-INFLIGHT_BYTES_MAX = 64 * 1024 * 1024  # frames being read, all lanes (the oldest may exceed)
+INFLIGHT_BYTES_MAX = 32 * 1024 * 1024  # frames being read, all lanes (the oldest may exceed)
 STEP_BYTES = 1024 * 1024  # a frame's buffer grows by this much, taken from the budgets first
 FRAME_TIMEOUT_S = 10.0  # one frame's reads may take this, plus a second per
 FRAME_RATE_MIN_BYTES_S = 1024 * 1024  # ... this many bytes of it
