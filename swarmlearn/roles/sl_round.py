@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from swarmlearn.consensus.events import TxRefused
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
 from swarmlearn.consensus.swarm_txs import CheckIn, Merged, PerfData
@@ -78,6 +79,7 @@ from swarmlearn.roles.sl_messages import (
     RoundDone,
     RoundFailed,
     RoundManifest,
+    SessionClosed,
     ShedPages,
     SLEffect,
     SubmitSigned,
@@ -92,6 +94,7 @@ from swarmlearn.roles.sl_round_latest import LatestModels
 from swarmlearn.roles.sl_round_merged import KeptModels
 from swarmlearn.roles.sl_round_outcome import DEADLINE_MARGIN_S, WAIT_PROGRESS_S
 from swarmlearn.roles.sl_round_refill import RoundRefill
+from swarmlearn.roles.sl_round_sessions import RESEND_S, RoundSessions
 from swarmlearn.roles.sl_round_state import (
     Attempt,
     EarlyMessages,
@@ -129,17 +132,16 @@ __all__ = [
     "RoundManifest",
     "SLEffect",
     "SLRoundCore",
+    "SessionClosed",
     "SubmitSigned",
     "specs_of",
 ]
-
-RESEND_S = 2.0
 
 
 # ---------------------------------------------------------------- the core
 
 
-class SLRoundCore(RoundRefill, LatestModels):
+class SLRoundCore(RoundSessions, RoundRefill, LatestModels):
     """One SL node's rounds, for every contract it trains on."""
 
     def __init__(self, me: NodeId, app: SwarmApp, sign: Any) -> None:
@@ -150,12 +152,18 @@ class SLRoundCore(RoundRefill, LatestModels):
         self.kept = KeptModels()  # merged models, to serve peers that fetch them
         self.early = EarlyMessages()  # replayed when their attempt starts here
         self.queued: dict[str, Contribute] = {}  # the next weights, while a round runs
+        self.queued_at: dict[str, float] = {}  # when their trainer's sync started
+        self.nonce = 0  # check-ins signed: with the session, each one a distinct transaction
         self.latest = {}  # fetches of a contract's latest model, for trainers (sl_round_latest)
 
     def handle(self, event: Input, now: float) -> list[SLEffect]:
         match event:
             case Request(Contribute() as contribution):
                 return self._contribute(contribution, now)
+            case Request(SessionClosed(session)):
+                return self._session_closed(session, now)
+            case Request(TxRefused(data, reason)):
+                return self._tx_refused(data, reason)
             case Request(LedgerChanged()):
                 effects = [e for r in list(self.rounds.values()) for e in self._follow(r, now)]
                 return effects + self._start_queued(now) + self._latest_follow(now)
@@ -189,6 +197,10 @@ class SLRoundCore(RoundRefill, LatestModels):
                 return self.kept.serve(sender, contract, number)
             case TimerFired(("sl-wait" | "sl-expire" as kind, str(contract), int(number), _)):
                 return self._waiting(contract, number, now, expired=kind == "sl-expire")
+            case TimerFired(("sl-gone", str(contract), int(number), _)):
+                return self._gone_timer(contract, number, now)
+            case TimerFired(("sl-queued", str(contract), int(number), int(session))):
+                return self._queued_expired(contract, number, session, now)
             case TimerFired(("sl-deadline", str(contract), int(number), int(attempt))):
                 return self._deadline(contract, number, attempt, now)
             case TimerFired(("sl-alive" | "sl-tick" as kind, str(contract), int(number), int(a))):
@@ -224,28 +236,33 @@ class SLRoundCore(RoundRefill, LatestModels):
 
     # ------------------------------------------------------------ committing
 
-    def _contribute(self, c: Contribute, now: float) -> list[SLEffect]:
+    def _contribute(
+        self, c: Contribute, now: float, started: float | None = None
+    ) -> list[SLEffect]:
+        """Check ``c`` in (or queue it behind the contract's running round). ``started``: when
+        the trainer's sync began (its syncTimeout counts from there, queued or not)."""
+        started = now if started is None else started
         contract = self.app.state.contracts.get(c.contract)
         specs = specs_of(c.layout)
         problem = self.app.check_in_problem(c.contract, c.merge_method, specs)
         if contract is None or problem is not None:
             number = 0 if contract is None else contract.next_round_number()
-            return [Deliver(RoundFailed(c.contract, number, f"the ledger refuses it: {problem}"))]
+            reason = f"the ledger refuses it: {problem}"
+            failed = RoundFailed(c.contract, number, reason, session=c.session, refused=True)
+            return [Deliver(failed)]
         busy = [r for r in self.rounds.values() if r.contract == c.contract and not r.finished]
         if busy:  # one round at a time per contract: this one waits for the current one
-            self.queued[c.contract] = c
-            return [
-                self._progress(
-                    busy[0], f"round {busy[0].number} still running; next weights queued"
-                )
-            ]
+            return self._queue(c, busy[0].number, started, now)
         number = contract.next_round_number()
         hashes = c.chunk_hashes
         if hashes is None or len(hashes) != c.layout.chunk_count:
             hashes = chunk_hashes(c.layout, c.flat)
         root = manifest_root(c.layout, hashes)
-        state = RoundState(c.contract, number, c, hashes, root, specs=specs, contributed_at=now)
+        state = RoundState(c.contract, number, c, hashes, root, specs=specs, contributed_at=started)
+        state.generation = contract.generation
         self.rounds[(c.contract, number)] = state
+        left_s = None if c.wait_s is None else max(0.0, c.wait_s - (now - started))
+        self.nonce += 1
         check_in = CheckIn(
             c.contract,
             number,
@@ -256,6 +273,10 @@ class SLRoundCore(RoundRefill, LatestModels):
             c.layout.total_bytes,
             c.merge_method,
             c.final,
+            c.session,
+            0 if left_s is None else max(1, int(left_s * 1000)),
+            contract.generation,
+            nonce=self.nonce,
         )
         state.check_in = self.sign(check_in)
         state.sent_at = now
@@ -264,11 +285,11 @@ class SLRoundCore(RoundRefill, LatestModels):
             self._progress(state, "checking in"),
             SetTimer(("sl-wait", c.contract, number, 0), WAIT_PROGRESS_S),
         ]
-        if c.wait_s is not None:
-            effects.append(SetTimer(("sl-expire", c.contract, number, 0), c.wait_s))
+        if left_s is not None:
+            effects.append(SetTimer(("sl-expire", c.contract, number, 0), left_s))
         if c.perf is not None:
             loss, metric, done, total = c.perf
-            report = PerfData(c.contract, number, loss, metric, done, total)
+            report = PerfData(c.contract, number, loss, metric, done, total, contract.generation)
             effects.insert(1, SubmitSigned(self.sign(report)))
         return effects
 
@@ -276,14 +297,22 @@ class SLRoundCore(RoundRefill, LatestModels):
         record = self._record(state)
         if state.finished or state.refilling is not None:  # (the trainer is writing its file)
             return []
+        if state.gone_at is not None and (record is None or self.me not in record.participants):
+            return self._gone_follow(state, record, now)  # its trainer went away
+        contract = self.app.state.contracts.get(state.contract)
+        if contract is None or contract.generation != state.generation:
+            reason = f"round {state.number}: the contract was reset (RESET CONTRACT); sync again"
+            return [self._failed(state, reason)]
+        if (refused := self._refused_on_ledger(state)) is not None:
+            return [self._failed(state, f"the ledger refuses it: {refused}", refused=True)]
         if self._missed(state, record):
             # Checked in to a round that had moved on (a restarted node's ledger was behind,
             # or the round closed first): the same weights go to the round that is open now.
             del self.rounds[(state.contract, state.number)]
-            return self._contribute(state.contribution, now)
+            return self._contribute(state.contribution, now, state.contributed_at)
         if record is None or self.me not in record.checkins:
             if problem := self._refusal(state, record):  # for good: another model won the race
-                return [self._failed(state, f"the ledger refuses it: {problem}")]
+                return [self._failed(state, f"the ledger refuses it: {problem}", refused=True)]
             if now - state.sent_at >= RESEND_S:
                 state.sent_at = now  # not on the ledger yet (refused while joining, or lost)
                 return [SubmitSigned(state.check_in)]
@@ -504,7 +533,7 @@ class SLRoundCore(RoundRefill, LatestModels):
         root = merged_root(layout, attempt.merged, attempt.digests)
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
         self._keep(state.contract, state.number, root, state.merged)
-        report = Merged(state.contract, state.number, attempt.number, root)
+        report = Merged(state.contract, state.number, attempt.number, root, state.generation)
         return [
             *shed,
             SubmitSigned(self.sign(report)),
@@ -518,5 +547,5 @@ class SLRoundCore(RoundRefill, LatestModels):
         for contract, queued in sorted(self.queued.items()):
             if not any(r.contract == contract and not r.finished for r in self.rounds.values()):
                 del self.queued[contract]
-                effects += self._contribute(queued, now)
+                effects += self._contribute(queued, now, self.queued_at.pop(contract, now))
         return effects

@@ -274,6 +274,7 @@ class ValidatorNode:
             self.trainers.on_refilled,
             self.trainers.on_latest,
             on_perf=self.trainers.on_perf,
+            on_closed=self.trainers.on_closed,
         )
         self.address = options.listen
         self._waiters: dict[bytes, list[tuple[trio.Event, list[SubmitReply]]]] = {}
