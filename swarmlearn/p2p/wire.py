@@ -418,3 +418,42 @@ def decode_header(header: Buffer) -> Message:
     """Decode canonical header bytes (as from :func:`encode_header`) of a payload-less message."""
     data = bytes(header)
     return decode_body(HEADER_LEN.pack(len(data)) + data)
+
+
+def has_payload(cls: type[Message]) -> bool:
+    """True when ``cls`` has a :data:`Payload` field (its frames may carry bulk bytes)."""
+    return _codec(cls).payload_name is not None
+
+
+#: Enough of a body to read its message tag: ``header_len``, the array head, the tag.
+TAG_PEEK_BYTES: Final = HEADER_LEN.size + 9 + 3
+
+
+def peek_tag(start: Buffer, body_len: int) -> int | None:
+    """The message tag from the first bytes of a body (``body_len`` long in all), or None
+    while too few have arrived; :class:`RemoteProtocolError` when they cannot be a message's."""
+    view = memoryview(start).cast("B")[:body_len]
+    if len(view) < HEADER_LEN.size + 1:
+        return None
+    (header_len,) = HEADER_LEN.unpack(view[: HEADER_LEN.size])
+    head = view[HEADER_LEN.size : HEADER_LEN.size + header_len]
+    if head[0] >> 5 != 4 or head[0] & 0x1F > 27:
+        raise RemoteProtocolError("frame body does not start with a message header")
+    at = 1 + {24: 1, 25: 2, 26: 4, 27: 8}.get(head[0] & 0x1F, 0)
+    if len(head) <= at:
+        _need_more(view, body_len, HEADER_LEN.size + header_len)
+        return None
+    first = head[at]
+    if first >> 5 != 0 or first & 0x1F > 25:
+        raise RemoteProtocolError("message tag is not a small unsigned integer")
+    size = {24: 1, 25: 2}.get(first & 0x1F, 0)
+    if len(head) < at + 1 + size:
+        _need_more(view, body_len, HEADER_LEN.size + header_len)
+        return None
+    return first & 0x1F if size == 0 else int.from_bytes(head[at + 1 : at + 1 + size], "big")
+
+
+def _need_more(view: memoryview, body_len: int, header_end: int) -> None:
+    """None (wait for more bytes), unless the header or body already ended."""
+    if len(view) >= min(header_end, body_len):
+        raise RemoteProtocolError("message header cut short")
