@@ -50,9 +50,8 @@ def merge(
     layout = layout_of(states[0])
     out = aligned_buffer(layout.total_bytes, 0)
     if method_scope(chosen) == "global":
-        stack = RangeStack(
-            layout, 0, layout.total_bytes, pieces_of_states(layout, states), weight_set
-        )
+        pieces = pieces_of_states(layout, states, by_chunk=True)
+        stack = RangeStack(layout, 0, layout.total_bytes, pieces, weight_set)
         finish_global([stack], chosen, [out])
     else:
         for index, spec in enumerate(layout.tensors):
@@ -101,14 +100,16 @@ def merge_sharded(
     method: Method | str = "mean",
     *,
     shards: int | ShardPlan | None = None,
-    granularity: Granularity = "element",
+    granularity: Granularity | None = None,
     arrivals: Sequence[Arrival] | None = None,
     map_fn: Callable[..., Iterable[Any]] = map,
 ) -> memoryview:
     """Run a sharded merge in one process and return the merged flat bytes.
 
     ``flats`` are the participants' flat states; ``shards`` the number of owners (default: one
-    per participant) or a plan; ``arrivals`` the order in which (participant, chunk) pairs
+    per participant) or a plan; ``granularity`` that of the plan made (default: ``"chunk"``
+    for the global methods, as sync rounds plan them, ``"element"`` for the others);
+    ``arrivals`` the order in which (participant, chunk) pairs
     arrive (each owner sees the pairs whose chunk overlaps its range, in this order).
     ``map_fn`` runs the owners (``map`` or a thread pool's ``map``).
     """
@@ -117,6 +118,8 @@ def merge_sharded(
     weight_set = _weights(weights, len(flats))
     if any(len(flat) != layout.total_bytes for flat in flats):
         raise ValueError(f"every flat state must be {layout.total_bytes} bytes")
+    if granularity is None:
+        granularity = "chunk" if method_scope(chosen) == "global" else "element"
     plan = (
         shards
         if isinstance(shards, ShardPlan)

@@ -25,6 +25,7 @@ from swarmlearn.roles.sl_round import (
     Hashed,
     LedgerChanged,
     MergedPiece,
+    MergePartials,
     Refilled,
     RoundChunk,
     RoundManifest,
@@ -34,7 +35,14 @@ from swarmlearn.roles.sl_round import (
 )
 from swarmlearn.sansio import Deliver, Effect, Input, Receive, Request, Start, TimerFired
 
-ROUND_MESSAGES = (RoundManifest, RoundChunk, MergedPiece, FetchMerged, MergedUnavailable)
+ROUND_MESSAGES = (
+    RoundManifest,
+    RoundChunk,
+    MergedPiece,
+    MergePartials,
+    FetchMerged,
+    MergedUnavailable,
+)
 
 
 class SwarmNodeCore:

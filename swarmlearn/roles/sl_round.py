@@ -57,8 +57,9 @@ from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
 from swarmlearn.consensus.swarm_txs import CheckIn, Merged, PerfData
 from swarmlearn.digest import content_digest
-from swarmlearn.merge import RangeMerge, WeightSet, plan_shards, resolve_method
+from swarmlearn.merge import RangeCollector, RangeMerge, WeightSet, plan_shards
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
+from swarmlearn.merge.methods import method_scope, round_method
 from swarmlearn.roles.handover import shed_pages
 from swarmlearn.roles.sl_messages import (
     Contribute,
@@ -68,6 +69,7 @@ from swarmlearn.roles.sl_messages import (
     LedgerChanged,
     MergedPiece,
     MergedUnavailable,
+    MergePartials,
     NeedRefill,
     Progress,
     Refilled,
@@ -84,6 +86,7 @@ from swarmlearn.roles.sl_messages import (
     range_out,
     specs_of,
 )
+from swarmlearn.roles.sl_round_global import RoundGlobal
 from swarmlearn.roles.sl_round_latest import LatestModels
 from swarmlearn.roles.sl_round_merged import KeptModels
 from swarmlearn.roles.sl_round_outcome import DEADLINE_MARGIN_S, WAIT_PROGRESS_S
@@ -114,6 +117,7 @@ __all__ = [
     "FetchMerged",
     "Hashed",
     "LedgerChanged",
+    "MergePartials",
     "MergedPiece",
     "NeedRefill",
     "Progress",
@@ -134,7 +138,7 @@ RESEND_S = 2.0
 # ---------------------------------------------------------------- the core
 
 
-class SLRoundCore(RoundRefill, LatestModels):
+class SLRoundCore(RoundRefill, LatestModels, RoundGlobal):
     """One SL node's rounds, for every contract it trains on."""
 
     def __init__(self, me: NodeId, app: SwarmApp, sign: Any) -> None:
@@ -146,6 +150,7 @@ class SLRoundCore(RoundRefill, LatestModels):
         self.early = EarlyMessages()  # replayed when their attempt starts here
         self.queued: dict[str, Contribute] = {}  # the next weights, while a round runs
         self.latest = {}  # fetches of a contract's latest model, for trainers (sl_round_latest)
+        self.partials_dropped = 0  # partial sums dropped as garbage (sl_round_global)
 
     def handle(self, event: Input, now: float) -> list[SLEffect]:
         match event:
@@ -158,7 +163,9 @@ class SLRoundCore(RoundRefill, LatestModels):
                 return self._latest_handle(event, now)  # a trainer that joins late
             case TimerFired(("sl-latest" | "sl-latest-end", *_)):
                 return self._latest_handle(event, now)
-            case Receive(sender, RoundManifest() | RoundChunk() | MergedPiece() as message):
+            case Receive(
+                sender, RoundManifest() | RoundChunk() | MergedPiece() | MergePartials() as message
+            ):
                 if is_early(self.rounds, message):
                     return self._keep_early(sender, message)
                 return self._dispatch(sender, message)
@@ -183,9 +190,11 @@ class SLRoundCore(RoundRefill, LatestModels):
     def _dispatch(
         self,
         sender: str,
-        message: RoundManifest | RoundChunk | MergedPiece,
+        message: RoundManifest | RoundChunk | MergedPiece | MergePartials,
         digest: bytes | None = None,
     ) -> list[SLEffect]:
+        if isinstance(message, MergePartials):
+            return self._on_partials(sender, message)
         if isinstance(message, RoundManifest):
             return self._on_manifest(sender, message)
         if isinstance(message, RoundChunk):
@@ -195,7 +204,7 @@ class SLRoundCore(RoundRefill, LatestModels):
     def _keep_early(
         self,
         sender: str,
-        message: RoundManifest | RoundChunk | MergedPiece,
+        message: RoundManifest | RoundChunk | MergedPiece | MergePartials,
         digest: bytes | None = None,
     ) -> list[SLEffect]:
         if not self.early.keep(sender, message, digest):
@@ -306,7 +315,9 @@ class SLRoundCore(RoundRefill, LatestModels):
         c = state.contribution
         self.kept.release_settled(self.app, state.contract, state.number, self.rounds)
         me = record.participants.index(self.me)
-        plan = plan_shards(c.layout, len(record.participants))
+        method = round_method(record.merge_method, len(record.participants))
+        is_global = method_scope(method) == "global"  # a plan that splits no chunk (global)
+        plan = plan_shards(c.layout, len(record.participants), "chunk" if is_global else "element")
         weights = WeightSet.of(
             [record.checkins[p].weight for p in record.participants], len(record.participants)
         )
@@ -325,10 +336,14 @@ class SLRoundCore(RoundRefill, LatestModels):
         else:  # in the file too when a trainer can refill what the merge writes over
             merged = file
             out = range_out(file, shard.start_byte, shard.stop_byte) if c.refill else None
-        method = resolve_method(record.merge_method)
-        merge = RangeMerge(c.layout, plan.shards[me], weights, method, out=out)
+        merge: RangeMerge | RangeCollector
+        if is_global:  # every chunk of my range kept for the steps (sl_round_global)
+            merge, out = RangeCollector(c.layout, shard, weights), None
+        else:
+            merge = RangeMerge(c.layout, shard, weights, method, out=out)
         attempt = Attempt(record.attempt, record.participants, me, merge, merged=merged)
         attempt.merge_in_place, attempt.in_file = out is not None, file is not None
+        attempt.plan, attempt.method = plan, method
         state.attempt = attempt
         effects: list[SLEffect] = []
         wait_s = max(0.0, record.deadline_ms / 1000 - now) + DEADLINE_MARGIN_S
@@ -422,10 +437,17 @@ class SLRoundCore(RoundRefill, LatestModels):
         assert attempt is not None
         if attempt.merge is None or not attempt.merge.done or attempt.me in attempt.pieces:
             return []
-        result: Any = attempt.merge.result()
+        effects: list[SLEffect] = []
+        result: Any
+        if isinstance(attempt.merge, RangeCollector):  # a global method's steps
+            effects, result = self._global_result(state)
+            if result is None:
+                return effects
+        else:
+            result = attempt.merge.result()
         shard = attempt.merge.shard
         in_place = attempt.merge_in_place
-        effects = self._place(state, attempt.me, shard.start_byte, result, copy=not in_place)
+        effects += self._place(state, attempt.me, shard.start_byte, result, copy=not in_place)
         if attempt.in_file:  # sent from the file: the range's own buffer is let go now
             result = memoryview(attempt.merged)[shard.start_byte : shard.stop_byte]
             attempt.merge = None
@@ -467,7 +489,8 @@ class SLRoundCore(RoundRefill, LatestModels):
         attempt = state.attempt
         assert attempt is not None
         layout = state.contribution.layout
-        shard = plan_shards(layout, len(attempt.participants)).shards[owner]
+        plan = attempt.plan or plan_shards(layout, len(attempt.participants))
+        shard = plan.shards[owner]
         if not (shard.start_byte <= start and start + len(data) <= shard.stop_byte):
             return [
                 Log(f"round {state.number}: a merged piece outside its owner's range", "warning")
