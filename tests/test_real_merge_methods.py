@@ -109,13 +109,12 @@ def swarm3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealSwarm]:
 
 def small_model(seed: int) -> ModelState:
     rng = np.random.default_rng(seed)
-    return ModelState(
-        {
-            "w": rng.standard_normal(20_000).astype(np.float32),
-            "b": (rng.standard_normal(10) * 3).astype(np.float64),
-            "bn.num_batches_tracked": np.array(rng.integers(0, 100), np.int64),
-        }
-    )
+    arrays: dict[str, Array] = {
+        "w": rng.standard_normal(20_000).astype(np.float32),
+        "b": (rng.standard_normal(10) * 3).astype(np.float64),
+        "bn.num_batches_tracked": np.array(rng.integers(0, 100), np.int64),
+    }
+    return ModelState(arrays)
 
 
 @pytest.mark.parametrize("method", METHODS)
