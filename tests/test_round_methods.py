@@ -9,7 +9,12 @@ from swarmlearn.errors import ConfigError
 from swarmlearn.merge import GeoMedian, Krum, Mean, MultiKrum, TrimmedMean, merge, pack
 from swarmlearn.merge.kernels import WeightSet
 from swarmlearn.merge.manifest import layout_of
-from swarmlearn.merge.methods import ROUND_METHODS, parse_round_method, round_method
+from swarmlearn.merge.methods import (
+    ROUND_METHODS,
+    extra_exchange_ms,
+    parse_round_method,
+    round_method,
+)
 from swarmlearn.merge.plan import plan_shards
 from swarmlearn.merge.sharded import GlobalSteps, float_piece_count
 from swarmlearn.merge.stream import RangeCollector, aligned_buffer
@@ -102,3 +107,12 @@ def test_owners_steps_exchanging_rows_equal_the_whole_state_merge(method: GeoMed
     assert bytes(merged) == pack(merge(states, weights, method), 128)[0]
     with pytest.raises(ValueError, match="done already"):
         owners[0].advance(rows)
+
+
+def test_global_methods_get_a_longer_exchange_deadline() -> None:
+    assert extra_exchange_ms("mean", 4, 10**9) == 0
+    assert extra_exchange_ms("trimmedmean", 4, 10**9) == 0
+    assert extra_exchange_ms("geomedian", 4, 100_000_000) == 101 * 30 + 101 * 2_000 // 10
+    assert extra_exchange_ms("krum", 4, 10**9) == 30 + 4 * 2_000
+    assert extra_exchange_ms("krum", 2, 10**9) == 0  # merged as the mean
+    assert extra_exchange_ms("no-such", 4, 10**9) == 0

@@ -242,6 +242,29 @@ def round_method_problem(spec: str) -> str | None:
     return None
 
 
+#: A global method's exchange takes longer than the mean's: per step, a message round trip
+#: among the owners, and per step and GB of model, one pass over the owner's N x range.
+GLOBAL_STEP_MS = 30
+GLOBAL_STEP_MS_PER_GB = 2_000
+
+
+def extra_exchange_ms(spec: str, participants: int, model_bytes: int) -> int:
+    """How much longer than the mean's an attempt of this method may take (the ledger adds it
+    to the exchange deadline; integers only, so every validator computes the same)."""
+    try:
+        method = round_method(spec, max(participants, 1))
+    except (ConfigError, ValueError):
+        return 0
+    if isinstance(method, GeoMedian):
+        steps, passes = method.iterations_max + 1, method.iterations_max + 1
+    elif isinstance(method, Krum):
+        steps, passes = 1, participants  # N - 1 distances per contribution, once
+    else:
+        return 0
+    per_gb = passes * GLOBAL_STEP_MS_PER_GB * model_bytes // 1_000_000_000
+    return steps * GLOBAL_STEP_MS + per_gb
+
+
 def round_method(spec: str, participants: int) -> Method:
     """The method a round with ``participants`` merges with (``spec`` checked at check-in).
 
