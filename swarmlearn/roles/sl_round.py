@@ -446,6 +446,8 @@ class SLRoundCore(RoundRefill, LatestModels, RoundGlobal):
         else:
             result = attempt.merge.result()
         shard = attempt.merge.shard
+        if isinstance(attempt.merge, RangeCollector):
+            attempt.merge = None  # N x my range, no longer needed: let it go
         in_place = attempt.merge_in_place
         effects += self._place(state, attempt.me, shard.start_byte, result, copy=not in_place)
         if attempt.in_file:  # sent from the file: the range's own buffer is let go now

@@ -94,6 +94,7 @@ class RoundGlobal:
         steps.write(out)
         text = f"round {state.number}: {steps.method.name} over {count}: {steps.describe()}"
         attempt.partials.clear()
+        attempt.steps = None  # (and with it the stack of every participant's chunks)
         return [*effects, Deliver(Progress(state.contract, state.number, text))], out
 
     def _share(self, state: RoundState, attempt: Attempt, step: int, rows: Any) -> list[SLEffect]:
