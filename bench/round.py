@@ -236,10 +236,14 @@ def _method_rounds(
     flats = [
         bytes(flatten(ModelState({"w": _random_weights(shape, i)}), layout)) for i in range(nodes)
     ]
-    return {
-        method: [_one_round(root, nodes, layout, 0, method, flats)[0] for _ in range(rounds)]
-        for method in methods
-    }
+    times: dict[str, list[float]] = {}
+    for method in methods:
+        for _ in range(rounds):
+            total, steps = _one_round(root, nodes, layout, 0, method, flats)
+            times.setdefault(method, []).append(total)
+            if "iterations" in steps:
+                times.setdefault(f"{method} iterations", []).append(steps["iterations"])
+    return times
 
 
 def _random_weights(shape: tuple[int, ...], seed: int) -> Any:
@@ -277,6 +281,8 @@ def _one_round(
     lock = threading.Lock()
 
     def progress(text: str) -> None:
+        if " iterations, " in text:  # "round 3: geomedian over 4: 21 iterations, converged"
+            seen.setdefault("iterations", []).append(float(text.split(": ")[-1].split()[0]))
         for phase, words in PHASES.items():
             if words and words in text:
                 with lock:
@@ -302,6 +308,8 @@ def _one_round(
         list(pool.map(train, range(nodes)))
     marks = [max(handed)] + [max(seen[phase], default=max(handed)) for phase in PHASES]
     steps = {phase: marks[i + 1] - marks[i] for i, phase in enumerate(PHASES)}
+    if seen.get("iterations"):  # the geometric median's Weiszfeld updates (every node alike)
+        steps["iterations"] = max(seen["iterations"])
     return marks[-1] - marks[0], steps
 
 
@@ -315,6 +323,9 @@ def _method_figures(
     base = medians.get("mean")
     for method, median in medians.items():
         name = method.split(":")[0]
+        if method.endswith(" iterations"):
+            figures[f"round_{nodes}_nodes_{name.split()[0]}_iterations"] = int(median)
+            continue
         figures[f"round_{nodes}_nodes_{name}_s"] = round(median, 3)
         if base:
             figures[f"round_{nodes}_nodes_{name}_vs_mean"] = round(median / base, 2)

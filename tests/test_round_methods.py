@@ -111,7 +111,8 @@ def test_owners_steps_exchanging_rows_equal_the_whole_state_merge(method: GeoMed
 
 def test_global_methods_get_a_longer_exchange_deadline() -> None:
     assert extra_exchange_ms("mean", 4, 10**9) == 0
-    assert extra_exchange_ms("trimmedmean", 4, 10**9) == 0
+    assert extra_exchange_ms("trimmedmean", 4, 10**9) == 4 * 2_000
+    assert extra_exchange_ms("coordmedian", 10, 100_000_000) == 10 * 2_000 // 10
     assert extra_exchange_ms("geomedian", 4, 100_000_000) == 101 * 30 + 101 * 2_000 // 10
     assert extra_exchange_ms("krum", 4, 10**9) == 30 + 4 * 2_000
     assert extra_exchange_ms("krum", 2, 10**9) == 0  # merged as the mean

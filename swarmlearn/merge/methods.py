@@ -243,7 +243,8 @@ def round_method_problem(spec: str) -> str | None:
 
 
 #: A global method's exchange takes longer than the mean's: per step, a message round trip
-#: among the owners, and per step and GB of model, one pass over the owner's N x range.
+#: among the owners, and per step and GB of model, one pass over the owner's N x range. The
+#: coordinate median and trimmed mean compare each value with the N - 1 others: N passes.
 GLOBAL_STEP_MS = 30
 GLOBAL_STEP_MS_PER_GB = 2_000
 
@@ -259,6 +260,8 @@ def extra_exchange_ms(spec: str, participants: int, model_bytes: int) -> int:
         steps, passes = method.iterations_max + 1, method.iterations_max + 1
     elif isinstance(method, Krum):
         steps, passes = 1, participants  # N - 1 distances per contribution, once
+    elif isinstance(method, CoordMedian | TrimmedMean):
+        steps, passes = 0, participants  # N comparisons per value (no steps to exchange)
     else:
         return 0
     per_gb = passes * GLOBAL_STEP_MS_PER_GB * model_bytes // 1_000_000_000
