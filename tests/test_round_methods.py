@@ -3,6 +3,7 @@ of N participants merges with, and an owner's global steps (sans-IO) against the
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from swarmlearn.errors import ConfigError
@@ -18,6 +19,7 @@ from swarmlearn.merge.methods import (
 from swarmlearn.merge.plan import plan_shards
 from swarmlearn.merge.sharded import GlobalSteps, float_piece_count
 from swarmlearn.merge.stream import RangeCollector, aligned_buffer
+from swarmlearn.roles.sl_round_state import Attempt, global_waiting
 from tests.merge_helpers import random_states
 
 
@@ -117,3 +119,24 @@ def test_global_methods_get_a_longer_exchange_deadline() -> None:
     assert extra_exchange_ms("krum", 4, 10**9) == 30 + 4 * 2_000
     assert extra_exchange_ms("krum", 2, 10**9) == 0  # merged as the mean
     assert extra_exchange_ms("no-such", 4, 10**9) == 0
+
+
+def test_a_stalled_exchange_names_the_step_and_the_owners_it_waits_for() -> None:
+    states = random_states([("a", "float32", (40,))], 3, 1)
+    layout = layout_of(states[0], 64)
+    plan = plan_shards(layout, 3, "chunk")
+    weights = WeightSet.of([1.0, 1.0, 1.0], 3)
+    collector = RangeCollector(layout, plan.shards[0], weights)
+    attempt = Attempt(1, ("aaaaaaaaaa", "bbbbbbbbbb", "cccccccccc"), 0, collector, plan=plan)
+    attempt.method = GeoMedian()
+    assert global_waiting(attempt) == "; waiting for chunks of my range"
+    flats = [memoryview(pack(s, 64)[0]) for s in states]
+    for chunk in plan.shards[0].chunks(layout):
+        start, stop = layout.chunk_span(chunk)
+        for participant, flat in enumerate(flats):
+            collector.add(participant, chunk, flat[start:stop])
+    attempt.steps = GlobalSteps(collector.stack(), GeoMedian())
+    attempt.partials = {0: {0: attempt.steps.start(), 2: np.zeros(0)}}
+    assert global_waiting(attempt) == "; step 0 waits for partial sums from bbbbbbbb"
+    attempt.pieces.add(0)
+    assert global_waiting(attempt) == ""
