@@ -13,7 +13,11 @@ the round and fixes the participants; participant ``i`` owns range ``i`` of
 2. each owner verifies every chunk against the sender's manifest and folds it into its
    :class:`RangeMerge` (fixed participant order: identical bytes whatever the arrival
    order). A chunk that does not match its commitment gets its sender excluded on the
-   ledger (``Exclude``), which starts a new attempt without it;
+   ledger (``Exclude``), which starts a new attempt without it. The global methods
+   (geometric median, Krum: ``plan_shards(layout, P, "chunk")``) keep the range's chunks in a
+   ``RangeCollector`` instead, and once complete the owners exchange per-piece partial sums
+   step by step (``MergePartials``, :mod:`swarmlearn.roles.sl_round_global`) until every
+   participant has decided alike;
 3. each owner sends its merged range to every participant (``MergedPiece``); each
    participant assembles the merged model, computes its manifest root and reports it
    (``Merged``);
