@@ -14,7 +14,11 @@ the weights over the node's local endpoint, as a training script would. Figures,
 ``--methods`` (all of the round's merge methods when given no list) also times rounds of each
 method at 4 nodes, in the same swarm after the mean's rounds, on seeded random weights (the
 mean's own rounds use constant ones): ``round_4_nodes_method_s`` per method, beside ``mean``,
-and each as a multiple of the mean's. They are reported, not judged (no target).
+and each as a multiple of the mean's, and the geometric median's Weiszfeld updates
+(``round_4_nodes_geomedian_iterations``). They are reported, not judged (no target).
+``--quick --methods`` at load 11-13 on the shared 2 cores, 20 MB, one round each: mean
+1.83 s, multikrum 1.26, krum 2.10, trimmedmean 2.64, coordmedian 2.98, geomedian 4.05 s
+(7 updates); 55 s in all (``--quick`` alone: 42 s at load 12).
 
 Targets (the rounds issue): 4 nodes in <= 1.0 s for 100 MB, peak RSS <= 2x the model at 2 and
 at 4 nodes. These are reported honestly, met or not (never with --quick: its 20 MB model is
