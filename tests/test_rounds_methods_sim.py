@@ -131,6 +131,8 @@ def test_the_geomedian_scenario_replays_from_its_seed() -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["rounds-kill-geomedian", "rounds-byzantine-partials"])
+@pytest.mark.parametrize(
+    "name", ["rounds-kill-geomedian", "rounds-byzantine-partials", "rounds-partition-krum"]
+)
 def test_a_seed_sweep_of_faulty_global_rounds(name: str) -> None:
     assert len(sweep(name, range(2, 7))) == 5

@@ -378,6 +378,14 @@ rounds_scenario(
     "geomedian",
 )
 rounds_scenario(
+    "rounds-partition-krum",
+    "6 nodes, multikrum; half cut off during an exchange",
+    6,
+    5,
+    "partition",
+    "multikrum",
+)
+rounds_scenario(
     "rounds-byzantine-partials",
     "5 nodes, geomedian; one owner sends negative partial sums",
     5,
