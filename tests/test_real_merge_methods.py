@@ -15,6 +15,8 @@ mutual TLS, round lanes), and robust methods against poisoned contributors.
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ class RealSwarm:
     pki: Path
     names: tuple[str, ...]
     sockets: tuple[Path, ...]
+    processes: tuple[subprocess.Popen[str], ...]
 
     def identity(self, name: str) -> Identity:
         pki = self.pki
@@ -67,15 +70,17 @@ def real_swarm(root: Path, validators: int, sl_only: int) -> Iterator[RealSwarm]
         issue_certificate(ca, name, root / "pki", hosts=["127.0.0.1"], roles=roles)
     pki, data = root / "pki", [root / name for name in names]
     with contextlib.ExitStack() as stack:
-        _, port0 = stack.enter_context(
+        first = stack.enter_context(
             node_process(pki, names[0], data[0], "--sentinel", "--listen", "127.0.0.1:0")
         )
-        join = ["--bootstrap", f"127.0.0.1:{port0}", "--listen", "127.0.0.1:0"]
-        ports = [port0] + [
-            stack.enter_context(node_process(pki, name, path, *join))[1]
+        join = ["--bootstrap", f"127.0.0.1:{first[1]}", "--listen", "127.0.0.1:0"]
+        started = [first] + [
+            stack.enter_context(node_process(pki, name, path, *join))
             for name, path in zip(names[1:], data[1:], strict=True)
         ]
-        swarm = RealSwarm(pki, tuple(names), tuple(d / "sl.sock" for d in data))
+        ports = [port for _, port in started]
+        sockets = tuple(d / "sl.sock" for d in data)
+        swarm = RealSwarm(pki, tuple(names), sockets, tuple(p for p, _ in started))
         trio.run(
             wait_for,
             swarm.identity(names[0]),
@@ -139,7 +144,66 @@ def test_each_method_ends_a_real_round_bit_identical_and_equal_to_the_reference(
     assert len({(merged, root) for merged, root, _ in outcomes}) == 1
     order = swarm3.participant_order()
     states = [small_model(seed + i) for i in order]
-    reference = merge(states, [i + 1 for i in order], round_method(method, 3))
+    reference = merge(
+        states, [i + 1 for i in order], round_method(method, 3), chunk_bytes=layout.chunk_bytes
+    )
+    assert outcomes[0][0] == bytes(flatten(reference, layout))
+
+
+@pytest.mark.slow
+def test_a_participant_that_dies_mid_exchange_is_planned_out_and_the_rest_merge(
+    tmp_path: Path,
+) -> None:
+    """Geometric median, 3 validators and an SL-only node killed once its round's exchange
+    starts: its chunks and partial sums stop; at the deadline the ledger re-plans with the
+    three that are alive, which end bit-identical, equal to the reference over the three."""
+    layout = layout_of(small_model(0), chunk_bytes=16 * 1024)
+    with real_swarm(tmp_path, 3, 1) as swarm:
+        victim = swarm.processes[3]
+        checked_in, exchanging = threading.Event(), threading.Event()
+        lines: list[str] = []
+
+        def doomed() -> None:
+            def progress(text: str) -> None:
+                if "checked in" in text:  # on the ledger: the round includes it
+                    checked_in.set()
+                if "exchanging with" in text:
+                    victim.kill()
+                    exchanging.set()
+
+            with (
+                contextlib.suppress(Exception),
+                LocalClient(swarm.sockets[3], timeout_s=60, on_progress=progress) as client,
+            ):
+                flat = bytes(flatten(small_model(903), layout))
+                client.sync_round(
+                    DEFAULT_CONTRACT, layout, flat, min_peers=3, merge_method="geomedian"
+                )
+
+        def survivor(node: int) -> tuple[bytes | None, bytes, str]:
+            with LocalClient(
+                swarm.sockets[node], timeout_s=120, on_progress=lines.append
+            ) as client:
+                flat = bytes(flatten(small_model(900 + node), layout))
+                outcome = client.sync_round(
+                    DEFAULT_CONTRACT, layout, flat, min_peers=3, merge_method="geomedian"
+                )
+                merged = None if outcome.merged is None else bytes(outcome.merged)
+                return merged, outcome.root, outcome.reason
+
+        killer = threading.Thread(target=doomed, daemon=True)
+        killer.start()
+        assert checked_in.wait(timeout=60)
+        with ThreadPoolExecutor(3) as pool:
+            outcomes = list(pool.map(survivor, range(3)))
+        killer.join(timeout=60)
+        order = [i for i in swarm.participant_order() if i != 3]
+    assert exchanging.is_set()
+    assert all(merged is not None for merged, _, _ in outcomes), [o[2] for o in outcomes]
+    assert len({(merged, root) for merged, root, _ in outcomes}) == 1
+    assert any("past its deadline" in line for line in lines), lines
+    states = [small_model(900 + i) for i in order]
+    reference = merge(states, None, round_method("geomedian", 3), chunk_bytes=layout.chunk_bytes)
     assert outcomes[0][0] == bytes(flatten(reference, layout))
 
 

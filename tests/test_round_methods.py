@@ -83,11 +83,11 @@ def test_a_round_fits_krum_to_its_participants() -> None:
 def test_owners_steps_exchanging_rows_equal_the_whole_state_merge(method: GeoMedian | Krum) -> None:
     """What a round does, without the network: each owner's rows to all, folded in owner order."""
     states = random_states(
-        [("a", "float32", (50, 3)), ("b", "float16", (40,)), ("c", "int64", (5,))], 5, 7
+        [("a", "float64", (300, 3)), ("b", "float16", (40,)), ("c", "int64", (5,))], 5, 7
     )
     weights = [1.0, 2.0, 3.0, 4.0, 5.0]
-    layout = layout_of(states[0], 128)
-    flats = [memoryview(pack(s, 128)[0]) for s in states]
+    layout = layout_of(states[0], 1024)
+    flats = [memoryview(pack(s, 1024)[0]) for s in states]
     plan = plan_shards(layout, 3, "chunk")
     owners = []
     for shard in plan.shards:
@@ -106,7 +106,7 @@ def test_owners_steps_exchanging_rows_equal_the_whole_state_merge(method: GeoMed
     merged = aligned_buffer(layout.total_bytes, 0)
     for owner, shard in zip(owners, plan.shards, strict=True):
         owner.write(merged[shard.start_byte : shard.stop_byte])
-    assert bytes(merged) == pack(merge(states, weights, method), 128)[0]
+    assert bytes(merged) == pack(merge(states, weights, method, chunk_bytes=1024), 1024)[0]
     with pytest.raises(ValueError, match="done already"):
         owners[0].advance(rows)
 

@@ -80,7 +80,8 @@ def test_each_method_ends_rounds_bit_identical_and_equal_to_the_reference(
     for number, states in enumerate(contributions, start=1):
         done = checker.done[(DEFAULT_CONTRACT, number)]
         assert sorted(done) == nodes
-        reference = merge([states[n] for n in nodes], weights, round_method(method, len(nodes)))
+        method_n = round_method(method, len(nodes))
+        reference = merge([states[n] for n in nodes], weights, method_n, chunk_bytes=CHUNK_BYTES)
         assert next(iter(done.values())).flat == bytes(flatten(reference, layout))
 
 
@@ -109,7 +110,8 @@ def test_an_owner_with_garbage_partial_sums_is_excluded_and_the_rest_merge(
     weights = [random.Random(n).randint(1, 100) for n in honest]
     states = [contributions[0][n] for n in honest]
     layout = layout_of(states[0], chunk_bytes=CHUNK_BYTES)
-    reference = merge(states, weights, round_method("geomedian", len(honest)))
+    method = round_method("geomedian", len(honest))
+    reference = merge(states, weights, method, chunk_bytes=CHUNK_BYTES)
     assert done[honest[0]].flat == bytes(flatten(reference, layout))
     dropped = [sim.nodes[n].core.sl.partials_dropped for n in honest]  # type: ignore[attr-defined]
     assert sum(dropped) >= 1

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from swarmlearn.merge.dtypes import storage_dtype
 from swarmlearn.merge.kernels import WeightSet
-from swarmlearn.merge.manifest import BytesLike, Layout, layout_of, unpack
+from swarmlearn.merge.manifest import DEFAULT_CHUNK_BYTES, BytesLike, Layout, layout_of, unpack
 from swarmlearn.merge.methods import Custom, GeoMedian, Krum, Method, method_scope, resolve_method
 from swarmlearn.merge.pieces import Piece, merge_piece, pieces_of_states, storage_view
 from swarmlearn.merge.plan import Granularity, Segment, ShardPlan, plan_shards
@@ -35,9 +35,17 @@ def _weights(weights: Weights, count: int) -> WeightSet:
 
 
 def merge(
-    states: Sequence[ModelState], weights: Weights = None, method: Method | str = "mean"
+    states: Sequence[ModelState],
+    weights: Weights = None,
+    method: Method | str = "mean",
+    *,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> ModelState:
-    """Merge N states (same names, dtypes, shapes) with positive ``weights`` (default equal)."""
+    """Merge N states (same names, dtypes, shapes) with positive ``weights`` (default equal).
+
+    ``chunk_bytes`` matters to the global methods only: their float64 sums are grouped by
+    chunk (one per tensor's part of each chunk), as a sync round of that layout groups them,
+    so a round's result is ``merge(..., chunk_bytes=layout.chunk_bytes)`` bit for bit."""
     if not states:
         raise ValueError("merge needs at least one state")
     signature = states[0].signature()
@@ -47,7 +55,7 @@ def merge(
     chosen = resolve_method(method)
     chosen.check(len(states))
     weight_set = _weights(weights, len(states))
-    layout = layout_of(states[0])
+    layout = layout_of(states[0], chunk_bytes)
     out = aligned_buffer(layout.total_bytes, 0)
     if method_scope(chosen) == "global":
         pieces = pieces_of_states(layout, states, by_chunk=True)

@@ -28,8 +28,9 @@ Determinism: a row is one piece's sums, float64, by numpy's pairwise summation o
 (no BLAS, so no threads and no machine-dependent kernels); the total is a left fold over all
 rows in layout order. A piece is one tensor's part of one chunk, so with a plan that splits no
 chunk (``plan_shards(..., granularity="chunk")``, what sync rounds use) the rows do not depend
-on the plan: P owners and one whole-state merge (:func:`~swarmlearn.merge.merge.merge`) fold
-the same numbers in the same order, stop at the same iteration and write the same bytes. A
+on the plan: P owners and one whole-state merge of the same chunk size
+(:func:`~swarmlearn.merge.merge.merge` with ``chunk_bytes``) fold the same numbers in the same
+order, stop at the same iteration and write the same bytes. A
 plan that splits chunks groups differently and agrees within the stopping tolerance (Krum:
 the same selection unless two scores tie to rounding). In a round every participant folds the
 same rows (each owner's come from that owner alone), so all decide alike.
