@@ -18,7 +18,9 @@ and each as a multiple of the mean's, and the geometric median's Weiszfeld updat
 (``round_4_nodes_geomedian_iterations``). They are reported, not judged (no target).
 ``--quick --methods`` at load 11-13 on the shared 2 cores, 20 MB, one round each: mean
 1.83 s, multikrum 1.26, krum 2.10, trimmedmean 2.64, coordmedian 2.98, geomedian 4.05 s
-(7 updates); 55 s in all (``--quick`` alone: 42 s at load 12).
+(7 updates); 55 s in all (``--quick`` alone: 42 s at load 12); at load 5-12, 34 s in all.
+Full size, ``--rounds 1 --methods``, load 11-16: mean 4.01 s, krum 3.97, multikrum 5.00,
+coordmedian 9.34, trimmedmean 10.11, geomedian 11.27 s (6 updates), 1.5 min in all.
 
 Targets (the rounds issue): 4 nodes in <= 1.0 s for 100 MB, peak RSS <= 2x the model at 2 and
 at 4 nodes. These are reported honestly, met or not (never with --quick: its 20 MB model is
