@@ -167,7 +167,7 @@ def test_callback_mistakes_are_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
         message = config_error(SwarmCallback, syncFrequency=10, minPeers=2, model=model, **options)
         if "unknown option" in message:
             message = message.split(" Valid: ")[0] + " Valid: adsValBatchSize, adsValData, ..."
-        quoted(f"swarmlearn.callback.core.SwarmError: {message}")
+        quoted(f"SwarmError: {message}")  # uncaught: one line (callback.core.one_line_hook)
 
 
 # ---------------------------------------------------------------- real processes

@@ -160,7 +160,9 @@ def parse_options(
     kwargs: Mapping[str, Any],
     platform_options: tuple[str, ...],
 ) -> Options:
-    """HPE's validation of the constructor's arguments, with clear errors."""
+    """HPE's validation of the constructor's arguments, with clear errors (one line each, also
+    uncaught: the hook goes in before the first check)."""
+    install_one_line_hook()
     valid = sorted((*COMMON_OPTIONS, *platform_options))
     for key in kwargs:
         if key not in valid:
