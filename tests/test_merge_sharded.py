@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarmlearn.errors import LocalProtocolError
+from swarmlearn.errors import LocalProtocolError, RemoteProtocolError
 from swarmlearn.merge import (
     CoordMedian,
     Custom,
@@ -327,12 +327,12 @@ def test_accumulators_reject_misuse() -> None:
     for inbox in (RangeMerge(lay, shard, weights, Mean()), RangeCollector(lay, shard, weights)):
         with pytest.raises(LocalProtocolError, match=r"participant 2 is not in 0\.\.1"):
             inbox.add(2, 0, flats[0][:16])
-        with pytest.raises(LocalProtocolError, match="does not overlap"):
+        with pytest.raises(RemoteProtocolError, match="does not overlap"):
             inbox.add(0, 2, flats[0][32:40])
-        with pytest.raises(LocalProtocolError, match="must be 16 bytes"):
+        with pytest.raises(RemoteProtocolError, match="must be 16 bytes"):
             inbox.add(0, 0, flats[0][:8])
         inbox.add(1, 0, flats[1][:16])
-        with pytest.raises(LocalProtocolError, match="arrived twice"):
+        with pytest.raises(RemoteProtocolError, match="arrived twice"):
             inbox.add(1, 0, flats[1][:16])
     with pytest.raises(LocalProtocolError, match="not complete"):
         RangeMerge(lay, shard, weights, Mean()).result()

@@ -21,7 +21,9 @@ or ``sl.sock`` in ``SWARM_DATA_DIR``/``./swarm-data``): the weights go to the lo
 ``swarm-node``; *embedded* (``nodeConfig=FILE`` or ``SWARM_NODE_CONFIG``, swarm-node's TOML
 config): the node runs in this process (``swarmlearn.callback.embedded``); *loopback*
 (``SWARM_LOOPBACK=True``, as in HPE): no swarm at all, the script runs alone. A sync whose
-round fails keeps the local weights and says why.
+round fails keeps the local weights and says why; a sync the ledger refuses, or one that
+does not end within ``syncTimeout`` (counted from the sync's start), raises
+:class:`SwarmError` with the reason.
 """
 
 from __future__ import annotations
@@ -469,17 +471,22 @@ class SwarmCore:
         if loss is not None:
             perf = (float(loss), float(metric or 0.0), self.epochsCompleted, self.totalEpochs)
         started = time.monotonic()
-        outcome: RoundOutcome = self._client.sync_round(
-            self.trainingContract,
-            self._layout,
-            flat,
-            weight=weight,
-            min_peers=self.minPeers,
-            merge_method=self.mergeMethod,
-            perf=perf,
-            final=final,
-            refill=refill,
-        )
+        try:
+            outcome: RoundOutcome = self._client.sync_round(
+                self.trainingContract,
+                self._layout,
+                flat,
+                weight=weight,
+                min_peers=self.minPeers,
+                merge_method=self.mergeMethod,
+                perf=perf,
+                final=final,
+                refill=refill,
+            )
+        except ConfigError as error:  # syncTimeout passed, or the node went away
+            raise SwarmError(str(error)) from None
+        if outcome.refused:  # the same weights would be refused again: say so, do not go on
+            raise SwarmError(f"round {outcome.round}: {outcome.reason}")
         took = time.monotonic() - started
         if outcome.merged is None:  # the model's own weights stay: never the handover file's
             self.logger.warning(

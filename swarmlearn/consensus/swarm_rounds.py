@@ -20,6 +20,13 @@ FAILED. A participant may report a contributor whose chunks did not match its co
 recorded as missing); otherwise a new attempt starts with those who showed life since the
 attempt began, or the round FAILS when fewer than ``min_peers`` remain. Survivors therefore
 end with the same root, or the ledger says the round failed: never a silent partial merge.
+
+A check-in belongs to a trainer *session* at its node. While the round is OPEN, a check-in
+leaves it when its session goes away (``CheckOut``) or when its ``wait_ms`` (the trainer's
+syncTimeout) has passed since the block that holds it; an OPEN round left with no check-in is
+*abandoned* (FAILED, "abandoned"), so a swarm started with a wrong ``minPeers`` is never stuck:
+the next check-in, with any ``minPeers``, opens a fresh round. ``RESET CONTRACT`` starts the
+contract over (a new ``generation``): every round of the old one ends with it.
 """
 
 from __future__ import annotations
@@ -47,6 +54,9 @@ class CheckInRecord:
     min_peers: int
     time_ms: int
     final: bool = False
+    session: int = 0
+    expires_ms: int | None = None  # leaves the round (while it is open) at this block time
+    nonce: int = 0
 
 
 @dataclass
@@ -94,6 +104,7 @@ class ContractRecord:
     layout: tuple[TensorSpec, ...] | None = None
     total_bytes: int = 0
     rounds: dict[int, RoundRecord] = field(default_factory=dict)
+    generation: int = 0  # how many times RESET CONTRACT started it over
 
     @property
     def done(self) -> set[str]:
@@ -165,6 +176,46 @@ def try_close(contract: ContractRecord, round_: RoundRecord, now_ms: int, active
     round_.closed_ms = now_ms
     start_attempt(contract, round_, tuple(sorted(round_.checkins)), now_ms)
     return True
+
+
+ABANDONED = "abandoned: no trainer waits for this round any more"
+
+
+def withdraw(round_: RoundRecord, node: str, now_ms: int, *, session: int | None = None) -> bool:
+    """Take ``node``'s check-in out of an open round (only that of ``session`` when given);
+    True when it was there. A round left with none is abandoned."""
+    found = round_.checkins.get(node)
+    if round_.status != RoundStatus.OPEN or found is None:
+        return False
+    if session is not None and found.session != session:
+        return False
+    del round_.checkins[node]
+    _after_leaving(round_, now_ms)
+    return True
+
+
+def expire(round_: RoundRecord, now_ms: int) -> bool:
+    """Check-ins of an open round whose trainers waited their syncTimeout leave it; True when
+    any did."""
+    if round_.status != RoundStatus.OPEN:
+        return False
+    gone = [
+        node
+        for node, check_in in sorted(round_.checkins.items())
+        if check_in.expires_ms is not None and check_in.expires_ms <= now_ms
+    ]
+    for node in gone:
+        del round_.checkins[node]
+    if gone:
+        _after_leaving(round_, now_ms)
+    return bool(gone)
+
+
+def _after_leaving(round_: RoundRecord, now_ms: int) -> None:
+    if not round_.checkins:
+        finish(round_, RoundStatus.FAILED, now_ms, ABANDONED)
+    elif len(round_.checkins) < round_.min_peers:
+        round_.quorum_ms = None  # the grace period starts again with the next quorum
 
 
 def start_attempt(

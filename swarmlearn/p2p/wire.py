@@ -117,6 +117,9 @@ class _Codec:
     to_wire: tuple[_Convert, ...]
     from_wire: tuple[_Convert, ...]
     payload_name: str | None
+    #: Fields a message on the wire must have: trailing fields with defaults may be absent (a
+    #: message from an older version, before they were added), and take their defaults.
+    required: int = 0
 
 
 _codecs: dict[type[Message], _Codec] = {}
@@ -137,6 +140,7 @@ def _compile_message(cls: type[Message]) -> _Codec:
     to_wire: list[_Convert] = []
     from_wire: list[_Convert] = []
     payload_name: str | None = None
+    required = 0
     # In the order of the constructor's parameters: keyword-only fields (a base class's, such
     # as :class:`swarmlearn.consensus.swarm_txs.Unique`'s nonce) go last, as they do there.
     for field in sorted(dataclasses.fields(cls), key=lambda field: field.kw_only is True):
@@ -147,10 +151,15 @@ def _compile_message(cls: type[Message]) -> _Codec:
             payload_name = field.name
             continue
         names.append(field.name)
+        has_default = not (
+            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        )
+        required = required if has_default else len(names)
         out, into = _compile(annotation, f"{cls.__qualname__}.{field.name}")
         to_wire.append(out)
         from_wire.append(into)
-    return _Codec(cls, tuple(names), tuple(to_wire), tuple(from_wire), payload_name)
+    codec = _Codec(cls, tuple(names), tuple(to_wire), tuple(from_wire), payload_name, required)
+    return codec
 
 
 def _is_payload(annotation: Any) -> bool:
@@ -313,10 +322,10 @@ def _fields_to_wire(codec: _Codec, msg: Message) -> list[Any]:
 
 
 def _fields_from_wire(codec: _Codec, wire: Any, payload: memoryview | None = None) -> Any:
-    if type(wire) is not list or len(wire) != len(codec.names):
+    if type(wire) is not list or not codec.required <= len(wire) <= len(codec.names):
         raise _FieldError(f"{codec.cls.__qualname__}: expected {len(codec.names)} fields")
     values: dict[str, Any] = {}
-    for name, convert, value in zip(codec.names, codec.from_wire, wire, strict=True):
+    for name, convert, value in zip(codec.names, codec.from_wire, wire, strict=False):
         try:
             values[name] = convert(value)
         except _FieldError as error:

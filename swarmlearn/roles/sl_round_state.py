@@ -85,6 +85,9 @@ class RoundState:
     specs: tuple[TensorSpec, ...] = ()  # the contribution's tensors, as the ledger sees them
     contributed_at: float = 0.0
     refilling: int | None = None  # the attempt waiting for the trainer to refill its file
+    generation: int = 0  # the contract's (RESET CONTRACT starts a new one; this round ends)
+    gone_at: float | None = None  # when its trainer session went away
+    check_out: bytes = b""  # the signed CheckOut of its check-in, resent until it is out
 
 
 class EarlyMessages:
