@@ -11,6 +11,7 @@ garbage (excluded on the ledger, as a chunk unlike its commitment is).
 from __future__ import annotations
 
 import random
+from typing import cast
 
 import numpy as np
 import pytest
@@ -18,9 +19,10 @@ import pytest
 from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
 from swarmlearn.merge import ModelState, flatten, layout_of, merge
 from swarmlearn.merge.methods import round_method
+from swarmlearn.roles.node_core import SwarmNodeCore
 from swarmlearn.roles.simulation import corrupt_partials
 from swarmlearn.roles.sl_round import Contribute
-from swarmlearn.sim import run_scenario
+from swarmlearn.sim import Simulator, run_scenario
 from swarmlearn.sim.testing import sweep
 from tests.test_rounds_sim import RoundChecker, Swarm, make_swarm, model, start_simulator
 
@@ -37,7 +39,7 @@ def swarm5(tmp_path_factory: pytest.TempPathFactory) -> Swarm:
 
 def run_method_rounds(
     swarm: Swarm, method: str, rounds: int, seed: int = 1, cheat: str | None = None
-) -> tuple[RoundChecker, list[dict[str, ModelState]], object]:
+) -> tuple[RoundChecker, list[dict[str, ModelState]], Simulator]:
     checker = RoundChecker()
     sim = start_simulator(swarm, seed, checker)
     if cheat is not None:
@@ -103,7 +105,9 @@ def test_an_owner_with_garbage_partial_sums_is_excluded_and_the_rest_merge(
     done = checker.done[(DEFAULT_CONTRACT, 1)]
     honest = [n for n in nodes if n != cheat]
     assert set(honest) <= set(done)
-    app = sim.nodes[nodes[0]].core.app  # type: ignore[attr-defined]
+    cores = {n: sim.nodes[n].core for n in nodes}
+    assert all(isinstance(core, SwarmNodeCore) for core in cores.values())
+    app = cast(SwarmNodeCore, cores[nodes[0]]).app
     record = app.state.contracts[DEFAULT_CONTRACT].rounds[1]
     assert "partial sums of step 0: negative or non-finite" in record.excluded[cheat]
     assert record.participants == tuple(honest)
@@ -113,8 +117,9 @@ def test_an_owner_with_garbage_partial_sums_is_excluded_and_the_rest_merge(
     method = round_method("geomedian", len(honest))
     reference = merge(states, weights, method, chunk_bytes=CHUNK_BYTES)
     assert done[honest[0]].flat == bytes(flatten(reference, layout))
-    dropped = [sim.nodes[n].core.sl.partials_dropped for n in honest]  # type: ignore[attr-defined]
+    dropped = [cast(SwarmNodeCore, cores[n]).sl.partials_dropped for n in honest]
     assert sum(dropped) >= 1
+    assert sim.counters.metrics["sl_partials_dropped"] == sum(dropped)
 
 
 @pytest.mark.parametrize(

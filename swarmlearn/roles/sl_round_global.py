@@ -23,7 +23,8 @@ An owner is at most one step ahead of any other (step t + 1 needs everyone's row
 so a node keeps rows for its current step and the next one only; rows for other steps or
 twice are dropped and counted (``partials_dropped``). Rows no honest owner can send (the wrong
 size for its range, negative or non-finite sums of squares) get their sender excluded on the
-ledger, as a chunk unlike its commitment does: the next attempt goes on without it. Rows that
+ledger, as a chunk unlike its commitment does (and count against it in the node's policing,
+:class:`PeerFault`): the next attempt goes on without it. Rows that
 are plausible but false cannot be told from true ones: every participant still folds the same
 rows and ends with the same bytes, skewed by that owner's lie. A participant that never sends
 its rows stalls the attempt like a missing chunk: at the attempt's deadline the node tells the
@@ -41,9 +42,9 @@ from swarmlearn.merge import RangeCollector
 from swarmlearn.merge.methods import GeoMedian, Krum
 from swarmlearn.merge.sharded import GlobalSteps, float_piece_count, geo_width, krum_width
 from swarmlearn.merge.stream import aligned_buffer
-from swarmlearn.roles.sl_messages import MergePartials, Progress, SLEffect
+from swarmlearn.roles.sl_messages import MergePartials, PeerFault, Progress, SLEffect
 from swarmlearn.roles.sl_round_state import Attempt, RoundState
-from swarmlearn.sansio import Deliver, Log, NodeId, Send
+from swarmlearn.sansio import Deliver, Log, Metric, NodeId, Send
 
 
 def row_width(method: Any, participants: int) -> int:
@@ -112,13 +113,21 @@ class RoundGlobal:
             return []
         if bad := self._malformed(state, attempt, sender, m):  # provably garbage: as a bad chunk
             self.partials_dropped += 1
-            return self._exclude(state, sender, f"its partial sums of step {m.step}: {bad}")
+            reason = f"its partial sums of step {m.step}: {bad}"
+            return [
+                *self._exclude(state, sender, reason),
+                Metric("sl_partials_dropped", 1.0),
+                Deliver(PeerFault(sender, f"round {state.number}: {reason}")),
+            ]
         owner = attempt.participants.index(sender)
         mine = 0 if attempt.steps is None else attempt.steps.step
         if not mine <= m.step <= mine + 1 or owner in attempt.partials.get(m.step, {}):
-            self.partials_dropped += 1  # stale, duplicated, or impossibly far ahead
+            self.partials_dropped += 1  # stale, duplicated (the network may), or far ahead
             text = f"round {state.number}: dropped partial sums of step {m.step} from"
-            return [Log(f"{text} {sender[:8]} (this node is at step {mine})", "warning")]
+            return [
+                Log(f"{text} {sender[:8]} (this node is at step {mine})", "warning"),
+                Metric("sl_partials_dropped", 1.0),
+            ]
         attempt.partials.setdefault(m.step, {})[owner] = np.frombuffer(m.rows, "<f8")
         if attempt.steps is None and not (attempt.merge is not None and attempt.merge.done):
             return []  # my range is not complete yet: the rows wait for my first step
