@@ -36,8 +36,11 @@ def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"syncFrequency": 0}, "syncFrequency must be >= 1, got 0"),
         ({"minPeers": "many"}, "minPeers must be an integer, got 'many'"),
         ({"nodeWeightage": 101}, r"nodeWeightage must be 1\.\.100, got 101"),
-        ({"mergeMethod": "average"}, "merge method 'average' is not one of: coordmedian, mean,"),
-        ({"mergeMethod": "krum"}, "merge method 'krum' needs distances over whole models"),
+        (
+            {"mergeMethod": "average"},
+            "merge method 'average' is not one of: coordmedian, geomedian,",
+        ),
+        ({"mergeMethod": "krum:f=1"}, "merge method 'krum:f=1': 'f=1' is not param=value"),
         (
             {"checkinModelOnTrainEnd": "later"},
             "checkinModelOnTrainEnd must be one of inactive, snapshot, active",

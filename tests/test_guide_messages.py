@@ -294,13 +294,15 @@ def test_the_guide_links_resolve(name: str) -> None:
             assert anchor in _anchors(page), f"docs/{name}.md links to {target}#{anchor}"
 
 
-def test_a_global_merge_method_in_a_round_is_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_merge_method_parameter_is_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
     from swarmlearn.callback.core import SwarmError
     from swarmlearn.callback.pytorch import SwarmCallback
 
     monkeypatch.setenv("SWARM_LOOPBACK", "True")
     with pytest.raises(SwarmError) as caught:
-        SwarmCallback(10, 2, model=torch.nn.Linear(2, 2), mergeMethod="geomedian")
+        SwarmCallback(
+            10, 2, model=torch.nn.Linear(2, 2), mergeMethod="trimmedmean:trim_fraction=0.7"
+        )
     quoted(f"SwarmError: {caught.value}")
 
 

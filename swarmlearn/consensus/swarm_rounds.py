@@ -8,7 +8,8 @@ the manifest root, a weight, their ``minPeers``). Once ``min_peers`` nodes (the 
 closes at the first block past that, or at once when every active SL node of the contract is
 in. Closing fixes the *participants* (sorted by node id: their index is their shard of the
 merge plan, which every participant computes from the layout) and an exchange deadline from
-the model size.
+the model size (longer for the geometric median and Krum: their steps, see
+``merge.methods.extra_exchange_ms``).
 
 The round is then EXCHANGING, in *attempts*. Each participant reports its merged root
 (``Merged``). When every participant of the attempt has reported: one root reported by a
@@ -34,6 +35,7 @@ import enum
 from dataclasses import dataclass, field
 
 from swarmlearn.consensus.swarm_txs import CreateContract, TensorSpec
+from swarmlearn.merge.methods import extra_exchange_ms
 
 GIGABYTE = 1_000_000_000
 
@@ -230,7 +232,9 @@ def start_attempt(
     round_.participants = participants
     round_.attempt += 1
     round_.attempt_started_ms = now_ms
-    round_.deadline_ms = contract.exchange_deadline_ms(now_ms)
+    round_.deadline_ms = contract.exchange_deadline_ms(now_ms) + extra_exchange_ms(
+        round_.merge_method, len(participants), contract.total_bytes
+    )
     round_.merged.clear()
     round_.alive.clear()
 

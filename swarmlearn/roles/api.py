@@ -290,6 +290,11 @@ class _NodeCollector:
         yield _counter(
             "swarm_inputs_handled", "Inputs the consensus core handled.", node.driver.inputs_handled
         )
+        yield _counter(
+            "swarm_merge_partials_dropped",
+            "Partial sums of global merge methods dropped (stale, duplicated or malformed).",
+            node.node.sl.partials_dropped,
+        )
         yield from _limit_metrics(node, self.counters)
 
 

@@ -32,6 +32,7 @@ from swarmlearn.roles.sl_round import (
     Hashed,
     LedgerChanged,
     MergedPiece,
+    MergePartials,
     Refilled,
     RoundChunk,
     RoundManifest,
@@ -41,7 +42,14 @@ from swarmlearn.roles.sl_round import (
 )
 from swarmlearn.sansio import Deliver, Effect, Input, Receive, Request, Start, TimerFired
 
-ROUND_MESSAGES = (RoundManifest, RoundChunk, MergedPiece, FetchMerged, MergedUnavailable)
+ROUND_MESSAGES = (
+    RoundManifest,
+    RoundChunk,
+    MergedPiece,
+    MergePartials,
+    FetchMerged,
+    MergedUnavailable,
+)
 #: Local requests for the SL core (from the node: a trainer's, or a round lane's).
 SL_REQUESTS = (Contribute, Hashed, Refilled, FetchLatest, ReportPerf, SessionClosed)
 

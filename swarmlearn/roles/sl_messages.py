@@ -1,7 +1,7 @@
 """What the SL round core (:mod:`swarmlearn.roles.sl_round`) speaks: its wire messages, its
 inputs, deliveries and effect, and the byte-level helpers it uses on the merged model.
 
-Round messages (tags 0xA0-0xA3, 0xA5) travel between nodes, on round lanes where a node has
+Round messages (tags 0xA0-0xA3, 0xA5, 0xA6) travel between nodes, on round lanes where a node has
 them (:mod:`swarmlearn.roles.lanes`). :class:`Contribute`, :class:`Hashed` and
 :class:`Refilled` are local inputs from the node; :class:`Progress`, :class:`RoundDone`,
 :class:`RoundFailed` and :class:`NeedRefill` are delivered to the trainer (which answers the
@@ -65,6 +65,19 @@ class MergedUnavailable(Message, tag=0xA5):
 
     contract: str
     round: int
+
+
+@dataclass(frozen=True)
+class MergePartials(Message, tag=0xA6):
+    """An owner's partial sums for one step of a global merge method (geometric median, Krum):
+    per float piece of its range, a row of float64 numbers (little-endian), pieces in layout
+    order (:mod:`swarmlearn.roles.sl_round_global`). Small: rows x (N + 2) or N(N-1)/2."""
+
+    contract: str
+    round: int
+    attempt: int
+    step: int
+    rows: bytes
 
 
 # ---------------------------------------------------------------- inputs and deliveries

@@ -13,7 +13,11 @@ the round and fixes the participants; participant ``i`` owns range ``i`` of
 2. each owner verifies every chunk against the sender's manifest and folds it into its
    :class:`RangeMerge` (fixed participant order: identical bytes whatever the arrival
    order). A chunk that does not match its commitment gets its sender excluded on the
-   ledger (``Exclude``), which starts a new attempt without it;
+   ledger (``Exclude``), which starts a new attempt without it. The global methods
+   (geometric median, Krum: ``plan_shards(layout, P, "chunk")``) keep the range's chunks in a
+   ``RangeCollector`` instead, and once complete the owners exchange per-piece partial sums
+   step by step (``MergePartials``, :mod:`swarmlearn.roles.sl_round_global`) until every
+   participant has decided alike;
 3. each owner sends its merged range to every participant (``MergedPiece``); each
    participant assembles the merged model, computes its manifest root and reports it
    (``Merged``);
@@ -60,8 +64,9 @@ from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
 from swarmlearn.consensus.swarm_txs import CheckIn, Merged, PerfData
 from swarmlearn.digest import content_digest
 from swarmlearn.errors import RemoteProtocolError
-from swarmlearn.merge import RangeMerge, WeightSet, plan_shards, resolve_method
+from swarmlearn.merge import RangeCollector, RangeMerge, WeightSet, plan_shards
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
+from swarmlearn.merge.methods import method_scope, round_method
 from swarmlearn.roles.sl_messages import (
     Contribute,
     FetchLatest,
@@ -70,6 +75,7 @@ from swarmlearn.roles.sl_messages import (
     LedgerChanged,
     MergedPiece,
     MergedUnavailable,
+    MergePartials,
     NeedRefill,
     PeerFault,
     Progress,
@@ -90,6 +96,7 @@ from swarmlearn.roles.sl_messages import (
     range_out,
     specs_of,
 )
+from swarmlearn.roles.sl_round_global import RoundGlobal
 from swarmlearn.roles.sl_round_latest import LatestModels
 from swarmlearn.roles.sl_round_merged import KeptModels
 from swarmlearn.roles.sl_round_outcome import DEADLINE_MARGIN_S, WAIT_PROGRESS_S
@@ -122,6 +129,7 @@ __all__ = [
     "FetchMerged",
     "Hashed",
     "LedgerChanged",
+    "MergePartials",
     "MergedPiece",
     "NeedRefill",
     "Progress",
@@ -141,7 +149,7 @@ __all__ = [
 # ---------------------------------------------------------------- the core
 
 
-class SLRoundCore(RoundSessions, RoundRefill, LatestModels):
+class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
     """One SL node's rounds, for every contract it trains on."""
 
     def __init__(self, me: NodeId, app: SwarmApp, sign: Any) -> None:
@@ -155,6 +163,7 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels):
         self.queued_at: dict[str, float] = {}  # when their trainer's sync started
         self.nonce = 0  # check-ins signed: with the session, each one a distinct transaction
         self.latest = {}  # fetches of a contract's latest model, for trainers (sl_round_latest)
+        self.partials_dropped = 0  # partial sums dropped as garbage (sl_round_global)
 
     def handle(self, event: Input, now: float) -> list[SLEffect]:
         match event:
@@ -174,7 +183,9 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels):
                 return self._latest_handle(event, now)  # a trainer that joins late
             case TimerFired(("sl-latest" | "sl-latest-end", *_)):
                 return self._latest_handle(event, now)
-            case Receive(sender, RoundManifest() | RoundChunk() | MergedPiece() as message):
+            case Receive(
+                sender, RoundManifest() | RoundChunk() | MergedPiece() | MergePartials() as message
+            ):
                 if is_early(self.rounds, message):
                     return self._keep_early(sender, message)
                 return self._dispatch(sender, message)
@@ -210,9 +221,11 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels):
     def _dispatch(
         self,
         sender: str,
-        message: RoundManifest | RoundChunk | MergedPiece,
+        message: RoundManifest | RoundChunk | MergedPiece | MergePartials,
         digest: bytes | None = None,
     ) -> list[SLEffect]:
+        if isinstance(message, MergePartials):
+            return self._on_partials(sender, message)
         if isinstance(message, RoundManifest):
             return self._on_manifest(sender, message)
         if isinstance(message, RoundChunk):
@@ -222,7 +235,7 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels):
     def _keep_early(
         self,
         sender: str,
-        message: RoundManifest | RoundChunk | MergedPiece,
+        message: RoundManifest | RoundChunk | MergedPiece | MergePartials,
         digest: bytes | None = None,
     ) -> list[SLEffect]:
         if not self.early.keep(sender, message, digest):
@@ -350,7 +363,9 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels):
         c = state.contribution
         self.kept.release_settled(self.app, state.contract, state.number, self.rounds)
         me = record.participants.index(self.me)
-        plan = plan_shards(c.layout, len(record.participants))
+        method = round_method(record.merge_method, len(record.participants))
+        is_global = method_scope(method) == "global"  # a plan that splits no chunk (global)
+        plan = plan_shards(c.layout, len(record.participants), "chunk" if is_global else "element")
         weights = WeightSet.of(
             [record.checkins[p].weight for p in record.participants], len(record.participants)
         )
@@ -369,10 +384,14 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels):
         else:  # in the file too when a trainer can refill what the merge writes over
             merged = file
             out = range_out(file, shard.start_byte, shard.stop_byte) if c.refill else None
-        method = resolve_method(record.merge_method)
-        merge = RangeMerge(c.layout, plan.shards[me], weights, method, out=out)
+        merge: RangeMerge | RangeCollector
+        if is_global:  # every chunk of my range kept for the steps (sl_round_global)
+            merge, out = RangeCollector(c.layout, shard, weights), None
+        else:
+            merge = RangeMerge(c.layout, shard, weights, method, out=out)
         attempt = Attempt(record.attempt, record.participants, me, merge, merged=merged)
         attempt.merge_in_place, attempt.in_file = out is not None, file is not None
+        attempt.plan, attempt.method = plan, method
         state.attempt = attempt
         effects: list[SLEffect] = []
         wait_s = max(0.0, record.deadline_ms / 1000 - now) + DEADLINE_MARGIN_S
@@ -466,10 +485,19 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels):
         assert attempt is not None
         if attempt.merge is None or not attempt.merge.done or attempt.me in attempt.pieces:
             return []
-        result: Any = attempt.merge.result()
+        effects: list[SLEffect] = []
+        result: Any
+        if isinstance(attempt.merge, RangeCollector):  # a global method's steps
+            effects, result = self._global_result(state)
+            if result is None:
+                return effects
+        else:
+            result = attempt.merge.result()
         shard = attempt.merge.shard
+        if isinstance(attempt.merge, RangeCollector):
+            attempt.merge = None  # N x my range, no longer needed: let it go
         in_place = attempt.merge_in_place
-        effects = self._place(state, attempt.me, shard.start_byte, result, copy=not in_place)
+        effects += self._place(state, attempt.me, shard.start_byte, result, copy=not in_place)
         if attempt.in_file:  # sent from the file: the range's own buffer is let go now
             result = memoryview(attempt.merged)[shard.start_byte : shard.stop_byte]
             attempt.merge = None
@@ -511,7 +539,8 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels):
         attempt = state.attempt
         assert attempt is not None
         layout = state.contribution.layout
-        shard = plan_shards(layout, len(attempt.participants)).shards[owner]
+        plan = attempt.plan or plan_shards(layout, len(attempt.participants))
+        shard = plan.shards[owner]
         if not (shard.start_byte <= start and start + len(data) <= shard.stop_byte):
             return [
                 Log(f"round {state.number}: a merged piece outside its owner's range", "warning")

@@ -35,7 +35,13 @@ from swarmlearn.roles.sl_messages import (
     SubmitSigned,
 )
 from swarmlearn.roles.sl_round_merged import KeptModels
-from swarmlearn.roles.sl_round_state import Attempt, EarlyMessages, MergedFetch, RoundState
+from swarmlearn.roles.sl_round_state import (
+    Attempt,
+    EarlyMessages,
+    MergedFetch,
+    RoundState,
+    global_waiting,
+)
 from swarmlearn.sansio import Deliver, Log, NodeId, Send, SetTimer
 
 #: While a round waits for minPeers check-ins, the trainer hears so this often.
@@ -335,5 +341,9 @@ class RoundEnds:
         beat = Heartbeat(contract, number, attempt, int(now * 1000))
         return [
             SubmitSigned(self.sign(beat)),
-            self._progress(state, f"round {number}: attempt {attempt} past its deadline"),
+            self._progress(
+                state,
+                f"round {number}: attempt {attempt} past its deadline"
+                + (global_waiting(state.attempt) if state.attempt else ""),
+            ),
         ]
