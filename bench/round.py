@@ -23,8 +23,10 @@ Full size, ``--rounds 1 --methods``, load 11-16: mean 4.01 s, krum 3.97, multikr
 coordmedian 9.34, trimmedmean 10.11, geomedian 11.27 s (6 updates), 1.5 min in all.
 
 Targets (the rounds issue): 4 nodes in <= 1.0 s for 100 MB, peak RSS <= 2x the model at 2 and
-at 4 nodes. These are reported honestly, met or not (never with --quick: its 20 MB model is
-dwarfed by the interpreter). ``round_N_nodes_phases_s`` splits the round (PHASES below).
+at 4 nodes. These are reported honestly, met or not. ``--quick`` (20 MB) judges the same
+targets as they hold at its size (``_quick_judgement``): the 4-node round estimated at 100 MB
+from its phases, and the peak RSS above the daemon's idle RSS. ``round_N_nodes_phases_s``
+splits the round (PHASES below).
 
 Issue 7 (the merged model assembled in the trainer's handover file), 100 MB, medians of 3
 rounds, back to back with the previous commit (047835d) on the same 2 cores, load average 6 to
@@ -381,20 +383,50 @@ def main() -> None:
         }
         print(f"{nodes} nodes: {figures[f'round_{nodes}_nodes_s']} s per round", flush=True)
         _method_figures(figures, nodes, per_method)
-    # The targets are for a 100 MB model (--quick's 20 MB model is dwarfed by the interpreter:
-    # never met), at every size of swarm measured.
+    targets, met = (_quick_judgement if args.quick else _full_judgement)(figures, model_bytes)
+    print(json.dumps({"figures": figures, "targets": targets, "met": met}))
+
+
+def _full_judgement(figures: dict[str, Any], model_bytes: int) -> tuple[dict[str, str], bool]:
+    """The rounds issue's targets, for a 100 MB model, at every size of swarm measured."""
     targets = {
         "round_4_nodes_s": "<= 1.0 (100 MB)",
         "peak_rss_2_nodes_vs_model": "<= 2 (100 MB)",
         "peak_rss_4_nodes_vs_model": "<= 2 (100 MB)",
     }
     met = (
-        not args.quick
-        and figures["round_4_nodes_s"] <= 1.0
+        figures["round_4_nodes_s"] <= 1.0
         and figures["peak_rss_2_nodes_vs_model"] <= 2
         and figures["peak_rss_4_nodes_vs_model"] <= 2
     )
-    print(json.dumps({"figures": figures, "targets": targets, "met": met}))
+    return targets, met
+
+
+def _quick_judgement(figures: dict[str, Any], model_bytes: int) -> tuple[dict[str, str], bool]:
+    """The same targets, as they hold at --quick's 20 MB.
+
+    Time: the phases that move bytes (handed: hashing; exchanged: reduce-scatter, merge,
+    all-gather) grow with the model, the ledger's (closed, done) do not. So the run's round
+    at 100 MB is estimated as its byte phases scaled up linearly plus its ledger phases, and
+    held to the 1.0 s target (a conservative estimate: a small model pipelines less).
+    Memory: at 20 MB a daemon's interpreter alone is several times the model, so the peak
+    above the daemon's idle RSS (what the rounds cost) is held to the 2x target instead.
+    """
+    scale = 100 * MB / model_bytes
+    phases = figures["round_4_nodes_phases_s"]
+    estimate = (phases["handed"] + phases["exchanged"]) * scale + phases["closed"] + phases["done"]
+    figures["round_4_nodes_estimated_100MB_s"] = round(estimate, 3)
+    targets = {
+        "round_4_nodes_estimated_100MB_s": "<= 1.0 (byte phases x 100 MB / model + ledger phases)",
+        "peak_rss_2_nodes_above_idle_vs_model": "<= 2",
+        "peak_rss_4_nodes_above_idle_vs_model": "<= 2",
+    }
+    met = (
+        estimate <= 1.0
+        and figures["peak_rss_2_nodes_above_idle_vs_model"] <= 2
+        and figures["peak_rss_4_nodes_above_idle_vs_model"] <= 2
+    )
+    return targets, met
 
 
 if __name__ == "__main__":
