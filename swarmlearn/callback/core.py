@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +104,17 @@ def one_line_hook(previous: Callable[..., Any]) -> Callable[..., Any]:
 def install_one_line_hook() -> None:
     if not getattr(sys.excepthook, "swarm_one_line", False):
         sys.excepthook = one_line_hook(sys.excepthook)
+
+
+@dataclass(frozen=True)
+class ModelHooks:
+    """What the core needs of an adapter's model (Keras, PyTorch, Lightning, Transformers):
+    its weights as a :class:`ModelState`, merged weights loaded into it, and HPE's PERFDATA
+    figures (loss, metric) on ``adsValData`` (None, None without it)."""
+
+    state: Callable[[], ModelState]
+    load: Callable[[ModelState], None]
+    evaluate: Callable[[], tuple[float | None, float | None]]
 
 
 @dataclass(frozen=True)
@@ -431,6 +442,29 @@ class SwarmCore:
                 contribution = merged
         self.isSwarmTrainingOver = True
         return None if merged is None else unpack(merged, self._layout_of(state))
+
+    def sync_model(self, model: ModelHooks) -> None:
+        """One sync point of an adapter's training loop: a late joiner first loads the
+        swarm's latest model (once), then the round; the merged weights go into the model."""
+        latest = self.latest_once(model.state)
+        if latest is not None:
+            model.load(latest)
+        loss, metric = model.evaluate()
+        merged = self.sync(model.state(), loss=loss, metric=metric)
+        if merged is not None:
+            started = time.perf_counter()
+            model.load(merged)
+            self.last_timing = replace(self.last_timing, load_s=time.perf_counter() - started)
+
+    def finish_model(self, model: ModelHooks) -> None:
+        """An adapter's end of training: the final rounds, the swarm's final model loaded,
+        its PERFDATA measured on it, and the node's session closed."""
+        loss, metric = model.evaluate()
+        merged = self.finish(model.state(), loss=loss, metric=metric)
+        if merged is not None:
+            model.load(merged)
+            self.report_final(*model.evaluate())  # PERFDATA of the final model
+        self.close()
 
     def report_final(self, loss: float | None, metric: float | None) -> None:
         """HPE's PERFDATA of the last merged round, measured on its merged model (loaded by

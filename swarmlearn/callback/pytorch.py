@@ -28,9 +28,7 @@ tensors, so they stay on their device (CUDA tensors come back on CUDA).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from dataclasses import replace
 from types import TracebackType
 from typing import Any, cast
 
@@ -39,6 +37,7 @@ import torch
 
 from swarmlearn.callback.core import (
     DEFAULT_TRAINING_CONTRACT,
+    ModelHooks,
     Options,
     SwarmCore,
     SwarmError,
@@ -120,25 +119,15 @@ class TorchSwarm(SwarmCore):
     def load(self, state: ModelState) -> None:
         load_state(self.model, state)
 
+    def hooks(self) -> ModelHooks:
+        return ModelHooks(self.state_now, self.load, self.evaluate)
+
     def sync_now(self) -> None:
-        latest = self.latest_once(self.state_now)  # once: a late joiner
-        if latest is not None:
-            self.load(latest)
-        loss, metric = self.evaluate()
-        merged = self.sync(self.state_now(), loss=loss, metric=metric)
-        if merged is not None:
-            started = time.perf_counter()
-            self.load(merged)
-            self.last_timing = replace(self.last_timing, load_s=time.perf_counter() - started)
+        self.sync_model(self.hooks())
 
     def finish_now(self) -> None:
         """This node's training is over: the final rounds, then the swarm's final model."""
-        loss, metric = self.evaluate()
-        merged = self.finish(self.state_now(), loss=loss, metric=metric)
-        if merged is not None:
-            self.load(merged)
-            self.report_final(*self.evaluate())  # PERFDATA of the final model
-        self.close()
+        self.finish_model(self.hooks())
 
     def evaluate(self) -> tuple[float | None, float | None]:
         """Loss and metric on adsValData, for PERFDATA and adaptive sync."""
