@@ -18,15 +18,14 @@ from swarmlearn.callback.huggingface import SwarmCallback, adapter_bytes
 from swarmlearn.merge import ModelState
 from tests.hpe_standins import tiny_bert
 
-# transformers and peft warn about their own deprecations and CPU settings
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning"
-)
-
-
-@pytest.fixture(autouse=True)
-def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SWARM_LOOPBACK", "True")
+# transformers and peft warn about their own deprecations and CPU settings; every callback
+# here trains alone (conftest's loopback)
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning"
+    ),
+    pytest.mark.usefixtures("loopback"),
+]
 
 
 def lora(model: Any) -> Any:

@@ -30,11 +30,6 @@ EPOCHS = 3
 EMBEDDED_TIMEOUT_S = 240
 
 
-@pytest.fixture
-def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SWARM_LOOPBACK", "True")
-
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -25,11 +25,6 @@ def net() -> torch.nn.Module:
     )
 
 
-@pytest.fixture
-def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SWARM_LOOPBACK", "True")
-
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
