@@ -28,7 +28,7 @@ def answer_status(core: ConsensusCore, sender: str, status: Status) -> list[Effe
         return core._ask_for_blocks(sender)
     effects: list[Effect] = []
     polkas: set[tuple[int, bytes]] = set()
-    for round_, received in sorted(core.machine.proposals.items()):
+    for round_, received in core.machine.all_proposals():
         if round_ >= status.round:
             effects.append(Send(sender, received.proposal))
             if received.proposal.valid_round >= 0:  # the polka that justifies it (line 28)

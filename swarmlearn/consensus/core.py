@@ -51,6 +51,7 @@ from swarmlearn.consensus.events import (
     TxRefused,
 )
 from swarmlearn.consensus.machine import (
+    PROPOSALS_PER_ROUND_MAX,
     CastVote,
     Decide,
     Machine,
@@ -81,7 +82,7 @@ from swarmlearn.consensus.types import (
     VoteType,
     tx_root,
 )
-from swarmlearn.consensus.votekeeper import ROUND_WINDOW, Added, VoteKeeper
+from swarmlearn.consensus.votekeeper import ROUND_WINDOW, Added, ThresholdKind, VoteKeeper
 from swarmlearn.p2p.wire import Message
 from swarmlearn.sansio import (
     Broadcast,
@@ -265,21 +266,23 @@ class ConsensusCore:
         proposer = self.validators.proposer(self.height, proposal.round)
         if proposal.proposer != proposer:
             return [Log(f"proposal for round {proposal.round} not from {proposer}", "warning")]
-        known = self.machine.proposals.get(proposal.round)
-        if known is not None and known.proposal.signature == proposal.signature:
+        kept = self.machine.proposals.get(proposal.round, [])
+        if any(k.proposal.signature == proposal.signature for k in kept):
             return []  # a duplicate: no crypto
+        if len(kept) >= PROPOSALS_PER_ROUND_MAX:
+            return []  # an equivocating proposer's extra proposals: bounded
         public_key = self.validators.by_node[proposer].public_key
         if not self.verifier.verify(
             public_key, proposal.signature, proposal.sign_bytes(self.chain_id)
         ):
             return [Log(f"proposal from {proposer}: bad signature", "warning")]
-        if known is not None:
-            if known.proposal.block.hash == proposal.block.hash:
-                return []
-            evidence = EvidenceFound(proposer, self.height, proposal.round, "proposal")
-            return [Deliver(evidence), Log(f"{proposer} proposed two blocks", "warning")]
-        valid = proposal.valid_round < proposal.round and not self._block_problem(proposal.block)
+        if self.machine.holds(proposal.round, proposal.block.hash):
+            return []
         effects: list[Effect] = [Persist(WAL, ("msg", proposal))] if persist else []
+        if kept:  # a second block for one round: evidence, and kept (lines 36 and 49 apply)
+            evidence = EvidenceFound(proposer, self.height, proposal.round, "proposal")
+            effects += [Deliver(evidence), Log(f"{proposer} proposed two blocks", "warning")]
+        valid = proposal.valid_round < proposal.round and not self._block_problem(proposal.block)
         outputs = self.machine.on_proposal(Received(proposal, valid))
         return effects + self._run(outputs)
 
@@ -291,7 +294,20 @@ class ConsensusCore:
         if result.added is Added.EQUIVOCATION:
             evidence = EvidenceFound(vote.validator, vote.height, vote.round, vote.kind.name)
             effects += [Deliver(evidence), Log(result.reason, "warning")]
+        for threshold in result.thresholds:
+            if threshold.kind is ThresholdKind.QUORUM_VALUE and threshold.value is not None:
+                effects += self._fetch_proposal(threshold.round, threshold.value)
         return effects + self._run(self.machine.on_vote())
+
+    def _fetch_proposal(self, round_: int, value: bytes) -> list[Effect]:
+        """A quorum voted for a block this node does not hold (an equivocating proposer sent
+        it another one, or it was lost): ask its voters, whose status answer carries every
+        proposal of the round."""
+        if self.replaying or self.machine.holds(round_, value):
+            return []
+        voters = {v.validator for v in self.keeper.votes(round_) if v.value == value}
+        status = Status(self.height, round_, Step.PROPOSE)
+        return [Send(peer, status) for peer in sorted(voters) if peer in self.peers]
 
     def _timeout(self, height: int, round_: int, step: Step) -> list[Effect]:
         if height != self.height:
