@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from swarmlearn.consensus.app import Application
-from swarmlearn.consensus.catchup import answer_status, catch_up
+from swarmlearn.consensus.catchup import answer_status, catch_up, commit_problem
 from swarmlearn.consensus.crypto import Signer, Verifier
 from swarmlearn.consensus.events import (
     Committed,
@@ -126,6 +126,11 @@ class ConsensusConfig:
     #: The longest a proposer holds its proposal back while the ``awaits`` hook says the
     #: rest of a batch of transactions is on its way (0: never).
     batch_wait_s: float = 0.1
+    #: Block time is the median of the last commit's vote times, so after a quiet spell it
+    #: is as old as that commit. A proposer whose last commit is older than this proposes an
+    #: empty block first: its commit, voted now, stamps the transactions' block with the
+    #: validators' present time (within this bound).
+    block_time_lag_s: float = 0.2
     mempool: MempoolConfig = field(default_factory=MempoolConfig)
 
     def timeout_s(self, step: Step, round_: int) -> float:
@@ -424,13 +429,23 @@ class ConsensusCore:
             # The double-sign guard: never sign a second, different vote.
             return [Log(f"refused to sign {kind.name} {value!r} after {vote.value!r}", "error")]
         if not isinstance(vote, Vote):
-            unsigned = Vote(kind, self.height, round_, value, self.me, b"")
+            time_ms = self._vote_time_ms(round_, value)
+            unsigned = Vote(kind, self.height, round_, value, self.me, b"", time_ms)
             signature = self.signer.sign(unsigned.sign_bytes(self.chain_id))
-            vote = Vote(kind, self.height, round_, value, self.me, signature)
+            vote = Vote(kind, self.height, round_, value, self.me, signature, time_ms)
             self.signed[key] = vote
         if self.keeper.add(vote, round_).added is Added.COUNTED:
             pending.extend(self.machine.on_vote())
         return self._publish(vote)
+
+    def _vote_time_ms(self, round_: int, value: bytes | None) -> int:
+        """This node's clock, clamped to after the time of the block voted for (so the median
+        of a commit, the next block's time, is later than the block it commits)."""
+        floor_ms = self.last_time_ms + 1
+        for received in self.machine.proposals.get(round_, []):
+            if received.proposal.block.hash == value:
+                floor_ms = max(floor_ms, received.proposal.block.header.time_ms + 1)
+        return max(int(self.now * 1000), floor_ms)
 
     def _publish(self, message: Proposal | Vote) -> list[Effect]:
         """Own signed messages: persisted (fsynced) before they are sent."""
@@ -439,18 +454,52 @@ class ConsensusCore:
         return [Persist(WAL, ("own", message)), Broadcast(message, self.peers)]
 
     def _build_block(self) -> Block:
-        txs = tuple(self._reap())
+        last_commit = self.blocks[self.height - 1][1] if self.height > 1 else None
+        time_ms = self._block_time_ms(last_commit)
+        stale = int(self.now * 1000) - time_ms > self.config.block_time_lag_s * 1000
+        txs = () if stale else tuple(self._reap())  # stale: an empty block brings time on
         header = BlockHeader(
             chain_id=self.chain_id,
             height=self.height,
-            time_ms=max(self.last_time_ms + 1, int(self.now * 1000)),
+            time_ms=time_ms,
             proposer=self.me,
             previous_hash=self.last_hash,
             tx_root=tx_root(txs),
             app_hash=self.app.app_hash(),
             validators_hash=self.validators.hash,
+            last_commit_hash=last_commit.hash if last_commit is not None else b"",
         )
-        return Block(header, txs)
+        return Block(header, txs, last_commit)
+
+    def _block_time_ms(self, last_commit: Commit | None) -> int:
+        """BFT time: the genesis time at height 1, else the weighted median of the times in
+        the previous height's commit (with that height's validators)."""
+        if last_commit is None:
+            return self.genesis.time_ms
+        return last_commit.median_time_ms(self.validator_sets[self.height - 1])
+
+    def _time_problem(self, block: Block) -> str:
+        """The block's time is the one its last commit gives, and that commit is valid."""
+        header, last_commit = block.header, block.last_commit
+        if (last_commit is None) != (self.height == 1):
+            return "last commit missing" if last_commit is None else "last commit at height 1"
+        if last_commit is not None:
+            if header.last_commit_hash != last_commit.hash:
+                return "wrong last commit hash"
+            previous = self.blocks.get(self.height - 1)
+            if previous is None or last_commit != previous[1]:  # ours is verified already
+                validators = self.validator_sets[self.height - 1]
+                if last_commit.height != self.height - 1:
+                    return "last commit for another height"
+                if problem := commit_problem(self, validators, self.last_hash, last_commit):
+                    return f"last commit: {problem}"
+        elif header.last_commit_hash:
+            return "wrong last commit hash"
+        if header.time_ms != self._block_time_ms(last_commit):
+            return "time is not the median of the last commit"
+        if self.height > 1 and header.time_ms <= self.last_time_ms:
+            return "time does not increase"
+        return ""
 
     def _block_problem(self, block: Block) -> str:
         header = block.header
@@ -467,8 +516,8 @@ class ConsensusCore:
                 return f"wrong {name}"
         if header.proposer not in self.validators:
             return "proposer is not a validator"
-        if header.time_ms <= self.last_time_ms:
-            return "time does not increase"
+        if problem := self._time_problem(block):
+            return problem
         if len(block.txs) > self.config.block_txs_max:
             return "too many transactions"
         for tx in block.txs:
@@ -485,7 +534,7 @@ class ConsensusCore:
             self.height,
             round_,
             block.hash,
-            tuple(CommitSig(v.validator, v.signature) for v in votes),
+            tuple(CommitSig(v.validator, v.signature, v.time_ms) for v in votes),
         )
         return self._commit(block, commit)
 

@@ -6,7 +6,8 @@ core but pass their effects through a policy (the simulator's byzantine seam):
 
 - ``equivocate``: each prevote and precommit goes to half of the peers as cast and to the
   other half flipped (a block hash becomes nil, nil becomes a made-up hash), both signed;
-- ``split-proposals``: as proposer, sends two different signed blocks to the two halves;
+- ``split-proposals``: as proposer, sends two different valid signed blocks (with and without
+  the transactions) to the two halves;
 - ``silent``: sends nothing at all.
 
 Checkers: agreement (no two nodes commit different blocks at one height), no evidence against
@@ -24,7 +25,7 @@ from swarmlearn.consensus.app import KeyValueApp
 from swarmlearn.consensus.core import ConsensusConfig, ConsensusCore
 from swarmlearn.consensus.crypto import SimSigner, SimVerifier
 from swarmlearn.consensus.events import Committed, EvidenceFound, Genesis, SubmitTx
-from swarmlearn.consensus.types import Block, Proposal, Validator, Vote
+from swarmlearn.consensus.types import Block, Proposal, Validator, Vote, tx_root
 from swarmlearn.sansio import Broadcast, Core, Effect, NodeId, Send
 from swarmlearn.sim.checkers import AgreementChecker, Checker, FailureKind, Violation
 from swarmlearn.sim.cluster import EffectPolicy, NodeContext, NodeFactory, Simulator
@@ -99,10 +100,10 @@ def split_proposals(everyone: tuple[str, ...]) -> EffectPolicy:
         for effect in effects:
             if isinstance(effect, Broadcast) and isinstance(effect.message, Proposal):
                 proposal = effect.message
-                header = dataclasses.replace(
-                    proposal.block.header, time_ms=proposal.block.header.time_ms + 1
-                )
-                block = Block(header, proposal.block.txs)
+                # Two valid blocks: the transactions dropped (or one made up for an empty one).
+                txs = () if proposal.block.txs else (b"split-proposal=1",)
+                header = dataclasses.replace(proposal.block.header, tx_root=tx_root(txs))
+                block = Block(header, txs, proposal.block.last_commit)
                 other = dataclasses.replace(proposal, block=block, signature=b"")
                 other = dataclasses.replace(
                     other, signature=signer.sign(other.sign_bytes(CHAIN_ID))
