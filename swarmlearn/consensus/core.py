@@ -551,7 +551,16 @@ class ConsensusCore:
         self.signed = {k: v for k, v in self.signed.items() if k[0] > height}
         self._new_height()
         effects.append(
-            Deliver(Committed(height, block.hash, commit.round, block.txs, executed.app_hash))
+            Deliver(
+                Committed(
+                    height,
+                    block.hash,
+                    commit.round,
+                    block.txs,
+                    executed.app_hash,
+                    block.header.time_ms,
+                )
+            )
         )
         if self.replaying:
             return effects
