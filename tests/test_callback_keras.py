@@ -268,6 +268,7 @@ def our_style_script(
         callbacks[node] = swarm
 
 
+@pytest.mark.process
 def test_two_daemons_hpe_style_and_ours_end_identical_and_beat_training_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -333,6 +334,7 @@ def wait_for_trainers(
     return ["".join(seen) + logs[0], *logs[1:]]
 
 
+@pytest.mark.process
 def test_three_embedded_nodes_fit_one_keras_model(tmp_path: Path) -> None:
     """Three processes, each with its swarm node inside (no daemon anywhere), real TLS on
     loopback: bit-identical weights at the end, better than any node could do alone."""

@@ -182,6 +182,7 @@ def run_scripts(*scripts: threading.Thread) -> None:
         script.join(timeout=300)
 
 
+@pytest.mark.process
 def test_two_daemons_two_scripts_end_with_identical_weights(tmp_path: Path) -> None:
     out: dict[int, dict[str, torch.Tensor]] = {}
     with two_daemons(tmp_path) as data:
@@ -194,6 +195,7 @@ def test_two_daemons_two_scripts_end_with_identical_weights(tmp_path: Path) -> N
         assert torch.equal(tensor, out[1][name]), name  # bit for bit, buffers included
 
 
+@pytest.mark.process
 def test_a_node_that_finishes_first_waits_for_the_others(tmp_path: Path) -> None:
     """Node 0 trains one epoch, node 1 four: node 0 keeps contributing its snapshot until
     node 1 is done too, and both end with the same final merged model."""
@@ -227,6 +229,7 @@ def accuracy(weights: dict[str, torch.Tensor]) -> float:
     return float((predicted == torch.tensor(y)).float().mean())
 
 
+@pytest.mark.process
 def test_the_swarm_model_beats_each_local_only_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -260,6 +263,7 @@ def test_progress_bar_with_eta_when_total_epochs_is_set(
     assert lines[1].startswith("[##########..........] epoch 2/4, 0 rounds, ETA ")
 
 
+@pytest.mark.process
 def test_a_check_in_the_ledger_refuses_fails_at_once_with_the_reason(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -11,6 +11,8 @@ from swarmlearn.sim import SCENARIOS, AgreementChecker, LinkConfig, Simulator, r
 from swarmlearn.sim.scenarios import heal, node_names
 from swarmlearn.sim.testing import sweep
 
+pytestmark = pytest.mark.sim
+
 BFT_SCENARIOS = sorted(name for name in SCENARIOS if name.startswith("bft-"))
 
 
@@ -23,6 +25,7 @@ def test_scenarios_keep_agreement_and_commit_after_healing(name: str) -> None:
     assert run_scenario(name, 2) == first  # deterministic
 
 
+@pytest.mark.slow
 def test_a_seed_sweep_of_byzantine_validators_under_every_fault() -> None:
     results = sweep("bft-sweep", range(200))
     assert all(result.ok for result in results)
@@ -81,6 +84,7 @@ def test_a_crash_at_every_wal_write_never_double_signs_and_progress_resumes(vict
     assert points >= 15
 
 
+@pytest.mark.slow
 def test_without_the_guard_a_restarted_node_double_signs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The checker is not vacuous: break the replay guard and a double-sign is caught."""
     monkeypatch.setattr(ConsensusCore, "_signed_key", staticmethod(lambda message: (0, 0, "x")))

@@ -29,6 +29,8 @@ from swarmlearn.swci.grammar import parse
 from swarmlearn.swci.runtime import Result, Session, execute
 from tests.swci_swarm import Swarm, two_node_swarm
 
+pytestmark = pytest.mark.process
+
 TR = "defaulttaskbb.taskdb.sml.hpe"
 
 

@@ -223,6 +223,7 @@ def test_collect_logs_packs_logs_config_versions_and_ledger_without_secrets(
     assert main(["collect-logs", "--data-dir", str(root / "nope")]) == 2
 
 
+@pytest.mark.process
 def test_a_swop_daemon_chains_env_then_run_and_stops_a_run_on_reset(tmp_path: Path) -> None:
     make_host(tmp_path)
     usr = tmp_path / "usr"

@@ -59,7 +59,6 @@ from swarmlearn.consensus.swarm_txs import CheckIn, Merged, PerfData
 from swarmlearn.digest import content_digest
 from swarmlearn.merge import RangeMerge, WeightSet, plan_shards, resolve_method
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
-from swarmlearn.roles.handover import shed_pages
 from swarmlearn.roles.sl_messages import (
     Contribute,
     FetchLatest,
@@ -75,6 +74,7 @@ from swarmlearn.roles.sl_messages import (
     RoundDone,
     RoundFailed,
     RoundManifest,
+    ShedPages,
     SLEffect,
     SubmitSigned,
     chunk_cuts,
@@ -472,22 +472,26 @@ class SLRoundCore(RoundRefill, LatestModels):
             return [
                 Log(f"round {state.number}: a merged piece outside its owner's range", "warning")
             ]
+        shed: list[SLEffect] = []
         if copy:
             attempt.merged[start : start + len(data)] = data
             state.overwritten |= attempt.in_file
-            shed_pages(attempt.merged[start : start + len(data)])  # in the file: the trainer's
+            if attempt.in_file:  # the trainer's pages: the node need not keep them resident
+                view = attempt.merged[start : start + len(data)]
+                shed.append(Deliver(ShedPages(start, len(data), memoryview(view))))
         note_digest(attempt.digests, layout, start, len(data), digest)
         attempt.bytes_from[owner] = attempt.bytes_from.get(owner, 0) + len(data)
         if attempt.bytes_from[owner] >= shard.nbytes:
             attempt.pieces.add(owner)
         if len(attempt.pieces) < len(attempt.participants) or attempt.reported:
-            return []
+            return shed
         attempt.reported = True
         root = merged_root(layout, attempt.merged, attempt.digests)
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
         self._keep(state.contract, state.number, root, state.merged)
         report = Merged(state.contract, state.number, attempt.number, root)
         return [
+            *shed,
             SubmitSigned(self.sign(report)),
             self._progress(state, f"round {state.number}: merged, root {root.hex()[:12]}"),
         ]

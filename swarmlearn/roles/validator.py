@@ -56,6 +56,7 @@ from swarmlearn.p2p.wire import Message, decode_header, encode_header, payload_o
 from swarmlearn.roles import views
 from swarmlearn.roles.api import serve_api
 from swarmlearn.roles.driver import CoreDriver
+from swarmlearn.roles.handover import shed_pages
 from swarmlearn.roles.lanes import RoundLanes
 from swarmlearn.roles.local import LocalEndpoint
 from swarmlearn.roles.messages import (
@@ -74,6 +75,7 @@ from swarmlearn.roles.requests import NETWORK_ERRORS as NETWORK_ERRORS
 from swarmlearn.roles.requests import REQUEST_TIMEOUT_S as REQUEST_TIMEOUT_S
 from swarmlearn.roles.requests import ask as ask
 from swarmlearn.roles.requests import network_reason as network_reason
+from swarmlearn.roles.sl_messages import ShedPages
 from swarmlearn.roles.sl_round import (
     Hashed,
     MergedPiece,
@@ -433,6 +435,8 @@ class ValidatorNode:
         elif isinstance(value, TxRefused):
             log.info("transaction refused: %s", value.reason)
             self._wake(value.data, SubmitReply(False, value.reason))
+        elif isinstance(value, ShedPages):
+            shed_pages(value.view)  # merged bytes written into the trainer's handover file
 
     def _learn_addresses(self) -> None:
         for node in self.network.known() - self.app.state.members.keys():
