@@ -1,8 +1,10 @@
 """malachite's driver tables, replayed against the round state machine.
 
 Ported from circlefin/malachite ``code/crates/core-driver/tests/it/extra.rs`` (the test names
-are malachite's). Three validators v1, v2, v3 with the tables' powers (usually 2, 3, 2: a
-quorum is 5 of 7, f+1 is 3); each table names who "we" are and the proposer of each round.
+are malachite's): the tables over proposals and individual votes (those over polka and
+commit certificates have no counterpart: this machine counts votes one by one). Three
+validators v1, v2, v3 with the tables' powers (usually 2, 3, 2: a quorum is 5 of 7, f+1 is
+3); each table names who "we" are and the proposer of each round.
 As in malachite's driver tests, our own votes are not counted unless a row feeds them.
 
 Two differences of vocabulary, not of behaviour: malachite's driver emits ``NewRound(r)``
@@ -350,6 +352,81 @@ TABLES: dict[str, Table] = {
                 Vote(V1, PV, 0, VALUE2),
                 [],
                 {"step": Step.PRECOMMIT, "locked": (-1, None), "valid": (0, VALUE2.hash)},
+            ),
+        ],
+    ),
+    "driver_steps_polka_previous_invalid_proposal": Table(
+        V3,
+        (2, 3, 2),
+        {0: V1, 1: V2},
+        [
+            START_V1,
+            Row(Timeout(Step.PROPOSE, 0), [CastVote(PV, 0, None)]),
+            Row(Vote(V1, PV, 0, VALUE1), []),
+            Row(Vote(V2, PV, 0, VALUE1), [ScheduleTimeout(Step.PREVOTE, 0)]),
+            Row(Vote(V2, PV, 1, VALUE1), [ScheduleTimeout(Step.PROPOSE, 1)], {"round": 1}),
+            Row(  # L28-L33: a polka in round 0 justifies it, but it is invalid
+                Prop(1, VALUE1, valid_round=0, valid=False),
+                [CastVote(PV, 1, None)],
+                {"step": Step.PREVOTE},
+            ),
+        ],
+    ),
+    "polka_nil_and_prevote_step_precommit_nil": Table(
+        V3,
+        (2, 3, 2),
+        {0: V1},
+        [
+            START_V1,
+            Row(Vote(V2, PV, 0, None), []),
+            Row(Vote(V3, PV, 0, None), [], {"step": Step.PROPOSE}),  # polka nil, in propose
+            Row(Vote(V2, PC, 0, None), []),
+            Row(Vote(V3, PC, 0, None), [ScheduleTimeout(Step.PRECOMMIT, 0)]),  # L47
+            Row(
+                Timeout(Step.PROPOSE, 0),
+                [CastVote(PV, 0, None), CastVote(PC, 0, None)],
+                {"step": Step.PRECOMMIT},
+            ),
+        ],
+    ),
+    "no_precommit_after_polka_and_proposal_different_values": Table(
+        V3,
+        (2, 3, 2),
+        {0: V1},
+        [
+            START_V1,
+            Row(Timeout(Step.PROPOSE, 0), [CastVote(PV, 0, None)]),
+            Row(Vote(V1, PV, 0, VALUE1), []),
+            Row(Vote(V2, PV, 0, VALUE1), [ScheduleTimeout(Step.PREVOTE, 0)]),
+            Row(Prop(0, VALUE2), [], {"step": Step.PREVOTE, **NOTHING}),  # the polka is for v
+        ],
+    ),
+    "no_valid_update_after_polka_and_proposal_different_values": Table(
+        V3,
+        (2, 3, 2),
+        {0: V1},
+        [
+            START_V1,
+            Row(Timeout(Step.PROPOSE, 0), [CastVote(PV, 0, None)]),
+            Row(Vote(V1, PV, 0, VALUE1), []),
+            Row(Vote(V2, PV, 0, VALUE1), [ScheduleTimeout(Step.PREVOTE, 0)]),
+            Row(Timeout(Step.PREVOTE, 0), [CastVote(PC, 0, None)], {"step": Step.PRECOMMIT}),
+            Row(Prop(0, VALUE2), [], {"step": Step.PRECOMMIT, **NOTHING}),
+        ],
+    ),
+    "no_prevote_for_proposal_with_polka_for_different_value": Table(
+        V3,
+        (2, 3, 2),
+        {0: V1, 1: V2},
+        [
+            START_V1,
+            Row(Vote(V1, PV, 0, VALUE1), []),
+            Row(Vote(V2, PV, 0, VALUE1), [], {"step": Step.PROPOSE}),
+            Row(Vote(V2, PV, 1, OTHER), [ScheduleTimeout(Step.PROPOSE, 1)], {"round": 1}),
+            Row(  # round 0's polka is for v, not v': no L28 prevote, wait for the timeout
+                Prop(1, VALUE2, valid_round=0),
+                [],
+                {"step": Step.PROPOSE, **NOTHING},
             ),
         ],
     ),
