@@ -143,13 +143,15 @@ def test_a_restart_rebuilds_state_from_blocks_and_wal_without_redelivering() -> 
         log += run(node, Request(SubmitTx(b"k%d=v" % i)), 1.0 + i)
     again = core()
     effects = again.handle(Start(persisted(log)), 10.0)
-    # Three blocks with a transaction, each after an empty block (a second of quiet: it brings
-    # block time on) and followed by a proof block.
+    # Three blocks with a transaction, each after an empty block (a second of quiet: it
+    # brings block time on) and followed by a proof block.
     assert again.height == 10
     assert isinstance(again.app, KeyValueApp)
     assert again.app.state == {"k0": "v", "k1": "v", "k2": "v"}
     assert again.app.executed_heights == list(range(1, 10))
-    assert again.last_time_ms == node.last_time_ms == 3001  # clamped past block 8 (3000)
+    times = [again.blocks[h][0].header.time_ms for h in range(1, 10)]
+    assert times == [0, 1000, 1001, 1002, 2000, 2001, 2002, 3000, 3001]
+    assert [node.blocks[h][0].header.time_ms for h in range(1, 10)] == times
     assert not delivered(effects, Committed)
     assert delivered(run(again, Request(SubmitTx(b"k=z")), 11.0), Committed)
 

@@ -220,3 +220,22 @@ def test_a_quorum_for_a_block_not_held_asks_its_voters_for_the_proposal() -> Non
     effects = node.handle(Receive("b", proposal(two)), T0_MS / 1000 + 2)  # b answers
     committed = [e.value for e in effects if isinstance(e, Deliver)]
     assert [c.height for c in committed if isinstance(c, Committed)] == [2]
+
+
+def test_empty_blocks_that_bring_time_on_are_at_most_two_in_a_row() -> None:
+    """A proposer whose clock is far ahead (or whose network is slow) finds every last commit
+    stale: it proposes an empty block only while one of the last two blocks held txs."""
+    node, first, first_commit = node_at_height_2()
+    far_ahead_s = (T0_MS + SKEW_MS) / 1000
+    previous, last = first, first_commit
+    due = []
+    for height in (2, 3, 4):
+        time_ms = last.median_time_ms(VALIDATORS)
+        node.now = far_ahead_s
+        due.append(node._clock_block_due(time_ms))
+        empty = make_block(height, time_ms, previous, last, (), node.app.app_hash())
+        votes = {"a": time_ms + 1, "b": time_ms + 2, "c": time_ms + 3}
+        previous, last = empty, commit(empty, votes)
+        node.handle(Receive("b", BlockResponse(empty, last)), far_ahead_s)
+        assert node.height == height + 1
+    assert due == [True, True, False]

@@ -128,8 +128,8 @@ class ConsensusConfig:
     batch_wait_s: float = 0.1
     #: Block time is the median of the last commit's vote times, so after a quiet spell it
     #: is as old as that commit. A proposer whose last commit is older than this proposes an
-    #: empty block first: its commit, voted now, stamps the transactions' block with the
-    #: validators' present time (within this bound).
+    #: empty block first (unless the last two blocks were empty already): its commit, voted
+    #: now, stamps the transactions' block with the validators' present time.
     block_time_lag_s: float = 0.2
     mempool: MempoolConfig = field(default_factory=MempoolConfig)
 
@@ -456,8 +456,7 @@ class ConsensusCore:
     def _build_block(self) -> Block:
         last_commit = self.blocks[self.height - 1][1] if self.height > 1 else None
         time_ms = self._block_time_ms(last_commit)
-        stale = int(self.now * 1000) - time_ms > self.config.block_time_lag_s * 1000
-        txs = () if stale else tuple(self._reap())  # stale: an empty block brings time on
+        txs = () if self._clock_block_due(time_ms) else tuple(self._reap())
         header = BlockHeader(
             chain_id=self.chain_id,
             height=self.height,
@@ -470,6 +469,22 @@ class ConsensusCore:
             last_commit_hash=last_commit.hash if last_commit is not None else b"",
         )
         return Block(header, txs, last_commit)
+
+    def _clock_block_due(self, time_ms: int) -> bool:
+        """Propose an empty block to bring block time on: the time this block would get is
+        older than ``block_time_lag_s`` by this node's clock, and either a round failed (its
+        timeouts made the time old) or one of the last two blocks held transactions. In
+        round 0 then, at most two empty blocks in a row come of it, whatever the network's
+        delay or this node's clock: the commit of the first is as fresh as it can be."""
+        if int(self.now * 1000) - time_ms <= self.config.block_time_lag_s * 1000:
+            return False
+        if self.machine.state.round > 0:
+            return True
+        for height in (self.height - 1, self.height - 2):
+            found = self.blocks.get(height)
+            if height < 1 or (found is not None and found[0].txs):
+                return True  # (before block 1, the genesis time: as old as it gets)
+        return False
 
     def _block_time_ms(self, last_commit: Commit | None) -> int:
         """BFT time: the genesis time at height 1, else the weighted median of the times in
