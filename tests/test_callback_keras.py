@@ -83,8 +83,11 @@ def test_another_keras_backend_is_one_clear_line(
         SwarmCallback(10, 2)
 
 
-def test_without_loopback_a_missing_node_is_one_clear_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"no swarm node's local endpoint here"):
+def test_without_loopback_a_missing_node_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("swarmlearn.callback.core.NODE_WAIT_S", 0.0)  # no wait for it
+    with pytest.raises(ConfigError, match=r"no swarm node answered at .*sl.sock within 0 s"):
         SwarmCallback(10, 2, nodeSocket=str(tmp_path / "sl.sock"))
 
 

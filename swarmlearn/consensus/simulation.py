@@ -25,6 +25,7 @@ from swarmlearn.consensus.app import KeyValueApp
 from swarmlearn.consensus.core import ConsensusConfig, ConsensusCore
 from swarmlearn.consensus.crypto import SimSigner, SimVerifier
 from swarmlearn.consensus.events import Committed, EvidenceFound, Genesis, SubmitTx
+from swarmlearn.consensus.store import must_sync
 from swarmlearn.consensus.types import Block, Proposal, Validator, Vote, tx_root
 from swarmlearn.sansio import Broadcast, Core, Effect, NodeId, Send
 from swarmlearn.sim.checkers import AgreementChecker, Checker, FailureKind, Violation
@@ -204,6 +205,7 @@ def consensus_scenario(
 
     def setup(context: SetupContext) -> None:
         sim = context.sim
+        sim.durable = must_sync  # the disk store's fsync rule: a lossy crash loses the rest
         count = len(sim.node_ids)
         bad = set(sim.node_ids[: (count - 1) // 3]) if byzantine else set()
         honest = [n for n in sim.node_ids if n not in bad]
@@ -310,6 +312,11 @@ consensus_scenario(
     fault_phase_s=8.0,
 )
 consensus_scenario("bft-silent", "10 validators, f=3 silent", nodes=10, byzantine="silent")
+consensus_scenario(
+    "bft-torn-writes",
+    "4 validators crash losing or tearing the WAL records not yet fsynced",
+    faults=("crash-lossy", "partition"),
+)
 
 
 # ---------------------------------------------------------------- one clock far ahead
@@ -373,6 +380,7 @@ def _skewed_setup(context: SetupContext) -> None:
     """The first validator's clock runs ``SKEW_S`` ahead; it leaves at 40% of the fault phase
     and is back at the heal. Probes sent just after it left must commit while it is away."""
     sim = context.sim
+    sim.durable = must_sync
     skewed, honest = sim.node_ids[0], list(sim.node_ids[1:])
     sim.set_clock(skewed, offset_s=SKEW_S)
     left_at_s = context.fault_phase_s * 0.4

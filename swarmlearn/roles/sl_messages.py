@@ -107,6 +107,19 @@ class Hashed:
 
 
 @dataclass(frozen=True)
+class ReportPerf:
+    """Request from the trainer: PERFDATA for a round that is over (the final round's,
+    measured on the final merged model); it replaces what came with the check-in."""
+
+    contract: str
+    round: int
+    loss: float
+    metric: float
+    epochs_done: int
+    epochs_total: int
+
+
+@dataclass(frozen=True)
 class Refilled:
     """Input from the node: the trainer wrote its weights into its handover file again
     (``ok``), or could not (``reason``). ``chunk_hashes``: those of the file's bytes, hashed

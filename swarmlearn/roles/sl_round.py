@@ -19,7 +19,8 @@ the round and fixes the participants; participant ``i`` owns range ``i`` of
    (``Merged``);
 4. when the ledger holds the round DONE with a root, a participant whose bytes have that
    root delivers them to the trainer; one that lacks them (late, restarted, dissenting)
-   fetches them from a participant and verifies them against the ledger's root. A FAILED
+   fetches them from a participant and verifies them against the ledger's root (bounded
+   tries, then the round fails for it: :mod:`~swarmlearn.roles.sl_round_outcome`). A FAILED
    round is delivered as such: the trainer keeps its own weights, never a partial merge.
 
 Bytes and memory: the node's round lanes (:mod:`swarmlearn.roles.lanes`) hash each chunk and
@@ -70,6 +71,7 @@ from swarmlearn.roles.sl_messages import (
     NeedRefill,
     Progress,
     Refilled,
+    ReportPerf,
     RoundChunk,
     RoundDone,
     RoundFailed,
@@ -154,7 +156,10 @@ class SLRoundCore(RoundRefill, LatestModels):
             case Request(LedgerChanged()):
                 effects = [e for r in list(self.rounds.values()) for e in self._follow(r, now)]
                 return effects + self._start_queued(now) + self._latest_follow(now)
-            case Request(FetchLatest()) | Receive(_, MergedUnavailable()):
+            case Receive(sender, MergedUnavailable() as unavailable):
+                fetching = self._fetch_unavailable(sender, unavailable)  # a round's model
+                return fetching + self._latest_handle(event, now)  # or a late joiner's
+            case Request(FetchLatest()):
                 return self._latest_handle(event, now)  # a trainer that joins late
             case TimerFired(("sl-latest" | "sl-latest-end", *_)):
                 return self._latest_handle(event, now)
@@ -166,8 +171,15 @@ class SLRoundCore(RoundRefill, LatestModels):
                 if is_early(self.rounds, message):
                     return self._keep_early(sender, message, digest)
                 return self._dispatch(sender, message, digest)
+            case Request(ReportPerf() as r):  # measured after the round: on its merged model
+                perf = PerfData(
+                    r.contract, r.round, r.loss, r.metric, r.epochs_done, r.epochs_total
+                )
+                return [SubmitSigned(self.sign(perf))]
             case Request(Refilled() as refilled):
                 return self._refilled(refilled, now)
+            case TimerFired(("sl-fetch", str(contract), int(number), int(tries))):
+                return self._fetch_timer(contract, number, tries)
             case TimerFired(("sl-refill", str(contract), int(number), int(attempt))):
                 return self._refill_expired(contract, number, attempt)
             case Receive(sender, FetchMerged(contract, number)):
@@ -444,7 +456,7 @@ class SLRoundCore(RoundRefill, LatestModels):
         if state is None:
             return []
         if p.attempt == -1:  # a fetched merged model (see _serve)
-            return self._fetched(state, p)
+            return self._fetched(sender, state, p)
         if (
             state.attempt is None
             or state.attempt.number != p.attempt
