@@ -239,3 +239,21 @@ def test_empty_blocks_that_bring_time_on_are_at_most_two_in_a_row() -> None:
         node.handle(Receive("b", BlockResponse(empty, last)), far_ahead_s)
         assert node.height == height + 1
     assert due == [True, True, False]
+
+
+def test_a_polka_for_another_block_than_the_proposers_asks_only_after_equivocation() -> None:
+    """2f+1 prevotes for a block not held: a proposal slower than its votes is not asked for;
+    but when the proposer sent this node another block, the polka's block is fetched."""
+    for held_other in (False, True):
+        node, first, first_commit = node_at_height_2()
+        app_hash = node.app.app_hash()
+        one = make_block(2, T0_MS + 1100, first, first_commit, (b"x=1",), app_hash)
+        two = make_block(2, T0_MS + 1100, first, first_commit, (b"x=2",), app_hash)
+        if held_other:
+            node.handle(Receive("c", proposal(one)), T0_MS / 1000 + 2)
+        effects: list[Effect] = []
+        for voter in "bcd":
+            vote = signed_vote(voter, VoteType.PREVOTE, 2, 0, two.hash, T0_MS + 2000)
+            effects += node.handle(Receive(voter, vote), T0_MS / 1000 + 2)
+        asked = [e.to for e in effects if isinstance(e, Send) and isinstance(e.message, Status)]
+        assert asked == (list("bcd") if held_other else [])

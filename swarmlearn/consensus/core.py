@@ -301,14 +301,17 @@ class ConsensusCore:
             effects += [Deliver(evidence), Log(result.reason, "warning")]
         for threshold in result.thresholds:
             if threshold.kind is ThresholdKind.QUORUM_VALUE and threshold.value is not None:
-                effects += self._fetch_proposal(threshold.round, threshold.value)
+                effects += self._fetch_proposal(threshold.round, vote.kind, threshold.value)
         return effects + self._run(self.machine.on_vote())
 
-    def _fetch_proposal(self, round_: int, value: bytes) -> list[Effect]:
-        """A quorum voted for a block this node does not hold (an equivocating proposer sent
-        it another one, or it was lost): ask its voters, whose status answer carries every
-        proposal of the round."""
+    def _fetch_proposal(self, round_: int, kind: VoteType, value: bytes) -> list[Effect]:
+        """A quorum voted for a block this node does not hold, and it will not come on its
+        own (the round's proposer sent this node another one: it equivocated), or a decision
+        waits on it (2f+1 precommits): ask its voters, whose status answer carries every
+        proposal of the round. A proposal merely slower than its votes is not asked for."""
         if self.replaying or self.machine.holds(round_, value):
+            return []
+        if kind is not VoteType.PRECOMMIT and not self.machine.proposals.get(round_):
             return []
         voters = {v.validator for v in self.keeper.votes(round_) if v.value == value}
         status = Status(self.height, round_, Step.PROPOSE)
