@@ -11,7 +11,7 @@ $(PY):
 
 # The tests train real PyTorch models: torch==2.13.0 is the CPU wheel these machines carry.
 $(VENV)/.dev-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev,torch,demo,keras]'
+	$(PY) -m pip install --quiet -e '.[dev,torch,demo,keras,metrics,hf,lightning]'
 	touch $@
 
 # Every tier (tests/tiers.py: unit, sim, process, slow); the 25 slowest tests listed at the end.

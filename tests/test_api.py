@@ -94,7 +94,13 @@ async def test_metrics_parse_as_prometheus_text(api: tuple[ValidatorNode, str], 
     async with client(pki) as http:
         text = (await http.get(f"{url}/metrics")).text
     families = {family.name: family for family in text_string_to_metric_families(text)}
-    for name in ("swarm_consensus_height", "swarm_peers", "swarm_validators", "swarm_bytes_sent"):
+    for name in (
+        "swarm_consensus_height",
+        "swarm_peers",
+        "swarm_validators",
+        "swarm_bytes_sent",
+        "swarm_merge_partials_dropped",
+    ):
         assert name in families
     assert families["swarm_validators"].samples[0].value == 1
 

@@ -41,7 +41,10 @@ def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"syncFrequency": 0}, "syncFrequency must be >= 1, got 0"),
         ({"minPeers": "many"}, "minPeers must be an integer, got 'many'"),
         ({"nodeWeightage": 0}, r"nodeWeightage must be 1\.\.100, got 0"),
-        ({"mergeMethod": "average"}, "merge method 'average' is not one of: coordmedian, mean,"),
+        (
+            {"mergeMethod": "average"},
+            "merge method 'average' is not one of: coordmedian, geomedian,",
+        ),
         (
             {"checkinModelOnTrainEnd": "never"},
             "checkinModelOnTrainEnd must be one of inactive, snapshot, active",

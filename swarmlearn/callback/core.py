@@ -21,7 +21,9 @@ or ``sl.sock`` in ``SWARM_DATA_DIR``/``./swarm-data``): the weights go to the lo
 ``swarm-node``; *embedded* (``nodeConfig=FILE`` or ``SWARM_NODE_CONFIG``, swarm-node's TOML
 config): the node runs in this process (``swarmlearn.callback.embedded``); *loopback*
 (``SWARM_LOOPBACK=True``, as in HPE): no swarm at all, the script runs alone. A sync whose
-round fails keeps the local weights and says why.
+round fails keeps the local weights and says why; a sync the ledger refuses, or one that
+does not end within ``syncTimeout`` (counted from the sync's start), raises
+:class:`SwarmError` with the reason.
 """
 
 from __future__ import annotations
@@ -160,7 +162,9 @@ def parse_options(
     kwargs: Mapping[str, Any],
     platform_options: tuple[str, ...],
 ) -> Options:
-    """HPE's validation of the constructor's arguments, with clear errors."""
+    """HPE's validation of the constructor's arguments, with clear errors (one line each, also
+    uncaught: the hook goes in before the first check)."""
+    install_one_line_hook()
     valid = sorted((*COMMON_OPTIONS, *platform_options))
     for key in kwargs:
         if key not in valid:
@@ -467,17 +471,22 @@ class SwarmCore:
         if loss is not None:
             perf = (float(loss), float(metric or 0.0), self.epochsCompleted, self.totalEpochs)
         started = time.monotonic()
-        outcome: RoundOutcome = self._client.sync_round(
-            self.trainingContract,
-            self._layout,
-            flat,
-            weight=weight,
-            min_peers=self.minPeers,
-            merge_method=self.mergeMethod,
-            perf=perf,
-            final=final,
-            refill=refill,
-        )
+        try:
+            outcome: RoundOutcome = self._client.sync_round(
+                self.trainingContract,
+                self._layout,
+                flat,
+                weight=weight,
+                min_peers=self.minPeers,
+                merge_method=self.mergeMethod,
+                perf=perf,
+                final=final,
+                refill=refill,
+            )
+        except ConfigError as error:  # syncTimeout passed, or the node went away
+            raise SwarmError(str(error)) from None
+        if outcome.refused:  # the same weights would be refused again: say so, do not go on
+            raise SwarmError(f"round {outcome.round}: {outcome.reason}")
         took = time.monotonic() - started
         if outcome.merged is None:  # the model's own weights stay: never the handover file's
             self.logger.warning(
@@ -487,7 +496,7 @@ class SwarmCore:
         self.rounds_done += 1
         self.last_round, self.last_round_s = outcome, took
         self.logger.info(
-            f"round {outcome.round}: {outcome.participants} peers, {len(flat) / 1e6:.1f} MB,"
+            f"round {outcome.round}: {outcome.participants} peers, {_size(len(flat))},"
             f" merged in {took:.2f} s, hash {outcome.root.hex()[:12]}"
         )
         return outcome
@@ -512,3 +521,8 @@ class SwarmCore:
         if self._embedded is not None:
             self._embedded.close()
             self._embedded = None
+
+
+def _size(count: int) -> str:
+    """A round's bytes for the log, exact (small models, PEFT adapters), and in MB from 1 MB."""
+    return f"{count} bytes" if count < 1_000_000 else f"{count / 1e6:.1f} MB ({count} bytes)"

@@ -77,7 +77,7 @@ from swarmlearn.roles.requests import NETWORK_ERRORS as NETWORK_ERRORS
 from swarmlearn.roles.requests import REQUEST_TIMEOUT_S as REQUEST_TIMEOUT_S
 from swarmlearn.roles.requests import ask as ask
 from swarmlearn.roles.requests import network_reason as network_reason
-from swarmlearn.roles.sl_messages import ShedPages
+from swarmlearn.roles.sl_messages import PeerFault, ShedPages
 from swarmlearn.roles.sl_round import (
     Hashed,
     MergedPiece,
@@ -296,6 +296,7 @@ class ValidatorNode:
             self.trainers.on_refilled,
             self.trainers.on_latest,
             on_perf=self.trainers.on_perf,
+            on_closed=self.trainers.on_closed,
         )
         self.address = options.listen
         self._waiters: dict[bytes, list[tuple[trio.Event, list[SubmitReply]]]] = {}
@@ -498,6 +499,8 @@ class ValidatorNode:
             self._wake(value.data, SubmitReply(False, value.reason))
         elif isinstance(value, ShedPages):
             shed_pages(value.view)  # merged bytes written into the trainer's handover file
+        elif isinstance(value, PeerFault):
+            self.network.report_forged(value.peer, value.reason)
 
     def _learn_addresses(self) -> None:
         for node in self.network.known() - self.app.state.members.keys():

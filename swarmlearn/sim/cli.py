@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 
 import swarmlearn.consensus.simulation
-import swarmlearn.roles.simulation  # noqa: F401  (registers the rounds-* scenarios)
+import swarmlearn.roles.simulation
+import swarmlearn.roles.simulation_sessions  # noqa: F401  (the sessions-* scenarios)
 from swarmlearn.errors import ConfigError
 from swarmlearn.sim.scenarios import DEFAULT_SCENARIO, SCENARIOS, run_scenario
 
