@@ -48,7 +48,8 @@ $(PEERS)/.installed: pyproject.toml
 SEEDS ?= 0:1000
 soak: $(VENV)/.dev-installed
 	for scenario in bft-calm bft-crashes bft-lossy bft-7-partitions bft-faults \
-	    bft-equivocate bft-split-proposals bft-silent bft-sweep gossip \
+	    bft-equivocate bft-split-proposals bft-silent bft-sweep bft-skewed-clock \
+	    bft-split-sweep gossip \
 	    rounds-3 rounds-10 rounds-kill rounds-partition rounds-byzantine; do \
 	  $(PY) -m swarmlearn.sim --scenario $$scenario --seeds $(SEEDS) || exit 1; \
 	done
