@@ -56,12 +56,13 @@ def run_method_rounds(
             flat = bytes(flatten(states[node], layout))
             request = Contribute(DEFAULT_CONTRACT, flat, layout, weight, len(nodes) - 1, method)
             sim.request(node, request, at=1.0 + 10.0 * number)
-    honest = len(nodes) - (cheat is not None)
-    sim.run(
+    honest = {node for node in nodes if node != cheat}  # every one of them, not a count of
+    sim.run(  # nodes: the cheat may finish a round too, before an honest node does
         until=lambda: (
             bool(sim.violations)
             or (
-                len(checker.done) == rounds and all(len(v) >= honest for v in checker.done.values())
+                len(checker.done) == rounds
+                and all(honest <= set(done) for done in checker.done.values())
             )
         ),
         time_limit=10.0 * rounds + 60,

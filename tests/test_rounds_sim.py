@@ -36,6 +36,7 @@ from swarmlearn.sim import Checker, LinkConfig, Simulator, run_scenario
 from swarmlearn.sim.checkers import FailureKind, Violation
 from swarmlearn.sim.cluster import NodeContext
 from swarmlearn.sim.testing import sweep
+from tests.seeded_keys import seeded_keys
 
 pytestmark = pytest.mark.sim
 
@@ -51,12 +52,15 @@ class Swarm:
 
 
 def make_swarm(root: Path, count: int) -> Swarm:
-    ca = create_ca(root / "ca")
+    """``count`` validators with keys from a seed: the same node ids on every run."""
+    with seeded_keys(f"swarm of {count}"):
+        ca = create_ca(root / "ca")
+        issued_all = [
+            issue_certificate(ca, f"node{index}", root / "ca", hosts=[], roles=[Role.SN, Role.SL])
+            for index in range(count)
+        ]
     identities = {}
-    for index in range(count):
-        issued = issue_certificate(
-            ca, f"node{index}", root / "ca", hosts=[], roles=[Role.SN, Role.SL]
-        )
+    for issued in issued_all:
         identity = load_identity(
             IdentityPaths(issued.cert_path, issued.key_path, root / "ca" / "ca.pem")
         )
