@@ -49,6 +49,9 @@ class Scenario:
     #: For nodes that need more than a name (a certificate, say): (seed, count) -> their ids,
     #: derived from the seed; the factory then gets them in its NodeContext as usual.
     node_ids: Callable[[int, int], list[str]] | None = None
+    #: Runs before the nodes start (their first messages create links): per-pair link
+    #: configs (``sim.network.link_factory``), node ports, drawing from ``sim.seeds``.
+    prepare: Callable[[Simulator], None] | None = None
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -136,6 +139,8 @@ def run_scenario(
     failure: FailureKind | None = None
     message = ""
     try:
+        if sc.prepare is not None:
+            sc.prepare(sim)
         sim.start()
         sc.setup(context)
         stop_on_violation = lambda: bool(sim.violations)  # noqa: E731
