@@ -181,7 +181,12 @@ def run_scenario(
         fingerprint=sim.fingerprint,
         header=(*header, *context.notes),
         checker_lines=tuple(
-            f"checker {c.name}: {'ok' if _clean(sim, c) else 'violated'}" for c in sim.checkers
+            line
+            for c in sim.checkers
+            for line in (
+                f"checker {c.name}: {'ok' if _clean(sim, c) else 'violated'}",
+                *(f"  {figure}" for figure in c.report(sim)),
+            )
         ),
     )
 
