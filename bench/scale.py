@@ -254,15 +254,21 @@ async def ledger_latency(operator: Any, ips: list[str], count: int) -> list[floa
 async def wait_validators(operator: Any, ips: list[str], timeout_s: float) -> None:
     import trio
 
+    from swarmlearn.errors import RemoteProtocolError
     from swarmlearn.roles.messages import NodeStatus, StatusRequest
     from swarmlearn.roles.validator import ask
 
+    seats = -1
     with trio.fail_after(timeout_s):
         while True:
             try:
                 found = [await ask(operator, ip, PORT, StatusRequest(), NodeStatus) for ip in ips]
-            except (OSError, trio.BrokenResourceError, trio.EndOfChannel, trio.TooSlowError):
-                found = []
+            except (OSError, RemoteProtocolError, trio.BrokenResourceError, trio.EndOfChannel,
+                    trio.TooSlowError):  # fmt: skip
+                found = []  # a busy node: ask again
+            if found and min(len(s.validators) for s in found) != seats:
+                seats = min(len(s.validators) for s in found)
+                print(f"validators seen by every node: {seats}/{len(ips)}", file=sys.stderr)
             if found and all(len(s.validators) == len(ips) for s in found):
                 return
             await trio.sleep(0.2)
@@ -382,7 +388,7 @@ def measure(bed: Testbed, args: argparse.Namespace) -> dict[str, Any]:
             IdentityPaths(pki / "operator.pem", pki / "operator-key.pem", pki / "ca.pem")
         )
         ips = [node_ip(i) for i in range(nodes)]
-        trio.run(wait_validators, operator, ips, 300.0)
+        trio.run(wait_validators, operator, ips, 600.0)
         figures["swarm_ready_s"] = round(time.perf_counter() - started, 1)
         latencies = trio.run(ledger_latency, operator, ips, args.txs)
         figures["ledger_commit_p50_s"] = round(statistics.median(latencies), 4)
