@@ -12,6 +12,7 @@ from swarmlearn.consensus.crypto import SimSigner, SimVerifier
 from swarmlearn.consensus.over_gossip import (
     TOPIC_BLOCKS,
     TOPIC_PROPOSALS,
+    TOPIC_TXS,
     TOPIC_VOTES,
     BlockPart,
     LedgerGossipConfig,
@@ -19,7 +20,17 @@ from swarmlearn.consensus.over_gossip import (
     encode,
 )
 from swarmlearn.consensus.simulation import genesis_for
-from swarmlearn.consensus.types import Block, BlockHeader, Proposal, Vote, VoteType
+from swarmlearn.consensus.types import (
+    Block,
+    BlockHeader,
+    BlockResponse,
+    Commit,
+    CommitSig,
+    Proposal,
+    Tx,
+    Vote,
+    VoteType,
+)
 from swarmlearn.p2p.gossip import Gossip, Verdict
 from swarmlearn.p2p.node import P2PNode
 from swarmlearn.p2p.peertable import PeerTable, PeerTableConfig
@@ -110,3 +121,36 @@ def test_a_follower_subscribes_to_blocks_only_and_a_validator_to_every_ledger_to
     validator.handle(Start(), 0.0)
     assert follower.gossip.topics == {TOPIC_BLOCKS}
     assert len(validator.gossip.topics) == 4
+
+
+def decided(node: LedgerOverGossip, signers: tuple[str, ...], height: int = 1) -> BlockResponse:
+    proposal = big_proposal(node)
+    block = proposal.block
+    if height != 1:
+        header = dataclasses.replace(block.header, height=height)
+        block = Block(header, block.txs)
+    sigs = []
+    for signer in signers:
+        vote = Vote(VoteType.PRECOMMIT, height, 0, block.hash, signer, b"")
+        sigs.append(CommitSig(signer, SimSigner(signer).sign(vote.sign_bytes("sim-chain"))))
+    return BlockResponse(block, Commit(height, 0, block.hash, tuple(sigs)))
+
+
+def test_a_decided_block_needs_a_quorum_of_valid_signatures() -> None:
+    node = adapter("f0")
+    assert check(node, TOPIC_BLOCKS, encode(decided(node, VALIDATORS[:3]))) is Verdict.ACCEPT
+    short = decided(node, VALIDATORS[:2])  # 2 of 4 is no quorum
+    assert check(node, TOPIC_BLOCKS, encode(short)) is Verdict.REJECT
+    good = decided(node, VALIDATORS[:3])
+    forged = dataclasses.replace(good, commit=dataclasses.replace(good.commit, value=b"\x07" * 32))
+    assert check(node, TOPIC_BLOCKS, encode(forged)) is Verdict.REJECT
+    ahead = decided(node, VALIDATORS[:3], height=5)  # no validator set known that far ahead
+    assert check(node, TOPIC_BLOCKS, encode(ahead)) is Verdict.IGNORE
+
+
+def test_transactions_the_application_refuses_are_dropped_not_forwarded() -> None:
+    node = adapter("v0")
+    assert check(node, TOPIC_TXS, encode(Tx(b"a=1"))) is Verdict.ACCEPT
+    assert check(node, TOPIC_TXS, encode(Tx(b"no equals sign"))) is Verdict.IGNORE
+    node.consensus.is_forgery = lambda reason: True
+    assert check(node, TOPIC_TXS, encode(Tx(b"no equals sign"))) is Verdict.REJECT
