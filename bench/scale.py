@@ -431,7 +431,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=0, help="daemons (default 32; quick 8)")
     parser.add_argument("--round-nodes", type=int, default=0, help="round size (default 16)")
     parser.add_argument("--size-mb", type=int, default=0, help="model MB (default 10; quick 4)")
-    parser.add_argument("--txs", type=int, default=0, help="latency transactions (default 40)")
+    parser.add_argument("--txs", type=int, default=0, help="latency transactions (default 40; quick 10)")
     parser.add_argument("--cleanup", action="store_true", help="remove what a killed run left")
     parser.add_argument("--funnel-merger", nargs=3, metavar=("IP", "SENDERS", "BYTES"))
     parser.add_argument("--funnel-sender", nargs=2, metavar=("IP", "BYTES"))
@@ -447,7 +447,7 @@ def main() -> None:
     args.nodes = args.nodes or (8 if args.quick else 32)
     args.round_nodes = min(args.nodes, args.round_nodes or (8 if args.quick else 16))
     args.size_mb = args.size_mb or (4 if args.quick else 10)
-    args.txs = args.txs or (20 if args.quick else 40)
+    args.txs = args.txs or (10 if args.quick else 40)
     if not 2 <= args.nodes <= 240 or args.round_nodes < 2:
         parser.error("--nodes must be in 2..240 and --round-nodes >= 2")
     if os.geteuid() != 0:
