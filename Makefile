@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 QUICK ?=
 
-.PHONY: test lint bench bench-peers demo soak clean
+.PHONY: test check lint bench bench-peers demo soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,13 +14,21 @@ $(VENV)/.dev-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev,torch,demo,keras]'
 	touch $@
 
+# Every tier (tests/tiers.py: unit, sim, process, slow); the 25 slowest tests listed at the end.
 test: $(VENV)/.dev-installed
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
+
+# The fast tier, between edits: unit and simulator tests, no processes, no sockets, nothing slow.
+# Seed sweeps run 5 seeds (make test: 20). Modules whose every test is deselected are not
+# even imported (no TensorFlow, no torch).
+check: $(VENV)/.dev-installed
+	$(PY) -m pytest -m "not process and not slow" --sim-seeds 5 -q --durations=10
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(PY) tools/check_boundary.py
 
 bench: $(VENV)/.dev-installed
 	$(PY) bench/run_all.py $(if $(QUICK),--quick,) $(BENCHES)

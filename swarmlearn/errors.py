@@ -36,3 +36,22 @@ class RemoteProtocolError(ProtocolError):
 
 class ConfigError(SwarmlearnError):
     """A user's mistake, explained in one line that names the field or file."""
+
+
+def config_error_in(error: BaseException) -> ConfigError | None:
+    """The first :class:`ConfigError` in ``error`` or inside its (trio nursery) exception
+    groups: a store that hit a full disk mid-run stops a node with one, and the tasks
+    cancelled with it add nothing to say. None if there is none."""
+    if isinstance(error, ConfigError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = config_error_in(inner)
+            if found is not None:
+                return found
+    return None
+
+
+class ModelMismatchError(ConfigError):
+    """The trainer's model differs from the one its training contract holds (the message
+    names the tensor)."""

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 
-pytest_plugins = ["swarmlearn.sim.testing"]
+pytest_plugins = ["swarmlearn.sim.testing", "tests.tiers"]
 
 settings.register_profile(
     "deterministic",

@@ -22,6 +22,8 @@ from swarmlearn.roles.api import build_app
 from swarmlearn.roles.validator import ValidatorNode
 from tests.api_helpers import identity, sentinel_api
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:

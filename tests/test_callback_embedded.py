@@ -73,6 +73,7 @@ def start(node: int, config: Path, out: Path) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.process
 def test_three_embedded_nodes_train_one_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -83,8 +83,11 @@ def test_another_keras_backend_is_one_clear_line(
         SwarmCallback(10, 2)
 
 
-def test_without_loopback_a_missing_node_is_one_clear_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"no swarm node's local endpoint here"):
+def test_without_loopback_a_missing_node_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("swarmlearn.callback.core.NODE_WAIT_S", 0.0)  # no wait for it
+    with pytest.raises(ConfigError, match=r"no swarm node answered at .*sl.sock within 0 s"):
         SwarmCallback(10, 2, nodeSocket=str(tmp_path / "sl.sock"))
 
 
@@ -268,6 +271,7 @@ def our_style_script(
         callbacks[node] = swarm
 
 
+@pytest.mark.process
 def test_two_daemons_hpe_style_and_ours_end_identical_and_beat_training_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -333,6 +337,7 @@ def wait_for_trainers(
     return ["".join(seen) + logs[0], *logs[1:]]
 
 
+@pytest.mark.process
 def test_three_embedded_nodes_fit_one_keras_model(tmp_path: Path) -> None:
     """Three processes, each with its swarm node inside (no daemon anywhere), real TLS on
     loopback: bit-identical weights at the end, better than any node could do alone."""

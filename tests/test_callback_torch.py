@@ -59,6 +59,13 @@ def test_bad_arguments_say_what_is_wrong(
         SwarmCallback(**arguments)  # type: ignore[arg-type]
 
 
+def test_a_misspelt_named_argument_gets_a_did_you_mean(loopback: None) -> None:
+    with pytest.raises(SwarmError, match=r"unknown option 'minPeer'; did you mean 'minPeers'\?"):
+        SwarmCallback(syncFrequency=10, minPeer=3, model=net())
+    with pytest.raises(SwarmError, match=r"SwarmCallback needs minPeers \(an integer >= 1\)"):
+        SwarmCallback(syncFrequency=10, model=net())
+
+
 def test_hpe_alias_ml_platform_is_accepted(loopback: None) -> None:
     callback = SwarmCallback(
         10, 2, model=net(), mlPlatform="PYTORCH", lossFunction="CrossEntropyLoss"
@@ -182,6 +189,7 @@ def run_scripts(*scripts: threading.Thread) -> None:
         script.join(timeout=300)
 
 
+@pytest.mark.process
 def test_two_daemons_two_scripts_end_with_identical_weights(tmp_path: Path) -> None:
     out: dict[int, dict[str, torch.Tensor]] = {}
     with two_daemons(tmp_path) as data:
@@ -194,6 +202,7 @@ def test_two_daemons_two_scripts_end_with_identical_weights(tmp_path: Path) -> N
         assert torch.equal(tensor, out[1][name]), name  # bit for bit, buffers included
 
 
+@pytest.mark.process
 def test_a_node_that_finishes_first_waits_for_the_others(tmp_path: Path) -> None:
     """Node 0 trains one epoch, node 1 four: node 0 keeps contributing its snapshot until
     node 1 is done too, and both end with the same final merged model."""
@@ -227,6 +236,7 @@ def accuracy(weights: dict[str, torch.Tensor]) -> float:
     return float((predicted == torch.tensor(y)).float().mean())
 
 
+@pytest.mark.process
 def test_the_swarm_model_beats_each_local_only_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -260,11 +270,10 @@ def test_progress_bar_with_eta_when_total_epochs_is_set(
     assert lines[1].startswith("[##########..........] epoch 2/4, 0 rounds, ETA ")
 
 
-def test_a_check_in_the_ledger_refuses_fails_at_once_with_the_reason(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Another model on a contract whose layout is set: the node says why at once (it asks its
-    ledger before checking in) instead of leaving the trainer waiting until syncTimeout."""
+@pytest.mark.process
+def test_a_model_that_is_not_the_contracts_fails_at_the_first_sync(tmp_path: Path) -> None:
+    """Another model on a contract whose layout is set: the first sync raises one SwarmError
+    naming the tensor and the fixes, at once (not a warning per round and exit status 0)."""
     out: dict[int, dict[str, torch.Tensor]] = {}
     with two_daemons(tmp_path) as data:
         run_scripts(
@@ -276,10 +285,11 @@ def test_a_check_in_the_ledger_refuses_fails_at_once_with_the_reason(
         other = torch.nn.Linear(64, 10)  # not the model the contract's rounds merged
         socket = str(data[0] / "sl.sock")
         callback = SwarmCallback(syncFrequency=5, minPeers=2, model=other, nodeSocket=socket)
-        with caplog.at_level("WARNING", logger="SwarmCallback"):
+        with pytest.raises(SwarmError) as caught:
             callback.on_train_begin()  # a hang here would end in syncTimeout's ConfigError
         callback.close()
     assert callback.rounds_done == 0
-    warning = caplog.records[-1].getMessage()
-    assert "the ledger refuses it: tensor 0 is 'weight', the contract's is '0.weight'" in warning
-    assert warning.endswith("keeping the local weights")
+    message = str(caught.value)
+    assert "tensor 0 is 'weight', the contract's is '0.weight'" in message
+    assert "trainingContract='NAME'" in message
+    assert "RESET CONTRACT defaultbb.cqdb.sml.hpe" in message

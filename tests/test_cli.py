@@ -163,6 +163,7 @@ def test_bad_addresses(text: str) -> None:
         parse_host_port(text, field="x", default_port=30303)
 
 
+@pytest.mark.process
 def test_a_real_node_process_answers_a_real_ping_process(swarm_dir: Path, tmp_path: Path) -> None:
     """Two processes, real loopback sockets, real mutual TLS: swarm-node and swarmlearn ping."""
     ident = [

@@ -7,9 +7,18 @@ import pytest
 import swarmlearn.consensus.simulation as bft
 from swarmlearn.consensus.core import ConsensusCore
 from swarmlearn.consensus.events import SubmitTx
-from swarmlearn.sim import SCENARIOS, AgreementChecker, LinkConfig, Simulator, run_scenario
+from swarmlearn.sim import (
+    SCENARIOS,
+    AgreementChecker,
+    FailureKind,
+    LinkConfig,
+    Simulator,
+    run_scenario,
+)
 from swarmlearn.sim.scenarios import heal, node_names
 from swarmlearn.sim.testing import sweep
+
+pytestmark = pytest.mark.sim
 
 BFT_SCENARIOS = sorted(name for name in SCENARIOS if name.startswith("bft-"))
 
@@ -23,6 +32,7 @@ def test_scenarios_keep_agreement_and_commit_after_healing(name: str) -> None:
     assert run_scenario(name, 2) == first  # deterministic
 
 
+@pytest.mark.slow
 def test_a_seed_sweep_of_byzantine_validators_under_every_fault() -> None:
     results = sweep("bft-sweep", range(200))
     assert all(result.ok for result in results)
@@ -81,6 +91,7 @@ def test_a_crash_at_every_wal_write_never_double_signs_and_progress_resumes(vict
     assert points >= 15
 
 
+@pytest.mark.slow
 def test_without_the_guard_a_restarted_node_double_signs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The checker is not vacuous: break the replay guard and a double-sign is caught."""
     monkeypatch.setattr(ConsensusCore, "_signed_key", staticmethod(lambda message: (0, 0, "x")))
@@ -90,3 +101,22 @@ def test_without_the_guard_a_restarted_node_double_signs(monkeypatch: pytest.Mon
             _, sim, _ = crash_and_restart(victim, persists)
             caught += [v.message for v in sim.violations if "double-signing" in v.message]
     assert caught
+
+
+def test_lossy_crashes_lose_unsynced_wal_writes_and_no_honest_node_double_signs() -> None:
+    """Crashes that lose or tear every WAL record the store had not fsynced: the WAL rules
+    (records the node signed are durable before it sends them) keep every validator honest."""
+    results = [run_scenario("bft-torn-writes", seed) for seed in range(4)]
+    assert all(result.ok for result in results), [r.message for r in results if not r.ok]
+    assert [result.writes_lost for result in results] == [2, 4, 0, 2]  # seeded: this many lost
+
+
+def test_a_store_that_never_fsyncs_is_caught_double_signing_by_lossy_crashes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The storage fault has teeth: with a store that fsyncs nothing, a lossy crash makes a
+    restarted validator forget its own vote and sign again (seed 0 shows it)."""
+    monkeypatch.setattr(bft, "must_sync", lambda *_: False)
+    result = run_scenario("bft-torn-writes", 0)
+    assert result.failure is FailureKind.SAFETY
+    assert "double-signing" in result.message

@@ -129,6 +129,7 @@ async def one_task(node: ValidatorNode, pki: Path) -> None:
         await submit(node, who, message)
 
 
+@pytest.mark.process
 async def test_the_pages_show_nodes_contracts_a_round_and_its_curves(
     pki: Path, tmp_path: Path
 ) -> None:
@@ -173,6 +174,7 @@ async def test_the_pages_show_nodes_contracts_a_round_and_its_curves(
     assert {m["node"] for m in proxied.json()} == {*ids.values(), str(node.me)}
 
 
+@pytest.mark.process
 async def test_the_event_stream_sends_what_changed(pki: Path, tmp_path: Path) -> None:
     async with (
         node_api(pki, tmp_path / "data") as (node, port),
@@ -221,6 +223,7 @@ async def events(url: str, page: str) -> AsyncIterator[EventStream]:
         yield EventStream(stream)
 
 
+@pytest.mark.process
 async def test_ledger_views_are_read_again_only_when_the_height_moves(
     pki: Path, tmp_path: Path
 ) -> None:
@@ -248,6 +251,7 @@ async def test_ledger_views_are_read_again_only_when_the_height_moves(
     assert moved.data["status"]["height"] > again.data["status"]["height"]
 
 
+@pytest.mark.process
 async def test_errors_are_said_on_the_page(pki: Path, tmp_path: Path) -> None:
     async with node_api(pki, tmp_path / "data") as (_, port):
         stranger = identity(tmp_path / "other", "stranger", tmp_path / "other" / "both.pem")
@@ -269,6 +273,7 @@ async def test_errors_are_said_on_the_page(pki: Path, tmp_path: Path) -> None:
     assert foreign.status_code == 400  # DNS rebinding: only loopback host names
 
 
+@pytest.mark.process
 async def test_an_unreachable_api_is_said_and_retried(pki: Path) -> None:
     with trio.socket.socket() as placeholder:
         await placeholder.bind(("127.0.0.1", 0))  # a port nobody listens on
@@ -330,6 +335,7 @@ def read_url(process: subprocess.Popen[str]) -> str:
     raise AssertionError(f"the dashboard printed no URL: {''.join(seen)}")
 
 
+@pytest.mark.process
 def test_the_command_prints_its_url_and_stops_on_sigterm(pki: Path) -> None:
     with dashboard_process(pki, "127.0.0.1:1") as process:
         url = read_url(process)
@@ -379,6 +385,7 @@ def test_an_swci_context_names_the_api_and_the_identity(
     assert "no context 'lbb'" in capsys.readouterr().err
 
 
+@pytest.mark.process
 def test_a_port_in_use_is_one_line(pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

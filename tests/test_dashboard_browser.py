@@ -23,6 +23,8 @@ from swarmlearn.p2p.certs import issue_certificate
 from swarmlearn.p2p.identity import Role
 from tests.test_dashboard import dashboard_process, read_url
 
+pytestmark = pytest.mark.process
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--no-sandbox",

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.process
+
 DEMO = [sys.executable, "-m", "swarmlearn", "demo"]
 TIMEOUT_S = 240
 

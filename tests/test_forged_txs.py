@@ -245,6 +245,7 @@ async def drained(connection: Connection) -> list[Message]:
     return seen
 
 
+@pytest.mark.process
 async def test_a_rogue_peer_is_cut_off_and_honest_ones_are_not(pki: Path, tmp_path: Path) -> None:
     root = pki / "pki"
     async with sentinel_api(root, tmp_path / "sn") as (node, url):

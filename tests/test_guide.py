@@ -19,6 +19,7 @@ from swarmlearn.roles.local import LocalClient
 from tests.conftest import Pki
 
 
+@pytest.mark.process
 def test_a_silent_node_gets_one_clear_line(tmp_path: Path) -> None:
     path = tmp_path / "sl.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -48,6 +49,7 @@ def test_a_broken_connection_is_never_an_empty_reason() -> None:
     assert _reason(trio.TooSlowError()) == "no answer within 30 s"
 
 
+@pytest.mark.process
 def test_a_socket_left_by_a_stopped_node_is_one_clear_line(tmp_path: Path) -> None:
     path = tmp_path / "sl.sock"
     left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -57,6 +59,7 @@ def test_a_socket_left_by_a_stopped_node_is_one_clear_line(tmp_path: Path) -> No
         LocalClient(path, timeout_s=1.0)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("busy", ["--listen", "--api", "--lane-port"])
 def test_a_port_in_use_is_one_line_naming_the_flag(pki: Pki, tmp_path: Path, busy: str) -> None:
     taken = socket.socket()

@@ -215,6 +215,7 @@ def sentinel(files: Path) -> Iterator[tuple[int, int]]:
             node.stdout.close()
 
 
+@pytest.mark.process
 def test_tls_and_reachability_messages_are_quoted(sentinel: tuple[int, int]) -> None:
     port = sentinel[0]
     Path("bad/both.pem").write_bytes(
@@ -303,6 +304,7 @@ def test_a_global_merge_method_in_a_round_is_quoted(monkeypatch: pytest.MonkeyPa
     quoted(f"SwarmError: {caught.value}")
 
 
+@pytest.mark.process
 def test_swci_messages_are_quoted(sentinel: tuple[int, int]) -> None:
     api = sentinel[1]
     foreign = ("--cert", "bad/other/x.pem", "--key", "bad/other/x-key.pem")

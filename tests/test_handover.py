@@ -56,6 +56,7 @@ def test_shed_pages_leave_the_bytes_in_the_file_and_out_of_the_resident_set() ->
     trainer.close()
 
 
+@pytest.mark.process
 def test_the_socket_handover_gives_the_same_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

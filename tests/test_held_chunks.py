@@ -28,6 +28,8 @@ from tests.test_round_lanes import WAIT_S, Inbox, identities  # noqa: F401 (a fi
 from tests.test_round_refill import run_round_with_a_death
 from tests.test_rounds_sim import CHUNK_BYTES, RoundChecker, Swarm, make_swarm, model
 
+pytestmark = pytest.mark.sim
+
 
 @pytest.fixture(scope="module")
 def swarm4(tmp_path_factory: pytest.TempPathFactory) -> Swarm:
@@ -63,6 +65,7 @@ def test_range_merge_counts_held_bytes_per_participant(method: str) -> None:
     assert merge.held_bytes == 0
 
 
+@pytest.mark.process
 async def test_a_lane_stops_reading_a_sender_that_holds_too_much(
     identities: dict[str, Identity],  # noqa: F811 (the fixture)
 ) -> None:

@@ -30,6 +30,7 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@pytest.mark.process
 def test_a_real_node_logs_one_json_object_per_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -40,6 +40,8 @@ from tests.test_rounds_sim import (
     start_simulator,
 )
 
+pytestmark = pytest.mark.sim
+
 Answer = LatestModel | LatestFailed
 
 

@@ -31,6 +31,8 @@ from swarmlearn.sim.scenarios import node_names
 from tests.test_real_swarm import _submit, make_pki, node_process, wait_for
 from tests.test_swarm_app import AT_T0, CHAIN, T0, Swarm, der, signed
 
+pytestmark = pytest.mark.sim
+
 ROLES = {
     "sn1": [Role.SN, Role.SL],
     "sn2": [Role.SN, Role.SL],
@@ -133,6 +135,7 @@ def pki(tmp_path: Path) -> Path:
     return make_pki(tmp_path, NODES)
 
 
+@pytest.mark.process
 def test_a_dead_node_removed_and_one_leaving_on_exit_leave_two_that_commit(
     pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

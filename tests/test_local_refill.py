@@ -31,6 +31,8 @@ from swarmlearn.roles.local import (
     LocalRoundFailed,
 )
 
+pytestmark = pytest.mark.process
+
 CONTRACT = "refill-test"
 
 

@@ -74,6 +74,7 @@ def test_the_ready_line_names_the_roles_and_the_address_kind(
     assert line == expected + str(me.peer_id)
 
 
+@pytest.mark.process
 def test_a_data_dir_of_another_chain_is_refused_with_one_line(pki: Path, tmp_path: Path) -> None:
     old = tmp_path / "old"
     options = ValidatorOptions(old, ("127.0.0.1", 0), sentinel=True, chain_id="old-chain")

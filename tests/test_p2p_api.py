@@ -37,6 +37,7 @@ def test_an_unknown_name_is_an_attribute_error_naming_it() -> None:
     assert "P2PService" in dir(p2p)
 
 
+@pytest.mark.process
 def test_importing_the_package_does_not_import_the_service() -> None:
     code = (
         "import json, sys, swarmlearn.p2p as p; "

@@ -26,6 +26,8 @@ from swarmlearn.p2p.transfer import BlobManifest, BlobTooLarge
 from swarmlearn.p2p.wire import Message
 from tests.conftest import Pki
 
+pytestmark = pytest.mark.process
+
 BLOB = random.Random(9).randbytes(3 * 1024 * 1024 + 123)
 MANIFEST = BlobManifest.build(BLOB, 256 * 1024)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
+
 from swarmlearn.p2p.gossip import GossipConfig, GossipMessage, Verdict
 from swarmlearn.p2p.peertable import PeerTableConfig
 from swarmlearn.sansio import Effect, NodeId, Send
@@ -20,6 +22,8 @@ from tests.p2p_sim import (
     publish,
     swarm_factory,
 )
+
+pytestmark = pytest.mark.sim
 
 T = "consensus"
 LINK = LinkConfig(latency_min_s=0.005, latency_tail_s=0.005, bandwidth_bps=1e9)
@@ -128,6 +132,7 @@ def test_a_hundred_nodes_with_ten_percent_loss_deliver_at_least_99_percent() -> 
     assert sim.violations == []
 
 
+@pytest.mark.slow
 def test_a_thousand_nodes_deliver_everything_then_99_percent_under_loss() -> None:
     spec = SwarmSpec(known=8, table=PeerTableConfig(pex_max=16))
     sim, checker, nodes = build(1000, seed=4, spec=spec)

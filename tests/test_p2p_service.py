@@ -149,6 +149,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+@pytest.mark.process
 async def test_five_nodes_from_one_sentinel_then_a_200_mb_blob_beside_consensus_traffic(
     loaded: list[Identity],
 ) -> None:
@@ -201,6 +202,7 @@ async def test_five_nodes_from_one_sentinel_then_a_200_mb_blob_beside_consensus_
         assert stats.counters["queue_full"] == 0
 
 
+@pytest.mark.process
 async def test_several_sources_a_corrupt_one_banned_and_a_resumed_fetch(
     loaded: list[Identity],
 ) -> None:
@@ -243,6 +245,7 @@ async def test_several_sources_a_corrupt_one_banned_and_a_resumed_fetch(
                 await receiver.fetch_blob(manifest.root, ["nobody"])
 
 
+@pytest.mark.process
 async def test_a_wrong_peer_is_refused_and_a_restart_reconnects_without_the_sentinel(
     loaded: list[Identity], tmp_path: Path
 ) -> None:
@@ -357,6 +360,7 @@ def connected_to(count: int) -> Callable[[dict[str, object]], bool]:
     return check
 
 
+@pytest.mark.process
 def test_real_processes_find_each_other_and_a_restart_needs_no_sentinel(
     identities: list[IdentityPaths], tmp_path: Path
 ) -> None:
@@ -408,6 +412,7 @@ def swarm_node(paths: IdentityPaths, data: Path, *flags: str) -> Iterator[tuple[
                 p.wait(timeout=30)
 
 
+@pytest.mark.process
 def test_swarm_node_runs_the_service_and_shows_its_peers_in_the_api(
     identities: list[IdentityPaths], tmp_path: Path
 ) -> None:
@@ -444,6 +449,7 @@ def ledger_host_port(multiaddr: str) -> str:
     return parse_address(multiaddr).host_port
 
 
+@pytest.mark.process
 async def test_a_silent_peer_is_dropped_on_the_ping_deadline(loaded: list[Identity]) -> None:
     table = PeerTableConfig(ping_interval_s=0.3, ping_timeout_s=1.0, tick_s=0.1)
     async with swarm([(loaded[0], ServiceConfig(table=table, rng_seed=0))]) as (node,):
@@ -466,6 +472,7 @@ async def test_a_silent_peer_is_dropped_on_the_ping_deadline(loaded: list[Identi
             assert node.statistics().counters["links_closed"] == 1
 
 
+@pytest.mark.process
 async def test_a_lane_over_the_limit_is_refused(loaded: list[Identity]) -> None:
     blob = random.Random(3).randbytes(1024 * 1024)
     one_lane = ServiceConfig(rng_seed=0, blobs=BlobConfig(chunk_bytes=256 * 1024, lanes_max=1))

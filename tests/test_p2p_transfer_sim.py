@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
+
 from swarmlearn.p2p.messages import Chunk
 from swarmlearn.p2p.peertable import PeerTableConfig
 from swarmlearn.p2p.transfer import BlobManifest
@@ -21,6 +23,8 @@ from swarmlearn.p2p.transfer_core import (
 from swarmlearn.sansio import Effect, NodeId, Send
 from swarmlearn.sim import Checker, LinkConfig, NodeContext, Simulator
 from tests.p2p_sim import SwarmSpec, node_ids, swarm_factory
+
+pytestmark = pytest.mark.sim
 
 CHUNK_BYTES = 64 * 1024
 BLOB = random.Random(5).randbytes(2 * 1024 * 1024 + 1000)

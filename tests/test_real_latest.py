@@ -32,6 +32,8 @@ from swarmlearn.roles.messages import LedgerQuery, LedgerReply
 from swarmlearn.roles.validator import ask
 from tests.test_real_swarm import make_pki, node_process, wait_for
 
+pytestmark = pytest.mark.process
+
 MODEL_FLOATS = 1_500_000  # 6 MB: two of the pieces a node serves
 
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import trio
 
 from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
@@ -28,6 +29,8 @@ from swarmlearn.p2p.identity import IdentityPaths, load_identity
 from swarmlearn.roles.local import LocalClient, RoundOutcome
 from tests.test_real_rounds import NODES, model, node_id, pki  # noqa: F401  (pki: a fixture)
 from tests.test_real_swarm import node_process, wait_for
+
+pytestmark = pytest.mark.process
 
 KILL_WAIT_S = 60.0
 

@@ -22,6 +22,8 @@ from swarmlearn.p2p.identity import IdentityPaths, load_identity
 from swarmlearn.roles.local import LocalClient, RoundOutcome
 from tests.test_real_swarm import make_pki, node_process, wait_for
 
+pytestmark = pytest.mark.process
+
 NODES = 4
 MODEL_FLOATS = 2_000_000  # 8 MB of float32 weights
 ROUNDS_MODEL_FLOATS = 12_500_000  # 50 MB: the rounds issue's real-process model

@@ -27,6 +27,8 @@ from swarmlearn.p2p.wire import Message
 from swarmlearn.roles.messages import NodeStatus, StatusRequest, SubmitReply, SubmitRequest
 from swarmlearn.roles.validator import ask
 
+pytestmark = pytest.mark.process
+
 NODES = 4
 BLOCKS_WITH_TXS = 50
 WAIT_S = 90.0

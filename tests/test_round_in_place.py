@@ -32,6 +32,8 @@ from tests.test_rounds_sim import (
     start_simulator,
 )
 
+pytestmark = pytest.mark.sim
+
 
 @pytest.fixture(scope="module")
 def swarm3(tmp_path_factory: pytest.TempPathFactory) -> Swarm:

@@ -19,6 +19,8 @@ from swarmlearn.p2p.wire import Message
 from swarmlearn.roles.lanes import RoundLanes
 from swarmlearn.roles.sl_round import MergedPiece, RoundChunk, RoundManifest
 
+pytestmark = pytest.mark.process
+
 WAIT_S = 20.0
 
 

@@ -27,6 +27,8 @@ from swarmlearn.sim.checkers import Checker, Violation
 from tests.test_callback_torch import two_daemons
 from tests.test_rounds_sim import CHUNK_BYTES, Swarm, make_swarm, model, start_simulator
 
+pytestmark = pytest.mark.sim
+
 
 class Heard(Checker):
     """What each node delivered to its trainer, with the virtual time."""
@@ -120,6 +122,7 @@ def test_a_round_short_of_min_peers_says_so_and_ends_at_the_sync_timeout(swarm2:
     assert all(bytes(v.flat) == expected and v.round == 1 for _, _, v in done)
 
 
+@pytest.mark.process
 def test_a_real_node_fails_a_round_short_of_min_peers_at_the_sync_timeout(tmp_path: Path) -> None:
     """Two swarm-node processes, one trainer asking for three: at its syncTimeout the node
     itself ends the round and says why (the client's socket would raise only later)."""

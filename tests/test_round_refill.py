@@ -41,6 +41,8 @@ from tests.test_rounds_sim import (
     start_simulator,
 )
 
+pytestmark = pytest.mark.sim
+
 MIN_PEERS = 3
 
 

@@ -35,6 +35,8 @@ from swarmlearn.sim.checkers import FailureKind, Violation
 from swarmlearn.sim.cluster import NodeContext
 from swarmlearn.sim.testing import sweep
 
+pytestmark = pytest.mark.sim
+
 CHAIN = "rounds-sim"
 CHUNK_BYTES = 1024
 VERBOSE = False
@@ -205,10 +207,12 @@ def test_round_scenarios_end_every_round_with_one_merge(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["rounds-kill", "rounds-partition", "rounds-byzantine"])
-def test_a_seed_sweep_of_faulty_rounds(name: str) -> None:
-    assert len(sweep(name, range(2, 12))) == 10
+def test_a_seed_sweep_of_faulty_rounds(name: str, request: pytest.FixtureRequest) -> None:
+    count = request.config.getoption("--sim-seeds") or 10  # make check: 5
+    assert len(sweep(name, range(2, 2 + count))) == count
 
 
+@pytest.mark.slow
 def test_fifty_nodes_run_twenty_rounds() -> None:
     result = run_scenario("rounds-50", 1)
     assert result.ok, "\n".join(result.summary())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
+import swarmlearn.consensus.simulation
+import swarmlearn.roles.simulation  # noqa: F401  (registers the bft-* and rounds-* scenarios)
 from swarmlearn.sim import (
     AgreementChecker,
     EventLoop,
@@ -22,6 +25,8 @@ from swarmlearn.sim.echo import EchoChecker, EchoGossip, corrupt_rumors
 from swarmlearn.sim.scenarios import SetupContext, rumor_workload, scenario
 from swarmlearn.sim.testing import sweep
 from tests.sim_probe import probe_factory
+
+pytestmark = pytest.mark.sim
 
 # ---------------------------------------------------------------- loop and seeds
 
@@ -193,6 +198,7 @@ def test_the_agreement_checker_catches_two_decisions_for_one_slot() -> None:
 # ---------------------------------------------------------------- the command line
 
 
+@pytest.mark.process
 def test_the_cli_prints_seed_summary_and_fingerprint() -> None:
     done = subprocess.run(
         [
@@ -217,3 +223,30 @@ def test_the_cli_prints_seed_summary_and_fingerprint() -> None:
     assert any(line.startswith("faults planned: crash x") for line in lines)
     assert "scenario crashes, 6 nodes: ok" in lines
     assert lines[-1] == f"fingerprint: {run_scenario('crashes', 7, 6).fingerprint}"
+
+
+def fingerprint_in_child(scenario: str, seed: int, hash_seed: str) -> str:
+    """A scenario's fingerprint as ``python -m swarmlearn.sim`` prints it, in a fresh
+    interpreter with its own string hashing (``PYTHONHASHSEED``)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "swarmlearn.sim", "--seed", str(seed), "--scenario", scenario],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        env={**os.environ, "PYTHONHASHSEED": hash_seed},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    last = done.stdout.splitlines()[-1]
+    assert last.startswith("fingerprint: "), last
+    return last.removeprefix("fingerprint: ")
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("scenario", ["bft-faults", "rounds-kill"])
+def test_a_ledger_or_round_scenario_has_one_fingerprint_in_every_process(scenario: str) -> None:
+    """The ledger's and the rounds' runs, not only gossip's, depend on the seed alone: not on
+    set order, string hashes or anything else a new interpreter draws afresh."""
+    here = run_scenario(scenario, 3).fingerprint
+    assert fingerprint_in_child(scenario, 3, "1") == here
+    assert fingerprint_in_child(scenario, 3, "2") == here

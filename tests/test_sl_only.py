@@ -26,6 +26,8 @@ from swarmlearn.roles.messages import LedgerQuery, LedgerReply
 from swarmlearn.roles.validator import ask
 from tests.test_real_swarm import node_process, wait_for
 
+pytestmark = pytest.mark.process
+
 NAMES = ("sn0", "sn1", "sl2")
 ROLES = ([Role.SN, Role.SL], [Role.SN, Role.SL], [Role.SL])
 

@@ -19,6 +19,7 @@ from swarmlearn.consensus.swarm_txs import (
     Join,
     Merged,
     PerfData,
+    ResetContract,
     SignedTx,
     TensorSpec,
 )
@@ -323,6 +324,17 @@ def test_perfdata_is_recorded_per_node_and_round(swarm: Swarm) -> None:
     assert ledger.app.state.perf[key].metric == 0.9
 
 
+def test_reset_contract_drops_its_perfdata(swarm: Swarm) -> None:
+    ledger = joined(swarm, "a", "op")
+    ledger.block(
+        signed(swarm.people["op"], CreateContract("lab")),
+        signed(swarm.people["a"], PerfData(DEFAULT_CONTRACT, 1, 0.5, 0.9, 2, 10)),
+        signed(swarm.people["a"], PerfData("lab", 1, 0.5, 0.9, 2, 10)),
+    )
+    ledger.block(signed(swarm.people["op"], ResetContract(DEFAULT_CONTRACT)))
+    assert [k[0] for k in ledger.app.state.perf] == ["lab"]  # the new run starts with none
+
+
 def test_same_blocks_same_hash_on_every_validator(swarm: Swarm) -> None:
     first, second = exchanging(swarm), exchanging(swarm)
     assert first.app.app_hash() == second.app.app_hash()
@@ -335,3 +347,15 @@ def test_certificates_are_checked_at_the_blocks_time(swarm: Swarm, tmp_path: Pat
     ledger.now_ms = T0 + 400 * 24 * 3600 * 1000  # past the 365-day certificates
     ledger.block(signed(swarm.people["a"], Join("a:1", der(swarm.people["a"]))))
     assert ledger.refusals() == ["the certificate is not valid at this block's time"]
+
+
+def test_a_nodes_liveness_is_its_votes_not_its_training(swarm: Swarm) -> None:
+    ledger = joined(swarm, "a", "sn")
+    a = str(swarm.people["a"].peer_id)
+    member = ledger.app.state.members[a]
+    trained_at = (member.last_seen_height, member.last_seen_ms)
+    ledger.app.votes_seen(40, 99_000, [a, "not-a-member"])
+    assert (member.alive_height, member.alive_ms) == (40, 99_000)  # LIST NODES' last seen
+    assert (member.last_seen_height, member.last_seen_ms) == trained_at
+    ledger.app.votes_seen(39, 98_000, [a])  # an older commit changes nothing
+    assert member.alive_height == 40

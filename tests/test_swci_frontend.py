@@ -92,6 +92,7 @@ def test_a_script_runs_to_the_end_and_reports_the_worst_status(
     assert "context 'a' has no cert, key, cacert" in err
 
 
+@pytest.mark.process
 def test_exit_on_failure_stops_at_the_first_failure_with_its_status(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -147,6 +148,7 @@ def _read_until(fd: int, wanted: bytes, seen: bytearray) -> None:
             seen += os.read(fd, 4096)
 
 
+@pytest.mark.process
 def test_the_repl_prompts_completes_is_interruptible_and_keeps_history(config_home: Path) -> None:
     leader, follower = pty.openpty()
     env = {**os.environ, "XDG_CONFIG_HOME": str(config_home.parent), "TERM": "dumb"}

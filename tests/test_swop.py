@@ -155,6 +155,7 @@ def test_an_hpe_style_task_file_becomes_a_create_task(tmp_path: Path) -> None:
     assert task.body == canonical_json(json.loads(task.body))
 
 
+@pytest.mark.process
 async def test_make_user_env_builds_a_venv_and_reuses_it_when_unchanged(tmp_path: Path) -> None:
     profile = profile_file(tmp_path)
     ws = Workspace(tmp_path / "swop", tmp_path / "sl.sock")
@@ -211,6 +212,7 @@ async def test_make_swarm_user_content_copies_and_extracts_per_node(tmp_path: Pa
         await execute(missing, [], profile, ws, 2)
 
 
+@pytest.mark.process
 async def test_run_swarm_runs_one_program_per_node_with_its_env(tmp_path: Path) -> None:
     profile = profile_file(tmp_path)
     ws = Workspace(tmp_path / "swop", tmp_path / "sl.sock")
@@ -254,6 +256,7 @@ def started(directory: Path) -> list[int]:
     return [int(text) for p in directory.glob("pid-*") if (text := p.read_text())]
 
 
+@pytest.mark.process
 async def test_run_swarm_is_stopped_when_cancelled(tmp_path: Path) -> None:
     profile = profile_file(tmp_path)
     ws = Workspace(tmp_path / "swop", tmp_path / "sl.sock")

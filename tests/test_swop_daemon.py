@@ -103,7 +103,7 @@ class Operator:
         return done
 
     async def reset(self) -> None:
-        await self.submit(ResetTaskRunner("lab-runner", time.time_ns()))
+        await self.submit(ResetTaskRunner("lab-runner", nonce=time.time_ns()))
 
 
 def client(root: Path) -> httpx.AsyncClient:
@@ -186,6 +186,7 @@ def test_a_swop_daemon_reports_a_failing_run_as_error_with_the_reason(
     assert "no_such_script.py" in logs[0].read_text()
 
 
+@pytest.mark.process
 def test_collect_logs_packs_logs_config_versions_and_ledger_without_secrets(
     failed_run: FailedRun, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -223,6 +224,7 @@ def test_collect_logs_packs_logs_config_versions_and_ledger_without_secrets(
     assert main(["collect-logs", "--data-dir", str(root / "nope")]) == 2
 
 
+@pytest.mark.process
 def test_a_swop_daemon_chains_env_then_run_and_stops_a_run_on_reset(tmp_path: Path) -> None:
     make_host(tmp_path)
     usr = tmp_path / "usr"

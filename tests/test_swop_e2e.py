@@ -32,6 +32,8 @@ from swarmlearn.consensus.swarm_tasks import DEFAULT_TASKRUNNER
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Role
 
+pytestmark = pytest.mark.process
+
 HERE = Path(__file__).parent
 SWCI_TIMEOUT_S = 240
 RUN_TASK = """\

@@ -27,6 +27,8 @@ from swarmlearn.p2p.wire import Message
 from swarmlearn.roles.validator import ValidatorNode
 from tests.api_helpers import identity, sentinel_api
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:

@@ -57,7 +57,7 @@ async def connection_pair(
         yield dialed, accepted[0]
 
 
-KINDS = ["memory", "loopback"]
+KINDS = ["memory", pytest.param("loopback", marks=pytest.mark.process)]
 
 
 # ---------------------------------------------------------------- conformance suite
@@ -243,6 +243,7 @@ REJECTED: dict[str, Callable[[Pki], ssl.SSLContext]] = {
 }
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("make_context", REJECTED.values(), ids=REJECTED.keys())
 async def test_the_listener_refuses_bad_peers_and_keeps_serving(
     pki: Pki, make_context: Callable[[Pki], ssl.SSLContext]
@@ -258,6 +259,7 @@ async def test_the_listener_refuses_bad_peers_and_keeps_serving(
         assert "TLS handshake failed" in stats.last_error
 
 
+@pytest.mark.process
 async def test_the_listener_closes_an_oversize_sender_and_keeps_serving(pki: Pki) -> None:
     async with running_listener(pki.sn) as (listener, port):
         async with await dial(pki.sl, "127.0.0.1", port, config=SMALL) as rude:
@@ -271,6 +273,7 @@ async def test_the_listener_closes_an_oversize_sender_and_keeps_serving(pki: Pki
         assert "frame length 2147483648" in stats.last_error
 
 
+@pytest.mark.process
 async def test_dial_refuses_a_server_from_another_ca(pki: Pki) -> None:
     async with running_listener(pki.other_ca) as (_listener, port):
         with pytest.raises(

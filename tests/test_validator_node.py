@@ -37,6 +37,7 @@ def two_cas(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.process
 async def test_a_joiner_takes_the_sentinels_genesis_only_under_its_own_ca(two_cas: Path) -> None:
     capath = two_cas / "capath"
     sentinel = identity(two_cas, "sentinel", "swarm", capath)
@@ -66,6 +67,7 @@ async def test_without_a_ledger_a_node_says_how_to_start(tmp_path: Path, two_cas
         await obtain_genesis(member, ValidatorOptions(tmp_path / "empty", ("127.0.0.1", 0)))
 
 
+@pytest.mark.process
 async def test_an_unreachable_bootstrap_is_one_clear_line(tmp_path: Path, two_cas: Path) -> None:
     member = identity(two_cas, "member", "swarm", two_cas / "swarm" / "ca.pem")
     options = ValidatorOptions(tmp_path / "d", ("127.0.0.1", 0), bootstrap=("127.0.0.1", 1))

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from swarmlearn.errors import ConfigError
+from swarmlearn.callback.node_wait import NODE_WAIT_S, connect_when_ready
+from swarmlearn.errors import ConfigError, ModelMismatchError
 from swarmlearn.merge import ModelState, flatten, layout_of, round_method_problem, unpack
 from swarmlearn.merge.manifest import Layout
 
@@ -60,6 +61,8 @@ COMMON_OPTIONS = (
     "nodeConfig",
     "syncTimeout",
 )
+#: SwarmCallback's named arguments (HPE's signature), offered for a misspelt keyword too.
+NAMED_ARGUMENTS = ("syncFrequency", "minPeers", "trainingContract")
 SYNC_TIMEOUT_S = 3600.0
 #: The longest the first sync waits for the swarm's latest model (syncTimeout if shorter);
 #: without it, this node starts from its own weights (and says why).
@@ -68,7 +71,37 @@ PROGRESS_BAR_WIDTH = 20
 
 
 class SwarmError(ConfigError):
-    """HPE's name for a bad SwarmCallback argument (a ConfigError here: one clear line)."""
+    """HPE's name for a bad SwarmCallback argument (a ConfigError here: one clear line).
+    Uncaught, it ends the script with that line, without a traceback (:func:`one_line_hook`)."""
+
+
+def mismatch_line(contract: str, detail: str) -> str:
+    """What a trainer hears when its model is not its contract's, and what to do."""
+    detail = detail.removeprefix(f"trainingContract {contract!r}: ")
+    return (
+        f"trainingContract {contract!r} holds another model ({detail}): give this model"
+        " its own contract (SwarmCallback(..., trainingContract='NAME'), after SWCI's"
+        f" CREATE CONTRACT NAME), or start this one over with SWCI's RESET CONTRACT {contract}"
+    )
+
+
+def one_line_hook(previous: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``sys.excepthook`` that prints an uncaught :class:`SwarmError` as one line (a user's
+    mistake, said in full by its message) and hands anything else to ``previous``."""
+
+    def hook(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+        if isinstance(error, SwarmError):
+            print(f"SwarmError: {error}", file=sys.stderr)
+        else:
+            previous(kind, error, tb)
+
+    hook.swarm_one_line = True  # type: ignore[attr-defined]
+    return hook
+
+
+def install_one_line_hook() -> None:
+    if not getattr(sys.excepthook, "swarm_one_line", False):
+        sys.excepthook = one_line_hook(sys.excepthook)
 
 
 @dataclass(frozen=True)
@@ -131,11 +164,15 @@ def parse_options(
     valid = sorted((*COMMON_OPTIONS, *platform_options))
     for key in kwargs:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
+            # a misspelt argument (minPeer=3) is named like any other misspelt option
+            close = difflib.get_close_matches(key, [*NAMED_ARGUMENTS, *valid], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise SwarmError(
                 f"SwarmCallback got an unknown option {key!r}{hint} Valid: {', '.join(valid)}"
             )
+    for name, value in zip(NAMED_ARGUMENTS, (sync_frequency, min_peers), strict=False):
+        if value is None:
+            raise SwarmError(f"SwarmCallback needs {name} (an integer >= 1)")
     if contract is None or not isinstance(contract, str) or not contract:
         raise SwarmError("trainingContract must be a contract name")
     mode = kwargs.get("checkinModelOnTrainEnd", "snapshot")
@@ -243,6 +280,7 @@ class SwarmCore:
         self._started = time.monotonic()
         self._best_loss: float | None = None
         self._asked_latest = False
+        install_one_line_hook()
         if not self.loopback:
             self._connect()
 
@@ -256,9 +294,16 @@ class SwarmCore:
             self._embedded = EmbeddedNode(self.options.node_config, self.logger)
             path = self._embedded.start()
         assert path is not None
-        self._client = LocalClient(
-            path, timeout_s=self.options.sync_timeout_s, on_progress=self._progress
-        )
+        timeout_s = self.options.sync_timeout_s
+
+        def connect(at: Path) -> LocalClient:
+            return LocalClient(at, timeout_s=timeout_s, on_progress=self._progress)
+
+        wait_s = min(timeout_s, NODE_WAIT_S)  # a script may start before its node
+        try:
+            self._client = connect_when_ready(path, connect, wait_s, self.logger.info)
+        except ConfigError as error:
+            raise SwarmError(str(error)) from None
 
     def _progress(self, text: str) -> None:
         self.logger.info(text)
@@ -289,8 +334,8 @@ class SwarmCore:
     def latest_once(self, state_now: Callable[[], ModelState]) -> ModelState | None:
         """Before the first sync: the contract's latest merged model, to load into the model
         (None: loopback, no round has finished yet, or it could not be had: then this node
-        starts from its own weights, and the log says why: a model whose tensors differ from
-        the contract's, naming the tensor, as the sync's round failure does next)."""
+        starts from its own weights, and the log says why). A model whose tensors differ from
+        the contract's raises :class:`SwarmError`, naming the tensor and the fixes."""
         if self._asked_latest or self.loopback or self.isSwarmTrainingOver:
             return None
         self._asked_latest = True
@@ -298,7 +343,9 @@ class SwarmCore:
         wait_s = min(self.options.sync_timeout_s, LATEST_TIMEOUT_S)
         try:
             found = self._client.latest(self.trainingContract, layout, timeout_s=wait_s)
-        except ConfigError as error:  # another model than the contract's: the sync says so too
+        except ModelMismatchError as error:  # every round would refuse it: stop here
+            raise SwarmError(mismatch_line(self.trainingContract, str(error))) from None
+        except ConfigError as error:
             self.logger.warning(f"not loading the swarm's model: {error}")
             return None
         if found.merged is None:
@@ -380,6 +427,15 @@ class SwarmCore:
                 contribution = merged
         self.isSwarmTrainingOver = True
         return None if merged is None else unpack(merged, self._layout_of(state))
+
+    def report_final(self, loss: float | None, metric: float | None) -> None:
+        """HPE's PERFDATA of the last merged round, measured on its merged model (loaded by
+        ``finish``): it replaces what came with the check-in, measured on this node's own
+        weights, so every node reports its figure for the same, final model."""
+        if loss is None or self.last_round is None or self._client is None:
+            return
+        perf = (float(loss), float(metric or 0.0), self.epochsCompleted, self.totalEpochs)
+        self._client.report_perf(self.trainingContract, self.last_round.round, perf)
 
     def _layout_of(self, state: ModelState) -> Layout:
         if self._layout is None:

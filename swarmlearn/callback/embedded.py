@@ -21,7 +21,7 @@ from pathlib import Path
 
 import trio
 
-from swarmlearn.errors import ConfigError
+from swarmlearn.errors import ConfigError, config_error_in
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -93,7 +93,10 @@ class EmbeddedNode:
         try:
             trio.run(self._serve)
         except BaseException as error:  # reported to start(); the thread ends here
-            self._error = error
+            fault = config_error_in(error)  # one line, not trio's nursery groups
+            self._error = fault if fault is not None else error
+            if fault is not None and self._ready.is_set():  # mid-run: start() is not waiting
+                self.logger.error(f"embedded swarm node stopped: {fault}")
         finally:
             self._ready.set()
 

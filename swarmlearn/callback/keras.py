@@ -114,8 +114,8 @@ class SwarmCallback(keras.callbacks.Callback, SwarmCore):  # type: ignore[misc]
 
     def __init__(
         self,
-        syncFrequency: Any,
-        minPeers: Any,
+        syncFrequency: Any = None,
+        minPeers: Any = None,
         trainingContract: str = DEFAULT_TRAINING_CONTRACT,
         **kwargs: Any,
     ) -> None:
@@ -169,6 +169,7 @@ class SwarmCallback(keras.callbacks.Callback, SwarmCore):  # type: ignore[misc]
         merged = self.finish(state_of(self.model), loss=loss, metric=metric)
         if merged is not None:
             load_state(self.model, merged)
+            self.report_final(*self._evaluate())  # PERFDATA of the final model
         self.close()
 
     # ------------------------------------------------------------ internals

@@ -81,8 +81,8 @@ def load_state(model: torch.nn.Module, state: ModelState) -> None:
 class SwarmCallback(SwarmCore):
     def __init__(
         self,
-        syncFrequency: Any,
-        minPeers: Any,
+        syncFrequency: Any = None,
+        minPeers: Any = None,
         trainingContract: str = DEFAULT_TRAINING_CONTRACT,
         **kwargs: Any,
     ) -> None:
@@ -118,6 +118,7 @@ class SwarmCallback(SwarmCore):
         merged = self.finish(state_of(self.model), loss=loss, metric=metric)
         if merged is not None:
             load_state(self.model, merged)
+            self.report_final(*self._evaluate())  # PERFDATA of the final model
         self.close()
 
     # ------------------------------------------------------------ the simpler form

@@ -477,6 +477,9 @@ class ConsensusCore:
         height = self.height
         effects: list[Effect] = [] if self.replaying else [Persist(BLOCKS, (block, commit))]
         executed = self.app.execute_block(block)
+        seen = getattr(self.app, "votes_seen", None)  # liveness, for apps that show it
+        if seen is not None:
+            seen(height, block.header.time_ms, [s.validator for s in commit.signatures])
         self.blocks[height] = (block, commit)
         self.mempool.remove_committed(block.txs)
         self._apply_validator_updates(height, executed.validator_updates)

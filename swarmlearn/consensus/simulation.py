@@ -24,6 +24,7 @@ from swarmlearn.consensus.app import KeyValueApp
 from swarmlearn.consensus.core import ConsensusConfig, ConsensusCore
 from swarmlearn.consensus.crypto import SimSigner, SimVerifier
 from swarmlearn.consensus.events import Committed, EvidenceFound, Genesis, SubmitTx
+from swarmlearn.consensus.store import must_sync
 from swarmlearn.consensus.types import Block, Proposal, Validator, Vote
 from swarmlearn.sansio import Broadcast, Core, Effect, NodeId, Send
 from swarmlearn.sim.checkers import AgreementChecker, Checker, FailureKind, Violation
@@ -203,6 +204,7 @@ def consensus_scenario(
 
     def setup(context: SetupContext) -> None:
         sim = context.sim
+        sim.durable = must_sync  # the disk store's fsync rule: a lossy crash loses the rest
         count = len(sim.node_ids)
         bad = set(sim.node_ids[: (count - 1) // 3]) if byzantine else set()
         honest = [n for n in sim.node_ids if n not in bad]
@@ -309,3 +311,8 @@ consensus_scenario(
     fault_phase_s=8.0,
 )
 consensus_scenario("bft-silent", "10 validators, f=3 silent", nodes=10, byzantine="silent")
+consensus_scenario(
+    "bft-torn-writes",
+    "4 validators crash losing or tearing the WAL records not yet fsynced",
+    faults=("crash-lossy", "partition"),
+)

@@ -109,8 +109,13 @@ class Member:
     fingerprint: bytes
     public_key: bytes
     joined_height: int
-    last_seen_height: int = 0
+    last_seen_height: int = 0  # its latest transaction
     last_seen_ms: int = 0
+    #: Its latest sign of life: a transaction, or its vote in a block's commit (validators
+    #: vote on every block). Not part of the ledger's hashed state: commits carry different
+    #: (all valid) sets of votes on different nodes.
+    alive_height: int = 0
+    alive_ms: int = 0
 
 
 @dataclass
@@ -169,6 +174,13 @@ class SwarmApp:
             digest.update(bytes(changed))
             self._hash = digest.digest()
         return Executed(self._hash, tuple(updates))
+
+    def votes_seen(self, height: int, time_ms: int, voters: list[str]) -> None:
+        """The validators whose votes decided block ``height``: alive then (LIST NODES)."""
+        for voter in voters:
+            member = self.state.members.get(voter)
+            if member is not None and height > member.alive_height:
+                member.alive_height, member.alive_ms = height, time_ms
 
     def outcome(self, tx: bytes) -> str | None:
         """'ok' or 'refused: why' for a recently executed transaction (None if unknown)."""
@@ -249,6 +261,7 @@ class SwarmApp:
         member = self.state.members.get(sender)
         if member is not None:
             member.last_seen_height, member.last_seen_ms = self._height, self._now_ms
+            member.alive_height, member.alive_ms = self._height, self._now_ms
         match body:
             case Join():
                 return self._join(sender, body, updates)
@@ -262,6 +275,7 @@ class SwarmApp:
                     return self._refuse(tx, problem, sender)
                 self.state.contracts[name] = ContractRecord(body)
             case ResetContract(name=name):
+                self._drop_perf(name)  # PERFDATA shows the new run only
                 if name not in self.state.contracts:
                     return self._refuse(tx, f"no contract {name!r}", sender)
                 self.state.contracts[name] = ContractRecord(self.state.contracts[name].params)
@@ -280,6 +294,11 @@ class SwarmApp:
                 if problem:
                     return self._refuse(tx, problem, sender)
         return "ok"
+
+    def _drop_perf(self, name: str) -> None:
+        if name in self.state.contracts:
+            for key in [k for k in self.state.perf if k[0] == name]:
+                del self.state.perf[key]
 
     def _refuse(self, tx: bytes, reason: str, sender: str = "") -> str:
         self.state.refusals.append((self._height, sender, reason))

@@ -25,10 +25,10 @@ task), ASSIGNED (nobody running yet), RUNNING, COMPLETE (the quorum completed) o
 (every slot is taken, nobody runs and the quorum cannot complete). ``ResetTaskRunner`` drops
 the assignment (SWOPs stop what they run for it) and keeps the listeners.
 
-Every transaction has a ``nonce`` (senders use the time in ns): the mempool refuses bytes it
-has committed before, and HPE's scripts repeat requests (RESET TASKRUNNER before and after a
-run). Everything here is deterministic over the transactions and the block height; the
-refusal strings are what the API shows.
+Every transaction has a ``nonce`` (:class:`~swarmlearn.consensus.swarm_txs.Unique`): the
+mempool refuses bytes it has committed before, and HPE's scripts repeat requests (RESET
+TASKRUNNER before and after a run). Everything here is deterministic over the transactions
+and the block height; the refusal strings are what the API shows.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import enum
 import json
 from dataclasses import dataclass, field
 
+from swarmlearn.consensus.swarm_txs import Unique
 from swarmlearn.p2p.wire import Message
 
 DEFAULT_TASKRUNNER = "defaulttaskbb.taskdb.sml.hpe"
@@ -66,7 +67,7 @@ class RunnerState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class CreateTask(Message, tag=0xA8):
+class CreateTask(Unique, Message, tag=0xA8):
     """An operator defines a task; ``body`` is canonical JSON text of an object."""
 
     name: str
@@ -75,54 +76,47 @@ class CreateTask(Message, tag=0xA8):
     prereq: str
     outcome: str
     body: str
-    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 @dataclass(frozen=True)
-class FinalizeTask(Message, tag=0xA9):
+class FinalizeTask(Unique, Message, tag=0xA9):
     name: str
-    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 @dataclass(frozen=True)
-class DeleteTask(Message, tag=0xAA):
+class DeleteTask(Unique, Message, tag=0xAA):
     name: str
-    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 @dataclass(frozen=True)
-class CreateTaskRunner(Message, tag=0xAB):
+class CreateTaskRunner(Unique, Message, tag=0xAB):
     name: str
-    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 @dataclass(frozen=True)
-class AssignTask(Message, tag=0xAC):
+class AssignTask(Unique, Message, tag=0xAC):
     """``peers>0``: WITH n PEERS; ``peers=0, target=""``: WITH ALL PEERS; ``target``: TARGET."""
 
     task: str
     runner: str
     peers: int = 0
     target: str = ""
-    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 @dataclass(frozen=True)
-class ResetTaskRunner(Message, tag=0xAD):
+class ResetTaskRunner(Unique, Message, tag=0xAD):
     name: str
-    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 @dataclass(frozen=True)
-class EnrollTaskRunner(Message, tag=0xAE):
+class EnrollTaskRunner(Unique, Message, tag=0xAE):
     """A SWOP listens on a taskrunner (as itself)."""
 
     runner: str
-    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 @dataclass(frozen=True)
-class TaskPeerStatus(Message, tag=0xAF):
+class TaskPeerStatus(Unique, Message, tag=0xAF):
     """A SWOP's state in one assignment of a taskrunner (as itself)."""
 
     runner: str
@@ -130,7 +124,6 @@ class TaskPeerStatus(Message, tag=0xAF):
     state: str
     reason: str = ""
     assignment: int = 0
-    nonce: int = 0  # makes a repeated request a distinct transaction
 
 
 OPERATOR_TXS = (CreateTask, FinalizeTask, DeleteTask, CreateTaskRunner, AssignTask, ResetTaskRunner)

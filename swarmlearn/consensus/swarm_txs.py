@@ -10,9 +10,19 @@ leaves as itself, or an operator removes a dead one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from swarmlearn.p2p.wire import Message, decode_header, encode_header
+
+
+@dataclass(frozen=True)
+class Unique:
+    """A request a sender may repeat: the mempool refuses bytes it has committed before, so
+    ``nonce`` (senders use the time in ns) makes each repetition a distinct transaction.
+    Keyword-only, so it comes last in the constructor and on the wire (after the fields of
+    the message that inherits it)."""
+
+    nonce: int = field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,7 @@ class Join(Message, tag=0x93):
 
 
 @dataclass(frozen=True)
-class CreateContract(Message, tag=0x94):
+class CreateContract(Unique, Message, tag=0x94):
     """An operator (swci) names a training contract."""
 
     name: str
@@ -59,15 +69,13 @@ class CreateContract(Message, tag=0x94):
     grace_ms: int = 2_000  # after min_peers check-ins, how long the rest may still join
     exchange_base_ms: int = 10_000  # the exchange deadline: base + per GB of model
     exchange_ms_per_gb: int = 30_000
-    nonce: int = 0  # makes a repeated request a distinct transaction (senders: time in ns)
 
 
 @dataclass(frozen=True)
-class ResetContract(Message, tag=0x95):
+class ResetContract(Unique, Message, tag=0x95):
     """An operator (swci) starts a contract over: round numbers, layout and history reset."""
 
     name: str
-    nonce: int = 0  # a second reset of the same contract is a new request, not a replay
 
 
 @dataclass(frozen=True)
@@ -132,11 +140,10 @@ class Heartbeat(Message, tag=0x9A):
 
 
 @dataclass(frozen=True)
-class Leave(Message, tag=0x9B):
+class Leave(Unique, Message, tag=0x9B):
     """Leave the registry; an SN member also gives up its validator seat (two heights later,
     the way seats are added). ``node`` names another member to remove (an operator's, swci,
     for a dead node); empty: the sender itself. The last validator seat is never removed."""
 
     node: str = ""
     reason: str = ""
-    nonce: int = 0  # makes a repeated request a distinct transaction (senders: time in ns)

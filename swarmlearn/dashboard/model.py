@@ -36,11 +36,12 @@ def node_rows(status: dict[str, Any], members: list[dict[str, Any]], now_ms: int
     rows = []
     for m in members:
         node = m["node"]
+        seen_ms = int(m.get("alive_ms", m.get("last_seen_ms", 0)))  # votes and transactions
         if node == status.get("node"):
             liveness = "this node"
         elif node in peers:
             liveness = "connected"
-        elif now_ms - int(m.get("last_seen_ms", 0)) <= RECENT_MS:
+        elif now_ms - seen_ms <= RECENT_MS:
             liveness = "recent"
         else:
             liveness = "quiet"
@@ -50,8 +51,8 @@ def node_rows(status: dict[str, Any], members: list[dict[str, Any]], now_ms: int
                 roles=list(m.get("roles", [])),
                 address=str(m.get("address", "")),
                 liveness=liveness,
-                last_seen_ms=int(m.get("last_seen_ms", 0)),
-                last_seen_height=int(m.get("last_seen_height", 0)),
+                last_seen_ms=seen_ms,
+                last_seen_height=int(m.get("alive_height", m.get("last_seen_height", 0))),
                 joined_height=int(m.get("joined_height", 0)),
                 validator=node in validators,
                 version=str(m.get("version", "")),

@@ -2,11 +2,12 @@
 them the peer table, gossip, chunked blob transfer (sans-IO cores), the bulk lanes and the
 trio service that runs them all on real sockets.
 
-The public API is re-exported here. Importing the package loads only the transport layer
-(identity, wire, framing, messages, transport: what every node needs); the rest (the
-service, gossip, the peer table, blob transfer, certificates) is imported on first use of
-one of its names (module ``__getattr__``), so ``import swarmlearn.p2p`` stays cheap for a
-process that only talks to a node::
+The public API is re-exported here. Importing the package loads only what the sans-IO cores
+share (identity, wire, framing, messages) and no I/O: the consensus and SL cores import it,
+and ``tools/check_boundary.py`` holds them to loading no trio, socket or ssl. The rest (the
+transport, the service, gossip, the peer table, blob transfer, certificates) is imported on
+first use of one of its names (module ``__getattr__``), so ``import swarmlearn.p2p`` stays
+cheap::
 
     from swarmlearn.p2p import P2PService, ServiceConfig  # imports swarmlearn.p2p.service
 """
@@ -27,15 +28,6 @@ from swarmlearn.p2p.identity import (
     load_identity,
 )
 from swarmlearn.p2p.messages import Chunk, Goodbye, Ping, Pong
-from swarmlearn.p2p.transport import (
-    Connection,
-    Listener,
-    TransportConfig,
-    TransportStatistics,
-    accept_stream,
-    connect_stream,
-    dial,
-)
 from swarmlearn.p2p.wire import Message, Payload, decode_body, encode_body, encode_header
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
@@ -54,6 +46,15 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from swarmlearn.p2p.tls import client_context, peer_certificate_info, server_context
     from swarmlearn.p2p.transfer import Assembler, BlobManifest, BlobTooLarge, ChunkScheduler
     from swarmlearn.p2p.transfer_core import TransferConfig, TransferCore
+    from swarmlearn.p2p.transport import (
+        Connection,
+        Listener,
+        TransportConfig,
+        TransportStatistics,
+        accept_stream,
+        connect_stream,
+        dial,
+    )
 
 #: Lazily re-exported names, by the module (under ``swarmlearn.p2p``) that defines them.
 _LAZY: dict[str, tuple[str, ...]] = {
@@ -72,6 +73,15 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "tls": ("client_context", "peer_certificate_info", "server_context"),
     "transfer": ("Assembler", "BlobManifest", "BlobTooLarge", "ChunkScheduler"),
     "transfer_core": ("TransferConfig", "TransferCore"),
+    "transport": (
+        "Connection",
+        "Listener",
+        "TransportConfig",
+        "TransportStatistics",
+        "accept_stream",
+        "connect_stream",
+        "dial",
+    ),
 }
 _LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -496,5 +496,9 @@ class P2PService:
         ]
         texts = sorted(str(address) for address in addresses)
         if texts != self._persisted:
-            save_peers(self.config.data_dir, addresses)
+            try:
+                save_peers(self.config.data_dir, addresses)
+            except OSError as error:  # a cache: a full disk costs it, not the node
+                log.warning("peers file not saved (%s); tried again later", error.strerror)
+                return
             self._persisted = texts

@@ -137,7 +137,9 @@ def _compile_message(cls: type[Message]) -> _Codec:
     to_wire: list[_Convert] = []
     from_wire: list[_Convert] = []
     payload_name: str | None = None
-    for field in dataclasses.fields(cls):
+    # In the order of the constructor's parameters: keyword-only fields (a base class's, such
+    # as :class:`swarmlearn.consensus.swarm_txs.Unique`'s nonce) go last, as they do there.
+    for field in sorted(dataclasses.fields(cls), key=lambda field: field.kw_only is True):
         annotation = hints[field.name]
         if _is_payload(annotation):
             if payload_name is not None:

@@ -98,7 +98,7 @@ async def _run(identity: Identity, host: str, port: int, args: argparse.Namespac
         body: Message = Join("", identity.certificate.public_bytes(serialization.Encoding.DER))
     elif args.ledger == "leave":
         node = await _node_named(identity, host, port, status, args.node) if args.node else ""
-        body = Leave(node, args.reason, time.time_ns())
+        body = Leave(node, args.reason, nonce=time.time_ns())
     else:
         body = CreateContract(args.name, merge_method=args.merge_method)
     tx = sign_transaction(identity, status.chain_id, body)

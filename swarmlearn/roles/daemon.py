@@ -30,7 +30,7 @@ from swarmlearn.cli import (
     identity_from_arguments,
     run_command,
 )
-from swarmlearn.errors import ConfigError, RemoteProtocolError
+from swarmlearn.errors import ConfigError, RemoteProtocolError, config_error_in
 from swarmlearn.p2p.address import parse_host_port
 from swarmlearn.p2p.gossip_messages import TOPIC_CONSENSUS
 from swarmlearn.p2p.identity import Identity, Role
@@ -254,6 +254,9 @@ def run(args: argparse.Namespace) -> int:
             p2p,
         )
     except (OSError, ExceptionGroup) as error:
+        fault = config_error_in(error)
+        if fault is not None:  # a disk fault mid-run, a damaged log: its one line, exit 2
+            raise fault from None
         bind_error = _bind_error(error)
         if bind_error is None:
             raise

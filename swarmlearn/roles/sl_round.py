@@ -19,7 +19,8 @@ the round and fixes the participants; participant ``i`` owns range ``i`` of
    (``Merged``);
 4. when the ledger holds the round DONE with a root, a participant whose bytes have that
    root delivers them to the trainer; one that lacks them (late, restarted, dissenting)
-   fetches them from a participant and verifies them against the ledger's root. A FAILED
+   fetches them from a participant and verifies them against the ledger's root (bounded
+   tries, then the round fails for it: :mod:`~swarmlearn.roles.sl_round_outcome`). A FAILED
    round is delivered as such: the trainer keeps its own weights, never a partial merge.
 
 Bytes and memory: the node's round lanes (:mod:`swarmlearn.roles.lanes`) hash each chunk and
@@ -59,7 +60,6 @@ from swarmlearn.consensus.swarm_txs import CheckIn, Merged, PerfData
 from swarmlearn.digest import content_digest
 from swarmlearn.merge import RangeMerge, WeightSet, plan_shards, resolve_method
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
-from swarmlearn.roles.handover import shed_pages
 from swarmlearn.roles.sl_messages import (
     Contribute,
     FetchLatest,
@@ -71,10 +71,12 @@ from swarmlearn.roles.sl_messages import (
     NeedRefill,
     Progress,
     Refilled,
+    ReportPerf,
     RoundChunk,
     RoundDone,
     RoundFailed,
     RoundManifest,
+    ShedPages,
     SLEffect,
     SubmitSigned,
     chunk_cuts,
@@ -154,7 +156,10 @@ class SLRoundCore(RoundRefill, LatestModels):
             case Request(LedgerChanged()):
                 effects = [e for r in list(self.rounds.values()) for e in self._follow(r, now)]
                 return effects + self._start_queued(now) + self._latest_follow(now)
-            case Request(FetchLatest()) | Receive(_, MergedUnavailable()):
+            case Receive(sender, MergedUnavailable() as unavailable):
+                fetching = self._fetch_unavailable(sender, unavailable)  # a round's model
+                return fetching + self._latest_handle(event, now)  # or a late joiner's
+            case Request(FetchLatest()):
                 return self._latest_handle(event, now)  # a trainer that joins late
             case TimerFired(("sl-latest" | "sl-latest-end", *_)):
                 return self._latest_handle(event, now)
@@ -166,8 +171,15 @@ class SLRoundCore(RoundRefill, LatestModels):
                 if is_early(self.rounds, message):
                     return self._keep_early(sender, message, digest)
                 return self._dispatch(sender, message, digest)
+            case Request(ReportPerf() as r):  # measured after the round: on its merged model
+                perf = PerfData(
+                    r.contract, r.round, r.loss, r.metric, r.epochs_done, r.epochs_total
+                )
+                return [SubmitSigned(self.sign(perf))]
             case Request(Refilled() as refilled):
                 return self._refilled(refilled, now)
+            case TimerFired(("sl-fetch", str(contract), int(number), int(tries))):
+                return self._fetch_timer(contract, number, tries)
             case TimerFired(("sl-refill", str(contract), int(number), int(attempt))):
                 return self._refill_expired(contract, number, attempt)
             case Receive(sender, FetchMerged(contract, number)):
@@ -444,7 +456,7 @@ class SLRoundCore(RoundRefill, LatestModels):
         if state is None:
             return []
         if p.attempt == -1:  # a fetched merged model (see _serve)
-            return self._fetched(state, p)
+            return self._fetched(sender, state, p)
         if (
             state.attempt is None
             or state.attempt.number != p.attempt
@@ -472,22 +484,26 @@ class SLRoundCore(RoundRefill, LatestModels):
             return [
                 Log(f"round {state.number}: a merged piece outside its owner's range", "warning")
             ]
+        shed: list[SLEffect] = []
         if copy:
             attempt.merged[start : start + len(data)] = data
             state.overwritten |= attempt.in_file
-            shed_pages(attempt.merged[start : start + len(data)])  # in the file: the trainer's
+            if attempt.in_file:  # the trainer's pages: the node need not keep them resident
+                view = attempt.merged[start : start + len(data)]
+                shed.append(Deliver(ShedPages(start, len(data), memoryview(view))))
         note_digest(attempt.digests, layout, start, len(data), digest)
         attempt.bytes_from[owner] = attempt.bytes_from.get(owner, 0) + len(data)
         if attempt.bytes_from[owner] >= shard.nbytes:
             attempt.pieces.add(owner)
         if len(attempt.pieces) < len(attempt.participants) or attempt.reported:
-            return []
+            return shed
         attempt.reported = True
         root = merged_root(layout, attempt.merged, attempt.digests)
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
         self._keep(state.contract, state.number, root, state.merged)
         report = Merged(state.contract, state.number, attempt.number, root)
         return [
+            *shed,
             SubmitSigned(self.sign(report)),
             self._progress(state, f"round {state.number}: merged, root {root.hex()[:12]}"),
         ]

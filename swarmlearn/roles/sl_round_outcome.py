@@ -6,7 +6,11 @@ passed).
 When the ledger holds the round DONE with a root, a participant whose merged bytes have that
 root delivers them to the trainer (:class:`RoundDone`); one that lacks them (late, restarted,
 dissenting) sends ``FetchMerged`` to a participant that agreed, takes the pieces into a new
-buffer and delivers them only if their manifest root is the ledger's. Either way the model is
+buffer and delivers them only if their manifest root is the ledger's. That fetch is bounded
+(``FETCH_TRIES`` peers asked in turn, a backoff after each that holds the model no more, a
+stall timer on each): then the round fails for this node, its trainer keeps its weights and
+joins the next round. (Before, a node paused past a round's deadline asked again at every
+block for minutes, and its trainer stayed blocked.) Either way the model is
 kept to serve other fetchers (:class:`~swarmlearn.roles.sl_round_merged.KeptModels`). Ending a
 round lets go of the trainer's weights (a view of its handover file).
 """
@@ -23,6 +27,7 @@ from swarmlearn.merge import build_manifest
 from swarmlearn.roles.sl_messages import (
     FetchMerged,
     MergedPiece,
+    MergedUnavailable,
     Progress,
     RoundDone,
     RoundFailed,
@@ -30,13 +35,20 @@ from swarmlearn.roles.sl_messages import (
     SubmitSigned,
 )
 from swarmlearn.roles.sl_round_merged import KeptModels
-from swarmlearn.roles.sl_round_state import Attempt, EarlyMessages, RoundState
+from swarmlearn.roles.sl_round_state import Attempt, EarlyMessages, MergedFetch, RoundState
 from swarmlearn.sansio import Deliver, Log, NodeId, Send, SetTimer
 
 #: While a round waits for minPeers check-ins, the trainer hears so this often.
 WAIT_PROGRESS_S = 30.0
 #: A node's attempt timers fire this long after the ledger's deadline for it.
 DEADLINE_MARGIN_S = 0.5
+#: Fetching a round's merged model (this node missed it: paused, late, dissenting): peers
+#: asked in turn, at most this many tries; a peer that sends nothing for ``FETCH_STALL_S`` is
+#: passed over, one that holds it no more is followed by the next after a backoff that
+#: doubles from ``FETCH_BACKOFF_S``. Then the round fails here (the trainer keeps its weights).
+FETCH_TRIES = 4
+FETCH_STALL_S = 10.0
+FETCH_BACKOFF_S = 1.0
 
 
 class RoundEnds:
@@ -75,7 +87,12 @@ class RoundEnds:
                 len(record.participants),
             )
             return [Deliver(done)]
-        sources = [p for p in record.participants if p not in record.dissenters and p != self.me]
+        if state.fetch is not None:
+            return []  # fetching it already: a newer block changes nothing
+        # Those that reported the ledger's root first, then the others that did not dissent.
+        agreed = [p for p in record.participants if record.merged.get(p) == record.merged_root]
+        others = [p for p in record.participants if p not in agreed and p not in record.dissenters]
+        sources = tuple(p for p in agreed + others if p != self.me)
         if not sources:
             return [self._failed(state, "no peer holds the merged model")]
         self._drop_file_views(state)
@@ -87,15 +104,68 @@ class RoundEnds:
             None,
             merged=bytearray(state.contribution.layout.total_bytes),
         )
+        state.fetch = MergedFetch(sources)
+        return self._fetch_next(state)
+
+    def _fetch_next(self, state: RoundState) -> list[SLEffect]:
+        """Ask the next peer for the round's merged model; after ``FETCH_TRIES`` tries the
+        round fails for this node (the trainer keeps its weights and joins the next round)."""
+        fetch, attempt = state.fetch, state.attempt
+        assert fetch is not None
+        assert attempt is not None
+        if fetch.tries >= FETCH_TRIES:
+            reason = (
+                f"the merged model could not be fetched from {len(fetch.sources)} peer(s)"
+                f" in {fetch.tries} tries"
+            )
+            return [Log(f"round {state.number}: {reason}", "warning"), self._failed(state, reason)]
+        fetch.source = fetch.sources[fetch.tries % len(fetch.sources)]
+        fetch.tries += 1
+        fetch.seen = attempt.bytes_from[-1] = 0
+        tag = ("sl-fetch", state.contract, state.number, fetch.tries)
+        text = (
+            f"round {state.number}: fetching the merged model from {fetch.source[:8]}"
+            f" (try {fetch.tries}/{FETCH_TRIES})"
+        )
         return [
-            Send(sources[0], FetchMerged(state.contract, state.number)),
-            self._progress(state, f"round {state.number}: fetching the merged model"),
+            Send(fetch.source, FetchMerged(state.contract, state.number)),
+            SetTimer(tag, FETCH_STALL_S),
+            self._progress(state, text),
         ]
 
-    def _fetched(self, state: RoundState, p: MergedPiece) -> list[SLEffect]:
-        attempt = state.attempt
-        if attempt is None or attempt.number != -1 or state.finished:
+    def _fetch_unavailable(self, sender: NodeId, m: MergedUnavailable) -> list[SLEffect]:
+        """The peer asked holds the model no more: the next one, after a backoff."""
+        state = self.rounds.get((m.contract, m.round))
+        fetch = None if state is None or state.finished else state.fetch
+        if state is None or fetch is None or sender != fetch.source:
             return []
+        fetch.source = ""  # its stall timer drops out
+        if fetch.tries >= FETCH_TRIES:
+            return self._fetch_next(state)  # the last try: the round fails now
+        backoff_s = FETCH_BACKOFF_S * 2 ** (fetch.tries - 1)
+        return [SetTimer(("sl-fetch", m.contract, m.round, fetch.tries), backoff_s)]
+
+    def _fetch_timer(self, contract: str, number: int, tries: int) -> list[SLEffect]:
+        """A try's stall timer (nothing came for ``FETCH_STALL_S``) or its backoff ended."""
+        state = self.rounds.get((contract, number))
+        fetch = None if state is None or state.finished else state.fetch
+        if state is None or fetch is None or tries != fetch.tries or state.attempt is None:
+            return []
+        got = state.attempt.bytes_from.get(-1, 0)
+        if fetch.source and got > fetch.seen:  # still coming
+            fetch.seen = got
+            return [SetTimer(("sl-fetch", contract, number, tries), FETCH_STALL_S)]
+        if fetch.source:
+            text = f"round {number}: {fetch.source[:8]} sent none of the merged model in time"
+            return [Log(text, "warning"), *self._fetch_next(state)]
+        return self._fetch_next(state)
+
+    def _fetched(self, sender: NodeId, state: RoundState, p: MergedPiece) -> list[SLEffect]:
+        attempt, fetch = state.attempt, state.fetch
+        if attempt is None or attempt.number != -1 or state.finished or fetch is None:
+            return []
+        if sender != fetch.source:
+            return []  # an earlier try's peer
         if not 0 <= p.start <= len(attempt.merged) - len(p.data):
             return [Log(f"round {state.number}: a fetched piece outside the model", "warning")]
         attempt.merged[p.start : p.start + len(p.data)] = p.data
@@ -105,7 +175,8 @@ class RoundEnds:
         record = self._record(state)
         root = build_manifest(state.contribution.layout, attempt.merged).root
         if record is None or root != record.merged_root:
-            return [self._failed(state, "the fetched model does not match the ledger")]
+            text = f"round {state.number}: the model from {sender[:8]} does not match the ledger"
+            return [Log(text, "warning"), *self._fetch_next(state)]
         self._finish(state)
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
         self._keep(state.contract, state.number, root, state.merged)

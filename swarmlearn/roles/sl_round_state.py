@@ -45,6 +45,16 @@ class Attempt:
 
 
 @dataclass
+class MergedFetch:
+    """Fetching a round's merged model from its participants: bounded tries, with backoff."""
+
+    sources: tuple[str, ...]  # the participants that reported the ledger's root first
+    tries: int = 0  # one per peer asked (stale timers of earlier tries drop out)
+    source: str = ""  # the peer asked now
+    seen: int = 0  # bytes from it when the stall timer last looked
+
+
+@dataclass
 class RoundState:
     contract: str
     number: int
@@ -59,6 +69,7 @@ class RoundState:
     check_in: bytes = b""  # the signed CheckIn, resent until the ledger has it
     sent_at: float = 0.0
     overwritten: bool = False  # merged bytes were written over the contribution (in place)
+    fetch: MergedFetch | None = None  # fetching the merged model the ledger settled on
     specs: tuple[TensorSpec, ...] = ()  # the contribution's tensors, as the ledger sees them
     contributed_at: float = 0.0
     refilling: int | None = None  # the attempt waiting for the trainer to refill its file

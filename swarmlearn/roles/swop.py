@@ -90,7 +90,9 @@ class Swop:
                 if runner is None and not waiting_said:
                     self.say(f"swop: waiting for taskrunner {self.runner_name} to be created")
                     waiting_said = True
-                problem = await self.submit(EnrollTaskRunner(self.runner_name, time.time_ns()))
+                problem = await self.submit(
+                    EnrollTaskRunner(self.runner_name, nonce=time.time_ns())
+                )
                 if problem:
                     log.debug("enrol: %s", problem)
             await trio.sleep(POLL_S)
@@ -159,7 +161,7 @@ class Swop:
 
     def _status(self, task: str, assignment: int, state: PeerState, reason: str) -> Message:
         nonce = time.time_ns()
-        return TaskPeerStatus(self.runner_name, task, state.value, reason, assignment, nonce)
+        return TaskPeerStatus(self.runner_name, task, state.value, reason, assignment, nonce=nonce)
 
     async def _report(self, task: str, assignment: int, state: PeerState, reason: str) -> None:
         """Until the ledger records it, the assignment is over, or REPORT_ATTEMPTS refusals."""

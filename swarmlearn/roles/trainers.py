@@ -18,13 +18,20 @@ from swarmlearn.roles.local_messages import (
     LocalContribute,
     LocalLatest,
     LocalLatestReply,
+    LocalPerf,
     LocalProgress,
     LocalRefill,
     LocalRefilled,
     LocalRoundDone,
     LocalRoundFailed,
 )
-from swarmlearn.roles.sl_messages import FetchLatest, LatestFailed, LatestModel, LatestProgress
+from swarmlearn.roles.sl_messages import (
+    FetchLatest,
+    LatestFailed,
+    LatestModel,
+    LatestProgress,
+    ReportPerf,
+)
 from swarmlearn.roles.sl_round import (
     Contribute,
     NeedRefill,
@@ -78,6 +85,15 @@ class Trainers:
         """The trainer wrote its weights into its handover file again (or could not)."""
         hashes = chunk_hashes or None
         self.submit(Request(Refilled(contract, message.round, message.ok, message.reason, hashes)))
+
+    def on_perf(self, message: LocalPerf) -> None:
+        """PERFDATA measured after a round (the final one's, on the final merged model)."""
+        m = message
+        self.submit(
+            Request(
+                ReportPerf(m.contract, m.round, m.loss, m.metric, m.epochs_done, m.epochs_total)
+            )
+        )
 
     def on_latest(self, message: LocalLatest, reply: Callable[[Message], None]) -> None:
         """A trainer on this host asks for the contract's latest merged model."""

@@ -23,12 +23,13 @@ WAL of the height it was working on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -41,11 +42,11 @@ from swarmlearn.consensus.batching import expects_more
 from swarmlearn.consensus.core import ConsensusConfig, ConsensusCore, ForgedTx
 from swarmlearn.consensus.crypto import KeySigner, KeyVerifier
 from swarmlearn.consensus.events import Committed, Genesis, SubmitTx, TxRefused
-from swarmlearn.consensus.store import DiskStore
+from swarmlearn.consensus.store import DiskStore, store_fault
 from swarmlearn.consensus.swarm_app import SwarmApp, is_forgery, sign_transaction
 from swarmlearn.consensus.swarm_txs import Join, Leave
 from swarmlearn.consensus.types import Validator
-from swarmlearn.errors import ConfigError
+from swarmlearn.errors import ConfigError, RemoteProtocolError
 from swarmlearn.p2p.certs import write_atomically
 from swarmlearn.p2p.identity import NODE_ROLES, Identity, Role
 from swarmlearn.p2p.messages import Ping, Pong
@@ -54,7 +55,9 @@ from swarmlearn.p2p.transport import Connection
 from swarmlearn.p2p.wire import Message, decode_header, encode_header, payload_of
 from swarmlearn.roles import views
 from swarmlearn.roles.api import serve_api
+from swarmlearn.roles.datadir import GENESIS_FILE, DataDirLock, check_genesis_beside_ledger
 from swarmlearn.roles.driver import CoreDriver
+from swarmlearn.roles.handover import shed_pages
 from swarmlearn.roles.lanes import RoundLanes
 from swarmlearn.roles.local import LocalEndpoint
 from swarmlearn.roles.messages import (
@@ -73,6 +76,7 @@ from swarmlearn.roles.requests import NETWORK_ERRORS as NETWORK_ERRORS
 from swarmlearn.roles.requests import REQUEST_TIMEOUT_S as REQUEST_TIMEOUT_S
 from swarmlearn.roles.requests import ask as ask
 from swarmlearn.roles.requests import network_reason as network_reason
+from swarmlearn.roles.sl_messages import ShedPages
 from swarmlearn.roles.sl_round import (
     Hashed,
     MergedPiece,
@@ -125,11 +129,16 @@ def own_validator(identity: Identity) -> Validator:
 
 async def obtain_genesis(identity: Identity, options: ValidatorOptions) -> Genesis:
     """The chain's genesis: persisted, made (sentinel) or fetched (bootstrap), in that order."""
-    path = options.data_dir / "genesis.cbor"
+    path = options.data_dir / GENESIS_FILE
+    check_genesis_beside_ledger(options.data_dir, sentinel=options.sentinel)
     if path.exists():
-        found = decode_header(path.read_bytes())
-        if not isinstance(found, Genesis):
-            raise ConfigError(f"{path}: not a genesis file")
+        found = read_genesis(path)
+        if options.sentinel and options.chain_id not in (None, found.chain_id):
+            raise ConfigError(
+                f"--chain-id {options.chain_id}: {options.data_dir} holds chain "
+                f"{found.chain_id!r}; a sentinel never starts a chain over another: give a "
+                f"fresh --data-dir, or leave out --chain-id to restart {found.chain_id!r}"
+            )
         if options.bootstrap is not None:
             await check_same_chain(identity, options, found)
         return found
@@ -150,9 +159,28 @@ async def obtain_genesis(identity: Identity, options: ValidatorOptions) -> Genes
             f"{options.data_dir}: no ledger here; start the first node with --sentinel, "
             "the others with --bootstrap HOST:PORT of a running node"
         )
-    options.data_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, encode_header(genesis), overwrite=True)
+    try:
+        options.data_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, encode_header(genesis), overwrite=True)
+    except OSError as error:
+        raise store_fault(path, "write", error) from None
     return genesis
+
+
+def read_genesis(path: Path) -> Genesis:
+    """The genesis stored at ``path``, or one line saying why it cannot be used."""
+    try:
+        found = decode_header(path.read_bytes())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except (RemoteProtocolError, ValueError):
+        found = None
+    if not isinstance(found, Genesis):
+        raise ConfigError(
+            f"{path}: not a genesis file (damaged?); restore it from a backup, or move the "
+            "data directory away and --bootstrap afresh"
+        )
+    return found
 
 
 async def check_same_chain(identity: Identity, options: ValidatorOptions, stored: Genesis) -> None:
@@ -241,13 +269,19 @@ class ValidatorNode:
         self.trainers = Trainers(self.driver.submit)  # trainers.py: the local glue
         sock = options.data_dir / "sl.sock"
         self.local = LocalEndpoint(
-            sock, self.trainers.on_contribute, self.trainers.on_refilled, self.trainers.on_latest
+            sock,
+            self.trainers.on_contribute,
+            self.trainers.on_refilled,
+            self.trainers.on_latest,
+            on_perf=self.trainers.on_perf,
         )
         self.address = options.listen
         self._waiters: dict[bytes, list[tuple[trio.Event, list[SubmitReply]]]] = {}
         self._committed = trio.Event()  # set (and replaced) at every committed block
         self.leaving = False
         self._bootstrap_peer: str | None = None  # the --bootstrap node's id, once asked
+        self.lock: DataDirLock | None = None  # held from open() until run() ends
+        self.persisted: dict[str, tuple[Any, ...]] | None = None  # the store, read by open()
 
     @classmethod
     async def open(
@@ -257,20 +291,34 @@ class ValidatorNode:
         *,
         on_ready: Callable[[str], None] = print,
     ) -> ValidatorNode:
-        genesis = await obtain_genesis(identity, options)
-        store = DiskStore(options.data_dir / "ledger")
-        return cls(identity, options, genesis, store, on_ready=on_ready)
+        """Lock the data directory (:mod:`~swarmlearn.roles.datadir`), then read what it holds:
+        the genesis and the ledger, checked before anything listens."""
+        lock = DataDirLock.acquire(options.data_dir)
+        try:
+            genesis = await obtain_genesis(identity, options)
+            store = DiskStore(options.data_dir / "ledger")
+            try:
+                persisted = store.load(genesis.chain_id)
+            except BaseException:
+                store.close()
+                raise
+        except BaseException:
+            lock.release()
+            raise
+        node = cls(identity, options, genesis, store, on_ready=on_ready)
+        node.lock, node.persisted = lock, persisted
+        return node
 
     async def run(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        with self.store:
+        with self._holding_lock(), self.store:  # the store closes before the lock goes
             async with trio.open_nursery() as nursery:
                 lane_host, lane_port = self.options.listen[0], self.options.lane_port
                 await nursery.start(self.lanes.serve, lane_host, lane_port)
                 host, port = await nursery.start(self.network.serve, *self.options.listen)
                 self.address = self.options.advertise or (host, port)
-                await nursery.start(self.driver.run, Start(self.store.load()))
+                await nursery.start(self.driver.run, Start(self._take_persisted()))
                 await nursery.start(self.local.serve)
                 self._learn_addresses()
                 api = ""
@@ -282,6 +330,21 @@ class ValidatorNode:
                 self.on_ready(self._ready_line(host, port, api))
                 task_status.started((host, port))
                 nursery.start_soon(self._join)
+
+    @contextlib.contextmanager
+    def _holding_lock(self) -> Iterator[None]:
+        """The data directory stays this node's until run() ends, however it ends."""
+        try:
+            yield
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _take_persisted(self) -> dict[str, tuple[Any, ...]]:
+        """What open() read from the store (or, for a node built without it, read now)."""
+        persisted = self.persisted if self.persisted is not None else self.store.load()
+        self.persisted = None  # the core holds it from here
+        return persisted
 
     def _ready_line(self, host: str, port: int, api: str) -> str:
         """What the node prints once it listens: its roles, chain, height and address."""
@@ -324,7 +387,7 @@ class ValidatorNode:
         """Leave the swarm (registry and seat); wait until no height needs this node's vote.
         What happened, in words, for the log and the console."""
         self.leaving = True
-        body = Leave("", reason, time.time_ns())
+        body = Leave("", reason, nonce=time.time_ns())
         tx = sign_transaction(self.identity, self.core.chain_id, body)
         with trio.move_on_after(wait_s):
             reply = await self.submit(tx, wait_s)
@@ -411,6 +474,8 @@ class ValidatorNode:
         elif isinstance(value, TxRefused):
             log.info("transaction refused: %s", value.reason)
             self._wake(value.data, SubmitReply(False, value.reason))
+        elif isinstance(value, ShedPages):
+            shed_pages(value.view)  # merged bytes written into the trainer's handover file
 
     def _learn_addresses(self) -> None:
         for node in self.network.known() - self.app.state.members.keys():

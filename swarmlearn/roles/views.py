@@ -19,6 +19,8 @@ def members(app: SwarmApp) -> list[dict[str, Any]]:
             "joined_height": m.joined_height,
             "last_seen_height": m.last_seen_height,
             "last_seen_ms": m.last_seen_ms,
+            "alive_height": m.alive_height,
+            "alive_ms": m.alive_ms,
         }
         for _, m in sorted(app.state.members.items())
     ]

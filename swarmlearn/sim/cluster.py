@@ -12,14 +12,21 @@ it returns, in order, exactly as the trio driver does:
   the link and the receiver gets a freshly decoded object), then handed to the network;
 - ``SetTimer``/``CancelTimer``: a loop event tagged with a generation, so a replaced or
   cancelled timer never fires;
-- ``Persist``: appended to the node's durable log; only this survives a crash;
+- ``Persist``: appended to the node's log; only this survives a crash. Which records the
+  node's store makes durable at once is the simulator's ``durable`` policy (the real
+  store's rule: it fsyncs those before the node's next effect; the others are written
+  without waiting and become durable with the next fsync of their stream). ``None``: all;
 - ``Deliver``: recorded and shown to every checker;
 - ``Log``/``Metric``: kept in counters (logs only when verbose).
 
 Faults: :meth:`crash` drops the core, its timers and whatever reaches it until
 :meth:`restart`, which builds a fresh core and gives it ``Start(persisted)``;
 :meth:`crash_after_persists` crashes a node right after its k-th persist (the effects after it
-are never carried out); :meth:`pause` holds a node's inputs until it resumes; clock skew is
+are never carried out); ``crash(node, lose_unsynced=True)`` is a crash that also loses
+what the disk had not made durable: of each stream's records written since its last fsync
+a seeded number survive and the rest are gone, the first of them torn (the store cuts
+a torn tail off on replay, so a torn record reaches the core as a lost one);
+:meth:`pause` holds a node's inputs until it resumes; clock skew is
 per node. Byzantine behaviour plugs in at one seam: a policy that may rewrite or withhold a
 node's effects before they are carried out.
 
@@ -88,6 +95,7 @@ class _Node:
     core: Core | None = None
     incarnation: int = 0
     persisted: dict[str, list[Any]] = field(default_factory=dict)
+    synced: dict[str, int] = field(default_factory=dict)  # per stream: how many are durable
     timers: dict[Any, Handle] = field(default_factory=dict)
     paused: bool = False
     held: list[Input] = field(default_factory=list)
@@ -109,6 +117,7 @@ class SimCounters:
     messages_delivered: int = 0
     timers_fired: int = 0
     persists: int = 0
+    writes_lost: int = 0
     deliveries: int = 0
     crashes: int = 0
     restarts: int = 0
@@ -139,6 +148,8 @@ class Simulator:
             raise LocalProtocolError("node ids must be unique and at least one")
         self.nodes = {node_id: _Node(node_id) for node_id in self.node_ids}
         self.violations: list[Violation] = []
+        #: Which ``Persist(stream, record)`` the node's store fsyncs at once (None: every one).
+        self.durable: Callable[[str, Any], bool] | None = None
         self._fingerprint = hashlib.blake2b(digest_size=16)
         self._fingerprint.update(str(seed).encode())
 
@@ -188,11 +199,15 @@ class Simulator:
         persisted = {stream: tuple(records) for stream, records in sorted(node.persisted.items())}
         self.dispatch(node_id, Start(persisted))
 
-    def crash(self, node_id: NodeId) -> None:
-        """The node loses everything it did not persist; nothing reaches it until restarted."""
+    def crash(self, node_id: NodeId, *, lose_unsynced: bool = False) -> None:
+        """The node loses everything it did not persist; nothing reaches it until restarted.
+        With ``lose_unsynced``, the disk also loses part of what was written but not yet
+        durable (a seeded suffix of each stream's records since its last fsync)."""
         node = self.nodes[node_id]
         if not node.alive:
             return
+        if lose_unsynced:
+            self._lose_unsynced(node)
         node.core = None
         node.paused = False
         node.held.clear()
@@ -202,6 +217,17 @@ class Simulator:
         node.timers.clear()
         self.counters.crashes += 1
         self.record("crash", node_id)
+
+    def _lose_unsynced(self, node: _Node) -> None:
+        rng = self.seeds.rng("storage", node.node_id, node.incarnation)
+        for stream, records in sorted(node.persisted.items()):
+            synced = node.synced.get(stream, 0)
+            kept = synced + rng.randint(0, len(records) - synced)
+            if kept < len(records):
+                self.counters.writes_lost += len(records) - kept
+                self.record("lost-writes", node.node_id, stream, len(records) - kept)
+                del records[kept:]
+            node.synced[stream] = len(records)
 
     def crash_after_persists(self, node_id: NodeId, count: int) -> None:
         """Crash the node right after its next ``count``-th persist (later effects are lost)."""
@@ -314,7 +340,10 @@ class Simulator:
         node.timers[tag] = handle
 
     def _persist(self, node: _Node, stream: str, record: Any) -> None:
-        node.persisted.setdefault(stream, []).append(record)
+        records = node.persisted.setdefault(stream, [])
+        records.append(record)
+        if self.durable is None or self.durable(stream, record):
+            node.synced[stream] = len(records)  # an fsync covers the earlier writes too
         self.counters.persists += 1
         if node.crash_after_persists is not None:
             node.crash_after_persists -= 1

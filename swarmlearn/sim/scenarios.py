@@ -78,6 +78,7 @@ class RunResult:
     bytes: int
     deliveries: int
     crashes: int
+    writes_lost: int
     fingerprint: str
     header: tuple[str, ...]
     checker_lines: tuple[str, ...]
@@ -178,6 +179,7 @@ def run_scenario(
         bytes=totals.bytes_sent,
         deliveries=totals.deliveries,
         crashes=totals.crashes,
+        writes_lost=totals.writes_lost,
         fingerprint=sim.fingerprint,
         header=(*header, *context.notes),
         checker_lines=tuple(
@@ -242,8 +244,8 @@ def _schedule_fault(
     sim: Simulator, kind: str, node: str, at: float, duration: float, rng: random.Random
 ) -> None:
     loop = sim.loop
-    if kind == "crash":
-        loop.call_at(at, lambda: sim.crash(node))
+    if kind in ("crash", "crash-lossy"):  # lossy: unsynced writes lost or torn as well
+        loop.call_at(at, lambda: sim.crash(node, lose_unsynced=kind == "crash-lossy"))
         loop.call_at(at + duration, lambda: _restart_if_down(sim, node))
     elif kind == "partition":
         loop.call_at(at, lambda: sim.network.isolate(node, sim.node_ids))
@@ -272,7 +274,7 @@ def _random_split(sim: Simulator) -> None:
     sim.network.random_split(sim.node_ids)
 
 
-ALL_FAULTS = ("crash", "partition", "split", "clog", "pause", "skew")
+ALL_FAULTS = ("crash", "partition", "split", "clog", "pause", "skew")  # and "crash-lossy"
 
 
 def _echo_scenario(

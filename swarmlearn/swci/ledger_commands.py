@@ -12,6 +12,7 @@ from swarmlearn.errors import ConfigError
 from swarmlearn.merge.methods import round_method_problem
 from swarmlearn.swci import commands as c
 from swarmlearn.swci import render
+from swarmlearn.swci.client import CommandFailed
 from swarmlearn.swci.runtime import Result, Session, handles
 
 
@@ -22,11 +23,13 @@ def _contract(session: Session, name: str) -> dict[str, Any]:
 
 @handles(c.ListNodes)
 def list_nodes(session: Session, command: c.ListNodes) -> Result:
-    """HPE's LIST NODES: SN, SL and SWOP nodes; operators (swci only) are not shown."""
+    """HPE's LIST NODES: SN, SL and SWOP nodes; operators (swci only) are not shown. Last
+    seen is the node's liveness: its latest vote in a block's commit (validators vote on
+    every block) or transaction, not its latest training activity."""
     members = [m for m in session.client().get("nodes") if set(m["roles"]) - {"swci"}]
     rows = [
         (m["node"][: render.SHORT_ID], ",".join(m["roles"]), m["address"] or "-",
-         m["joined_height"], m["last_seen_height"], render.when(m["last_seen_ms"]))
+         m["joined_height"], m["alive_height"], render.when(m["alive_ms"]))
         for m in members
     ]  # fmt: skip
     headers = ("NODE", "ROLES", "ADDRESS", "JOINED", "SEEN AT", "LAST SEEN (UTC)")
@@ -38,10 +41,35 @@ def create_contract(session: Session, command: c.CreateContract) -> Result:
     problem = round_method_problem(command.merge_method)
     if problem is not None:
         raise ConfigError(f"CREATE CONTRACT {command.name}: {problem}")
+    existing = _existing(session, command)
+    if existing is not None:
+        return existing
     body = swarm_txs.CreateContract(command.name, merge_method=command.merge_method)
-    height = session.client().submit(body)
+    try:
+        height = session.client().submit(body)
+    except CommandFailed:
+        existing = _existing(session, command)  # created meanwhile (another operator)?
+        if existing is not None:
+            return existing
+        raise
     doc = {"contract": command.name, "merge_method": command.merge_method, "height": height}
     return Result(doc, f"contract {command.name} created at height {height}")
+
+
+def _existing(session: Session, command: c.CreateContract) -> Result | None:
+    """An init script can be run again: the contract it creates exists already with the same
+    settings (said so, nothing done), or with others (refused, naming the difference)."""
+    found = [x for x in session.client().get("contracts") if x["name"] == command.name]
+    if not found:
+        return None
+    method = found[0]["merge_method"]
+    if method != command.merge_method:
+        raise CommandFailed(
+            f"CREATE CONTRACT {command.name}: the contract exists with merge method {method!r},"
+            f" not {command.merge_method!r} (use another contract name for another method)"
+        )
+    doc = {"contract": command.name, "merge_method": method, "height": None, "existed": True}
+    return Result(doc, f"contract {command.name} exists already with the same settings")
 
 
 def _latest(contract: dict[str, Any]) -> dict[str, Any] | None:
