@@ -431,7 +431,9 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=0, help="daemons (default 32; quick 8)")
     parser.add_argument("--round-nodes", type=int, default=0, help="round size (default 16)")
     parser.add_argument("--size-mb", type=int, default=0, help="model MB (default 10; quick 4)")
-    parser.add_argument("--txs", type=int, default=0, help="latency transactions (default 40; quick 10)")
+    parser.add_argument(
+        "--txs", type=int, default=0, help="latency transactions (default 40; quick 10)"
+    )
     parser.add_argument("--cleanup", action="store_true", help="remove what a killed run left")
     parser.add_argument("--funnel-merger", nargs=3, metavar=("IP", "SENDERS", "BYTES"))
     parser.add_argument("--funnel-sender", nargs=2, metavar=("IP", "BYTES"))
