@@ -12,8 +12,10 @@ ceiling for any pure-Python discrete-event loop).
 With ``--ledger`` also the ledger over gossip (issue 17): the ``ledger-gossip`` scenario at
 full size, 200 validators and 1,000 followers, 20-80 ms links, 1% loss, 100 Mbit/s ports
 (``--quick``: 120 nodes). Targets: commit p50 <= 1 s virtual, every follower holds every
-block. It takes long: minutes of CPU at 1,200 nodes (every vote reaches 200 validators over
-gossip, each message through the wire codec).
+block. It takes long: at 1,200 nodes about 15 minutes of one core (7.0 million events: every
+vote reaches 200 validators over gossip, each message through the wire codec). Measured
+2026-12-07, seed 0: commit p50 0.982 s, p99 1.211 s virtual, 1,000/1,000 followers with every
+block (``python -m swarmlearn.sim --scenario ledger-gossip --nodes 1200``).
 
     python bench/sim.py [--quick] [--ledger]
 """
