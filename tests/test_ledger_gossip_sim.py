@@ -34,8 +34,8 @@ def test_validators_and_followers_commit_every_block_over_gossip() -> None:
 
 
 def test_the_same_seed_gives_the_same_run() -> None:
-    first = run_scenario("ledger-gossip", seed=5, nodes=24)
-    second = run_scenario("ledger-gossip", seed=5, nodes=24)
+    first = run_scenario("ledger-gossip", seed=5, nodes=18)
+    second = run_scenario("ledger-gossip", seed=5, nodes=18)
     assert first.ok
     assert first.fingerprint == second.fingerprint
 
