@@ -11,7 +11,7 @@ $(PY):
 
 # The tests train real PyTorch models: torch==2.13.0 is the CPU wheel these machines carry.
 $(VENV)/.dev-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev,torch,demo,keras]'
+	$(PY) -m pip install --quiet -e '.[dev,torch,demo,keras,metrics,hf,lightning]'
 	touch $@
 
 # Every tier (tests/tiers.py: unit, sim, process, slow); the 25 slowest tests listed at the end.
@@ -48,7 +48,8 @@ $(PEERS)/.installed: pyproject.toml
 SEEDS ?= 0:1000
 soak: $(VENV)/.dev-installed
 	for scenario in bft-calm bft-crashes bft-lossy bft-7-partitions bft-faults \
-	    bft-equivocate bft-split-proposals bft-silent bft-sweep gossip \
+	    bft-equivocate bft-split-proposals bft-silent bft-sweep bft-skewed-clock \
+	    bft-split-sweep gossip \
 	    rounds-3 rounds-10 rounds-kill rounds-partition rounds-byzantine ledger-gossip; do \
 	  $(PY) -m swarmlearn.sim --scenario $$scenario --seeds $(SEEDS) || exit 1; \
 	done

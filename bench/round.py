@@ -9,11 +9,25 @@ the weights over the node's local endpoint, as a training script would. Figures,
   daemon's RSS when idle before the first round (the interpreter: what the rounds cost);
 - the ceiling: a blocking ``ssl.SSLSocket`` pair on the same loopback (bench/transport.py).
 
-    python bench/round.py [--quick] [--rounds N]
+    python bench/round.py [--quick] [--rounds N] [--methods [a,b,...]]
+
+``--methods`` (all of the round's merge methods when given no list) also times rounds of each
+method at 4 nodes, in the same swarm after the mean's rounds, on seeded random weights (the
+mean's own rounds use constant ones): ``round_4_nodes_method_s`` per method, beside ``mean``,
+and each as a multiple of the mean's, and the geometric median's Weiszfeld updates
+(``round_4_nodes_geomedian_iterations``). They are reported, not judged (no target).
+``--quick --methods`` at load 11-13 on the shared 2 cores, 20 MB, one round each: mean
+1.83 s, multikrum 1.26, krum 2.10, trimmedmean 2.64, coordmedian 2.98, geomedian 4.05 s
+(7 updates); 55 s in all (``--quick`` alone: 42 s at load 12); at load 5-12, 34 s in all.
+Full size, ``--rounds 1 --methods``, load 11-16: mean 4.01 s, krum 3.97, multikrum 5.00,
+coordmedian 9.34, trimmedmean 10.11, geomedian 11.27 s (6 updates), 1.5 min in all.
 
 Targets (the rounds issue): 4 nodes in <= 1.0 s for 100 MB, peak RSS <= 2x the model at 2 and
-at 4 nodes. These are reported honestly, met or not (never with --quick: its 20 MB model is
-dwarfed by the interpreter). ``round_N_nodes_phases_s`` splits the round (PHASES below).
+at 4 nodes. These are reported honestly, met or not. ``--quick`` (20 MB) judges the same
+targets as they hold at its size (``_quick_judgement``): the 4-node round within the 100 MB
+target, and the peak RSS above the daemon's idle RSS within 2x the model plus the lanes' frames
+in flight. ``round_N_nodes_phases_s``
+splits the round (PHASES below).
 
 Issue 7 (the merged model assembled in the trainer's handover file), 100 MB, medians of 3
 rounds, back to back with the previous commit (047835d) on the same 2 cores, load average 6 to
@@ -110,8 +124,10 @@ import trio
 from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
 from swarmlearn.merge import ModelState, flatten, layout_of
 from swarmlearn.merge.manifest import Layout
+from swarmlearn.merge.methods import ROUND_METHODS, round_method_problem
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import IdentityPaths, Role, load_identity
+from swarmlearn.roles.lanes import INFLIGHT_BYTES_MAX
 from swarmlearn.roles.local import LocalClient
 from swarmlearn.roles.messages import NodeStatus, StatusRequest
 from swarmlearn.roles.validator import ask
@@ -171,7 +187,13 @@ class SizeFigures:
     from_checkin_s: float = 0.0
 
 
-def run_size(nodes: int, model_bytes: int, rounds: int) -> SizeFigures:
+def run_size(
+    nodes: int,
+    model_bytes: int,
+    rounds: int,
+    methods: tuple[str, ...] = (),
+    method_rounds: int = 1,
+) -> tuple[SizeFigures, dict[str, list[float]]]:
     floats = model_bytes // 4
     layout = layout_of(ModelState({"w": np.zeros(floats, np.float32)}))
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -198,11 +220,12 @@ def run_size(nodes: int, model_bytes: int, rounds: int) -> SizeFigures:
         idle = [_status_bytes(p.pid, "VmRSS") for p in processes]
         runs = [_one_round(root, nodes, layout, number) for number in range(1, rounds + 1)]
         rss = [_peak_rss_bytes(p.pid) for p in processes]
+        per_method = _method_rounds(root, nodes, layout, method_rounds, methods)
     times = [total for total, _ in runs]
     phases = {name: statistics.median(steps[name] for _, steps in runs) for name in PHASES}
     above = max(peak - before for peak, before in zip(rss, idle, strict=True))
     from_checkin = statistics.median(total - steps["handed"] for total, steps in runs)
-    return SizeFigures(
+    figures = SizeFigures(
         statistics.median(times),
         times,
         max(rss) / model_bytes,
@@ -210,6 +233,32 @@ def run_size(nodes: int, model_bytes: int, rounds: int) -> SizeFigures:
         above / model_bytes,
         from_checkin,
     )
+    return figures, per_method
+
+
+def _method_rounds(
+    root: Path, nodes: int, layout: Layout, rounds: int, methods: tuple[str, ...]
+) -> dict[str, list[float]]:
+    """Round times of each method, on seeded random weights (the same for every method)."""
+    if not methods:
+        return {}
+    shape = layout.tensors[0].shape
+    flats = [
+        bytes(flatten(ModelState({"w": _random_weights(shape, i)}), layout)) for i in range(nodes)
+    ]
+    times: dict[str, list[float]] = {}
+    for method in methods:
+        for _ in range(rounds):
+            total, steps = _one_round(root, nodes, layout, 0, method, flats)
+            times.setdefault(method, []).append(total)
+            if "iterations" in steps:
+                times.setdefault(f"{method} iterations", []).append(steps["iterations"])
+    return times
+
+
+def _random_weights(shape: tuple[int, ...], seed: int) -> Any:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(shape, dtype=np.float32)
 
 
 async def _wait_validators(client: Any, ports: list[int], nodes: int) -> None:
@@ -222,9 +271,14 @@ async def _wait_validators(client: Any, ports: list[int], nodes: int) -> None:
 
 
 def _one_round(
-    root: Path, nodes: int, layout: Layout, number: int
+    root: Path,
+    nodes: int,
+    layout: Layout,
+    number: int,
+    method: str = "mean",
+    weights: list[bytes] | None = None,
 ) -> tuple[float, dict[str, float]]:
-    flats = [
+    flats = weights or [
         bytes(
             flatten(
                 ModelState({"w": np.full(layout.tensors[0].shape, i + number, np.float32)}), layout
@@ -237,6 +291,8 @@ def _one_round(
     lock = threading.Lock()
 
     def progress(text: str) -> None:
+        if " iterations, " in text:  # "round 3: geomedian over 4: 21 iterations, converged"
+            seen.setdefault("iterations", []).append(float(text.split(": ")[-1].split()[0]))
         for phase, words in PHASES.items():
             if words and words in text:
                 with lock:
@@ -248,7 +304,9 @@ def _one_round(
         ) as local:
             with lock:
                 handed.append(time.perf_counter())
-            outcome = local.sync_round(DEFAULT_CONTRACT, layout, flats[index], min_peers=nodes)
+            outcome = local.sync_round(
+                DEFAULT_CONTRACT, layout, flats[index], min_peers=nodes, merge_method=method
+            )
             if outcome.merged is None:
                 raise RuntimeError(f"round failed: {outcome.reason}")
             done = time.perf_counter()
@@ -260,14 +318,46 @@ def _one_round(
         list(pool.map(train, range(nodes)))
     marks = [max(handed)] + [max(seen[phase], default=max(handed)) for phase in PHASES]
     steps = {phase: marks[i + 1] - marks[i] for i, phase in enumerate(PHASES)}
+    if seen.get("iterations"):  # the geometric median's Weiszfeld updates (every node alike)
+        steps["iterations"] = max(seen["iterations"])
     return marks[-1] - marks[0], steps
+
+
+def _method_figures(
+    figures: dict[str, Any], nodes: int, per_method: dict[str, list[float]]
+) -> None:
+    """Each method's median round time, and as a multiple of the mean's (same weights)."""
+    if not per_method:
+        return
+    medians = {method: statistics.median(times) for method, times in per_method.items()}
+    base = medians.get("mean")
+    for method, median in medians.items():
+        name = method.split(":")[0]
+        if method.endswith(" iterations"):
+            figures[f"round_{nodes}_nodes_{name.split()[0]}_iterations"] = int(median)
+            continue
+        figures[f"round_{nodes}_nodes_{name}_s"] = round(median, 3)
+        if base:
+            figures[f"round_{nodes}_nodes_{name}_vs_mean"] = round(median / base, 2)
+        print(f"{nodes} nodes, {method}: {median:.3f} s per round", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 MB, 2 rounds")
     parser.add_argument("--rounds", type=int, default=0, help="rounds per size (default 3)")
+    parser.add_argument(
+        "--methods",
+        nargs="?",
+        const=",".join(ROUND_METHODS),
+        default="",
+        help="also time rounds of these merge methods at 4 nodes (default: all of them)",
+    )
     args = parser.parse_args()
+    methods = tuple(m for m in args.methods.split(",") if m)
+    for method in methods:
+        if problem := round_method_problem(method):
+            parser.error(f"--methods: {problem}")
     model_bytes = (20 if args.quick else 100) * MB
     rounds = args.rounds or (2 if args.quick else 3)
     transport = _load_transport_bench()
@@ -280,7 +370,9 @@ def main() -> None:
         "tls_socket_ceiling_GBps": round(ceiling / 1e9, 3),
     }
     for nodes in (2, 4):
-        result = run_size(nodes, model_bytes, rounds)
+        result, per_method = run_size(
+            nodes, model_bytes, rounds, methods if nodes == 4 else (), 1 if args.quick else rounds
+        )
         figures[f"round_{nodes}_nodes_s"] = round(result.round_s, 3)
         figures[f"round_{nodes}_nodes_runs_s"] = [round(t, 3) for t in result.runs_s]
         figures[f"round_{nodes}_nodes_from_checkin_s"] = round(result.from_checkin_s, 3)
@@ -292,20 +384,51 @@ def main() -> None:
             name: round(value, 3) for name, value in result.phases_s.items()
         }
         print(f"{nodes} nodes: {figures[f'round_{nodes}_nodes_s']} s per round", flush=True)
-    # The targets are for a 100 MB model (--quick's 20 MB model is dwarfed by the interpreter:
-    # never met), at every size of swarm measured.
+        _method_figures(figures, nodes, per_method)
+    targets, met = (_quick_judgement if args.quick else _full_judgement)(figures, model_bytes)
+    print(json.dumps({"figures": figures, "targets": targets, "met": met}))
+
+
+def _full_judgement(figures: dict[str, Any], model_bytes: int) -> tuple[dict[str, str], bool]:
+    """The rounds issue's targets, for a 100 MB model, at every size of swarm measured."""
     targets = {
         "round_4_nodes_s": "<= 1.0 (100 MB)",
         "peak_rss_2_nodes_vs_model": "<= 2 (100 MB)",
         "peak_rss_4_nodes_vs_model": "<= 2 (100 MB)",
     }
     met = (
-        not args.quick
-        and figures["round_4_nodes_s"] <= 1.0
+        figures["round_4_nodes_s"] <= 1.0
         and figures["peak_rss_2_nodes_vs_model"] <= 2
         and figures["peak_rss_4_nodes_vs_model"] <= 2
     )
-    print(json.dumps({"figures": figures, "targets": targets, "met": met}))
+    return targets, met
+
+
+def _quick_judgement(figures: dict[str, Any], model_bytes: int) -> tuple[dict[str, str], bool]:
+    """The same targets, as they hold at --quick's 20 MB.
+
+    Time: a 20 MB round is held to the 100 MB target itself: it may not take longer than a
+    model five times its size is allowed to. (Scaling the target down would assume a round
+    grows linearly with the model; at 20 MB it does not: connection and pipeline start-up
+    are most of the exchange, 0.37 s of a 0.56 s 4-node round at 20 MB against 0.55 s of
+    0.72-0.86 s at 100 MB.)
+    Memory: at 20 MB a daemon's interpreter alone is several times the model, so the peak
+    above the daemon's idle RSS (what the rounds cost) is held to 2x the model plus what
+    does not shrink with the model: the round lanes' frames in flight
+    (``lanes.INFLIGHT_BYTES_MAX``, 32 MiB).
+    """
+    allowance = 2 + INFLIGHT_BYTES_MAX / model_bytes
+    targets = {
+        "round_4_nodes_s": "<= 1.0 (the 100 MB target)",
+        "peak_rss_2_nodes_above_idle_vs_model": f"<= {allowance:.2f} (2 + lane frames in flight)",
+        "peak_rss_4_nodes_above_idle_vs_model": f"<= {allowance:.2f} (2 + lane frames in flight)",
+    }
+    met = (
+        figures["round_4_nodes_s"] <= 1.0
+        and figures["peak_rss_2_nodes_above_idle_vs_model"] <= allowance
+        and figures["peak_rss_4_nodes_above_idle_vs_model"] <= allowance
+    )
+    return targets, met
 
 
 if __name__ == "__main__":

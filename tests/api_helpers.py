@@ -6,10 +6,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
-from swarmlearn.p2p.identity import Identity, IdentityPaths, load_identity
+from swarmlearn.p2p.certs import create_ca, issue_certificate
+from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions
+
+
+def api_pki(root: Path, *node_roles: Role) -> Path:
+    """A CA in ``root`` with a node ``sn`` (``node_roles``) and an operator ``op`` (swci)."""
+    ca = create_ca(root)
+    issue_certificate(ca, "sn", root, hosts=["127.0.0.1"], roles=list(node_roles))
+    issue_certificate(ca, "op", root, hosts=[], roles=[Role.SWCI])
+    return root
 
 
 def identity(pki: Path, name: str, ca: Path | None = None) -> Identity:
@@ -31,3 +41,10 @@ async def sentinel_api(
         await nursery.start(node.run)
         yield node, lines[0].split(", api ")[1]
         nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def api(pki: Path, tmp_path: Path) -> AsyncIterator[tuple[ValidatorNode, str]]:
+    """The sentinel ``sn`` of the test's ``pki`` fixture with its API: (node, URL)."""
+    async with sentinel_api(pki, tmp_path / "data") as found:
+        yield found

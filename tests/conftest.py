@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, settings
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 
-pytest_plugins = ["swarmlearn.sim.testing", "tests.tiers"]
+# tests.api_helpers: the `api` fixture (a sentinel with its API) of the API tests.
+pytest_plugins = ["swarmlearn.sim.testing", "tests.tiers", "tests.api_helpers"]
 
 settings.register_profile(
     "deterministic",
@@ -79,3 +80,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         other_ca=make("other", "intruder", [Role.SN]),
         expired=make("ca", "old", [Role.SL], not_before=long_ago, days=1),
     )
+
+
+@pytest.fixture
+def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SwarmCallback made in this test trains alone (HPE's SWARM_LOOPBACK): no node."""
+    monkeypatch.setenv("SWARM_LOOPBACK", "True")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -15,28 +14,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from swarmlearn.consensus.swarm_app import sign_transaction
 from swarmlearn.consensus.swarm_txs import CreateContract, Join
-from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Role
 from swarmlearn.p2p.tls import client_context
 from swarmlearn.roles.api import build_app
 from swarmlearn.roles.validator import ValidatorNode
-from tests.api_helpers import identity, sentinel_api
+from tests.api_helpers import api_pki, identity
 
 pytestmark = pytest.mark.process
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
-    ca = create_ca(tmp_path / "pki")
-    issue_certificate(ca, "sn", tmp_path / "pki", hosts=["127.0.0.1"], roles=[Role.SN, Role.SL])
-    issue_certificate(ca, "op", tmp_path / "pki", hosts=[], roles=[Role.SWCI])
-    return tmp_path / "pki"
-
-
-@pytest.fixture
-async def api(pki: Path, tmp_path: Path) -> AsyncIterator[tuple[ValidatorNode, str]]:
-    async with sentinel_api(pki, tmp_path / "data") as found:
-        yield found
+    return api_pki(tmp_path / "pki", Role.SN, Role.SL)
 
 
 def client(pki: Path, name: str = "op") -> httpx.AsyncClient:
@@ -94,7 +83,13 @@ async def test_metrics_parse_as_prometheus_text(api: tuple[ValidatorNode, str], 
     async with client(pki) as http:
         text = (await http.get(f"{url}/metrics")).text
     families = {family.name: family for family in text_string_to_metric_families(text)}
-    for name in ("swarm_consensus_height", "swarm_peers", "swarm_validators", "swarm_bytes_sent"):
+    for name in (
+        "swarm_consensus_height",
+        "swarm_peers",
+        "swarm_validators",
+        "swarm_bytes_sent",
+        "swarm_merge_partials_dropped",
+    ):
         assert name in families
     assert families["swarm_validators"].samples[0].value == 1
 

@@ -30,18 +30,16 @@ EPOCHS = 3
 EMBEDDED_TIMEOUT_S = 240
 
 
-@pytest.fixture
-def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SWARM_LOOPBACK", "True")
-
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"syncFrequency": 0}, "syncFrequency must be >= 1, got 0"),
         ({"minPeers": "many"}, "minPeers must be an integer, got 'many'"),
         ({"nodeWeightage": 0}, r"nodeWeightage must be 1\.\.100, got 0"),
-        ({"mergeMethod": "average"}, "merge method 'average' is not one of: coordmedian, mean,"),
+        (
+            {"mergeMethod": "average"},
+            "merge method 'average' is not one of: coordmedian, geomedian,",
+        ),
         (
             {"checkinModelOnTrainEnd": "never"},
             "checkinModelOnTrainEnd must be one of inactive, snapshot, active",

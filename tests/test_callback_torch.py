@@ -25,19 +25,17 @@ def net() -> torch.nn.Module:
     )
 
 
-@pytest.fixture
-def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SWARM_LOOPBACK", "True")
-
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"syncFrequency": 0}, "syncFrequency must be >= 1, got 0"),
         ({"minPeers": "many"}, "minPeers must be an integer, got 'many'"),
         ({"nodeWeightage": 101}, r"nodeWeightage must be 1\.\.100, got 101"),
-        ({"mergeMethod": "average"}, "merge method 'average' is not one of: coordmedian, mean,"),
-        ({"mergeMethod": "krum"}, "merge method 'krum' needs distances over whole models"),
+        (
+            {"mergeMethod": "average"},
+            "merge method 'average' is not one of: coordmedian, geomedian,",
+        ),
+        ({"mergeMethod": "krum:f=1"}, "merge method 'krum:f=1': 'f=1' is not param=value"),
         (
             {"checkinModelOnTrainEnd": "later"},
             "checkinModelOnTrainEnd must be one of inactive, snapshot, active",
@@ -47,6 +45,26 @@ def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"nodeWeightge": 3}, "unknown option 'nodeWeightge'; did you mean 'nodeWeightage'?"),
         ({"model": None}, r"model must be the torch\.nn\.Module to train"),
         ({"lossFunction": "CrossEntropy"}, "lossFunction 'CrossEntropy' is not a torch.nn loss"),
+        (
+            {"lossFunction": "CrossEntropyLoss", "lossFunctionArgs": {"reduce_it": "sum"}},
+            "lossFunctionArgs for CrossEntropyLoss: unknown argument 'reduce_it'; did you mean",
+        ),
+        (
+            {"metricFunction": "F1score"},
+            "'F1score' is not a torchmetrics metric; did you mean 'F1Sc",
+        ),
+        (
+            {"metricFunction": "F1Score", "metricFunctionArgs": {"task": "multiclass"}},
+            "metricFunction='F1Score' with metricFunctionArgs {'task': 'multiclass'}: `num_cl",
+        ),
+        (
+            {"metricFunction": "F1Score", "metricFunctionArgs": {"num_class": 3, "task": "binary"}},
+            "unknown argument 'num_class'; did you mean 'num_classes'\\? \\(F1Score takes: task,",
+        ),
+        (
+            {"metricFunction": "F1Score", "metricFunctionArgs": [1]},
+            "metricFunctionArgs must be a dict of keyword arguments",
+        ),
         ({"adsValData": [1, 2]}, "adsValData must be a torch.utils.data.DataLoader"),
         ({"trainingContract": None}, "trainingContract must be a contract name"),
     ],
@@ -135,6 +153,7 @@ def hpe_style_script(socket: Path, node: int, out: dict[int, dict[str, torch.Ten
         lossFunction="CrossEntropyLoss",
         lossFunctionArgs={"reduction": "sum"},
         metricFunction="Accuracy",
+        metricFunctionArgs={"task": "multiclass", "num_classes": 10},
         nodeSocket=str(socket),
     )
     swarmCallback.on_train_begin()
@@ -293,3 +312,50 @@ def test_a_model_that_is_not_the_contracts_fails_at_the_first_sync(tmp_path: Pat
     assert "tensor 0 is 'weight', the contract's is '0.weight'" in message
     assert "trainingContract='NAME'" in message
     assert "RESET CONTRACT defaultbb.cqdb.sml.hpe" in message
+
+
+def test_hpe_loss_and_any_torchmetrics_metric_on_the_validation_data() -> None:
+    """HPE's mnist-pyt options: the loss is the mean per sample whatever its reduction, the
+    metric is torchmetrics' own over the whole set (here F1Score, macro-averaged)."""
+    import torchmetrics
+
+    model = net()
+    x, y = digits_split(0, 2)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:100], y[:100]), 32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SWARM_LOOPBACK", "True")
+        callback = SwarmCallback(
+            10,
+            2,
+            model=model,
+            adsValData=val,
+            lossFunction="CrossEntropyLoss",
+            lossFunctionArgs={"reduction": "sum"},
+            metricFunction="F1Score",
+            metricFunctionArgs={"task": "multiclass", "num_classes": 10, "average": "macro"},
+        )
+    callback.loopback = False  # as with a node: evaluate before each sync
+    loss, metric = callback.evaluate()
+    model.eval()
+    with torch.no_grad():
+        out = model(x[:100])
+    expected_loss = float(torch.nn.functional.cross_entropy(out, y[:100]))
+    f1 = torchmetrics.F1Score(task="multiclass", num_classes=10, average="macro")
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert metric == pytest.approx(float(f1(out, y[:100])), rel=1e-5)
+    assert model.training is False  # it was in eval mode before, and is left so
+
+
+def test_accuracy_without_arguments_is_the_argmax_accuracy() -> None:
+    """What swarmlearn took before torchmetrics (and the demo passes): no task needed."""
+    from swarmlearn.callback.torch_eval import evaluate, metric_function
+
+    model = net()
+    x, y = digits_split(0, 2)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:100], y[:100]), 32)
+    loss, accuracy = evaluate(model, val, None, metric_function("Accuracy", None))
+    model.eval()
+    with torch.no_grad():
+        expected = float((model(x[:100]).argmax(dim=1) == y[:100]).float().mean())
+    assert loss is None
+    assert accuracy == pytest.approx(expected)

@@ -74,7 +74,7 @@ def test_no_block_without_transactions_then_one_promptly_and_a_proof_block() -> 
     node = core()
     idle = node.handle(Start(), 0.0)
     assert not [e for e in idle if isinstance(e, Broadcast | Persist)]  # no empty blocks
-    effects = run(node, Request(SubmitTx(b"k=v")), 0.5)
+    effects = run(node, Request(SubmitTx(b"k=v")), 0.1)  # within block_time_lag_s of genesis
     first, proof = delivered(effects, Committed)
     assert isinstance(first, Committed)
     assert isinstance(proof, Committed)
@@ -85,14 +85,30 @@ def test_no_block_without_transactions_then_one_promptly_and_a_proof_block() -> 
     assert isinstance(node.app, KeyValueApp)
     assert node.app.state == {"k": "v"}
     assert not node.started  # and then idle again: no third block
-    second = delivered(run(node, Request(SubmitTx(b"k=w")), 0.6), Committed)
+    second = delivered(run(node, Request(SubmitTx(b"k=w")), 0.1), Committed)
     assert [c.height for c in second if isinstance(c, Committed)] == [3, 4]
+
+
+def test_after_a_quiet_spell_an_empty_block_brings_block_time_to_the_present() -> None:
+    """Block time is the median of the last commit's vote times: after 5 s of quiet that
+    commit is 5 s old, so the proposer first commits an empty block, voted now."""
+    node = core()
+    node.handle(Start(), 0.0)
+    run(node, Request(SubmitTx(b"k=v")), 0.1)  # blocks 1 and 2 (the proof block)
+    later = delivered(run(node, Request(SubmitTx(b"k=w")), 5.0), Committed)
+    assert [(c.height, c.txs) for c in later if isinstance(c, Committed)] == [
+        (3, ()),
+        (4, (b"k=w",)),
+        (5, ()),
+    ]
+    times = [node.blocks[h][0].header.time_ms for h in (1, 2, 3, 4)]
+    assert times == [0, 100, 101, 5000]  # genesis; then each the median of its last commit
 
 
 def test_own_messages_are_persisted_before_they_are_sent() -> None:
     node = core()
     node.handle(Start(), 0.0)
-    effects = run(node, Request(SubmitTx(b"k=v")), 0.5)
+    effects = run(node, Request(SubmitTx(b"k=v")), 0.1)
     sends = [
         i
         for i, e in enumerate(effects)
@@ -127,10 +143,15 @@ def test_a_restart_rebuilds_state_from_blocks_and_wal_without_redelivering() -> 
         log += run(node, Request(SubmitTx(b"k%d=v" % i)), 1.0 + i)
     again = core()
     effects = again.handle(Start(persisted(log)), 10.0)
-    assert again.height == 7  # three blocks with a transaction, each followed by a proof block
+    # Three blocks with a transaction, each after an empty block (a second of quiet: it
+    # brings block time on) and followed by a proof block.
+    assert again.height == 10
     assert isinstance(again.app, KeyValueApp)
     assert again.app.state == {"k0": "v", "k1": "v", "k2": "v"}
-    assert again.app.executed_heights == [1, 2, 3, 4, 5, 6]
+    assert again.app.executed_heights == list(range(1, 10))
+    times = [again.blocks[h][0].header.time_ms for h in range(1, 10)]
+    assert times == [0, 1000, 1001, 1002, 2000, 2001, 2002, 3000, 3001]
+    assert [node.blocks[h][0].header.time_ms for h in range(1, 10)] == times
     assert not delivered(effects, Committed)
     assert delivered(run(again, Request(SubmitTx(b"k=z")), 11.0), Committed)
 
@@ -163,7 +184,7 @@ def block_one(
     header = BlockHeader(
         genesis.chain_id,
         1,
-        5,
+        genesis.time_ms,  # BFT time: block 1 has the genesis time
         "b",
         b"",
         tx_root(txs),

@@ -130,7 +130,7 @@ def locked_on_b0_in_round_0() -> list[Row]:
         Row(Prop(0, B0), [CastVote(PV, 0, B0.hash)], {"step": Step.PREVOTE}),
         Row(
             Votes(PV, 0, B0, "bc"),
-            [ScheduleTimeout(Step.PREVOTE, 0), CastVote(PC, 0, B0.hash)],
+            [CastVote(PC, 0, B0.hash)],  # a polka needs no prevote timeout
             {"step": Step.PRECOMMIT, "locked": (0, B0.hash), "valid": (0, B0.hash)},
         ),
         Row(Votes(PC, 0, None, "bc"), [ScheduleTimeout(Step.PRECOMMIT, 0)]),

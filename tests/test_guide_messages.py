@@ -167,7 +167,7 @@ def test_callback_mistakes_are_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
         message = config_error(SwarmCallback, syncFrequency=10, minPeers=2, model=model, **options)
         if "unknown option" in message:
             message = message.split(" Valid: ")[0] + " Valid: adsValBatchSize, adsValData, ..."
-        quoted(f"swarmlearn.callback.core.SwarmError: {message}")
+        quoted(f"SwarmError: {message}")  # uncaught: one line (callback.core.one_line_hook)
 
 
 # ---------------------------------------------------------------- real processes
@@ -294,13 +294,15 @@ def test_the_guide_links_resolve(name: str) -> None:
             assert anchor in _anchors(page), f"docs/{name}.md links to {target}#{anchor}"
 
 
-def test_a_global_merge_method_in_a_round_is_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_merge_method_parameter_is_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
     from swarmlearn.callback.core import SwarmError
     from swarmlearn.callback.pytorch import SwarmCallback
 
     monkeypatch.setenv("SWARM_LOOPBACK", "True")
     with pytest.raises(SwarmError) as caught:
-        SwarmCallback(10, 2, model=torch.nn.Linear(2, 2), mergeMethod="geomedian")
+        SwarmCallback(
+            10, 2, model=torch.nn.Linear(2, 2), mergeMethod="trimmedmean:trim_fraction=0.7"
+        )
     quoted(f"SwarmError: {caught.value}")
 
 

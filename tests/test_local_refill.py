@@ -46,7 +46,11 @@ class StandInNode:
         self.view: memoryview | None = None
 
     def on_contribute(
-        self, message: LocalContribute, reply: Callable[[Message], None], hashes: tuple[bytes, ...]
+        self,
+        message: LocalContribute,
+        reply: Callable[[Message], None],
+        hashes: tuple[bytes, ...],
+        session: int = 0,
     ) -> None:
         self.committed, self.reply = hashes, reply
         self.view = memoryview(message.data)
@@ -57,7 +61,9 @@ class StandInNode:
             self.view.release()
             reply(LocalRoundFailed(1, "attempt 1 needs the weights merged over", True))
 
-    def on_refilled(self, contract: str, message: LocalRefilled, hashes: tuple[bytes, ...]) -> None:
+    def on_refilled(
+        self, contract: str, message: LocalRefilled, hashes: tuple[bytes, ...], session: int = 0
+    ) -> None:
         assert contract == CONTRACT
         assert self.reply is not None
         assert self.view is not None

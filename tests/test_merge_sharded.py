@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarmlearn.errors import LocalProtocolError
+from swarmlearn.errors import LocalProtocolError, RemoteProtocolError
 from swarmlearn.merge import (
     CoordMedian,
     Custom,
@@ -230,6 +230,36 @@ def test_geomedian_sharded_within_tolerance_and_order_free(
             assert np.array_equal(sharded[name], whole[name])
 
 
+@given(
+    layout=specs(dtypes=["float32", "float64", "float16", "bfloat16", "int16", "bool"]),
+    count=st.integers(3, 6),
+    seed=st.integers(0, 2**32 - 1),
+    chunk=st.sampled_from([64, 256, 1024, 4096]),
+    shards=st.integers(1, 6),
+    data=st.data(),
+)
+@settings(max_examples=40, deadline=None)
+def test_global_methods_on_chunk_plans_equal_whole_bit_for_bit(
+    layout: list[Spec], count: int, seed: int, chunk: int, shards: int, data: st.DataObject
+) -> None:
+    """A plan that splits no chunk (what rounds use) groups the partial sums as the whole-state
+    merge of that chunk size does: any number of owners, any arrival order, the same bytes.
+    Tensors longer than numpy's pairwise block (128) make a different grouping show."""
+    layout = [*layout, ("big.w", "float64", (700,)), ("big.v", "float32", (40, 25))]
+    states = random_states(layout, count, seed)
+    weights = data.draw(weight_lists(count))
+    lay, flats = packed(states, chunk)
+    method = data.draw(
+        st.sampled_from([GeoMedian(), Krum(), MultiKrum(byzantine_max=(count - 3) // 2)])
+    )
+    plan = plan_shards(lay, shards, "chunk")
+    assert all(s.start_byte % chunk == 0 or s.nbytes == 0 for s in plan.shards)
+    arrivals = data.draw(st.permutations(default_arrivals(plan, count)))
+    merged = merge_sharded(lay, flats, weights, method, shards=plan, arrivals=arrivals)
+    whole = merge(states, weights, method, chunk_bytes=chunk)
+    assert bytes(merged) == pack(whole, chunk)[0]
+
+
 def test_every_arrival_order_gives_the_same_bytes() -> None:
     states = random_states(
         [("a", "float32", (40,)), ("b", "float16", (7, 3)), ("c", "int64", (5,))], 4, 1
@@ -297,12 +327,12 @@ def test_accumulators_reject_misuse() -> None:
     for inbox in (RangeMerge(lay, shard, weights, Mean()), RangeCollector(lay, shard, weights)):
         with pytest.raises(LocalProtocolError, match=r"participant 2 is not in 0\.\.1"):
             inbox.add(2, 0, flats[0][:16])
-        with pytest.raises(LocalProtocolError, match="does not overlap"):
+        with pytest.raises(RemoteProtocolError, match="does not overlap"):
             inbox.add(0, 2, flats[0][32:40])
-        with pytest.raises(LocalProtocolError, match="must be 16 bytes"):
+        with pytest.raises(RemoteProtocolError, match="must be 16 bytes"):
             inbox.add(0, 0, flats[0][:8])
         inbox.add(1, 0, flats[1][:16])
-        with pytest.raises(LocalProtocolError, match="arrived twice"):
+        with pytest.raises(RemoteProtocolError, match="arrived twice"):
             inbox.add(1, 0, flats[1][:16])
     with pytest.raises(LocalProtocolError, match="not complete"):
         RangeMerge(lay, shard, weights, Mean()).result()

@@ -3,8 +3,9 @@
 - Two nodes whose first check-ins race with different models: the ledger takes one; the
   other's trainer hears the ledger's reason at once, not at its syncTimeout.
 - A round that never reaches minPeers: the trainer hears "waiting for minPeers" every
-  WAIT_PROGRESS_S, and the round fails at its syncTimeout with a reason that says so; the
-  node's next weights replace its check-in in the open round, which then merges cleanly.
+  WAIT_PROGRESS_S, and the round fails at its syncTimeout with a reason that says so; its
+  check-in leaves the round, which is abandoned on the ledger; the node's next weights open
+  a fresh round, which then merges cleanly.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
+from swarmlearn.consensus.swarm_rounds import ABANDONED, RoundStatus
 from swarmlearn.merge import ModelState, flatten, layout_of, merge
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.roles.local import LocalClient
@@ -119,7 +121,10 @@ def test_a_round_short_of_min_peers_says_so_and_ends_at_the_sync_timeout(swarm2:
     nodes = sorted(states)
     weights = [random.Random(node).randint(1, 100) for node in nodes]
     expected = bytes(flatten(merge([states[n] for n in nodes], weights, "mean"), layout))
-    assert all(bytes(v.flat) == expected and v.round == 1 for _, _, v in done)
+    assert all(bytes(v.flat) == expected and v.round == 2 for _, _, v in done)
+    app = sim.nodes[lonely].core.app  # type: ignore[union-attr]
+    record = app.state.contracts[DEFAULT_CONTRACT].rounds[1]
+    assert (record.status, record.reason) == (RoundStatus.FAILED, ABANDONED)
 
 
 @pytest.mark.process

@@ -29,7 +29,9 @@ from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.wire import Message
 from swarmlearn.roles.node_core import SwarmNodeCore
-from swarmlearn.roles.sl_round import Contribute, RoundDone, RoundFailed
+from swarmlearn.roles.sl_messages import PeerFault
+from swarmlearn.roles.sl_round import Contribute, RoundChunk, RoundDone, RoundFailed
+from swarmlearn.sansio import Effect, Send
 from swarmlearn.sim import Checker, LinkConfig, Simulator, run_scenario
 from swarmlearn.sim.checkers import FailureKind, Violation
 from swarmlearn.sim.cluster import NodeContext
@@ -194,6 +196,48 @@ def test_three_nodes_run_rounds_and_end_with_the_reference_merge(swarm3: Swarm) 
         assert [(p.loss, p.metric) for p in perf] == [(0.5, 0.9)] * len(nodes)
 
 
+def send_chunks_twice(node: str, effects: list[Effect]) -> list[Effect]:
+    """A faulty contributor: every round chunk it sends goes twice."""
+    out: list[Effect] = []
+    for effect in effects:
+        out.append(effect)
+        if isinstance(effect, Send) and isinstance(effect.message, RoundChunk):
+            out.append(effect)
+    return out
+
+
+def test_a_chunk_sent_twice_is_refused_counted_against_its_sender_and_the_round_merges(
+    swarm3: Swarm,
+) -> None:
+    """A duplicate chunk is the sender's fault (RemoteProtocolError in the merge): dropped,
+    delivered as a PeerFault naming the sender (the node's policing counts it), counted, and
+    the round still ends with the reference merge."""
+    checker = RoundChecker()
+    sim = start_simulator(swarm3, 5, checker)
+    nodes = sorted(swarm3.identities)
+    sim.set_policy(nodes[0], send_chunks_twice)
+    rng = np.random.default_rng(5)
+    layout = layout_of(model(rng), chunk_bytes=CHUNK_BYTES)
+    weights = {node: random.Random(node).randint(1, 100) for node in nodes}
+    states = {node: model(rng) for node in nodes}
+    contribute(sim, layout, states, at=1.0, weights=weights)
+    key = (DEFAULT_CONTRACT, 1)
+    sim.run(until=lambda: len(checker.done.get(key, {})) == len(nodes), time_limit=60.0)
+    reference = merge([states[n] for n in nodes], [weights[n] for n in nodes], "mean")
+    expected = bytes(flatten(reference, layout))
+    assert [bytes(done.flat) for done in checker.done[key].values()] == [expected] * len(nodes)
+    faults = [
+        value
+        for node in nodes[1:]
+        for _, value in sim.nodes[node].deliveries
+        if isinstance(value, PeerFault)
+    ]
+    assert faults
+    assert {fault.peer for fault in faults} == {nodes[0]}
+    assert all("arrived twice" in fault.reason for fault in faults)
+    assert sim.counters.metrics["sl_chunks_refused"] == len(faults)
+
+
 # ---------------------------------------------------------------- the named scenarios
 
 ROUND_SCENARIOS = ["rounds-3", "rounds-10", "rounds-kill", "rounds-partition", "rounds-byzantine"]
@@ -213,6 +257,7 @@ def test_a_seed_sweep_of_faulty_rounds(name: str, request: pytest.FixtureRequest
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(420)  # 90-130 CPU-s: over the sim tier's 180 s on a loaded machine
 def test_fifty_nodes_run_twenty_rounds() -> None:
     result = run_scenario("rounds-50", 1)
     assert result.ok, "\n".join(result.summary())

@@ -197,15 +197,14 @@ def test_a_check_in_with_another_model_says_which_tensor_differs(swarm: Swarm) -
 def test_merge_methods_that_rounds_cannot_run_are_refused_not_crashed_on(swarm: Swarm) -> None:
     ledger = joined(swarm, "a", "b", "op")
     ledger.block(
-        check_in(swarm, "a", 1, merge_method="geomedian"),
-        signed(swarm.people["op"], CreateContract("robust", merge_method="krum")),
+        check_in(swarm, "a", 1, merge_method="geomedian:tolerance=0"),
+        signed(swarm.people["op"], CreateContract("robust", merge_method="krums")),
         check_in(swarm, "b", 1),
     )
     assert ledger.refusals() == [
-        "merge method 'geomedian' needs distances over whole models and is not available in"
-        " sync rounds yet; use one of: coordmedian, mean, trimmedmean",
-        "merge method 'krum' needs distances over whole models and is not available in"
-        " sync rounds yet; use one of: coordmedian, mean, trimmedmean",
+        "merge method 'geomedian:tolerance=0': tolerance must be > 0, got 0.0",
+        "merge method 'krums' is not one of: coordmedian, geomedian, krum, mean, multikrum,"
+        " trimmedmean",
     ]
     assert round_of(ledger).merge_method == "mean"  # the refused check-in opened nothing
     assert "robust" not in ledger.app.state.contracts

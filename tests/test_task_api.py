@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -20,28 +19,18 @@ from swarmlearn.consensus.swarm_tasks import (
     canonical_json,
 )
 from swarmlearn.consensus.swarm_txs import Join
-from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, Role
 from swarmlearn.p2p.tls import client_context
 from swarmlearn.p2p.wire import Message
 from swarmlearn.roles.validator import ValidatorNode
-from tests.api_helpers import identity, sentinel_api
+from tests.api_helpers import api_pki, identity
 
 pytestmark = pytest.mark.process
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
-    ca = create_ca(tmp_path / "pki")
-    issue_certificate(ca, "sn", tmp_path / "pki", hosts=["127.0.0.1"], roles=[Role.SN, Role.SWOP])
-    issue_certificate(ca, "op", tmp_path / "pki", hosts=[], roles=[Role.SWCI])
-    return tmp_path / "pki"
-
-
-@pytest.fixture
-async def api(pki: Path, tmp_path: Path) -> AsyncIterator[tuple[ValidatorNode, str]]:
-    async with sentinel_api(pki, tmp_path / "data") as found:
-        yield found
+    return api_pki(tmp_path / "pki", Role.SN, Role.SWOP)
 
 
 async def test_tasks_and_taskrunners_as_json(api: tuple[ValidatorNode, str], pki: Path) -> None:

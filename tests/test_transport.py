@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from swarmlearn.errors import LocalProtocolError, RemoteProtocolError
+from swarmlearn.p2p.framing import encode_frame
 from swarmlearn.p2p.identity import Identity, Role
 from swarmlearn.p2p.messages import Chunk, Goodbye, Ping, Pong
 from swarmlearn.p2p.tls import client_context
@@ -128,16 +129,15 @@ async def test_a_clean_close_ends_iteration(kind: str, pki: Pki) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_an_invalid_message_is_dropped_and_counted_and_the_connection_lives(
-    kind: str, pki: Pki
-) -> None:
+async def test_an_invalid_message_closes_the_connection_and_is_counted(kind: str, pki: Pki) -> None:
     async with connection_pair(kind, pki.sl, pki.sn) as (client, server):
         bogus = struct.pack(">II", 4 + 3, 3) + b"\x82\x01\x61"  # a truncated CBOR header
         await client._stream.send_all(bogus)
         await client.send(Ping(1))
-        assert await server.receive() == Ping(1)
+        with pytest.raises(RemoteProtocolError, match="undecodable"):
+            await server.receive()
         assert server.statistics().messages_dropped == 1
-        assert "undecodable" in server.statistics().last_error
+        assert server.statistics().protocol_errors == 1
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -161,7 +161,8 @@ async def test_sending_over_the_limit_is_our_mistake(kind: str, pki: Pki) -> Non
 @pytest.mark.parametrize("kind", KINDS)
 async def test_the_stream_ending_mid_frame_is_a_protocol_error(kind: str, pki: Pki) -> None:
     async with connection_pair(kind, pki.sl, pki.sn) as (client, server):
-        await client._stream.send_all(struct.pack(">I", 100) + b"partial")
+        ping_head = bytes(encode_frame(Ping(1))[0])[4:]  # a message header, then nothing more
+        await client._stream.send_all(struct.pack(">I", 100) + ping_head)
         await client._stream.aclose()
         with pytest.raises(RemoteProtocolError, match="middle of a frame"):
             await server.receive()

@@ -21,7 +21,9 @@ or ``sl.sock`` in ``SWARM_DATA_DIR``/``./swarm-data``): the weights go to the lo
 ``swarm-node``; *embedded* (``nodeConfig=FILE`` or ``SWARM_NODE_CONFIG``, swarm-node's TOML
 config): the node runs in this process (``swarmlearn.callback.embedded``); *loopback*
 (``SWARM_LOOPBACK=True``, as in HPE): no swarm at all, the script runs alone. A sync whose
-round fails keeps the local weights and says why.
+round fails keeps the local weights and says why; a sync the ledger refuses, or one that
+does not end within ``syncTimeout`` (counted from the sync's start), raises
+:class:`SwarmError` with the reason.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +107,17 @@ def install_one_line_hook() -> None:
 
 
 @dataclass(frozen=True)
+class ModelHooks:
+    """What the core needs of an adapter's model (Keras, PyTorch, Lightning, Transformers):
+    its weights as a :class:`ModelState`, merged weights loaded into it, and HPE's PERFDATA
+    figures (loss, metric) on ``adsValData`` (None, None without it)."""
+
+    state: Callable[[], ModelState]
+    load: Callable[[ModelState], None]
+    evaluate: Callable[[], tuple[float | None, float | None]]
+
+
+@dataclass(frozen=True)
 class RoundTiming:
     """Where the latest sync's time went, in seconds: the handover to and from the node
     (``flatten_s + send_s + receive_s + unpack_s``, and the adapter's ``load_s``), and the
@@ -160,7 +173,9 @@ def parse_options(
     kwargs: Mapping[str, Any],
     platform_options: tuple[str, ...],
 ) -> Options:
-    """HPE's validation of the constructor's arguments, with clear errors."""
+    """HPE's validation of the constructor's arguments, with clear errors (one line each, also
+    uncaught: the hook goes in before the first check)."""
+    install_one_line_hook()
     valid = sorted((*COMMON_OPTIONS, *platform_options))
     for key in kwargs:
         if key not in valid:
@@ -428,6 +443,29 @@ class SwarmCore:
         self.isSwarmTrainingOver = True
         return None if merged is None else unpack(merged, self._layout_of(state))
 
+    def sync_model(self, model: ModelHooks) -> None:
+        """One sync point of an adapter's training loop: a late joiner first loads the
+        swarm's latest model (once), then the round; the merged weights go into the model."""
+        latest = self.latest_once(model.state)
+        if latest is not None:
+            model.load(latest)
+        loss, metric = model.evaluate()
+        merged = self.sync(model.state(), loss=loss, metric=metric)
+        if merged is not None:
+            started = time.perf_counter()
+            model.load(merged)
+            self.last_timing = replace(self.last_timing, load_s=time.perf_counter() - started)
+
+    def finish_model(self, model: ModelHooks) -> None:
+        """An adapter's end of training: the final rounds, the swarm's final model loaded,
+        its PERFDATA measured on it, and the node's session closed."""
+        loss, metric = model.evaluate()
+        merged = self.finish(model.state(), loss=loss, metric=metric)
+        if merged is not None:
+            model.load(merged)
+            self.report_final(*model.evaluate())  # PERFDATA of the final model
+        self.close()
+
     def report_final(self, loss: float | None, metric: float | None) -> None:
         """HPE's PERFDATA of the last merged round, measured on its merged model (loaded by
         ``finish``): it replaces what came with the check-in, measured on this node's own
@@ -467,17 +505,22 @@ class SwarmCore:
         if loss is not None:
             perf = (float(loss), float(metric or 0.0), self.epochsCompleted, self.totalEpochs)
         started = time.monotonic()
-        outcome: RoundOutcome = self._client.sync_round(
-            self.trainingContract,
-            self._layout,
-            flat,
-            weight=weight,
-            min_peers=self.minPeers,
-            merge_method=self.mergeMethod,
-            perf=perf,
-            final=final,
-            refill=refill,
-        )
+        try:
+            outcome: RoundOutcome = self._client.sync_round(
+                self.trainingContract,
+                self._layout,
+                flat,
+                weight=weight,
+                min_peers=self.minPeers,
+                merge_method=self.mergeMethod,
+                perf=perf,
+                final=final,
+                refill=refill,
+            )
+        except ConfigError as error:  # syncTimeout passed, or the node went away
+            raise SwarmError(str(error)) from None
+        if outcome.refused:  # the same weights would be refused again: say so, do not go on
+            raise SwarmError(f"round {outcome.round}: {outcome.reason}")
         took = time.monotonic() - started
         if outcome.merged is None:  # the model's own weights stay: never the handover file's
             self.logger.warning(
@@ -487,7 +530,7 @@ class SwarmCore:
         self.rounds_done += 1
         self.last_round, self.last_round_s = outcome, took
         self.logger.info(
-            f"round {outcome.round}: {outcome.participants} peers, {len(flat) / 1e6:.1f} MB,"
+            f"round {outcome.round}: {outcome.participants} peers, {_size(len(flat))},"
             f" merged in {took:.2f} s, hash {outcome.root.hex()[:12]}"
         )
         return outcome
@@ -512,3 +555,8 @@ class SwarmCore:
         if self._embedded is not None:
             self._embedded.close()
             self._embedded = None
+
+
+def _size(count: int) -> str:
+    """A round's bytes for the log, exact (small models, PEFT adapters), and in MB from 1 MB."""
+    return f"{count} bytes" if count < 1_000_000 else f"{count / 1e6:.1f} MB ({count} bytes)"

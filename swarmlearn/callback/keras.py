@@ -29,8 +29,6 @@ metrics' running state is put back afterwards, so ``fit``'s own figures are not 
 
 from __future__ import annotations
 
-import time
-from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -39,7 +37,13 @@ import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
-from swarmlearn.callback.core import DEFAULT_TRAINING_CONTRACT, SwarmCore, SwarmError, parse_options
+from swarmlearn.callback.core import (
+    DEFAULT_TRAINING_CONTRACT,
+    ModelHooks,
+    SwarmCore,
+    SwarmError,
+    parse_options,
+)
 from swarmlearn.merge import ModelState
 
 # HPE's TF1 graph mode hooks variables through ``tf`` and ``sess``; named here so that a
@@ -165,12 +169,7 @@ class SwarmCallback(keras.callbacks.Callback, SwarmCore):  # type: ignore[misc]
     def on_train_end(self, logs: Any = None) -> None:
         if self.isSwarmTrainingOver:
             return
-        loss, metric = self._evaluate()
-        merged = self.finish(state_of(self.model), loss=loss, metric=metric)
-        if merged is not None:
-            load_state(self.model, merged)
-            self.report_final(*self._evaluate())  # PERFDATA of the final model
-        self.close()
+        self.finish_model(self._hooks())
 
     # ------------------------------------------------------------ internals
 
@@ -179,16 +178,13 @@ class SwarmCallback(keras.callbacks.Callback, SwarmCore):  # type: ignore[misc]
             self.model.stop_training = True
         return bool(self.isSwarmTrainingOver)
 
+    def _hooks(self) -> ModelHooks:
+        return ModelHooks(
+            partial(state_of, self.model), partial(load_state, self.model), self._evaluate
+        )
+
     def _sync(self) -> None:
-        latest = self.latest_once(partial(state_of, self.model))  # once: a late joiner
-        if latest is not None:
-            load_state(self.model, latest)
-        loss, metric = self._evaluate()
-        merged = self.sync(state_of(self.model), loss=loss, metric=metric)
-        if merged is not None:
-            started = time.perf_counter()
-            load_state(self.model, merged)
-            self.last_timing = replace(self.last_timing, load_s=time.perf_counter() - started)
+        self.sync_model(self._hooks())
 
     def _evaluate(self) -> tuple[float | None, float | None]:
         """Loss and first compiled metric on adsValData, for PERFDATA and adaptive sync."""

@@ -28,16 +28,22 @@ tensors, so they stay on their device (CUDA tensors come back on CUDA).
 
 from __future__ import annotations
 
-import time
-from dataclasses import replace
-from functools import partial
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from swarmlearn.callback.core import DEFAULT_TRAINING_CONTRACT, SwarmCore, SwarmError, parse_options
+from swarmlearn.callback.core import (
+    DEFAULT_TRAINING_CONTRACT,
+    ModelHooks,
+    Options,
+    SwarmCore,
+    SwarmError,
+    parse_options,
+)
+from swarmlearn.callback.torch_eval import evaluate, loss_function, metric_function
 from swarmlearn.merge import ModelState
 
 PLATFORM_OPTIONS = (
@@ -51,9 +57,14 @@ PLATFORM_OPTIONS = (
 
 def state_of(model: torch.nn.Module) -> ModelState:
     """The model's whole state_dict as numpy arrays (views of CPU tensors where possible)."""
+    return tensors_state(model.state_dict())
+
+
+def tensors_state(tensors: Mapping[str, torch.Tensor]) -> ModelState:
+    """Named tensors as numpy arrays (views of CPU tensors where possible)."""
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     bfloat16 = []
-    for name, tensor in model.state_dict().items():
+    for name, tensor in tensors.items():
         value = tensor.detach()
         if value.dtype == torch.bfloat16:
             arrays[name] = value.cpu().view(torch.int16).numpy().view(np.uint16)
@@ -65,7 +76,11 @@ def state_of(model: torch.nn.Module) -> ModelState:
 
 def load_state(model: torch.nn.Module, state: ModelState) -> None:
     """Copy merged arrays into the model's own tensors (same device, same dtype)."""
-    targets = model.state_dict()
+    load_tensors(model.state_dict(), state)
+
+
+def load_tensors(targets: Mapping[str, torch.Tensor], state: ModelState) -> None:
+    """Copy merged arrays into the named tensors, in place (same device, same dtype)."""
     with torch.no_grad():
         for name, target in targets.items():
             array = np.ascontiguousarray(state[name])
@@ -78,7 +93,57 @@ def load_state(model: torch.nn.Module, state: ModelState) -> None:
             target.copy_(source.reshape(target.shape))
 
 
-class SwarmCallback(SwarmCore):
+class TorchSwarm(SwarmCore):
+    """What the PyTorch-based callbacks share: the model, HPE's loss and metric on adsValData,
+    a sync that loads the swarm's model, and the end of training. ``state_now`` and ``load``
+    say which tensors travel (the whole state_dict here; PEFT's adapters in the Hugging Face
+    callback)."""
+
+    def __init__(self, options: Options, model: Any, *, model_later: bool = False) -> None:
+        """``model_later``: None is allowed now, the model is set before the first sync."""
+        if not isinstance(model, torch.nn.Module) and not (model_later and model is None):
+            raise SwarmError("model must be the torch.nn.Module to train (model=...)")
+        self.model: torch.nn.Module = cast(torch.nn.Module, model)  # None until set, if later
+        extra = options.extra
+        self.loss_function = loss_function(extra.get("lossFunction"), extra.get("lossFunctionArgs"))
+        self.metric = metric_function(extra.get("metricFunction"), extra.get("metricFunctionArgs"))
+        if options.val_data is not None and not isinstance(
+            options.val_data, torch.utils.data.DataLoader
+        ):
+            raise SwarmError("adsValData must be a torch.utils.data.DataLoader")
+        super().__init__(options)
+
+    def state_now(self) -> ModelState:
+        return state_of(self.model)
+
+    def load(self, state: ModelState) -> None:
+        load_state(self.model, state)
+
+    def hooks(self) -> ModelHooks:
+        return ModelHooks(self.state_now, self.load, self.evaluate)
+
+    def sync_now(self) -> None:
+        self.sync_model(self.hooks())
+
+    def finish_now(self) -> None:
+        """This node's training is over: the final rounds, then the swarm's final model."""
+        self.finish_model(self.hooks())
+
+    def evaluate(self) -> tuple[float | None, float | None]:
+        """Loss and metric on adsValData, for PERFDATA and adaptive sync."""
+        loader = self.options.val_data
+        if loader is None or self.loopback:
+            return None, None
+        loss, metric = evaluate(self.model, loader, self.loss_function, self.metric)
+        figures = [] if loss is None else [f"loss {loss:.4f}"]
+        if metric is not None:
+            figures.append(f"{self.options.extra.get('metricFunction')} {metric:.4f}")
+        if figures:
+            self.logger.info(f"adsValData: {', '.join(figures)}")
+        return loss, metric
+
+
+class SwarmCallback(TorchSwarm):
     def __init__(
         self,
         syncFrequency: Any = None,
@@ -87,39 +152,22 @@ class SwarmCallback(SwarmCore):
         **kwargs: Any,
     ) -> None:
         options = parse_options(syncFrequency, minPeers, trainingContract, kwargs, PLATFORM_OPTIONS)
-        model = kwargs.get("model")
-        if not isinstance(model, torch.nn.Module):
-            raise SwarmError("model must be the torch.nn.Module to train (model=...)")
-        self.model = model
-        self.loss_function = _loss(kwargs.get("lossFunction"), kwargs.get("lossFunctionArgs"))
-        self.metric = kwargs.get("metricFunction")
-        if self.metric not in (None, "Accuracy"):
-            raise SwarmError(f"metricFunction {self.metric!r}: only 'Accuracy' is built in")
-        if options.val_data is not None and not isinstance(
-            options.val_data, torch.utils.data.DataLoader
-        ):
-            raise SwarmError("adsValData must be a torch.utils.data.DataLoader")
-        super().__init__(options)
+        super().__init__(options, kwargs.get("model"))
 
     # ------------------------------------------------------------ HPE's hooks
 
     def on_train_begin(self) -> None:
-        self._sync()
+        self.sync_now()
 
     def on_batch_end(self, batch: Any = None) -> None:
         if self.batch_done():
-            self._sync()
+            self.sync_now()
 
     def on_epoch_end(self, epoch: Any = None) -> None:
         self.epoch_done()
 
     def on_train_end(self) -> None:
-        loss, metric = self._evaluate()
-        merged = self.finish(state_of(self.model), loss=loss, metric=metric)
-        if merged is not None:
-            load_state(self.model, merged)
-            self.report_final(*self._evaluate())  # PERFDATA of the final model
-        self.close()
+        self.finish_now()
 
     # ------------------------------------------------------------ the simpler form
 
@@ -141,43 +189,3 @@ class SwarmCallback(SwarmCore):
     def step(self) -> None:
         """Call after each optimizer step (``on_batch_end``)."""
         self.on_batch_end()
-
-    # ------------------------------------------------------------ internals
-
-    def _sync(self) -> None:
-        latest = self.latest_once(partial(state_of, self.model))  # once: a late joiner
-        if latest is not None:
-            load_state(self.model, latest)
-        loss, metric = self._evaluate()
-        merged = self.sync(state_of(self.model), loss=loss, metric=metric)
-        if merged is not None:
-            started = time.perf_counter()
-            load_state(self.model, merged)
-            self.last_timing = replace(self.last_timing, load_s=time.perf_counter() - started)
-
-    def _evaluate(self) -> tuple[float | None, float | None]:
-        """Loss and accuracy on adsValData, for PERFDATA and adaptive sync."""
-        loader = self.options.val_data
-        if loader is None or self.loss_function is None or self.loopback:
-            return None, None
-        was_training = self.model.training
-        self.model.eval()
-        total_loss, correct, count = 0.0, 0, 0
-        with torch.no_grad():
-            for x, y in loader:
-                device = next(self.model.parameters()).device
-                out = self.model(x.to(device))
-                total_loss += float(self.loss_function(out, y.to(device))) * len(y)
-                correct += int((out.argmax(dim=1).cpu() == y).sum())
-                count += len(y)
-        self.model.train(was_training)
-        return (total_loss / max(count, 1), correct / max(count, 1) if self.metric else None)
-
-
-def _loss(name: Any, args: Any) -> Any:
-    if name is None:
-        return None
-    factory = getattr(torch.nn, str(name), None)
-    if factory is None or not isinstance(factory, type) or not issubclass(factory, torch.nn.Module):
-        raise SwarmError(f"lossFunction {name!r} is not a torch.nn loss (e.g. 'CrossEntropyLoss')")
-    return factory(**(args or {}))

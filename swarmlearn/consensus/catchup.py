@@ -13,7 +13,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from swarmlearn.consensus.restart import WAL
-from swarmlearn.consensus.types import Block, BlockResponse, Commit, Status, VoteType
+from swarmlearn.consensus.types import (
+    Block,
+    BlockResponse,
+    Commit,
+    Status,
+    ValidatorSet,
+    VoteType,
+)
 from swarmlearn.sansio import Effect, Log, Persist, Send
 
 if TYPE_CHECKING:
@@ -28,7 +35,7 @@ def answer_status(core: ConsensusCore, sender: str, status: Status) -> list[Effe
         return core._ask_for_blocks(sender)
     effects: list[Effect] = []
     polkas: set[tuple[int, bytes]] = set()
-    for round_, received in sorted(core.machine.proposals.items()):
+    for round_, received in core.machine.all_proposals():
         if round_ >= status.round:
             effects.append(Send(sender, received.proposal))
             if received.proposal.valid_round >= 0:  # the polka that justifies it (line 28)
@@ -43,7 +50,9 @@ def answer_status(core: ConsensusCore, sender: str, status: Status) -> list[Effe
 def catch_up(core: ConsensusCore, sender: str, block: Block, commit: Commit) -> list[Effect]:
     if block.header.height != core.height or commit.height != core.height:
         return []
-    problem = core._block_problem(block) or commit_problem(core, block, commit)
+    problem = core._block_problem(block) or commit_problem(
+        core, core.validators, block.hash, commit
+    )
     if problem:
         return [Log(f"block {core.height} from {sender} refused: {problem}", "warning")]
     effects: list[Effect] = [Persist(WAL, ("msg", BlockResponse(block, commit)))]
@@ -51,17 +60,20 @@ def catch_up(core: ConsensusCore, sender: str, block: Block, commit: Commit) -> 
     return [*effects, Send(sender, core._status())]  # and the next one, please
 
 
-def commit_problem(core: ConsensusCore, block: Block, commit: Commit) -> str:
-    if commit.value != block.hash:
+def commit_problem(
+    core: ConsensusCore, validators: ValidatorSet, block_hash: bytes, commit: Commit
+) -> str:
+    """Why ``commit`` is no proof that ``validators`` decided ``block_hash`` ("" if it is)."""
+    if commit.value != block_hash:
         return "the commit is for another block"
     seen: set[str] = set()
     power = 0
     for vote in commit.votes():
-        if vote.validator in seen or vote.validator not in core.validators:
+        if vote.validator in seen or vote.validator not in validators:
             return f"bad signer {vote.validator!r}"
-        key = core.validators.by_node[vote.validator].public_key
+        key = validators.by_node[vote.validator].public_key
         if not core.verifier.verify(key, vote.signature, vote.sign_bytes(core.chain_id)):
             return f"bad signature by {vote.validator}"
         seen.add(vote.validator)
-        power += core.validators.power(vote.validator)
-    return "" if core.validators.is_quorum(power) else "not signed by a quorum"
+        power += validators.power(vote.validator)
+    return "" if validators.is_quorum(power) else "not signed by a quorum"

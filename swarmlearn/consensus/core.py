@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from swarmlearn.consensus.app import Application
-from swarmlearn.consensus.catchup import answer_status, catch_up
+from swarmlearn.consensus.catchup import answer_status, catch_up, commit_problem
 from swarmlearn.consensus.crypto import Signer, Verifier
 from swarmlearn.consensus.events import (
     Committed,
@@ -51,6 +51,7 @@ from swarmlearn.consensus.events import (
     TxRefused,
 )
 from swarmlearn.consensus.machine import (
+    PROPOSALS_PER_ROUND_MAX,
     CastVote,
     Decide,
     Machine,
@@ -81,7 +82,7 @@ from swarmlearn.consensus.types import (
     VoteType,
     tx_root,
 )
-from swarmlearn.consensus.votekeeper import ROUND_WINDOW, Added, VoteKeeper
+from swarmlearn.consensus.votekeeper import ROUND_WINDOW, Added, ThresholdKind, VoteKeeper
 from swarmlearn.p2p.wire import Message
 from swarmlearn.sansio import (
     Broadcast,
@@ -125,6 +126,11 @@ class ConsensusConfig:
     #: The longest a proposer holds its proposal back while the ``awaits`` hook says the
     #: rest of a batch of transactions is on its way (0: never).
     batch_wait_s: float = 0.1
+    #: Block time is the median of the last commit's vote times, so after a quiet spell it
+    #: is as old as that commit. A proposer whose last commit is older than this proposes an
+    #: empty block first (unless the last two blocks were empty already): its commit, voted
+    #: now, stamps the transactions' block with the validators' present time.
+    block_time_lag_s: float = 0.2
     mempool: MempoolConfig = field(default_factory=MempoolConfig)
 
     def timeout_s(self, step: Step, round_: int) -> float:
@@ -265,21 +271,23 @@ class ConsensusCore:
         proposer = self.validators.proposer(self.height, proposal.round)
         if proposal.proposer != proposer:
             return [Log(f"proposal for round {proposal.round} not from {proposer}", "warning")]
-        known = self.machine.proposals.get(proposal.round)
-        if known is not None and known.proposal.signature == proposal.signature:
+        kept = self.machine.proposals.get(proposal.round, [])
+        if any(k.proposal.signature == proposal.signature for k in kept):
             return []  # a duplicate: no crypto
+        if len(kept) >= PROPOSALS_PER_ROUND_MAX:
+            return []  # an equivocating proposer's extra proposals: bounded
         public_key = self.validators.by_node[proposer].public_key
         if not self.verifier.verify(
             public_key, proposal.signature, proposal.sign_bytes(self.chain_id)
         ):
             return [Log(f"proposal from {proposer}: bad signature", "warning")]
-        if known is not None:
-            if known.proposal.block.hash == proposal.block.hash:
-                return []
-            evidence = EvidenceFound(proposer, self.height, proposal.round, "proposal")
-            return [Deliver(evidence), Log(f"{proposer} proposed two blocks", "warning")]
-        valid = proposal.valid_round < proposal.round and not self._block_problem(proposal.block)
+        if self.machine.holds(proposal.round, proposal.block.hash):
+            return []
         effects: list[Effect] = [Persist(WAL, ("msg", proposal))] if persist else []
+        if kept:  # a second block for one round: evidence, and kept (lines 36 and 49 apply)
+            evidence = EvidenceFound(proposer, self.height, proposal.round, "proposal")
+            effects += [Deliver(evidence), Log(f"{proposer} proposed two blocks", "warning")]
+        valid = proposal.valid_round < proposal.round and not self._block_problem(proposal.block)
         outputs = self.machine.on_proposal(Received(proposal, valid))
         return effects + self._run(outputs)
 
@@ -291,7 +299,23 @@ class ConsensusCore:
         if result.added is Added.EQUIVOCATION:
             evidence = EvidenceFound(vote.validator, vote.height, vote.round, vote.kind.name)
             effects += [Deliver(evidence), Log(result.reason, "warning")]
+        for threshold in result.thresholds:
+            if threshold.kind is ThresholdKind.QUORUM_VALUE and threshold.value is not None:
+                effects += self._fetch_proposal(threshold.round, vote.kind, threshold.value)
         return effects + self._run(self.machine.on_vote())
+
+    def _fetch_proposal(self, round_: int, kind: VoteType, value: bytes) -> list[Effect]:
+        """A quorum voted for a block this node does not hold, and it will not come on its
+        own (the round's proposer sent this node another one: it equivocated), or a decision
+        waits on it (2f+1 precommits): ask its voters, whose status answer carries every
+        proposal of the round. A proposal merely slower than its votes is not asked for."""
+        if self.replaying or self.machine.holds(round_, value):
+            return []
+        if kind is not VoteType.PRECOMMIT and not self.machine.proposals.get(round_):
+            return []
+        voters = {v.validator for v in self.keeper.votes(round_) if v.value == value}
+        status = Status(self.height, round_, Step.PROPOSE)
+        return [Send(peer, status) for peer in sorted(voters) if peer in self.peers]
 
     def _timeout(self, height: int, round_: int, step: Step) -> list[Effect]:
         if height != self.height:
@@ -408,13 +432,23 @@ class ConsensusCore:
             # The double-sign guard: never sign a second, different vote.
             return [Log(f"refused to sign {kind.name} {value!r} after {vote.value!r}", "error")]
         if not isinstance(vote, Vote):
-            unsigned = Vote(kind, self.height, round_, value, self.me, b"")
+            time_ms = self._vote_time_ms(round_, value)
+            unsigned = Vote(kind, self.height, round_, value, self.me, b"", time_ms)
             signature = self.signer.sign(unsigned.sign_bytes(self.chain_id))
-            vote = Vote(kind, self.height, round_, value, self.me, signature)
+            vote = Vote(kind, self.height, round_, value, self.me, signature, time_ms)
             self.signed[key] = vote
         if self.keeper.add(vote, round_).added is Added.COUNTED:
             pending.extend(self.machine.on_vote())
         return self._publish(vote)
+
+    def _vote_time_ms(self, round_: int, value: bytes | None) -> int:
+        """This node's clock, clamped to after the time of the block voted for (so the median
+        of a commit, the next block's time, is later than the block it commits)."""
+        floor_ms = self.last_time_ms + 1
+        for received in self.machine.proposals.get(round_, []):
+            if received.proposal.block.hash == value:
+                floor_ms = max(floor_ms, received.proposal.block.header.time_ms + 1)
+        return max(int(self.now * 1000), floor_ms)
 
     def _publish(self, message: Proposal | Vote) -> list[Effect]:
         """Own signed messages: persisted (fsynced) before they are sent."""
@@ -423,18 +457,67 @@ class ConsensusCore:
         return [Persist(WAL, ("own", message)), Broadcast(message, self.peers)]
 
     def _build_block(self) -> Block:
-        txs = tuple(self._reap())
+        last_commit = self.blocks[self.height - 1][1] if self.height > 1 else None
+        time_ms = self._block_time_ms(last_commit)
+        txs = () if self._clock_block_due(time_ms) else tuple(self._reap())
         header = BlockHeader(
             chain_id=self.chain_id,
             height=self.height,
-            time_ms=max(self.last_time_ms + 1, int(self.now * 1000)),
+            time_ms=time_ms,
             proposer=self.me,
             previous_hash=self.last_hash,
             tx_root=tx_root(txs),
             app_hash=self.app.app_hash(),
             validators_hash=self.validators.hash,
+            last_commit_hash=last_commit.hash if last_commit is not None else b"",
         )
-        return Block(header, txs)
+        return Block(header, txs, last_commit)
+
+    def _clock_block_due(self, time_ms: int) -> bool:
+        """Propose an empty block to bring block time on: the time this block would get is
+        older than ``block_time_lag_s`` by this node's clock, and either a round failed (its
+        timeouts made the time old) or one of the last two blocks held transactions. In
+        round 0 then, at most two empty blocks in a row come of it, whatever the network's
+        delay or this node's clock: the commit of the first is as fresh as it can be."""
+        if int(self.now * 1000) - time_ms <= self.config.block_time_lag_s * 1000:
+            return False
+        if self.machine.state.round > 0:
+            return True
+        for height in (self.height - 1, self.height - 2):
+            found = self.blocks.get(height)
+            if height < 1 or (found is not None and found[0].txs):
+                return True  # (before block 1, the genesis time: as old as it gets)
+        return False
+
+    def _block_time_ms(self, last_commit: Commit | None) -> int:
+        """BFT time: the genesis time at height 1, else the weighted median of the times in
+        the previous height's commit (with that height's validators)."""
+        if last_commit is None:
+            return self.genesis.time_ms
+        return last_commit.median_time_ms(self.validator_sets[self.height - 1])
+
+    def _time_problem(self, block: Block) -> str:
+        """The block's time is the one its last commit gives, and that commit is valid."""
+        header, last_commit = block.header, block.last_commit
+        if (last_commit is None) != (self.height == 1):
+            return "last commit missing" if last_commit is None else "last commit at height 1"
+        if last_commit is not None:
+            if header.last_commit_hash != last_commit.hash:
+                return "wrong last commit hash"
+            previous = self.blocks.get(self.height - 1)
+            if previous is None or last_commit != previous[1]:  # ours is verified already
+                validators = self.validator_sets[self.height - 1]
+                if last_commit.height != self.height - 1:
+                    return "last commit for another height"
+                if problem := commit_problem(self, validators, self.last_hash, last_commit):
+                    return f"last commit: {problem}"
+        elif header.last_commit_hash:
+            return "wrong last commit hash"
+        if header.time_ms != self._block_time_ms(last_commit):
+            return "time is not the median of the last commit"
+        if self.height > 1 and header.time_ms <= self.last_time_ms:
+            return "time does not increase"
+        return ""
 
     def _block_problem(self, block: Block) -> str:
         header = block.header
@@ -451,8 +534,8 @@ class ConsensusCore:
                 return f"wrong {name}"
         if header.proposer not in self.validators:
             return "proposer is not a validator"
-        if header.time_ms <= self.last_time_ms:
-            return "time does not increase"
+        if problem := self._time_problem(block):
+            return problem
         if len(block.txs) > self.config.block_txs_max:
             return "too many transactions"
         for tx in block.txs:
@@ -469,7 +552,7 @@ class ConsensusCore:
             self.height,
             round_,
             block.hash,
-            tuple(CommitSig(v.validator, v.signature) for v in votes),
+            tuple(CommitSig(v.validator, v.signature, v.time_ms) for v in votes),
         )
         return self._commit(block, commit)
 
@@ -489,7 +572,16 @@ class ConsensusCore:
         self.signed = {k: v for k, v in self.signed.items() if k[0] > height}
         self._new_height()
         effects.append(
-            Deliver(Committed(height, block.hash, commit.round, block.txs, executed.app_hash))
+            Deliver(
+                Committed(
+                    height,
+                    block.hash,
+                    commit.round,
+                    block.txs,
+                    executed.app_hash,
+                    block.header.time_ms,
+                )
+            )
         )
         if self.replaying:
             return effects

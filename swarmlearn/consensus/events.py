@@ -49,6 +49,7 @@ class Committed:
     round: int
     txs: tuple[bytes, ...]
     app_hash: bytes
+    time_ms: int = 0  # the block's (BFT) time
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,12 @@ the paper (``round_p``, ``step_p``, locked and valid value and round, the decisi
 views it does not own: the :class:`VoteKeeper` of the height and the proposals received, each
 already checked by the driver (signature, sender is the round's proposer, and ``valid(v)``).
 
+A byzantine proposer may sign several proposals for one round. The machine keeps up to
+``PROPOSALS_PER_ROUND_MAX`` of them per round (in the order received): the prevote rules
+(lines 22-33) look at the first only, but lines 36-43 (polka) and 49-54 (decision) apply to
+every one, so a node that saw the "wrong" proposal first still locks, updates its valid
+value and decides what a quorum voted for (as malachite's driver does).
+
 Every input (start, a proposal, a counted vote, a timeout) is followed by :meth:`_evaluate`,
 which fires the paper's ``upon`` rules until none applies; "for the first time" rules keep a
 set of the rounds they fired in. Outputs are intentions for the driver: :class:`Propose`
@@ -21,6 +27,8 @@ from dataclasses import dataclass, field
 
 from swarmlearn.consensus.types import Block, Proposal, Step, VoteType
 from swarmlearn.consensus.votekeeper import VoteKeeper
+
+PROPOSALS_PER_ROUND_MAX = 4
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ class Machine:
         self.me = me
         self.keeper = keeper
         self.state = RoundState(height)
-        self.proposals: dict[int, Received] = {}
+        self.proposals: dict[int, list[Received]] = {}  # per round, first received first
         self._out: list[Output] = []
 
     # ------------------------------------------------------------ inputs
@@ -92,8 +100,10 @@ class Machine:
 
     def on_proposal(self, received: Received) -> list[Output]:
         proposal = received.proposal
-        if proposal.round not in self.proposals:
-            self.proposals[proposal.round] = received
+        kept = self.proposals.setdefault(proposal.round, [])
+        held = any(k.proposal.block.hash == proposal.block.hash for k in kept)
+        if not held and len(kept) < PROPOSALS_PER_ROUND_MAX:
+            kept.append(received)
         if self.state.round >= 0:
             self._evaluate()
         return self._flush()
@@ -141,9 +151,10 @@ class Machine:
 
     def _fire_one(self) -> bool:  # one branch per rule of the paper
         s, keeper = self.state, self.keeper
-        current = self.proposals.get(s.round)
+        kept = self.proposals.get(s.round, [])
+        current = kept[0] if kept else None  # lines 22-33 act on the first proposal only
         # Lines 49-54: a proposal and 2f+1 precommits for it, in any round: decide.
-        for round_, received in sorted(self.proposals.items()):
+        for round_, received in self.all_proposals():
             block = received.proposal.block
             if keeper.has_quorum_for(round_, VoteType.PRECOMMIT, block.hash) and received.valid:
                 s.decision = block
@@ -165,21 +176,11 @@ class Machine:
                 ok = current.valid and (s.locked_round <= vr or s.locked_value == block)
                 self._vote(VoteType.PREVOTE, block.hash if ok else None, Step.PREVOTE)
                 return True
+        polka = self._polka_proposal(kept)
         if (
-            s.step == Step.PREVOTE
-            and keeper.has_quorum_any(s.round, VoteType.PREVOTE)
-            and self._first("timeout-prevote", s.round)
-        ):  # lines 34-35
-            self._out.append(ScheduleTimeout(Step.PREVOTE, s.round))
-            return True
-        if (
-            current is not None
-            and current.valid
-            and s.step >= Step.PREVOTE
-            and keeper.has_quorum_for(s.round, VoteType.PREVOTE, current.proposal.block.hash)
-            and self._first("polka-value", s.round)
-        ):  # lines 36-43
-            block = current.proposal.block
+            polka is not None and s.step >= Step.PREVOTE and self._first("polka-value", s.round)
+        ):  # lines 36-43, for any proposal of the round
+            block = polka.proposal.block
             if s.step == Step.PREVOTE:
                 s.locked_value, s.locked_round = block, s.round  # lines 38-39
                 self._vote(VoteType.PRECOMMIT, block.hash, Step.PRECOMMIT)  # lines 40-41
@@ -188,12 +189,36 @@ class Machine:
         if s.step == Step.PREVOTE and keeper.has_quorum_for(s.round, VoteType.PREVOTE, None):
             self._vote(VoteType.PRECOMMIT, None, Step.PRECOMMIT)  # lines 44-46
             return True
+        if (
+            s.step == Step.PREVOTE
+            and keeper.has_quorum_any(s.round, VoteType.PREVOTE)
+            and self._first("timeout-prevote", s.round)
+        ):  # lines 34-35 (after 36 and 44: a polka needs no wait)
+            self._out.append(ScheduleTimeout(Step.PREVOTE, s.round))
+            return True
         if keeper.has_quorum_any(s.round, VoteType.PRECOMMIT) and self._first(
             "timeout-precommit", s.round
         ):  # lines 47-48
             self._out.append(ScheduleTimeout(Step.PRECOMMIT, s.round))
             return True
         return False
+
+    def _polka_proposal(self, kept: list[Received]) -> Received | None:
+        """The valid proposal of the current round with 2f+1 prevotes for its block."""
+        for received in kept:
+            block_hash = received.proposal.block.hash
+            if received.valid and self.keeper.has_quorum_for(
+                self.state.round, VoteType.PREVOTE, block_hash
+            ):
+                return received
+        return None
+
+    def all_proposals(self) -> list[tuple[int, Received]]:
+        """Every proposal kept, by round, in the order received within a round."""
+        return [(r, k) for r, kept in sorted(self.proposals.items()) for k in kept]
+
+    def holds(self, round_: int, block_hash: bytes) -> bool:
+        return any(k.proposal.block.hash == block_hash for k in self.proposals.get(round_, []))
 
     def _first(self, rule: str, round_: int) -> bool:
         key = (rule, round_)

@@ -6,7 +6,8 @@ core but pass their effects through a policy (the simulator's byzantine seam):
 
 - ``equivocate``: each prevote and precommit goes to half of the peers as cast and to the
   other half flipped (a block hash becomes nil, nil becomes a made-up hash), both signed;
-- ``split-proposals``: as proposer, sends two different signed blocks to the two halves;
+- ``split-proposals``: as proposer, sends two different valid signed blocks (with and without
+  the transactions) to the two halves;
 - ``silent``: sends nothing at all.
 
 Checkers: agreement (no two nodes commit different blocks at one height), no evidence against
@@ -25,7 +26,7 @@ from swarmlearn.consensus.core import ConsensusConfig, ConsensusCore
 from swarmlearn.consensus.crypto import SimSigner, SimVerifier
 from swarmlearn.consensus.events import Committed, EvidenceFound, Genesis, SubmitTx
 from swarmlearn.consensus.store import must_sync
-from swarmlearn.consensus.types import Block, Proposal, Validator, Vote
+from swarmlearn.consensus.types import Block, Proposal, Validator, Vote, tx_root
 from swarmlearn.sansio import Broadcast, Core, Effect, NodeId, Send
 from swarmlearn.sim.checkers import AgreementChecker, Checker, FailureKind, Violation
 from swarmlearn.sim.cluster import EffectPolicy, NodeContext, NodeFactory, Simulator
@@ -100,10 +101,10 @@ def split_proposals(everyone: tuple[str, ...]) -> EffectPolicy:
         for effect in effects:
             if isinstance(effect, Broadcast) and isinstance(effect.message, Proposal):
                 proposal = effect.message
-                header = dataclasses.replace(
-                    proposal.block.header, time_ms=proposal.block.header.time_ms + 1
-                )
-                block = Block(header, proposal.block.txs)
+                # Two valid blocks: the transactions dropped (or one made up for an empty one).
+                txs = () if proposal.block.txs else (b"split-proposal=1",)
+                header = dataclasses.replace(proposal.block.header, tx_root=tx_root(txs))
+                block = Block(header, txs, proposal.block.last_commit)
                 other = dataclasses.replace(proposal, block=block, signature=b"")
                 other = dataclasses.replace(
                     other, signature=signer.sign(other.sign_bytes(CHAIN_ID))
@@ -315,4 +316,103 @@ consensus_scenario(
     "bft-torn-writes",
     "4 validators crash losing or tearing the WAL records not yet fsynced",
     faults=("crash-lossy", "partition"),
+)
+
+
+# ---------------------------------------------------------------- one clock far ahead
+
+SKEW_S = 600.0  # the skewed validator's clock: 10 minutes ahead
+
+
+class BlockTimeChecker(Checker):
+    """BFT time: every block an honest node commits is stamped at most ``ahead_s`` after the
+    true time (honest clocks are exact here) and later than the block before, whatever the
+    skewed clock says; a block with transactions at most ``behind_s`` before it when it
+    commits (an empty block after a quiet spell or a failed round may be older: it is the
+    one that brings time on); and the honest nodes commit the probes sent after the skewed
+    validator left before it comes back."""
+
+    name = "bft-time"
+
+    def __init__(self, skewed: str, honest: list[str], back_at_s: float) -> None:
+        self.skewed, self.honest, self.back_at_s = skewed, honest, back_at_s
+        self.behind_s, self.ahead_s = 0.5, 0.01
+        self.last_ms: dict[str, int] = {}
+        self.probes: set[bytes] = set()
+        self.committed_at: dict[tuple[str, bytes], float] = {}
+        self.worst_behind_s = 0.0
+
+    def on_deliver(
+        self, node: NodeId, incarnation: int, value: Any, time: float
+    ) -> Violation | None:
+        if not isinstance(value, Committed) or node == self.skewed:
+            return None
+        for tx in value.txs:
+            self.committed_at.setdefault((node, tx), time)
+        behind_s = time - value.time_ms / 1000
+        self.worst_behind_s = max(self.worst_behind_s, behind_s)
+        problem = ""
+        if not -self.ahead_s <= behind_s <= (self.behind_s if value.txs else 10.0):
+            problem = f"block {value.height} stamped {-behind_s:+.3f} s from the true time"
+        elif value.time_ms <= self.last_ms.get(node, -1):
+            problem = f"block {value.height}: time {value.time_ms} ms does not increase"
+        self.last_ms[node] = value.time_ms
+        return (
+            Violation(self.name, FailureKind.SAFETY, f"{node}: {problem}", time)
+            if problem
+            else None
+        )
+
+    def final(self, sim: Simulator) -> list[Violation]:
+        late = [
+            f"{node} committed {tx.decode()} at {self.committed_at.get((node, tx), -1):.3f} s"
+            for node in self.honest
+            for tx in sorted(self.probes)
+            if not 0 <= self.committed_at.get((node, tx), -1) < self.back_at_s
+        ]
+        if not late:
+            return []
+        message = f"no progress while {self.skewed} was away: {'; '.join(late[:3])}"
+        return [Violation(self.name, FailureKind.LIVENESS, message, sim.now)]
+
+
+def _skewed_setup(context: SetupContext) -> None:
+    """The first validator's clock runs ``SKEW_S`` ahead; it leaves at 40% of the fault phase
+    and is back at the heal. Probes sent just after it left must commit while it is away."""
+    sim = context.sim
+    sim.durable = must_sync
+    skewed, honest = sim.node_ids[0], list(sim.node_ids[1:])
+    sim.set_clock(skewed, offset_s=SKEW_S)
+    left_at_s = context.fault_phase_s * 0.4
+    sim.loop.call_at(left_at_s, lambda: sim.crash(skewed))
+    checker = BlockTimeChecker(skewed, honest, context.fault_phase_s)
+    sim.checkers[:0] = [AgreementChecker(commit_slot, name="agreement"), checker]
+    _tx_workload(context, honest)
+    for node in honest:
+        tx = f"probe-{node}=1".encode()
+        checker.probes.add(tx)
+        sim.request(node, SubmitTx(tx), at=left_at_s + 0.5)
+    context.notes.append(f"{skewed}: clock {SKEW_S:+g} s, away from {left_at_s:g} s to the heal")
+
+
+scenario(
+    Scenario(
+        name="bft-skewed-clock",
+        description="4 validators, one clock 10 min ahead that leaves mid-run and comes back",
+        factory=lambda: _late_factory,
+        checkers=list,
+        setup=_skewed_setup,
+        link=LinkConfig(latency_min_s=0.001, latency_tail_s=0.002),
+        default_nodes=4,
+        fault_phase_s=20.0,
+        converge_budget_s=60.0,
+    )
+)
+consensus_scenario(
+    "bft-split-sweep",
+    "7 validators, f=2 send two valid blocks to the two halves, every fault kind (a sweep)",
+    nodes=7,
+    byzantine="split-proposals",
+    faults=("crash", "partition", "split", "clog", "pause", "skew"),
+    fault_phase_s=8.0,
 )

@@ -42,14 +42,17 @@ from swarmlearn.consensus.swarm_rounds import (
     RoundRecord,
     RoundStatus,
     exclude,
+    expire,
     layout_difference,
     past_deadline,
     record_merged,
     try_close,
+    withdraw,
 )
 from swarmlearn.consensus.swarm_tasks import OPERATOR_TXS, SWOP_TXS, TaskBook
 from swarmlearn.consensus.swarm_txs import (
     CheckIn,
+    CheckOut,
     CreateContract,
     Exclude,
     Heartbeat,
@@ -93,6 +96,7 @@ ROLE_OF: dict[type[Message], Role] = {
     CreateContract: Role.SWCI,
     ResetContract: Role.SWCI,
     CheckIn: Role.SL,
+    CheckOut: Role.SL,
     Merged: Role.SL,
     Exclude: Role.SL,
     PerfData: Role.SL,
@@ -278,9 +282,17 @@ class SwarmApp:
                 self._drop_perf(name)  # PERFDATA shows the new run only
                 if name not in self.state.contracts:
                     return self._refuse(tx, f"no contract {name!r}", sender)
-                self.state.contracts[name] = ContractRecord(self.state.contracts[name].params)
+                old = self.state.contracts[name]  # its rounds end with it, open ones too
+                self.state.contracts[name] = ContractRecord(
+                    old.params, generation=old.generation + 1
+                )
             case CheckIn():
                 return self._check_in(tx, sender, body)
+            case CheckOut(contract=name, round=number, session=session):
+                contract = self.state.contracts.get(name)
+                round_ = contract.rounds.get(number) if contract else None
+                if round_ is None or not withdraw(round_, sender, self._now_ms, session=session):
+                    return self._refuse(tx, f"no open check-in of session {session}", sender)
             case Merged() | Exclude():
                 return self._exchange(tx, sender, body)
             case PerfData(contract=contract, round=number):
@@ -360,6 +372,8 @@ class SwarmApp:
         contract = self.state.contracts.get(body.contract)
         if contract is None:
             return self._refuse(tx, f"no contract {body.contract!r}", sender)
+        if body.generation != contract.generation:
+            return self._refuse(tx, _earlier_run(body.contract), sender)
         expected = contract.next_round_number()
         if body.round != expected:
             return self._refuse(
@@ -380,12 +394,25 @@ class SwarmApp:
                 f"merge method {body.merge_method!r}; the round's is {round_.merge_method!r}",
                 sender,
             )
-        if sender in round_.checkins and round_.checkins[sender].root == body.root:
+        known = round_.checkins.get(sender)
+        if known is not None and (known.root, known.session, known.nonce) == (
+            body.root,
+            body.session,
+            body.nonce,
+        ):
             return self._refuse(tx, f"already checked in to round {body.round}", sender)
-        # Other weights from a node that checked in already: its trainer gave up at its
-        # syncTimeout and syncs again. Nothing moved yet (the round is open): they replace it.
+        # A node that checked in already: its trainer gave up at its syncTimeout (or was
+        # restarted) and syncs again. Nothing moved yet (the round is open): this replaces it.
+        expires_ms = self._now_ms + body.wait_ms if body.wait_ms > 0 else None
         round_.checkins[sender] = CheckInRecord(
-            body.root, body.weight, body.min_peers, self._now_ms, body.final
+            body.root,
+            body.weight,
+            body.min_peers,
+            self._now_ms,
+            body.final,
+            body.session,
+            expires_ms,
+            body.nonce,
         )
         try_close(contract, round_, self._now_ms, self._active_learners())
         return "ok"
@@ -393,6 +420,8 @@ class SwarmApp:
     def _exchange(self, tx: bytes, sender: str, body: Merged | Exclude) -> str:
         contract = self.state.contracts.get(body.contract)
         round_ = contract.rounds.get(body.round) if contract else None
+        if contract is not None and body.generation != contract.generation:
+            return self._refuse(tx, _earlier_run(body.contract), sender)
         if contract is None or round_ is None or round_.status != RoundStatus.EXCHANGING:
             return self._refuse(
                 tx, f"round {body.round} of {body.contract!r} is not exchanging", sender
@@ -419,6 +448,7 @@ class SwarmApp:
         for round_ in list(contract.rounds.values()):
             before = (round_.status, round_.attempt)
             if round_.status == RoundStatus.OPEN:
+                expire(round_, self._now_ms)
                 try_close(contract, round_, self._now_ms, self._active_learners())
             elif round_.status == RoundStatus.EXCHANGING:
                 past_deadline(contract, round_, self._now_ms)
@@ -432,6 +462,10 @@ class SwarmApp:
             for m in self.state.members.values()
             if Role.SL in m.roles and m.last_seen_ms >= horizon
         )
+
+
+def _earlier_run(contract: str) -> str:
+    return f"a round of an earlier run of contract {contract!r} (RESET CONTRACT ended it)"
 
 
 def sign_transaction(identity: Identity, chain_id: str, body: Message) -> bytes:

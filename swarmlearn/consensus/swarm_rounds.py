@@ -8,7 +8,8 @@ the manifest root, a weight, their ``minPeers``). Once ``min_peers`` nodes (the 
 closes at the first block past that, or at once when every active SL node of the contract is
 in. Closing fixes the *participants* (sorted by node id: their index is their shard of the
 merge plan, which every participant computes from the layout) and an exchange deadline from
-the model size.
+the model size (longer for the geometric median and Krum: their steps, see
+``merge.methods.extra_exchange_ms``).
 
 The round is then EXCHANGING, in *attempts*. Each participant reports its merged root
 (``Merged``). When every participant of the attempt has reported: one root reported by a
@@ -19,6 +20,13 @@ FAILED. A participant may report a contributor whose chunks did not match its co
 recorded as missing); otherwise a new attempt starts with those who showed life since the
 attempt began, or the round FAILS when fewer than ``min_peers`` remain. Survivors therefore
 end with the same root, or the ledger says the round failed: never a silent partial merge.
+
+A check-in belongs to a trainer *session* at its node. While the round is OPEN, a check-in
+leaves it when its session goes away (``CheckOut``) or when its ``wait_ms`` (the trainer's
+syncTimeout) has passed since the block that holds it; an OPEN round left with no check-in is
+*abandoned* (FAILED, "abandoned"), so a swarm started with a wrong ``minPeers`` is never stuck:
+the next check-in, with any ``minPeers``, opens a fresh round. ``RESET CONTRACT`` starts the
+contract over (a new ``generation``): every round of the old one ends with it.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import enum
 from dataclasses import dataclass, field
 
 from swarmlearn.consensus.swarm_txs import CreateContract, TensorSpec
+from swarmlearn.merge.methods import extra_exchange_ms
 
 GIGABYTE = 1_000_000_000
 
@@ -45,6 +54,9 @@ class CheckInRecord:
     min_peers: int
     time_ms: int
     final: bool = False
+    session: int = 0
+    expires_ms: int | None = None  # leaves the round (while it is open) at this block time
+    nonce: int = 0
 
 
 @dataclass
@@ -92,6 +104,7 @@ class ContractRecord:
     layout: tuple[TensorSpec, ...] | None = None
     total_bytes: int = 0
     rounds: dict[int, RoundRecord] = field(default_factory=dict)
+    generation: int = 0  # how many times RESET CONTRACT started it over
 
     @property
     def done(self) -> set[str]:
@@ -165,6 +178,46 @@ def try_close(contract: ContractRecord, round_: RoundRecord, now_ms: int, active
     return True
 
 
+ABANDONED = "abandoned: no trainer waits for this round any more"
+
+
+def withdraw(round_: RoundRecord, node: str, now_ms: int, *, session: int | None = None) -> bool:
+    """Take ``node``'s check-in out of an open round (only that of ``session`` when given);
+    True when it was there. A round left with none is abandoned."""
+    found = round_.checkins.get(node)
+    if round_.status != RoundStatus.OPEN or found is None:
+        return False
+    if session is not None and found.session != session:
+        return False
+    del round_.checkins[node]
+    _after_leaving(round_, now_ms)
+    return True
+
+
+def expire(round_: RoundRecord, now_ms: int) -> bool:
+    """Check-ins of an open round whose trainers waited their syncTimeout leave it; True when
+    any did."""
+    if round_.status != RoundStatus.OPEN:
+        return False
+    gone = [
+        node
+        for node, check_in in sorted(round_.checkins.items())
+        if check_in.expires_ms is not None and check_in.expires_ms <= now_ms
+    ]
+    for node in gone:
+        del round_.checkins[node]
+    if gone:
+        _after_leaving(round_, now_ms)
+    return bool(gone)
+
+
+def _after_leaving(round_: RoundRecord, now_ms: int) -> None:
+    if not round_.checkins:
+        finish(round_, RoundStatus.FAILED, now_ms, ABANDONED)
+    elif len(round_.checkins) < round_.min_peers:
+        round_.quorum_ms = None  # the grace period starts again with the next quorum
+
+
 def start_attempt(
     contract: ContractRecord, round_: RoundRecord, participants: tuple[str, ...], now_ms: int
 ) -> None:
@@ -179,7 +232,9 @@ def start_attempt(
     round_.participants = participants
     round_.attempt += 1
     round_.attempt_started_ms = now_ms
-    round_.deadline_ms = contract.exchange_deadline_ms(now_ms)
+    round_.deadline_ms = contract.exchange_deadline_ms(now_ms) + extra_exchange_ms(
+        round_.merge_method, len(participants), contract.total_bytes
+    )
     round_.merged.clear()
     round_.alive.clear()
 

@@ -79,8 +79,10 @@ class ResetContract(Unique, Message, tag=0x95):
 
 
 @dataclass(frozen=True)
-class CheckIn(Message, tag=0x96):
-    """An SL node commits to its exact weights for a round, before any byte moves."""
+class CheckIn(Unique, Message, tag=0x96):
+    """An SL node commits to its exact weights for a round, before any byte moves. Its
+    ``nonce`` (the node's count of check-ins), with ``session``, makes each a distinct
+    transaction: a re-run that checks in the same weights after ``RESET CONTRACT`` too."""
 
     contract: str
     round: int
@@ -93,6 +95,25 @@ class CheckIn(Message, tag=0x96):
     #: The node's own training is over: these are its final weights, and it keeps checking
     #: in until every node of a round is final (HPE's ``checkinModelOnTrainEnd``).
     final: bool = False
+    #: The trainer session (at the node's local endpoint) this check-in is for.
+    session: int = 0
+    #: The trainer waits this long at most (its syncTimeout left): the check-in expires this
+    #: long after the block that holds it, unless the round has closed (0: never).
+    wait_ms: int = 0
+    #: The contract's run (RESET CONTRACT starts the next): a round of an earlier run is over,
+    #: and the same report in a later run is a new transaction.
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class CheckOut(Message, tag=0x9C):
+    """An SL node withdraws its check-in from a round still open: the trainer session it was
+    for went away (disconnected). Only the check-in of that ``session`` is taken back."""
+
+    contract: str
+    round: int
+    session: int
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +124,9 @@ class Merged(Message, tag=0x97):
     round: int
     attempt: int
     root: bytes
+    #: The contract's run (RESET CONTRACT starts the next): a round of an earlier run is over,
+    #: and the same report in a later run is a new transaction.
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +138,9 @@ class Exclude(Message, tag=0x98):
     attempt: int
     culprit: str
     reason: str
+    #: The contract's run (RESET CONTRACT starts the next): a round of an earlier run is over,
+    #: and the same report in a later run is a new transaction.
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,6 +153,9 @@ class PerfData(Message, tag=0x99):
     metric: float
     epochs_done: int
     epochs_total: int
+    #: The contract's run (RESET CONTRACT starts the next): a round of an earlier run is over,
+    #: and the same report in a later run is a new transaction.
+    generation: int = 0
 
 
 @dataclass(frozen=True)

@@ -133,12 +133,17 @@ class BlockHeader(Message, tag=0x41):
     tx_root: bytes
     app_hash: bytes  # the application state after executing the previous block
     validators_hash: bytes
+    last_commit_hash: bytes = b""  # Commit.hash of the block's last_commit (b"" at height 1)
 
 
 @dataclass(frozen=True)
 class Block(Message, tag=0x42):
+    """A block carries the commit of the previous height: its vote times fix this block's
+    time (BFT time, see :meth:`Commit.median_time_ms`), the same for everyone who checks it."""
+
     header: BlockHeader
     txs: tuple[bytes, ...]
+    last_commit: Commit | None = None  # None at height 1 only
 
     @cached_property
     def hash(self) -> BlockHash:
@@ -159,6 +164,7 @@ class VoteSignBytes(Message, tag=0x4E):
     height: int
     round: int
     value: bytes | None
+    time_ms: int
 
 
 @dataclass(frozen=True)
@@ -181,11 +187,15 @@ class Vote(Message, tag=0x43):
     value: bytes | None  # the block hash, or None for nil
     validator: str
     signature: bytes
+    #: The voter's clock when it voted (Unix ms, signed); a precommit for a block is clamped
+    #: to after that block's time. The next block's time is the median of its commit's.
+    time_ms: int = 0
 
     def sign_bytes(self, chain_id: str) -> bytes:
-        return encode_header(
-            VoteSignBytes(chain_id, self.kind, self.height, self.round, self.value)
+        signed = VoteSignBytes(
+            chain_id, self.kind, self.height, self.round, self.value, self.time_ms
         )
+        return encode_header(signed)
 
 
 @dataclass(frozen=True)
@@ -208,6 +218,7 @@ class Proposal(Message, tag=0x44):
 class CommitSig(Message, tag=0x45):
     validator: str
     signature: bytes
+    time_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -221,9 +232,36 @@ class Commit(Message, tag=0x46):
 
     def votes(self) -> list[Vote]:
         return [
-            Vote(VoteType.PRECOMMIT, self.height, self.round, self.value, s.validator, s.signature)
+            Vote(
+                VoteType.PRECOMMIT,
+                self.height,
+                self.round,
+                self.value,
+                s.validator,
+                s.signature,
+                s.time_ms,
+            )
             for s in self.signatures
         ]
+
+    @cached_property
+    def hash(self) -> bytes:
+        return digest(encode_header(self))
+
+    def median_time_ms(self, validators: ValidatorSet) -> int:
+        """BFT time: the voting-power-weighted median of the precommit times (CometBFT's
+        ``MedianTime``). The smallest time whose votes, with every earlier one, hold more
+        than half of the commit's power: the commit holds more than 2/3 of all power and
+        the faulty less than 1/3, so more than half of it, on either side of the median, is
+        honest, and no faulty clock can move it past an honest one."""
+        weighted = sorted((s.time_ms, validators.power(s.validator)) for s in self.signatures)
+        total = sum(power for _, power in weighted)
+        below = 0
+        for time_ms, power in weighted:
+            below += power
+            if 2 * below > total:
+                return time_ms
+        raise ValueError("an empty commit has no time")
 
 
 # ---------------------------------------------------------------- gossip and catch-up

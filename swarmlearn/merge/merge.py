@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from swarmlearn.merge.dtypes import storage_dtype
 from swarmlearn.merge.kernels import WeightSet
-from swarmlearn.merge.manifest import BytesLike, Layout, layout_of, unpack
+from swarmlearn.merge.manifest import DEFAULT_CHUNK_BYTES, BytesLike, Layout, layout_of, unpack
 from swarmlearn.merge.methods import Custom, GeoMedian, Krum, Method, method_scope, resolve_method
 from swarmlearn.merge.pieces import Piece, merge_piece, pieces_of_states, storage_view
 from swarmlearn.merge.plan import Granularity, Segment, ShardPlan, plan_shards
@@ -35,9 +35,17 @@ def _weights(weights: Weights, count: int) -> WeightSet:
 
 
 def merge(
-    states: Sequence[ModelState], weights: Weights = None, method: Method | str = "mean"
+    states: Sequence[ModelState],
+    weights: Weights = None,
+    method: Method | str = "mean",
+    *,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> ModelState:
-    """Merge N states (same names, dtypes, shapes) with positive ``weights`` (default equal)."""
+    """Merge N states (same names, dtypes, shapes) with positive ``weights`` (default equal).
+
+    ``chunk_bytes`` matters to the global methods only: their float64 sums are grouped by
+    chunk (one per tensor's part of each chunk), as a sync round of that layout groups them,
+    so a round's result is ``merge(..., chunk_bytes=layout.chunk_bytes)`` bit for bit."""
     if not states:
         raise ValueError("merge needs at least one state")
     signature = states[0].signature()
@@ -47,12 +55,11 @@ def merge(
     chosen = resolve_method(method)
     chosen.check(len(states))
     weight_set = _weights(weights, len(states))
-    layout = layout_of(states[0])
+    layout = layout_of(states[0], chunk_bytes)
     out = aligned_buffer(layout.total_bytes, 0)
     if method_scope(chosen) == "global":
-        stack = RangeStack(
-            layout, 0, layout.total_bytes, pieces_of_states(layout, states), weight_set
-        )
+        pieces = pieces_of_states(layout, states, by_chunk=True)
+        stack = RangeStack(layout, 0, layout.total_bytes, pieces, weight_set)
         finish_global([stack], chosen, [out])
     else:
         for index, spec in enumerate(layout.tensors):
@@ -101,14 +108,16 @@ def merge_sharded(
     method: Method | str = "mean",
     *,
     shards: int | ShardPlan | None = None,
-    granularity: Granularity = "element",
+    granularity: Granularity | None = None,
     arrivals: Sequence[Arrival] | None = None,
     map_fn: Callable[..., Iterable[Any]] = map,
 ) -> memoryview:
     """Run a sharded merge in one process and return the merged flat bytes.
 
     ``flats`` are the participants' flat states; ``shards`` the number of owners (default: one
-    per participant) or a plan; ``arrivals`` the order in which (participant, chunk) pairs
+    per participant) or a plan; ``granularity`` that of the plan made (default: ``"chunk"``
+    for the global methods, as sync rounds plan them, ``"element"`` for the others);
+    ``arrivals`` the order in which (participant, chunk) pairs
     arrive (each owner sees the pairs whose chunk overlaps its range, in this order).
     ``map_fn`` runs the owners (``map`` or a thread pool's ``map``).
     """
@@ -117,6 +126,8 @@ def merge_sharded(
     weight_set = _weights(weights, len(flats))
     if any(len(flat) != layout.total_bytes for flat in flats):
         raise ValueError(f"every flat state must be {layout.total_bytes} bytes")
+    if granularity is None:
+        granularity = "chunk" if method_scope(chosen) == "global" else "element"
     plan = (
         shards
         if isinstance(shards, ShardPlan)

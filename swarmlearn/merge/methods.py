@@ -171,25 +171,122 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-# What a sync round can merge today: methods that shard by coordinate (each owner merges its
-# range alone). Global methods (geometric median, Krum) need distances over whole models: the
-# merge engine has them (RangeCollector), the round protocol does not exchange them yet.
-ROUND_METHODS: tuple[str, ...] = tuple(
-    sorted(name for name, cls in METHODS.items() if cls.scope != "global")
-)
+#: What a sync round can merge: every registered method. Coordinate methods shard alone;
+#: the global ones (geometric median, Krum) exchange per-piece partial sums among the owners
+#: (roles/sl_round_global.py).
+ROUND_METHODS: tuple[str, ...] = tuple(sorted(METHODS))
+
+#: The parameters a round's method spec may set (``"multikrum:byzantine_max=2"``), with their
+#: types and what is valid; the others keep their defaults.
+ROUND_PARAMS: dict[str, dict[str, type]] = {
+    "trimmedmean": {"trim_fraction": float},
+    "geomedian": {"tolerance": float, "iterations_max": int},
+    "krum": {"byzantine_max": int},
+    "multikrum": {"byzantine_max": int, "selected": int},
+}
+#: A round's geometric median runs at most this many Weiszfeld updates (each one is a message
+#: exchange among the owners).
+ROUND_ITERATIONS_MAX = 1000
 
 
-def round_method_problem(name: str) -> str | None:
-    """Why ``name`` cannot merge a sync round, or None if it can."""
-    if name in ROUND_METHODS:
-        return None
-    valid = ", ".join(ROUND_METHODS)
-    if name in METHODS:
-        return (
-            f"merge method {name!r} needs distances over whole models and is not available in"
-            f" sync rounds yet; use one of: {valid}"
-        )
-    return f"merge method {name!r} is not one of: {valid}"
+def parse_round_method(spec: str) -> tuple[str, dict[str, int | float]]:
+    """``"name"`` or ``"name:param=value,param=value"`` -> (name, params); ``ConfigError``
+    (one line naming what is valid) for anything else."""
+    name, _, rest = spec.partition(":")
+    if name not in METHODS:
+        raise UnknownMethodError(f"merge method {name!r} is not one of: {', '.join(ROUND_METHODS)}")
+    allowed = ROUND_PARAMS.get(name, {})
+    params: dict[str, int | float] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        kind = allowed.get(key.strip())
+        if not sep or kind is None:
+            valid = ", ".join(sorted(allowed)) or "none"
+            raise ConfigError(
+                f"merge method {spec!r}: {item!r} is not param=value with a parameter of"
+                f" {name} (valid: {valid})"
+            )
+        try:
+            params[key.strip()] = kind(value.strip())
+        except ValueError:
+            raise ConfigError(
+                f"merge method {spec!r}: {key.strip()} must be {kind.__name__}, got {value!r}"
+            ) from None
+    _check_params(spec, params)
+    return name, params
+
+
+def _check_params(spec: str, params: dict[str, int | float]) -> None:
+    ranges = {
+        "trim_fraction": (0.0 <= params.get("trim_fraction", 0.0) < 0.5, "in [0, 0.5)"),
+        "tolerance": (params.get("tolerance", 1.0) > 0, "> 0"),
+        "iterations_max": (
+            0 <= params.get("iterations_max", 0) <= ROUND_ITERATIONS_MAX,
+            f"in 0..{ROUND_ITERATIONS_MAX}",
+        ),
+        "byzantine_max": (params.get("byzantine_max", 0) >= 0, ">= 0"),
+        "selected": (params.get("selected", 1) >= 1, ">= 1"),
+    }
+    for key in params:
+        ok, valid = ranges[key]
+        if not ok:
+            raise ConfigError(f"merge method {spec!r}: {key} must be {valid}, got {params[key]}")
+
+
+def round_method_problem(spec: str) -> str | None:
+    """Why ``spec`` cannot merge a sync round, or None if it can."""
+    try:
+        parse_round_method(spec)
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+#: A global method's exchange takes longer than the mean's: per step, a message round trip
+#: among the owners, and per step and GB of model, one pass over the owner's N x range. The
+#: coordinate median and trimmed mean compare each value with the N - 1 others: N passes.
+GLOBAL_STEP_MS = 30
+GLOBAL_STEP_MS_PER_GB = 2_000
+
+
+def extra_exchange_ms(spec: str, participants: int, model_bytes: int) -> int:
+    """How much longer than the mean's an attempt of this method may take (the ledger adds it
+    to the exchange deadline; integers only, so every validator computes the same)."""
+    try:
+        method = round_method(spec, max(participants, 1))
+    except (ConfigError, ValueError):
+        return 0
+    if isinstance(method, GeoMedian):
+        steps, passes = method.iterations_max + 1, method.iterations_max + 1
+    elif isinstance(method, Krum):
+        steps, passes = 1, participants  # N - 1 distances per contribution, once
+    elif isinstance(method, CoordMedian | TrimmedMean):
+        steps, passes = 0, participants  # N comparisons per value (no steps to exchange)
+    else:
+        return 0
+    per_gb = passes * GLOBAL_STEP_MS_PER_GB * model_bytes // 1_000_000_000
+    return steps * GLOBAL_STEP_MS + per_gb
+
+
+def round_method(spec: str, participants: int) -> Method:
+    """The method a round with ``participants`` merges with (``spec`` checked at check-in).
+
+    Krum and Multi-Krum assume ``byzantine_max`` f = (N - 3) // 2 when not given, the most
+    that Krum tolerates (N >= 2f + 3), and never more than N - 3; Multi-Krum then averages the
+    N - f best (``selected``, at most N). With fewer than 3 participants there is nothing to
+    compare: a Krum round merges their weighted mean.
+    """
+    name, params = parse_round_method(spec)
+    if name in ("krum", "multikrum"):
+        if participants < 3:
+            return Mean()
+        most = participants - 3
+        params["byzantine_max"] = min(int(params.get("byzantine_max", most // 2)), most)
+        if "selected" in params:
+            params["selected"] = min(int(params["selected"]), participants)
+    method = method_named(name, **params)
+    method.check(participants)
+    return method
 
 
 def method_scope(method: Method) -> Scope:

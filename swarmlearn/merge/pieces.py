@@ -9,6 +9,7 @@ boundaries). ``out_offset`` says where the piece's merged bytes go in the owner'
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,21 +55,44 @@ def storage_view(data: memoryview, spec: TensorSpec, byte_offset: int, count: in
 
 
 def pieces_of_states(
-    layout: Layout, states: Sequence[ModelState], block_elements: int = PIECE_ELEMENTS
+    layout: Layout,
+    states: Sequence[ModelState],
+    block_elements: int = PIECE_ELEMENTS,
+    *,
+    by_chunk: bool = False,
 ) -> list[Piece]:
-    """Blocks of every tensor of ``states`` (views when the arrays are contiguous)."""
+    """Blocks of every tensor of ``states`` (views when the arrays are contiguous); with
+    ``by_chunk``, the tensors cut at the layout's chunk boundaries instead: the very pieces
+    an owner's received chunks give (:func:`pieces_of_region`), in layout order."""
     pieces = []
     for index, spec in enumerate(layout.tensors):
         dtype = storage_dtype(spec.dtype)
         flats = [
             np.ascontiguousarray(state[spec.name], dtype=dtype).reshape(-1) for state in states
         ]
-        for start in range(0, spec.count, block_elements):
-            stop = min(start + block_elements, spec.count)
+        for start, stop in _cuts(layout, spec, block_elements, by_chunk):
             columns = tuple(flat[start:stop] for flat in flats)
             offset = spec.offset + start * spec.itemsize
             pieces.append(Piece(spec, Segment(index, start, stop), offset, columns))
     return pieces
+
+
+def _cuts(
+    layout: Layout, spec: TensorSpec, block_elements: int, by_chunk: bool
+) -> list[tuple[int, int]]:
+    """Element spans ``[start, stop)`` a tensor is cut into (blocks, or at chunk bounds)."""
+    if not by_chunk:
+        return [
+            (start, min(start + block_elements, spec.count))
+            for start in range(0, spec.count, block_elements)
+        ]
+    size = layout.chunk_bytes
+    bounds = [spec.offset, *range((spec.offset // size + 1) * size, spec.stop, size), spec.stop]
+    spans = [
+        ((a - spec.offset) // spec.itemsize, (b - spec.offset) // spec.itemsize)
+        for a, b in itertools.pairwise(bounds)
+    ]
+    return [(a, b) for a, b in spans if b > a]
 
 
 def pieces_of_region(

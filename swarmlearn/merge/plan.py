@@ -4,7 +4,11 @@ Theory of operation
 -------------------
 With P participants and a layout of T bytes, owner i's range is ``[b_i, b_{i+1})`` where
 ``b_i = snap(i * T // P)``: the ideal split, moved down to the nearest element boundary
-(``granularity="element"``) or tensor start (``granularity="tensor"``). A boundary that falls in
+(``granularity="element"``), tensor start (``granularity="tensor"``) or chunk boundary
+(``granularity="chunk"``: no chunk is split between owners, so an owner's pieces are exactly
+the chunk-and-tensor pieces of a whole-state merge; the global methods' partial sums are
+grouped by those pieces, which makes a sharded geometric median or Krum bit-identical to the
+whole-state one, see :mod:`swarmlearn.merge.sharded`). A boundary that falls in
 the padding between two tensors moves to the end of the tensor before it. Snapping is
 monotone, so the ranges are contiguous, disjoint, cover the whole layout, and no element
 straddles two owners. Ranges may be empty (more participants than elements, or one tensor
@@ -23,7 +27,7 @@ from typing import Literal
 
 from swarmlearn.merge.manifest import Layout
 
-Granularity = Literal["element", "tensor"]
+Granularity = Literal["element", "tensor", "chunk"]
 
 
 @dataclass(frozen=True)
@@ -90,9 +94,11 @@ def segments_between(layout: Layout, start_byte: int, stop_byte: int) -> tuple[S
 
 
 def snap(layout: Layout, byte: int, granularity: Granularity) -> int:
-    """The nearest element boundary (or tensor start) at or below ``byte``."""
+    """The nearest element boundary (or tensor start, or chunk start) at or below ``byte``."""
     if byte >= layout.total_bytes:
         return layout.total_bytes
+    if granularity == "chunk":
+        byte = byte // layout.chunk_bytes * layout.chunk_bytes
     offsets = [spec.offset for spec in layout.tensors]
     index = bisect.bisect_right(offsets, byte) - 1
     if index < 0:
@@ -111,8 +117,8 @@ def plan_shards(
     """Split the layout into ``participants`` balanced contiguous ranges, owner i gets range i."""
     if participants < 1:
         raise ValueError(f"a plan needs at least one participant, got {participants}")
-    if granularity not in ("element", "tensor"):
-        raise ValueError(f"granularity must be 'element' or 'tensor', got {granularity!r}")
+    if granularity not in ("element", "tensor", "chunk"):
+        raise ValueError(f"granularity must be 'element', 'tensor' or 'chunk', got {granularity!r}")
     total = layout.total_bytes
     bounds = [snap(layout, i * total // participants, granularity) for i in range(participants)]
     bounds.append(total)

@@ -9,25 +9,31 @@ N x model). The methods need only a few numbers per contributor from each shard:
 Geometric median (weighted Weiszfeld), per iteration t::
 
     owners:  z_0 = weighted mean of the range            (geomedian_start)
-             partials_i = (sum (x_k - z)^2 for each k, sum z^2, sum (z - z_prev)^2)
-    driver:  total = partials_0 + partials_1 + ...        (sum_partials, in owner order)
+             rows_i = per piece: (sum (x_k - z)^2 for each k, sum z^2, sum (z - z_prev)^2)
+    driver:  total = fold of every owner's rows           (sum_partials: owner order, then
+                                                           piece order; a left fold)
              d_k = sqrt(total.distance_sq[k]); f = sum w_k d_k
              stop?  (GeoMedianDriver.observe: converged, stagnated, oscillating, cap)
              beta_k = w_k / max(d_k, eps * max_j d_j)
-    owners:  z = sum beta_k x_k / sum beta_k over the range, and the partials for the new z
+    owners:  z = sum beta_k x_k / sum beta_k over the range, and the rows for the new z
              (geomedian_update, one fused pass)
     ...      when the driver stops, each owner writes its z (write)
 
-Krum: each owner computes its range's N x N matrix of squared pairwise distances
-(:meth:`RangeStack.krum_distances`); the driver sums the matrices in owner order and selects
-(:func:`krum_select`); each owner writes the weighted mean of the selected contributions.
+Krum: each owner computes, per piece, the N x N squared pairwise distances (upper triangle
+rows, :meth:`RangeStack.krum_distances`); the driver folds every owner's rows in order
+(:func:`krum_total`) and selects (:func:`krum_select`); each owner writes the weighted mean
+of the selected contributions.
 
-Sums are float64, by numpy's pairwise summation over each piece (no BLAS, so no threads and no
-machine-dependent kernels), then in piece order, then in owner order. Per-shard partials are
-grouped differently for different shard counts, so the geometric median of k shards equals the
-whole-array one within the stopping tolerance; Krum's selection (and then the merged bytes) is
-the same unless two scores tie to rounding. For one plan every participant gets the same bytes:
-each range is computed by its owner only.
+Determinism: a row is one piece's sums, float64, by numpy's pairwise summation over the piece
+(no BLAS, so no threads and no machine-dependent kernels); the total is a left fold over all
+rows in layout order. A piece is one tensor's part of one chunk, so with a plan that splits no
+chunk (``plan_shards(..., granularity="chunk")``, what sync rounds use) the rows do not depend
+on the plan: P owners and one whole-state merge of the same chunk size
+(:func:`~swarmlearn.merge.merge.merge` with ``chunk_bytes``) fold the same numbers in the same
+order, stop at the same iteration and write the same bytes. A
+plan that splits chunks groups differently and agrees within the stopping tolerance (Krum:
+the same selection unless two scores tie to rounding). In a round every participant folds the
+same rows (each owner's come from that owner alone), so all decide alike.
 Integer and bool tensors follow the rules of :mod:`swarmlearn.merge.kernels` (over all
 contributions for the geometric median, over the selected ones for Krum).
 """
@@ -48,6 +54,7 @@ from swarmlearn.merge.kernels import WeightSet, int_rule, merge_discrete
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.merge.methods import Custom, GeoMedian, Krum, Method, method_scope
 from swarmlearn.merge.pieces import Piece, call_custom, merge_piece, zero_gaps
+from swarmlearn.merge.plan import Shard, segments_between
 
 #: Relative change of the objective below which it counts as unchanged.
 OBJECTIVE_RTOL = 1e-12
@@ -57,22 +64,44 @@ STEP_RTOL = 1e-9
 
 @dataclass(frozen=True, eq=False)
 class GeoPartials:
-    """One shard's contribution to a Weiszfeld iteration (all sums over the shard's floats)."""
+    """A Weiszfeld iteration's totals over every float (the fold of every owner's rows)."""
 
     distance_sq: NDArray[np.float64]  # (N,): sum (x_k - z)^2
     estimate_sq: float  # sum z^2
     moved_sq: float  # sum (z - z_previous)^2; 0 for the start
 
 
-def sum_partials(parts: Sequence[GeoPartials]) -> GeoPartials:
-    """Add shards' partials in the given (owner) order."""
-    distance = np.array(parts[0].distance_sq, dtype=np.float64)
-    estimate, moved = parts[0].estimate_sq, parts[0].moved_sq
-    for part in parts[1:]:
-        distance += part.distance_sq
-        estimate += part.estimate_sq
-        moved += part.moved_sq
-    return GeoPartials(distance, estimate, moved)
+def geo_width(participants: int) -> int:
+    """Numbers per piece in a geometric-median row: N distances, sum z^2, sum (z - z')^2."""
+    return participants + 2
+
+
+def krum_width(participants: int) -> int:
+    """Numbers per piece in a Krum row: the upper triangle of the N x N distances."""
+    return participants * (participants - 1) // 2
+
+
+def fold_rows(parts: Sequence[NDArray[np.float64]], width: int) -> NDArray[np.float64]:
+    """The left fold ``((r_0 + r_1) + r_2) + ...`` of every row, ``parts`` in order."""
+    total = np.zeros(width, np.float64)
+    for part in parts:
+        for row in np.asarray(part, np.float64).reshape(-1, width):
+            np.add(total, row, out=total)
+    return total
+
+
+def sum_partials(parts: Sequence[NDArray[np.float64]], participants: int) -> GeoPartials:
+    """Fold owners' geometric-median rows (owner order, each in piece order) into totals."""
+    total = fold_rows(parts, geo_width(participants))
+    return GeoPartials(total[:participants], float(total[-2]), float(total[-1]))
+
+
+def krum_total(parts: Sequence[NDArray[np.float64]], participants: int) -> NDArray[np.float64]:
+    """Fold owners' Krum rows (owner order, each in piece order) into the N x N matrix."""
+    total = fold_rows(parts, krum_width(participants))
+    matrix = np.zeros((participants, participants), np.float64)
+    matrix[np.triu_indices(participants, 1)] = total
+    return matrix + matrix.T
 
 
 class StopReason(enum.Enum):
@@ -214,34 +243,35 @@ class RangeStack:
             if k:
                 np.add(out, target, out=out)
 
-    def _partials(self, update: NDArray[np.float64] | None) -> GeoPartials:
-        distance = np.zeros(self.weights.count, np.float64)
-        estimate_sq = moved_sq = 0.0
-        for piece, z in zip(self._floats, self._estimate, strict=True):
+    def _partials(self, update: NDArray[np.float64] | None) -> NDArray[np.float64]:
+        n = self.weights.count
+        rows = np.zeros((len(self._floats), geo_width(n)), np.float64)
+        for row, piece, z in zip(rows, self._floats, self._estimate, strict=True):
             scratch = self._scratch[: piece.count]
             if update is not None:
                 fresh = self._fresh[: piece.count]
                 self._weighted_sum(piece, update, fresh)
                 np.subtract(fresh, z, out=scratch)
-                moved_sq += _sum_of_squares(scratch)
+                row[n + 1] = _sum_of_squares(scratch)
                 np.copyto(z, fresh)
             np.multiply(z, z, out=scratch)
-            estimate_sq += float(np.add.reduce(scratch))
+            row[n] = float(np.add.reduce(scratch))
             for k, column in enumerate(piece.columns):
                 np.subtract(_widened(column, piece.spec.dtype), z, out=scratch, dtype=np.float64)
-                distance[k] += _sum_of_squares(scratch)
-        return GeoPartials(distance, estimate_sq, moved_sq)
+                row[k] = _sum_of_squares(scratch)
+        return rows
 
-    def geomedian_start(self) -> GeoPartials:
-        """Set the estimate to the weighted mean of the range; return its partials."""
+    def geomedian_start(self) -> NDArray[np.float64]:
+        """Set the estimate to the weighted mean of the range; return its rows (per float
+        piece: the N squared distances, sum z^2, 0)."""
         factors = self.weights.factors(np.dtype(np.float64))
         self._estimate = [np.empty(p.count, np.float64) for p in self._floats]
         for piece, z in zip(self._floats, self._estimate, strict=True):
             self._weighted_sum(piece, factors, z)
         return self._partials(None)
 
-    def geomedian_update(self, betas: NDArray[np.float64]) -> GeoPartials:
-        """Move the estimate to sum beta_k x_k / sum beta_k; return the new partials."""
+    def geomedian_update(self, betas: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Move the estimate to sum beta_k x_k / sum beta_k; return the new rows."""
         if not self._estimate and self._floats:
             raise ValueError("geomedian_update before geomedian_start")
         total = 0.0
@@ -252,17 +282,19 @@ class RangeStack:
     # ---------------------------------------------------------------------------- Krum
 
     def krum_distances(self) -> NDArray[np.float64]:
-        """This range's N x N squared pairwise distances over the float tensors."""
+        """Per float piece, the upper triangle of its N x N squared pairwise distances."""
         n = self.weights.count
-        upper = np.zeros((n, n), np.float64)
-        for piece in self._floats:
+        rows = np.zeros((len(self._floats), krum_width(n)), np.float64)
+        for row, piece in zip(rows, self._floats, strict=True):
             scratch = self._scratch[: piece.count]
             columns = [_widened(c, piece.spec.dtype) for c in piece.columns]
+            cell = 0
             for i in range(n):
                 for j in range(i + 1, n):
                     np.subtract(columns[i], columns[j], out=scratch, dtype=np.float64)
-                    upper[i, j] += _sum_of_squares(scratch)
-        return upper + upper.T
+                    row[cell] = _sum_of_squares(scratch)
+                    cell += 1
+        return rows
 
     # --------------------------------------------------------------------------- result
 
@@ -330,6 +362,72 @@ class RangeStack:
             store_float(result.reshape(-1), spec.dtype, target)
 
 
+def float_piece_count(layout: Layout, shard: Shard) -> int:
+    """How many rows an owner of ``shard`` sends per step: its float pieces (one per float
+    tensor's part of each chunk in the range), which every participant can count."""
+    count = 0
+    for chunk in shard.chunks(layout):
+        start, stop = layout.chunk_span(chunk)
+        low, high = max(start, shard.start_byte), min(stop, shard.stop_byte)
+        segments = segments_between(layout, low, high)
+        count += sum(1 for s in segments if kind(layout.tensors[s.entry].dtype) == "float")
+    return count
+
+
+class GlobalSteps:
+    """One owner's side of a global method, step by step (sans-IO): its rows out, every
+    owner's rows in; the round driver carries the rows between owners.
+
+    ``start()`` gives step 0's rows; ``advance(parts)`` takes every owner's rows of the
+    current step (in owner order) and gives the next step's rows, or None when the method is
+    done (then ``write``). Every owner that folds the same parts decides the same.
+    """
+
+    def __init__(self, stack: RangeStack, method: GeoMedian | Krum) -> None:
+        self.stack = stack
+        self.method = method
+        self.participants = stack.weights.count
+        self.driver = (
+            GeoMedianDriver(stack.weights, method) if isinstance(method, GeoMedian) else None
+        )
+        self.width = geo_width(self.participants) if self.driver else krum_width(self.participants)
+        self.step = 0
+        self.selected: tuple[int, ...] | None = None
+        self.finished = False
+
+    def start(self) -> NDArray[np.float64]:
+        return self.stack.geomedian_start() if self.driver else self.stack.krum_distances()
+
+    def advance(self, parts: Sequence[NDArray[np.float64]]) -> NDArray[np.float64] | None:
+        if self.finished:
+            raise ValueError("the global method is done already")
+        if self.driver is None:
+            assert isinstance(self.method, Krum)
+            total = krum_total(parts, self.participants)
+            count = self.method.selected_count(self.participants)
+            self.selected = krum_select(total, self.method.byzantine_max, count)
+            self.finished = True
+            return None
+        betas = self.driver.observe(sum_partials(parts, self.participants))
+        if betas is None:
+            self.finished = True
+            return None
+        self.step += 1
+        return self.stack.geomedian_update(betas)
+
+    def write(self, out: memoryview) -> None:
+        if not self.finished:
+            raise ValueError("the global method is not done yet")
+        self.stack.write(self.method, out, self.selected)
+
+    def describe(self) -> str:
+        """How it ended, for a progress line."""
+        if self.driver is None:
+            return f"selected {list(self.selected or ())}"
+        reason = self.driver.stop_reason.value if self.driver.stop_reason else "running"
+        return f"{self.driver.iterations} iterations, {reason}"
+
+
 def drive_geomedian(
     stacks: Sequence[RangeStack],
     method: GeoMedian,
@@ -337,11 +435,12 @@ def drive_geomedian(
 ) -> GeoMedianDriver:
     """Run the geometric median over in-process shards (``map_fn`` may run them in threads)."""
     driver = GeoMedianDriver(stacks[0].weights, method)
+    n = stacks[0].weights.count
     parts = list(map_fn(RangeStack.geomedian_start, stacks))
-    betas = driver.observe(sum_partials(parts))
+    betas = driver.observe(sum_partials(parts, n))
     while betas is not None:
         parts = list(map_fn(RangeStack.geomedian_update, stacks, [betas] * len(stacks)))
-        betas = driver.observe(sum_partials(parts))
+        betas = driver.observe(sum_partials(parts, n))
     return driver
 
 
@@ -350,10 +449,7 @@ def drive_krum(
     method: Krum,
     map_fn: Callable[..., Iterable[Any]] = map,
 ) -> tuple[int, ...]:
-    """Sum the shards' distance matrices in owner order and select."""
-    matrices = list(map_fn(RangeStack.krum_distances, stacks))
-    total = np.array(matrices[0], dtype=np.float64)
-    for matrix in matrices[1:]:
-        total += matrix
+    """Fold the shards' distance rows in owner order and select."""
     n = stacks[0].weights.count
+    total = krum_total(list(map_fn(RangeStack.krum_distances, stacks)), n)
     return krum_select(total, method.byzantine_max, method.selected_count(n))

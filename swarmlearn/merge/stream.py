@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from swarmlearn.errors import LocalProtocolError
+from swarmlearn.errors import LocalProtocolError, RemoteProtocolError
 from swarmlearn.merge.dtypes import compute_dtype, kind, store_float
 from swarmlearn.merge.kernels import FOLD_BLOCK_BYTES, WeightSet, fold
 from swarmlearn.merge.manifest import BytesLike, Layout
@@ -99,14 +99,14 @@ class _Inbox:
             raise LocalProtocolError(
                 f"participant {participant} is not in 0..{self.participants - 1}"
             )
-        if chunk_index not in self._chunks:
-            raise LocalProtocolError(
+        if chunk_index not in self._chunks:  # what a sender sent: its fault, not ours
+            raise RemoteProtocolError(
                 f"chunk {chunk_index} does not overlap owner {self.shard.owner}'s range"
             )
         start, stop = self.layout.chunk_span(chunk_index)
         view = memoryview(data).cast("B")
         if len(view) != stop - start:
-            raise LocalProtocolError(
+            raise RemoteProtocolError(
                 f"chunk {chunk_index} must be {stop - start} bytes, got {len(view)}"
             )
         return view
@@ -186,7 +186,7 @@ class RangeMerge(_Inbox):
         view = self._check(participant, chunk_index, data)
         region = None if chunk_index in self._done else self._region(chunk_index)
         if region is None or participant < region.next or participant in region.held:
-            raise LocalProtocolError(
+            raise RemoteProtocolError(
                 f"chunk {chunk_index} of participant {participant} arrived twice"
             )
         if region.wait_all:
@@ -292,7 +292,7 @@ class RangeCollector(_Inbox):
         view = self._check(participant, chunk_index, data)
         slots = self._held[chunk_index]
         if participant in slots:
-            raise LocalProtocolError(
+            raise RemoteProtocolError(
                 f"chunk {chunk_index} of participant {participant} arrived twice"
             )
         slots[participant] = view

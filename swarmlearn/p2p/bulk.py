@@ -76,21 +76,39 @@ class TlsPipe:
     release the GIL.
     """
 
-    def __init__(self, raw: socket.socket, context: ssl.SSLContext, *, server_side: bool) -> None:
+    def __init__(
+        self,
+        raw: socket.socket,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        handshake_timeout_s: float | None = None,
+    ) -> None:
+        """Runs the handshake; with ``handshake_timeout_s``, all of it within that long (a
+        peer that trickles a byte at a time is cut off: ``TimeoutError``), and the socket
+        keeps the timeout it had."""
         self.raw = raw
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self.tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
         self._buffer = bytearray(IO_BYTES)
         self._view = memoryview(self._buffer)
+        timeout_s = raw.gettimeout()
+        deadline = None if handshake_timeout_s is None else time.monotonic() + handshake_timeout_s
         while True:
             try:
                 self.tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
                 self._flush()
+                if deadline is not None:
+                    left_s = deadline - time.monotonic()
+                    if left_s <= 0:
+                        raise TimeoutError("TLS handshake timed out") from None
+                    raw.settimeout(left_s)
                 self._fill()
         self._flush()
+        raw.settimeout(timeout_s)
 
     def __enter__(self) -> TlsPipe:
         return self

@@ -54,6 +54,7 @@ from swarmlearn.p2p.gossip import (
 )
 from swarmlearn.p2p.gossip_messages import TOPIC_CONSENSUS, GossipDelivery
 from swarmlearn.p2p.identity import Identity, PeerId
+from swarmlearn.p2p.limits import ByteBudget
 from swarmlearn.p2p.multiaddr import PeerAddress, parse_address
 from swarmlearn.p2p.mux import MuxConfig
 from swarmlearn.p2p.node import P2PNode
@@ -161,6 +162,7 @@ class P2PService:
         self._changed = trio.Event()
         self._subscribers: dict[str, list[trio.MemorySendChannel[GossipDelivery]]] = {}
         self._transport_counters = TransportCounters()
+        self._budget = ByteBudget()  # partial frames of every link, beyond their reserves
         self._server_context = server_context(identity)
         self._client_context = client_context(identity)
         self._nursery: trio.Nursery | None = None
@@ -413,6 +415,7 @@ class P2PService:
                     config=self.config.transport,
                     context=self._server_context,
                     counters=self._transport_counters,
+                    budget=self._budget,
                 )
         except (trio.TooSlowError, OSError, *LINK_ERRORS) as error:
             self.counters.handshakes_failed += 1
@@ -435,6 +438,7 @@ class P2PService:
                         config=self.config.transport,
                         context=self._client_context,
                         counters=self._transport_counters,
+                        budget=self._budget,
                     )
                 except BaseException:
                     await trio.aclose_forcefully(tcp)

@@ -160,7 +160,7 @@ class Link:
             case StreamData(stream, data):
                 reader = self.readers.get(stream)
                 if reader is None:
-                    reader = self.readers[stream] = FrameReader(self.frame_bytes_max)
+                    reader = self.readers[stream] = FrameReader(self.frame_bytes_max, typed=True)
                 reader.feed(data)
                 self.mux.consumed(stream, len(data))
                 while (body := reader.next_frame()) is not None:
@@ -168,7 +168,7 @@ class Link:
                         message = decode_body(body)
                     except RemoteProtocolError:
                         self.counters.messages_invalid += 1
-                        continue
+                        raise  # the link closes: a malformed message ends it (issue 19)
                     self.counters.messages_received += 1
                     if not self.closing:
                         deliver(message)

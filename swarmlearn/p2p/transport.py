@@ -15,11 +15,20 @@ What a peer can do wrong, and what happens:
 - handshake fails (no certificate, another CA, expired, TLS 1.2) or runs past
   ``handshake_timeout_s``: the stream is closed, ``handshakes_failed`` counts
   it, a listener goes on serving others;
-- a frame length over ``frame_bytes_max``, or the stream ending mid-frame: the
-  connection is closed, ``protocol_errors`` counts it, and ``receive`` raises
-  :class:`RemoteProtocolError`;
-- a whole frame that does not decode to a valid message: dropped and counted
-  in ``messages_dropped``; the stream stays in sync, so the connection stays.
+- a frame length over ``frame_bytes_max`` or over its message type's limit, a
+  frame the node's budget of bytes in flight cannot hold (see
+  :mod:`swarmlearn.p2p.limits`), the stream ending mid-frame, or a whole frame
+  that does not decode to a valid message: the connection is closed,
+  ``protocol_errors`` (and ``frames_refused`` or ``messages_dropped``) counts it,
+  and ``receive`` raises :class:`RemoteProtocolError`;
+- a peer that stops mid-frame: the reads of one frame may take
+  ``frame_timeout_s`` plus one second per ``frame_rate_min_bytes_s`` of its length
+  (only the time spent waiting on the peer counts, not the time the node took
+  between reads); past it the connection is closed and ``frame_timeouts`` counts
+  it. With ``idle_timeout_s``, a peer that sends nothing between frames for that
+  long is closed too (``idle_timeouts``);
+- more than ``connections_max`` connections (or ``handshakes_max`` handshakes) at
+  once on a listener: the new one is closed at once, ``connections_refused``.
 
 ``receive`` raises ``trio.EndOfChannel`` when the peer closed cleanly and
 ``trio.BrokenResourceError`` when the transport broke. Sends from several tasks
@@ -36,7 +45,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import NoReturn, Self
 
 import trio
 
@@ -48,6 +57,7 @@ from swarmlearn.p2p.framing import (
     encode_frame,
 )
 from swarmlearn.p2p.identity import CertificateInfo, Identity, PeerId
+from swarmlearn.p2p.limits import ByteBudget, FrameRefused
 from swarmlearn.p2p.tls import client_context, peer_certificate_info, server_context
 from swarmlearn.p2p.wire import Message, decode_body
 
@@ -62,11 +72,27 @@ class TransportConfig:
     close_timeout_s: float = 5.0
     #: Most bytes asked of the TLS stream per read.
     receive_bytes_max: int = 1024 * 1024
+    #: A frame's reads may take this long, plus a second per ``frame_rate_min_bytes_s``.
+    frame_timeout_s: float = 10.0
+    frame_rate_min_bytes_s: float = 1024 * 1024
+    #: Silence allowed between frames (None: no limit; a member's link may idle).
+    idle_timeout_s: float | None = None
+    #: Frames are checked against their message type's limit from the header.
+    typed_frames: bool = True
+    #: A listener's connections (and TLS handshakes in progress) at once; more are closed.
+    connections_max: int = 256
+    handshakes_max: int = 64
 
     def __post_init__(self) -> None:
         check_frame_bytes_max(self.frame_bytes_max)
         if not (self.handshake_timeout_s > 0 and self.close_timeout_s > 0):
             raise LocalProtocolError("handshake_timeout_s and close_timeout_s must be > 0")
+        if not (self.frame_timeout_s > 0 and self.frame_rate_min_bytes_s > 0):
+            raise LocalProtocolError("frame_timeout_s and frame_rate_min_bytes_s must be > 0")
+        if self.idle_timeout_s is not None and not self.idle_timeout_s > 0:
+            raise LocalProtocolError("idle_timeout_s must be > 0 (or None: no limit)")
+        if self.connections_max < 1 or self.handshakes_max < 1:
+            raise LocalProtocolError("connections_max and handshakes_max must be >= 1")
         if self.receive_bytes_max < 1:
             raise LocalProtocolError("receive_bytes_max must be >= 1")
 
@@ -84,6 +110,11 @@ class TransportCounters:
     bytes_sent: int = 0
     bytes_received: int = 0
     connections_open: int = 0
+    frames_refused: int = 0  # over their type's limit, or over the budget of bytes in flight
+    frame_timeouts: int = 0
+    idle_timeouts: int = 0
+    connections_refused: int = 0
+    handshakes_open: int = 0
     last_error: str = field(default="")
 
     def snapshot(self) -> TransportStatistics:
@@ -101,6 +132,11 @@ class TransportStatistics:
     bytes_sent: int
     bytes_received: int
     connections_open: int
+    frames_refused: int
+    frame_timeouts: int
+    idle_timeouts: int
+    connections_refused: int
+    handshakes_open: int
     last_error: str
 
 
@@ -113,11 +149,13 @@ class Connection:
         peer: CertificateInfo,
         config: TransportConfig,
         counters: TransportCounters | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.peer = peer
         self._stream = stream
         self._config = config
-        self._reader = FrameReader(config.frame_bytes_max)
+        self._reader = FrameReader(config.frame_bytes_max, typed=config.typed_frames, budget=budget)
+        self._frame_spent_s = 0.0  # time spent waiting on the peer for the current frame
         self._counters = counters if counters is not None else TransportCounters()
         self._send_lock = trio.Lock()
         self._closed = False
@@ -146,7 +184,7 @@ class Connection:
         self._counters.bytes_sent += len(data)
 
     async def receive(self) -> Message:
-        """The next valid message from the peer (invalid ones are dropped and counted)."""
+        """The next valid message from the peer (see the module doc for what ends it)."""
         while True:
             body = self._reader.next_frame()
             if body is not None:
@@ -155,10 +193,8 @@ class Connection:
                     return decode_body(body)
                 except RemoteProtocolError as error:
                     self._counters.messages_dropped += 1
-                    self._counters.last_error = str(error)
-                    log.debug("dropped a message from %s: %s", self.peer_id.short, error)
-                    continue
-            data = await self._stream.receive_some(self._config.receive_bytes_max)
+                    await self._fail(RemoteProtocolError(f"undecodable message: {error}"))
+            data = await self._receive_some()
             self._counters.bytes_received += len(data)
             if not data:
                 if self._reader.at_boundary:
@@ -167,9 +203,34 @@ class Connection:
             try:
                 self._reader.feed(data)
             except RemoteProtocolError as error:
+                self._counters.frames_refused += isinstance(error, FrameRefused)
                 await self._fail(error)
+            if self._reader.at_boundary:
+                self._frame_spent_s = 0.0
 
-    async def _fail(self, error: RemoteProtocolError) -> None:
+    async def _receive_some(self) -> bytes | bytearray:
+        """One read, under the deadline of the frame in progress (or the idle one)."""
+        config = self._config
+        if self._reader.at_boundary:
+            if config.idle_timeout_s is None:
+                return await self._stream.receive_some(config.receive_bytes_max)
+            with trio.move_on_after(config.idle_timeout_s):
+                return await self._stream.receive_some(config.receive_bytes_max)
+            self._counters.idle_timeouts += 1
+            await self._fail(RemoteProtocolError(f"idle for {config.idle_timeout_s:g} s"))
+        allowed_s = config.frame_timeout_s + (
+            self._reader.pending_body_bytes / config.frame_rate_min_bytes_s
+        )
+        started = trio.current_time()
+        with trio.move_on_after(max(0.0, allowed_s - self._frame_spent_s)):
+            try:
+                return await self._stream.receive_some(config.receive_bytes_max)
+            finally:
+                self._frame_spent_s += trio.current_time() - started
+        self._counters.frame_timeouts += 1
+        await self._fail(RemoteProtocolError(f"a frame took over {allowed_s:.0f} s to arrive"))
+
+    async def _fail(self, error: RemoteProtocolError) -> NoReturn:
         self._counters.protocol_errors += 1
         self._counters.last_error = str(error)
         log.info("closing connection to %s: %s", self.peer_id.short, error)
@@ -193,6 +254,7 @@ class Connection:
             return
         self._closed = True
         self._counters.connections_open -= 1
+        self._reader.close()
         if forcefully:
             await trio.aclose_forcefully(self._stream)
         else:
@@ -215,6 +277,14 @@ class Connection:
     def statistics(self) -> TransportStatistics:
         return self._counters.snapshot()
 
+    def count_idle(self) -> None:
+        """A handler closed a connection that sat idle past its deadline."""
+        self._counters.idle_timeouts += 1
+
+    def count_refused(self) -> None:
+        """A handler refused the connection (its peer holds too many)."""
+        self._counters.connections_refused += 1
+
 
 async def _secure(
     transport: trio.abc.Stream,
@@ -224,6 +294,7 @@ async def _secure(
     config: TransportConfig | None,
     counters: TransportCounters | None,
     expected_peer: PeerId | None = None,
+    budget: ByteBudget | None = None,
 ) -> Connection:
     """Run the TLS handshake under its deadline; any failure closes the stream and is counted."""
     config = config or TransportConfig()
@@ -242,7 +313,7 @@ async def _secure(
         counters.last_error = _handshake_failure(error)
         await trio.aclose_forcefully(stream)
         raise RemoteProtocolError(counters.last_error) from error
-    return Connection(stream, peer, config, counters)
+    return Connection(stream, peer, config, counters, budget)
 
 
 def _handshake_failure(error: BaseException) -> str:
@@ -264,6 +335,7 @@ async def connect_stream(
     expected_peer: PeerId | None = None,
     context: ssl.SSLContext | None = None,
     counters: TransportCounters | None = None,
+    budget: ByteBudget | None = None,
 ) -> Connection:
     """Client side of a handshake over ``transport``; checks ``expected_peer`` when given."""
     context = context or client_context(identity)
@@ -274,6 +346,7 @@ async def connect_stream(
         config=config,
         counters=counters,
         expected_peer=expected_peer,
+        budget=budget,
     )
 
 
@@ -284,10 +357,13 @@ async def accept_stream(
     config: TransportConfig | None = None,
     context: ssl.SSLContext | None = None,
     counters: TransportCounters | None = None,
+    budget: ByteBudget | None = None,
 ) -> Connection:
     """Server side of a handshake over ``transport``."""
     context = context or server_context(identity)
-    return await _secure(transport, context, server_side=True, config=config, counters=counters)
+    return await _secure(
+        transport, context, server_side=True, config=config, counters=counters, budget=budget
+    )
 
 
 async def dial(
@@ -299,6 +375,7 @@ async def dial(
     expected_peer: PeerId | None = None,
     context: ssl.SSLContext | None = None,
     counters: TransportCounters | None = None,
+    budget: ByteBudget | None = None,
 ) -> Connection:
     """TCP to ``host:port``, then the client handshake; each within ``handshake_timeout_s``."""
     config = config or TransportConfig()
@@ -311,6 +388,7 @@ async def dial(
         expected_peer=expected_peer,
         context=context,
         counters=counters,
+        budget=budget,
     )
 
 
@@ -321,12 +399,19 @@ class Listener:
     """Accepts mutual-TLS connections and runs ``handler`` on each, one task per connection.
 
     A failed handshake or a misbehaving peer ends only that connection: it is counted
-    (:meth:`statistics`) and the listener keeps serving.
+    (:meth:`statistics`) and the listener keeps serving. Its connections share one
+    :class:`~swarmlearn.p2p.limits.ByteBudget` (``budget``; a new one when not given).
     """
 
-    def __init__(self, identity: Identity, config: TransportConfig | None = None) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        config: TransportConfig | None = None,
+        budget: ByteBudget | None = None,
+    ) -> None:
         self.identity = identity
         self.config = config or TransportConfig()
+        self.budget = budget if budget is not None else ByteBudget()
         self._context = server_context(identity)
         self._counters = TransportCounters()
         self._connection_ended = trio.Event()
@@ -353,6 +438,22 @@ class Listener:
 
     async def serve_stream(self, transport: trio.abc.Stream, handler: Handler) -> None:
         """Handshake on one accepted stream, then run ``handler``; peer faults end here."""
+        counters, config = self._counters, self.config
+        if (
+            counters.connections_open + counters.handshakes_open >= config.connections_max
+            or counters.handshakes_open >= config.handshakes_max
+        ):
+            counters.connections_refused += 1
+            counters.last_error = "too many connections or handshakes at once"
+            log.info(
+                "refused a connection: %d open, %d handshakes (caps %d, %d)",
+                counters.connections_open,
+                counters.handshakes_open,
+                config.connections_max,
+                config.handshakes_max,
+            )
+            await trio.aclose_forcefully(transport)
+            return
         self._counters.connections_accepted += 1
         try:
             await self._serve_stream(transport, handler)
@@ -361,6 +462,7 @@ class Listener:
             self._connection_ended = trio.Event()
 
     async def _serve_stream(self, transport: trio.abc.Stream, handler: Handler) -> None:
+        self._counters.handshakes_open += 1
         try:
             connection = await accept_stream(
                 self.identity,
@@ -368,10 +470,13 @@ class Listener:
                 config=self.config,
                 context=self._context,
                 counters=self._counters,
+                budget=self.budget,
             )
         except RemoteProtocolError as error:
             log.info("refused a connection: %s", error)
             return
+        finally:
+            self._counters.handshakes_open -= 1
         async with connection:
             try:
                 await handler(connection)
@@ -388,3 +493,11 @@ class Listener:
 
     def statistics(self) -> TransportStatistics:
         return self._counters.snapshot()
+
+    def count_idle(self) -> None:
+        """A handler closed a connection that sat idle past its deadline."""
+        self._counters.idle_timeouts += 1
+
+    def count_refused(self) -> None:
+        """A handler refused the connection (its peer holds too many)."""
+        self._counters.connections_refused += 1

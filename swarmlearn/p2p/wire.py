@@ -117,6 +117,9 @@ class _Codec:
     to_wire: tuple[_Convert, ...]
     from_wire: tuple[_Convert, ...]
     payload_name: str | None
+    #: Fields a message on the wire must have: trailing fields with defaults may be absent (a
+    #: message from an older version, before they were added), and take their defaults.
+    required: int = 0
 
 
 _codecs: dict[type[Message], _Codec] = {}
@@ -137,6 +140,7 @@ def _compile_message(cls: type[Message]) -> _Codec:
     to_wire: list[_Convert] = []
     from_wire: list[_Convert] = []
     payload_name: str | None = None
+    required = 0
     # In the order of the constructor's parameters: keyword-only fields (a base class's, such
     # as :class:`swarmlearn.consensus.swarm_txs.Unique`'s nonce) go last, as they do there.
     for field in sorted(dataclasses.fields(cls), key=lambda field: field.kw_only is True):
@@ -147,10 +151,15 @@ def _compile_message(cls: type[Message]) -> _Codec:
             payload_name = field.name
             continue
         names.append(field.name)
+        has_default = not (
+            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        )
+        required = required if has_default else len(names)
         out, into = _compile(annotation, f"{cls.__qualname__}.{field.name}")
         to_wire.append(out)
         from_wire.append(into)
-    return _Codec(cls, tuple(names), tuple(to_wire), tuple(from_wire), payload_name)
+    codec = _Codec(cls, tuple(names), tuple(to_wire), tuple(from_wire), payload_name, required)
+    return codec
 
 
 def _is_payload(annotation: Any) -> bool:
@@ -313,10 +322,10 @@ def _fields_to_wire(codec: _Codec, msg: Message) -> list[Any]:
 
 
 def _fields_from_wire(codec: _Codec, wire: Any, payload: memoryview | None = None) -> Any:
-    if type(wire) is not list or len(wire) != len(codec.names):
+    if type(wire) is not list or not codec.required <= len(wire) <= len(codec.names):
         raise _FieldError(f"{codec.cls.__qualname__}: expected {len(codec.names)} fields")
     values: dict[str, Any] = {}
-    for name, convert, value in zip(codec.names, codec.from_wire, wire, strict=True):
+    for name, convert, value in zip(codec.names, codec.from_wire, wire, strict=False):
         try:
             values[name] = convert(value)
         except _FieldError as error:
@@ -409,3 +418,42 @@ def decode_header(header: Buffer) -> Message:
     """Decode canonical header bytes (as from :func:`encode_header`) of a payload-less message."""
     data = bytes(header)
     return decode_body(HEADER_LEN.pack(len(data)) + data)
+
+
+def has_payload(cls: type[Message]) -> bool:
+    """True when ``cls`` has a :data:`Payload` field (its frames may carry bulk bytes)."""
+    return _codec(cls).payload_name is not None
+
+
+#: Enough of a body to read its message tag: ``header_len``, the array head, the tag.
+TAG_PEEK_BYTES: Final = HEADER_LEN.size + 9 + 3
+
+
+def peek_tag(start: Buffer, body_len: int) -> int | None:
+    """The message tag from the first bytes of a body (``body_len`` long in all), or None
+    while too few have arrived; :class:`RemoteProtocolError` when they cannot be a message's."""
+    view = memoryview(start).cast("B")[:body_len]
+    if len(view) < HEADER_LEN.size + 1:
+        return None
+    (header_len,) = HEADER_LEN.unpack(view[: HEADER_LEN.size])
+    head = view[HEADER_LEN.size : HEADER_LEN.size + header_len]
+    if head[0] >> 5 != 4 or head[0] & 0x1F > 27:
+        raise RemoteProtocolError("frame body does not start with a message header")
+    at = 1 + {24: 1, 25: 2, 26: 4, 27: 8}.get(head[0] & 0x1F, 0)
+    if len(head) <= at:
+        _need_more(view, body_len, HEADER_LEN.size + header_len)
+        return None
+    first = head[at]
+    if first >> 5 != 0 or first & 0x1F > 25:
+        raise RemoteProtocolError("message tag is not a small unsigned integer")
+    size = {24: 1, 25: 2}.get(first & 0x1F, 0)
+    if len(head) < at + 1 + size:
+        _need_more(view, body_len, HEADER_LEN.size + header_len)
+        return None
+    return first & 0x1F if size == 0 else int.from_bytes(head[at + 1 : at + 1 + size], "big")
+
+
+def _need_more(view: memoryview, body_len: int, header_end: int) -> None:
+    """None (wait for more bytes), unless the header or body already ended."""
+    if len(view) >= min(header_end, body_len):
+        raise RemoteProtocolError("message header cut short")

@@ -9,20 +9,30 @@ running a Starlette application (routing and JSON on anyio, which runs on trio);
 rendered by ``prometheus_client`` from a collector that reads the node's state at scrape time.
 The endpoints are described in ``openapi.json`` beside this module, served at
 ``/v1/openapi.json``.
+
+Limits (issue 19): the TLS handshake must end within ``HANDSHAKE_TIMEOUT_S`` (a refused one is
+logged and counted, as on the other ports); a request body over ``TX_BYTES_MAX`` is refused
+with 413 from its ``Content-Length``, or once that many bytes arrived, never read whole;
+at most ``CONNECTIONS_MAX`` connections at once (more are closed at once, counted).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.applications import Starlette
@@ -42,6 +52,38 @@ API_VERSION = "v1"
 DEFAULT_API_PORT = 30304
 WAIT_MAX_S = 120.0
 TX_BYTES_MAX = 1024 * 1024
+HANDSHAKE_TIMEOUT_S = 10.0
+CONNECTIONS_MAX = 256
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ApiCounters:
+    """What the API refused (``/metrics``)."""
+
+    handshakes_failed: int = 0
+    connections_refused: int = 0
+    bodies_refused: int = 0
+    connections_open: int = 0
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (``_BodyTooLarge``) from ``Content-Length`` or as soon as
+    more than ``limit`` bytes arrived."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise _BodyTooLarge
+    return bytes(body)
 
 
 class _TLSConfig(Config):
@@ -75,7 +117,9 @@ def attach_p2p(node: ValidatorNode, service: P2PService) -> None:
     _P2P[node] = service
 
 
-def build_app(node: ValidatorNode) -> Starlette:
+def build_app(node: ValidatorNode, counters: ApiCounters | None = None) -> Starlette:
+    counters = counters if counters is not None else ApiCounters()
+
     async def health(request: Request) -> JSONResponse:
         status = node.status()
         return _json({"status": "ok", "chain": status.chain_id, "height": status.height})
@@ -141,8 +185,13 @@ def build_app(node: ValidatorNode) -> Starlette:
             return _error(400, "wait: expected a number of seconds")
         if not 0 <= wait_s <= WAIT_MAX_S:
             return _error(400, f"wait: expected 0..{WAIT_MAX_S:g} seconds")
-        body = await request.body()
-        if not body or len(body) > TX_BYTES_MAX:
+        try:
+            body = await _read_body(request, TX_BYTES_MAX)
+        except _BodyTooLarge:
+            counters.bodies_refused += 1
+            log.info("refused an API request body over %d bytes", TX_BYTES_MAX)
+            return _error(413, f"expected a signed transaction of 1..{TX_BYTES_MAX} bytes")
+        if not body:
             return _error(400, f"expected a signed transaction of 1..{TX_BYTES_MAX} bytes")
         reply = await node.submit(body, wait_s)
         result = {"accepted": reply.accepted, "reason": reply.reason, "height": reply.height}
@@ -159,7 +208,7 @@ def build_app(node: ValidatorNode) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         registry = CollectorRegistry()
-        registry.register(_NodeCollector(node))
+        registry.register(_NodeCollector(node, counters))
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
     prefix = f"/{API_VERSION}"
@@ -187,8 +236,9 @@ def build_app(node: ValidatorNode) -> Starlette:
 class _NodeCollector:
     """Prometheus metrics read from the node at scrape time."""
 
-    def __init__(self, node: ValidatorNode) -> None:
+    def __init__(self, node: ValidatorNode, counters: ApiCounters) -> None:
         self.node = node
+        self.counters = counters
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         node = self.node
@@ -240,6 +290,53 @@ class _NodeCollector:
         yield _counter(
             "swarm_inputs_handled", "Inputs the consensus core handled.", node.driver.inputs_handled
         )
+        yield _counter(
+            "swarm_merge_partials_dropped",
+            "Partial sums of global merge methods dropped (stale, duplicated or malformed).",
+            node.node.sl.partials_dropped,
+        )
+        yield from _limit_metrics(node, self.counters)
+
+
+def _limit_metrics(
+    node: ValidatorNode, api: ApiCounters
+) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """What the node refused or cut off, by port (issue 19; docs/operations.md, Limits)."""
+    traffic = node.network.statistics()
+    refused = CounterMetricFamily(
+        "swarm_refused",
+        "Connections and frames refused or cut off, by port and reason.",
+        labels=["port", "reason"],
+    )
+    for reason in (
+        "handshakes_failed",
+        "connections_refused",
+        "frames_refused",
+        "frame_timeouts",
+        "idle_timeouts",
+        "protocol_errors",
+        "messages_dropped",
+    ):
+        refused.add_metric(["ledger", reason], getattr(traffic, reason))
+    lanes = node.network.lanes
+    for reason, count in sorted((lanes.statistics() if lanes else {}).items()):
+        refused.add_metric(["lane", reason], count)
+    refused.add_metric(["api", "handshakes_failed"], api.handshakes_failed)
+    refused.add_metric(["api", "connections_refused"], api.connections_refused)
+    refused.add_metric(["api", "bodies_refused"], api.bodies_refused)
+    yield refused
+    budget = node.network.listener.budget.statistics()
+    yield _gauge(
+        "swarm_bytes_in_flight",
+        "Bytes of partial frames the ledger port holds beyond the connections' reserves.",
+        budget.held_bytes,
+    )
+    yield _gauge(
+        "swarm_lane_bytes_in_flight_peak",
+        "Most bytes of partial frames the round lanes held at once.",
+        lanes.inflight_peak_bytes if lanes else 0,
+    )
+    yield _gauge("swarm_threads", "Threads of the node process.", threading.active_count())
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -258,21 +355,51 @@ async def serve_api(
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the API on ``host:port`` (0: any free port); ``task_status`` gets the address."""
+    """Serve the API on ``host:port`` (0: any free port); ``task_status`` gets the address.
+
+    Hypercorn's protocol server runs each connection once our handshake (under its deadline,
+    refusals logged and counted) has succeeded."""
     config = _TLSConfig(identity)
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # the node's handlers (--log-format)
-    await serve(build_app(node), config, task_status=_Bound(task_status))  # type: ignore[arg-type]
+    config.ssl_handshake_timeout = HANDSHAKE_TIMEOUT_S
+    counters = ApiCounters()
+    app = wrap_app(build_app(node, counters), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    context = config.create_ssl_context()
+    worker = WorkerContext(None)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()
+
+    async def connection(tcp: trio.SocketStream) -> None:
+        if counters.connections_open >= CONNECTIONS_MAX:
+            counters.connections_refused += 1
+            log.info("refused an API connection: %d open", counters.connections_open)
+            await trio.aclose_forcefully(tcp)
+            return
+        counters.connections_open += 1
+        try:
+            stream = trio.SSLStream(tcp, context, server_side=True, https_compatible=True)
+            try:
+                with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                    await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError) as error:
+                counters.handshakes_failed += 1
+                log.info("refused an API connection: %s", _handshake_failure(error))
+                await trio.aclose_forcefully(stream)
+                return
+            await TCPServer(app, config, worker, ConnectionState({}), stream)
+        finally:
+            counters.connections_open -= 1
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, connection, listeners)
+        task_status.started((str(bound[0]), int(bound[1])))
 
 
-class _Bound:
-    """Translates Hypercorn's started(["https://host:port"]) into started((host, port))."""
-
-    def __init__(self, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
-        self._task_status = task_status
-
-    def started(self, binds: list[str] | None = None) -> None:
-        address = (binds or ["https://127.0.0.1:0"])[0].split("://", 1)[1]
-        host, _, port = address.rpartition(":")
-        self._task_status.started((host.strip("[]"), int(port)))
+def _handshake_failure(error: BaseException) -> str:
+    if isinstance(error, trio.TooSlowError):
+        return "TLS handshake timed out"
+    cause = error.__cause__
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {cause.reason or cause}"
+    return f"TLS handshake failed: {error or type(error).__name__}"

@@ -162,6 +162,8 @@ def _print_view(what: str, rows: list[dict[str, Any]], as_json: bool) -> None:
         for c in rows:
             latest = c["rounds"][-1] if c["rounds"] else None
             state = f"round {latest['round']} {latest['status']}" if latest else "no rounds yet"
+            if latest and latest["status"] == "failed" and latest["reason"]:
+                state += f" ({latest['reason']})"  # e.g. abandoned: no trainer waits for it
             print(f"{c['name']:28s} {c['merge_method']:12s} {state}")
     else:
         for r in rows:

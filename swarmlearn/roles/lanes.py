@@ -32,6 +32,19 @@ event loop, which keeps serving votes.
   deadlock: every sender sends an owner's chunks in chunk order, so the participant the
   merge waits for holds nothing (its earlier regions are complete) and is always read.
 
+What a lane peer can make a node hold is bounded (issue 19): at most ``LANE_THREADS_MAX``
+lanes are served at once (more are closed at once, counted in ``refused``); the whole TLS
+handshake must end within ``HANDSHAKE_TIMEOUT_S`` (a byte a second does not keep it open);
+a frame over its message type's limit is refused from its header
+(:func:`~swarmlearn.p2p.limits.frame_bytes_max_for`); a frame's buffer grows a step
+(``STEP_BYTES``) at a time as its bytes arrive, and the frames being read hold at most
+``INFLIGHT_BYTES_MAX`` together (the oldest always may go on), so a sender that announces
+64 MiB and goes silent holds one step and nobody else's turn; its reads of one frame may
+take ``FRAME_TIMEOUT_S`` plus a second per ``FRAME_RATE_MIN_BYTES_S`` (the time the lane
+waits for the node's budget does not count), and between frames ``LANE_IDLE_S``: past
+either the lane is cut (``frame_timeouts``, ``idle_closed``). A sender redials a lane
+idle for ``SENDER_IDLE_S`` (under ``LANE_IDLE_S``), so an idle cut never eats a frame.
+
 A lane that cannot be dialed or breaks (a firewall that lets only the message port through,
 a peer that restarted) hands the message it was writing, and the rest of its queue, back
 to the node's message connection (``fallback``), and that peer gets no lane for
@@ -56,11 +69,12 @@ import trio
 
 from swarmlearn.digest import content_digest
 from swarmlearn.errors import RemoteProtocolError
-from swarmlearn.p2p.bulk import TlsPipe, recv_exact
+from swarmlearn.p2p.bulk import TlsPipe
 from swarmlearn.p2p.framing import FRAME_BYTES_MAX_DEFAULT, FRAME_LEN, encode_frame
 from swarmlearn.p2p.identity import NODE_ROLES, Identity
+from swarmlearn.p2p.limits import FrameRefused, frame_bytes_max_for
 from swarmlearn.p2p.tls import client_context, peer_certificate_info, server_context
-from swarmlearn.p2p.wire import Message, decode_body, payload_of
+from swarmlearn.p2p.wire import TAG_PEEK_BYTES, Message, decode_body, payload_of, peek_tag
 from swarmlearn.roles.handover import map_pages, shed_pages
 from swarmlearn.sansio import NodeId
 
@@ -76,6 +90,14 @@ RECEIVE_BUDGET_BYTES = 32 * 1024 * 1024  # payloads delivered, not yet handled b
 PEER_BUDGET_BYTES = 8 * 1024 * 1024  # one sender's payloads delivered and not handled, and
 #                                      its chunks held for their turn by the node's merge
 LANE_RETRY_S = 120.0  # after a lane to a peer failed, its messages take the message connection
+LANE_THREADS_MAX = 64  # lanes served (and handshakes) at once; more are closed at once
+INFLIGHT_BYTES_MAX = 32 * 1024 * 1024  # frames being read, all lanes (the oldest may exceed)
+STEP_BYTES = 1024 * 1024  # a frame's buffer grows by this much, taken from the budgets first
+FRAME_TIMEOUT_S = 10.0  # one frame's reads may take this, plus a second per
+FRAME_RATE_MIN_BYTES_S = 1024 * 1024  # ... this many bytes of it
+LANE_IDLE_S = 300.0  # silence between frames before an accepted lane is closed
+SENDER_IDLE_S = 120.0  # a sender redials a lane idle this long (under LANE_IDLE_S)
+_ZEROS = memoryview(bytes(STEP_BYTES))
 
 #: ``deliver(sender, message, digest)``: runs in the event loop's thread; ``digest`` is the
 #: the BLAKE3 hash of the message's payload (``None`` when it has none).
@@ -102,6 +124,7 @@ class _Sender:
         self.queued_bytes = 0
         self.lock = threading.Lock()
         self.sock: ssl.SSLSocket | None = None
+        self.sent_at = 0.0  # time.monotonic() of the last frame written
         self.thread = threading.Thread(target=self._run, name=f"lane-{peer[:8]}", daemon=True)
         self.thread.start()
 
@@ -146,11 +169,14 @@ class _Sender:
                 self.queued_bytes -= len(payload_of(message))
 
     def _send(self, message: Message) -> None:
+        if self.sock is not None and time.monotonic() - self.sent_at > SENDER_IDLE_S:
+            self._close()  # the receiver may be about to cut it (LANE_IDLE_S): a fresh one
         if self.sock is None:
             self.sock = self._dial()
         map_pages(payload_of(message))
         for part in encode_frame(message):
             self.sock.sendall(part)
+        self.sent_at = time.monotonic()
         shed_pages(payload_of(message))  # sent from a handover file: not kept resident here
 
     def _dial(self) -> ssl.SSLSocket:
@@ -200,6 +226,16 @@ class RoundLanes:
         self.port = 0
         self.dropped = 0  # messages lost: a full queue, or a failed lane with no fallback
         self.fallen_back = 0  # messages handed back to the message connection
+        self.refused = 0  # lanes closed at accept: LANE_THREADS_MAX were served already
+        self.handshakes_failed = 0  # timed out, or no node certificate
+        self.frame_timeouts = 0  # senders that stopped mid-frame, cut off
+        self.frames_refused = 0  # over their type's limit, or undecodable
+        self.idle_closed = 0  # lanes silent for LANE_IDLE_S between frames
+        self._slots = threading.BoundedSemaphore(LANE_THREADS_MAX)
+        self._frames: dict[int, int] = {}  # bytes arrived of each frame being read
+        self._frame_count = 0
+        self._inflight_bytes = 0  # their sum
+        self.inflight_peak_bytes = 0
         self._down_until: dict[NodeId, float] = {}
         self._pending_bytes = 0  # payload bytes delivered, not yet released by the node
         self._pending_by: dict[NodeId, int] = {}  # the same, per sender
@@ -242,14 +278,15 @@ class RoundLanes:
     def peer_bytes(self, peer: NodeId) -> int:
         """``peer``'s payloads delivered and not handled, plus its chunks held."""
         with self._budget:
-            return self._pending_by.get(peer, 0) + self._held_by.get(peer, 0)
+            return self._bytes_of(peer)
 
-    def _take(self, size: int, peer: NodeId) -> None:
-        """Wait until ``size`` more bytes fit the receive budget and ``peer``'s (one frame
-        always may: in all, and from a peer with nothing delivered and not let go)."""
+    def _wait_turn(self, size: int, peer: NodeId) -> None:
+        """Before a frame of ``size`` bytes: wait until it fits the receive budget and
+        ``peer``'s (one frame always may: in all, and from a peer with nothing delivered and
+        not let go). Nothing is reserved: bytes count once they arrive (:meth:`_grow`)."""
         with self._budget:
             while not self._stop.is_set():
-                mine = self._pending_by.get(peer, 0) + self._held_by.get(peer, 0)
+                mine = self._bytes_of(peer)
                 over_peer = mine > 0 and mine + size > PEER_BUDGET_BYTES
                 if over_peer:
                     self.stalled.add(peer)
@@ -259,7 +296,39 @@ class RoundLanes:
                     break
                 self._budget.wait(ACCEPT_POLL_S)
             self.stalled.discard(peer)
-            self._pending_bytes += size
+
+    def _grow(self, frame: int, size: int) -> None:
+        """Frame number ``frame`` is to hold ``size`` more bytes: wait while the frames being
+        read hold ``INFLIGHT_BYTES_MAX``, unless it is the oldest of them (which always may,
+        so they end one by one: read whole, or cut off by their deadline)."""
+        with self._budget:
+            while (
+                not self._stop.is_set()
+                and self._inflight_bytes + size > INFLIGHT_BYTES_MAX
+                and frame != min(self._frames)
+            ):
+                self._budget.wait(ACCEPT_POLL_S)
+            self._inflight_bytes += size
+            self._frames[frame] += size
+            self.inflight_peak_bytes = max(self.inflight_peak_bytes, self._inflight_bytes)
+
+    def _bytes_of(self, peer: NodeId) -> int:
+        return self._pending_by.get(peer, 0) + self._held_by.get(peer, 0)
+
+    def _open_frame(self) -> int:
+        with self._budget:
+            self._frame_count += 1
+            self._frames[self._frame_count] = 0
+            return self._frame_count
+
+    def _settle(self, frame: int, peer: NodeId, kept: int) -> None:
+        """Frame number ``frame`` of ``peer`` ended; ``kept`` of its bytes (its payload) stay
+        pending until the node releases them."""
+        with self._budget:
+            self._inflight_bytes -= self._frames.pop(frame)
+            self._pending_by[peer] = self._pending_by.get(peer, 0) + kept
+            self._pending_bytes += kept
+            self._budget.notify_all()
 
     def is_down(self, peer: NodeId) -> bool:
         return time.monotonic() < self._down_until.get(peer, 0.0)
@@ -340,56 +409,137 @@ class RoundLanes:
                 continue
             except OSError:
                 return
+            if not self._slots.acquire(blocking=False):
+                self.refused += 1
+                log.info("refused a round lane: %d served already", LANE_THREADS_MAX)
+                raw.close()
+                continue
             threading.Thread(target=self._receive, args=(raw,), daemon=True).start()
 
+    def statistics(self) -> dict[str, int]:
+        """Counters of what lanes refused and cut off (for ``/metrics``)."""
+        return {
+            "refused": self.refused,
+            "handshakes_failed": self.handshakes_failed,
+            "frame_timeouts": self.frame_timeouts,
+            "frames_refused": self.frames_refused,
+            "idle_closed": self.idle_closed,
+            "dropped": self.dropped,
+            "fallen_back": self.fallen_back,
+        }
+
     def _receive(self, raw: socket.socket) -> None:
-        raw.settimeout(HANDSHAKE_TIMEOUT_S)  # then reads wait for the next round, unbounded
+        try:
+            self._serve_lane(raw)
+        finally:
+            self._slots.release()
+
+    def _serve_lane(self, raw: socket.socket) -> None:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             self._receiving.add(raw)
         try:
-            with TlsPipe(raw, self.server, server_side=True) as pipe:
+            try:
+                pipe = TlsPipe(
+                    raw, self.server, server_side=True, handshake_timeout_s=HANDSHAKE_TIMEOUT_S
+                )
                 peer = peer_certificate_info(pipe.peer_certificate())
                 if not peer.roles & NODE_ROLES or str(peer.peer_id) == self.me:
                     raise RemoteProtocolError(f"{peer.peer_id.short} may not open a round lane")
-                raw.settimeout(None)
-                self._read_frames(pipe, str(peer.peer_id))
-        except (OSError, ssl.SSLError, RemoteProtocolError, trio.RunFinishedError) as error:
+            except (OSError, ssl.SSLError, RemoteProtocolError) as error:
+                self.handshakes_failed += 1
+                log.info("refused a round lane: %s", error or type(error).__name__)
+                return
+            with pipe:
+                self._read_frames(pipe, raw, str(peer.peer_id))
+        except TimeoutError as error:
+            self.frame_timeouts += 1
+            log.info("round lane cut off: %s", error)
+        except RemoteProtocolError as error:
+            self.frames_refused += 1
+            log.info("round lane closed: %s", error)
+        except (OSError, ssl.SSLError, trio.RunFinishedError) as error:
             log.info("round lane ended: %s", error or type(error).__name__)
         finally:
             with self._lock:
                 self._receiving.discard(raw)
             raw.close()
 
-    def _read_frames(self, pipe: TlsPipe, peer: NodeId) -> None:
+    def _read_frames(self, pipe: TlsPipe, raw: socket.socket, peer: NodeId) -> None:
         prefix = bytearray(FRAME_LEN.size)
         while not self._stop.is_set():
             try:
-                recv_exact(pipe, memoryview(prefix))
+                _read_within(pipe, raw, memoryview(prefix), _Allowance(LANE_IDLE_S))
             except ConnectionError:
                 return  # the sender closed the lane between frames
+            except TimeoutError:
+                self.idle_closed += 1
+                return
             (size,) = FRAME_LEN.unpack(prefix)
             if not 4 <= size <= FRAME_BYTES_MAX_DEFAULT:
-                raise RemoteProtocolError(f"lane frame of {size} bytes")
-            self._take(size, peer)
-            try:
-                body = bytearray(size)
-                recv_exact(pipe, memoryview(body))
-                message = decode_body(body)
-                payload = payload_of(message)
-            except BaseException:
-                self.release(size)
-                raise
-            with self._budget:  # the node releases the payload (with its peer) once handled
-                self._pending_by[peer] = self._pending_by.get(peer, 0) + len(payload)
-            self.release(size - len(payload))
-            digest = content_digest(payload) if payload else None
-            assert self._token is not None
-            try:
-                trio.from_thread.run_sync(
-                    self.deliver, peer, message, digest, trio_token=self._token
-                )
-            except BaseException:
-                self.release(len(payload), peer)
-                raise
-            del body, message, payload  # the node has them; not kept while the lane waits
+                raise FrameRefused(f"lane frame of {size} bytes")
+            self._one_frame(pipe, raw, peer, size)
+
+    def _one_frame(self, pipe: TlsPipe, raw: socket.socket, peer: NodeId, size: int) -> None:
+        allowance = _Allowance(FRAME_TIMEOUT_S + size / FRAME_RATE_MIN_BYTES_S)
+        self._wait_turn(size, peer)  # the node's backlog, not the peer's time
+        frame = self._open_frame()
+        body = bytearray()
+        try:
+            while len(body) < size:
+                step = min(STEP_BYTES, size - len(body))
+                self._grow(frame, step)
+                start = len(body)
+                body += _ZEROS[:step]
+                with memoryview(body) as view, view[start:] as part:
+                    _read_within(pipe, raw, part, allowance)
+                if start == 0:
+                    _check_type(body, size)
+            message = decode_body(body)
+            payload = payload_of(message)
+        except BaseException:
+            self._settle(frame, peer, 0)
+            raise
+        self._settle(frame, peer, len(payload))
+        digest = content_digest(payload) if payload else None
+        assert self._token is not None
+        try:
+            trio.from_thread.run_sync(self.deliver, peer, message, digest, trio_token=self._token)
+        except BaseException:
+            self.release(len(payload), peer)
+            raise
+        del body, message, payload  # the node has them; not kept while the lane waits
+
+
+class _Allowance:
+    """Seconds a peer has left to deliver what is being read."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left_s = seconds
+
+
+def _read_within(
+    pipe: TlsPipe, raw: socket.socket, view: memoryview, allowance: _Allowance
+) -> None:
+    """Fill ``view``; ``TimeoutError`` once the reads took ``allowance`` in all."""
+    got = 0
+    while got < len(view):
+        if allowance.left_s <= 0:
+            raise TimeoutError(f"{len(view) - got} bytes of a frame did not arrive in time")
+        raw.settimeout(allowance.left_s)
+        started = time.monotonic()
+        try:
+            count = pipe.recv_into(view[got:])
+        finally:
+            allowance.left_s -= time.monotonic() - started
+        if not count:
+            raise ConnectionError("connection closed mid-frame")
+        got += count
+
+
+def _check_type(body: bytearray, size: int) -> None:
+    tag = peek_tag(memoryview(body)[:TAG_PEEK_BYTES], size)
+    if tag is not None and size > (limit := frame_bytes_max_for(tag, FRAME_BYTES_MAX_DEFAULT)):
+        raise FrameRefused(
+            f"lane frame of {size} bytes over the {limit}-byte limit of tag {tag:#x}"
+        )

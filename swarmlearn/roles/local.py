@@ -20,6 +20,13 @@ A trainer that joins late (or restarts) first asks for the contract's latest mer
 the handover file when the trainer sent one, else in the frame; or none yet, or why not).
 The messages are in :mod:`swarmlearn.roles.local_messages`.
 
+Every connection is a trainer *session*, with an id the node assigns (increasing, from the
+clock's nanoseconds: never one an earlier run of the node used). What a round delivers goes
+to the session that contributed to it only; a session's handover file is its own (a path
+another session mapped is refused); when the connection closes, the node hears
+``on_closed(session)`` and the session's claims go with it (its queued weights, its check-ins
+in rounds still open).
+
 :class:`LocalClient` is the trainer's side: plain blocking sockets, since it runs inside a
 training loop (the SwarmCallback of the callback issue builds on it).
 """
@@ -31,6 +38,7 @@ import mmap
 import os
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -67,14 +75,20 @@ RECEIVE_BYTES = 1024 * 1024
 HASH_THREADS = min(4, os.cpu_count() or 1)
 VERDICT_GRACE_S = 5.0
 
-#: ``on_contribute(contribution, reply, chunk_hashes)``: the weights' chunk hashes are computed
-#: here, in worker threads, so the event loop does not spend a model's worth of hashing.
-OnContribute = Callable[["LocalContribute", Callable[[Message], None], tuple[bytes, ...]], None]
-#: ``on_refilled(contract, answer, chunk_hashes)``: the trainer's answer to a LocalRefill, with
-#: the hashes of its handover file's bytes (hashed here too; empty when it could not refill).
-OnRefilled = Callable[[str, "LocalRefilled", tuple[bytes, ...]], None]
-#: ``on_latest(request, reply)``: a trainer asks for the contract's latest merged model.
-OnLatest = Callable[["LocalLatest", Callable[[Message], None]], None]
+#: ``on_contribute(contribution, reply, chunk_hashes, session)``: the weights' chunk hashes are
+#: computed here, in worker threads, so the event loop does not spend a model's worth of hashing.
+OnContribute = Callable[
+    ["LocalContribute", Callable[[Message], None], tuple[bytes, ...], int], None
+]
+#: ``on_refilled(contract, answer, chunk_hashes, session)``: the trainer's answer to a
+#: LocalRefill, with the hashes of its handover file's bytes (empty when it could not refill).
+OnRefilled = Callable[[str, "LocalRefilled", tuple[bytes, ...], int], None]
+#: ``on_latest(request, reply, session)``: a trainer asks for the contract's latest model.
+OnLatest = Callable[["LocalLatest", Callable[[Message], None], int], None]
+#: ``on_closed(session)``: a trainer's connection is gone.
+OnClosed = Callable[[int], None]
+#: Handover files mapped by sessions, remembered so no other session may use one.
+CLAIMED_FILES_MAX = 10_000
 
 
 # ---------------------------------------------------------------- the node's side (trio)
@@ -90,12 +104,29 @@ class LocalEndpoint:
         on_refilled: OnRefilled | None = None,
         on_latest: OnLatest | None = None,
         on_perf: Callable[[LocalPerf], None] | None = None,
+        on_closed: OnClosed | None = None,
     ) -> None:
         self.path = path
         self.on_contribute = on_contribute
         self.on_refilled = on_refilled
         self.on_latest = on_latest
         self.on_perf = on_perf
+        self.on_closed = on_closed
+        self.last_session = 0
+        self.claimed: OrderedDict[str, int] = OrderedDict()  # handover file -> its session
+
+    def new_session(self) -> int:
+        """An id no session of this node had, nor (clock permitting) one of an earlier run."""
+        self.last_session = max(self.last_session + 1, time.time_ns())
+        return self.last_session
+
+    def claim(self, path: str, session: int) -> str:
+        """'' when ``path`` may be ``session``'s handover file, else why not."""
+        owner = self.claimed.setdefault(path, session)
+        self.claimed.move_to_end(path)
+        while len(self.claimed) > CLAIMED_FILES_MAX:
+            self.claimed.popitem(last=False)
+        return "" if owner == session else "another trainer session's handover file"
 
     async def serve(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
         if self.path.exists():
@@ -113,6 +144,7 @@ class LocalEndpoint:
     async def _serve_one(self, stream: trio.SocketStream) -> None:
         send, receive = trio.open_memory_channel[Message](1024)
         shared: list[mmap.mmap] = []  # the trainer's handover file, once it sends one
+        session = self.new_session()
 
         def reply(message: Message) -> None:
             if (
@@ -142,7 +174,8 @@ class LocalEndpoint:
                 while data := await stream.receive_some(RECEIVE_BYTES):
                     reader.feed(data)
                     while (body := reader.next_frame()) is not None:
-                        await self._on_message(decode_body(body), shared, latest, reply)
+                        message = decode_body(body)
+                        await self._on_message(message, shared, latest, reply, session)
             except (RemoteProtocolError, trio.BrokenResourceError):
                 pass
             send.close()
@@ -150,6 +183,8 @@ class LocalEndpoint:
             for mapped in shared:
                 _close_map(mapped)
             shared.clear()  # ``reply`` outlives this connection: it must not keep the map
+            if self.on_closed is not None:
+                self.on_closed(session)
 
     async def _on_message(
         self,
@@ -157,33 +192,38 @@ class LocalEndpoint:
         shared: list[mmap.mmap],
         latest: list[tuple[str, Layout]],
         reply: Callable[[Message], None],
+        session: int,
     ) -> None:
         if isinstance(message, LocalPerf):
             if self.on_perf is not None:
                 self.on_perf(message)
             return
         if isinstance(message, LocalContribute):
-            contribution = _take_shared(message, shared, reply)
+            problem = self.claim(message.shared, session) if message.shared else ""
+            contribution = None if problem else _take_shared(message, shared, reply)
+            if problem:
+                reply(LocalRoundFailed(0, f"cannot use the handover file: {problem}"))
             if contribution is not None:
                 latest[:] = [(contribution.contract, contribution.layout())]
                 hashes = await trio.to_thread.run_sync(
                     hash_chunks, contribution.layout(), contribution.data
                 )
-                self.on_contribute(contribution, reply, hashes)
+                self.on_contribute(contribution, reply, hashes, session)
         elif isinstance(message, LocalRefilled) and latest and self.on_refilled is not None:
             (contract, layout), hashes = latest[0], ()
             if message.ok and shared and len(shared[0]) == layout.total_bytes:
                 view = memoryview(shared[0])  # what the trainer wrote: the round compares
                 hashes = await trio.to_thread.run_sync(hash_chunks, layout, view)
                 view.release()
-            self.on_refilled(contract, message, hashes)
+            self.on_refilled(contract, message, hashes, session)
         elif isinstance(message, LocalLatest) and self.on_latest is not None:
             if message.shared:  # the model goes into this handover file (the next rounds' too)
-                problem = _map_shared(shared, message.shared, message.total_bytes)
+                problem = self.claim(message.shared, session)
+                problem = problem or _map_shared(shared, message.shared, message.total_bytes)
                 if problem:
                     reply(LocalLatestReply(0, b"", b"", f"cannot use the handover file: {problem}"))
                     return
-            self.on_latest(message, reply)
+            self.on_latest(message, reply, session)
 
 
 def _close_map(mapped: mmap.mmap) -> None:
@@ -260,6 +300,7 @@ class RoundOutcome:
     #: The round failed after the node merged into the handover file: the file holds no
     #: one's weights (the weights the trainer keeps are its model's, not the file's).
     overwritten: bool = False
+    refused: bool = False  # the ledger refused this node's check-in (``reason`` says why)
 
 
 @dataclass(frozen=True)
@@ -282,28 +323,43 @@ class LocalClient:
         timeout_s: float = 600.0,
         on_progress: Callable[[str], None] | None = None,
     ) -> None:
-        if not path.exists():
-            raise ConfigError(
-                f"{path}: no swarm node's local endpoint here (is swarm-node running?)"
-            )
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # The node fails a round still open at syncTimeout and says so; a moment more for
-        # that verdict to arrive before a silent node is given up on.
-        self.sock.settimeout(timeout_s + min(VERDICT_GRACE_S, timeout_s))
+        self.path = path
         self.timeout_s = timeout_s
-        try:
-            self.sock.connect(str(path))
-        except ConnectionRefusedError:
-            self.sock.close()
-            raise ConfigError(
-                f"{path}: no swarm node answers here (is swarm-node running?)"
-            ) from None
+        self.sock = self._connect()
         self.reader = FrameReader(LOCAL_FRAME_BYTES_MAX)
+        #: When the current wait ends (``time.monotonic()``): a sync's syncTimeout counts
+        #: from its start, whatever progress the node reports meanwhile.
+        self.deadline = 0.0
         self.last_send_s = 0.0  # handing the weights over, in the latest round
         self.last_receive_s = 0.0  # reading the latest reply (the merged weights)
         self.on_progress = on_progress
         self.shared: SharedBuffer | None = None  # the handover file (handover.py), once used
         self.use_shared = shared_handover_enabled()
+
+    def _connect(self) -> socket.socket:
+        """A connection to the node: a new trainer session there."""
+        if not self.path.exists():
+            raise ConfigError(
+                f"{self.path}: no swarm node's local endpoint here (is swarm-node running?)"
+            )
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(self.path))
+        except ConnectionRefusedError:
+            sock.close()
+            raise ConfigError(
+                f"{self.path}: no swarm node answers here (is swarm-node running?)"
+            ) from None
+        return sock
+
+    def _end_session(self) -> None:
+        """End this session (the node lets go of what it holds for it); the next message
+        goes on a new connection, a new session."""
+        self.sock.close()
+        self.reader = FrameReader(LOCAL_FRAME_BYTES_MAX)
+        if self.shared is not None:  # the node may still read it: the next session's is new
+            self.shared.close()
+            self.shared = None
 
     def sync_round(
         self,
@@ -352,6 +408,9 @@ class LocalClient:
             sync_timeout_s=self.timeout_s,
             refill=refiller is not None,
         )
+        # The node fails a round still open at syncTimeout and says so; a moment more for
+        # that verdict to arrive before a silent node is given up on.
+        self.deadline = time.monotonic() + self.timeout_s + min(VERDICT_GRACE_S, self.timeout_s)
         self._send(message)
         self.last_send_s = time.perf_counter() - started
         try:
@@ -368,13 +427,11 @@ class LocalClient:
         :class:`ConfigError` naming the tensor."""
         staging = self.staging(layout.total_bytes)
         shared = "" if staging is None or self.shared is None else str(self.shared.path)
+        self.deadline = time.monotonic() + timeout_s + min(VERDICT_GRACE_S, timeout_s)
         self._send(LocalLatest.of(contract, layout, timeout_s, shared))
-        waited = self.sock.gettimeout()
-        self.sock.settimeout(timeout_s + min(VERDICT_GRACE_S, timeout_s))
         try:
-            reply = self._wait_for_latest(contract)
+            reply = self._wait_for_latest(contract, timeout_s)
         finally:
-            self.sock.settimeout(waited)
             if self.shared is not None:
                 self.shared.unlink()  # the node has it mapped by now (or never will)
         if reply.mismatch:
@@ -392,9 +449,9 @@ class LocalClient:
         loss, metric, done, total = perf
         self._send(LocalPerf(contract, number, float(loss), float(metric), done, total))
 
-    def _wait_for_latest(self, contract: str) -> LocalLatestReply:
+    def _wait_for_latest(self, contract: str, timeout_s: float) -> LocalLatestReply:
         while True:
-            reply = self._receive(f"no answer about {contract!r}'s latest model")
+            reply = self._receive(f"no answer about {contract!r}'s latest model", timeout_s)
             if isinstance(reply, LocalProgress) and self.on_progress is not None:
                 self.on_progress(reply.text)
             elif isinstance(reply, LocalLatestReply):
@@ -413,6 +470,8 @@ class LocalClient:
         return self.shared.view()
 
     def _send(self, message: Message) -> None:
+        if self.sock.fileno() == -1:  # a session ended at a timeout: a new one
+            self.sock = self._connect()
         for buffer in encode_frame(message, LOCAL_FRAME_BYTES_MAX):
             self.sock.sendall(buffer)
 
@@ -454,23 +513,34 @@ class LocalClient:
                 )
             elif isinstance(reply, LocalRoundFailed):
                 return RoundOutcome(
-                    reply.round, None, b"", reply.reason, overwritten=reply.overwritten
+                    reply.round,
+                    None,
+                    b"",
+                    reply.reason,
+                    overwritten=reply.overwritten,
+                    refused=reply.refused,
                 )
 
-    def _receive(self, silence: str = "") -> Message:
+    def _receive(self, silence: str = "", wait_s: float = 0.0) -> Message:
+        """The node's next message, before ``self.deadline``; past it, this session ends
+        (the node lets go of what it holds for it) and a :class:`ConfigError` says why."""
         first_data = None
         while (body := self.reader.next_frame()) is None:
+            left_s = self.deadline - time.monotonic()
             try:
+                if left_s <= 0:
+                    raise TimeoutError
+                self.sock.settimeout(left_s)
                 data = self.sock.recv(RECEIVE_BYTES)
                 first_data = first_data or time.perf_counter()
             except TimeoutError:
+                self._end_session()  # the next call is a new session, nothing left over
                 if silence:
-                    waited_s = self.sock.gettimeout() or 0.0
-                    raise ConfigError(f"{silence} from the swarm node in {waited_s:g} s") from None
+                    raise ConfigError(f"{silence} from the swarm node in {wait_s:g} s") from None
                 raise ConfigError(
-                    f"no word from the swarm node for {self.timeout_s:g} s (syncTimeout): fewer "
-                    "nodes checked in than minPeers, or the ledger refused this check-in "
-                    "(the node's log or `swarmlearn ledger refusals` says why)"
+                    f"the round did not end within syncTimeout={self.timeout_s:g} s from the "
+                    "start of the sync: fewer nodes checked in than minPeers, or the node is "
+                    "stuck (its log, or `swarmlearn ledger refusals`, says why)"
                 ) from None
             if not data:
                 raise ConfigError("the swarm node closed the local endpoint")

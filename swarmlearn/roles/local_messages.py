@@ -102,6 +102,7 @@ class LocalRoundFailed(Message, tag=0xB4):
     round: int
     reason: str
     overwritten: bool = False  # the handover file holds a partial merge, no one's weights
+    refused: bool = False  # the ledger refused the check-in (reason: the ledger's)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ The composite routes inputs: round messages, contributions and round timers to t
 :class:`SLRoundCore`, everything else to the :class:`ConsensusCore`. It closes the loop
 between them inside one ``handle`` call: a transaction the SL core wants on the ledger
 (:class:`SubmitSigned`) is handed to the consensus core as a local request, and every
-committed block (``Deliver(Committed)``) tells the SL core to look at the rounds again. At
+committed block (``Deliver(Committed)``) tells the SL core to look at the rounds again, and
+every transaction the mempool refuses (``Deliver(TxRefused)``) is shown to it (a trainer's
+check-in: the trainer hears why at once). At
 ``Start`` the node asks to join the registry (a signed ``Join`` with its certificate) unless
 the ledger already has it.
 """
@@ -14,17 +16,23 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from swarmlearn.consensus.core import ConsensusCore
-from swarmlearn.consensus.events import Committed, SubmitTx
+from swarmlearn.consensus.events import Committed, SubmitTx, TxRefused
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_txs import Join
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.sl_messages import FetchLatest, MergedUnavailable, ReportPerf
+from swarmlearn.roles.sl_messages import (
+    FetchLatest,
+    MergedUnavailable,
+    ReportPerf,
+    SessionClosed,
+)
 from swarmlearn.roles.sl_round import (
     Contribute,
     FetchMerged,
     Hashed,
     LedgerChanged,
     MergedPiece,
+    MergePartials,
     Refilled,
     RoundChunk,
     RoundManifest,
@@ -34,7 +42,16 @@ from swarmlearn.roles.sl_round import (
 )
 from swarmlearn.sansio import Deliver, Effect, Input, Receive, Request, Start, TimerFired
 
-ROUND_MESSAGES = (RoundManifest, RoundChunk, MergedPiece, FetchMerged, MergedUnavailable)
+ROUND_MESSAGES = (
+    RoundManifest,
+    RoundChunk,
+    MergedPiece,
+    MergePartials,
+    FetchMerged,
+    MergedUnavailable,
+)
+#: Local requests for the SL core (from the node: a trainer's, or a round lane's).
+SL_REQUESTS = (Contribute, Hashed, Refilled, FetchLatest, ReportPerf, SessionClosed)
 
 
 class SwarmNodeCore:
@@ -62,7 +79,14 @@ class SwarmNodeCore:
         match event:
             case Receive(_, message) if isinstance(message, ROUND_MESSAGES):
                 effects = self.sl.handle(event, now)
-            case Request(Contribute() | Hashed() | Refilled() | FetchLatest() | ReportPerf()):
+            case Request(
+                Contribute()
+                | Hashed()
+                | Refilled()
+                | FetchLatest()
+                | ReportPerf()
+                | SessionClosed()
+            ):
                 effects = self.sl.handle(event, now)
             case TimerFired((str(kind), *_)) if kind.startswith("sl-"):
                 effects = self.sl.handle(event, now)
@@ -86,4 +110,6 @@ class SwarmNodeCore:
             out.append(effect)
             if isinstance(effect, Deliver) and isinstance(effect.value, Committed):
                 pending[:0] = self.sl.handle(Request(LedgerChanged()), now)
+            elif isinstance(effect, Deliver) and isinstance(effect.value, TxRefused):
+                pending[:0] = self.sl.handle(Request(effect.value), now)  # its check-in?
         return out

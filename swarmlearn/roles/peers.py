@@ -19,6 +19,18 @@ weights) go to the peer's round lane instead, and each new peer connection first
 this node's lane port (:class:`~swarmlearn.roles.lanes.LanePort`); a peer without a lane
 (not announced yet, or its lane failed) gets them here, with ``send_direct``.
 
+Only a member (a certificate with a node role) gets consensus traffic: anything else gets
+its requests answered and nothing else. One certificate may hold ``PEER_CONNECTIONS_MAX``
+connections at once (more are closed, counted in ``connections_refused``), and a connection
+of one that sends nothing for
+``REQUEST_IDLE_S`` is closed (counted in ``idle_timeouts``). Writes have deadlines too: a
+request and its reply within ``REQUEST_S``, a queued message within ``SEND_TIMEOUT_S`` plus
+a second per ``SEND_RATE_MIN_BYTES_S``; past them the connection is closed. What any
+connection may make the node hold (frame sizes by type, bytes in flight, deadlines,
+connection and handshake caps) is the transport's (:mod:`swarmlearn.p2p.transport`,
+:mod:`swarmlearn.p2p.limits`); an undecodable frame closes its connection and is counted
+there.
+
 A peer that keeps sending forged transactions (:meth:`PeerNetwork.report_forged`, from the
 consensus core's ``ForgedTx``) is banned by the :class:`~swarmlearn.roles.policing.Police`:
 its connections are closed, new ones refused and it is not dialed until the ban ends.
@@ -56,6 +68,11 @@ SEND_QUEUE_BYTES_MAX = 512 * 1024 * 1024
 REDIAL_MIN_S = 0.2
 REDIAL_MAX_S = 5.0
 REFUSE_SEND_S = 1.0  # the most a refused (banned) peer's connection waits for its Goodbye
+REQUEST_IDLE_S = 300.0  # silence before a non-member's connection (requests only) is closed
+PEER_CONNECTIONS_MAX = 8  # connections of one certificate at once (a pair needs two)
+REQUEST_S = 180.0  # the most one request (a submit waits up to 120 s) holds its connection
+SEND_TIMEOUT_S = 30.0  # one message's write, plus a second per SEND_RATE_MIN_BYTES_S of it:
+SEND_RATE_MIN_BYTES_S = 1024 * 1024  # a peer that reads nothing for that long is cut off
 
 CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError)
 
@@ -94,6 +111,7 @@ class PeerNetwork:
         self._peers: dict[NodeId, list[_Peer]] = {}
         self._addresses: dict[NodeId, tuple[str, int]] = {}
         self._dialing: set[NodeId] = set()
+        self._open_by: dict[NodeId, int] = {}  # connections of each certificate, both ways
         self._nursery: trio.Nursery | None = None
         self.dropped = 0
         self.lanes = lanes  # round data goes there when the peer has a lane (lanes.py)
@@ -204,7 +222,12 @@ class PeerNetwork:
                     host, port = self._addresses[peer]
                     try:
                         connection = await dial(
-                            self.identity, host, port, config=self.config, counters=self.dialed
+                            self.identity,
+                            host,
+                            port,
+                            config=self.config,
+                            counters=self.dialed,
+                            budget=self.listener.budget,
                         )
                     except (OSError, RemoteProtocolError, trio.TooSlowError) as error:
                         log.debug("dial %s at %s:%d failed: %s", peer[:8], host, port, error)
@@ -227,6 +250,20 @@ class PeerNetwork:
                     await connection.send(Goodbye(why))
             await connection.aclose()
             return
+        if self._open_by.get(peer, 0) >= PEER_CONNECTIONS_MAX:
+            connection.count_refused()
+            log.info("refused a connection of %s: %d open already", peer[:8], PEER_CONNECTIONS_MAX)
+            await connection.aclose()
+            return
+        self._open_by[peer] = self._open_by.get(peer, 0) + 1
+        try:
+            await self._serve_connection(connection, peer)
+        finally:
+            self._open_by[peer] -= 1
+            if not self._open_by[peer]:
+                del self._open_by[peer]
+
+    async def _serve_connection(self, connection: Connection, peer: NodeId) -> None:
         is_peer = bool(connection.peer.roles & NODE_ROLES) and peer != self.me
         send, receive = trio.open_memory_channel[Message](SEND_QUEUE_MAX)
         link = _Peer(connection, send)
@@ -261,9 +298,11 @@ class PeerNetwork:
         connection = link.connection
         try:
             async for message in queue:
-                await connection.send(message)
-                link.queued_bytes -= len(payload_of(message))
-        except CONNECTION_ERRORS as error:
+                size = len(payload_of(message))
+                with trio.fail_after(SEND_TIMEOUT_S + size / SEND_RATE_MIN_BYTES_S):
+                    await connection.send(message)
+                link.queued_bytes -= size
+        except (*CONNECTION_ERRORS, trio.TooSlowError) as error:
             log.info(
                 "sending to %s failed: %s", connection.peer_id.short, error or type(error).__name__
             )
@@ -271,14 +310,31 @@ class PeerNetwork:
 
     async def _read(self, connection: Connection, peer: NodeId, is_peer: bool) -> None:
         try:
-            async for message in connection:
+            while (message := await self._next(connection, is_peer)) is not None:
                 if isinstance(message, LanePort):
                     if is_peer and self.lanes is not None:
                         self.lanes.set_port(peer, message.port)
                     continue
-                if await self.on_request(connection, message):
+                with trio.fail_after(REQUEST_S):  # a reply the peer does not read, too
+                    answered = await self.on_request(connection, message)
+                if answered:
                     continue
                 if is_peer:
                     self.on_peer_message(peer, message)
-        except CONNECTION_ERRORS as error:
+        except (*CONNECTION_ERRORS, trio.TooSlowError) as error:
             log.info("connection to %s ended: %s", peer[:8], error or type(error).__name__)
+
+    async def _next(self, connection: Connection, is_peer: bool) -> Message | None:
+        """The next message (None: the connection ended); a non-member's within
+        ``REQUEST_IDLE_S``."""
+        try:
+            if is_peer:
+                return await connection.receive()
+            with trio.fail_after(REQUEST_IDLE_S):
+                return await connection.receive()
+        except trio.EndOfChannel:
+            return None
+        except trio.TooSlowError:
+            connection.count_idle()
+            log.info("closed %s's connection: idle %g s", connection.peer_id.short, REQUEST_IDLE_S)
+            return None

@@ -10,7 +10,9 @@ of a round ends with the same bytes, whose root the ledger holds (safety); no ro
 its last deadline by more than a grace margin (liveness); every round ends (DONE or FAILED:
 never a silent partial merge). Scenarios: calm rounds at 3 and 10 nodes, a participant
 killed at a random moment of a round (it restarts and rejoins later), a partition during the
-exchange, a byzantine contributor whose chunks do not match its commitment.
+exchange, a byzantine contributor whose chunks do not match its commitment; and each merge
+method (``rounds-<method>``), with a participant killed mid-round under the geometric median
+(its partial sums never come) and an owner whose partial sums are garbage.
 """
 
 from __future__ import annotations
@@ -40,7 +42,13 @@ from swarmlearn.merge.manifest import Layout
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, describe_certificate
 from swarmlearn.p2p.wire import Message
 from swarmlearn.roles.node_core import SwarmNodeCore
-from swarmlearn.roles.sl_round import Contribute, RoundChunk, RoundDone, RoundFailed
+from swarmlearn.roles.sl_round import (
+    Contribute,
+    MergePartials,
+    RoundChunk,
+    RoundDone,
+    RoundFailed,
+)
 from swarmlearn.sansio import Effect, NodeId, Send
 from swarmlearn.sim.checkers import Checker, FailureKind, Violation
 from swarmlearn.sim.cluster import NodeContext, Simulator
@@ -238,7 +246,9 @@ def _model(rng: np.random.Generator) -> ModelState:
     return ModelState(arrays)
 
 
-def contributions(context: SetupContext, rounds: int, min_peers: int) -> Layout:
+def contributions(
+    context: SetupContext, rounds: int, min_peers: int, method: str = "mean"
+) -> Layout:
     sim, rng = context.sim, np.random.default_rng(context.workload.getrandbits(32))
     layout = layout_of(_model(rng), chunk_bytes=CHUNK_BYTES)
     for number in range(rounds):
@@ -246,7 +256,8 @@ def contributions(context: SetupContext, rounds: int, min_peers: int) -> Layout:
         for node in sim.node_ids:
             flat = bytes(flatten(_model(rng), layout))
             weight = random.Random(node).randint(1, 100)
-            sim.request(node, Contribute(DEFAULT_CONTRACT, flat, layout, weight, min_peers), at=at)
+            contribution = Contribute(DEFAULT_CONTRACT, flat, layout, weight, min_peers, method)
+            sim.request(node, contribution, at=at)
     return layout
 
 
@@ -259,6 +270,20 @@ def corrupt_chunks(node: NodeId, effects: list[Effect]) -> list[Effect]:
             forged = RoundChunk(
                 chunk.contract, chunk.round, chunk.attempt, chunk.index, bytes(len(chunk.data))
             )
+            out.append(Send(effect.to, forged))
+        else:
+            out.append(effect)
+    return out
+
+
+def corrupt_partials(node: NodeId, effects: list[Effect]) -> list[Effect]:
+    """A byzantine owner: the partial sums it sends are negative (no honest owner's can be)."""
+    out: list[Effect] = []
+    for effect in effects:
+        if isinstance(effect, Send) and isinstance(effect.message, MergePartials):
+            m = effect.message
+            rows = (-np.frombuffer(m.rows, "<f8") - 1.0).tobytes()
+            forged = MergePartials(m.contract, m.round, m.attempt, m.step, rows)
             out.append(Send(effect.to, forged))
         else:
             out.append(effect)
@@ -289,16 +314,18 @@ def _partition(context: SetupContext, rounds: int) -> None:
     context.notes.append(f"fault: {len(side)} nodes cut off at {at:.3f} s for 3 s")
 
 
-def _byzantine(context: SetupContext) -> None:
+def _byzantine(context: SetupContext, partials: bool = False) -> None:
     sim = context.sim
     cheat = sim.node_ids[0]
-    sim.set_policy(cheat, corrupt_chunks)
-    sim.loop.call_at(context.fault_phase_s + 0.0005, lambda: sim.set_policy(cheat, corrupt_chunks))
-    context.notes.append(f"byzantine: {cheat[:8]} sends chunks that do not match its commitment")
+    policy = corrupt_partials if partials else corrupt_chunks
+    sim.set_policy(cheat, policy)
+    sim.loop.call_at(context.fault_phase_s + 0.0005, lambda: sim.set_policy(cheat, policy))
+    what = "partial sums that are negative" if partials else "chunks unlike its commitment"
+    context.notes.append(f"byzantine: {cheat[:8]} sends {what}")
 
 
 def rounds_scenario(
-    name: str, description: str, nodes: int, rounds: int, fault: str = ""
+    name: str, description: str, nodes: int, rounds: int, fault: str = "", method: str = "mean"
 ) -> Scenario:
     min_peers = max(2, nodes - 1) if fault else nodes
 
@@ -306,13 +333,13 @@ def rounds_scenario(
         swarm = _SWARMS[tuple(context.sim.node_ids)]
         for node in context.sim.node_ids:  # local clocks read block time: genesis + virtual
             context.sim.set_clock(node, offset_s=swarm.genesis.time_ms / 1000)
-        contributions(context, rounds, min_peers)
+        contributions(context, rounds, min_peers, method)
         if fault == "kill":
             _kill_one(context, rounds)
         elif fault == "partition":
             _partition(context, rounds)
-        elif fault == "byzantine":
-            _byzantine(context)
+        elif fault in ("byzantine", "byzantine-partials"):
+            _byzantine(context, partials=fault == "byzantine-partials")
 
     return scenario(
         Scenario(
@@ -337,4 +364,32 @@ rounds_scenario("rounds-kill", "5 nodes; one dies mid-round and rejoins", 5, 6, 
 rounds_scenario("rounds-partition", "6 nodes; half cut off during an exchange", 6, 5, "partition")
 rounds_scenario(
     "rounds-byzantine", "5 nodes; one sends chunks unlike its commitment", 5, 4, "byzantine"
+)
+for _method in ("coordmedian", "trimmedmean", "geomedian", "krum", "multikrum"):
+    rounds_scenario(
+        f"rounds-{_method}", f"5 nodes, 6 rounds merged with {_method}", 5, 6, "", _method
+    )
+rounds_scenario(
+    "rounds-kill-geomedian",
+    "5 nodes, geomedian; one dies mid-round (its partial sums never come) and rejoins",
+    5,
+    6,
+    "kill",
+    "geomedian",
+)
+rounds_scenario(
+    "rounds-partition-krum",
+    "6 nodes, multikrum; half cut off during an exchange",
+    6,
+    5,
+    "partition",
+    "multikrum",
+)
+rounds_scenario(
+    "rounds-byzantine-partials",
+    "5 nodes, geomedian; one owner sends negative partial sums",
+    5,
+    4,
+    "byzantine-partials",
+    "geomedian",
 )

@@ -1,7 +1,7 @@
 """What the SL round core (:mod:`swarmlearn.roles.sl_round`) speaks: its wire messages, its
 inputs, deliveries and effect, and the byte-level helpers it uses on the merged model.
 
-Round messages (tags 0xA0-0xA3, 0xA5) travel between nodes, on round lanes where a node has
+Round messages (tags 0xA0-0xA3, 0xA5, 0xA6) travel between nodes, on round lanes where a node has
 them (:mod:`swarmlearn.roles.lanes`). :class:`Contribute`, :class:`Hashed` and
 :class:`Refilled` are local inputs from the node; :class:`Progress`, :class:`RoundDone`,
 :class:`RoundFailed` and :class:`NeedRefill` are delivered to the trainer (which answers the
@@ -67,6 +67,19 @@ class MergedUnavailable(Message, tag=0xA5):
     round: int
 
 
+@dataclass(frozen=True)
+class MergePartials(Message, tag=0xA6):
+    """An owner's partial sums for one step of a global merge method (geometric median, Krum):
+    per float piece of its range, a row of float64 numbers (little-endian), pieces in layout
+    order (:mod:`swarmlearn.roles.sl_round_global`). Small: rows x (N + 2) or N(N-1)/2."""
+
+    contract: str
+    round: int
+    attempt: int
+    step: int
+    rows: bytes
+
+
 # ---------------------------------------------------------------- inputs and deliveries
 
 
@@ -93,6 +106,18 @@ class Contribute:
     #: The trainer can write these weights into ``flat`` again when asked (:class:`NeedRefill`):
     #: an attempt after merged bytes landed over them (in its handover file) then goes on.
     refill: bool = False
+    #: The trainer session (a connection to the node's local endpoint) these weights came
+    #: from: what the round delivers goes to that session only (0: no session, one trainer).
+    session: int = 0
+
+
+@dataclass(frozen=True)
+class SessionClosed:
+    """Input from the node: a trainer session went away. Its queued weights are dropped, and
+    its check-ins in rounds still open are withdrawn on the ledger (``CheckOut``); a round
+    past its check-ins goes on without a listener (the other participants need its weights)."""
+
+    session: int
 
 
 @dataclass(frozen=True)
@@ -130,6 +155,7 @@ class Refilled:
     ok: bool
     reason: str = ""
     chunk_hashes: tuple[bytes, ...] | None = None
+    session: int = 0  # the trainer session that wrote it (only the round's own counts)
 
 
 @dataclass(frozen=True)
@@ -142,6 +168,7 @@ class Progress:
     contract: str
     round: int
     text: str
+    session: int = 0  # the trainer session it is for (that of the round's contribution)
 
 
 @dataclass(frozen=True)
@@ -152,6 +179,7 @@ class RoundDone:
     flat: bytes | bytearray | memoryview
     training_over: bool = False  # every participant of this round has finished training
     participants: int = 0  # how many nodes' weights the merge holds
+    session: int = 0
 
 
 @dataclass(frozen=True)
@@ -162,6 +190,10 @@ class RoundFailed:
     #: Merged bytes were written over the contribution (the trainer's handover file): what
     #: the file holds now is no one's weights. The trainer keeps the weights it has.
     overwritten: bool = False
+    session: int = 0
+    #: The ledger refused the trainer's check-in (``reason`` is the ledger's): syncing these
+    #: weights again cannot help; the trainer's sync fails with it.
+    refused: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,6 +205,7 @@ class NeedRefill:
     contract: str
     round: int
     attempt: int
+    session: int = 0
 
 
 @dataclass(frozen=True)
@@ -207,6 +240,16 @@ class LatestFailed:
     contract: str
     reason: str
     mismatch: bool = False  # the trainer's model differs from the contract's
+
+
+@dataclass(frozen=True)
+class PeerFault:
+    """Delivered to the node: ``peer`` broke the round's protocol (a chunk twice, one outside
+    the owner's range): the node's policing counts it against the peer, as it counts forged
+    transactions (enough of them and the peer is banned)."""
+
+    peer: str
+    reason: str
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,11 @@ the round and fixes the participants; participant ``i`` owns range ``i`` of
 2. each owner verifies every chunk against the sender's manifest and folds it into its
    :class:`RangeMerge` (fixed participant order: identical bytes whatever the arrival
    order). A chunk that does not match its commitment gets its sender excluded on the
-   ledger (``Exclude``), which starts a new attempt without it;
+   ledger (``Exclude``), which starts a new attempt without it. The global methods
+   (geometric median, Krum: ``plan_shards(layout, P, "chunk")``) keep the range's chunks in a
+   ``RangeCollector`` instead, and once complete the owners exchange per-piece partial sums
+   step by step (``MergePartials``, :mod:`swarmlearn.roles.sl_round_global`) until every
+   participant has decided alike;
 3. each owner sends its merged range to every participant (``MergedPiece``); each
    participant assembles the merged model, computes its manifest root and reports it
    (``Merged``);
@@ -54,12 +58,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from swarmlearn.consensus.events import TxRefused
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
 from swarmlearn.consensus.swarm_txs import CheckIn, Merged, PerfData
 from swarmlearn.digest import content_digest
-from swarmlearn.merge import RangeMerge, WeightSet, plan_shards, resolve_method
+from swarmlearn.errors import RemoteProtocolError
+from swarmlearn.merge import RangeCollector, RangeMerge, WeightSet, plan_shards
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
+from swarmlearn.merge.methods import method_scope, round_method
 from swarmlearn.roles.sl_messages import (
     Contribute,
     FetchLatest,
@@ -68,7 +75,9 @@ from swarmlearn.roles.sl_messages import (
     LedgerChanged,
     MergedPiece,
     MergedUnavailable,
+    MergePartials,
     NeedRefill,
+    PeerFault,
     Progress,
     Refilled,
     ReportPerf,
@@ -76,6 +85,7 @@ from swarmlearn.roles.sl_messages import (
     RoundDone,
     RoundFailed,
     RoundManifest,
+    SessionClosed,
     ShedPages,
     SLEffect,
     SubmitSigned,
@@ -86,10 +96,12 @@ from swarmlearn.roles.sl_messages import (
     range_out,
     specs_of,
 )
+from swarmlearn.roles.sl_round_global import RoundGlobal
 from swarmlearn.roles.sl_round_latest import LatestModels
 from swarmlearn.roles.sl_round_merged import KeptModels
 from swarmlearn.roles.sl_round_outcome import DEADLINE_MARGIN_S, WAIT_PROGRESS_S
 from swarmlearn.roles.sl_round_refill import RoundRefill
+from swarmlearn.roles.sl_round_sessions import RESEND_S, RoundSessions
 from swarmlearn.roles.sl_round_state import (
     Attempt,
     EarlyMessages,
@@ -102,6 +114,7 @@ from swarmlearn.sansio import (
     Deliver,
     Input,
     Log,
+    Metric,
     NodeId,
     Receive,
     Request,
@@ -116,6 +129,7 @@ __all__ = [
     "FetchMerged",
     "Hashed",
     "LedgerChanged",
+    "MergePartials",
     "MergedPiece",
     "NeedRefill",
     "Progress",
@@ -126,17 +140,16 @@ __all__ = [
     "RoundManifest",
     "SLEffect",
     "SLRoundCore",
+    "SessionClosed",
     "SubmitSigned",
     "specs_of",
 ]
-
-RESEND_S = 2.0
 
 
 # ---------------------------------------------------------------- the core
 
 
-class SLRoundCore(RoundRefill, LatestModels):
+class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
     """One SL node's rounds, for every contract it trains on."""
 
     def __init__(self, me: NodeId, app: SwarmApp, sign: Any) -> None:
@@ -147,12 +160,19 @@ class SLRoundCore(RoundRefill, LatestModels):
         self.kept = KeptModels()  # merged models, to serve peers that fetch them
         self.early = EarlyMessages()  # replayed when their attempt starts here
         self.queued: dict[str, Contribute] = {}  # the next weights, while a round runs
+        self.queued_at: dict[str, float] = {}  # when their trainer's sync started
+        self.nonce = 0  # check-ins signed: with the session, each one a distinct transaction
         self.latest = {}  # fetches of a contract's latest model, for trainers (sl_round_latest)
+        self.partials_dropped = 0  # partial sums dropped as garbage (sl_round_global)
 
     def handle(self, event: Input, now: float) -> list[SLEffect]:
         match event:
             case Request(Contribute() as contribution):
                 return self._contribute(contribution, now)
+            case Request(SessionClosed(session)):
+                return self._session_closed(session, now)
+            case Request(TxRefused(data, reason)):
+                return self._tx_refused(data, reason)
             case Request(LedgerChanged()):
                 effects = [e for r in list(self.rounds.values()) for e in self._follow(r, now)]
                 return effects + self._start_queued(now) + self._latest_follow(now)
@@ -163,7 +183,9 @@ class SLRoundCore(RoundRefill, LatestModels):
                 return self._latest_handle(event, now)  # a trainer that joins late
             case TimerFired(("sl-latest" | "sl-latest-end", *_)):
                 return self._latest_handle(event, now)
-            case Receive(sender, RoundManifest() | RoundChunk() | MergedPiece() as message):
+            case Receive(
+                sender, RoundManifest() | RoundChunk() | MergedPiece() | MergePartials() as message
+            ):
                 if is_early(self.rounds, message):
                     return self._keep_early(sender, message)
                 return self._dispatch(sender, message)
@@ -186,6 +208,10 @@ class SLRoundCore(RoundRefill, LatestModels):
                 return self.kept.serve(sender, contract, number)
             case TimerFired(("sl-wait" | "sl-expire" as kind, str(contract), int(number), _)):
                 return self._waiting(contract, number, now, expired=kind == "sl-expire")
+            case TimerFired(("sl-gone", str(contract), int(number), _)):
+                return self._gone_timer(contract, number, now)
+            case TimerFired(("sl-queued", str(contract), int(number), int(session))):
+                return self._queued_expired(contract, number, session, now)
             case TimerFired(("sl-deadline", str(contract), int(number), int(attempt))):
                 return self._deadline(contract, number, attempt, now)
             case TimerFired(("sl-alive" | "sl-tick" as kind, str(contract), int(number), int(a))):
@@ -195,9 +221,11 @@ class SLRoundCore(RoundRefill, LatestModels):
     def _dispatch(
         self,
         sender: str,
-        message: RoundManifest | RoundChunk | MergedPiece,
+        message: RoundManifest | RoundChunk | MergedPiece | MergePartials,
         digest: bytes | None = None,
     ) -> list[SLEffect]:
+        if isinstance(message, MergePartials):
+            return self._on_partials(sender, message)
         if isinstance(message, RoundManifest):
             return self._on_manifest(sender, message)
         if isinstance(message, RoundChunk):
@@ -207,7 +235,7 @@ class SLRoundCore(RoundRefill, LatestModels):
     def _keep_early(
         self,
         sender: str,
-        message: RoundManifest | RoundChunk | MergedPiece,
+        message: RoundManifest | RoundChunk | MergedPiece | MergePartials,
         digest: bytes | None = None,
     ) -> list[SLEffect]:
         if not self.early.keep(sender, message, digest):
@@ -221,28 +249,33 @@ class SLRoundCore(RoundRefill, LatestModels):
 
     # ------------------------------------------------------------ committing
 
-    def _contribute(self, c: Contribute, now: float) -> list[SLEffect]:
+    def _contribute(
+        self, c: Contribute, now: float, started: float | None = None
+    ) -> list[SLEffect]:
+        """Check ``c`` in (or queue it behind the contract's running round). ``started``: when
+        the trainer's sync began (its syncTimeout counts from there, queued or not)."""
+        started = now if started is None else started
         contract = self.app.state.contracts.get(c.contract)
         specs = specs_of(c.layout)
         problem = self.app.check_in_problem(c.contract, c.merge_method, specs)
         if contract is None or problem is not None:
             number = 0 if contract is None else contract.next_round_number()
-            return [Deliver(RoundFailed(c.contract, number, f"the ledger refuses it: {problem}"))]
+            reason = f"the ledger refuses it: {problem}"
+            failed = RoundFailed(c.contract, number, reason, session=c.session, refused=True)
+            return [Deliver(failed)]
         busy = [r for r in self.rounds.values() if r.contract == c.contract and not r.finished]
         if busy:  # one round at a time per contract: this one waits for the current one
-            self.queued[c.contract] = c
-            return [
-                self._progress(
-                    busy[0], f"round {busy[0].number} still running; next weights queued"
-                )
-            ]
+            return self._queue(c, busy[0].number, started, now)
         number = contract.next_round_number()
         hashes = c.chunk_hashes
         if hashes is None or len(hashes) != c.layout.chunk_count:
             hashes = chunk_hashes(c.layout, c.flat)
         root = manifest_root(c.layout, hashes)
-        state = RoundState(c.contract, number, c, hashes, root, specs=specs, contributed_at=now)
+        state = RoundState(c.contract, number, c, hashes, root, specs=specs, contributed_at=started)
+        state.generation = contract.generation
         self.rounds[(c.contract, number)] = state
+        left_s = None if c.wait_s is None else max(0.0, c.wait_s - (now - started))
+        self.nonce += 1
         check_in = CheckIn(
             c.contract,
             number,
@@ -253,6 +286,10 @@ class SLRoundCore(RoundRefill, LatestModels):
             c.layout.total_bytes,
             c.merge_method,
             c.final,
+            c.session,
+            0 if left_s is None else max(1, int(left_s * 1000)),
+            contract.generation,
+            nonce=self.nonce,
         )
         state.check_in = self.sign(check_in)
         state.sent_at = now
@@ -261,11 +298,11 @@ class SLRoundCore(RoundRefill, LatestModels):
             self._progress(state, "checking in"),
             SetTimer(("sl-wait", c.contract, number, 0), WAIT_PROGRESS_S),
         ]
-        if c.wait_s is not None:
-            effects.append(SetTimer(("sl-expire", c.contract, number, 0), c.wait_s))
+        if left_s is not None:
+            effects.append(SetTimer(("sl-expire", c.contract, number, 0), left_s))
         if c.perf is not None:
             loss, metric, done, total = c.perf
-            report = PerfData(c.contract, number, loss, metric, done, total)
+            report = PerfData(c.contract, number, loss, metric, done, total, contract.generation)
             effects.insert(1, SubmitSigned(self.sign(report)))
         return effects
 
@@ -273,14 +310,22 @@ class SLRoundCore(RoundRefill, LatestModels):
         record = self._record(state)
         if state.finished or state.refilling is not None:  # (the trainer is writing its file)
             return []
+        if state.gone_at is not None and (record is None or self.me not in record.participants):
+            return self._gone_follow(state, record, now)  # its trainer went away
+        contract = self.app.state.contracts.get(state.contract)
+        if contract is None or contract.generation != state.generation:
+            reason = f"round {state.number}: the contract was reset (RESET CONTRACT); sync again"
+            return [self._failed(state, reason)]
+        if (refused := self._refused_on_ledger(state)) is not None:
+            return [self._failed(state, f"the ledger refuses it: {refused}", refused=True)]
         if self._missed(state, record):
             # Checked in to a round that had moved on (a restarted node's ledger was behind,
             # or the round closed first): the same weights go to the round that is open now.
             del self.rounds[(state.contract, state.number)]
-            return self._contribute(state.contribution, now)
+            return self._contribute(state.contribution, now, state.contributed_at)
         if record is None or self.me not in record.checkins:
             if problem := self._refusal(state, record):  # for good: another model won the race
-                return [self._failed(state, f"the ledger refuses it: {problem}")]
+                return [self._failed(state, f"the ledger refuses it: {problem}", refused=True)]
             if now - state.sent_at >= RESEND_S:
                 state.sent_at = now  # not on the ledger yet (refused while joining, or lost)
                 return [SubmitSigned(state.check_in)]
@@ -318,7 +363,9 @@ class SLRoundCore(RoundRefill, LatestModels):
         c = state.contribution
         self.kept.release_settled(self.app, state.contract, state.number, self.rounds)
         me = record.participants.index(self.me)
-        plan = plan_shards(c.layout, len(record.participants))
+        method = round_method(record.merge_method, len(record.participants))
+        is_global = method_scope(method) == "global"  # a plan that splits no chunk (global)
+        plan = plan_shards(c.layout, len(record.participants), "chunk" if is_global else "element")
         weights = WeightSet.of(
             [record.checkins[p].weight for p in record.participants], len(record.participants)
         )
@@ -337,10 +384,14 @@ class SLRoundCore(RoundRefill, LatestModels):
         else:  # in the file too when a trainer can refill what the merge writes over
             merged = file
             out = range_out(file, shard.start_byte, shard.stop_byte) if c.refill else None
-        method = resolve_method(record.merge_method)
-        merge = RangeMerge(c.layout, plan.shards[me], weights, method, out=out)
+        merge: RangeMerge | RangeCollector
+        if is_global:  # every chunk of my range kept for the steps (sl_round_global)
+            merge, out = RangeCollector(c.layout, shard, weights), None
+        else:
+            merge = RangeMerge(c.layout, shard, weights, method, out=out)
         attempt = Attempt(record.attempt, record.participants, me, merge, merged=merged)
         attempt.merge_in_place, attempt.in_file = out is not None, file is not None
+        attempt.plan, attempt.method = plan, method
         state.attempt = attempt
         effects: list[SLEffect] = []
         wait_s = max(0.0, record.deadline_ms / 1000 - now) + DEADLINE_MARGIN_S
@@ -420,12 +471,12 @@ class SLRoundCore(RoundRefill, LatestModels):
             if chunk in attempt.own_pending:  # a fold may write over mine in the file now
                 add_own(state, attempt, chunk)
             attempt.merge.add(participant, chunk, data)
-        except Exception as error:  # a duplicate, or a chunk outside my range: the sender's fault
+        except RemoteProtocolError as error:  # a duplicate, or a chunk outside my range
+            sender = attempt.participants[participant]
             return [
-                Log(
-                    f"round {state.number}: chunk {chunk} from participant {participant}: {error}",
-                    "warning",
-                )
+                Log(f"round {state.number}: chunk {chunk} from {sender[:8]}: {error}", "warning"),
+                Metric("sl_chunks_refused", 1.0),
+                Deliver(PeerFault(sender, f"round {state.number}: {error}")),
             ]
         return self._after_merge_step(state)
 
@@ -434,10 +485,19 @@ class SLRoundCore(RoundRefill, LatestModels):
         assert attempt is not None
         if attempt.merge is None or not attempt.merge.done or attempt.me in attempt.pieces:
             return []
-        result: Any = attempt.merge.result()
+        effects: list[SLEffect] = []
+        result: Any
+        if isinstance(attempt.merge, RangeCollector):  # a global method's steps
+            effects, result = self._global_result(state)
+            if result is None:
+                return effects
+        else:
+            result = attempt.merge.result()
         shard = attempt.merge.shard
+        if isinstance(attempt.merge, RangeCollector):
+            attempt.merge = None  # N x my range, no longer needed: let it go
         in_place = attempt.merge_in_place
-        effects = self._place(state, attempt.me, shard.start_byte, result, copy=not in_place)
+        effects += self._place(state, attempt.me, shard.start_byte, result, copy=not in_place)
         if attempt.in_file:  # sent from the file: the range's own buffer is let go now
             result = memoryview(attempt.merged)[shard.start_byte : shard.stop_byte]
             attempt.merge = None
@@ -479,7 +539,8 @@ class SLRoundCore(RoundRefill, LatestModels):
         attempt = state.attempt
         assert attempt is not None
         layout = state.contribution.layout
-        shard = plan_shards(layout, len(attempt.participants)).shards[owner]
+        plan = attempt.plan or plan_shards(layout, len(attempt.participants))
+        shard = plan.shards[owner]
         if not (shard.start_byte <= start and start + len(data) <= shard.stop_byte):
             return [
                 Log(f"round {state.number}: a merged piece outside its owner's range", "warning")
@@ -501,7 +562,7 @@ class SLRoundCore(RoundRefill, LatestModels):
         root = merged_root(layout, attempt.merged, attempt.digests)
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
         self._keep(state.contract, state.number, root, state.merged)
-        report = Merged(state.contract, state.number, attempt.number, root)
+        report = Merged(state.contract, state.number, attempt.number, root, state.generation)
         return [
             *shed,
             SubmitSigned(self.sign(report)),
@@ -515,5 +576,5 @@ class SLRoundCore(RoundRefill, LatestModels):
         for contract, queued in sorted(self.queued.items()):
             if not any(r.contract == contract and not r.finished for r in self.rounds.values()):
                 del self.queued[contract]
-                effects += self._contribute(queued, now)
+                effects += self._contribute(queued, now, self.queued_at.pop(contract, now))
         return effects

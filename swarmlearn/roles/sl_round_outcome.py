@@ -22,7 +22,7 @@ from typing import Any
 
 from swarmlearn.consensus.swarm_app import SwarmApp
 from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
-from swarmlearn.consensus.swarm_txs import Exclude, Heartbeat
+from swarmlearn.consensus.swarm_txs import CheckOut, Exclude, Heartbeat
 from swarmlearn.merge import build_manifest
 from swarmlearn.roles.sl_messages import (
     FetchMerged,
@@ -35,7 +35,13 @@ from swarmlearn.roles.sl_messages import (
     SubmitSigned,
 )
 from swarmlearn.roles.sl_round_merged import KeptModels
-from swarmlearn.roles.sl_round_state import Attempt, EarlyMessages, MergedFetch, RoundState
+from swarmlearn.roles.sl_round_state import (
+    Attempt,
+    EarlyMessages,
+    MergedFetch,
+    RoundState,
+    global_waiting,
+)
 from swarmlearn.sansio import Deliver, Log, NodeId, Send, SetTimer
 
 #: While a round waits for minPeers check-ins, the trainer hears so this often.
@@ -85,6 +91,7 @@ class RoundEnds:
                 flat,
                 record.all_final,
                 len(record.participants),
+                state.contribution.session,
             )
             return [Deliver(done)]
         if state.fetch is not None:
@@ -183,7 +190,9 @@ class RoundEnds:
         record = self._record(state)
         over = record is not None and record.all_final
         count = 0 if record is None else len(record.participants)
-        return [Deliver(RoundDone(state.contract, state.number, root, state.merged, over, count))]
+        session = state.contribution.session
+        done = RoundDone(state.contract, state.number, root, state.merged, over, count, session)
+        return [Deliver(done)]
 
     def _keep(self, contract: str, number: int, root: bytes, flat: bytearray | memoryview) -> None:
         self.kept.keep(contract, number, root, flat, self.rounds)
@@ -207,13 +216,18 @@ class RoundEnds:
         if kept is not None and isinstance(kept[1], memoryview):
             del self.kept.kept[(state.contract, state.number)]
 
-    def _failed(self, state: RoundState, reason: str) -> Deliver:
+    def _failed(self, state: RoundState, reason: str, *, refused: bool = False) -> Deliver:
         """The round failed for this node: the trainer keeps its own weights (and hears
-        whether its handover file was written over: it then holds no one's weights)."""
+        whether its handover file was written over: it then holds no one's weights; and
+        whether the ledger refused its check-in)."""
         self._finish(state)
         if state.overwritten:
             reason += " (the handover file holds a partial merge: keep your own weights)"
-        return Deliver(RoundFailed(state.contract, state.number, reason, state.overwritten))
+        session = state.contribution.session
+        failed = RoundFailed(
+            state.contract, state.number, reason, state.overwritten, session, refused
+        )
+        return Deliver(failed)
 
     def _refusal(self, state: RoundState, record: RoundRecord | None) -> str | None:
         """Why the ledger refuses this round's check-in whenever it is sent (a model or merge
@@ -227,8 +241,8 @@ class RoundEnds:
 
     def _waiting(self, contract: str, number: int, now: float, *, expired: bool) -> list[SLEffect]:
         """The round is still open, short of minPeers: say so every ``WAIT_PROGRESS_S``, and
-        at the trainer's syncTimeout fail it (its check-in stays on the ledger; the trainer's
-        next weights replace it there)."""
+        at the trainer's syncTimeout fail it and withdraw its check-in (a round left with
+        none is abandoned on the ledger; the trainer's next weights open a fresh one)."""
         state = self.rounds.get((contract, number))
         if state is None or state.finished:
             return []
@@ -241,20 +255,41 @@ class RoundEnds:
             return []
         if expired:
             wait_s = state.contribution.wait_s
+            reason = (
+                f"round {number}: {have}/{need} checked in within syncTimeout={wait_s:g} s,"
+                f" fewer than minPeers={need}"
+            )
             return [
-                self._failed(
-                    state,
-                    f"round {number}: {have}/{need} checked in within syncTimeout={wait_s:g} s,"
-                    f" fewer than minPeers={need}",
-                )
+                *self._check_out(state, record, "syncTimeout passed"),
+                self._failed(state, reason),
             ]
         waited_s = round(now - state.contributed_at)
         text = f"round {number}: {have}/{need} checked in, waiting for minPeers={need}"
         text += f" ({waited_s:g} s)"
-        return [
+        effects: list[SLEffect] = [
             self._progress(state, text),
             SetTimer(("sl-wait", contract, number, 0), WAIT_PROGRESS_S),
         ]
+        if record is not None and any(
+            c.expires_ms is not None and c.expires_ms <= now * 1000
+            for c in record.checkins.values()
+        ):  # a check-in whose node is gone expired: a block runs the ledger's expiry rule
+            beat = Heartbeat(contract, number, 0, int(now * 1000))
+            effects.append(SubmitSigned(self.sign(beat)))
+        return effects
+
+    def _check_out(
+        self, state: RoundState, record: RoundRecord | None, reason: str
+    ) -> list[SLEffect]:
+        """Withdraw this node's check-in from the open round when it is this session's."""
+        mine = None if record is None else record.checkins.get(self.me)
+        session = state.contribution.session
+        if record is None or record.status != RoundStatus.OPEN or mine is None:
+            return []
+        if mine.session != session or mine.root != state.root:
+            return []
+        withdraw = CheckOut(state.contract, state.number, session, reason)
+        return [SubmitSigned(self.sign(withdraw))]
 
     def _missed(self, state: RoundState, record: RoundRecord | None) -> bool:
         """This contribution belongs to a later round than ``state.number``."""
@@ -268,7 +303,7 @@ class RoundEnds:
 
     def _progress(self, state: RoundState, text: str) -> Deliver:
         state.last_progress = text
-        return Deliver(Progress(state.contract, state.number, text))
+        return Deliver(Progress(state.contract, state.number, text, state.contribution.session))
 
     def _current(self, contract: str, number: int, attempt: int) -> RoundState | None:
         state = self.rounds.get((contract, number))
@@ -279,7 +314,9 @@ class RoundEnds:
     def _exclude(self, state: RoundState, culprit: str, reason: str) -> list[SLEffect]:
         attempt = state.attempt
         assert attempt is not None
-        report = Exclude(state.contract, state.number, attempt.number, culprit, reason)
+        report = Exclude(
+            state.contract, state.number, attempt.number, culprit, reason, state.generation
+        )
         return [
             SubmitSigned(self.sign(report)),
             Log(f"round {state.number}: excluding {culprit[:8]}: {reason}", "warning"),
@@ -304,5 +341,9 @@ class RoundEnds:
         beat = Heartbeat(contract, number, attempt, int(now * 1000))
         return [
             SubmitSigned(self.sign(beat)),
-            self._progress(state, f"round {number}: attempt {attempt} past its deadline"),
+            self._progress(
+                state,
+                f"round {number}: attempt {attempt} past its deadline"
+                + (global_waiting(state.attempt) if state.attempt else ""),
+            ),
         ]

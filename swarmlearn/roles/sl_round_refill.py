@@ -45,7 +45,7 @@ class RoundRefill(RoundEnds):
         wait_s = max(0.0, record.deadline_ms / 1000 - now) + DEADLINE_MARGIN_S
         text = f"round {state.number}: attempt {attempt} needs this node's weights again"
         return [
-            Deliver(NeedRefill(state.contract, state.number, attempt)),
+            Deliver(NeedRefill(state.contract, state.number, attempt, state.contribution.session)),
             self._progress(state, f"{text}; asking the trainer to refill its handover file"),
             SetTimer(("sl-refill", state.contract, state.number, attempt), wait_s),
         ]
@@ -55,6 +55,8 @@ class RoundRefill(RoundEnds):
         state = self.rounds.get((refilled.contract, refilled.round))
         if state is None or state.finished or state.refilling is None:
             return []
+        if refilled.session != state.contribution.session:
+            return []  # another session's file: never the round's weights
         attempt, state.refilling = state.refilling, None
         if not refilled.ok:
             reason = f"attempt {attempt}: the trainer could not refill its weights: "

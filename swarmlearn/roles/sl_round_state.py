@@ -15,14 +15,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarmlearn.consensus.swarm_txs import TensorSpec
-from swarmlearn.merge import RangeMerge
+from swarmlearn.merge import Mean, Method, RangeCollector, RangeMerge
 from swarmlearn.merge.plan import ShardPlan
-from swarmlearn.roles.sl_messages import Contribute, MergedPiece, RoundChunk, RoundManifest
+from swarmlearn.merge.sharded import GlobalSteps
+from swarmlearn.roles.sl_messages import (
+    Contribute,
+    MergedPiece,
+    MergePartials,
+    RoundChunk,
+    RoundManifest,
+)
 from swarmlearn.sansio import NodeId, Send
 
 EARLY_BYTES_MAX = 512 * 1024 * 1024
 
-RoundMessage = RoundManifest | RoundChunk | MergedPiece
+RoundMessage = RoundManifest | RoundChunk | MergedPiece | MergePartials
 
 
 @dataclass
@@ -30,7 +37,7 @@ class Attempt:
     number: int
     participants: tuple[str, ...]
     me: int
-    merge: RangeMerge | None
+    merge: RangeMerge | RangeCollector | None
     manifests: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
     # chunks that came before their sender's manifest: participant, chunk, data, digest
     waiting: list[tuple[int, int, Any, bytes | None]] = field(default_factory=list)
@@ -42,6 +49,11 @@ class Attempt:
     merge_in_place: bool = False  # my range is merged straight into ``merged``
     in_file: bool = False  # ``merged`` is the trainer's handover file (the contribution)
     own_pending: set[int] = field(default_factory=set)  # my chunks of my range, not yet added
+    plan: ShardPlan | None = None
+    method: Method = field(default_factory=Mean)
+    # a global method (sl_round_global): my steps, and each step's rows by owner
+    steps: GlobalSteps | None = None
+    partials: dict[int, dict[int, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +85,9 @@ class RoundState:
     specs: tuple[TensorSpec, ...] = ()  # the contribution's tensors, as the ledger sees them
     contributed_at: float = 0.0
     refilling: int | None = None  # the attempt waiting for the trainer to refill its file
+    generation: int = 0  # the contract's (RESET CONTRACT starts a new one; this round ends)
+    gone_at: float | None = None  # when its trainer session went away
+    check_out: bytes = b""  # the signed CheckOut of its check-in, resent until it is out
 
 
 class EarlyMessages:
@@ -119,7 +134,7 @@ class EarlyMessages:
 
 
 def _size(message: RoundMessage) -> int:
-    return len(getattr(message, "data", b"")) + 64
+    return len(getattr(message, "data", getattr(message, "rows", b""))) + 64
 
 
 def is_early(rounds: dict[tuple[str, int], RoundState], message: RoundMessage) -> bool:
@@ -177,6 +192,17 @@ def add_own(state: RoundState, attempt: Attempt, chunk: int) -> None:
     attempt.merge.add(attempt.me, chunk, data)
 
 
+def global_waiting(attempt: Attempt) -> str:
+    """What a global method's exchange still waits for ('' when nothing or not global)."""
+    if not isinstance(attempt.merge, RangeCollector) or attempt.me in attempt.pieces:
+        return ""
+    if attempt.steps is None:
+        return "; waiting for chunks of my range"
+    got = attempt.partials.get(attempt.steps.step, {})
+    missing = [p[:8] for i, p in enumerate(attempt.participants) if i not in got]
+    return f"; step {attempt.steps.step} waits for partial sums from {', '.join(missing)}"
+
+
 def held_by_sender(rounds: dict[tuple[str, int], RoundState], me: NodeId) -> dict[NodeId, int]:
     """Bytes of each peer's chunks that the current attempts' merges hold for their turn
     (the round lanes stop reading a peer that holds too many). A chunk stops counting when
@@ -186,6 +212,8 @@ def held_by_sender(rounds: dict[tuple[str, int], RoundState], me: NodeId) -> dic
         attempt = state.attempt
         if state.finished or attempt is None or attempt.merge is None:
             continue
+        if isinstance(attempt.merge, RangeCollector):
+            continue  # a global method holds N x its range by design, in any order
         for participant, nbytes in enumerate(attempt.merge.held_by):
             sender = attempt.participants[participant]
             if nbytes and sender != me:

@@ -7,6 +7,11 @@ refill the handover file) goes to the trainer that contributed to it, as local m
 trainer's :class:`LocalRefilled` (with the hashes the endpoint took of its file) becomes the
 core's :class:`Refilled`. A trainer's :class:`LocalLatest` (it joins late) becomes the core's
 :class:`FetchLatest`; its progress and answer go to every trainer that asked for the contract.
+
+Trainers are *sessions* (one per connection, :mod:`swarmlearn.roles.local`): what the core
+delivers carries the session of the contribution it is about, and goes to that session only
+(a trainer restarted mid-round never hears the round its earlier run checked in to). A
+session that closes is forgotten here and told to the core (:class:`SessionClosed`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from swarmlearn.roles.sl_round import (
     Refilled,
     RoundDone,
     RoundFailed,
+    SessionClosed,
 )
 from swarmlearn.sansio import Input, Request
 
@@ -48,22 +54,26 @@ ToTrainer = Progress | RoundDone | RoundFailed | NeedRefill
 ToJoiner = LatestProgress | LatestModel | LatestFailed
 
 
+Reply = Callable[[Message], None]
+
+
 class Trainers:
-    """The trainers on this host, by contract (the latest to contribute to it)."""
+    """The trainer sessions on this host."""
 
     def __init__(self, submit: Callable[[Input], bool]) -> None:
         self.submit = submit  # the node driver's: an input for the core
-        self.replies: dict[str, Callable[[Message], None]] = {}
-        self.joiners: dict[str, list[Callable[[Message], None]]] = {}  # waiting for a model
+        self.replies: dict[int, Reply] = {}  # by session
+        self.joiners: dict[str, list[tuple[int, Reply]]] = {}  # waiting for a model
 
     def on_contribute(
         self,
         message: LocalContribute,
-        reply: Callable[[Message], None],
+        reply: Reply,
         chunk_hashes: tuple[bytes, ...],
+        session: int = 0,
     ) -> None:
         """A trainer on this host hands over its weights for the contract's next round."""
-        self.replies[message.contract] = reply
+        self.replies[session] = reply
         contribution = Contribute(
             message.contract,
             message.data,  # a view of the received frame (or the handover file): no copy
@@ -76,15 +86,22 @@ class Trainers:
             chunk_hashes,
             message.sync_timeout_s or None,
             message.refill,
+            session,
         )
-        self.submit(Request(contribution))
+        if not self.submit(Request(contribution)):
+            reply(LocalRoundFailed(0, "the node is overloaded; try again"))
 
     def on_refilled(
-        self, contract: str, message: LocalRefilled, chunk_hashes: tuple[bytes, ...]
+        self,
+        contract: str,
+        message: LocalRefilled,
+        chunk_hashes: tuple[bytes, ...],
+        session: int = 0,
     ) -> None:
         """The trainer wrote its weights into its handover file again (or could not)."""
         hashes = chunk_hashes or None
-        self.submit(Request(Refilled(contract, message.round, message.ok, message.reason, hashes)))
+        refilled = Refilled(contract, message.round, message.ok, message.reason, hashes, session)
+        self.submit(Request(refilled))
 
     def on_perf(self, message: LocalPerf) -> None:
         """PERFDATA measured after a round (the final one's, on the final merged model)."""
@@ -95,9 +112,9 @@ class Trainers:
             )
         )
 
-    def on_latest(self, message: LocalLatest, reply: Callable[[Message], None]) -> None:
+    def on_latest(self, message: LocalLatest, reply: Reply, session: int = 0) -> None:
         """A trainer on this host asks for the contract's latest merged model."""
-        self.joiners.setdefault(message.contract, []).append(reply)
+        self.joiners.setdefault(message.contract, []).append((session, reply))
         asked = FetchLatest(message.contract, message.layout(), message.wait_s)
         if not self.submit(Request(asked)):
             self.deliver(LatestFailed(message.contract, "the node is overloaded; try again"))
@@ -106,8 +123,8 @@ class Trainers:
         if isinstance(value, LatestProgress | LatestModel | LatestFailed):
             self._to_joiners(value)
             return
-        reply = self.replies.get(value.contract)
-        if reply is None:
+        reply = self.replies.get(value.session)
+        if reply is None:  # the session is gone: its outcome goes to no one else
             return
         if isinstance(value, Progress):
             reply(LocalProgress(value.round, value.text))
@@ -120,16 +137,23 @@ class Trainers:
         elif isinstance(value, NeedRefill):
             reply(LocalRefill(value.round, value.attempt))
         else:
-            reply(LocalRoundFailed(value.round, value.reason, value.overwritten))
+            reply(LocalRoundFailed(value.round, value.reason, value.overwritten, value.refused))
+
+    def on_closed(self, session: int) -> None:
+        """A trainer's connection closed: forget it, and let the core drop its claims."""
+        self.replies.pop(session, None)
+        for contract, waiting in list(self.joiners.items()):
+            self.joiners[contract] = [(s, r) for s, r in waiting if s != session]
+        self.submit(Request(SessionClosed(session)))
 
     def _to_joiners(self, value: ToJoiner) -> None:
         if isinstance(value, LatestProgress):
-            for reply in self.joiners.get(value.contract, ()):
+            for _, reply in self.joiners.get(value.contract, ()):
                 reply(LocalProgress(0, value.text))
             return
         if isinstance(value, LatestModel):
             answer = LocalLatestReply(value.round, value.root, value.flat)
         else:
             answer = LocalLatestReply(0, b"", b"", value.reason, value.mismatch)
-        for reply in self.joiners.pop(value.contract, ()):
+        for _, reply in self.joiners.pop(value.contract, ()):
             reply(answer)

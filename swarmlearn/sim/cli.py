@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import swarmlearn.consensus.gossip_simulation
 import swarmlearn.consensus.simulation
-import swarmlearn.roles.simulation  # noqa: F401  (registers the rounds-* scenarios)
+import swarmlearn.roles.simulation
+import swarmlearn.roles.simulation_sessions  # noqa: F401  (the sessions-* scenarios)
 from swarmlearn.errors import ConfigError
 from swarmlearn.sim.scenarios import DEFAULT_SCENARIO, SCENARIOS, run_scenario
 

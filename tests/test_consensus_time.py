@@ -1,0 +1,259 @@
+"""BFT time and equivocating proposers, through the consensus core's sans-IO interface.
+
+Block time is the voting-power-weighted median of the previous commit's precommit times, so
+one clock (10 minutes ahead, or behind) can neither move it nor make honest blocks invalid;
+a proposer's second block for a round is evidence, and still decided when a quorum votes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from swarmlearn.consensus.app import KeyValueApp
+from swarmlearn.consensus.core import ConsensusCore
+from swarmlearn.consensus.crypto import SimVerifier
+from swarmlearn.consensus.events import Committed, EvidenceFound, Genesis
+from swarmlearn.consensus.types import (
+    Block,
+    BlockHeader,
+    BlockResponse,
+    Commit,
+    CommitSig,
+    Proposal,
+    Status,
+    Step,
+    Validator,
+    ValidatorSet,
+    Vote,
+    VoteType,
+    tx_root,
+)
+from swarmlearn.sansio import Broadcast, Deliver, Effect, Receive, Send, Start
+from tests.consensus_helpers import SIGNERS, validator_set
+
+T0_MS = 1_700_000_000_000
+FOUR = Genesis("four", T0_MS, tuple(Validator(n, SIGNERS[n].public_key, 1) for n in "abcd"))
+VALIDATORS = ValidatorSet(FOUR.validators)
+SKEW_MS = 600_000  # d's clock is 10 minutes ahead
+
+
+def signed_vote(
+    node: str, kind: VoteType, height: int, round_: int, value: bytes | None, time_ms: int
+) -> Vote:
+    unsigned = Vote(kind, height, round_, value, node, b"", time_ms)
+    signature = SIGNERS[node].sign(unsigned.sign_bytes(FOUR.chain_id))
+    return Vote(kind, height, round_, value, node, signature, time_ms)
+
+
+def commit(block: Block, times_ms: dict[str, int]) -> Commit:
+    height = block.header.height
+    sigs = []
+    for node, time_ms in sorted(times_ms.items()):
+        vote = signed_vote(node, VoteType.PRECOMMIT, height, 0, block.hash, time_ms)
+        sigs.append(CommitSig(node, vote.signature, time_ms))
+    return Commit(height, 0, block.hash, tuple(sigs))
+
+
+def make_block(
+    height: int,
+    time_ms: int,
+    previous: Block | None = None,
+    last_commit: Commit | None = None,
+    txs: tuple[bytes, ...] = (b"x=1",),
+    app_hash: bytes | None = None,
+) -> Block:
+    header = BlockHeader(
+        FOUR.chain_id,
+        height,
+        time_ms,
+        VALIDATORS.proposer(height, 0),
+        previous.hash if previous else b"",
+        tx_root(txs),
+        KeyValueApp().app_hash() if app_hash is None else app_hash,
+        VALIDATORS.hash,
+        last_commit.hash if last_commit else b"",
+    )
+    return Block(header, txs, last_commit)
+
+
+def proposal(block: Block, round_: int = 0) -> Proposal:
+    proposer = VALIDATORS.proposer(block.header.height, round_)
+    unsigned = Proposal(block.header.height, round_, -1, block, proposer, b"")
+    signature = SIGNERS[proposer].sign(unsigned.sign_bytes(FOUR.chain_id))
+    return Proposal(block.header.height, round_, -1, block, proposer, signature)
+
+
+def node_at_height_2(me: str = "a") -> tuple[ConsensusCore, Block, Commit]:
+    """``me`` has block 1 (from catch-up) and its commit, whose voter d is 10 min ahead."""
+    node = ConsensusCore(
+        FOUR, SIGNERS[me], SimVerifier(), KeyValueApp(), random.Random(1), list("abcd")
+    )
+    node.handle(Start(), T0_MS / 1000)
+    first = make_block(1, T0_MS)
+    first_commit = commit(first, {"b": T0_MS + 1000, "c": T0_MS + 1100, "d": T0_MS + SKEW_MS})
+    node.handle(Receive("b", BlockResponse(first, first_commit)), T0_MS / 1000 + 1)
+    assert node.height == 2
+    return node, first, first_commit
+
+
+def own_votes(effects: list[Effect], kind: VoteType) -> list[Vote]:
+    return [
+        e.message
+        for e in effects
+        if isinstance(e, Broadcast) and isinstance(e.message, Vote) and e.message.kind == kind
+    ]
+
+
+@pytest.mark.parametrize(
+    ("powers", "times", "median"),
+    [
+        ({}, {"a": 10, "b": 20, "c": 30}, 20),
+        ({}, {"a": 10, "b": 20, "c": 30, "d": 10**9}, 30),  # one clock far ahead: an honest one
+        ({}, {"a": 0, "b": 20, "c": 30, "d": 40}, 30),  # or far behind
+        ({"c": 3}, {"a": 10, "b": 20, "c": 30}, 30),  # weighted by power
+        ({"a": 3}, {"a": 10, "b": 20, "c": 30}, 10),
+        ({}, {"b": 5}, 5),
+    ],
+)
+def test_block_time_is_the_power_weighted_median_of_the_commit(
+    powers: dict[str, int], times: dict[str, int], median: int
+) -> None:
+    validators = validator_set(("a", "b", "c", "d"), powers)
+    sigs = tuple(CommitSig(n, b"", t) for n, t in times.items())
+    assert Commit(1, 0, b"\x00" * 32, sigs).median_time_ms(validators) == median
+
+
+def test_a_proposal_stamped_with_the_median_of_its_last_commit_is_prevoted() -> None:
+    node, first, first_commit = node_at_height_2()
+    assert first_commit.median_time_ms(VALIDATORS) == T0_MS + 1100  # not d's clock
+    second = make_block(2, T0_MS + 1100, first, first_commit, app_hash=node.app.app_hash())
+    effects = node.handle(Receive("c", proposal(second)), T0_MS / 1000 + 2)
+    assert [v.value for v in own_votes(effects, VoteType.PREVOTE)] == [second.hash]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"time_ms": T0_MS + SKEW_MS}, "time is not the median of the last commit"),
+        ({"time_ms": T0_MS + 1101}, "time is not the median of the last commit"),
+        ({"last_commit": None}, "last commit missing"),
+        ({"last_commit_hash": b"\x01" * 32}, "wrong last commit hash"),
+        ({"forged": True}, "last commit: bad signature by b"),
+        ({"short": True}, "last commit: not signed by a quorum"),
+    ],
+)
+def test_a_proposal_with_another_time_or_a_bad_last_commit_is_refused(
+    change: dict[str, object], reason: str
+) -> None:
+    node, first, first_commit = node_at_height_2()
+    last: Commit | None = first_commit
+    if change.get("forged"):
+        sigs = first_commit.signatures
+        last = Commit(1, 0, first.hash, (CommitSig("b", b"x" * 32, sigs[0].time_ms), *sigs[1:]))
+    if change.get("short"):
+        last = Commit(1, 0, first.hash, first_commit.signatures[:2])
+    if "last_commit" in change:
+        last = None
+    time_ms = change.get("time_ms", T0_MS + 1100)
+    assert isinstance(time_ms, int)
+    block = make_block(2, time_ms, first, last, app_hash=node.app.app_hash())
+    if "last_commit_hash" in change:
+        wrong = dataclasses.replace(block.header, last_commit_hash=b"\x01" * 32)
+        block = Block(wrong, block.txs, block.last_commit)
+    assert node._block_problem(block) == reason
+    effects = node.handle(Receive("c", proposal(block)), T0_MS / 1000 + 2)
+    assert [v.value for v in own_votes(effects, VoteType.PREVOTE)] == [None]
+
+
+def test_a_precommit_carries_the_voters_clock_clamped_past_the_block() -> None:
+    node, first, first_commit = node_at_height_2()
+    second = make_block(2, T0_MS + 1100, first, first_commit, app_hash=node.app.app_hash())
+    node.handle(Receive("c", proposal(second)), T0_MS / 1000 + 0.5)  # a's clock is behind
+    effects: list[Effect] = []
+    for voter in "bc":
+        vote = signed_vote(voter, VoteType.PREVOTE, 2, 0, second.hash, T0_MS + 1200)
+        effects += node.handle(Receive(voter, vote), T0_MS / 1000 + 0.5)
+    (precommit,) = own_votes(effects, VoteType.PRECOMMIT)
+    assert precommit.time_ms == T0_MS + 1101  # its clock says +500 ms: clamped past the block
+    node2, *_ = node_at_height_2()
+    node2.handle(Receive("c", proposal(second)), T0_MS / 1000 + 7)
+    effects = []
+    for voter in "bc":
+        vote = signed_vote(voter, VoteType.PREVOTE, 2, 0, second.hash, T0_MS + 1200)
+        effects += node2.handle(Receive(voter, vote), T0_MS / 1000 + 7)
+    assert [v.time_ms for v in own_votes(effects, VoteType.PRECOMMIT)] == [T0_MS + 7000]
+
+
+def test_the_second_block_of_an_equivocating_proposer_is_decided_when_a_quorum_votes_it() -> None:
+    node, first, first_commit = node_at_height_2()
+    app_hash = node.app.app_hash()
+    one = make_block(2, T0_MS + 1100, first, first_commit, (b"x=1",), app_hash)
+    two = make_block(2, T0_MS + 1100, first, first_commit, (b"x=2",), app_hash)
+    effects = node.handle(Receive("c", proposal(one)), T0_MS / 1000 + 2)
+    assert [v.value for v in own_votes(effects, VoteType.PREVOTE)] == [one.hash]
+    effects = node.handle(Receive("b", proposal(two)), T0_MS / 1000 + 2)
+    evidence = [e.value for e in effects if isinstance(e, Deliver)]
+    assert evidence == [EvidenceFound("c", 2, 0, "proposal")]
+    assert not own_votes(effects, VoteType.PREVOTE)  # prevote on the first only
+    effects = []
+    for voter in "bcd":
+        vote = signed_vote(voter, VoteType.PRECOMMIT, 2, 0, two.hash, T0_MS + 2000)
+        effects += node.handle(Receive(voter, vote), T0_MS / 1000 + 2)
+    committed = [e.value for e in effects if isinstance(e, Deliver)]
+    assert [(c.height, c.block_hash) for c in committed if isinstance(c, Committed)] == [
+        (2, two.hash)
+    ]
+
+
+def test_a_quorum_for_a_block_not_held_asks_its_voters_for_the_proposal() -> None:
+    node, first, first_commit = node_at_height_2()
+    two = make_block(2, T0_MS + 1100, first, first_commit, (b"x=2",), node.app.app_hash())
+    effects: list[Effect] = []
+    for voter in "bcd":
+        vote = signed_vote(voter, VoteType.PRECOMMIT, 2, 0, two.hash, T0_MS + 2000)
+        effects += node.handle(Receive(voter, vote), T0_MS / 1000 + 2)
+    asked = [e for e in effects if isinstance(e, Send) and isinstance(e.message, Status)]
+    assert asked == [Send(v, Status(2, 0, Step.PROPOSE)) for v in "bcd"]
+    effects = node.handle(Receive("b", proposal(two)), T0_MS / 1000 + 2)  # b answers
+    committed = [e.value for e in effects if isinstance(e, Deliver)]
+    assert [c.height for c in committed if isinstance(c, Committed)] == [2]
+
+
+def test_empty_blocks_that_bring_time_on_are_at_most_two_in_a_row() -> None:
+    """A proposer whose clock is far ahead (or whose network is slow) finds every last commit
+    stale: it proposes an empty block only while one of the last two blocks held txs."""
+    node, first, first_commit = node_at_height_2()
+    far_ahead_s = (T0_MS + SKEW_MS) / 1000
+    previous, last = first, first_commit
+    due = []
+    for height in (2, 3, 4):
+        time_ms = last.median_time_ms(VALIDATORS)
+        node.now = far_ahead_s
+        due.append(node._clock_block_due(time_ms))
+        empty = make_block(height, time_ms, previous, last, (), node.app.app_hash())
+        votes = {"a": time_ms + 1, "b": time_ms + 2, "c": time_ms + 3}
+        previous, last = empty, commit(empty, votes)
+        node.handle(Receive("b", BlockResponse(empty, last)), far_ahead_s)
+        assert node.height == height + 1
+    assert due == [True, True, False]
+
+
+def test_a_polka_for_another_block_than_the_proposers_asks_only_after_equivocation() -> None:
+    """2f+1 prevotes for a block not held: a proposal slower than its votes is not asked for;
+    but when the proposer sent this node another block, the polka's block is fetched."""
+    for held_other in (False, True):
+        node, first, first_commit = node_at_height_2()
+        app_hash = node.app.app_hash()
+        one = make_block(2, T0_MS + 1100, first, first_commit, (b"x=1",), app_hash)
+        two = make_block(2, T0_MS + 1100, first, first_commit, (b"x=2",), app_hash)
+        if held_other:
+            node.handle(Receive("c", proposal(one)), T0_MS / 1000 + 2)
+        effects: list[Effect] = []
+        for voter in "bcd":
+            vote = signed_vote(voter, VoteType.PREVOTE, 2, 0, two.hash, T0_MS + 2000)
+            effects += node.handle(Receive(voter, vote), T0_MS / 1000 + 2)
+        asked = [e.to for e in effects if isinstance(e, Send) and isinstance(e.message, Status)]
+        assert asked == (list("bcd") if held_other else [])
