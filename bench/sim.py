@@ -9,7 +9,15 @@ Targets (the simulator issue): each under 30 s of wall time on this 2-core machi
 is also reported against a bare ``heapq`` loop of no-op events measured in the same run (the
 ceiling for any pure-Python discrete-event loop).
 
-    python bench/sim.py [--quick]
+With ``--ledger`` also the ledger over gossip (issue 17): the ``ledger-gossip`` scenario at
+full size, 200 validators and 1,000 followers, 20-80 ms links, 1% loss, 100 Mbit/s ports
+(``--quick``: 120 nodes). Targets: commit p50 <= 1 s virtual, every follower holds every
+block. It takes long: at 1,200 nodes about 15 minutes of one core (7.0 million events: every
+vote reaches 200 validators over gossip, each message through the wire codec). Measured
+2026-12-07, seed 0: commit p50 0.982 s, p99 1.211 s virtual, 1,000/1,000 followers with every
+block (``python -m swarmlearn.sim --scenario ledger-gossip --nodes 1200``).
+
+    python bench/sim.py [--quick] [--ledger]
 """
 
 from __future__ import annotations
@@ -17,9 +25,12 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import re
 import statistics
 import time
+from typing import Any
 
+import swarmlearn.consensus.gossip_simulation  # noqa: F401  (registers ledger-gossip)
 from swarmlearn.sim import Simulator, run_scenario
 from swarmlearn.sim.echo import EchoChecker, EchoGossip
 from swarmlearn.sim.scenarios import node_names
@@ -75,9 +86,27 @@ def seed_sweep(seeds: int) -> dict[str, float]:
     return {"wall_s": wall, "events": events, "events_per_s": events / wall, "failures": failures}
 
 
+def ledger_gossip(nodes: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    result = run_scenario("ledger-gossip", 0, nodes)
+    text = "\n".join(result.checker_lines)
+    p50, p99 = re.search(r"p50 ([0-9.]+) s, p99 ([0-9.]+) s", text).groups()  # type: ignore[union-attr]
+    full, followers = re.search(r"every block: (\d+)/(\d+)", text).groups()  # type: ignore[union-attr]
+    return {
+        "ledger_nodes": nodes,
+        "ledger_ok": result.ok,
+        "ledger_commit_p50_s": float(p50),
+        "ledger_commit_p99_s": float(p99),
+        "ledger_followers_with_every_block": f"{full}/{followers}",
+        "ledger_events": result.events,
+        "ledger_wall_s": round(time.perf_counter() - start, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="200 nodes for 30 s, 20 seeds")
+    parser.add_argument("--ledger", action="store_true", help="also the ledger over gossip")
     args = parser.parse_args()
     nodes, virtual_s, seeds = (200, 30.0, 20) if args.quick else (1000, 60.0, 100)
     ceiling = statistics.median(bare_heap_events_per_s() for _ in range(3))
@@ -93,7 +122,7 @@ def main() -> None:
         f"{sweep['failures']} failures",
         flush=True,
     )
-    figures = {
+    figures: dict[str, Any] = {
         "swarm_nodes": nodes,
         "swarm_virtual_s": virtual_s,
         "swarm_wall_s": round(big["wall_s"], 2),
@@ -108,7 +137,7 @@ def main() -> None:
         "bare_heap_events_per_s": round(ceiling),
         "swarm_events_vs_bare_heap": round(big["events_per_s"] / ceiling, 4),
     }
-    targets = {
+    targets: dict[str, str] = {
         "swarm_wall_s": f"< {TARGET_WALL_S:g}",
         "sweep_wall_s": f"< {TARGET_WALL_S:g}",
         "sweep_failures": "0",
@@ -116,6 +145,15 @@ def main() -> None:
     met = (
         big["wall_s"] < TARGET_WALL_S and sweep["wall_s"] < TARGET_WALL_S and sweep["failures"] == 0
     )
+    if args.ledger:
+        ledger = ledger_gossip(120 if args.quick else 1200)
+        print(f"ledger over gossip: {ledger}", flush=True)
+        figures.update(ledger)
+        targets["ledger_commit_p50_s"] = "<= 1.0 (virtual)"
+        targets["ledger_followers_with_every_block"] = "all"
+        full, followers = ledger["ledger_followers_with_every_block"].split("/")
+        met = met and ledger["ledger_ok"] and ledger["ledger_commit_p50_s"] <= 1.0
+        met = met and full == followers
     print(json.dumps({"figures": figures, "targets": targets, "met": met}))
 
 

@@ -218,6 +218,27 @@ def test_a_new_message_is_delivered_once_and_forwarded_along_the_mesh() -> None:
     assert (g.counters.copies, g.counters.duplicates) == (2, 1)
 
 
+def test_a_peer_that_repeats_a_message_is_penalized_and_pruned() -> None:
+    g = node(20)
+    beat(g, 1.0)
+    flooder, honest = sorted(g.mesh[T])[:2]
+    g.handle(Receive(flooder, GossipMessage(T, b"vote")), 1.1)
+    g.handle(Receive(honest, GossipMessage(T, b"vote")), 1.1)  # a second mesh path: fine
+    assert g.counters.floods == 0
+    assert g.score(honest) == 0
+    for index in range(6):
+        g.handle(Receive(flooder, GossipMessage(T, b"vote")), 1.2 + index * 0.01)
+    assert g.counters.floods == 6
+    assert g.score(honest) == 0
+    assert g.score(flooder) < GossipConfig().prune_threshold
+    beat(g, 2.0)
+    assert flooder not in g.mesh[T]
+    g.handle(Receive(honest, GossipMessage(T, b"late")), 2.1)
+    beat(g, 3.0)
+    g.handle(Receive(honest, GossipMessage(T, b"late")), 3.5)  # after a heartbeat: forgiven
+    assert g.counters.floods == 6
+
+
 def test_own_messages_are_flood_published_and_not_delivered_back() -> None:
     g = node(20)
     beat(g, 1.0)

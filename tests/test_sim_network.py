@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from swarmlearn.p2p.wire import encode_body
-from swarmlearn.sim import LinkConfig, Simulator
+from swarmlearn.sim import LinkConfig, PortConfig, Simulator
 from swarmlearn.sim.cluster import CoreCrashed
 from tests.sim_probe import Blob, Note, Probe, probe_factory
 
@@ -215,3 +215,65 @@ def test_broadcast_reaches_everyone_but_the_sender() -> None:
     sim.run(time_limit=1)
     assert [texts(sim, f"n{i}") for i in range(5)] == [["all"], ["all"], [], ["all"], ["all"]]
     assert sim.counters.messages_sent == 4
+
+
+# ---------------------------------------------------------------- ports (a node's access link)
+
+FAST = LinkConfig(latency_min_s=0.0, latency_tail_s=0.0, bandwidth_bps=1e9)
+MEGABYTE = 1_000_000
+
+
+def arrivals(sim: Simulator, node: str) -> list[float]:
+    return [t for t, _, _ in probe(sim, node).received]
+
+
+def test_without_a_port_a_fan_out_goes_out_on_every_link_at_once() -> None:
+    sim = make(nodes=5, link=FAST)
+    sim.request("n0", ("many", [("blob", f"n{i}", MEGABYTE) for i in range(1, 5)]))
+    sim.run(time_limit=10)
+    for i in range(1, 5):
+        assert arrivals(sim, f"n{i}") == pytest.approx([0.008], rel=1e-3)
+
+
+def test_a_fan_out_shares_the_senders_egress_port() -> None:
+    sim = make(nodes=5, link=FAST)
+    sim.network.set_port("n0", PortConfig(egress_bps=8e6, ingress_bps=8e6))
+    sim.request("n0", ("many", [("blob", f"n{i}", MEGABYTE) for i in range(1, 5)]))
+    sim.run(time_limit=10)
+    for i in range(1, 5):  # one after the other, 1 s each at 8 Mbit/s
+        assert arrivals(sim, f"n{i}") == pytest.approx([float(i)], rel=1e-3)
+    assert sim.network.port_bytes("n0")[0] == pytest.approx(4 * MEGABYTE, rel=1e-3)
+
+
+def test_a_fan_in_shares_the_receivers_ingress_port() -> None:
+    sim = make(nodes=5, link=FAST)
+    sim.network.set_port("n0", PortConfig(egress_bps=1e9, ingress_bps=8e6))
+    for i in range(1, 5):
+        sim.request(f"n{i}", ("blob", "n0", MEGABYTE))
+    sim.run(time_limit=10)
+    assert arrivals(sim, "n0") == pytest.approx([1.0, 2.0, 3.0, 4.0], rel=1e-3)
+    assert sim.network.port_bytes("n0")[1] == pytest.approx(4 * MEGABYTE, rel=1e-3)
+
+
+def test_the_slowest_stage_sets_the_pace_and_latency_adds_once() -> None:
+    link = LinkConfig(latency_min_s=0.05, latency_tail_s=0.0, bandwidth_bps=16e6)
+    sim = make(nodes=2, link=link)
+    sim.network.set_port("n0", PortConfig(egress_bps=8e6, ingress_bps=1e9))
+    sim.network.set_port("n1", PortConfig(egress_bps=1e9, ingress_bps=4e6))
+    sim.request("n0", ("blob", "n1", MEGABYTE))
+    sim.run(time_limit=10)
+    assert arrivals(sim, "n1") == pytest.approx([2.0 + 0.05], rel=1e-3)  # ingress: 4 Mbit/s
+
+
+def test_a_link_factory_gives_each_pair_its_own_link() -> None:
+    def factory(src: str, dst: str) -> LinkConfig:
+        return LinkConfig(latency_min_s=0.01 * int(dst[1:]), latency_tail_s=0.0)
+
+    sim = Simulator(1, [f"n{i}" for i in range(4)], probe_factory)
+    sim.network.link_factory = factory
+    sim.start()
+    for i in range(1, 4):
+        sim.request("n0", ("send", f"n{i}", "x"))
+    sim.run(time_limit=1)
+    for i in range(1, 4):
+        assert arrivals(sim, f"n{i}")[0] == pytest.approx(0.01 * i, abs=1e-4)

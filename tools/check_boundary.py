@@ -20,6 +20,7 @@ CORES = (
     "swarmlearn.consensus.machine",
     "swarmlearn.consensus.votekeeper",
     "swarmlearn.consensus.core",
+    "swarmlearn.consensus.over_gossip",
     "swarmlearn.consensus.swarm_app",
     "swarmlearn.merge",
     "swarmlearn.merge.sharded",

@@ -29,6 +29,9 @@ and losses are repaired by gossip.
   squared, decaying penalty: one is tolerated, two take it out of every mesh, four make us
   ignore it altogether); ``IGNORE`` drops it without penalty. A message id is marked seen
   before validation, so a repeated invalid message costs one validation.
+- **Flooding**: a mesh peer forwards a message once; the same message twice from one peer
+  within a heartbeat counts as misbehaviour against it (the squared P7 term), so a peer
+  that replays messages at us falls out of the mesh and then gets ignored.
 - **Bounds**: a message over ``message_bytes_max`` is invalid; per peer and heartbeat, at
   most ``ihave_max`` IHAVEs are heeded, ``iwant_ids_max`` ids asked and served, and
   ``send_max`` messages queued (beyond: dropped and counted, like a full driver queue);
@@ -149,6 +152,8 @@ class Gossip:
         self.mcache = MessageCache(config.history_length, config.history_gossip)
         self.requested: dict[MessageId, float] = {}  # IWANT sent, until when not to ask again
         self.retransmits: dict[tuple[NodeId, MessageId], int] = {}
+        #: (peer, message id) received this heartbeat: a repeat from one peer is flooding.
+        self.received_from: set[tuple[NodeId, MessageId]] = set()
         self.counters = GossipCounters()
 
     # ------------------------------------------------------------ queries
@@ -280,8 +285,15 @@ class Gossip:
         effects: list[Effect] = [Metric("gossip.copies", 1)]
         mid = message_id(topic, data)
         self.requested.pop(mid, None)
+        first_from_sender = (sender, mid) not in self.received_from
+        if first_from_sender:
+            self.received_from.add((sender, mid))
         if not self.seen.add(mid, now):
             self.counters.duplicates += 1
+            if not first_from_sender:  # the same message twice from one peer: flooding
+                self.counters.floods += 1
+                self.peers[sender].score.misbehaviour += 1
+                effects.append(Metric("gossip.floods", 1))
             return effects
         verdict = Verdict.REJECT if len(data) > self.config.message_bytes_max else Verdict.ACCEPT
         validator = self.validators.get(topic)
@@ -379,6 +391,7 @@ class Gossip:
         for state in self.peers.values():
             state.score.decay(config.score_decay)
             state.ihaves = state.iwant_ids = state.served_ids = state.sent = 0
+        self.received_from.clear()
         effects: list[Effect] = []
         for topic in sorted(self.topics):
             effects += self._maintain(topic, now)

@@ -138,6 +138,7 @@ class GossipCounters:
     delivered: int = 0
     copies: int = 0  # full messages received, first or not
     duplicates: int = 0
+    floods: int = 0  # duplicates from a peer that had sent the same message already
     invalid: int = 0
     ignored: int = 0
     dropped_sends: int = 0

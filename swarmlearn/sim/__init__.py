@@ -15,7 +15,7 @@ from swarmlearn.sim.checkers import (
 )
 from swarmlearn.sim.cluster import CoreCrashed, EffectPolicy, NodeContext, NodeFactory, Simulator
 from swarmlearn.sim.loop import EventLoop, RunOutcome, Stop
-from swarmlearn.sim.network import LinkConfig, Network
+from swarmlearn.sim.network import LinkConfig, Network, PortConfig
 from swarmlearn.sim.rand import SeedTree
 from swarmlearn.sim.scenarios import SCENARIOS, RunResult, Scenario, run_scenario
 
@@ -33,6 +33,7 @@ __all__ = [
     "Network",
     "NodeContext",
     "NodeFactory",
+    "PortConfig",
     "RunOutcome",
     "RunResult",
     "Scenario",

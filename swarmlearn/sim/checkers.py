@@ -55,6 +55,10 @@ class Checker:
     def progress(self, sim: Simulator) -> str:
         return ""
 
+    def report(self, sim: Simulator) -> list[str]:
+        """Figures measured from outside (latencies, say), printed under the checker's line."""
+        return []
+
 
 REGISTRY: dict[str, Callable[[], Checker]] = {}
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import swarmlearn.consensus.gossip_simulation
 import swarmlearn.consensus.simulation
 import swarmlearn.roles.simulation
 import swarmlearn.roles.simulation_sessions  # noqa: F401  (the sessions-* scenarios)

@@ -1,5 +1,5 @@
 """The simulated network: directed links with latency, bandwidth, loss, duplication, reordering,
-partitions and clogging.
+partitions and clogging, and per-node ports (a node's access link, shared by all its links).
 
 Theory of operation
 -------------------
@@ -8,6 +8,14 @@ Each directed link ``(src, dst)`` behaves like a TCP connection through a modell
 - **bandwidth**: a message occupies the link's sender for ``size * 8 / bandwidth_bps``
   seconds after the previous one finished, so a 10 MB weight chunk over 100 Mbit/s costs
   0.8 s however it is cut;
+- **ports** (optional, per node, :meth:`Network.set_port`): a node's access link to the
+  rest of the network, as a NIC behind a shaped veth. Every message a node sends first
+  serialises on its egress port (shared by all its outgoing links, FIFO), and every message
+  it receives serialises on its ingress port. Stages are cut-through (a fluid pipeline): a
+  message's last bit leaves a stage no earlier than it left the stage before, and the
+  slowest stage sets the pace, so sending 10 MB to each of 15 peers through a 100 Mbit/s
+  egress port takes 12 s, not 0.8 s. The ingress port is reserved when the message is sent
+  (in send order, a slight pessimism when a later message would have arrived earlier);
 - **latency**: then it travels ``latency_min_s`` plus a random exponential tail with mean
   ``latency_tail_s``;
 - **order**: delivery is FIFO per link (a message never overtakes an earlier one), except
@@ -20,15 +28,17 @@ Each directed link ``(src, dst)`` behaves like a TCP connection through a modell
   (FoundationDB's "clogging": delay, not loss). Messages sent during the clog keep their
   order; those already in flight when it began arrive at its end after them.
 
-The network only decides *when* (and whether) a message arrives; the simulator schedules the
-delivery. All randomness comes from the ``rng`` handed in (the network's own sub-seed).
+Links are created on first use with ``default``, or with what ``link_factory(src, dst)``
+returns (a scenario with per-pair latencies). The network only decides *when* (and whether)
+a message arrives; the simulator schedules the delivery. All randomness comes from the
+``rng`` handed in (the network's own sub-seed).
 """
 
 from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from swarmlearn.sansio import NodeId
@@ -66,6 +76,30 @@ class LinkConfig:
         )
 
 
+@dataclass(frozen=True)
+class PortConfig:
+    """A node's access link: the rates all its outgoing and incoming links share."""
+
+    egress_bps: float
+    ingress_bps: float
+
+    def __post_init__(self) -> None:
+        if not (self.egress_bps > 0 and self.ingress_bps > 0):
+            raise ValueError("a port's egress_bps and ingress_bps must be > 0")
+
+
+@dataclass
+class _Port:
+    config: PortConfig
+    egress_busy_until: float = 0.0
+    ingress_busy_until: float = 0.0
+    bytes_out: int = 0
+    bytes_in: int = 0
+
+
+LinkFactory = Callable[[NodeId, NodeId], LinkConfig]
+
+
 @dataclass
 class LinkStats:
     messages_sent: int = 0
@@ -88,10 +122,18 @@ class _Link:
 
 
 class Network:
-    def __init__(self, rng: random.Random, default: LinkConfig | None = None) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        default: LinkConfig | None = None,
+        link_factory: LinkFactory | None = None,
+    ) -> None:
         self.rng = rng
         self.default = default or LinkConfig()
+        #: Builds a new link's config (per-pair latencies); None: every link gets ``default``.
+        self.link_factory = link_factory
         self._links: dict[tuple[NodeId, NodeId], _Link] = {}
+        self._ports: dict[NodeId, _Port] = {}
         self._blocked: set[tuple[NodeId, NodeId]] = set()
 
     # ------------------------------------------------------------ configuration
@@ -100,11 +142,24 @@ class Network:
         key = (src, dst)
         found = self._links.get(key)
         if found is None:
-            found = self._links[key] = _Link(self.default)
+            config = self.default if self.link_factory is None else self.link_factory(src, dst)
+            found = self._links[key] = _Link(config)
         return found
 
     def configure(self, src: NodeId, dst: NodeId, config: LinkConfig) -> None:
         self.link(src, dst).config = config
+
+    def set_port(self, node: NodeId, config: PortConfig | None) -> None:
+        """Give ``node`` an access link shared by all its links (None: no port, links only)."""
+        if config is None:
+            self._ports.pop(node, None)
+        else:
+            self._ports[node] = _Port(config)
+
+    def port_bytes(self, node: NodeId) -> tuple[int, int]:
+        """Bytes through ``node``'s port so far: (sent, received); (0, 0) without a port."""
+        port = self._ports.get(node)
+        return (0, 0) if port is None else (port.bytes_out, port.bytes_in)
 
     # ------------------------------------------------------------ the manual fault API
 
@@ -160,14 +215,23 @@ class Network:
         if self.blocked(src, dst) or (config.loss and self.rng.random() < config.loss):
             stats.messages_dropped += 1
             return []
-        start = max(now, link.busy_until)
-        link.busy_until = start + size * 8 / config.bandwidth_bps
+        bits = size * 8
+        egress = self._ports.get(src)
+        start = now  # the first bit leaves the sender
+        finish = now  # ... and the last
+        if egress is not None:
+            start = max(now, egress.egress_busy_until)
+            finish = egress.egress_busy_until = start + bits / egress.config.egress_bps
+            egress.bytes_out += size
+        start = max(start, link.busy_until)
+        finish = link.busy_until = max(start + bits / config.bandwidth_bps, finish)
         arrivals = []
         copies = 2 if config.duplicate and self.rng.random() < config.duplicate else 1
         for _ in range(copies):
-            arrival = link.busy_until + config.latency_min_s
+            latency_s = config.latency_min_s
             if config.latency_tail_s:
-                arrival += self.rng.expovariate(1 / config.latency_tail_s)
+                latency_s += self.rng.expovariate(1 / config.latency_tail_s)
+            arrival = self._ingress(dst, start + latency_s, finish + latency_s, bits)
             reordered = config.reorder and self.rng.random() < config.reorder
             if not reordered:
                 arrival = max(arrival, link.last_arrival)
@@ -177,6 +241,17 @@ class Network:
         stats.in_flight += len(arrivals)
         stats.in_flight_max = max(stats.in_flight_max, stats.in_flight)
         return arrivals
+
+    def _ingress(self, dst: NodeId, first_bit: float, last_bit: float, bits: int) -> float:
+        """When the last bit is through ``dst``'s ingress port (reserved now, in send order)."""
+        port = self._ports.get(dst)
+        if port is None:
+            return last_bit
+        start = max(first_bit, port.ingress_busy_until)
+        done = max(start + bits / port.config.ingress_bps, last_bit)
+        port.ingress_busy_until = done
+        port.bytes_in += bits // 8
+        return done
 
     def arrive(self, src: NodeId, dst: NodeId, size: int, epoch: int, now: float) -> Arrival:
         """At delivery time: deliver, drop (partition or drop_all since), or hold (clogged)."""

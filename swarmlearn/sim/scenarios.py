@@ -49,6 +49,9 @@ class Scenario:
     #: For nodes that need more than a name (a certificate, say): (seed, count) -> their ids,
     #: derived from the seed; the factory then gets them in its NodeContext as usual.
     node_ids: Callable[[int, int], list[str]] | None = None
+    #: Runs before the nodes start (their first messages create links): per-pair link
+    #: configs (``sim.network.link_factory``), node ports, drawing from ``sim.seeds``.
+    prepare: Callable[[Simulator], None] | None = None
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -137,6 +140,8 @@ def run_scenario(
     failure: FailureKind | None = None
     message = ""
     try:
+        if sc.prepare is not None:
+            sc.prepare(sim)
         sim.start()
         sc.setup(context)
         stop_on_violation = lambda: bool(sim.violations)  # noqa: E731
@@ -178,7 +183,12 @@ def run_scenario(
         fingerprint=sim.fingerprint,
         header=(*header, *context.notes),
         checker_lines=tuple(
-            f"checker {c.name}: {'ok' if _clean(sim, c) else 'violated'}" for c in sim.checkers
+            line
+            for c in sim.checkers
+            for line in (
+                f"checker {c.name}: {'ok' if _clean(sim, c) else 'violated'}",
+                *(f"  {figure}" for figure in c.report(sim)),
+            )
         ),
     )
 
