@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 from pathlib import Path
@@ -133,3 +134,35 @@ async def test_curl_with_the_client_certificate(api: tuple[ValidatorNode, str], 
         capture_stdout=True,
     )
     assert json.loads(done.stdout)[0]["name"] == "defaultbb.cqdb.sml.hpe"
+
+
+async def test_a_request_that_is_not_http_is_refused_closed_and_counted(
+    api: tuple[ValidatorNode, str], pki: Path
+) -> None:
+    """Garbage after the handshake: Hypercorn answers 400 and closes; the API counts it apart
+    from its own (JSON) 400s, under swarm_refused_total{port="api",reason="protocol_errors"}."""
+    _, url = api
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+
+    def refused() -> float:
+        families = {family.name: family for family in text_string_to_metric_families(text)}
+        return next(
+            sample.value
+            for sample in families["swarm_refused"].samples
+            if sample.labels == {"port": "api", "reason": "protocol_errors"}
+        )
+
+    async with client(pki) as http:
+        text = (await http.get(f"{url}/metrics")).text
+        before = refused()
+        await http.post(f"{url}/v1/transactions", content=b"not cbor")  # answered: not counted
+        context = client_context(identity(pki, "op"))
+        stream = await trio.open_ssl_over_tcp_stream(host, int(port), ssl_context=context)
+        await stream.send_all(b"\x00\x01 this is not HTTP \r\n\r\n")
+        answer = b""
+        with trio.fail_after(10), contextlib.suppress(trio.BrokenResourceError):
+            while chunk := await stream.receive_some():  # closed (no TLS close_notify)
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        text = (await http.get(f"{url}/metrics")).text
+        assert refused() == before + 1

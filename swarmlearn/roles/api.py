@@ -66,6 +66,45 @@ class ApiCounters:
     connections_refused: int = 0
     bodies_refused: int = 0
     connections_open: int = 0
+    protocol_errors: int = 0  # requests that were not HTTP: Hypercorn's own 400, then close
+
+
+class _WatchedStream(trio.abc.Stream):
+    """The TLS stream handed to Hypercorn, watched for the answer Hypercorn gives a request
+    that is not HTTP (h11 refuses it): a 400 with no body type, then the connection closes.
+    The API's own 400s are JSON, so they carry ``content-type`` and are not counted."""
+
+    def __init__(self, stream: trio.SSLStream[trio.SocketStream], counters: ApiCounters) -> None:
+        self.stream = stream
+        self.counters = counters
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        head = bytes(data[:512]).lower()
+        if head.startswith(b"http/1.1 400 ") and b"content-type:" not in head:
+            self.counters.protocol_errors += 1
+            log.info("refused an API request: not HTTP (400, connection closed)")
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    # What Hypercorn asks of a TLS stream besides the Stream interface.
+    async def do_handshake(self) -> None:
+        await self.stream.do_handshake()
+
+    def selected_alpn_protocol(self) -> str | None:
+        protocol: str | None = self.stream.selected_alpn_protocol()
+        return protocol
+
+    @property
+    def transport_stream(self) -> trio.SocketStream:
+        return self.stream.transport_stream
 
 
 class _BodyTooLarge(Exception):
@@ -324,6 +363,7 @@ def _limit_metrics(
     refused.add_metric(["api", "handshakes_failed"], api.handshakes_failed)
     refused.add_metric(["api", "connections_refused"], api.connections_refused)
     refused.add_metric(["api", "bodies_refused"], api.bodies_refused)
+    refused.add_metric(["api", "protocol_errors"], api.protocol_errors)
     yield refused
     budget = node.network.listener.budget.statistics()
     yield _gauge(
@@ -387,7 +427,9 @@ async def serve_api(
                 log.info("refused an API connection: %s", _handshake_failure(error))
                 await trio.aclose_forcefully(stream)
                 return
-            await TCPServer(app, config, worker, ConnectionState({}), stream)
+            watched = _WatchedStream(stream, counters)
+            # A TLS stream to Hypercorn in all it uses (TCPServer is typed on SSLStream).
+            await TCPServer(app, config, worker, ConnectionState({}), watched)  # type: ignore[arg-type]
         finally:
             counters.connections_open -= 1
 
