@@ -435,7 +435,14 @@ async def serve_api(
 
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, connection, listeners)
+        # The line Hypercorn's own server logged, on its logger (the node's handlers).
+        config.errorlog.info("Running on https://%s (CTRL + C to quit)", _url_host(bound))
         task_status.started((str(bound[0]), int(bound[1])))
+
+
+def _url_host(bound: tuple[Any, ...]) -> str:
+    host, port = str(bound[0]), int(bound[1])
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _handshake_failure(error: BaseException) -> str:

@@ -260,8 +260,8 @@ def run(args: argparse.Namespace) -> int:
         bind_error = _bind_error(error)
         if bind_error is None:
             raise
-        api = any(
-            "hypercorn" in frame.filename
+        api = any(  # the API binds its own listeners (roles/api.py) before Hypercorn serves
+            "hypercorn" in frame.filename or frame.filename.endswith(f"roles{os.sep}api.py")
             for frame in traceback.extract_tb(bind_error.__traceback__)
         )
         p2p_bind = any(
