@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 QUICK ?=
 
-.PHONY: test check lint bench bench-peers demo soak clean
+.PHONY: test test-heavy check lint bench bench-peers demo soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,14 @@ $(VENV)/.dev-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev,torch,demo,keras,metrics,hf,lightning]'
 	touch $@
 
-# Every tier (tests/tiers.py: unit, sim, process, slow); the 25 slowest tests listed at the end.
+# Every tier (tests/tiers.py: unit, sim, process, slow) but heavy training (what CI runs);
+# the 25 slowest tests listed at the end.
 test: $(VENV)/.dev-installed
-	$(PY) -m pytest --durations=25
+	$(PY) -m pytest -m "not heavy" --durations=25
+
+# Real training runs and many-daemon swarms, minutes each (HPE's examples, the poisoning test).
+test-heavy: $(VENV)/.dev-installed
+	$(PY) -m pytest -m heavy --durations=10
 
 # The fast tier, between edits: unit and simulator tests, no processes, no sockets, nothing slow.
 # Seed sweeps run 5 seeds (make test: 20). Modules whose every test is deselected are not

@@ -29,7 +29,12 @@ from tests.hpe_standins import write_fraud_csvs
 
 SCRIPTS_TIMEOUT_S = 600  # the three scripts together, after the swarm has formed
 # 1.5-3 minutes each on two busy cores (three daemons, three trainers importing their framework)
-pytestmark = [pytest.mark.process, pytest.mark.slow, pytest.mark.timeout(SCRIPTS_TIMEOUT_S + 120)]
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.slow,
+    pytest.mark.heavy,  # real training of five HPE scripts: make test-heavy, not CI
+    pytest.mark.timeout(SCRIPTS_TIMEOUT_S + 120),
+]
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = Path(__file__).parent / "hpe_examples"

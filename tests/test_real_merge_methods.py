@@ -292,6 +292,7 @@ def swarm_rounds(swarm: RealSwarm, data: Digits, method: str, layout: Layout) ->
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # ten daemons train digits under six methods: make test-heavy, not CI
 def test_robust_methods_hold_against_30_percent_poisoned_contributors(tmp_path: Path) -> None:
     data = digits(NODES)
     identity_order = list(range(NODES))

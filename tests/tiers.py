@@ -7,8 +7,10 @@ Every test belongs to one tier, named by a marker:
   but seconds rather than milliseconds.
 - ``process``: spawns processes (daemons, trainers) or opens real sockets (TCP, Unix).
 
-``slow`` marks a test of any tier that takes over ~20 s. ``make check`` runs
-``-m "not process and not slow"``; ``make test`` runs everything.
+``slow`` marks a test of any tier that takes over ~20 s, ``heavy`` one that trains for real
+or runs many daemons for minutes (HPE's example scripts, the poisoning swarm). ``make check``
+runs ``-m "not process and not slow"``; ``make test`` (CI) everything but ``heavy``; ``make
+test-heavy`` the heavy ones.
 
 The tiers are held, not trusted: while a ``unit`` or ``sim`` test runs, binding or connecting a
 socket or starting a child process fails at once with a line that names the marker to add. A
@@ -30,7 +32,7 @@ import pytest
 from _pytest.mark.expression import Expression  # how pytest itself reads `-m`
 
 TIERS = ("unit", "sim", "process")
-MARKERS = (*TIERS, "slow")
+MARKERS = (*TIERS, "slow", "heavy")
 TIMEOUT_S = {"unit": 60, "sim": 180, "process": 300}
 
 
