@@ -33,6 +33,7 @@ def test_scenarios_keep_agreement_and_commit_after_healing(name: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # 200 seeds, 80-95 CPU-s: make test-heavy (make soak sweeps 1,000), not CI
 def test_a_seed_sweep_of_byzantine_validators_under_every_fault() -> None:
     results = sweep("bft-sweep", range(200))
     assert all(result.ok for result in results)

@@ -52,8 +52,29 @@ def source(name: str, client: Identity, port: int, server: Identity) -> Source:
 class Corrupt(BlobServer):
     """Serves the honest manifest with every chunk's bytes flipped."""
 
+    def __init__(self, identity: Identity) -> None:
+        super().__init__(identity)
+        self.served = threading.Event()  # set once it answered a request
+
+    def _answer(self, tls: Conn, message: Message) -> None:
+        super()._answer(tls, message)
+        self.served.set()
+
     def add(self, manifest: BlobManifest, data: bytes | bytearray | memoryview) -> None:
         super().add(manifest, bytes(b ^ 0xFF for b in bytes(data)))
+
+
+class AfterCorrupt(BlobServer):
+    """Answers nothing until the corrupt source has sent a chunk (at most ``wait_s``): the bad
+    source always gets its turn, however the threads are scheduled."""
+
+    def __init__(self, identity: Identity, corrupt: Corrupt, wait_s: float = 30.0) -> None:
+        super().__init__(identity)
+        self.corrupt, self.wait_s = corrupt, wait_s
+
+    def _answer(self, tls: Conn, message: Message) -> None:
+        self.corrupt.served.wait(self.wait_s)  # once set, no wait
+        super()._answer(tls, message)
 
 
 class Flaky(BlobServer):
@@ -89,7 +110,8 @@ def test_a_blob_comes_from_several_sources_over_several_lanes(pki: Pki) -> None:
 
 
 def test_a_source_serving_corrupt_chunks_is_banned_and_the_blob_completes(pki: Pki) -> None:
-    good, bad = BlobServer(pki.sn), Corrupt(pki.sn)
+    bad = Corrupt(pki.sn)
+    good = AfterCorrupt(pki.sn, bad)
     good.add(MANIFEST, BLOB)
     bad.add(MANIFEST, BLOB)
     with serving(good) as port1, serving(bad) as port2:

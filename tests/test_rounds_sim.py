@@ -261,7 +261,8 @@ def test_a_seed_sweep_of_faulty_rounds(name: str, request: pytest.FixtureRequest
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)  # 90-130 CPU-s: over the sim tier's 180 s on a loaded machine
+@pytest.mark.heavy  # 90-130 CPU-s of simulation: make test-heavy (and make soak), not CI
+@pytest.mark.timeout(420)  # over the sim tier's 180 s on a loaded machine
 def test_fifty_nodes_run_twenty_rounds() -> None:
     result = run_scenario("rounds-50", 1)
     assert result.ok, "\n".join(result.summary())
