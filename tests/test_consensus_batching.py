@@ -18,6 +18,7 @@ from swarmlearn.consensus.crypto import SimVerifier
 from swarmlearn.consensus.events import Committed, Genesis, SubmitTx
 from swarmlearn.consensus.swarm_rounds import RoundStatus
 from swarmlearn.consensus.types import Proposal, Step, Tx, Vote, VoteType
+from swarmlearn.consensus.wal import Signed, Started, TimeoutTag
 from swarmlearn.sansio import (
     Broadcast,
     Effect,
@@ -108,7 +109,7 @@ def test_only_the_proposer_holds_and_the_others_vote_as_usual() -> None:
     assert proposals(held) == []
     follower = nodes[other].handle(Request(SubmitTx(b"x=1")), 0.0)
     timers = [e for e in follower if isinstance(e, SetTimer)]
-    assert [t.tag for t in timers] == [("timeout", 1, 0, int(Step.PROPOSE))]  # no hold
+    assert [t.tag for t in timers] == [TimeoutTag(1, 0, Step.PROPOSE)]  # no hold
     released = nodes[proposer].handle(Receive(other, Tx(b"y=2")), 0.01)
     (proposal,) = proposals(released)
     assert proposal.block.txs == (b"x=1", b"y=2")
@@ -180,11 +181,11 @@ def test_a_proposer_stopped_while_holding_persists_its_proposal_before_sending_i
     node.handle(Start(), 0.0)
     held = node.handle(Receive(other, Tx(b"x=1")), 0.0)
     wal = tuple(e.record for e in held if isinstance(e, Persist) and e.stream == "wal")
-    assert wal == (("start", 1),)  # stopped here: nothing signed yet
+    assert wal == (Started(1),)  # stopped here: nothing signed yet
     restarted = core(FOUR, proposer, 2)
     effects = restarted.handle(Start({"wal": wal}), 1.0)
     (proposal,) = proposals(effects)  # the replay proposed (the mempool did not survive)
-    persist = effects.index(Persist("wal", ("own", proposal)))
+    persist = effects.index(Persist("wal", Signed(proposal)))
     sent = next(
         i for i, e in enumerate(effects) if isinstance(e, Broadcast) and e.message == proposal
     )

@@ -23,6 +23,7 @@ from swarmlearn.consensus.types import (
     VoteType,
     tx_root,
 )
+from swarmlearn.consensus.wal import Heard, HeightDone, Signed, Started
 from swarmlearn.sansio import (
     Broadcast,
     Deliver,
@@ -116,10 +117,12 @@ def test_own_messages_are_persisted_before_they_are_sent() -> None:
     ]
     assert len(sends) == 6  # proposal, prevote, precommit; then the same for the proof block
     for index in sends:
-        before = effects[index - 1]
+        before, sent = effects[index - 1], effects[index]
         assert isinstance(before, Persist)
-        assert before.record == ("own", effects[index].message)  # type: ignore[union-attr]
-    marker = [e for e in effects if isinstance(e, Persist) and e.record == ("height", 1)]
+        assert isinstance(sent, Broadcast)
+        assert isinstance(sent.message, Proposal | Vote)
+        assert before.record == Signed(sent.message)
+    marker = [e for e in effects if isinstance(e, Persist) and e.record == HeightDone(1)]
     blocks = [i for i, e in enumerate(effects) if isinstance(e, Persist) and e.stream == BLOCKS]
     assert marker
     assert blocks
@@ -132,8 +135,8 @@ def test_a_received_vote_is_written_before_it_is_processed() -> None:
     prevote = vote("b", VoteType.PREVOTE, 0, None, chain="four")
     effects = node.handle(Receive("b", prevote), 0.1)
     persists = [e for e in effects if isinstance(e, Persist)]
-    assert persists[0].record == ("start", 1)
-    assert persists[1].record == ("msg", prevote)
+    assert persists[0].record == Started(1)
+    assert persists[1].record == Heard(prevote)
 
 
 def test_a_restart_rebuilds_state_from_blocks_and_wal_without_redelivering() -> None:

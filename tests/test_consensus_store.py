@@ -11,6 +11,7 @@ import pytest
 
 from swarmlearn.consensus.store import DiskStore, WalCorrupt, frame, read_log
 from swarmlearn.consensus.types import Status, Step, VoteType
+from swarmlearn.consensus.wal import Heard, HeightDone, Signed, Started, TimedOut, to_row
 from tests.consensus_helpers import block, vote
 
 V = vote("a", VoteType.PREVOTE, 0, block().hash)
@@ -18,7 +19,7 @@ V = vote("a", VoteType.PREVOTE, 0, block().hash)
 
 def test_records_with_messages_round_trip(tmp_path: Path) -> None:
     store = DiskStore(tmp_path)
-    records = [("start", 1), ("msg", V), ("timeout", 1, 0, 0), ("own", V)]
+    records = [Started(1), Heard(V), TimedOut(1, 0, Step.PROPOSE), Signed(V)]
     for record in records:
         store.persist("wal", record)
     store.persist("blocks", (block(), Status(1, 0, Step.PROPOSE)))
@@ -41,11 +42,11 @@ def test_own_messages_height_markers_and_blocks_are_fsynced(
 
     monkeypatch.setattr(os, "fsync", counting_fsync)
     store = DiskStore(tmp_path)
-    store.persist("wal", ("msg", V))
+    store.persist("wal", Heard(V))
     assert synced == []  # a received vote: written, not waited for
-    store.persist("wal", ("own", V))
+    store.persist("wal", Signed(V))
     store.persist("blocks", (block(),))
-    store.persist("wal", ("height", 1))
+    store.persist("wal", HeightDone(1))
     assert len(synced) == 3
     store.close()
 
@@ -53,47 +54,51 @@ def test_own_messages_height_markers_and_blocks_are_fsynced(
 def test_each_height_gets_a_segment_and_old_ones_go(tmp_path: Path) -> None:
     store = DiskStore(tmp_path)
     for height in range(1, 5):
-        store.persist("wal", ("start", height))
-        store.persist("wal", ("height", height))
-    store.persist("wal", ("start", 5))
+        store.persist("wal", Started(height))
+        store.persist("wal", HeightDone(height))
+    store.persist("wal", Started(5))
     store.close()
     assert sorted(p.name for p in tmp_path.glob("wal-*.log")) == [
         "wal-000000000004.log",
         "wal-000000000005.log",
     ]
     with DiskStore(tmp_path) as again:
-        assert again.load()["wal"] == (("start", 4), ("height", 4), ("start", 5))
+        assert again.load()["wal"] == (Started(4), HeightDone(4), Started(5))
+
+
+# The log's framing is the same for every stream: rows, as the store writes a WAL record.
+START, HEARD, SIGNED = to_row(Started(1)), to_row(Heard(V)), to_row(Signed(V))
 
 
 def test_a_torn_tail_is_cut_off_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "log"
-    whole = frame(("start", 1)) + frame(("msg", V))
-    torn = frame(("own", V))[:-3]
+    whole = frame(START) + frame(HEARD)
+    torn = frame(SIGNED)[:-3]
     path.write_bytes(whole + torn)
-    assert read_log(path) == [("start", 1), ("msg", V)]
+    assert read_log(path) == [START, HEARD]
     assert path.read_bytes() == whole + torn  # a reader changes nothing
     with caplog.at_level(logging.WARNING):
-        assert read_log(path, repair=True) == [("start", 1), ("msg", V)]
+        assert read_log(path, repair=True) == [START, HEARD]
     assert "torn tail" in caplog.text
     assert path.read_bytes() == whole  # truncated at the last whole record
-    assert read_log(path) == [("start", 1), ("msg", V)]
+    assert read_log(path) == [START, HEARD]
 
 
 def test_a_flipped_bit_in_the_last_record_is_a_torn_tail(tmp_path: Path) -> None:
     path = tmp_path / "log"
-    last = bytearray(frame(("own", V)))
+    last = bytearray(frame(SIGNED))
     last[-1] ^= 1
-    path.write_bytes(frame(("start", 1)) + bytes(last))
-    assert read_log(path) == [("start", 1)]
+    path.write_bytes(frame(START) + bytes(last))
+    assert read_log(path) == [START]
 
 
 def test_corruption_before_the_tail_stops_the_node(tmp_path: Path) -> None:
     path = tmp_path / "log"
-    first = bytearray(frame(("msg", V)))
+    first = bytearray(frame(HEARD))
     first[20] ^= 0xFF
-    path.write_bytes(frame(("start", 1)) + bytes(first) + frame(("own", V)))
+    path.write_bytes(frame(START) + bytes(first) + frame(SIGNED))
     size = path.stat().st_size
     damaged = r"log: damaged record at byte \d+ \(after 1 whole records\) with records after"
     with pytest.raises(WalCorrupt, match=damaged):

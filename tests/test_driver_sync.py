@@ -16,13 +16,15 @@ import pytest
 import trio
 
 from swarmlearn.consensus.store import DiskStore, read_log
-from swarmlearn.consensus.types import Status, Step
+from swarmlearn.consensus.types import VoteType
+from swarmlearn.consensus.wal import Heard, HeightDone, Signed, Started, from_row
 from swarmlearn.p2p.wire import Message
 from swarmlearn.roles.driver import CoreDriver
 from swarmlearn.sansio import Broadcast, Deliver, Effect, Input, Persist, SetTimer, Start
+from tests.consensus_helpers import vote
 
-OWN_A = Status(1, 0, Step.PROPOSE)  # any wire message will do as a record's payload
-OWN_B = Status(1, 0, Step.PREVOTE)
+OWN_A = vote("a", VoteType.PREVOTE, 0, None)  # two votes this node signed
+OWN_B = vote("a", VoteType.PRECOMMIT, 0, None)
 
 
 class Log:
@@ -36,7 +38,7 @@ class CountingStore(DiskStore):
         self.log = log
 
     def write(self, stream: str, record: Any) -> bool:
-        self.log.events.append(f"write {stream} {record[0] if stream == 'wal' else 'block'}")
+        self.log.events.append(f"write {stream} {record.KIND if stream == 'wal' else 'block'}")
         return super().write(stream, record)
 
     def sync(self, streams: Iterable[str]) -> None:
@@ -49,8 +51,8 @@ class Outbox:
         self.log = log
 
     def send(self, peer: str, message: Message) -> None:
-        assert isinstance(message, Status)
-        self.log.events.append(f"send {Step(message.step).name}")
+        assert message in (OWN_A, OWN_B)
+        self.log.events.append(f"send {'A' if message == OWN_A else 'B'}")
 
     def peers(self) -> list[str]:
         return ["b"]
@@ -99,10 +101,10 @@ def test_a_proposal_and_its_prevote_share_one_fsync_before_either_is_sent(
     events, store = drive(
         tmp_path,
         [
-            Persist("wal", ("start", 1)),
-            Persist("wal", ("own", OWN_A)),
+            Persist("wal", Started(1)),
+            Persist("wal", Signed(OWN_A)),
             Broadcast(OWN_A, None),
-            Persist("wal", ("own", OWN_B)),
+            Persist("wal", Signed(OWN_B)),
             Broadcast(OWN_B, None),
         ],
     )
@@ -111,13 +113,13 @@ def test_a_proposal_and_its_prevote_share_one_fsync_before_either_is_sent(
         "write wal own",
         "write wal own",
         "sync wal",
-        "send PROPOSE",
-        "send PREVOTE",
+        "send A",
+        "send B",
     ]
     assert len(fsyncs) == 1
     store.close()
-    records = read_log(tmp_path / "ledger" / "wal-000000000001.log")
-    assert records == [("start", 1), ("own", OWN_A), ("own", OWN_B)]
+    records = [from_row(row) for row in read_log(tmp_path / "ledger" / "wal-000000000001.log")]
+    assert records == [Started(1), Signed(OWN_A), Signed(OWN_B)]
 
 
 def test_a_commit_is_delivered_once_its_block_is_durable_and_the_marker_synced_after(
@@ -126,10 +128,10 @@ def test_a_commit_is_delivered_once_its_block_is_durable_and_the_marker_synced_a
     events, store = drive(
         tmp_path,
         [
-            Persist("wal", ("msg", OWN_A)),
+            Persist("wal", Heard(OWN_A)),
             Persist("blocks", ("block", 1)),
             Deliver("committed 1"),
-            Persist("wal", ("height", 1)),
+            Persist("wal", HeightDone(1)),
             SetTimer("next-height", 0.0),
         ],
     )
@@ -142,21 +144,21 @@ def test_a_commit_is_delivered_once_its_block_is_durable_and_the_marker_synced_a
         "sync wal",  # the ended segment with its marker, before anything more happens
     ]
     store.close()
-    ended = read_log(tmp_path / "ledger" / "wal-000000000001.log")
-    assert ended == [("msg", OWN_A), ("height", 1)]
+    ended = [from_row(row) for row in read_log(tmp_path / "ledger" / "wal-000000000001.log")]
+    assert ended == [Heard(OWN_A), HeightDone(1)]
     assert (tmp_path / "ledger" / "wal-000000000002.log").exists()
 
 
 def test_inputs_without_durable_records_never_wait_for_the_disk(tmp_path: Path) -> None:
-    events, store = drive(tmp_path, [Persist("wal", ("msg", OWN_A)), Deliver("x")])
+    events, store = drive(tmp_path, [Persist("wal", Heard(OWN_A)), Deliver("x")])
     assert events == ["write wal msg", "deliver x"]
     store.close()
 
 
 def test_persist_alone_is_still_durable_on_return(tmp_path: Path) -> None:
     store = DiskStore(tmp_path)
-    store.persist("wal", ("own", OWN_A))
-    store.persist("wal", ("height", 1))
-    store.persist("wal", ("own", OWN_B))
-    assert store.load()["wal"] == (("own", OWN_A), ("height", 1), ("own", OWN_B))
+    store.persist("wal", Signed(OWN_A))
+    store.persist("wal", HeightDone(1))
+    store.persist("wal", Signed(OWN_B))
+    assert store.load()["wal"] == (Signed(OWN_A), HeightDone(1), Signed(OWN_B))
     store.close()

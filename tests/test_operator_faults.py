@@ -37,6 +37,7 @@ from swarmlearn.consensus.store import (
 )
 from swarmlearn.consensus.swarm_txs import CreateContract, Join
 from swarmlearn.consensus.types import Block, BlockHeader, Status, Step, tx_root
+from swarmlearn.consensus.wal import Signed, to_row
 from swarmlearn.errors import ConfigError, config_error_in
 from swarmlearn.p2p.identity import Identity, IdentityPaths, load_identity
 from swarmlearn.roles.datadir import LOCK_FILE, DataDirLock
@@ -213,7 +214,7 @@ def test_a_read_only_ledger_is_one_line(tmp_path: Path) -> None:
 
     store = DiskStore(tmp_path, write=read_only)
     with pytest.raises(StoreFault) as fault:
-        store.persist("wal", ("own", 1))
+        store.persist("wal", Signed(OWN_A))
     store.close()
     assert str(fault.value) == (
         f"{tmp_path / 'wal-000000000001.log'}: cannot write (Read-only file system); the node "
@@ -248,9 +249,9 @@ def run_driver(store: DiskStore, effects: list[Effect]) -> tuple[list[str], Base
 
 
 EFFECTS: list[Effect] = [
-    Persist("wal", ("own", OWN_A)),
+    Persist("wal", Signed(OWN_A)),
     Broadcast(OWN_A, None),
-    Persist("wal", ("own", OWN_B)),
+    Persist("wal", Signed(OWN_B)),
     Broadcast(OWN_B, None),
     Deliver("committed"),
 ]
@@ -259,14 +260,14 @@ EFFECTS: list[Effect] = [
 def test_a_failed_write_stops_the_driver_before_any_effect_of_its_input(
     tmp_path: Path,
 ) -> None:
-    own_a = len(frame(("own", OWN_A)))
+    own_a = len(frame(to_row(Signed(OWN_A))))
     store = DiskStore(tmp_path, write=FillingDisk(free=own_a + 5))  # B does not fit
     events, fault = run_driver(store, EFFECTS)
     store.close()
     assert events == []  # A was written, but nothing that follows it ran: nothing sent
     assert str(fault) == f"{tmp_path / 'wal-000000000001.log'}: {ENOSPC_LINE}"
     with DiskStore(tmp_path) as again:
-        assert again.load()["wal"] == (("own", OWN_A),)  # B's half is a torn tail, cut
+        assert again.load()["wal"] == (Signed(OWN_A),)  # B's half is a torn tail, cut
 
 
 def test_a_failed_fsync_stops_the_driver_before_it_sends(

@@ -21,6 +21,7 @@ from swarmlearn.consensus.types import (
     ValidatorSet,
     VoteType,
 )
+from swarmlearn.consensus.wal import Heard
 from swarmlearn.sansio import Effect, Log, Persist, Send
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def catch_up(core: ConsensusCore, sender: str, block: Block, commit: Commit) -> 
     )
     if problem:
         return [Log(f"block {core.height} from {sender} refused: {problem}", "warning")]
-    effects: list[Effect] = [Persist(WAL, ("msg", BlockResponse(block, commit)))]
+    effects: list[Effect] = [Persist(WAL, Heard(BlockResponse(block, commit)))]
     effects += core._commit(block, commit)
     return [*effects, Send(sender, core._status())]  # and the next one, please
 

@@ -83,6 +83,14 @@ from swarmlearn.consensus.types import (
     tx_root,
 )
 from swarmlearn.consensus.votekeeper import ROUND_WINDOW, Added, ThresholdKind, VoteKeeper
+from swarmlearn.consensus.wal import (
+    Heard,
+    HeightDone,
+    Signed,
+    Started,
+    TimedOut,
+    TimeoutTag,
+)
 from swarmlearn.p2p.wire import Message
 from swarmlearn.sansio import (
     Broadcast,
@@ -140,9 +148,6 @@ class ConsensusConfig:
             Step.PRECOMMIT: self.timeout_precommit_s,
         }[step]
         return base + round_ * self.timeout_delta_s
-
-
-Timeout = tuple[str, int, int, int]  # ("timeout", height, round, step)
 
 
 class ConsensusCore:
@@ -215,8 +220,8 @@ class ConsensusCore:
                 return self._submit(data)
             case Receive(sender, message):
                 return self._receive(sender, message)
-            case TimerFired(("timeout", int(height), int(round_), int(step))):
-                return self._timeout(height, round_, Step(step))
+            case TimerFired(TimeoutTag(height, round_, step)):
+                return self._timeout(height, round_, step)
             case TimerFired(tag) if tag == STATUS_TIMER:
                 return self._status_tick()
             case TimerFired(tag) if tag == NEXT_HEIGHT_TIMER:
@@ -283,7 +288,7 @@ class ConsensusCore:
             return [Log(f"proposal from {proposer}: bad signature", "warning")]
         if self.machine.holds(proposal.round, proposal.block.hash):
             return []
-        effects: list[Effect] = [Persist(WAL, ("msg", proposal))] if persist else []
+        effects: list[Effect] = [Persist(WAL, Heard(proposal))] if persist else []
         if kept:  # a second block for one round: evidence, and kept (lines 36 and 49 apply)
             evidence = EvidenceFound(proposer, self.height, proposal.round, "proposal")
             effects += [Deliver(evidence), Log(f"{proposer} proposed two blocks", "warning")]
@@ -295,7 +300,7 @@ class ConsensusCore:
         result = self.keeper.add(vote, max(self.machine.state.round, 0))
         if result.added not in (Added.COUNTED, Added.EQUIVOCATION):
             return []
-        effects: list[Effect] = [Persist(WAL, ("msg", vote))] if persist else []
+        effects: list[Effect] = [Persist(WAL, Heard(vote))] if persist else []
         if result.added is Added.EQUIVOCATION:
             evidence = EvidenceFound(vote.validator, vote.height, vote.round, vote.kind.name)
             effects += [Deliver(evidence), Log(result.reason, "warning")]
@@ -320,7 +325,7 @@ class ConsensusCore:
     def _timeout(self, height: int, round_: int, step: Step) -> list[Effect]:
         if height != self.height:
             return []
-        effects: list[Effect] = [Persist(WAL, ("timeout", height, round_, int(step)))]
+        effects: list[Effect] = [Persist(WAL, TimedOut(height, round_, step))]
         return effects + self._run(self.machine.on_timeout(step, round_))
 
     # ------------------------------------------------------------ starting a height
@@ -339,7 +344,7 @@ class ConsensusCore:
         return last is not None and last[0].header.app_hash != self.app.app_hash()
 
     def _start_height(self) -> list[Effect]:
-        effects: list[Effect] = [Persist(WAL, ("start", self.height))]
+        effects: list[Effect] = [Persist(WAL, Started(self.height))]
         effects += self._run(self.machine.start(0))
         buffered, self.future = self.future, []
         for sender, message in buffered:
@@ -362,7 +367,7 @@ class ConsensusCore:
                 case CastVote(kind, round_, value):
                     effects += self._cast(kind, round_, value, pending)
                 case ScheduleTimeout(step, round_):
-                    tag = ("timeout", self.height, round_, int(step))
+                    tag = TimeoutTag(self.height, round_, step)
                     effects.append(SetTimer(tag, self.config.timeout_s(step, round_)))
                 case Decide(round_, block):
                     effects += self._decide(round_, block)
@@ -454,7 +459,7 @@ class ConsensusCore:
         """Own signed messages: persisted (fsynced) before they are sent."""
         if self.replaying:
             return []
-        return [Persist(WAL, ("own", message)), Broadcast(message, self.peers)]
+        return [Persist(WAL, Signed(message)), Broadcast(message, self.peers)]
 
     def _build_block(self) -> Block:
         last_commit = self.blocks[self.height - 1][1] if self.height > 1 else None
@@ -585,7 +590,7 @@ class ConsensusCore:
         )
         if self.replaying:
             return effects
-        effects.append(Persist(WAL, ("height", height)))
+        effects.append(Persist(WAL, HeightDone(height)))
         # The next height starts from a fresh input, not from inside this one: a node that
         # commits alone would otherwise recurse once per block.
         effects.append(SetTimer(NEXT_HEIGHT_TIMER, 0.0))

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from swarmlearn.consensus.types import BlockResponse, Proposal, Step
+from swarmlearn.consensus.types import BlockResponse, Proposal, Step, Vote
+from swarmlearn.consensus.wal import (
+    Heard,
+    HeightDone,
+    Signed,
+    Started,
+    TimedOut,
+    TimeoutTag,
+    WalRecord,
+)
 from swarmlearn.sansio import Broadcast, Effect, Persist, SetTimer
 
 if TYPE_CHECKING:
@@ -30,14 +39,16 @@ def restore(core: ConsensusCore, persisted: Any) -> list[Effect]:
     for block, commit in persisted.get(BLOCKS, ()):
         if block.header.height == core.height:
             core._commit(block, commit)
-    wal = list(persisted.get(WAL, ()))
+    wal: list[WalRecord] = list(persisted.get(WAL, ()))
     done = [
-        i for i, record in enumerate(wal) if record[0] == "height" and record[1] >= core.height - 1
+        i
+        for i, record in enumerate(wal)
+        if isinstance(record, HeightDone) and record.height >= core.height - 1
     ]
-    tail = wal[done[-1] + 1 :] if done else [r for r in wal if r[0] != "height"]
+    tail = wal[done[-1] + 1 :] if done else [r for r in wal if not isinstance(r, HeightDone)]
     for record in tail:  # the guard first: replay re-uses what was signed, never re-signs
-        if record[0] == "own" and record[1].height == core.height:
-            core.signed[core._signed_key(record[1])] = record[1]
+        if isinstance(record, Signed) and record.message.height == core.height:
+            core.signed[core._signed_key(record.message)] = record.message
     from_wal = set(core.signed)
     for record in tail:
         replay(core, record)
@@ -47,7 +58,7 @@ def restore(core: ConsensusCore, persisted: Any) -> list[Effect]:
         # What the replay signed anew (the node stopped before it could persist it, so it was
         # never sent) goes to the WAL before anything is sent, as any own message does.
         fresh = [message for key, message in core.signed.items() if key not in from_wal]
-        effects += [Persist(WAL, ("own", message)) for message in fresh]
+        effects += [Persist(WAL, Signed(message)) for message in fresh]
         effects += [Broadcast(message, core.peers) for message in core.signed.values()]
         effects += restore_timers(core)
     return effects
@@ -63,28 +74,25 @@ def restore_timers(core: ConsensusCore) -> list[Effect]:
         steps.append(Step.PRECOMMIT)
     return [
         SetTimer(
-            ("timeout", core.height, state.round, int(step)),
-            core.config.timeout_s(step, state.round),
+            TimeoutTag(core.height, state.round, step), core.config.timeout_s(step, state.round)
         )
         for step in steps
     ]
 
 
-def replay(core: ConsensusCore, record: tuple[Any, ...]) -> None:
-    kind = record[0]
-    if kind == "start" and record[1] == core.height and not core.started:
-        core._run(core.machine.start(0))
-    elif kind == "msg":
-        message = record[1]
-        if isinstance(message, BlockResponse):
-            if message.block.header.height == core.height:
-                core._commit(message.block, message.commit)
-        elif message.height == core.height:
+def replay(core: ConsensusCore, record: WalRecord) -> None:
+    match record:
+        case Started(height) if height == core.height and not core.started:
+            core._run(core.machine.start(0))
+        case Heard(BlockResponse() as response):
+            if response.block.header.height == core.height:
+                core._commit(response.block, response.commit)
+        case Heard(Proposal() | Vote() as message) if message.height == core.height:
             if not core.started:
                 core._run(core.machine.start(0))
             if isinstance(message, Proposal):
                 core._proposal(message, persist=False)
             else:
                 core._vote(message, persist=False)
-    elif kind == "timeout" and record[1] == core.height:
-        core._run(core.machine.on_timeout(Step(record[3]), record[2]))
+        case TimedOut(height, round_, step) if height == core.height:
+            core._run(core.machine.on_timeout(step, round_))

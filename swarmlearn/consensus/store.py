@@ -8,12 +8,13 @@ files. Each stream is an append-only log of framed records::
     u32 length | u32 crc32(payload) | payload          (big-endian)
 
 where ``payload`` is CBOR of the record, with wire messages inside stored as their canonical
-header bytes under CBOR tag 27001. The ``wal`` stream is cut into one segment per height
-(``wal-<height>.log``): when the core persists the end-of-height marker the next segment
-starts and older ones are removed, so replay reads only the unfinished height. Blocks go to
-``blocks.log``.
+header bytes under CBOR tag 27001; a WAL record (:mod:`swarmlearn.consensus.wal`) is written
+as its row ``(KIND, *fields)`` and read back typed. The ``wal`` stream is cut into one
+segment per height (``wal-<height>.log``): when the core persists the end-of-height marker
+the next segment starts and older ones are removed, so replay reads only the unfinished
+height. Blocks go to ``blocks.log``.
 
-Durability follows CometBFT's WAL rules: records the node signed (``own``), end-of-height
+Durability follows CometBFT's WAL rules: records the node signed (``Signed``), end-of-height
 markers and blocks are fsynced before :meth:`DiskStore.persist` returns (so before the driver
 sends anything that follows them); other inputs are written without waiting for the disk.
 A driver that has several records to persist for one input batches them: :meth:`DiskStore.write`
@@ -51,6 +52,7 @@ import cbor2
 
 import swarmlearn.consensus.events
 import swarmlearn.consensus.types  # noqa: F401
+from swarmlearn.consensus.wal import SYNCED, HeightDone, WalRecord, from_row, to_row
 from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.wire import Message, decode_header, encode_header
 
@@ -59,13 +61,12 @@ log = logging.getLogger(__name__)
 FRAME: Final = struct.Struct(">II")
 MESSAGE_TAG: Final = 27001
 RECORD_BYTES_MAX: Final = 256 * 1024 * 1024
-SYNCED_KINDS: Final = frozenset({"own", "height"})
 
 
 def must_sync(stream: str, record: Any) -> bool:
     """Whether the store fsyncs ``record`` before the node's next effect (the WAL rules
     above); the simulator models its disk with the same rule."""
-    return stream == "blocks" or (stream == "wal" and record[0] in SYNCED_KINDS)
+    return stream == "blocks" or (stream == "wal" and isinstance(record, SYNCED))
 
 
 #: How a record reaches its file: ``os.write``'s shape (tests hand in a failing one).
@@ -301,9 +302,12 @@ class DiskStore:
     def load(self, chain_id: str | None = None) -> dict[str, tuple[Any, ...]]:
         """What was persisted, per stream (the ``Start`` input of the core); the blocks are
         checked (:func:`check_blocks`, of ``chain_id`` when given)."""
-        wal: list[Any] = []
+        wal: list[WalRecord] = []
         for _, path in self._segments():
-            wal += read_log(path, repair=True)
+            try:
+                wal += [from_row(row) for row in read_log(path, repair=True)]
+            except (ValueError, TypeError) as error:  # a row no record type reads
+                raise WalCorrupt(f"{path}: {error}; {REFUSED}") from None
         blocks = read_log(self.directory / "blocks.log", repair=True)
         check_blocks(self.directory / "blocks.log", blocks, chain_id)
         return {"blocks": tuple(blocks), "wal": tuple(wal)}
@@ -322,9 +326,9 @@ class DiskStore:
         if stream != "wal":
             raise ValueError(f"unknown stream {stream!r}")
         durable = must_sync(stream, record)
-        self._wal.write(record, durable=durable)
-        if record[0] == "height":
-            self._next_segment(record[1] + 1)
+        self._wal.write(to_row(record), durable=durable)
+        if isinstance(record, HeightDone):
+            self._next_segment(record.height + 1)
         return durable
 
     def sync(self, streams: Iterable[str]) -> None:
