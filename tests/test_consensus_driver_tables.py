@@ -34,6 +34,7 @@ from swarmlearn.consensus.machine import (
 from swarmlearn.consensus.types import Block, Step, ValidatorSet, VoteType
 from swarmlearn.consensus.votekeeper import Added, VoteKeeper
 from tests.consensus_helpers import CHAIN, block, proposal, validator_set, vote
+from tests.test_consensus_machine import Prop, Start  # the same steps as the machine tables
 
 PV, PC = VoteType.PREVOTE, VoteType.PRECOMMIT
 V1, V2, V3 = "a", "b", "c"  # malachite's v1, v2, v3
@@ -51,19 +52,6 @@ class TableValidators(ValidatorSet):
 
     def proposer(self, height: int, round_: int) -> str:
         return self.proposers[round_]
-
-
-@dataclass(frozen=True)
-class Start:
-    round: int = 0
-
-
-@dataclass(frozen=True)
-class Prop:
-    round: int
-    block: Block
-    valid_round: int = -1
-    valid: bool = True
 
 
 @dataclass(frozen=True)

@@ -18,19 +18,18 @@ each over a seed sweep (the seed moves the mishap's moment and the network's tim
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import numpy as np
 import pytest
 
 import swarmlearn.roles.simulation_sessions  # noqa: F401  (registers the sessions-* scenarios)
+import tests.test_round_liveness as liveness
 from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT, SwarmApp
 from swarmlearn.consensus.swarm_rounds import ABANDONED, RoundStatus
 from swarmlearn.merge import ModelState, flatten, layout_of, merge
 from swarmlearn.merge.manifest import Layout
-from swarmlearn.roles.sl_round import Contribute, Progress, RoundDone, RoundFailed, SessionClosed
+from swarmlearn.roles.sl_round import Contribute, RoundDone, RoundFailed, SessionClosed
 from swarmlearn.sim import Simulator
-from swarmlearn.sim.checkers import Checker, Violation
 from swarmlearn.sim.scenarios import run_scenario
 from swarmlearn.sim.testing import sweep
 from tests.test_rounds_sim import CHUNK_BYTES, Swarm, make_swarm, model, start_simulator
@@ -40,18 +39,8 @@ pytestmark = pytest.mark.sim
 SEEDS = range(8)
 
 
-class Heard(Checker):
+class Heard(liveness.Heard):
     """What each node delivered to its trainers (any session), with the virtual time."""
-
-    name = "heard"
-
-    def __init__(self) -> None:
-        self.values: list[tuple[str, float, Any]] = []
-
-    def on_deliver(self, node: str, incarnation: int, value: Any, time: float) -> Violation | None:
-        if isinstance(value, Progress | RoundDone | RoundFailed):
-            self.values.append((node, time, value))
-        return None
 
     def ends(self, node: str | None = None) -> list[tuple[str, float, RoundDone | RoundFailed]]:
         return [
