@@ -158,11 +158,14 @@ async def test_a_request_that_is_not_http_is_refused_closed_and_counted(
         await http.post(f"{url}/v1/transactions", content=b"not cbor")  # answered: not counted
         context = client_context(identity(pki, "op"))
         stream = await trio.open_ssl_over_tcp_stream(host, int(port), ssl_context=context)
-        await stream.send_all(b"\x00\x01 this is not HTTP \r\n\r\n")
         answer = b""
-        with trio.fail_after(10), contextlib.suppress(trio.BrokenResourceError):
-            while chunk := await stream.receive_some():  # closed (no TLS close_notify)
-                answer += chunk
+        try:
+            await stream.send_all(b"\x00\x01 this is not HTTP \r\n\r\n")
+            with trio.fail_after(10), contextlib.suppress(trio.BrokenResourceError):
+                while chunk := await stream.receive_some():  # closed (no TLS close_notify)
+                    answer += chunk
+        finally:
+            await trio.aclose_forcefully(stream)
         assert answer.startswith(b"HTTP/1.1 400 ")
         text = (await http.get(f"{url}/metrics")).text
         assert refused() == before + 1
