@@ -71,8 +71,15 @@ ALLOWED_VIA = {
 }
 
 
-def allowed(module: str, chain: list[str]) -> bool:
+#: The cores that judge X.509 certificates (the ledger app checks a Join's certificate, and the
+#: SL core reads the ledger through it): only these may take the email.utils door.
+X509_CORES = ("swarmlearn.consensus.swarm_app", "swarmlearn.roles.sl_round")
+
+
+def allowed(core: str, module: str, chain: list[str]) -> bool:
     """Whether ``module``, imported along ``chain``, came in only through an allowed door."""
+    if module in ("socket", "selectors") and core not in X509_CORES:
+        return False
     doors = ALLOWED_VIA.get(module, ())
     return any(link == door or link.startswith(door + ".") for link in chain for door in doors)
 
@@ -90,7 +97,7 @@ def check(core: str) -> list[str]:
     return [
         f"{core}: loads {module} via {' -> '.join(dict.fromkeys(chain[1:]))}"
         for module, chain in sorted(loaded.items())
-        if not allowed(module, chain)
+        if not allowed(core, module, chain)
     ]
 
 

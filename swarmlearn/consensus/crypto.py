@@ -12,12 +12,15 @@ the simulator.
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from swarmlearn.p2p.identity import Identity, PublicKey, verify_signature
+from swarmlearn.p2p.signatures import PublicKey, verify_signature
+
+if TYPE_CHECKING:  # the node's identity (X.509) is the driver's: the cores load no x509
+    from swarmlearn.p2p.identity import Identity
 
 
 class Signer(Protocol):

@@ -3,7 +3,8 @@ them the peer table, gossip, chunked blob transfer (sans-IO cores), the bulk lan
 trio service that runs them all on real sockets.
 
 The public API is re-exported here. Importing the package loads only what the sans-IO cores
-share (identity, wire, framing, messages) and no I/O: the consensus and SL cores import it,
+share (wire, framing, messages) and no I/O (not even cryptography's x509, which reaches the
+socket module): the consensus and SL cores import it,
 and ``tools/check_boundary.py`` holds them to loading no trio, socket or ssl. The rest (the
 transport, the service, gossip, the peer table, blob transfer, certificates) is imported on
 first use of one of its names (module ``__getattr__``), so ``import swarmlearn.p2p`` stays
@@ -18,15 +19,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from swarmlearn.p2p.framing import FrameReader, encode_frame
-from swarmlearn.p2p.identity import (
-    CertificateInfo,
-    Identity,
-    IdentityPaths,
-    PeerId,
-    Role,
-    identity_paths_from_env,
-    load_identity,
-)
 from swarmlearn.p2p.messages import Chunk, Goodbye, Ping, Pong
 from swarmlearn.p2p.wire import Message, Payload, decode_body, encode_body, encode_header
 
@@ -36,6 +28,15 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from swarmlearn.p2p.certs import CertificateAuthority, create_ca, issue_certificate
     from swarmlearn.p2p.gossip import Gossip
     from swarmlearn.p2p.gossip_messages import GossipConfig, GossipDelivery, Publish, Subscribe
+    from swarmlearn.p2p.identity import (
+        CertificateInfo,
+        Identity,
+        IdentityPaths,
+        PeerId,
+        Role,
+        identity_paths_from_env,
+        load_identity,
+    )
     from swarmlearn.p2p.multiaddr import PeerAddress, parse_address
     from swarmlearn.p2p.mux import Mux, MuxConfig
     from swarmlearn.p2p.node import P2PNode
@@ -63,6 +64,15 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "certs": ("CertificateAuthority", "create_ca", "issue_certificate"),
     "gossip": ("Gossip",),
     "gossip_messages": ("GossipConfig", "GossipDelivery", "Publish", "Subscribe"),
+    "identity": (
+        "CertificateInfo",
+        "Identity",
+        "IdentityPaths",
+        "PeerId",
+        "Role",
+        "identity_paths_from_env",
+        "load_identity",
+    ),
     "multiaddr": ("PeerAddress", "parse_address"),
     "mux": ("Mux", "MuxConfig"),
     "node": ("P2PNode",),

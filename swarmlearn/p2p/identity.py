@@ -41,10 +41,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from swarmlearn.errors import ConfigError
+from swarmlearn.p2p.signatures import PublicKey as PublicKey
+from swarmlearn.p2p.signatures import verify_signature as verify_signature
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
-PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
-
 #: Our OID arc (a UUID arc, ITU-T X.667: needs no registration).
 SWARMLEARN_OID: Final = "2.25.272872296007734937468409686770217483434"
 
@@ -271,18 +271,6 @@ class Identity:
         if isinstance(self.key, ed25519.Ed25519PrivateKey):
             return self.key.sign(data)
         return self.key.sign(data, ec.ECDSA(hashes.SHA256()))
-
-
-def verify_signature(public_key: PublicKey, signature: bytes, data: bytes) -> bool:
-    """True when ``signature`` is ``public_key``'s over ``data``."""
-    try:
-        if isinstance(public_key, ed25519.Ed25519PublicKey):
-            public_key.verify(signature, data)
-        else:
-            public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return False
-    return True
 
 
 def load_ca_certificates(path: Path) -> tuple[x509.Certificate, ...]:
