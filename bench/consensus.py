@@ -37,16 +37,16 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
-import swarmlearn.consensus.simulation as bft
-from swarmlearn.consensus.events import Committed, SubmitTx
-from swarmlearn.consensus.swarm_app import sign_transaction
-from swarmlearn.consensus.swarm_txs import Heartbeat, Join
+import swarmlearn.consensus.tendermint.simulation as bft
+from swarmlearn.consensus.ledger.app import sign_transaction
+from swarmlearn.consensus.ledger.txs import Heartbeat, Join
+from swarmlearn.consensus.tendermint.events import Committed, SubmitTx
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.messages import Ping, Pong
 from swarmlearn.p2p.transport import Connection, dial
-from swarmlearn.roles.messages import NodeStatus, StatusRequest, SubmitReply, SubmitRequest
-from swarmlearn.roles.validator import ask
+from swarmlearn.roles.api.messages import NodeStatus, StatusRequest, SubmitReply, SubmitRequest
+from swarmlearn.roles.node.node import ask
 from swarmlearn.sim import Checker, LinkConfig, Simulator
 from swarmlearn.sim.scenarios import node_names
 
@@ -79,7 +79,7 @@ def percentile(values: list[float], fraction: float) -> float:
 @contextmanager
 def validator(pki: Path, name: str, data: Path, *flags: str) -> Iterator[int]:
     ident = ["--cert", str(pki / f"{name}.pem"), "--key", str(pki / f"{name}-key.pem")]
-    command = [sys.executable, "-m", "swarmlearn.roles.daemon", "--data", str(data), *ident]
+    command = [sys.executable, "-m", "swarmlearn.roles.node.daemon", "--data", str(data), *ident]
     command += [
         "--cacert",
         str(pki / "ca.pem"),

@@ -52,8 +52,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT, SwarmApp  # noqa: E402
-from swarmlearn.consensus.swarm_txs import (  # noqa: E402
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT, SwarmApp  # noqa: E402
+from swarmlearn.consensus.ledger.txs import (  # noqa: E402
     CheckIn,
     Join,
     Merged,
@@ -61,13 +61,13 @@ from swarmlearn.consensus.swarm_txs import (  # noqa: E402
     SignedTx,
     TensorSpec,
 )
-from swarmlearn.consensus.types import Block, BlockHeader  # noqa: E402
+from swarmlearn.consensus.tendermint.types import Block, BlockHeader  # noqa: E402
 from swarmlearn.dashboard.server import serve_dashboard  # noqa: E402
 from swarmlearn.dashboard.upstream import Upstream  # noqa: E402
 from swarmlearn.p2p.certs import create_ca, issue_certificate  # noqa: E402
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity  # noqa: E402
 from swarmlearn.p2p.wire import Message, encode_header  # noqa: E402
-from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions  # noqa: E402
+from swarmlearn.roles.node.node import ValidatorNode, ValidatorOptions  # noqa: E402
 
 TARGET_MS = 300.0
 PER_ROUND = 4

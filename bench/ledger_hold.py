@@ -1,6 +1,6 @@
 """The proposal hold for a round's batch, off and on: the ledger's phases of a 4-node round.
 
-``consensus/batching.py`` lets a proposer hold its proposal (``batch_wait_s``) until the rest
+``consensus/ledger/batching.py`` lets a proposer hold its proposal (``batch_wait_s``) until the rest
 of a round's check-ins or ``Merged`` reports has arrived. This bench copies the working tree
 twice (``swarmlearn``, ``bench``, ``tests``), sets ``batch_wait_s = 0`` in one copy, and runs
 ``bench/round.py``'s 4-daemon round from each copy in turn, back to back, pooling every

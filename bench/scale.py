@@ -166,7 +166,15 @@ def daemon(
     namespace: str, pki: Path, name: str, ip: str, data: Path, *flags: str
 ) -> Iterator[subprocess.Popen[str]]:
     ident = ["--cert", str(pki / f"{name}.pem"), "--key", str(pki / f"{name}-key.pem")]
-    command = ["ip", "netns", "exec", namespace, sys.executable, "-m", "swarmlearn.roles.daemon"]
+    command = [
+        "ip",
+        "netns",
+        "exec",
+        namespace,
+        sys.executable,
+        "-m",
+        "swarmlearn.roles.node.daemon",
+    ]
     command += ["--data", str(data), *ident, "--cacert", str(pki / "ca.pem")]
     command += ["--listen", f"{ip}:{PORT}", "--log-level", "error", "--api", "none", *flags]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(HERE.parent)}
@@ -216,11 +224,11 @@ async def ledger_latency(operator: Any, ips: list[str], count: int) -> list[floa
     import trio
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from swarmlearn.consensus.swarm_app import sign_transaction
-    from swarmlearn.consensus.swarm_txs import Join
+    from swarmlearn.consensus.ledger.app import sign_transaction
+    from swarmlearn.consensus.ledger.txs import Join
     from swarmlearn.p2p.transport import dial
-    from swarmlearn.roles.messages import NodeStatus, StatusRequest, SubmitReply, SubmitRequest
-    from swarmlearn.roles.validator import ask
+    from swarmlearn.roles.api.messages import NodeStatus, StatusRequest, SubmitReply, SubmitRequest
+    from swarmlearn.roles.node.node import ask
 
     consensus = _load("consensus")
     status = await ask(operator, ips[0], PORT, StatusRequest(), NodeStatus)
@@ -255,8 +263,8 @@ async def wait_validators(operator: Any, ips: list[str], timeout_s: float) -> No
     import trio
 
     from swarmlearn.errors import RemoteProtocolError
-    from swarmlearn.roles.messages import NodeStatus, StatusRequest
-    from swarmlearn.roles.validator import ask
+    from swarmlearn.roles.api.messages import NodeStatus, StatusRequest
+    from swarmlearn.roles.node.node import ask
 
     seats = -1
     with trio.fail_after(timeout_s):

@@ -30,7 +30,7 @@ import statistics
 import time
 from typing import Any
 
-import swarmlearn.consensus.gossip_simulation  # noqa: F401  (registers ledger-gossip)
+import swarmlearn.consensus.tendermint.gossip_simulation  # noqa: F401  (registers ledger-gossip)
 from swarmlearn.sim import Simulator, run_scenario
 from swarmlearn.sim.echo import EchoChecker, EchoGossip
 from swarmlearn.sim.scenarios import node_names

@@ -1,5 +1,5 @@
 import sys
 
-from swarmlearn.cli import main
+from swarmlearn.cli.main import main
 
 sys.exit(main())

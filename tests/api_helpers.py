@@ -11,7 +11,7 @@ import trio
 
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
-from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions
+from swarmlearn.roles.node.node import ValidatorNode, ValidatorOptions
 
 
 def api_pki(root: Path, *node_roles: Role) -> Path:

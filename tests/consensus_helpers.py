@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from swarmlearn.consensus.crypto import SimSigner
-from swarmlearn.consensus.types import (
+from swarmlearn.consensus.tendermint.crypto import SimSigner
+from swarmlearn.consensus.tendermint.types import (
     Block,
     BlockHeader,
     Proposal,

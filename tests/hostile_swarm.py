@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import trio
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.merge import ModelState, flatten, layout_of
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.p2p.certs import create_ca, issue_certificate
@@ -37,9 +37,9 @@ from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.messages import Chunk, Ping
 from swarmlearn.p2p.tls import client_context
 from swarmlearn.p2p.wire import Message, decode_body
-from swarmlearn.roles.lanes import LanePort
-from swarmlearn.roles.local import LocalClient
-from swarmlearn.roles.messages import StatusRequest
+from swarmlearn.roles.api.messages import StatusRequest
+from swarmlearn.roles.local.endpoint import LocalClient
+from swarmlearn.roles.node.lanes import LanePort
 from tests.test_real_swarm import wait_for
 
 MIB = 1024 * 1024
@@ -78,7 +78,7 @@ def identity(pki: Path, name: str) -> Identity:
 @contextmanager
 def daemon(pki: Path, name: str, data: Path, *flags: str) -> Iterator[Node]:
     ident = ["--cert", str(pki / f"{name}.pem"), "--key", str(pki / f"{name}-key.pem")]
-    command = [sys.executable, "-m", "swarmlearn.roles.daemon", "--data", str(data), *ident]
+    command = [sys.executable, "-m", "swarmlearn.roles.node.daemon", "--data", str(data), *ident]
     command += ["--cacert", str(pki / "ca.pem"), *flags, "--api", f"{HOST}:0"]
     data.mkdir(parents=True, exist_ok=True)
     with (

@@ -13,12 +13,12 @@ import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client.parser import text_string_to_metric_families
 
-from swarmlearn.consensus.swarm_app import sign_transaction
-from swarmlearn.consensus.swarm_txs import CreateContract, Join
+from swarmlearn.consensus.ledger.app import sign_transaction
+from swarmlearn.consensus.ledger.txs import CreateContract, Join
 from swarmlearn.p2p.identity import Role
 from swarmlearn.p2p.tls import client_context
-from swarmlearn.roles.api import build_app
-from swarmlearn.roles.validator import ValidatorNode
+from swarmlearn.roles.api.server import build_app
+from swarmlearn.roles.node.node import ValidatorNode
 from tests.api_helpers import api_pki, identity
 
 pytestmark = pytest.mark.process

@@ -19,10 +19,10 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from swarmlearn.consensus.swarm_txs import CreateContract, Join
+from swarmlearn.consensus.ledger.txs import CreateContract, Join
 from swarmlearn.p2p.identity import Identity, IdentityPaths, load_identity
-from swarmlearn.roles.messages import LedgerQuery, LedgerReply
-from swarmlearn.roles.validator import CLOCK_OFFSET_ENV, ask
+from swarmlearn.roles.api.messages import LedgerQuery, LedgerReply
+from swarmlearn.roles.node.node import CLOCK_OFFSET_ENV, ask
 from tests.test_real_swarm import _submit, make_pki, node_process, wait_for
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-import swarmlearn.consensus.simulation  # noqa: F401  (registers the bft-* scenarios)
-from swarmlearn.consensus.types import Commit, ValidatorSet
+import swarmlearn.consensus.tendermint.simulation  # noqa: F401  (registers the bft-* scenarios)
+from swarmlearn.consensus.tendermint.types import Commit, ValidatorSet
 from swarmlearn.sim import run_scenario
 from swarmlearn.sim.testing import sweep
 

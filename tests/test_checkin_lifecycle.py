@@ -13,9 +13,9 @@ from dataclasses import replace
 import cbor2
 import pytest
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
-from swarmlearn.consensus.swarm_rounds import ABANDONED, RoundStatus
-from swarmlearn.consensus.swarm_txs import CheckIn, CheckOut, Merged, ResetContract
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
+from swarmlearn.consensus.ledger.rounds import ABANDONED, RoundStatus
+from swarmlearn.consensus.ledger.txs import CheckIn, CheckOut, Merged, ResetContract
 from swarmlearn.errors import RemoteProtocolError
 from swarmlearn.p2p.wire import decode_header, encode_header
 from tests.test_swarm_app import (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from swarmlearn.cli import main
+from swarmlearn.cli.main import main
 from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.address import parse_host_port
 
@@ -179,7 +179,7 @@ def test_a_real_node_process_answers_a_real_ping_process(swarm_dir: Path, tmp_pa
         [
             sys.executable,
             "-m",
-            "swarmlearn.roles.daemon",
+            "swarmlearn.roles.node.daemon",
             "--sentinel",
             "--data",
             str(tmp_path / "data"),

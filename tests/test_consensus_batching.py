@@ -11,14 +11,14 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from swarmlearn.consensus.app import KeyValueApp
-from swarmlearn.consensus.batching import PENDING_INSPECTED_MAX, expects_more
-from swarmlearn.consensus.core import BATCH_TIMER, ConsensusConfig, ConsensusCore
-from swarmlearn.consensus.crypto import SimVerifier
-from swarmlearn.consensus.events import Committed, Genesis, SubmitTx
-from swarmlearn.consensus.swarm_rounds import RoundStatus
-from swarmlearn.consensus.types import Proposal, Step, Tx, Vote, VoteType
-from swarmlearn.consensus.wal import Signed, Started, TimeoutTag
+from swarmlearn.consensus.ledger.batching import PENDING_INSPECTED_MAX, expects_more
+from swarmlearn.consensus.ledger.rounds import RoundStatus
+from swarmlearn.consensus.tendermint.app import KeyValueApp
+from swarmlearn.consensus.tendermint.core import BATCH_TIMER, ConsensusConfig, ConsensusCore
+from swarmlearn.consensus.tendermint.crypto import SimVerifier
+from swarmlearn.consensus.tendermint.events import Committed, Genesis, SubmitTx
+from swarmlearn.consensus.tendermint.types import Proposal, Step, Tx, Vote, VoteType
+from swarmlearn.consensus.tendermint.wal import Signed, Started, TimeoutTag
 from swarmlearn.sansio import (
     Broadcast,
     Effect,

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import random
 
-from swarmlearn.consensus.app import KeyValueApp
-from swarmlearn.consensus.core import BLOCKS, NEXT_HEIGHT_TIMER, ConsensusConfig, ConsensusCore
-from swarmlearn.consensus.crypto import SimVerifier
-from swarmlearn.consensus.events import Committed, EvidenceFound, Genesis, SubmitTx, TxRefused
-from swarmlearn.consensus.mempool import Mempool, MempoolConfig
-from swarmlearn.consensus.types import (
+from swarmlearn.consensus.tendermint.app import KeyValueApp
+from swarmlearn.consensus.tendermint.core import (
+    BLOCKS,
+    NEXT_HEIGHT_TIMER,
+    ConsensusConfig,
+    ConsensusCore,
+)
+from swarmlearn.consensus.tendermint.crypto import SimVerifier
+from swarmlearn.consensus.tendermint.events import (
+    Committed,
+    EvidenceFound,
+    Genesis,
+    SubmitTx,
+    TxRefused,
+)
+from swarmlearn.consensus.tendermint.mempool import Mempool, MempoolConfig
+from swarmlearn.consensus.tendermint.types import (
     Block,
     BlockHeader,
     BlockResponse,
@@ -23,7 +34,7 @@ from swarmlearn.consensus.types import (
     VoteType,
     tx_root,
 )
-from swarmlearn.consensus.wal import Heard, HeightDone, Signed, Started
+from swarmlearn.consensus.tendermint.wal import Heard, HeightDone, Signed, Started
 from swarmlearn.sansio import (
     Broadcast,
     Deliver,

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from swarmlearn.consensus.crypto import SimVerifier
-from swarmlearn.consensus.types import ValidatorSet, VoteType
-from swarmlearn.consensus.votekeeper import Added, Threshold, ThresholdKind, VoteKeeper
+from swarmlearn.consensus.tendermint.crypto import SimVerifier
+from swarmlearn.consensus.tendermint.types import ValidatorSet, VoteType
+from swarmlearn.consensus.tendermint.votekeeper import Added, Threshold, ThresholdKind, VoteKeeper
 from tests.consensus_helpers import CHAIN, block, validator_set, vote
 
 PREVOTE, PRECOMMIT = VoteType.PREVOTE, VoteType.PRECOMMIT

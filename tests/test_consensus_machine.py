@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from swarmlearn.consensus.crypto import SimVerifier
-from swarmlearn.consensus.machine import (
+from swarmlearn.consensus.tendermint.crypto import SimVerifier
+from swarmlearn.consensus.tendermint.machine import (
     CastVote,
     Decide,
     Machine,
@@ -23,8 +23,8 @@ from swarmlearn.consensus.machine import (
     Received,
     ScheduleTimeout,
 )
-from swarmlearn.consensus.types import Block, Step, VoteType
-from swarmlearn.consensus.votekeeper import Added, VoteKeeper
+from swarmlearn.consensus.tendermint.types import Block, Step, VoteType
+from swarmlearn.consensus.tendermint.votekeeper import Added, VoteKeeper
 from tests.consensus_helpers import CHAIN, block, proposal, validator_set, vote
 
 PV, PC = VoteType.PREVOTE, VoteType.PRECOMMIT

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import swarmlearn.consensus.simulation as bft
-from swarmlearn.consensus.core import ConsensusCore
-from swarmlearn.consensus.events import SubmitTx
+import swarmlearn.consensus.tendermint.simulation as bft
+from swarmlearn.consensus.tendermint.core import ConsensusCore
+from swarmlearn.consensus.tendermint.events import SubmitTx
 from swarmlearn.sim import (
     SCENARIOS,
     AgreementChecker,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from swarmlearn.consensus.store import DiskStore, WalCorrupt, frame, read_log
-from swarmlearn.consensus.types import Status, Step, VoteType
-from swarmlearn.consensus.wal import Heard, HeightDone, Signed, Started, TimedOut, to_row
+from swarmlearn.consensus.tendermint.store import DiskStore, WalCorrupt, frame, read_log
+from swarmlearn.consensus.tendermint.types import Status, Step, VoteType
+from swarmlearn.consensus.tendermint.wal import Heard, HeightDone, Signed, Started, TimedOut, to_row
 from tests.consensus_helpers import block, vote
 
 V = vote("a", VoteType.PREVOTE, 0, block().hash)

@@ -12,11 +12,11 @@ import random
 
 import pytest
 
-from swarmlearn.consensus.app import KeyValueApp
-from swarmlearn.consensus.core import ConsensusCore
-from swarmlearn.consensus.crypto import SimVerifier
-from swarmlearn.consensus.events import Committed, EvidenceFound, Genesis
-from swarmlearn.consensus.types import (
+from swarmlearn.consensus.tendermint.app import KeyValueApp
+from swarmlearn.consensus.tendermint.core import ConsensusCore
+from swarmlearn.consensus.tendermint.crypto import SimVerifier
+from swarmlearn.consensus.tendermint.events import Committed, EvidenceFound, Genesis
+from swarmlearn.consensus.tendermint.types import (
     Block,
     BlockHeader,
     BlockResponse,

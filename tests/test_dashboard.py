@@ -22,9 +22,9 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from swarmlearn.cli import main
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT, sign_transaction
-from swarmlearn.consensus.swarm_tasks import (
+from swarmlearn.cli.main import main
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT, sign_transaction
+from swarmlearn.consensus.ledger.tasks import (
     DEFAULT_TASKRUNNER,
     AssignTask,
     CreateTask,
@@ -33,7 +33,7 @@ from swarmlearn.consensus.swarm_tasks import (
     TaskPeerStatus,
     canonical_json,
 )
-from swarmlearn.consensus.swarm_txs import (
+from swarmlearn.consensus.ledger.txs import (
     CheckIn,
     CreateContract,
     Exclude,
@@ -48,7 +48,7 @@ from swarmlearn.dashboard.upstream import Snapshot, Upstream
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, Role
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.validator import ValidatorNode
+from swarmlearn.roles.node.node import ValidatorNode
 from tests.api_helpers import identity, sentinel_api
 
 LAYOUT = (TensorSpec("fc.weight", "float32", (10, 4)), TensorSpec("fc.bias", "float32", (10,)))
@@ -364,7 +364,7 @@ def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 def test_an_swci_context_names_the_api_and_the_identity(
     pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from swarmlearn.cli import build_parser
+    from swarmlearn.cli.main import build_parser
     from swarmlearn.dashboard.cli import resolve
     from swarmlearn.swci.contexts import Context, Contexts, save_contexts
 

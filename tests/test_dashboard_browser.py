@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.p2p.certs import issue_certificate
 from swarmlearn.p2p.identity import Role
 from tests.test_dashboard import dashboard_process, read_url

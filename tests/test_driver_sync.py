@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import trio
 
-from swarmlearn.consensus.store import DiskStore, read_log
-from swarmlearn.consensus.types import VoteType
-from swarmlearn.consensus.wal import Heard, HeightDone, Signed, Started, from_row
+from swarmlearn.consensus.tendermint.store import DiskStore, read_log
+from swarmlearn.consensus.tendermint.types import VoteType
+from swarmlearn.consensus.tendermint.wal import Heard, HeightDone, Signed, Started, from_row
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.driver import CoreDriver
+from swarmlearn.roles.node.driver import CoreDriver
 from swarmlearn.sansio import Broadcast, Deliver, Effect, Input, Persist, SetTimer, Start
 from tests.consensus_helpers import vote
 

@@ -17,26 +17,26 @@ import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client.parser import text_string_to_metric_families
 
-from swarmlearn.consensus.core import ConsensusCore, ForgedTx
-from swarmlearn.consensus.crypto import KeySigner, KeyVerifier
-from swarmlearn.consensus.events import Genesis, SubmitTx, TxRefused
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT, SwarmApp, is_forgery
-from swarmlearn.consensus.swarm_txs import CreateContract, Heartbeat, Join, PerfData, SignedTx
-from swarmlearn.consensus.types import Block, BlockHeader, Tx
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT, SwarmApp, is_forgery
+from swarmlearn.consensus.ledger.txs import CreateContract, Heartbeat, Join, PerfData, SignedTx
+from swarmlearn.consensus.tendermint.core import ConsensusCore, ForgedTx
+from swarmlearn.consensus.tendermint.crypto import KeySigner, KeyVerifier
+from swarmlearn.consensus.tendermint.events import Genesis, SubmitTx, TxRefused
+from swarmlearn.consensus.tendermint.types import Block, BlockHeader, Tx
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, Role
 from swarmlearn.p2p.messages import Goodbye, Ping, Pong
 from swarmlearn.p2p.tls import client_context
 from swarmlearn.p2p.transport import Connection, dial
 from swarmlearn.p2p.wire import Message, encode_header
-from swarmlearn.roles.policing import Police, PolicingConfig
-from swarmlearn.roles.validator import (
+from swarmlearn.roles.node.node import (
     ValidatorNode,
     ValidatorOptions,
     ca_certificate,
     ca_fingerprint,
     own_validator,
 )
+from swarmlearn.roles.node.policing import Police, PolicingConfig
 from swarmlearn.sansio import Broadcast, Deliver, Receive, Request, Send, Start
 from tests.api_helpers import identity, sentinel_api
 

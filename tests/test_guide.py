@@ -15,7 +15,7 @@ import trio
 
 from swarmlearn.errors import ConfigError
 from swarmlearn.merge import ModelState, flatten, layout_of
-from swarmlearn.roles.local import LocalClient
+from swarmlearn.roles.local.endpoint import LocalClient
 from tests.conftest import Pki
 
 
@@ -40,7 +40,7 @@ def test_a_silent_node_gets_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_a_broken_connection_is_never_an_empty_reason() -> None:
-    from swarmlearn.roles.validator import network_reason as _reason
+    from swarmlearn.roles.node.node import network_reason as _reason
 
     assert _reason(trio.BrokenResourceError()) == (
         "connection broken (the node refused our certificate?)"

@@ -22,14 +22,14 @@ import torch
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from swarmlearn.cli import ArgumentParser
-from swarmlearn.consensus.swarm_rounds import layout_difference
-from swarmlearn.consensus.swarm_txs import TensorSpec
+from swarmlearn.cli.main import ArgumentParser
+from swarmlearn.consensus.ledger.rounds import layout_difference
+from swarmlearn.consensus.ledger.txs import TensorSpec
 from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import IdentityPaths, Role, identity_paths_from_env, load_identity
-from swarmlearn.roles.config import resolve
-from swarmlearn.roles.daemon import add_node_arguments, node_options
+from swarmlearn.roles.node.config import resolve
+from swarmlearn.roles.node.daemon import add_node_arguments, node_options
 
 PAGE = (Path(__file__).resolve().parent.parent / "docs" / "troubleshooting.md").read_text()
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)  # before bad/future.pem's validity

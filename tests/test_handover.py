@@ -1,4 +1,4 @@
-"""The shared-memory handover between a trainer and its node (roles/handover.py), and the
+"""The shared-memory handover between a trainer and its node (roles/local/handover.py), and the
 socket path it replaces (``SWARM_HANDOVER=socket``), which must give the same weights."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from swarmlearn.roles.handover import SharedBuffer, map_pages, open_shared, shed_pages
+from swarmlearn.roles.local.handover import SharedBuffer, map_pages, open_shared, shed_pages
 from tests.test_callback_torch import our_style_script, run_scripts, two_daemons
 
 

@@ -19,9 +19,9 @@ import trio
 from swarmlearn.merge import RangeMerge, WeightSet, flatten, layout_of, plan_shards
 from swarmlearn.merge.methods import resolve_method
 from swarmlearn.p2p.identity import Identity
-from swarmlearn.roles.lanes import PEER_BUDGET_BYTES, RoundLanes
-from swarmlearn.roles.sl_round import RoundChunk
-from swarmlearn.roles.sl_round_state import held_by_sender
+from swarmlearn.roles.node.lanes import PEER_BUDGET_BYTES, RoundLanes
+from swarmlearn.roles.sl.core import RoundChunk
+from swarmlearn.roles.sl.state import held_by_sender
 from swarmlearn.sansio import Effect, NodeId
 from swarmlearn.sim import Simulator
 from tests.test_round_lanes import WAIT_S, Inbox, identities  # noqa: F401 (a fixture)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from swarmlearn.cli import ArgumentParser
+from swarmlearn.cli.main import ArgumentParser
 from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.identity import IdentityPaths, load_identity
-from swarmlearn.roles.config import resolve
-from swarmlearn.roles.daemon import add_node_arguments, main
-from swarmlearn.roles.logs import JsonFormatter
+from swarmlearn.roles.node.config import resolve
+from swarmlearn.roles.node.daemon import add_node_arguments, main
+from swarmlearn.roles.node.logs import JsonFormatter
 from tests.test_real_swarm import make_pki, node_process
 
 KEYS = {"time", "level", "logger", "message", "node", "peer_id"}

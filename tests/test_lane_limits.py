@@ -15,9 +15,9 @@ from swarmlearn.p2p.framing import encode_frame
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.tls import client_context
 from swarmlearn.p2p.wire import Message, payload_of
-from swarmlearn.roles import lanes as lanes_module
-from swarmlearn.roles.lanes import RoundLanes
-from swarmlearn.roles.sl_round import RoundChunk
+from swarmlearn.roles.node import lanes as lanes_module
+from swarmlearn.roles.node.lanes import RoundLanes
+from swarmlearn.roles.sl.core import RoundChunk
 from tests.test_round_lanes import Inbox
 
 pytestmark = pytest.mark.process

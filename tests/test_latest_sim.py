@@ -19,10 +19,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.merge import ModelState, flatten, layout_of
 from swarmlearn.merge.manifest import Layout
-from swarmlearn.roles.sl_messages import (
+from swarmlearn.roles.sl.messages import (
     Contribute,
     FetchLatest,
     LatestFailed,

@@ -15,16 +15,16 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
-import swarmlearn.consensus.simulation as bft
-from swarmlearn.cli import main
-from swarmlearn.consensus.events import Committed, SubmitTx
-from swarmlearn.consensus.swarm_app import SwarmApp
-from swarmlearn.consensus.swarm_txs import CreateContract, Join, Leave
-from swarmlearn.consensus.types import Block, BlockHeader
+import swarmlearn.consensus.tendermint.simulation as bft
+from swarmlearn.cli.main import main
+from swarmlearn.consensus.ledger.app import SwarmApp
+from swarmlearn.consensus.ledger.txs import CreateContract, Join, Leave
+from swarmlearn.consensus.tendermint.events import Committed, SubmitTx
+from swarmlearn.consensus.tendermint.types import Block, BlockHeader
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import IdentityPaths, Role, load_identity
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.messages import NodeStatus
+from swarmlearn.roles.api.messages import NodeStatus
 from swarmlearn.sim import Simulator
 from swarmlearn.sim.checkers import Checker
 from swarmlearn.sim.scenarios import node_names

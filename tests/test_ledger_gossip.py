@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from swarmlearn.consensus.app import KeyValueApp
-from swarmlearn.consensus.core import ConsensusCore
-from swarmlearn.consensus.crypto import SimSigner, SimVerifier
-from swarmlearn.consensus.over_gossip import (
+from swarmlearn.consensus.tendermint.app import KeyValueApp
+from swarmlearn.consensus.tendermint.core import ConsensusCore
+from swarmlearn.consensus.tendermint.crypto import SimSigner, SimVerifier
+from swarmlearn.consensus.tendermint.over_gossip import (
     TOPIC_BLOCKS,
     TOPIC_PROPOSALS,
     TOPIC_TXS,
@@ -19,8 +19,8 @@ from swarmlearn.consensus.over_gossip import (
     LedgerOverGossip,
     encode,
 )
-from swarmlearn.consensus.simulation import genesis_for
-from swarmlearn.consensus.types import (
+from swarmlearn.consensus.tendermint.simulation import genesis_for
+from swarmlearn.consensus.tendermint.types import (
     Block,
     BlockHeader,
     BlockResponse,

@@ -8,15 +8,15 @@ import dataclasses
 
 import pytest
 
-from swarmlearn.consensus.events import SubmitTx
-from swarmlearn.consensus.gossip_simulation import (
+from swarmlearn.consensus.tendermint.events import SubmitTx
+from swarmlearn.consensus.tendermint.gossip_simulation import (
     LEDGER_SWARM,
     ledger_factory,
     ledger_node_ids,
     ledger_of,
     prepare_links,
 )
-from swarmlearn.consensus.over_gossip import TOPIC_VOTES, encode
+from swarmlearn.consensus.tendermint.over_gossip import TOPIC_VOTES, encode
 from swarmlearn.p2p.gossip import GossipMessage
 from swarmlearn.sansio import Effect, NodeId, Send
 from swarmlearn.sim.cluster import Simulator

@@ -1,4 +1,4 @@
-"""The trainer refills its handover file when the node asks (roles/local.py, trainers.py),
+"""The trainer refills its handover file when the node asks (roles/local/endpoint.py, trainers.py),
 over the real Unix socket and a real shared mapping.
 
 A stand-in node (the real :class:`LocalEndpoint`, its callbacks playing the round) writes
@@ -21,7 +21,7 @@ import trio
 from swarmlearn.merge import ModelState, flatten, layout_of
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.local import (
+from swarmlearn.roles.local.endpoint import (
     LocalClient,
     LocalContribute,
     LocalEndpoint,

@@ -13,17 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT, SwarmState
-from swarmlearn.consensus.swarm_rounds import (
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT, SwarmState
+from swarmlearn.consensus.ledger.rounds import (
     CheckInRecord,
     ContractRecord,
     RoundRecord,
     RoundStatus,
 )
-from swarmlearn.consensus.swarm_txs import CreateContract
+from swarmlearn.consensus.ledger.txs import CreateContract
 from swarmlearn.merge import ModelState, build_manifest, flatten, layout_of
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
-from swarmlearn.roles.sl_messages import (
+from swarmlearn.roles.sl.core import SLRoundCore
+from swarmlearn.roles.sl.messages import (
     Contribute,
     FetchMerged,
     LedgerChanged,
@@ -32,9 +33,8 @@ from swarmlearn.roles.sl_messages import (
     RoundDone,
     RoundFailed,
 )
-from swarmlearn.roles.sl_round import SLRoundCore
-from swarmlearn.roles.sl_round_outcome import FETCH_BACKOFF_S, FETCH_STALL_S, FETCH_TRIES
-from swarmlearn.roles.sl_round_state import RoundState
+from swarmlearn.roles.sl.outcome import FETCH_BACKOFF_S, FETCH_STALL_S, FETCH_TRIES
+from swarmlearn.roles.sl.state import RoundState
 from swarmlearn.sansio import Deliver, Receive, Request, Send, SetTimer, TimerFired
 
 ME, PEER_A, PEER_B = "me" * 32, "aa" * 32, "bb" * 32

@@ -32,13 +32,13 @@ import numpy as np
 import pytest
 import torch
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
-from swarmlearn.consensus.swarm_txs import CreateContract
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
+from swarmlearn.consensus.ledger.txs import CreateContract
 from swarmlearn.demo.swarm import LocalSwarm
 from swarmlearn.merge import ModelState, flatten, layout_of
 from swarmlearn.merge.manifest import Layout
-from swarmlearn.roles.local import LocalClient, RoundOutcome
-from swarmlearn.roles.sl_round_outcome import FETCH_BACKOFF_S, FETCH_STALL_S, FETCH_TRIES
+from swarmlearn.roles.local.endpoint import LocalClient, RoundOutcome
+from swarmlearn.roles.sl.outcome import FETCH_BACKOFF_S, FETCH_STALL_S, FETCH_TRIES
 from swarmlearn.swci.client import ApiClient
 from swarmlearn.swci.main import main as swci_main
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from swarmlearn.callback.core import SwarmCore, SwarmError, parse_options
-from swarmlearn.consensus.swarm_txs import CreateContract, ResetContract
+from swarmlearn.consensus.ledger.txs import CreateContract, ResetContract
 from swarmlearn.demo.swarm import LocalSwarm
 from swarmlearn.errors import ConfigError
 from swarmlearn.merge import ModelState, flatten, layout_of, merge
@@ -30,8 +30,13 @@ from swarmlearn.merge.manifest import Layout
 from swarmlearn.p2p.framing import FrameReader, encode_frame
 from swarmlearn.p2p.identity import load_identity
 from swarmlearn.p2p.wire import decode_body
-from swarmlearn.roles.local import LOCAL_FRAME_BYTES_MAX, LocalClient, LocalContribute, RoundOutcome
-from swarmlearn.roles.local_messages import LocalProgress
+from swarmlearn.roles.local.endpoint import (
+    LOCAL_FRAME_BYTES_MAX,
+    LocalClient,
+    LocalContribute,
+    RoundOutcome,
+)
+from swarmlearn.roles.local.messages import LocalProgress
 from swarmlearn.swci.client import ApiClient
 from tests.test_real_rounds import model
 

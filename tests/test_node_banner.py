@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from swarmlearn.consensus.store import DiskStore
+from swarmlearn.consensus.tendermint.store import DiskStore
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
-from swarmlearn.roles.validator import ValidatorNode, ValidatorOptions, obtain_genesis
+from swarmlearn.roles.node.node import ValidatorNode, ValidatorOptions, obtain_genesis
 from tests.test_real_swarm import node_process
 
 
@@ -82,7 +82,7 @@ def test_a_data_dir_of_another_chain_is_refused_with_one_line(pki: Path, tmp_pat
     sentinel = ["--sentinel", "--chain-id", "new-chain", "--listen", "127.0.0.1:0"]
     with node_process(pki, "full", tmp_path / "sentinel", *sentinel) as (_, port):
         ident = ["--cert", str(pki / "learner.pem"), "--key", str(pki / "learner-key.pem")]
-        command = [sys.executable, "-m", "swarmlearn.roles.daemon", "--data-dir", str(old)]
+        command = [sys.executable, "-m", "swarmlearn.roles.node.daemon", "--data-dir", str(old)]
         command += [*ident, "--cacert", str(pki / "ca.pem"), "--listen", "127.0.0.1:0"]
         command += ["--bootstrap", f"127.0.0.1:{port}", "--api", "none"]
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)

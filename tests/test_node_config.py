@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from swarmlearn.cli import ArgumentParser
+from swarmlearn.cli.main import ArgumentParser
 from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Role
-from swarmlearn.roles.config import resolve
-from swarmlearn.roles.daemon import add_node_arguments, main, node_options
+from swarmlearn.roles.node.config import resolve
+from swarmlearn.roles.node.daemon import add_node_arguments, main, node_options
 
 
 def parse(*argv: str) -> argparse.Namespace:

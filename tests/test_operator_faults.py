@@ -27,7 +27,8 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from swarmlearn.consensus.store import (
+from swarmlearn.consensus.ledger.txs import CreateContract, Join
+from swarmlearn.consensus.tendermint.store import (
     REFUSED,
     DiskStore,
     StoreFault,
@@ -35,21 +36,20 @@ from swarmlearn.consensus.store import (
     frame,
     read_log,
 )
-from swarmlearn.consensus.swarm_txs import CreateContract, Join
-from swarmlearn.consensus.types import Block, BlockHeader, Status, Step, tx_root
-from swarmlearn.consensus.wal import Signed, to_row
+from swarmlearn.consensus.tendermint.types import Block, BlockHeader, Status, Step, tx_root
+from swarmlearn.consensus.tendermint.wal import Signed, to_row
 from swarmlearn.errors import ConfigError, config_error_in
 from swarmlearn.p2p.identity import Identity, IdentityPaths, load_identity
-from swarmlearn.roles.datadir import LOCK_FILE, DataDirLock
-from swarmlearn.roles.driver import CoreDriver
-from swarmlearn.roles.messages import NodeStatus, StatusRequest
-from swarmlearn.roles.validator import ValidatorOptions, ask, obtain_genesis
+from swarmlearn.roles.api.messages import NodeStatus, StatusRequest
+from swarmlearn.roles.node.datadir import LOCK_FILE, DataDirLock
+from swarmlearn.roles.node.driver import CoreDriver
+from swarmlearn.roles.node.node import ValidatorOptions, ask, obtain_genesis
 from swarmlearn.sansio import Broadcast, Deliver, Effect, Persist, Start
 from tests.consensus_helpers import CHAIN
 from tests.test_driver_sync import OWN_A, OWN_B, Log, Outbox, Scripted
 from tests.test_real_swarm import _submit, make_pki, wait_for
 
-DAEMON = [sys.executable, "-m", "swarmlearn.roles.daemon"]
+DAEMON = [sys.executable, "-m", "swarmlearn.roles.node.daemon"]
 RUN_S = 60
 ENOSPC_LINE = (
     "cannot write (No space left on device); the node stopped and nothing it acknowledged is "

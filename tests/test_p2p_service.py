@@ -389,7 +389,7 @@ def test_real_processes_find_each_other_and_a_restart_needs_no_sentinel(
 @contextmanager
 def swarm_node(paths: IdentityPaths, data: Path, *flags: str) -> Iterator[tuple[str, str, str]]:
     """A ``swarm-node --p2p`` process: its (ledger address, API URL, p2p multiaddr)."""
-    command = [sys.executable, "-m", "swarmlearn.roles.daemon", "--data", str(data)]
+    command = [sys.executable, "-m", "swarmlearn.roles.node.daemon", "--data", str(data)]
     command += ["--cert", str(paths.cert), "--key", str(paths.key), "--cacert", str(paths.ca)]
     command += ["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0", "--p2p", "127.0.0.1:0"]
     data.mkdir(parents=True, exist_ok=True)

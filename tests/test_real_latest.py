@@ -22,14 +22,14 @@ import torch
 import trio
 
 from swarmlearn.callback.pytorch import SwarmCallback
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.errors import ConfigError
 from swarmlearn.merge import ModelState, flatten, layout_of, unpack
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.p2p.identity import IdentityPaths, load_identity
-from swarmlearn.roles.local import LocalClient
-from swarmlearn.roles.messages import LedgerQuery, LedgerReply
-from swarmlearn.roles.validator import ask
+from swarmlearn.roles.api.messages import LedgerQuery, LedgerReply
+from swarmlearn.roles.local.endpoint import LocalClient
+from swarmlearn.roles.node.node import ask
 from tests.test_real_swarm import make_pki, node_process, wait_for
 
 pytestmark = pytest.mark.process

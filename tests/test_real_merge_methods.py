@@ -27,13 +27,13 @@ import numpy as np
 import pytest
 import trio
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.merge import ModelState, flatten, layout_of, merge, unpack
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.merge.methods import round_method
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
-from swarmlearn.roles.local import LocalClient
+from swarmlearn.roles.local.endpoint import LocalClient
 from tests.test_real_swarm import node_process, wait_for
 
 pytestmark = pytest.mark.process

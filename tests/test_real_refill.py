@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.errors import ConfigError
 from swarmlearn.merge import flatten, layout_of, merge
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.merge.plan import plan_shards
 from swarmlearn.p2p.identity import IdentityPaths, load_identity
-from swarmlearn.roles.local import LocalClient, RoundOutcome
+from swarmlearn.roles.local.endpoint import LocalClient, RoundOutcome
 from tests.test_real_rounds import NODES, model, node_id, pki  # noqa: F401  (pki: a fixture)
 from tests.test_real_swarm import node_process, wait_for
 

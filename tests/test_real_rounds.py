@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import trio
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.errors import ConfigError
 from swarmlearn.merge import ModelState, flatten, layout_of, merge
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.p2p.identity import IdentityPaths, load_identity
-from swarmlearn.roles.local import LocalClient, RoundOutcome
+from swarmlearn.roles.local.endpoint import LocalClient, RoundOutcome
 from tests.test_real_swarm import make_pki, node_process, wait_for
 
 pytestmark = pytest.mark.process

@@ -19,13 +19,13 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from swarmlearn.consensus.swarm_app import sign_transaction
-from swarmlearn.consensus.swarm_txs import CreateContract, Join
+from swarmlearn.consensus.ledger.app import sign_transaction
+from swarmlearn.consensus.ledger.txs import CreateContract, Join
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.messages import NodeStatus, StatusRequest, SubmitReply, SubmitRequest
-from swarmlearn.roles.validator import ask
+from swarmlearn.roles.api.messages import NodeStatus, StatusRequest, SubmitReply, SubmitRequest
+from swarmlearn.roles.node.node import ask
 
 pytestmark = pytest.mark.process
 
@@ -47,7 +47,15 @@ def node_process(
         "--cacert",
         str(pki / "ca.pem"),
     ]
-    command = [sys.executable, "-m", "swarmlearn.roles.daemon", "--data", str(data), *ident, *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "swarmlearn.roles.node.daemon",
+        "--data",
+        str(data),
+        *ident,
+        *flags,
+    ]
     command += ["--api", "127.0.0.1:0"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     data.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.merge import ModelState, flatten, layout_of, merge
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.merge.plan import plan_shards
-from swarmlearn.roles.sl_round import Contribute, MergedPiece, RoundChunk, RoundDone, RoundFailed
+from swarmlearn.roles.sl.core import Contribute, MergedPiece, RoundChunk, RoundDone, RoundFailed
 from swarmlearn.sansio import Effect, NodeId, Send
 from swarmlearn.sim import Simulator
 from tests.test_rounds_sim import (

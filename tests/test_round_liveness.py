@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
-from swarmlearn.consensus.swarm_rounds import ABANDONED, RoundStatus
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
+from swarmlearn.consensus.ledger.rounds import ABANDONED, RoundStatus
 from swarmlearn.merge import ModelState, flatten, layout_of, merge
 from swarmlearn.merge.manifest import Layout
-from swarmlearn.roles.local import LocalClient
-from swarmlearn.roles.sl_round import Contribute, Progress, RoundDone, RoundFailed
-from swarmlearn.roles.sl_round_outcome import WAIT_PROGRESS_S
+from swarmlearn.roles.local.endpoint import LocalClient
+from swarmlearn.roles.sl.core import Contribute, Progress, RoundDone, RoundFailed
+from swarmlearn.roles.sl.outcome import WAIT_PROGRESS_S
 from swarmlearn.sim import Simulator
 from swarmlearn.sim.checkers import Checker, Violation
 from tests.test_callback_torch import two_daemons

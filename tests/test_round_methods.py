@@ -19,7 +19,7 @@ from swarmlearn.merge.methods import (
 from swarmlearn.merge.plan import plan_shards
 from swarmlearn.merge.sharded import GlobalSteps, float_piece_count
 from swarmlearn.merge.stream import RangeCollector, aligned_buffer
-from swarmlearn.roles.sl_round_state import Attempt, global_waiting
+from swarmlearn.roles.sl.state import Attempt, global_waiting
 from tests.merge_helpers import random_states
 
 

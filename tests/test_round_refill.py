@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.merge import flatten, layout_of, merge, unpack
 from swarmlearn.merge.manifest import Layout
-from swarmlearn.roles.sl_round import (
+from swarmlearn.roles.sl.core import (
     Contribute,
     MergedPiece,
     NeedRefill,

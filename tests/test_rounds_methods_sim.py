@@ -16,12 +16,12 @@ from typing import cast
 import numpy as np
 import pytest
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.merge import ModelState, flatten, layout_of, merge
 from swarmlearn.merge.methods import round_method
-from swarmlearn.roles.node_core import SwarmNodeCore
-from swarmlearn.roles.simulation import corrupt_partials
-from swarmlearn.roles.sl_round import Contribute
+from swarmlearn.roles.node.core import SwarmNodeCore
+from swarmlearn.roles.sl.core import Contribute
+from swarmlearn.roles.sl.simulation import corrupt_partials
 from swarmlearn.sim import Simulator, run_scenario
 from swarmlearn.sim.testing import sweep
 from tests.test_rounds_sim import RoundChecker, Swarm, make_swarm, model, start_simulator

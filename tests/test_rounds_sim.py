@@ -17,20 +17,20 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-import swarmlearn.roles.simulation  # noqa: F401  (registers the rounds-* scenarios)
-from swarmlearn.consensus.core import ConsensusCore
-from swarmlearn.consensus.crypto import KeySigner, KeyVerifier
-from swarmlearn.consensus.events import Genesis
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT, SwarmApp, sign_transaction
-from swarmlearn.consensus.types import Validator
+import swarmlearn.roles.sl.simulation  # noqa: F401  (registers the rounds-* scenarios)
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT, SwarmApp, sign_transaction
+from swarmlearn.consensus.tendermint.core import ConsensusCore
+from swarmlearn.consensus.tendermint.crypto import KeySigner, KeyVerifier
+from swarmlearn.consensus.tendermint.events import Genesis
+from swarmlearn.consensus.tendermint.types import Validator
 from swarmlearn.merge import ModelState, flatten, layout_of, merge
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.node_core import SwarmNodeCore
-from swarmlearn.roles.sl_messages import PeerFault
-from swarmlearn.roles.sl_round import Contribute, RoundChunk, RoundDone, RoundFailed
+from swarmlearn.roles.node.core import SwarmNodeCore
+from swarmlearn.roles.sl.core import Contribute, RoundChunk, RoundDone, RoundFailed
+from swarmlearn.roles.sl.messages import PeerFault
 from swarmlearn.sansio import Effect, Send
 from swarmlearn.sim import Checker, LinkConfig, Simulator, run_scenario
 from swarmlearn.sim.checkers import FailureKind, Violation

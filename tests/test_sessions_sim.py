@@ -11,7 +11,7 @@ each over a seed sweep (the seed moves the mishap's moment and the network's tim
 - wrong_min_peers, by closing: the same, the trainers stopped (sessions closed) instead.
 - dead_node_expires: a node dies after checking in; its check-in expires on the ledger (block
   time) while another node waits, and the round is abandoned when the last trainer gives up.
-- the named scenarios of :mod:`swarmlearn.roles.simulation_sessions` (``sessions-restart``,
+- the named scenarios of :mod:`swarmlearn.roles.sl.simulation_sessions` (``sessions-restart``,
   ``sessions-minpeers``), with their checkers, over a sweep.
 """
 
@@ -22,13 +22,13 @@ import random
 import numpy as np
 import pytest
 
-import swarmlearn.roles.simulation_sessions  # noqa: F401  (registers the sessions-* scenarios)
+import swarmlearn.roles.sl.simulation_sessions  # noqa: F401  (registers the sessions-* scenarios)
 import tests.test_round_liveness as liveness
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT, SwarmApp
-from swarmlearn.consensus.swarm_rounds import ABANDONED, RoundStatus
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT, SwarmApp
+from swarmlearn.consensus.ledger.rounds import ABANDONED, RoundStatus
 from swarmlearn.merge import ModelState, flatten, layout_of, merge
 from swarmlearn.merge.manifest import Layout
-from swarmlearn.roles.sl_round import Contribute, RoundDone, RoundFailed, SessionClosed
+from swarmlearn.roles.sl.core import Contribute, RoundDone, RoundFailed, SessionClosed
 from swarmlearn.sim import Simulator
 from swarmlearn.sim.scenarios import run_scenario
 from swarmlearn.sim.testing import sweep

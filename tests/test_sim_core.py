@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-import swarmlearn.consensus.simulation
-import swarmlearn.roles.simulation  # noqa: F401  (registers the bft-* and rounds-* scenarios)
+import swarmlearn.consensus.tendermint.simulation
+import swarmlearn.roles.sl.simulation  # noqa: F401  (registers the bft-* and rounds-* scenarios)
 from swarmlearn.sim import (
     AgreementChecker,
     EventLoop,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT, SwarmApp
-from swarmlearn.consensus.swarm_rounds import RoundRecord, RoundStatus
-from swarmlearn.consensus.swarm_txs import (
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT, SwarmApp
+from swarmlearn.consensus.ledger.rounds import RoundRecord, RoundStatus
+from swarmlearn.consensus.ledger.txs import (
     CheckIn,
     CreateContract,
     Exclude,
@@ -23,7 +23,7 @@ from swarmlearn.consensus.swarm_txs import (
     SignedTx,
     TensorSpec,
 )
-from swarmlearn.consensus.types import Block, BlockHeader
+from swarmlearn.consensus.tendermint.types import Block, BlockHeader
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.wire import Message, encode_header

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from swarmlearn.consensus.swarm_app import SwarmApp, sign_transaction
-from swarmlearn.consensus.swarm_tasks import (
+from swarmlearn.consensus.ledger.app import SwarmApp, sign_transaction
+from swarmlearn.consensus.ledger.tasks import (
     DEFAULT_TASKRUNNER,
     AssignTask,
     CreateTask,
@@ -27,8 +27,8 @@ from swarmlearn.consensus.swarm_tasks import (
     TaskPeerStatus,
     canonical_json,
 )
-from swarmlearn.consensus.swarm_txs import Join
-from swarmlearn.consensus.types import Block, BlockHeader
+from swarmlearn.consensus.ledger.txs import Join
+from swarmlearn.consensus.tendermint.types import Block, BlockHeader
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.wire import Message

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from swarmlearn.consensus import swarm_tasks as tx
+from swarmlearn.consensus.ledger import tasks as tx
 from swarmlearn.errors import ConfigError
 from swarmlearn.merge import ModelState, flatten, layout_of
 from swarmlearn.p2p.identity import IdentityPaths
-from swarmlearn.roles.local import LocalClient, RoundOutcome
+from swarmlearn.roles.local.endpoint import LocalClient, RoundOutcome
 from swarmlearn.swci.client import ApiClient, CommandFailed
 from swarmlearn.swci.grammar import parse
 from swarmlearn.swci.runtime import Result, Session, execute

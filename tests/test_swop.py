@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from swarmlearn.consensus.swarm_tasks import (
+from swarmlearn.consensus.ledger.tasks import (
     canonical_json,
 )
 from swarmlearn.errors import ConfigError
-from swarmlearn.roles.swop_tasks import TaskFailed, Workspace, execute
-from swarmlearn.roles.swop_yaml import Profile, load_profile, load_task_yaml
+from swarmlearn.roles.swop.profile import Profile, load_profile, load_task_yaml
+from swarmlearn.roles.swop.tasks import TaskFailed, Workspace, execute
 
 TASK = """\
 Name: {name}

@@ -23,21 +23,21 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from swarmlearn.cli import main
-from swarmlearn.consensus.swarm_app import sign_transaction
-from swarmlearn.consensus.swarm_tasks import (
+from swarmlearn.cli.main import main
+from swarmlearn.consensus.ledger.app import sign_transaction
+from swarmlearn.consensus.ledger.tasks import (
     AssignTask,
     CreateTask,
     CreateTaskRunner,
     FinalizeTask,
     ResetTaskRunner,
 )
-from swarmlearn.consensus.swarm_txs import Join
+from swarmlearn.consensus.ledger.txs import Join
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import IdentityPaths, Role, load_identity
 from swarmlearn.p2p.tls import client_context
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.swop_yaml import load_task_yaml
+from swarmlearn.roles.swop.profile import load_task_yaml
 from tests.test_swop import task_file
 
 POLL_S = 0.1
@@ -137,7 +137,7 @@ def failed_run(tmp_path_factory: pytest.TempPathFactory) -> FailedRun:
 @contextmanager
 def swop_daemon(root: Path, data: Path) -> Iterator[str]:
     """A sentinel swarm-node that is also a SWOP (SWOP_PROFILE, HPE's variable); its API URL."""
-    command = [sys.executable, "-m", "swarmlearn.roles.daemon", "--data", str(data)]
+    command = [sys.executable, "-m", "swarmlearn.roles.node.daemon", "--data", str(data)]
     command += ["--config", str(root / "node.toml"), "--sentinel", "--listen", "127.0.0.1:0"]
     command += ["--api", "127.0.0.1:0"]
     profile = str(root / "usr" / "profile.yaml")

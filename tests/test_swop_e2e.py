@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from swarmlearn.consensus.swarm_tasks import DEFAULT_TASKRUNNER
+from swarmlearn.consensus.ledger.tasks import DEFAULT_TASKRUNNER
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Role
 
@@ -67,7 +67,7 @@ nodes:
 def node(root: Path, i: int, *flags: str) -> Iterator[tuple[int, int]]:
     """swarm-node ``sn<i>`` with ``usr/swop<i>.yaml``; (p2p port, API port) once it serves."""
     pki, data = root / "pki", root / f"sn{i}"
-    command = [sys.executable, "-m", "swarmlearn.roles.daemon", "--data", str(data)]
+    command = [sys.executable, "-m", "swarmlearn.roles.node.daemon", "--data", str(data)]
     command += ["--cert", str(pki / f"sn{i}.pem"), "--key", str(pki / f"sn{i}-key.pem")]
     command += ["--cacert", str(pki / "ca.pem"), "--listen", "127.0.0.1:0"]
     command += ["--api", "127.0.0.1:0", "--swop-profile", str(root / "usr" / f"swop{i}.yaml")]
@@ -94,7 +94,7 @@ def swci(root: Path, script: str) -> tuple[int, dict[str, Any]]:
     path = root / "usr" / "swci-init"
     path.write_text(script)
     pki = root / "pki"
-    command = [sys.executable, "-m", "swarmlearn.cli", "ci", "--script", str(path), "--json"]
+    command = [sys.executable, "-m", "swarmlearn.cli.main", "ci", "--script", str(path), "--json"]
     command += ["--cert", str(pki / "operator.pem"), "--key", str(pki / "operator-key.pem")]
     command += ["--cacert", str(pki / "ca.pem")]
     env = {**os.environ, "XDG_CONFIG_HOME": str(root / "config")}

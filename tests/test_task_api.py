@@ -8,8 +8,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from swarmlearn.consensus.swarm_app import sign_transaction
-from swarmlearn.consensus.swarm_tasks import (
+from swarmlearn.consensus.ledger.app import sign_transaction
+from swarmlearn.consensus.ledger.tasks import (
     DEFAULT_TASKRUNNER,
     AssignTask,
     CreateTask,
@@ -18,11 +18,11 @@ from swarmlearn.consensus.swarm_tasks import (
     TaskPeerStatus,
     canonical_json,
 )
-from swarmlearn.consensus.swarm_txs import Join
+from swarmlearn.consensus.ledger.txs import Join
 from swarmlearn.p2p.identity import Identity, Role
 from swarmlearn.p2p.tls import client_context
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.validator import ValidatorNode
+from swarmlearn.roles.node.node import ValidatorNode
 from tests.api_helpers import api_pki, identity
 
 pytestmark = pytest.mark.process

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from swarmlearn.consensus.events import TxRefused
-from swarmlearn.consensus.swarm_app import DEFAULT_CONTRACT
-from swarmlearn.consensus.swarm_txs import CheckIn, CheckOut, SignedTx
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
+from swarmlearn.consensus.ledger.txs import CheckIn, CheckOut, SignedTx
+from swarmlearn.consensus.tendermint.events import TxRefused
 from swarmlearn.merge import ModelState, flatten, layout_of
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.p2p.wire import Message, decode_header
-from swarmlearn.roles.local import LocalEndpoint
-from swarmlearn.roles.local_messages import LocalContribute, LocalRoundDone, LocalRoundFailed
-from swarmlearn.roles.sl_round import (
+from swarmlearn.roles.local.endpoint import LocalEndpoint
+from swarmlearn.roles.local.messages import LocalContribute, LocalRoundDone, LocalRoundFailed
+from swarmlearn.roles.local.trainers import Trainers
+from swarmlearn.roles.sl.core import (
     Contribute,
     LedgerChanged,
     RoundDone,
@@ -26,7 +27,6 @@ from swarmlearn.roles.sl_round import (
     SLRoundCore,
     SubmitSigned,
 )
-from swarmlearn.roles.trainers import Trainers
 from swarmlearn.sansio import Deliver, Input, Request
 from tests.test_swarm_app import Ledger, Swarm, check_in, joined, signed
 from tests.test_swarm_app import swarm as swarm

@@ -10,7 +10,7 @@ import trio
 from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
-from swarmlearn.roles.validator import (
+from swarmlearn.roles.node.node import (
     ValidatorNode,
     ValidatorOptions,
     ca_fingerprint,

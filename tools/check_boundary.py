@@ -17,15 +17,15 @@ import sys
 # core, gossip, peer table, transfer, and the simulator that drives them.
 CORES = (
     "swarmlearn.sansio",
-    "swarmlearn.consensus.machine",
-    "swarmlearn.consensus.votekeeper",
-    "swarmlearn.consensus.core",
-    "swarmlearn.consensus.over_gossip",
-    "swarmlearn.consensus.swarm_app",
+    "swarmlearn.consensus.tendermint.machine",
+    "swarmlearn.consensus.tendermint.votekeeper",
+    "swarmlearn.consensus.tendermint.core",
+    "swarmlearn.consensus.tendermint.over_gossip",
+    "swarmlearn.consensus.ledger.app",
     "swarmlearn.merge",
     "swarmlearn.merge.sharded",
     "swarmlearn.merge.stream",
-    "swarmlearn.roles.sl_round",
+    "swarmlearn.roles.sl.core",
     "swarmlearn.p2p.gossip",
     "swarmlearn.p2p.peertable",
     "swarmlearn.p2p.transfer_core",
@@ -73,7 +73,7 @@ ALLOWED_VIA = {
 
 #: The cores that judge X.509 certificates (the ledger app checks a Join's certificate, and the
 #: SL core reads the ledger through it): only these may take the email.utils door.
-X509_CORES = ("swarmlearn.consensus.swarm_app", "swarmlearn.roles.sl_round")
+X509_CORES = ("swarmlearn.consensus.ledger.app", "swarmlearn.roles.sl.core")
 
 
 def allowed(core: str, module: str, chain: list[str]) -> bool:

@@ -44,7 +44,7 @@ from swarmlearn.merge import ModelState, flatten, layout_of, round_method_proble
 from swarmlearn.merge.manifest import Layout
 
 if TYPE_CHECKING:
-    from swarmlearn.roles.local import RoundOutcome
+    from swarmlearn.roles.local.endpoint import RoundOutcome
 
 DEFAULT_TRAINING_CONTRACT = "defaultbb.cqdb.sml.hpe"
 CHECKIN_MODES = ("inactive", "snapshot", "active")
@@ -300,7 +300,7 @@ class SwarmCore:
             self._connect()
 
     def _connect(self) -> None:
-        from swarmlearn.roles.local import LocalClient
+        from swarmlearn.roles.local.endpoint import LocalClient
 
         path = self.options.socket
         if self.options.node_config is not None:

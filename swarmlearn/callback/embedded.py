@@ -1,7 +1,7 @@
 """Embedded mode: the swarm node runs inside the training process.
 
 With no ``swarm-node`` on the host, ``SwarmCallback`` starts one itself: a background thread
-runs trio and, in it, the same :class:`~swarmlearn.roles.validator.ValidatorNode` a daemon
+runs trio and, in it, the same :class:`~swarmlearn.roles.node.node.ValidatorNode` a daemon
 runs (ledger, peers, sync rounds, API). It is configured by a TOML file in ``swarm-node``'s
 own format (``nodeConfig=...`` or ``SWARM_NODE_CONFIG``; identity from the file or the
 ``SWARM_ID_*`` variables), so moving from embedded to daemon mode is moving that file. The
@@ -37,9 +37,9 @@ class EmbeddedNode:
         start_timeout_s: float = START_TIMEOUT_S,
         stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
-        from swarmlearn.cli import ArgumentParser, identity_from_arguments
-        from swarmlearn.roles.config import resolve
-        from swarmlearn.roles.daemon import add_node_arguments, node_options
+        from swarmlearn.cli.main import ArgumentParser, identity_from_arguments
+        from swarmlearn.roles.node.config import resolve
+        from swarmlearn.roles.node.daemon import add_node_arguments, node_options
 
         parser = ArgumentParser(prog="nodeConfig")
         add_node_arguments(parser)
@@ -101,7 +101,7 @@ class EmbeddedNode:
             self._ready.set()
 
     async def _serve(self) -> None:
-        from swarmlearn.roles.validator import ValidatorNode
+        from swarmlearn.roles.node.node import ValidatorNode
 
         node = await ValidatorNode.open(self.identity, self.options, on_ready=self.logger.info)
         async with trio.open_nursery() as nursery:

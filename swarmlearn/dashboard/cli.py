@@ -18,11 +18,11 @@ import trio
 from swarmlearn.errors import ConfigError
 from swarmlearn.p2p import identity as ident
 from swarmlearn.p2p.address import parse_host_port
-from swarmlearn.roles.api import DEFAULT_API_PORT
+from swarmlearn.roles.api.server import DEFAULT_API_PORT
 
 
 def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
-    from swarmlearn.cli import add_identity_arguments
+    from swarmlearn.cli.main import add_identity_arguments
     from swarmlearn.dashboard.server import DEFAULT_PORT
 
     where = parser.add_mutually_exclusive_group()

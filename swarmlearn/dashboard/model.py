@@ -1,6 +1,6 @@
 """What the dashboard's pages show, computed from the node API's JSON (no HTML here).
 
-Pure functions over the shapes of ``swarmlearn.roles.views``: node rows with liveness, round
+Pure functions over the shapes of ``swarmlearn.roles.api.views``: node rows with liveness, round
 rows with durations and the model's size, per-node PERFDATA series, and a contract chosen by
 name with an error that lists the valid names.
 """

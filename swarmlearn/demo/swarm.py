@@ -26,8 +26,8 @@ import trio
 from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
-from swarmlearn.roles.messages import NodeStatus, StatusRequest
-from swarmlearn.roles.validator import NETWORK_ERRORS, ask
+from swarmlearn.roles.api.messages import NodeStatus, StatusRequest
+from swarmlearn.roles.node.node import NETWORK_ERRORS, ask
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
@@ -128,7 +128,7 @@ class LocalSwarm:
         command = [
             sys.executable,
             "-m",
-            "swarmlearn.roles.daemon",
+            "swarmlearn.roles.node.daemon",
             "--data-dir",
             str(data),
             "--cert",

@@ -173,7 +173,7 @@ METHODS: dict[str, type[Method]] = {
 
 #: What a sync round can merge: every registered method. Coordinate methods shard alone;
 #: the global ones (geometric median, Krum) exchange per-piece partial sums among the owners
-#: (roles/sl_round_global.py).
+#: (roles/sl/global_merge.py).
 ROUND_METHODS: tuple[str, ...] = tuple(sorted(METHODS))
 
 #: The parameters a round's method spec may set (``"multikrum:byzantine_max=2"``), with their

@@ -142,7 +142,7 @@ def _compile_message(cls: type[Message]) -> _Codec:
     payload_name: str | None = None
     required = 0
     # In the order of the constructor's parameters: keyword-only fields (a base class's, such
-    # as :class:`swarmlearn.consensus.swarm_txs.Unique`'s nonce) go last, as they do there.
+    # as :class:`swarmlearn.consensus.ledger.txs.Unique`'s nonce) go last, as they do there.
     for field in sorted(dataclasses.fields(cls), key=lambda field: field.kw_only is True):
         annotation = hints[field.name]
         if _is_payload(annotation):

@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import swarmlearn.consensus.gossip_simulation
-import swarmlearn.consensus.simulation
-import swarmlearn.roles.simulation
-import swarmlearn.roles.simulation_sessions  # noqa: F401  (the sessions-* scenarios)
+import swarmlearn.consensus.tendermint.gossip_simulation
+import swarmlearn.consensus.tendermint.simulation
+import swarmlearn.roles.sl.simulation
+import swarmlearn.roles.sl.simulation_sessions  # noqa: F401  (the sessions-* scenarios)
 from swarmlearn.errors import ConfigError
 from swarmlearn.sim.scenarios import DEFAULT_SCENARIO, SCENARIOS, run_scenario
 
@@ -75,7 +75,7 @@ def _sweep(scenario: str, seeds: range, nodes: int | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from swarmlearn.cli import ArgumentParser, run_command
+    from swarmlearn.cli.main import ArgumentParser, run_command
 
     parser = ArgumentParser(
         prog="python -m swarmlearn.sim",

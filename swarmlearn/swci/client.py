@@ -22,8 +22,8 @@ from typing import Any, cast
 import httpx
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from swarmlearn.consensus.swarm_app import sign_transaction
-from swarmlearn.consensus.swarm_txs import Join
+from swarmlearn.consensus.ledger.app import sign_transaction
+from swarmlearn.consensus.ledger.txs import Join
 from swarmlearn.errors import SwarmlearnError
 from swarmlearn.p2p.identity import Identity
 from swarmlearn.p2p.tls import client_context

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from swarmlearn.consensus import swarm_txs
+from swarmlearn.consensus.ledger import txs as swarm_txs
 from swarmlearn.errors import ConfigError
 from swarmlearn.merge.methods import round_method_problem
 from swarmlearn.swci import commands as c

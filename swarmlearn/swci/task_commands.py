@@ -1,7 +1,7 @@
 """SWCI commands on the ledger's tasks and taskrunners (HPE's SWOP task framework).
 
-Writes are the operator transactions of :mod:`swarmlearn.consensus.swarm_tasks`; a task YAML
-file becomes a ``CreateTask`` through :func:`swarmlearn.roles.swop_yaml.load_task_yaml`.
+Writes are the operator transactions of :mod:`swarmlearn.consensus.ledger.tasks`; a task YAML
+file becomes a ``CreateTask`` through :func:`swarmlearn.roles.swop.profile.load_task_yaml`.
 WAIT FOR TASKRUNNER polls the runner until its task is done (COMPLETE, ERROR or IDLE, as
 HPE's ``isTaskDone``), printing ``#`` per poll, within a bounded time.
 """
@@ -13,8 +13,8 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from swarmlearn.consensus import swarm_tasks as tx
-from swarmlearn.roles.swop_yaml import load_task_yaml
+from swarmlearn.consensus.ledger import tasks as tx
+from swarmlearn.roles.swop.profile import load_task_yaml
 from swarmlearn.swci import commands as c
 from swarmlearn.swci import render
 from swarmlearn.swci.client import CommandFailed
