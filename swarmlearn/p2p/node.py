@@ -40,9 +40,11 @@ from swarmlearn.p2p.gossip import (
 )
 from swarmlearn.p2p.messages import Ping, Pong
 from swarmlearn.p2p.peertable import (
+    BanPeer,
     Connected,
     DialFailed,
     Disconnected,
+    Learn,
     PeerDown,
     PeerExchange,
     PeerTable,
@@ -51,7 +53,7 @@ from swarmlearn.p2p.peertable import (
 from swarmlearn.sansio import Core, Deliver, Effect, Input, Receive, Request, Start, TimerFired
 
 PEER_MESSAGES = (PeerExchange, Ping, Pong)
-PEER_REQUESTS = (Connected, Disconnected, DialFailed)
+PEER_REQUESTS = (Connected, Disconnected, DialFailed, Learn, BanPeer)
 GOSSIP_MESSAGES = (Subscriptions, GossipMessage, IHave, IWant, Graft, Prune)
 GOSSIP_REQUESTS = (Subscribe, Unsubscribe, Publish)
 

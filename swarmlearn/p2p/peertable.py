@@ -11,6 +11,8 @@ input (``Request(...)``)            meaning
 :class:`Connected`                  a TLS handshake finished (peer id and key from the cert)
 :class:`Disconnected`               a connection ended (the core may have closed it itself)
 :class:`DialFailed`                 a dial to an address failed or timed out
+:class:`Learn`                      addresses from outside (a ledger's members): seeds
+:class:`BanPeer`                    a peer misbehaved: closed, refused, not dialed for a time
 ==================================  ========================================================
 
 Effects: ``Deliver(Dial(address))`` and ``Deliver(Close(conn, reason))`` are commands for the
@@ -40,6 +42,8 @@ forgets a connection as soon as it closes it. ``Deliver(PeerUp(peer))`` and
 - **Liveness**: every message counts as a sign of life (the composing node calls
   :meth:`PeerTable.observe`). A connection silent for ``ping_interval_s`` gets a
   :class:`~swarmlearn.p2p.messages.Ping`; one silent for ``ping_timeout_s`` is closed.
+- **Bans**: a banned peer's connection is closed, its connections are refused and it is not
+  dialed until the ban ends (the node's police decides; the table carries it out).
 - **Backoff**: each failed dial, and each connection that dies young, doubles a peer's redial
   delay from ``backoff_min_s`` up to ``backoff_max_s`` (jittered, capped); a connection that
   lived ``ping_timeout_s`` resets it.
@@ -105,6 +109,20 @@ class Disconnected:
 class DialFailed:
     address: PeerAddress
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class Learn:
+    """Addresses with peer ids from outside the table (a swarm node: its ledger's members)."""
+
+    addresses: tuple[PeerAddress, ...]
+
+
+@dataclass(frozen=True)
+class BanPeer:
+    peer: NodeId
+    duration_s: float
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -205,6 +223,7 @@ class PeerTable:
         self._dialing: dict[int, _Dialable] = {}  # by id(): insertion-ordered, so deterministic
         self._outbound = 0
         self._last_ask_s = -1e9
+        self.banned: dict[NodeId, float] = {}  # peer -> until (the core's clock)
         for seed in config.seeds:
             if seed.peer is None:
                 self.seeds[(seed.host, seed.port)] = _Dialable(seed)
@@ -240,6 +259,11 @@ class PeerTable:
                 return self._connected(connected, now)
             case Request(Disconnected(conn, reason)):
                 return self._drop(conn, now, reason) if conn in self.conns else []
+            case Request(Learn(addresses)):
+                self._learn_addresses(addresses)
+                return self._dial(now)
+            case Request(BanPeer(peer, duration_s, reason)):
+                return self._ban(peer, now + duration_s, reason, now)
             case Request(DialFailed(address, reason)):
                 self._dial_failed(address, now)
                 return [Log("dial failed", "debug", {"address": str(address), "reason": reason})]
@@ -275,6 +299,8 @@ class PeerTable:
         reason = None
         if peer == self.me:
             reason = "connected to itself"
+        elif self.banned.get(peer, -1.0) > now:
+            reason = "banned"
         elif expected is not None and expected != peer:
             reason = f"dialed {expected[:16]} but reached {peer[:16]}"
         elif known is not None and known.key is not None and known.key != event.key:
@@ -310,6 +336,14 @@ class PeerTable:
             Send(peer, self._exchange()),
             Metric("p2p.peers.connected", 1),
         ]
+
+    def _ban(self, peer: NodeId, until: float, reason: str, now: float) -> list[Effect]:
+        self.banned[peer] = max(until, self.banned.get(peer, until))
+        effects: list[Effect] = [Log("peer banned", "warning", {"peer": peer, "reason": reason})]
+        conn = self.by_peer.get(peer)
+        if conn is not None:
+            effects += self._drop(conn, now, f"banned: {reason}", close=True)
+        return effects
 
     def _refuse(self, conn: int, reason: str, *, count: bool = True) -> list[Effect]:
         if count:
@@ -405,6 +439,7 @@ class PeerTable:
             and entry.dialing_since is None
             and entry.next_dial_s <= now
             and entry.address.port != 0
+            and self.banned.get(peer, -1.0) <= now
         )
 
     # ------------------------------------------------------------ peer exchange
@@ -422,6 +457,17 @@ class PeerTable:
             sample += self.rng.sample(rest, min(limit - len(sample), len(rest)))
         peers = tuple(str(self.known[p].address) for p in sorted(sample))
         return PeerExchange(listen, peers, reply)
+
+    def _learn_addresses(self, addresses: tuple[PeerAddress, ...]) -> None:
+        for address in addresses:
+            peer = address.peer
+            if peer is None or peer == self.me:
+                continue
+            entry = self.known.get(peer)
+            if entry is None and len(self.known) < self.config.known_max:
+                self.known[peer] = _Dialable(address)
+            elif entry is not None and entry.address != address:
+                entry.address = address  # the ledger's record is the peer's own word
 
     def _learn(self, sender: NodeId, listen: tuple[str, ...], peers: tuple[str, ...]) -> None:
         limit = self.config.pex_max
@@ -442,6 +488,7 @@ class PeerTable:
     def _tick(self, now: float) -> list[Effect]:
         config = self.config
         effects: list[Effect] = []
+        self.banned = {peer: until for peer, until in self.banned.items() if until > now}
         for conn_id in sorted(self.conns):
             conn = self.conns[conn_id]
             silent_s = now - conn.last_seen_s

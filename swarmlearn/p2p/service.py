@@ -1,11 +1,14 @@
-"""The p2p service: the trio driver that runs the p2p cores on real sockets.
+"""The p2p host: the trio machinery that runs a node's p2p core on real sockets.
 
 Theory of operation
 -------------------
 :class:`P2PService` owns one :class:`~swarmlearn.p2p.node.P2PNode` (peer table + gossip)
-and carries out what it decides; every protocol decision is the core's. One function,
-:meth:`P2PService._input`, feeds the core an input with trio's clock and carries out the
-effects in order, without blocking:
+and carries out what it decides; every protocol decision is the core's. The core runs under
+the one driver (:class:`~swarmlearn.p2p.driver.CoreDriver`): by default the bare p2p node,
+with trio's clock; a swarm node hands its whole composition instead (:meth:`drive`: the
+ledger over gossip and the SL rounds around this same ``P2PNode``), so a node has one peer
+table, one connection per peer and one driver. The host is the driver's outbox and carries
+out the p2p effects it is handed:
 
 ==============================  ==========================================================
 effect                          what the service does
@@ -16,15 +19,19 @@ effect                          what the service does
 ``Deliver(Close(conn))``        the link sends what it has queued, then ends
 ``Send(peer, message)``         queued on the peer's link (bounded; a full queue drops and
                                 counts, as gossip expects)
-``SetTimer`` / ``CancelTimer``  one timer table; a task fires due tags as ``TimerFired``
+``SetTimer`` / ``CancelTimer``  the driver's timers
 ``Deliver(GossipDelivery)``     to the topic's subscriber channels (bounded; drops counted)
 ``Deliver(PeerUp/PeerDown)``    the connected set changes; ``wait_*`` callers wake
 ==============================  ==========================================================
 
 Every TCP connection starts with one cleartext byte naming what follows: ``M`` a message
 connection (mutual TLS 1.3 carrying a mux, :mod:`swarmlearn.p2p.service_link`), ``B`` a bulk
-lane for blobs (:mod:`swarmlearn.p2p.service_blobs`). So a node listens on one port. Every
+lane for blobs (:mod:`swarmlearn.p2p.service_blobs`). Anything else goes to
+:meth:`P2PService.serve_client` (a swarm node: one-shot clients, whose first byte is TLS's
+handshake record; the default refuses it). So a node listens on one port. Every
 connection runs in the service's nursery; a link's end is ``Disconnected`` to the core.
+Before a link starts, :meth:`P2PService.admit` may refuse the peer (by its certificate's
+roles, or a ban): the one place that decides who is a peer.
 
 The core's peer id is the certificate's (the SHA-256 of its public key), and its key
 fingerprint the same digest, so a known peer presenting another key is a different peer id
@@ -34,16 +41,20 @@ and is refused as a mismatch. Known addresses are persisted in the data director
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import random
-from collections.abc import Sequence
+import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from swarmlearn.errors import ConfigError, RemoteProtocolError
+from swarmlearn.errors import ConfigError
+from swarmlearn.p2p.driver import CoreDriver, Store
 from swarmlearn.p2p.gossip import (
     Gossip,
     GossipConfig,
@@ -53,8 +64,9 @@ from swarmlearn.p2p.gossip import (
     Subscriptions,
 )
 from swarmlearn.p2p.gossip_messages import TOPIC_CONSENSUS, GossipDelivery
-from swarmlearn.p2p.identity import Identity, PeerId
+from swarmlearn.p2p.identity import Identity, PeerId, Role
 from swarmlearn.p2p.limits import ByteBudget
+from swarmlearn.p2p.messages import Goodbye
 from swarmlearn.p2p.multiaddr import PeerAddress, parse_address
 from swarmlearn.p2p.mux import MuxConfig
 from swarmlearn.p2p.node import P2PNode
@@ -91,25 +103,13 @@ from swarmlearn.p2p.transport import (
     connect_stream,
 )
 from swarmlearn.p2p.wire import Message
-from swarmlearn.sansio import (
-    Broadcast,
-    CancelTimer,
-    Deliver,
-    Effect,
-    Input,
-    Log,
-    Metric,
-    Receive,
-    Request,
-    Send,
-    SetTimer,
-    Start,
-    TimerFired,
-)
+from swarmlearn.sansio import Core, Input, Receive, Request, Start
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BlobConfig", "FetchError", "FetchedBlob", "P2PService", "ServiceConfig"]
+
+REFUSE_SEND_S = 1.0  # the most a refused peer's connection waits for its Goodbye
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,7 @@ class ServiceConfig:
     deliveries_max: int = 10_000  # per subscriber channel
     persist_interval_s: float = 5.0
     rng_seed: int | None = None
+    peer_roles: frozenset[Role] = frozenset()  # a peer's certificate needs one (empty: any)
 
     def __post_init__(self) -> None:
         for index, seed in enumerate(self.seeds):
@@ -152,13 +153,10 @@ class P2PService:
         self.counters = ServiceCounters()
         self.closed_links = LinkCounters()
         self.address: PeerAddress | None = None
-        self.node: P2PNode | None = None
         self._rng = random.Random(self.config.rng_seed)
         self._links: dict[int, Link] = {}
         self._next_conn = 0
         self._dialing: set[tuple[str, int]] = set()
-        self._timers: dict[Any, float] = {}
-        self._timers_changed = trio.Event()
         self._changed = trio.Event()
         self._subscribers: dict[str, list[trio.MemorySendChannel[GossipDelivery]]] = {}
         self._transport_counters = TransportCounters()
@@ -170,25 +168,52 @@ class P2PService:
         # Read now, so that a bad peers file is one ConfigError line before anything starts.
         data_dir = self.config.data_dir
         self._stored = load_peers(data_dir) if data_dir is not None else []
+        self.node = self._build_node()
+        self.driver = CoreDriver(self.node, self, None, self._deliver, clock=trio.current_time)
+        self.driver.on_handled = self._handled
+        self._on_deliver: Callable[[Any], None] = lambda value: None
+        self._after: Callable[[Input], None] = lambda event: None
+
+    def drive(
+        self,
+        core: Core,
+        *,
+        store: Store | None,
+        on_deliver: Callable[[Any], None],
+        clock: Callable[[], float],
+        on_handled: Callable[[Input], None] | None = None,
+    ) -> CoreDriver:
+        """Run ``core`` instead of the bare p2p node: a composition around :attr:`node` (the
+        host keeps carrying out the p2p effects; every other ``Deliver`` goes to
+        ``on_deliver``). Before :meth:`run`."""
+        self.driver = CoreDriver(core, self, store, self._deliver, clock=clock)
+        self.driver.on_handled = self._handled
+        self._on_deliver = on_deliver
+        self._after = on_handled or (lambda event: None)
+        return self.driver
 
     # ------------------------------------------------------------ running
 
     async def run(
-        self, *, task_status: trio.TaskStatus[PeerAddress] = trio.TASK_STATUS_IGNORED
+        self,
+        first: Start | None = None,
+        *,
+        task_status: trio.TaskStatus[PeerAddress] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen, join the swarm and serve until cancelled (or :meth:`stop`); ``started``
-        gets this node's address (a multiaddr with its peer id)."""
+        """Listen, join the swarm and serve until cancelled (or :meth:`stop`); the core's
+        first input is ``first`` (default ``Start()``); ``started`` gets this node's address
+        (a multiaddr with its peer id)."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 host, port = await nursery.start(self._listen)
                 advertised = self.config.advertise_host or host
                 self.address = PeerAddress(advertised, port, self.me)
-                self.node = self._build_node(self.address)
-                nursery.start_soon(self._fire_timers)
+                table = self.node.peers
+                table.config = dataclasses.replace(table.config, listen=(self.address,))
                 if self.config.data_dir is not None:
                     nursery.start_soon(self._persist_every)
-                self._input(Start())
+                await nursery.start(self.driver.run, first or Start())
                 for topic in self.config.topics:
                     self._input(Request(Subscribe(topic)))
                 task_status.started(self.address)
@@ -202,13 +227,11 @@ class P2PService:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
-    def _build_node(self, address: PeerAddress) -> P2PNode:
+    def _build_node(self) -> P2PNode:
         config = self.config
         seeds = [parse_address(seed, field="seeds") for seed in config.seeds]
         seeds += [address for address in self._stored if address.peer != self.me]
-        table_config = PeerTableConfig(
-            **{**config.table.__dict__, "listen": (address,), "seeds": tuple(seeds)}
-        )
+        table_config = dataclasses.replace(config.table, seeds=tuple(seeds))
         rng = self._rng
         table = PeerTable(self.me, random.Random(rng.getrandbits(64)), table_config)
         gossip = Gossip(self.me, random.Random(rng.getrandbits(64)), config.gossip)
@@ -252,16 +275,17 @@ class P2PService:
     def _address_of(self, source: str) -> PeerAddress | None:
         if source.startswith("/"):
             return parse_address(source, field="source")
-        assert self.node is not None, "the service is not running"
         known = self.node.peers.known.get(source)
         return known.address if known is not None and known.address.port else None
 
     def connected(self) -> list[str]:
-        return self.node.peers.connected() if self.node is not None else []
+        return self.node.peers.connected()
+
+    def peers(self) -> list[str]:
+        """The connected peers (the driver's outbox: where a ``Broadcast`` goes)."""
+        return self.connected()
 
     def known(self) -> list[str]:
-        if self.node is None:
-            return []
         return sorted(p for p, e in self.node.peers.known.items() if e.address.port)
 
     async def wait_connected(self, count: int) -> None:
@@ -276,7 +300,7 @@ class P2PService:
 
     def topic_peers(self, topic: str) -> list[str]:
         """Connected peers known to be subscribed to ``topic``."""
-        gossip = self.node.gossip if self.node is not None else None
+        gossip = self.node.gossip
         return gossip.topic_peers(topic) if gossip is not None else []
 
     async def wait_topic_peers(self, topic: str, count: int) -> None:
@@ -292,45 +316,34 @@ class P2PService:
     def statistics(self) -> ServiceStatistics:
         return snapshot(self)
 
-    # ------------------------------------------------------------ the loop
+    # ------------------------------------------------------------ the driver's side
 
     def _input(self, event: Input) -> None:
-        """Feed the core one input and carry out its effects, in order (never blocks)."""
-        assert self.node is not None
-        for effect in self.node.handle(event, trio.current_time()):
-            self._carry_out(effect)
+        """Queue an input for the core (the driver handles it in order)."""
+        self.driver.submit(event)
 
     def _receive(self, peer: str, message: Message) -> None:
-        self._input(Receive(peer, message))
-        if isinstance(message, PeerExchange | Subscriptions):
+        if not self.take(peer, message):
+            self._input(Receive(peer, message))
+
+    def take(self, peer: str, message: Message) -> bool:
+        """A message the host keeps from the core (True: taken); none by default."""
+        return False
+
+    def _handled(self, event: Input) -> None:
+        if isinstance(event, Receive) and isinstance(event.message, PeerExchange | Subscriptions):
             self._signal_change()  # addresses or topic peers may have been learnt
+        self._after(event)
 
     def _signal_change(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
-    def _carry_out(self, effect: Effect) -> None:
-        match effect:
-            case Send(peer, message):
-                self._send(peer, message)
-            case Broadcast(message, peers):
-                for peer in peers if peers is not None else self.connected():
-                    self._send(peer, message)
-            case SetTimer(tag, delay_s):
-                self._timers[tag] = trio.current_time() + delay_s
-                self._timers_changed.set()
-            case CancelTimer(tag):
-                self._timers.pop(tag, None)
-            case Deliver(value):
-                self._deliver(value)
-            case Log(text, level, fields):
-                log.log(logging.getLevelName(level.upper()), "%s %s", text, dict(fields))
-            case Metric():
-                pass  # the cores' counters are read by statistics()
-            case _:
-                log.warning("p2p service: unexpected effect %r", effect)
+    def peer_event(self, value: PeerUp | PeerDown) -> None:
+        """A peer came up or went down (after the core saw it); nothing by default."""
 
     def _deliver(self, value: object) -> None:
+        """What the core delivers: the p2p commands here, anything else to ``on_deliver``."""
         match value:
             case Dial(address):
                 key = (address.host, address.port)
@@ -344,6 +357,7 @@ class P2PService:
                     link.close()
                 self._signal_change()  # a refusal is news too (statistics().refused)
             case PeerUp() | PeerDown():
+                self.peer_event(value)
                 self._signal_change()
             case GossipDelivery(topic):
                 self.counters.delivered += 1
@@ -355,41 +369,36 @@ class P2PService:
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         self._subscribers[topic].remove(channel)  # the subscriber left
             case _:
-                pass
+                self._on_deliver(value)
+
+    def send(self, peer: str, message: Message) -> None:
+        """Queue ``message`` on ``peer``'s link (dropped and counted if there is none or its
+        queue is full: the protocols repair loss)."""
+        self._send(peer, message)
+
+    def priority(self, message: Message) -> int:
+        """The link stream a message goes on: 0 (urgent) or 1."""
+        urgent = (
+            not isinstance(message, GossipMessage) or message.topic in self.config.urgent_topics
+        )
+        return 0 if urgent else 1
 
     def _send(self, peer: str, message: Message) -> None:
         link = self._link_for(peer)
         if link is None:
             self.counters.unroutable += 1
             return
-        urgent = (
-            not isinstance(message, GossipMessage) or message.topic in self.config.urgent_topics
-        )
-        if not link.queue(message, 0 if urgent else 1):
+        if not link.queue(message, self.priority(message)):
             self.counters.queue_full += 1
 
     def _link_for(self, peer: str) -> Link | None:
         """The core's connection to ``peer``, else the newest link to it (a refused peer
         gets a peer exchange on the connection being refused)."""
-        assert self.node is not None
         conn = self.node.peers.by_peer.get(peer)
         if conn is not None and conn in self._links:
             return self._links[conn]
         links = [link for link in self._links.values() if link.peer == peer and not link.closing]
         return max(links, key=lambda link: link.conn) if links else None
-
-    async def _fire_timers(self) -> None:
-        while True:
-            deadline = min(self._timers.values(), default=float("inf"))
-            with trio.move_on_at(deadline):
-                await self._timers_changed.wait()
-            self._timers_changed = trio.Event()
-            now = trio.current_time()
-            due = sorted((at, repr(tag), tag) for tag, at in self._timers.items() if at <= now)
-            for _, _, tag in due:
-                if self._timers.get(tag, float("inf")) <= now:
-                    del self._timers[tag]
-                    self._input(TimerFired(tag))
 
     # ------------------------------------------------------------ connections
 
@@ -403,26 +412,60 @@ class P2PService:
         self.counters.accepted += 1
         try:
             with trio.fail_after(self.config.transport.handshake_timeout_s):
-                kind = await tcp.receive_some(1)
+                kind = await tcp.socket.recv(1, socket.MSG_PEEK)
+                if kind in (LANE_BULK, LANE_MESSAGES):
+                    await tcp.receive_some(1)
                 if kind == LANE_BULK:
                     self.blobs.take_lane(tcp)
                     return
-                if kind != LANE_MESSAGES:
-                    raise RemoteProtocolError(f"unknown connection kind {bytes(kind)!r}")
-                connection = await accept_stream(
-                    self.identity,
-                    tcp,
-                    config=self.config.transport,
-                    context=self._server_context,
-                    counters=self._transport_counters,
-                    budget=self._budget,
-                )
+                if kind == LANE_MESSAGES:
+                    connection = await accept_stream(
+                        self.identity,
+                        tcp,
+                        config=self.config.transport,
+                        context=self._server_context,
+                        counters=self._transport_counters,
+                        budget=self._budget,
+                    )
         except (trio.TooSlowError, OSError, *LINK_ERRORS) as error:
             self.counters.handshakes_failed += 1
             log.info("p2p: refused an inbound connection: %s", error)
             await trio.aclose_forcefully(tcp)
             return
-        await self._run_link(connection, outbound=False, address=None)
+        if kind != LANE_MESSAGES:
+            await self.serve_client(tcp, bytes(kind))
+            return
+        if await self._admitted(connection):
+            await self._run_link(connection, outbound=False, address=None)
+
+    async def serve_client(self, tcp: trio.SocketStream, first: bytes) -> None:
+        """A connection that is neither a link nor a lane (``first``: its first byte, still
+        unread): refused here; a swarm node serves its one-shot clients."""
+        self.counters.handshakes_failed += 1
+        log.info("p2p: refused an inbound connection: unknown connection kind %r", first)
+        await trio.aclose_forcefully(tcp)
+
+    def admit(self, connection: Connection) -> str:
+        """Why this authenticated peer may not hold a link ("" when it may): the one check of
+        certificates and roles."""
+        roles = self.config.peer_roles
+        if roles and not connection.peer.roles & roles:
+            names = ",".join(sorted(role.value for role in roles))
+            return f"not a peer: the certificate grants none of the roles {names}"
+        return ""
+
+    async def _admitted(self, connection: Connection) -> bool:
+        """Admit ``connection``, or tell its peer why not (one ``Goodbye``) and close it."""
+        reason = self.admit(connection)
+        if not reason:
+            return True
+        self.counters.refused_peers += 1
+        log.info("p2p: refused %s: %s", connection.peer_id.short, reason)
+        with trio.move_on_after(REFUSE_SEND_S):
+            with contextlib.suppress(*LINK_ERRORS, OSError):
+                await connection.send(Goodbye(reason))
+        await connection.aclose()
+        return False
 
     async def _dial(self, address: PeerAddress) -> None:
         self.counters.dials += 1
@@ -449,6 +492,9 @@ class P2PService:
             self._input(Request(DialFailed(address, f"{type(error).__name__}: {error}")))
             return
         self._dialing.discard((address.host, address.port))
+        if not await self._admitted(connection):
+            self._input(Request(DialFailed(address, "refused: not a peer")))
+            return
         await self._run_link(connection, outbound=True, address=address)
 
     async def _run_link(

@@ -23,6 +23,7 @@ class ServiceCounters:
     deliveries_dropped: int = 0  # a subscriber channel was full
     queue_full: int = 0  # messages dropped: the peer's link queue was full
     unroutable: int = 0  # messages for a peer with no link
+    refused_peers: int = 0  # authenticated, but not admitted (roles, a ban)
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ from swarmlearn.roles.local.handover import shed_pages
 from swarmlearn.roles.local.trainers import ToJoiner, Trainers
 from swarmlearn.roles.node.core import SwarmNodeCore
 from swarmlearn.roles.node.datadir import GENESIS_FILE, DataDirLock, check_genesis_beside_ledger
-from swarmlearn.roles.node.driver import CoreDriver
+from swarmlearn.p2p.driver import CoreDriver
 from swarmlearn.roles.node.lanes import RoundLanes
 from swarmlearn.roles.node.peers import PeerNetwork
 from swarmlearn.roles.sl.core import (

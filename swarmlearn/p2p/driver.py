@@ -2,13 +2,15 @@
 
 Theory of operation
 -------------------
-One task owns the core. Everything that happens to the node (a message from a connection, a
-timer, a local request) becomes an input on one memory channel; the task feeds each input to
-``core.handle(input, now)`` with the wall-clock time and carries out the effects in order,
-as the simulator does:
+There is one driver: the p2p host (:class:`~swarmlearn.p2p.service.P2PService`) runs its
+core with it, whether that core is the bare p2p node or a swarm node's whole composition
+(ledger over gossip, SL rounds). One task owns the core. Everything that happens to the
+node (a message from a connection, a timer, a local request) becomes an input on one memory
+channel; the task feeds each input to ``core.handle(input, now)`` with the driver's clock
+and carries out the effects in order, as the simulator does:
 
-- ``Send``/``Broadcast``: handed to the :class:`Outbox` (per-peer queues drained by the
-  connection tasks; a full queue drops the message, as a lossy link would: the protocols
+- ``Send``/``Broadcast``: handed to the :class:`Outbox` (the host: the peer's link, a
+  bounded queue; a full queue drops the message, as a lossy link would: the protocols
   repair loss themselves);
 - ``SetTimer``/``CancelTimer``: one task per timer in the driver's nursery, cancelled through
   its cancel scope, tagged with a generation so a replaced timer never fires;
