@@ -32,9 +32,11 @@ from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.merge import ModelState, flatten, layout_of
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.p2p.certs import create_ca, issue_certificate
-from swarmlearn.p2p.framing import FRAME_LEN, encode_frame
+from swarmlearn.p2p.framing import FRAME_LEN, FrameReader, encode_frame
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.messages import Chunk, Ping
+from swarmlearn.p2p.mux import MuxData
+from swarmlearn.p2p.service_blobs import LANE_MESSAGES
 from swarmlearn.p2p.tls import client_context
 from swarmlearn.p2p.wire import Message, decode_body
 from swarmlearn.roles.api.messages import StatusRequest
@@ -241,12 +243,22 @@ def _read_exact(sock: ssl.SSLSocket, size: int) -> bytes:
 
 
 def lane_port(pki: Path, node: Node) -> int:
-    """The node's lane port, as it announces it to a member's connection."""
-    with tls(identity(pki, "mallory"), node.port) as sock:
-        for _ in range(20):
-            message = read_frame(sock)
-            if isinstance(message, LanePort):
-                return message.port
+    """The node's lane port, as it announces it on a member's link (the link byte, TLS, then
+    mux frames whose data carries the messages)."""
+    raw = socket.create_connection((HOST, node.port), timeout=10.0)
+    raw.sendall(LANE_MESSAGES)
+    with client_context(identity(pki, "mallory")).wrap_socket(raw) as sock:
+        readers: dict[int, FrameReader] = {}
+        for _ in range(50):
+            frame = read_frame(sock)
+            if not isinstance(frame, MuxData):
+                continue
+            reader = readers.setdefault(frame.stream, FrameReader(typed=True))
+            reader.feed(memoryview(frame.data))
+            while (body := reader.next_frame()) is not None:
+                message = decode_body(body)
+                if isinstance(message, LanePort):
+                    return message.port
     raise AssertionError("the node announced no lane port")
 
 

@@ -18,8 +18,8 @@ import trio
 from swarmlearn.consensus.tendermint.store import DiskStore, read_log
 from swarmlearn.consensus.tendermint.types import VoteType
 from swarmlearn.consensus.tendermint.wal import Heard, HeightDone, Signed, Started, from_row
-from swarmlearn.p2p.wire import Message
 from swarmlearn.p2p.driver import CoreDriver
+from swarmlearn.p2p.wire import Message
 from swarmlearn.sansio import Broadcast, Deliver, Effect, Input, Persist, SetTimer, Start
 from tests.consensus_helpers import vote
 

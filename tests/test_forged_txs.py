@@ -1,7 +1,8 @@
 """Forged transactions: which refusals prove a forgery (a table against the real swarm app),
 the consensus core delivering them (and never relaying a transaction), the police's
 threshold, window and doubling bans, and a real node over TLS sockets: a rogue peer sending
-forged transactions is disconnected and its reconnects refused, an honest node is not."""
+forged transactions on its link is disconnected and its reconnects refused (a peer-table
+ban), an honest node is not."""
 
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ from swarmlearn.consensus.tendermint.types import Block, BlockHeader, Tx
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, Role
 from swarmlearn.p2p.messages import Goodbye, Ping, Pong
+from swarmlearn.p2p.mux import MuxConfig
+from swarmlearn.p2p.service_blobs import LANE_MESSAGES
+from swarmlearn.p2p.service_link import Link
 from swarmlearn.p2p.tls import client_context
-from swarmlearn.p2p.transport import Connection, dial
+from swarmlearn.p2p.transport import Connection, connect_stream, dial
 from swarmlearn.p2p.wire import Message, encode_header
 from swarmlearn.roles.node.node import (
     ValidatorNode,
@@ -233,6 +237,32 @@ async def until(predicate: object, what: str) -> None:
     raise AssertionError(f"not within {WAIT_S} s: {what}")
 
 
+async def link_connection(who: Identity, host: str, port: int) -> Connection:
+    """A peer's connection to the node's host: the link byte, then mutual TLS."""
+    tcp = await trio.open_tcp_stream(host, port)
+    await tcp.send_all(LANE_MESSAGES)
+    return await connect_stream(who, tcp)
+
+
+async def run_link(
+    who: Identity, host: str, port: int, seen: list[Message], *, task_status: trio.TaskStatus[Link]
+) -> None:
+    """A peer's link to the node (a mux over the connection), until the node closes it."""
+    connection = await link_connection(who, host, port)
+    link = Link(
+        1,
+        str(connection.peer_id),
+        connection,
+        outbound=True,
+        mux_config=MuxConfig(),
+        queue_bytes_max=1 << 24,
+        write_budget_bytes=1 << 18,
+        frame_bytes_max=1 << 24,
+    )
+    task_status.started(link)
+    await link.run(seen.append)
+
+
 async def drained(connection: Connection) -> list[Message]:
     """What the node sends until it closes the connection (within the deadline)."""
     seen: list[Message] = []
@@ -269,38 +299,38 @@ async def test_a_rogue_peer_is_cut_off_and_honest_ones_are_not(pki: Path, tmp_pa
             await until(lambda: all(node.app.outcome(tx) == "ok" for tx in txs), "all committed")
 
             # A node not in the registry yet: its transactions are refused, not policed.
-            async with await dial(newcomer, host, port) as honest:
-                chain = node.core.chain_id
-                for n in range(25):
-                    await honest.send(Tx(signed(newcomer, Heartbeat(at_ms=n), chain=chain)))
-                await honest.send(Ping(7))
-                with trio.fail_after(WAIT_S):
-                    while not isinstance(reply := await honest.receive(), Pong):
-                        pass
-                assert reply.nonce == 7
+            chain = node.core.chain_id
+            heard: list[Message] = []
+            honest = await nursery.start(run_link, newcomer, host, port, heard)
+            for n in range(25):
+                honest.queue(Tx(signed(newcomer, Heartbeat(at_ms=n), chain=chain)), 0)
+            newcomer_id = str(newcomer.peer_id)
+            await until(lambda: newcomer_id in node.network.peers(), "the newcomer connects")
 
-                # The rogue: a valid certificate, 20 forged transactions, then cut off.
-                connection = await dial(rogue, host, port)
-                for tx in forgeries(rogue, member.identity, node.core.chain_id, 20):
-                    await connection.send(Tx(tx))
-                await drained(connection)
-                await connection.aclose()
-                ban = node.network.police.snapshot(trio.current_time())
-                assert ban["banned"] == [str(rogue.peer_id)]
-                assert str(rogue.peer_id) not in node.network.peers()
-                # Reconnecting is refused, with the reason.
-                async with await dial(rogue, host, port) as again:
-                    said = await drained(again)
-                reasons = [m.reason for m in said if isinstance(m, Goodbye)]
-                assert len(reasons) == 1
-                assert re.fullmatch(r"banned for (59|60) s: forged transactions", reasons[0])
-                # The honest ones are still connected.
-                await honest.send(Ping(8))
+            # The rogue: a valid certificate, 20 forged transactions on its link, cut off.
+            with trio.fail_after(WAIT_S):
+                async with trio.open_nursery() as rogue_tasks:
+                    link = await rogue_tasks.start(run_link, rogue, host, port, [])
+                    for tx in forgeries(rogue, member.identity, node.core.chain_id, 20):
+                        link.queue(Tx(tx), 0)
+            ban = node.network.police.snapshot(trio.current_time())
+            assert ban["banned"] == [str(rogue.peer_id)]
+            assert str(rogue.peer_id) not in node.network.peers()
+            # Reconnecting is refused, with the reason.
+            async with await link_connection(rogue, host, port) as again:
+                said = await drained(again)
+            reasons = [m.reason for m in said if isinstance(m, Goodbye)]
+            assert len(reasons) == 1
+            assert re.fullmatch(r"banned for (59|60) s: forged transactions", reasons[0])
+            # The honest ones are still connected, and a one-shot client is answered.
+            async with await dial(newcomer, host, port) as client:
+                await client.send(Ping(8))
                 with trio.fail_after(WAIT_S):
-                    while not isinstance(reply := await honest.receive(), Pong):
+                    while not isinstance(reply := await client.receive(), Pong):
                         pass
-                assert str(newcomer.peer_id) in node.network.peers()
-                assert member.me in node.network.peers()
+            assert reply.nonce == 8
+            assert newcomer_id in node.network.peers()
+            assert member.me in node.network.peers()
             nursery.cancel_scope.cancel()
 
         operator = client_context(identity(root, "op"))

@@ -39,10 +39,10 @@ from swarmlearn.consensus.tendermint.store import (
 from swarmlearn.consensus.tendermint.types import Block, BlockHeader, Status, Step, tx_root
 from swarmlearn.consensus.tendermint.wal import Signed, to_row
 from swarmlearn.errors import ConfigError, config_error_in
+from swarmlearn.p2p.driver import CoreDriver
 from swarmlearn.p2p.identity import Identity, IdentityPaths, load_identity
 from swarmlearn.roles.api.messages import NodeStatus, StatusRequest
 from swarmlearn.roles.node.datadir import LOCK_FILE, DataDirLock
-from swarmlearn.p2p.driver import CoreDriver
 from swarmlearn.roles.node.node import ValidatorOptions, ask, obtain_genesis
 from swarmlearn.sansio import Broadcast, Deliver, Effect, Persist, Start
 from tests.consensus_helpers import CHAIN

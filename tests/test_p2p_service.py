@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 import random
-import selectors
 import signal
 import subprocess
 import sys
@@ -296,102 +294,12 @@ def test_bad_input_is_one_line_naming_the_field(tmp_path: Path) -> None:
         load_peers(tmp_path)
 
 
-class Process:
-    """A ``service_cli`` process; its JSON lines are read with a deadline (no sleeps)."""
-
-    def __init__(self, paths: IdentityPaths, *args: str) -> None:
-        command = [sys.executable, "-m", "swarmlearn.p2p.service_cli", "--cert", str(paths.cert)]
-        command += ["--key", str(paths.key), "--cacert", str(paths.ca), *args]
-        self.popen = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.selector = selectors.DefaultSelector()
-        assert self.popen.stdout is not None
-        self.selector.register(self.popen.stdout, selectors.EVENT_READ)
-        self.last: dict[str, object] = {}
-        self.peer_id = ""
-
-    def wait_for(self, check: Callable[[dict[str, object]], bool], deadline_s: float) -> None:
-        """Read lines until one passes ``check``; fails at the deadline or at exit."""
-        assert self.popen.stdout is not None
-        end = time.monotonic() + deadline_s
-        while (left := end - time.monotonic()) > 0:
-            if not self.selector.select(left):
-                continue
-            line = self.popen.stdout.readline()
-            assert line, f"process exited ({self.popen.wait()}) before the condition held"
-            self.last = json.loads(line)
-            if self.last["event"] == "listening":
-                self.peer_id = str(self.last["peer_id"])
-            if check(self.last):
-                return
-        raise AssertionError(f"deadline passed; last line: {self.last}")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-        self.wait_for(lambda event: event["event"] == "stopped", 30)
-        assert self.popen.wait(30) == 0
-
-
 @contextmanager
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    try:
-        yield started
-    finally:
-        for process in started:
-            if process.popen.poll() is None:
-                process.popen.kill()
-            process.popen.wait()
-            process.selector.close()
-            if process.popen.stdout is not None:
-                process.popen.stdout.close()
-
-
-def connected_to(count: int) -> Callable[[dict[str, object]], bool]:
-    def check(event: dict[str, object]) -> bool:
-        peers = event.get("connected")
-        known = event.get("known")
-        return (
-            isinstance(peers, list)
-            and isinstance(known, list)
-            and len(peers) >= count <= len(known)
-        )
-
-    return check
-
-
-@pytest.mark.process
-def test_real_processes_find_each_other_and_a_restart_needs_no_sentinel(
-    identities: list[IdentityPaths], tmp_path: Path
-) -> None:
-    with processes() as started:
-        sentinel = Process(identities[0], "--data-dir", str(tmp_path / "n0"))
-        started.append(sentinel)
-        sentinel.wait_for(lambda event: event["event"] == "listening", 60)
-        seed = str(sentinel.last["address"])
-        for index in (1, 2, 3):
-            started.append(
-                Process(identities[index], "--seed", seed, "--data-dir", f"{tmp_path}/n{index}")
-            )
-        for process in started:
-            process.wait_for(connected_to(3), 60)
-        sentinel.stop()
-        started[3].stop()
-        stopped = started[3].last["statistics"]
-        assert isinstance(stopped, dict)
-        assert len(stopped["known"]) == 3
-        again = Process(identities[3], "--data-dir", str(tmp_path / "n3"))  # no --seed
-        started.append(again)
-        again.wait_for(connected_to(2), 60)
-        assert again.last["connected"] == sorted(p.peer_id for p in started[1:3])
-
-
-@contextmanager
-def swarm_node(paths: IdentityPaths, data: Path, *flags: str) -> Iterator[tuple[str, str, str]]:
-    """A ``swarm-node --p2p`` process: its (ledger address, API URL, p2p multiaddr)."""
+def swarm_node(paths: IdentityPaths, data: Path, *flags: str) -> Iterator[tuple[str, str]]:
+    """A ``swarm-node`` process: its (address, API URL); one host, on ``--listen``."""
     command = [sys.executable, "-m", "swarmlearn.roles.node.daemon", "--data", str(data)]
     command += ["--cert", str(paths.cert), "--key", str(paths.key), "--cacert", str(paths.ca)]
-    command += ["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0", "--p2p", "127.0.0.1:0"]
+    command += ["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"]
     data.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with (
@@ -402,10 +310,8 @@ def swarm_node(paths: IdentityPaths, data: Path, *flags: str) -> Iterator[tuple[
             assert p.stdout is not None
             banner = p.stdout.readline().decode()  # blocks until the node listens (or dies)
             assert ", api https://" in banner, (data / "stderr.log").read_text()
-            p2p_line = p.stdout.readline().decode()
-            assert p2p_line.startswith("p2p service listening on /ip4/"), p2p_line
-            ledger = banner.split("listening on ")[1].split(",")[0]
-            yield ledger, banner.rsplit(" ", 1)[1].strip(), p2p_line.split()[-1]
+            address = banner.split("listening on ")[1].split(",")[0]
+            yield address, banner.rsplit(" ", 1)[1].strip()
         finally:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -413,20 +319,16 @@ def swarm_node(paths: IdentityPaths, data: Path, *flags: str) -> Iterator[tuple[
 
 
 @pytest.mark.process
-def test_swarm_node_runs_the_service_and_shows_its_peers_in_the_api(
+def test_a_swarm_node_is_one_host_and_shows_its_peers_in_the_api(
     identities: list[IdentityPaths], tmp_path: Path
 ) -> None:
     verify = client_context(load_identity(identities[5]))
     with (
-        swarm_node(identities[0], tmp_path / "n0", "--sentinel") as (ledger, _, seed),
-        swarm_node(
-            identities[1],
-            tmp_path / "n1",
-            "--bootstrap",
-            ledger_host_port(ledger),
-            "--p2p-seed",
-            seed,
-        ) as (_, url, _),
+        swarm_node(identities[0], tmp_path / "n0", "--sentinel") as (seed, _),
+        swarm_node(identities[1], tmp_path / "n1", "--bootstrap", ledger_host_port(seed)) as (
+            address,
+            url,
+        ),
         httpx.Client(verify=verify, timeout=5) as http,
     ):
         sentinel_id = seed.rsplit("/", 1)[1]
@@ -441,8 +343,8 @@ def test_swarm_node_runs_the_service_and_shows_its_peers_in_the_api(
         p2p = peers["p2p"]
         assert isinstance(p2p, dict)
         assert p2p["connected"] == [sentinel_id]
-        assert p2p["address"].startswith("/ip4/127.0.0.1/tcp/")
-        assert isinstance(peers["ledger"], list)
+        assert p2p["address"] == address  # the p2p host is the node's one port
+        assert peers["ledger"] == [sentinel_id]
 
 
 def ledger_host_port(multiaddr: str) -> str:

@@ -117,6 +117,7 @@ class ServiceConfig:
     host: str = "127.0.0.1"  # where to listen
     port: int = 0  # 0: any free port
     advertise_host: str | None = None  # the host others dial (default: ``host``)
+    advertise_port: int = 0  # the port others dial (0: the one listened on)
     seeds: tuple[str, ...] = ()  # the sentinel's address, multiaddr or host:port
     data_dir: Path | None = None  # where known peers are kept across restarts
     topics: tuple[str, ...] = ()  # subscribed at start
@@ -208,7 +209,7 @@ class P2PService:
                 self._nursery = nursery
                 host, port = await nursery.start(self._listen)
                 advertised = self.config.advertise_host or host
-                self.address = PeerAddress(advertised, port, self.me)
+                self.address = PeerAddress(advertised, self.config.advertise_port or port, self.me)
                 table = self.node.peers
                 table.config = dataclasses.replace(table.config, listen=(self.address,))
                 if self.config.data_dir is not None:

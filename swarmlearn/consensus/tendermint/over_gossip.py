@@ -21,7 +21,8 @@ adapter only translates:
   validator set of its height (a part by that round's proposer); a decided block's commit
   carries a quorum of valid signatures; a transaction passes the application's
   ``check_tx``. Forged or undecodable messages are ``REJECT`` (gossip lowers the forwarding
-  peer's score), stale or unverifiable ones (too far ahead) ``IGNORE``. Accepted messages are
+  peer's score; a forged transaction is also delivered as ``ForgedTx``, for the node's
+  police), stale or unverifiable ones (too far ahead) ``IGNORE``. Accepted messages are
   handed to the consensus core as if the forwarding peer had sent them; whole part sets are
   reassembled first, and a decided block one height ahead waits in :attr:`ahead` until the
   core reaches it.
@@ -44,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from swarmlearn.consensus.tendermint.core import ConsensusCore
+from swarmlearn.consensus.tendermint.core import ConsensusCore, ForgedTx
 from swarmlearn.consensus.tendermint.events import Committed, SubmitTx
 from swarmlearn.consensus.tendermint.types import (
     Block,
@@ -187,6 +188,7 @@ class LedgerOverGossip:
         self.part_sets: dict[bytes, dict[int, bytes]] = {}  # header key -> parts by index
         self.ahead: dict[int, tuple[NodeId, BlockResponse]] = {}
         self._decoded: tuple[bytes, Message] | None = None  # validation -> delivery, one slot
+        self._forged: list[ForgedTx] = []  # rejected transactions, delivered after validation
         validators: dict[str, Callable[[NodeId, str, bytes], Verdict]] = {
             TOPIC_TXS: self._check_tx,
             TOPIC_PROPOSALS: self._check_part,
@@ -256,7 +258,8 @@ class LedgerOverGossip:
         return out
 
     def _from_p2p(self, effects: list[Effect], now: float) -> list[Effect]:
-        out: list[Effect] = []
+        out: list[Effect] = [Deliver(forged) for forged in self._forged]
+        self._forged.clear()
         for effect in effects:
             match effect:
                 case Deliver(GossipDelivery(topic, data, _, source)):
@@ -450,6 +453,8 @@ class LedgerOverGossip:
             return Verdict.ACCEPT
         is_forgery = self.consensus.is_forgery
         forged = is_forgery is not None and is_forgery(reason)
+        if forged:
+            self._forged.append(ForgedTx(source, reason))
         return self._verdict(topic, Verdict.REJECT if forged else Verdict.IGNORE)
 
     def _round(self) -> int:

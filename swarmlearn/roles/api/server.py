@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -45,7 +44,6 @@ from swarmlearn.p2p.tls import server_context
 from swarmlearn.roles.api import task_views, views
 
 if TYPE_CHECKING:
-    from swarmlearn.p2p.service import P2PService
     from swarmlearn.roles.node.node import ValidatorNode
 
 API_VERSION = "v1"
@@ -148,14 +146,6 @@ def _error(status: int, message: str) -> JSONResponse:
     return _json({"error": message}, status)
 
 
-#: The p2p service running beside a node (``swarm-node --p2p``), shown by ``/v1/peers``.
-_P2P: weakref.WeakKeyDictionary[ValidatorNode, P2PService] = weakref.WeakKeyDictionary()
-
-
-def attach_p2p(node: ValidatorNode, service: P2PService) -> None:
-    _P2P[node] = service
-
-
 def build_app(node: ValidatorNode, counters: ApiCounters | None = None) -> Starlette:
     counters = counters if counters is not None else ApiCounters()
 
@@ -237,8 +227,7 @@ def build_app(node: ValidatorNode, counters: ApiCounters | None = None) -> Starl
         return _json(result, 200 if reply.accepted else 422)
 
     async def peers(request: Request) -> JSONResponse:
-        service = _P2P.get(node)
-        stats = service.statistics().to_json() if service is not None else None
+        stats = node.network.statistics().to_json()  # the node's one p2p host
         return _json({"ledger": list(node.status().peers), "p2p": stats})
 
     async def openapi(request: Request) -> Response:
@@ -307,7 +296,7 @@ class _NodeCollector:
                 durations.add_metric([name], (last.finished_ms - last.opened_ms) / 1000)
         yield rounds
         yield durations
-        traffic = node.network.statistics()
+        traffic = node.network.traffic()
         yield _counter("swarm_bytes_sent", "Bytes sent to peers and clients.", traffic.bytes_sent)
         yield _counter("swarm_bytes_received", "Bytes received.", traffic.bytes_received)
         refused = sum(node.app.state.refused.values())
@@ -341,7 +330,7 @@ def _limit_metrics(
     node: ValidatorNode, api: ApiCounters
 ) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
     """What the node refused or cut off, by port (issue 19; docs/operations.md, Limits)."""
-    traffic = node.network.statistics()
+    traffic = node.network.traffic()
     refused = CounterMetricFamily(
         "swarm_refused",
         "Connections and frames refused or cut off, by port and reason.",
@@ -365,7 +354,7 @@ def _limit_metrics(
     refused.add_metric(["api", "bodies_refused"], api.bodies_refused)
     refused.add_metric(["api", "protocol_errors"], api.protocol_errors)
     yield refused
-    budget = node.network.listener.budget.statistics()
+    budget = node.network.budget.statistics()
     yield _gauge(
         "swarm_bytes_in_flight",
         "Bytes of partial frames the ledger port holds beyond the connections' reserves.",

@@ -1,14 +1,16 @@
 """A swarm node's cores composed into one (sans-IO): the ledger, and the SL rounds beside it.
 
 The composite routes inputs: round messages, contributions and round timers to the
-:class:`SLRoundCore`, everything else to the :class:`ConsensusCore`. It closes the loop
-between them inside one ``handle`` call: a transaction the SL core wants on the ledger
-(:class:`SubmitSigned`) is handed to the consensus core as a local request, and every
-committed block (``Deliver(Committed)``) tells the SL core to look at the rounds again, and
-every transaction the mempool refuses (``Deliver(TxRefused)``) is shown to it (a trainer's
-check-in: the trainer hears why at once). At
-``Start`` the node asks to join the registry (a signed ``Join`` with its certificate) unless
-the ledger already has it.
+:class:`SLRoundCore`, everything else to the ledger: on a real node the
+:class:`~swarmlearn.consensus.tendermint.over_gossip.LedgerOverGossip` (the consensus core over
+the host's peer table and gossip: the node's one network), in the round simulator a bare
+:class:`ConsensusCore` whose broadcasts the simulator carries to every member. It closes the
+loop between them inside one ``handle`` call: a transaction the SL core wants on the ledger
+(:class:`SubmitSigned`) is handed to the consensus core as a local request, and every committed
+block (``Deliver(Committed)``) tells the SL core to look at the rounds again, and every
+transaction the mempool refuses (``Deliver(TxRefused)``) is shown to it (a trainer's check-in:
+the trainer hears why at once). At ``Start`` the node asks to join the registry (a signed
+``Join`` with its certificate) unless the ledger already has it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from swarmlearn.consensus.ledger.app import SwarmApp
 from swarmlearn.consensus.ledger.txs import Join
 from swarmlearn.consensus.tendermint.core import ConsensusCore
 from swarmlearn.consensus.tendermint.events import Committed, SubmitTx, TxRefused
+from swarmlearn.consensus.tendermint.over_gossip import LedgerOverGossip
 from swarmlearn.p2p.wire import Message
 from swarmlearn.roles.sl.core import (
     Contribute,
@@ -57,7 +60,7 @@ SL_REQUESTS = (Contribute, Hashed, Refilled, FetchLatest, ReportPerf, SessionClo
 class SwarmNodeCore:
     def __init__(
         self,
-        consensus: ConsensusCore,
+        consensus: ConsensusCore | LedgerOverGossip,
         app: SwarmApp,
         sign: Callable[[Message], bytes],
         certificate: bytes,

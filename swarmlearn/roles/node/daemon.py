@@ -32,13 +32,10 @@ from swarmlearn.cli.main import (
 )
 from swarmlearn.errors import ConfigError, RemoteProtocolError, config_error_in
 from swarmlearn.p2p.address import parse_host_port
-from swarmlearn.p2p.gossip_messages import TOPIC_CONSENSUS
 from swarmlearn.p2p.identity import Identity, Role
 from swarmlearn.p2p.messages import Goodbye, Ping, Pong
-from swarmlearn.p2p.multiaddr import parse_address
-from swarmlearn.p2p.service import P2PService, ServiceConfig
 from swarmlearn.p2p.transport import TransportConfig, dial
-from swarmlearn.roles.api.server import DEFAULT_API_PORT, attach_p2p
+from swarmlearn.roles.api.server import DEFAULT_API_PORT
 from swarmlearn.roles.node import logs
 from swarmlearn.roles.node.config import add_config_arguments, resolve
 from swarmlearn.roles.node.node import ValidatorNode, ValidatorOptions
@@ -50,7 +47,6 @@ log = logging.getLogger("swarmlearn.node")
 DEFAULT_P2P_PORT = 30303  # HPE's SN peer-to-peer port
 DEFAULT_LANE_PORT = 30305  # HPE's SL file server port: the round lanes, beside 30303
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-DEFAULT_P2P_SERVICE_PORT = 30310  # the p2p service (swarmlearn.p2p.service), with --p2p
 
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,17 +99,6 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         help="text (default) or json: one JSON object per log line [SWARM_LOG_FORMAT]",
     )
     parser.add_argument(
-        "--p2p",
-        metavar="HOST:PORT",
-        help="also run the p2p service (discovery, gossip, blobs) here; see docs/p2p.md",
-    )
-    parser.add_argument(
-        "--p2p-seed",
-        action="append",
-        metavar="ADDRESS",
-        help="the sentinel's p2p address, HOST:PORT or /ip4/../tcp/../p2p/ID (repeatable)",
-    )
-    parser.add_argument(
         "--swop-profile",
         type=Path,
         metavar="FILE",
@@ -134,11 +119,10 @@ async def serve_node(
     identity: Identity,
     options: ValidatorOptions,
     profile: Profile | None = None,
-    p2p: ServiceConfig | None = None,
     *,
     leave_on_exit: bool = False,
 ) -> None:
-    """Run the node (and its SWOP, with a profile; and the p2p service, with a config) until
+    """Run the node (and its SWOP, with a profile) until
     SIGTERM or SIGINT, then stop cleanly (with ``leave_on_exit``, after leaving the swarm)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         node = await ValidatorNode.open(
@@ -148,11 +132,6 @@ async def serve_node(
             await nursery.start(node.run)
             if profile is not None:
                 await nursery.start(Swop(node, profile).run)
-            if p2p is not None:
-                service = P2PService(identity, p2p)
-                address = await nursery.start(service.run)
-                attach_p2p(node, service)
-                print(f"p2p service listening on {address}", flush=True)
             async for signum in signals:
                 log.info("%s received, stopping", signal.Signals(signum).name)
                 if leave_on_exit:
@@ -195,28 +174,6 @@ def _lane_port(port: int | None, listen_port: int) -> int:
     return port
 
 
-def p2p_config(args: argparse.Namespace) -> ServiceConfig | None:
-    """The p2p service's configuration from ``--p2p`` and ``--p2p-seed`` (None: not run)."""
-    seeds = tuple(getattr(args, "p2p_seed", None) or ())
-    text = getattr(args, "p2p", None)
-    if text is None:
-        if seeds:
-            raise ConfigError("--p2p-seed needs --p2p HOST:PORT (where the p2p service listens)")
-        return None
-    host, port = parse_host_port(text, field="--p2p", default_port=DEFAULT_P2P_SERVICE_PORT)
-    for seed in seeds:
-        parse_address(seed, field="--p2p-seed")
-    advertise = _address(args.advertise, "--advertise")
-    return ServiceConfig(
-        host=host,
-        port=port,
-        advertise_host=advertise[0] if advertise is not None else None,
-        seeds=seeds,
-        data_dir=Path(args.data) / "p2p",
-        topics=(TOPIC_CONSENSUS,),
-    )
-
-
 def swop_profile(args: argparse.Namespace, identity: Identity) -> Profile | None:
     """The checked SWOP profile of ``--swop-profile`` (or ``SWOP_PROFILE``), if any."""
     path = args.swop_profile or os.environ.get("SWOP_PROFILE") or None
@@ -240,7 +197,6 @@ def run(args: argparse.Namespace) -> int:
     identity = identity_from_arguments(args)
     logs.configure(args.log_format, args.log_level, identity.info.name, str(identity.peer_id))
     profile = swop_profile(args, identity)
-    p2p = p2p_config(args)
     if args.check:
         print(f"identity ok: {identity.info.name}, peer id {identity.peer_id}")
         return 0
@@ -251,7 +207,6 @@ def run(args: argparse.Namespace) -> int:
             identity,
             options,
             profile,
-            p2p,
         )
     except (OSError, ExceptionGroup) as error:
         fault = config_error_in(error)
@@ -264,12 +219,7 @@ def run(args: argparse.Namespace) -> int:
             "hypercorn" in frame.filename or frame.filename.endswith(f"roles{os.sep}api.py")
             for frame in traceback.extract_tb(bind_error.__traceback__)
         )
-        p2p_bind = any(
-            frame.filename.endswith("service.py")
-            for frame in traceback.extract_tb(bind_error.__traceback__)
-        )
         flag, address = ("--api", args.api) if api else ("--listen", args.listen)
-        flag, address = ("--p2p", args.p2p) if p2p_bind else (flag, address)
         lane_bind = any(
             frame.filename.endswith("lanes.py")
             for frame in traceback.extract_tb(bind_error.__traceback__)

@@ -17,8 +17,15 @@ a signed ``Leave`` takes it out of the registry and, for SN, its seat away; it w
 seconds at most) until the seat is gone from the current height's validator set, so that it
 never stops while the others still need its vote.
 
-A restarted node needs neither flag: its data directory holds the genesis, the blocks and the
-WAL of the height it was working on.
+A restarted node needs neither flag: its data directory holds the genesis, the blocks, the
+WAL of the height it was working on and the peers it knew (``p2p-peers.json``).
+
+The node is one p2p host (:class:`~swarmlearn.roles.node.host.NodeHost`) on ``--listen``:
+its core (:class:`~swarmlearn.roles.node.core.SwarmNodeCore` around a
+:class:`~swarmlearn.consensus.tendermint.over_gossip.LedgerOverGossip` around the host's
+peer table and gossip) runs under the host's driver. The ledger's transactions, proposals,
+votes and decided blocks ride gossip topics; status and catch-up are direct messages on a
+peer's link; the members' recorded addresses seed the peer table.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from swarmlearn.consensus.ledger.txs import Join, Leave
 from swarmlearn.consensus.tendermint.core import ConsensusConfig, ConsensusCore, ForgedTx
 from swarmlearn.consensus.tendermint.crypto import KeySigner, KeyVerifier
 from swarmlearn.consensus.tendermint.events import Committed, Genesis, SubmitTx, TxRefused
+from swarmlearn.consensus.tendermint.over_gossip import VALIDATOR_TOPICS, LedgerOverGossip
 from swarmlearn.consensus.tendermint.store import DiskStore, store_fault
 from swarmlearn.consensus.tendermint.types import Validator
 from swarmlearn.errors import ConfigError, RemoteProtocolError
@@ -52,6 +60,7 @@ from swarmlearn.p2p.certs import write_atomically
 from swarmlearn.p2p.identity import NODE_ROLES, Identity, Role
 from swarmlearn.p2p.messages import Ping, Pong
 from swarmlearn.p2p.multiaddr import PeerAddress
+from swarmlearn.p2p.service import ServiceConfig
 from swarmlearn.p2p.transport import Connection
 from swarmlearn.p2p.wire import Message, decode_header, encode_header, payload_of
 from swarmlearn.roles.api import views
@@ -75,9 +84,8 @@ from swarmlearn.roles.local.handover import shed_pages
 from swarmlearn.roles.local.trainers import ToJoiner, Trainers
 from swarmlearn.roles.node.core import SwarmNodeCore
 from swarmlearn.roles.node.datadir import GENESIS_FILE, DataDirLock, check_genesis_beside_ledger
-from swarmlearn.p2p.driver import CoreDriver
+from swarmlearn.roles.node.host import NodeHost, member_addresses
 from swarmlearn.roles.node.lanes import RoundLanes
-from swarmlearn.roles.node.peers import PeerNetwork
 from swarmlearn.roles.sl.core import (
     Hashed,
     MergedPiece,
@@ -98,6 +106,9 @@ JOIN_RETRY_S = 2.0
 LEAVE_WAIT_S = 8.0  # how long a leaving node waits for its Leave to take effect
 #: What travels on round lanes rather than on the message connections.
 LANE_MESSAGES = (RoundManifest, RoundChunk, MergedPiece)
+#: Bytes queued on one peer's link, not yet taken by its mux: a round's weights fall back to
+#: the link when the peer's lane cannot be reached.
+LINK_QUEUE_BYTES_MAX = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,25 @@ def node_clock() -> Callable[[], float]:
     if not offset_s:
         return time.time
     return lambda: time.time() + offset_s
+
+
+def host_config(options: ValidatorOptions, seed: int) -> ServiceConfig:
+    """The p2p host on ``--listen``: seeded with ``--bootstrap``, its peers file in the data
+    directory, the ledger's topics urgent."""
+    host, port = options.listen
+    advertise = options.advertise
+    bootstrap = options.bootstrap
+    return ServiceConfig(
+        host=host,
+        port=port,
+        advertise_host=advertise[0] if advertise is not None else None,
+        advertise_port=advertise[1] if advertise is not None else 0,
+        seeds=(f"{bootstrap[0]}:{bootstrap[1]}",) if bootstrap is not None else (),
+        data_dir=options.data_dir,
+        urgent_topics=VALIDATOR_TOPICS,
+        queue_bytes_max=LINK_QUEUE_BYTES_MAX,
+        rng_seed=seed,
+    )
 
 
 def own_validator(identity: Identity) -> Validator:
@@ -268,26 +298,29 @@ class ValidatorNode:
             awaits=partial(expects_more, self.app),
             is_forgery=is_forgery,
         )
+        self.lanes = RoundLanes(identity, self._on_lane_message, self._lane_fallback)
+        self.network = NodeHost(  # the node's one p2p host
+            identity,
+            host_config(options, seed),
+            self._on_request,
+            self.lanes,
+            LANE_MESSAGES,
+        )
+        self.ledger = LedgerOverGossip(self.core, self.network.node)
         self.node = SwarmNodeCore(
-            self.core,
+            self.ledger,
             self.app,
             lambda body: sign_transaction(identity, genesis.chain_id, body),
             identity.certificate.public_bytes(serialization.Encoding.DER),
             join_at_start=False,  # _join does it, through the bootstrap node when there is one
         )
-        self.lanes = RoundLanes(identity, self._on_lane_message, self._lane_fallback)
-        self.network = PeerNetwork(
-            identity,
-            self._on_peer_message,
-            self._on_request,
-            on_peers_changed=self.core.set_peers,
-            lanes=self.lanes,
-            lane_types=LANE_MESSAGES,
+        self.driver = self.network.drive(
+            self.node,
+            store=store,
+            on_deliver=self._on_deliver,
+            clock=node_clock(),
+            on_handled=self._on_handled,
         )
-        self.driver = CoreDriver(
-            self.node, self.network, store, self._on_deliver, clock=node_clock()
-        )
-        self.driver.on_handled = self._on_handled
         self.trainers = Trainers(self.driver.submit)  # trainers.py: the local glue
         sock = options.data_dir / "sl.sock"
         self.local = LocalEndpoint(
@@ -302,7 +335,6 @@ class ValidatorNode:
         self._waiters: dict[bytes, list[tuple[trio.Event, list[SubmitReply]]]] = {}
         self._committed = trio.Event()  # set (and replaced) at every committed block
         self.leaving = False
-        self._bootstrap_peer: str | None = None  # the --bootstrap node's id, once asked
         self.lock: DataDirLock | None = None  # held from open() until run() ends
         self.persisted: dict[str, tuple[Any, ...]] | None = None  # the store, read by open()
 
@@ -339,9 +371,10 @@ class ValidatorNode:
             async with trio.open_nursery() as nursery:
                 lane_host, lane_port = self.options.listen[0], self.options.lane_port
                 await nursery.start(self.lanes.serve, lane_host, lane_port)
-                host, port = await nursery.start(self.network.serve, *self.options.listen)
+                first = Start(self._take_persisted())
+                address = await nursery.start(self.network.run, first)
+                host, port = self.options.listen[0], address.port
                 self.address = self.options.advertise or (host, port)
-                await nursery.start(self.driver.run, Start(self._take_persisted()))
                 await nursery.start(self.local.serve)
                 self._learn_addresses()
                 api = ""
@@ -396,7 +429,6 @@ class ValidatorNode:
             else:
                 self.driver.submit(Request(SubmitTx(tx)))
             await trio.sleep(JOIN_RETRY_S)
-        self._bootstrap_peer = None  # caught up: the ledger says whom to dial from now on
 
     def joined(self) -> bool:
         """Whether the ledger records this node at its address (and, for SN, its seat)."""
@@ -422,19 +454,12 @@ class ValidatorNode:
         return f"leave not done within {wait_s:g} s"
 
     async def _submit_remote(self, host: str, port: int, tx: bytes) -> None:
-        try:
-            if self._bootstrap_peer is None:  # a peer at once: catching up starts now
-                status = await ask(self.identity, host, port, StatusRequest(), NodeStatus)
-                self._bootstrap_peer = status.node
-                self.network.add_address(status.node, host, port)
+        try:  # the bootstrap node is a seed of the peer table: catching up runs meanwhile
             await ask(self.identity, host, port, SubmitRequest(tx), SubmitReply)
         except NETWORK_ERRORS as error:
             log.warning("join request to %s:%d failed: %s", host, port, error)
 
     # ------------------------------------------------------------ callbacks
-
-    def _on_peer_message(self, peer: str, message: Message) -> None:
-        self.driver.submit(Receive(peer, message))
 
     def _lane_fallback(self, peer: str, message: Message) -> None:
         self.network.send_direct(peer, message)
@@ -503,13 +528,13 @@ class ValidatorNode:
             self.network.report_forged(value.peer, value.reason)
 
     def _learn_addresses(self) -> None:
-        for node in self.network.known() - self.app.state.members.keys():
-            if node != self._bootstrap_peer:
-                self.network.forget(node)  # it left
-        for node, member in sorted(self.app.state.members.items()):
-            host, _, port = member.address.rpartition(":")
-            if member.roles & NODE_ROLES and port.isdigit():
-                self.network.add_address(node, host, int(port))
+        """The members' recorded addresses seed the host's peer table."""
+        members = {
+            node: member.address
+            for node, member in self.app.state.members.items()
+            if member.roles & NODE_ROLES and node != self.me
+        }
+        self.network.learn(member_addresses(members))
 
     async def _on_request(self, connection: Connection, message: Message) -> bool:
         match message:
