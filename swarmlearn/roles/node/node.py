@@ -60,6 +60,7 @@ from swarmlearn.p2p.certs import write_atomically
 from swarmlearn.p2p.identity import NODE_ROLES, Identity, Role
 from swarmlearn.p2p.messages import Ping, Pong
 from swarmlearn.p2p.multiaddr import PeerAddress
+from swarmlearn.p2p.peertable import PeerTableConfig
 from swarmlearn.p2p.service import ServiceConfig
 from swarmlearn.p2p.transport import Connection
 from swarmlearn.p2p.wire import Message, decode_header, encode_header, payload_of
@@ -122,6 +123,7 @@ class ValidatorOptions:
     api: tuple[str, int] | None = None  # the HTTP API (HPE's 30304); None: none
     lane_port: int = 0  # round lanes (lanes.py) on the --listen host; 0: any free port
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    peers: PeerTableConfig = field(default_factory=PeerTableConfig)  # the host's limits
 
 
 def ca_certificate(identity: Identity) -> bytes:
@@ -169,6 +171,7 @@ def host_config(options: ValidatorOptions, seed: int) -> ServiceConfig:
         urgent_topics=VALIDATOR_TOPICS,
         queue_bytes_max=LINK_QUEUE_BYTES_MAX,
         rng_seed=seed,
+        table=options.peers,
     )
 
 

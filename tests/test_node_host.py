@@ -1,0 +1,130 @@
+"""The node's one p2p host: its connection set is the peer table's, bounded, not a full mesh;
+one place decides who is a peer; one-shot clients share the port.
+
+In-process swarm nodes on loopback (real TLS sockets, one trio loop): six validators whose
+peer tables allow 2 outbound and 4 connections in all commit every transaction over gossip
+while no node holds N-1 = 5 connections; an operator's certificate gets no link (one
+``Goodbye`` saying why) but its one-shot requests are answered on the same port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT, sign_transaction
+from swarmlearn.consensus.ledger.txs import PerfData
+from swarmlearn.p2p.certs import create_ca, issue_certificate
+from swarmlearn.p2p.identity import Role
+from swarmlearn.p2p.messages import Goodbye, Ping, Pong
+from swarmlearn.p2p.peertable import PeerTableConfig
+from swarmlearn.p2p.transport import dial
+from swarmlearn.roles.node.node import ValidatorNode, ValidatorOptions
+from tests.api_helpers import identity
+from tests.test_forged_txs import drained, link_connection
+
+NODES = 6
+LIMITS = PeerTableConfig(outbound_target=2, connections_max=4)
+WAIT_S = 120.0  # six ledgers in one loop on a busy 2-core machine
+POLL_S = 0.05
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("host")
+    ca = create_ca(root)
+    for index in range(NODES):
+        issue_certificate(ca, f"n{index}", root, hosts=["127.0.0.1"], roles=[Role.SN, Role.SL])
+    issue_certificate(ca, "op", root, hosts=[], roles=[Role.SWCI])
+    return root
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    """Poll the in-process nodes (they move on their own tasks) until ``predicate``."""
+    with trio.move_on_after(WAIT_S):
+        for _ in range(int(WAIT_S / POLL_S)):
+            if predicate():
+                return
+            await trio.sleep(POLL_S)
+    raise AssertionError(f"not within {WAIT_S} s: {what}")
+
+
+@pytest.mark.process
+async def test_six_validators_commit_over_gossip_with_at_most_four_connections_each(
+    pki: Path, tmp_path: Path
+) -> None:
+    nodes: list[ValidatorNode] = []
+    most = 0
+
+    def seen_connections() -> int:
+        nonlocal most
+        most = max([most, *(len(node.network.peers()) for node in nodes)])
+        return most
+
+    async with trio.open_nursery() as nursery:
+        for index in range(NODES):
+            bootstrap = None if not nodes else nodes[0].address
+            options = ValidatorOptions(
+                tmp_path / f"n{index}",
+                ("127.0.0.1", 0),
+                sentinel=not nodes,
+                bootstrap=bootstrap,
+                peers=LIMITS,
+            )
+            node = await ValidatorNode.open(
+                identity(pki, f"n{index}"), options, on_ready=lambda line: None
+            )
+            await nursery.start(node.run)
+            nodes.append(node)
+        await until(
+            lambda: all(node.joined() and len(node.core.validators) == NODES for node in nodes),
+            "every node holds a seat",
+        )
+        # Every node commits transactions submitted anywhere, over at most 4 links each.
+        txs = []
+        for index, node in enumerate(nodes):
+            body = PerfData(DEFAULT_CONTRACT, index + 1, 0.5, 0.9, 1, 30)
+            tx = sign_transaction(node.identity, node.core.chain_id, body)
+            txs.append(tx)
+            await node.submit(tx)
+        await until(
+            lambda: (
+                seen_connections() >= 0
+                and all(node.app.outcome(tx) == "ok" for node in nodes for tx in txs)
+            ),
+            "every transaction committed on every node",
+        )
+        assert 0 < seen_connections() <= LIMITS.connections_max < NODES - 1
+        for node in nodes:
+            ledger = node.ledger.statistics()
+            assert ledger["seated"]
+            assert isinstance(ledger["published"], dict)
+            assert ledger["published"].get("ledger/votes", 0) > 0  # votes rode gossip
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.process
+async def test_an_operator_gets_no_link_but_its_requests_are_answered(
+    pki: Path, tmp_path: Path
+) -> None:
+    options = ValidatorOptions(tmp_path / "n0", ("127.0.0.1", 0), sentinel=True)
+    node = await ValidatorNode.open(identity(pki, "n0"), options, on_ready=lambda line: None)
+    operator = identity(pki, "op")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        host, port = node.address
+        async with await link_connection(operator, host, port) as refused:
+            said = await drained(refused)
+        assert [type(m) for m in said] == [Goodbye]
+        assert isinstance(said[0], Goodbye)
+        assert said[0].reason.startswith("not a peer: the certificate grants none of the roles")
+        assert node.network.peers() == []
+        async with await dial(operator, host, port) as client:
+            await client.send(Ping(3))
+            with trio.fail_after(WAIT_S):
+                reply = await client.receive()
+        assert reply == Pong(3)
+        nursery.cancel_scope.cancel()
