@@ -51,7 +51,13 @@ from swarmlearn.p2p.wire import Message, decode_body
 log = logging.getLogger(__name__)
 
 PRIORITIES = (0, 1)
+#: One writer turn (at most ``write_budget_bytes``) must be taken by the peer within
+#: ``SEND_TIMEOUT_S`` plus a second per ``SEND_RATE_MIN_BYTES_S``: a peer that reads nothing
+#: loses its link (what was queued for it is dropped, as a lossy link would).
+SEND_TIMEOUT_S = 30.0
+SEND_RATE_MIN_BYTES_S = 1024 * 1024
 LINK_ERRORS = (
+    trio.TooSlowError,
     RemoteProtocolError,
     LocalProtocolError,
     trio.BrokenResourceError,
@@ -187,7 +193,10 @@ class Link:
             self._fill_mux()
             frames = self.mux.next_frames(self.write_budget_bytes)
             if frames:
-                await self.connection.send_many(frames)
+                with trio.fail_after(
+                    SEND_TIMEOUT_S + self.write_budget_bytes / SEND_RATE_MIN_BYTES_S
+                ):
+                    await self.connection.send_many(frames)
                 self.counters.frames_sent += len(frames)
                 continue
             if self.closing and not self.pending_bytes:
