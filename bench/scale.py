@@ -20,8 +20,9 @@ machines, ``tbf`` does. Figures:
   (no TLS, no ledger, no merge: a lower bound on the funnel's time); the ratio to the
   sharded round is reported.
 
-Today's node is a full mesh (every member dials every member): it is expected to miss the
-connections target (N-1 per node) until issue 17's one network lands.
+Each node is one p2p host (issue 17): its links are the peer table's (8 dialed, 32 in all),
+plus the round lanes among a round's participants. With 8 daemons every node dials every
+other (8 >= N-1), so ``--quick`` cannot show fewer than N-1; the full size (32) can.
 
     python bench/scale.py [--quick] [--nodes N] [--round-nodes R] [--size-mb MB]
 
