@@ -211,6 +211,11 @@ class Mux:
             self._control.append(MuxWindow(stream_id, 0, stream.unacked_credit))
             stream.unacked_credit = 0
 
+    @property
+    def control_pending(self) -> bool:
+        """Whether control frames (credit granted, a reset, GOAWAY) wait to be sent."""
+        return bool(self._control)
+
     def go_away(self, code: int = 0) -> None:
         self._going_away = True
         self._control.append(MuxGoAway(code))

@@ -157,9 +157,11 @@ class Link:
     async def _read(self, deliver: Callable[[Message], None]) -> None:
         while True:
             frame = await self.connection.receive()
-            for event in self.mux.receive(frame):
+            events = self.mux.receive(frame)
+            for event in events:
                 self._on_event(event, deliver)
-            self._wake.set()  # credit to grant, or credit granted: the writer has work
+            if self.mux.control_pending or any(not isinstance(e, StreamData) for e in events):
+                self._wake.set()  # credit to grant, credit granted, a stream opened or ended
 
     def _on_event(self, event: MuxEvent, deliver: Callable[[Message], None]) -> None:
         match event:
