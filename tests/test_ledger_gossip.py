@@ -9,6 +9,7 @@ import random
 from swarmlearn.consensus.tendermint.app import KeyValueApp
 from swarmlearn.consensus.tendermint.core import ConsensusCore
 from swarmlearn.consensus.tendermint.crypto import SimSigner, SimVerifier
+from swarmlearn.consensus.tendermint.events import SubmitTx
 from swarmlearn.consensus.tendermint.over_gossip import (
     TOPIC_BLOCKS,
     TOPIC_PROPOSALS,
@@ -31,10 +32,10 @@ from swarmlearn.consensus.tendermint.types import (
     Vote,
     VoteType,
 )
-from swarmlearn.p2p.gossip import Gossip, Verdict
+from swarmlearn.p2p.gossip import Gossip, GossipMessage, Subscriptions, Verdict
 from swarmlearn.p2p.node import P2PNode
-from swarmlearn.p2p.peertable import PeerTable, PeerTableConfig
-from swarmlearn.sansio import Start
+from swarmlearn.p2p.peertable import Connected, PeerTable, PeerTableConfig
+from swarmlearn.sansio import Receive, Request, Send, Start
 
 VALIDATORS = ("v0", "v1", "v2", "v3")
 
@@ -146,6 +147,28 @@ def test_a_decided_block_needs_a_quorum_of_valid_signatures() -> None:
     assert check(node, TOPIC_BLOCKS, encode(forged)) is Verdict.REJECT
     ahead = decided(node, VALIDATORS[:3], height=5)  # no validator set known that far ahead
     assert check(node, TOPIC_BLOCKS, encode(ahead)) is Verdict.IGNORE
+
+
+def test_a_publish_goes_unforwarded_only_when_every_other_validator_is_a_linked_peer() -> None:
+    node = adapter("v0")
+    node.handle(Start(), 0.0)
+
+    def link(peer: str) -> None:
+        conn = len(node.p2p.peers.conns) + 1
+        node.handle(Request(Connected(conn, peer, peer.encode(), False, None)), 0.0)
+        node.handle(Receive(peer, Subscriptions((TOPIC_TXS,))), 0.0)
+
+    def forwards(tx: bytes) -> set[bool]:
+        effects = node.handle(Request(SubmitTx(tx)), 0.1)
+        messages = [e.message for e in effects if isinstance(e, Send)]
+        return {m.forward for m in messages if isinstance(m, GossipMessage)}
+
+    link("v1")
+    link("v2")
+    assert forwards(b"a=1") == {True}  # v3 is not linked: the mesh must carry it on
+    link("v3")
+    assert forwards(b"b=2") == {False}  # every other validator hears it from this node
+    assert node.counters.unforwarded == 1
 
 
 def test_transactions_the_application_refuses_are_dropped_not_forwarded() -> None:

@@ -249,6 +249,23 @@ def test_own_messages_are_flood_published_and_not_delivered_back() -> None:
     assert g.handle(Request(Publish(T, b"mine")), 1.6) == []  # same content, same id
 
 
+def test_a_message_its_publisher_sent_to_everyone_is_delivered_and_not_forwarded() -> None:
+    g = node(20)
+    beat(g, 1.0)
+    effects = g.handle(Request(Publish(T, b"direct", forward=False)), 1.5)
+    published = [message for _, message in sends(effects, GossipMessage)]
+    assert {m.forward for m in published if isinstance(m, GossipMessage)} == {False}
+    source = sorted(g.mesh[T])[0]
+    received = g.handle(Receive(source, GossipMessage(T, b"vote", forward=False)), 1.6)
+    assert deliveries(received) == [GossipDelivery(T, b"vote", message_id(T, b"vote"), source)]
+    assert sends(received, GossipMessage) == []
+    assert g.counters.not_forwarded == 1
+    # Asked for by IWANT, it is served (as an ordinary message): the repair path stays.
+    asker = sorted(g.mesh[T])[1]
+    served = g.handle(Receive(asker, IWant((message_id(T, b"vote"),))), 1.7)
+    assert [m for _, m in sends(served, GossipMessage)] == [GossipMessage(T, b"vote")]
+
+
 def test_invalid_messages_are_dropped_the_sender_penalized_and_repeats_pruned() -> None:
     def valid(peer: str, topic: str, data: bytes) -> Verdict:
         return {b"bad": Verdict.REJECT, b"old": Verdict.IGNORE}.get(data, Verdict.ACCEPT)

@@ -23,7 +23,11 @@ and losses are repaired by gossip.
   score is negative, or our mesh is already at ``d_hi`` and we did not dial the peer. PRUNE
   carries a backoff (``prune_backoff_s``) during which neither side grafts the other.
 - **Publishing**: own messages are flood-published to every topic peer with a
-  non-negative score, not just the mesh, and never delivered back to the publisher.
+  non-negative score, not just the mesh, and never delivered back to the publisher. A
+  publisher that knows its flood reaches every node that needs the message (a swarm node
+  linked to every validator) publishes it with ``forward=False``: receivers deliver it and
+  do not forward it (a mesh of N would otherwise cost every node N-1 copies of it; a copy
+  lost on the way is repaired by the application, as the ledger's status exchange does).
 - **Validation**: a per-topic hook ``(source peer, topic, data) -> Verdict``. ``REJECT``
   drops the message and counts an invalid message against the peer that sent it (a
   squared, decaying penalty: one is tolerated, two take it out of every mesh, four make us
@@ -186,8 +190,8 @@ class Gossip:
                 return self._subscribe(topic)
             case Request(Unsubscribe(topic)):
                 return self._unsubscribe(topic, now)
-            case Request(Publish(topic, data)):
-                return self._publish(topic, bytes(data), now)
+            case Request(Publish(topic, data, forward)):
+                return self._publish(topic, bytes(data), now, forward=forward)
             case Receive(sender, message) if sender in self.peers:
                 if self.score(sender) < self.config.graylist_threshold:
                     return []
@@ -199,8 +203,8 @@ class Gossip:
 
     def _receive(self, sender: NodeId, message: Message, now: float) -> list[Effect]:
         match message:
-            case GossipMessage(topic, data):
-                return self._on_message(sender, topic, data, now)
+            case GossipMessage(topic, data, forward):
+                return self._on_message(sender, topic, data, now, forward=forward)
             case IHave(topic, ids):
                 return self._on_ihave(sender, topic, ids, now)
             case IWant(ids):
@@ -267,20 +271,22 @@ class Gossip:
 
     # ------------------------------------------------------------ messages
 
-    def _publish(self, topic: str, data: bytes, now: float) -> list[Effect]:
+    def _publish(self, topic: str, data: bytes, now: float, *, forward: bool) -> list[Effect]:
         mid = message_id(topic, data)
         if not self.seen.add(mid, now):
             return []
         self.mcache.put(mid, topic, data)
         self.counters.published += 1
-        message = GossipMessage(topic, data)
+        message = GossipMessage(topic, data, forward)
         effects: list[Effect] = []
         for peer in self.topic_peers(topic):
             if self.score(peer) >= 0:
                 effects += self._send(peer, message)
         return effects
 
-    def _on_message(self, sender: NodeId, topic: str, data: bytes, now: float) -> list[Effect]:
+    def _on_message(
+        self, sender: NodeId, topic: str, data: bytes, now: float, *, forward: bool = True
+    ) -> list[Effect]:
         self.counters.copies += 1
         effects: list[Effect] = [Metric("gossip.copies", 1)]
         mid = message_id(topic, data)
@@ -310,6 +316,9 @@ class Gossip:
         if topic in self.topics:
             self.counters.delivered += 1
             effects.append(Deliver(GossipDelivery(topic, data, mid, sender)))
+        if not forward:  # its publisher reached everyone who needs it (IWANT still serves it)
+            self.counters.not_forwarded += 1
+            return effects
         message = GossipMessage(topic, data)
         for peer in sorted(self.mesh.get(topic, ())):
             if peer != sender:

@@ -29,6 +29,9 @@ class Subscriptions(Message, tag=0x18):
 class GossipMessage(Message, tag=0x19):
     topic: str
     data: bytes
+    #: False: its publisher sent it to every node that needs it (a swarm node: it is linked to
+    #: every validator); receivers deliver it and do not forward it along their mesh.
+    forward: bool = True
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Unsubscribe:
 class Publish:
     topic: str
     data: bytes
+    forward: bool = True  # False: this node's flood reaches everyone who needs the message
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ class GossipCounters:
     published: int = 0
     delivered: int = 0
     copies: int = 0  # full messages received, first or not
+    not_forwarded: int = 0  # first copies whose publisher said it reached everyone
     duplicates: int = 0
     floods: int = 0  # duplicates from a peer that had sent the same message already
     invalid: int = 0

@@ -26,6 +26,12 @@ adapter only translates:
   handed to the consensus core as if the forwarding peer had sent them; whole part sets are
   reassembled first, and a decided block one height ahead waits in :attr:`ahead` until the
   core reaches it.
+- **direct reach**: a message on a validators' topic published while this node is linked to
+  every other validator (of this height and the next) reaches every node that needs it by
+  gossip's flood publish alone, so it is published with ``forward=False`` and receivers do
+  not forward it: in a swarm whose validators are all linked, each validator receives each
+  vote once instead of once per mesh peer. What is lost on the way comes back through the
+  status exchange (the proposals and votes a peer at our height missed).
 - **seats**: a validator subscribes to all four topics; a member without a seat (a
   *follower*) subscribes to :data:`TOPIC_BLOCKS` only and commits the decided blocks it
   hears, falling back to status catch-up for what gossip missed. After every commit the
@@ -150,6 +156,7 @@ class LedgerGossipCounters:
     parts_garbage: int = 0  # a signed part set that did not decode to its proposal
     direct_dropped: int = 0  # a direct message to or from a peer without a connection
     follower_status_ignored: int = 0
+    unforwarded: int = 0  # published to every validator directly: receivers need not forward
 
 
 def encode(message: Message) -> bytes:
@@ -274,7 +281,27 @@ class LedgerOverGossip:
     def _publish(self, topic: str, data: bytes, now: float) -> list[Effect]:
         published = self.counters.published
         published[topic] = published.get(topic, 0) + 1
-        return self._from_p2p(self.p2p.handle(Request(Publish(topic, data)), now), now)
+        forward = not self._reaches_validators(topic)
+        if not forward:
+            self.counters.unforwarded += 1
+        publish = Publish(topic, data, forward)
+        return self._from_p2p(self.p2p.handle(Request(publish), now), now)
+
+    def _reaches_validators(self, topic: str) -> bool:
+        """Whether publishing on ``topic`` reaches every validator that needs it directly:
+        this node is linked to every other validator of this height and the next, and each
+        is subscribed. Then nobody needs to forward it (votes, parts, transactions: the
+        validators' topics). Decided blocks are for followers too: always forwarded."""
+        if topic == TOPIC_BLOCKS:
+            return False
+        height = self.consensus.height
+        needed: set[str] = set()
+        for h in (height, height + 1):
+            vset = self.consensus.validator_sets.get(h)
+            if vset is not None:
+                needed.update(v.node for v in vset.validators)
+        needed.discard(self.me)
+        return needed <= set(self.gossip.topic_peers(topic))
 
     def _consensus_receive(self, source: NodeId, message: Message, now: float) -> list[Effect]:
         return self._from_consensus(self.consensus.handle(Receive(source, message), now), now)
@@ -440,6 +467,8 @@ class LedgerOverGossip:
         ours = self.consensus.blocks.get(height)
         if ours is not None and ours[0].hash != block.hash:
             return self._verdict(topic, Verdict.REJECT)  # not the block this node committed
+        if ours is not None and ours[1] == commit:
+            return Verdict.ACCEPT  # this node's own block and commit: checked when committed
         if commit_problem(vset, self.consensus, block, commit):
             return self._verdict(topic, Verdict.REJECT)
         return Verdict.ACCEPT
