@@ -166,7 +166,7 @@ def host_config(options: ValidatorOptions, seed: int) -> ServiceConfig:
         port=port,
         advertise_host=advertise[0] if advertise is not None else None,
         advertise_port=advertise[1] if advertise is not None else 0,
-        seeds=(f"{bootstrap[0]}:{bootstrap[1]}",) if bootstrap is not None else (),
+        seeds=(str(PeerAddress(*bootstrap)),) if bootstrap is not None else (),
         data_dir=options.data_dir,
         urgent_topics=VALIDATOR_TOPICS,
         queue_bytes_max=LINK_QUEUE_BYTES_MAX,
