@@ -16,11 +16,13 @@ from swarmlearn.p2p.messages import Ping, Pong
 from swarmlearn.p2p.multiaddr import PeerAddress, parse_address, try_parse_address
 from swarmlearn.p2p.peertable import (
     TICK,
+    BanPeer,
     Close,
     Connected,
     Dial,
     DialFailed,
     Disconnected,
+    Learn,
     PeerDown,
     PeerExchange,
     PeerTable,
@@ -153,6 +155,41 @@ def test_peer_exchange_teaches_addresses_and_the_table_dials_up_to_its_target() 
     # Asking for a sample in return.
     effects = t.handle(Receive("n000", PeerExchange((), (), reply=True)), 1.5)
     assert len(sent(effects, PeerExchange)) == 1
+
+
+def test_learnt_addresses_are_dialed_and_a_peers_own_record_replaces_a_stale_one() -> None:
+    t = table()
+    t.handle(Start(), 0.0)
+    connect(t, 1, "n000", outbound=True, address=PeerAddress("sentinel", 30303))
+    members = (PeerAddress("n001", 1, "n001"), PeerAddress("n002", 2, "n002"))
+    effects = t.handle(Request(Learn((*members, PeerAddress("me", 9, ME)))), 1.0)
+    dials = [d for d in delivered(effects, Dial) if isinstance(d, Dial)]
+    assert sorted(str(d.address) for d in dials) == sorted(map(str, members))
+    assert ME not in t.known
+    moved = PeerAddress("elsewhere", 3, "n002")
+    t.handle(Request(Learn((moved,))), 1.1)
+    assert t.known["n002"].address == moved
+    assert t.handle(Request(Learn((PeerAddress("anyone", 4),))), 1.2) == []  # no peer id
+
+
+def test_a_banned_peer_is_closed_refused_and_not_dialed_until_the_ban_ends() -> None:
+    t = table()
+    t.handle(Start(), 0.0)
+    t.handle(Request(Learn((PeerAddress("n001", 30303, "n001"),))), 0.0)
+    connect(t, 1, "n001", outbound=True, address=PeerAddress("n001", 30303, "n001"))
+    effects = t.handle(Request(BanPeer("n001", 60.0, "forged transactions")), 10.0)
+    assert delivered(effects, Close) == [Close(1, "banned: forged transactions")]
+    assert delivered(effects, PeerDown) == [PeerDown("n001")]
+    assert delivered(connect(t, 2, "n001", now=20.0), Close) == [Close(2, "banned")]
+
+    def dialed(effects: Sequence[Effect]) -> list[str | None]:
+        return [d.address.peer for d in delivered(effects, Dial) if isinstance(d, Dial)]
+
+    ticks = [t.handle(TimerFired(TICK), now) for now in (30.0, 50.0, 69.0)]
+    assert "n001" not in [peer for effects in ticks for peer in dialed(effects)]
+    after = t.handle(TimerFired(TICK), 71.0)  # the ban is over: dialed again
+    assert "n001" in dialed(after)
+    assert t.banned == {}
 
 
 def test_messages_from_peers_without_a_connection_are_ignored() -> None:
@@ -298,7 +335,7 @@ def events(draw: st.DrawFn) -> list[tuple[float, Input]]:
     for _ in range(draw(st.integers(0, 60))):
         now += draw(st.sampled_from([0.0, 0.1, 1.0, 7.0]))
         peer = draw(st.sampled_from(PEERS))
-        kind = draw(st.integers(0, 5))
+        kind = draw(st.integers(0, 7))
         event: Input
         if kind == 0:
             opened += 1
@@ -314,6 +351,10 @@ def events(draw: st.DrawFn) -> list[tuple[float, Input]]:
             event = Receive(peer, PeerExchange((addr(peer),), tuple(offered), draw(st.booleans())))
         elif kind == 4:
             event = Receive(peer, draw(st.sampled_from([Ping(1), Pong(2)])))
+        elif kind == 5:
+            event = Request(Learn((PeerAddress(peer, 1, peer),)))
+        elif kind == 6:
+            event = Request(BanPeer(peer, draw(st.sampled_from([1.0, 60.0])), "test"))
         else:
             event = TimerFired(TICK)
         out.append((now, event))
@@ -331,6 +372,12 @@ def test_any_event_sequence_keeps_the_table_consistent(sequence: list[tuple[floa
     for now, event in [(0.0, Start()), *sequence]:
         effects = t.handle(event, now)
         for effect in effects:
+            if isinstance(effect, Deliver) and isinstance(effect.value, PeerUp | Dial):
+                peer = effect.value.peer if isinstance(effect.value, PeerUp) else None
+                peer = peer or (
+                    effect.value.address.peer if isinstance(effect.value, Dial) else None
+                )
+                assert peer is None or t.banned.get(peer, -1.0) <= now, "a banned peer"
             if isinstance(effect, Deliver) and isinstance(effect.value, PeerUp):
                 assert effect.value.peer not in up, "up twice without a down"
                 up.add(effect.value.peer)

@@ -431,7 +431,7 @@ class PeerTable:
             return True
         known = self.known.get(peer)
         busy = known is not None and known.dialing_since is not None
-        return peer not in self.by_peer and not busy
+        return peer not in self.by_peer and not busy and self.banned.get(peer, -1.0) <= now
 
     def _due(self, peer: NodeId, entry: _Dialable, now: float) -> bool:
         return (

@@ -411,33 +411,53 @@ class P2PService:
 
     async def _accept(self, tcp: trio.SocketStream) -> None:
         self.counters.accepted += 1
+        counters, limits = self._transport_counters, self.config.transport
+        if (
+            counters.connections_open + counters.handshakes_open >= limits.connections_max
+            or counters.handshakes_open >= limits.handshakes_max
+        ):
+            counters.connections_refused += 1
+            counters.last_error = "too many connections or handshakes at once"
+            await trio.aclose_forcefully(tcp)
+            return
+        counters.handshakes_open += 1  # until the first byte and, for a link, its TLS are done
+        try:
+            kind, connection = await self._classify(tcp)
+        finally:
+            counters.handshakes_open -= 1
+        if connection is not None:
+            if await self._admitted(connection):
+                await self._run_link(connection, outbound=False, address=None)
+        elif kind is not None:
+            await self.serve_client(tcp, kind)
+
+    async def _classify(self, tcp: trio.SocketStream) -> tuple[bytes | None, Connection | None]:
+        """The connection's first byte and, for a link, its TLS (within the handshake
+        deadline); a lane is handed to the blobs here, and a failure closes it: (None, None)."""
         try:
             with trio.fail_after(self.config.transport.handshake_timeout_s):
-                kind = await tcp.socket.recv(1, socket.MSG_PEEK)
+                kind = bytes(await tcp.socket.recv(1, socket.MSG_PEEK))
                 if kind in (LANE_BULK, LANE_MESSAGES):
                     await tcp.receive_some(1)
                 if kind == LANE_BULK:
                     self.blobs.take_lane(tcp)
-                    return
-                if kind == LANE_MESSAGES:
-                    connection = await accept_stream(
-                        self.identity,
-                        tcp,
-                        config=self.config.transport,
-                        context=self._server_context,
-                        counters=self._transport_counters,
-                        budget=self._budget,
-                    )
+                    return None, None
+                if kind != LANE_MESSAGES:
+                    return kind, None  # a client's (its first byte still unread)
+                connection = await accept_stream(
+                    self.identity,
+                    tcp,
+                    config=self.config.transport,
+                    context=self._server_context,
+                    counters=self._transport_counters,
+                    budget=self._budget,
+                )
         except (trio.TooSlowError, OSError, *LINK_ERRORS) as error:
             self.counters.handshakes_failed += 1
             log.info("p2p: refused an inbound connection: %s", error)
             await trio.aclose_forcefully(tcp)
-            return
-        if kind != LANE_MESSAGES:
-            await self.serve_client(tcp, bytes(kind))
-            return
-        if await self._admitted(connection):
-            await self._run_link(connection, outbound=False, address=None)
+            return None, None
+        return kind, connection
 
     async def serve_client(self, tcp: trio.SocketStream, first: bytes) -> None:
         """A connection that is neither a link nor a lane (``first``: its first byte, still
