@@ -1,5 +1,5 @@
 """A node that missed a round's merge (paused past its deadline, late, dissenting) fetches the
-merged model the ledger settled on with bounded tries (sl_round_outcome), then tells its
+merged model the ledger settled on with bounded tries (roles/sl/outcome.py), then tells its
 trainer the round failed for it: never a fetch without end (issue 16, part 4).
 
 The SL round core is driven directly (sans-IO) over a ledger state written by hand: the round

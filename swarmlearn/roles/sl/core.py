@@ -405,7 +405,7 @@ class SLRoundCore:
             merged = file
             out = range_out(file, shard.start_byte, shard.stop_byte) if c.refill else None
         merge: RangeMerge | RangeCollector
-        if is_global:  # every chunk of my range kept for the steps (sl_round_global)
+        if is_global:  # every chunk of my range kept for the steps (roles/sl/global_merge.py)
             merge, out = RangeCollector(c.layout, shard, weights), None
         else:
             merge = RangeMerge(c.layout, shard, weights, method, out=out)
@@ -530,7 +530,7 @@ class SLRoundCore:
 
     def _on_piece(self, sender: str, p: MergedPiece, digest: bytes | None) -> list[SLEffect]:
         if p.attempt == -1 and (fetched := self.latest.piece(sender, p)) is not None:
-            return fetched  # the latest model, fetched for a trainer (sl_round_latest)
+            return fetched  # the latest model, fetched for a trainer (roles/sl/latest.py)
         state = self.rounds.get((p.contract, p.round))
         if state is None:
             return []

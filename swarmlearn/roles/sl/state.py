@@ -66,7 +66,7 @@ class Attempt:
     own_pending: set[int] = field(default_factory=set)  # my chunks of my range, not yet added
     plan: ShardPlan | None = None
     method: Method = field(default_factory=Mean)
-    # a global method (sl_round_global): my steps, and each step's rows by owner
+    # a global method (roles/sl/global_merge.py): my steps, and each step's rows by owner
     steps: GlobalSteps | None = None
     partials: dict[int, dict[int, Any]] = field(default_factory=dict)
 
