@@ -62,6 +62,7 @@ from swarmlearn.roles.sl.messages import (
 from swarmlearn.roles.sl.timers import (
     AttemptDeadline,
     AttemptHalfway,
+    CloseDue,
     FetchTry,
     GoneWait,
     ProgressDue,
@@ -676,6 +677,24 @@ TABLES: dict[str, Table] = {
                 ],
                 {"finished": True},
             ),
+        ],
+    ),
+    "quorum_then_the_grace_period_closes_the_round": Table(
+        3,
+        [
+            Row(Sync(), CHECKING_IN),
+            Row(  # minPeers (2) are in, c is not: a block after the grace period closes it
+                Block(checkins=("b",)),
+                [Said("round 1: 2/2 checked in"), Timer(CloseDue(C, 1), 2.5)],
+                {"ledger": OPEN},
+            ),
+            Row(Fire(CloseDue(C, 1)), [Submit("Heartbeat", 0)], {"ledger": OPEN}),
+            Row(  # the heartbeat's block closes it, without c
+                Block(),
+                [*ATTEMPT_1, *TO_B, WITH_2],
+                {"ledger": EXCHANGING, "participants": ("a", "b")},
+            ),
+            Row(Fire(CloseDue(C, 1)), []),  # in an attempt now: no close to wait for
         ],
     ),
     "a_session_that_ends_takes_its_check_in_back": Table(
