@@ -730,5 +730,5 @@ def test_timer_tags_are_values_of_their_kind() -> None:
     two kinds never collide, and print the same run after run (the simulator's fingerprint)."""
     assert ProgressDue(C, 1) == ProgressDue(C, 1)
     assert len({ProgressDue(C, 1), SyncTimeout(C, 1), GoneWait(C, 1), ProgressDue(C, 2)}) == 4
-    assert AttemptDeadline(C, 1, 2) != AttemptHalfway(C, 1, 2)
+    assert len({AttemptDeadline(C, 1, 2), AttemptHalfway(C, 1, 2)}) == 2
     assert repr(FetchTry("x", 3, 1)) == "FetchTry(contract='x', round=3, tries=1)"
