@@ -95,13 +95,11 @@ class Sync:
 @dataclass(frozen=True)
 class Block:
     """A block commits, ``after_ms`` after the last one: the core's transactions since the
-    last block (unless ``mine`` is False), then the named peers' check-ins, merged reports
-    (the root this node reported; the model it must fetch when it reported none) and
-    heartbeats."""
+    last block (unless ``mine`` is False), then the named peers' check-ins and merged
+    reports (the root this node reported; the model it must fetch when it reported none)."""
 
     checkins: tuple[str, ...] = ()
     merged: tuple[str, ...] = ()
-    alive: tuple[str, ...] = ()
     after_ms: int = 100
     mine: bool = True
 
@@ -347,8 +345,6 @@ class Harness:
         for name in given.merged:
             root = self.my_root or self._fetched_root()
             txs.append(signed(people[name], Merged(C, 1, self._attempt(), root)))
-        for name in given.alive:
-            txs.append(signed(people[name], Heartbeat(C, 1, self._attempt(), self.now_ms)))
         before = len(self.app.state.refusals)
         self._block(txs, given.after_ms)
         refused = [reason for _, _, reason in list(self.app.state.refusals)[before:]]
