@@ -9,7 +9,8 @@ the node does after every commit. Nodes are ``a``, ``b``, ``c`` in peer-id order
 (6 chunks): two participants own 3 chunks each, three own 2 each. One clock runs the ledger's
 block times and the core's ``now``; a :class:`Fire` row fires a timer the core set, at its
 time. Effects are written short (:class:`Submit`, :class:`Sent`, :class:`Timer`, :class:`Said`,
-:class:`Fault`, ...), peer ids in texts as their names.
+:class:`Fault`, ...), peer ids in texts as their names. Every node merges with the table's
+method (``mean`` unless it says another).
 """
 
 from __future__ import annotations
@@ -39,16 +40,19 @@ from swarmlearn.consensus.tendermint.types import Block as LedgerBlock
 from swarmlearn.consensus.tendermint.types import BlockHeader
 from swarmlearn.merge import ModelState, build_manifest, flatten, layout_of
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
+from swarmlearn.merge.sharded import float_piece_count
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import IdentityPaths, Role, load_identity
 from swarmlearn.p2p.wire import Message, decode_header
 from swarmlearn.roles.sl.core import SLRoundCore
+from swarmlearn.roles.sl.global_merge import row_width
 from swarmlearn.roles.sl.messages import (
     Contribute,
     FetchMerged,
     LedgerChanged,
     MergedPiece,
     MergedUnavailable,
+    MergePartials,
     PeerFault,
     Progress,
     RoundChunk,
@@ -141,6 +145,17 @@ class Asks:
 
 
 @dataclass(frozen=True)
+class Partials:
+    """``sender``'s partial sums of ``step`` of a global method: rows of the size its range
+    has (zeros; ``negative``: -1.0, which no sum of squares is), or of ``size`` bytes."""
+
+    sender: str
+    step: int
+    size: int | None = None
+    negative: bool = False
+
+
+@dataclass(frozen=True)
 class Unavailable:
     """``sender`` holds no merged model of the round (the answer to ``FetchMerged``)."""
 
@@ -159,7 +174,7 @@ class SessionEnds:
     session: int
 
 
-Given = Sync | Block | Manifest | Chunk | Piece | Asks | Unavailable | Fire | SessionEnds
+Given = Sync | Block | Manifest | Chunk | Piece | Partials | Asks | Unavailable | Fire | SessionEnds
 
 
 # ---------------------------------------------------------------- effects, written short
@@ -236,6 +251,7 @@ class Row:
 class Table:
     nodes: int  # a, b (and c) joined the swarm
     rows: list[Row]
+    method: str = "mean"  # every node's merge method
 
 
 # ---------------------------------------------------------------- the harness
@@ -264,8 +280,9 @@ LAYOUT = layout_of(weights_of("a"), chunk_bytes=CHUNK_BYTES)
 
 
 class Harness:
-    def __init__(self, swarm: Swarm, nodes: int) -> None:
+    def __init__(self, swarm: Swarm, nodes: int, method: str = "mean") -> None:
         people, ca_der = swarm.people, swarm.ca_der
+        self.method = method
         self.people = people
         self.names = NAMES[:nodes]
         self.ids = {name: str(people[name].peer_id) for name in self.names}
@@ -298,7 +315,9 @@ class Harness:
         core = self.core
         match given:
             case Sync(session, wait_s):
-                c = Contribute(C, self.flat["a"], LAYOUT, 1, 2, wait_s=wait_s, session=session)
+                c = Contribute(
+                    C, self.flat["a"], LAYOUT, 1, 2, self.method, wait_s=wait_s, session=session
+                )
                 effects = core.handle(Request(c), self.now)
             case Block():
                 effects = self._apply_block(given)
@@ -316,6 +335,10 @@ class Harness:
                 if start is not None:
                     piece = MergedPiece(C, 1, attempt, start, piece.data)
                 effects = core.handle(Receive(self.ids[sender], piece), self.now)
+            case Partials(sender, step, size, negative):
+                rows = self._rows(sender, size, -1.0 if negative else 0.0)
+                partials = MergePartials(C, 1, self._attempt(), step, rows)
+                effects = core.handle(Receive(self.ids[sender], partials), self.now)
             case Asks(sender, number):
                 effects = core.handle(Receive(self.ids[sender], FetchMerged(C, number)), self.now)
             case Unavailable(sender):
@@ -353,7 +376,7 @@ class Harness:
 
     def _check_in(self, name: str) -> CheckIn:
         root = manifest_root(LAYOUT, self.hashes[name])
-        return CheckIn(C, 1, root, 1, 2, specs_of(LAYOUT), LAYOUT.total_bytes, "mean")
+        return CheckIn(C, 1, root, 1, 2, specs_of(LAYOUT), LAYOUT.total_bytes, self.method)
 
     def _attempt(self) -> int:
         return self.app.state.contracts[C].rounds[1].attempt
@@ -367,6 +390,16 @@ class Harness:
         shard = state.attempt.plan.shards[state.attempt.participants.index(self.ids[sender])]
         data = self.flat[sender][shard.start_byte : shard.stop_byte]
         return MergedPiece(C, 1, attempt, shard.start_byte, data)
+
+    def _rows(self, sender: str, size: int | None, value: float) -> bytes:
+        attempt = self.core.rounds[(C, 1)].attempt
+        assert attempt is not None
+        assert attempt.plan is not None
+        owner = attempt.participants.index(self.ids[sender])
+        count = float_piece_count(LAYOUT, attempt.plan.shards[owner])
+        numbers = count * row_width(attempt.method, len(attempt.participants))
+        data = np.full(numbers, value, "<f8").tobytes()
+        return data if size is None else bytes(size)
 
     def _fetched_root(self) -> bytes:
         return build_manifest(LAYOUT, fetched_model()).root
@@ -414,7 +447,8 @@ class Harness:
         queued weights; then whether it is finished, its attempt (-1: fetching the merged
         model), the attempt's participants, whose manifests it holds, chunks waiting for
         their sender's manifest, owners whose merged range arrived, whether it reported its
-        merged root; and the peer a fetch asks now, with the tries so far."""
+        merged root, the partial sums it holds by step (a global method); and the peer a
+        fetch asks now, with the tries so far."""
         state = self.core.rounds.get((C, 1))
         record = self.app.state.contracts[C].rounds.get(1)
         found: dict[str, Any] = {
@@ -435,6 +469,9 @@ class Harness:
             found["waiting"] = [(names[p], chunk) for p, chunk, _, _ in attempt.waiting]
             found["pieces"] = sorted(names[i] for i in attempt.pieces if i >= 0)
             found["reported"] = attempt.reported
+            found["partials"] = {
+                step: sorted(names[i] for i in rows) for step, rows in attempt.partials.items()
+            }
         if state.fetch is not None:
             found["fetching"] = (
                 self.by_id[state.fetch.source] if state.fetch.source else "",
@@ -455,7 +492,7 @@ def body_of(tx: bytes) -> Message:
 
 
 def run_table(swarm: Swarm, table: Table) -> None:
-    harness = Harness(swarm, table.nodes)
+    harness = Harness(swarm, table.nodes, table.method)
     for index, row in enumerate(table.rows):
         effects = harness.apply(row.given)
         assert effects == row.effects, f"row {index}: {row.given}"
@@ -484,6 +521,10 @@ DONE, FAILED = RoundStatus.DONE, RoundStatus.FAILED
 TWICE = "chunk 0 of participant 1 arrived twice"
 ELSEWHERE = "chunk 3 does not overlap owner 0's range"
 UNLIKE = "chunk 1 does not match its commitment"
+DROPPED = "round 1: dropped partial sums of step"
+PARTIALS = Counted("sl_partials_dropped")
+WRONG_SIZE = "its partial sums of step 0: 8 bytes, its range's rows are 80"
+NEGATIVE = "its partial sums of step 0: negative or non-finite sums of squares"
 
 TABLES: dict[str, Table] = {
     "commit_exchange_merge_deliver": Table(
@@ -582,6 +623,51 @@ TABLES: dict[str, Table] = {
             Row(Chunk("c", 0), []),  # of attempt 1: stale
             Row(Fire(AttemptHalfway(C, 1, 1)), []),  # the timer of attempt 1: stale too
         ],
+    ),
+    "partial_sums_that_no_honest_owner_sends": Table(
+        3,
+        [
+            Row(Sync(), CHECKING_IN),
+            Row(  # a global method: a longer deadline; no rows before a's range is complete
+                Block(checkins=("b", "c")),
+                [
+                    Timer(AttemptDeadline(C, 1, 1), 13.53),
+                    Timer(AttemptHalfway(C, 1, 1), 6.765),
+                    *TO_B_AND_C,
+                    WITH_3,
+                ],
+                {"partials": {}},
+            ),
+            Row(Partials("b", 1), [], {"partials": {1: ["b"]}}),  # a step ahead: kept
+            Row(  # far ahead: dropped, counted
+                Partials("b", 5),
+                [Logged("warning", f"{DROPPED} 5 from b (this node is at step 0)"), PARTIALS],
+            ),
+            Row(  # twice
+                Partials("b", 1),
+                [Logged("warning", f"{DROPPED} 1 from b (this node is at step 0)"), PARTIALS],
+                {"partials": {1: ["b"]}},
+            ),
+            Row(  # the wrong size for c's range: as a bad chunk, c is excluded
+                Partials("c", 0, size=8),
+                [
+                    Submit("Exclude", "c"),
+                    Logged("warning", f"round 1: excluding c: {WRONG_SIZE}"),
+                    PARTIALS,
+                    Fault("c", f"round 1: {WRONG_SIZE}"),
+                ],
+            ),
+            Row(  # a negative sum of squares
+                Partials("b", 0, negative=True),
+                [
+                    Submit("Exclude", "b"),
+                    Logged("warning", f"round 1: excluding b: {NEGATIVE}"),
+                    PARTIALS,
+                    Fault("b", f"round 1: {NEGATIVE}"),
+                ],
+            ),
+        ],
+        method="geomedian",
     ),
     "a_silent_peer_at_the_deadline": Table(
         2,
