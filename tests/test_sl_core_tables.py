@@ -16,6 +16,7 @@ method (``mean`` unless it says another).
 from __future__ import annotations
 
 import datetime as dt
+import mmap
 import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -53,13 +54,16 @@ from swarmlearn.roles.sl.messages import (
     MergedPiece,
     MergedUnavailable,
     MergePartials,
+    NeedRefill,
     PeerFault,
     Progress,
+    Refilled,
     RoundChunk,
     RoundDone,
     RoundFailed,
     RoundManifest,
     SessionClosed,
+    ShedPages,
     SubmitSigned,
     specs_of,
 )
@@ -71,6 +75,7 @@ from swarmlearn.roles.sl.timers import (
     GoneWait,
     ProgressDue,
     QueuedTimeout,
+    RefillDeadline,
     SyncTimeout,
 )
 from swarmlearn.sansio import Deliver, Log, Metric, Receive, Request, Send, SetTimer, TimerFired
@@ -90,10 +95,21 @@ NAMES = ("a", "b", "c")
 
 @dataclass(frozen=True)
 class Sync:
-    """The trainer hands over its weights (a ``Contribute``)."""
+    """The trainer hands over its weights (a ``Contribute``); ``in_file``: in its handover
+    file (a shared mapping the merged model is assembled in), and it can refill them."""
 
     session: int = 0
     wait_s: float | None = None
+    in_file: bool = False
+
+
+@dataclass(frozen=True)
+class Refill:
+    """The trainer wrote its weights into its handover file again (``ok``; ``wrong``: other
+    weights than it committed to), or could not."""
+
+    ok: bool = True
+    wrong: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,7 +190,19 @@ class SessionEnds:
     session: int
 
 
-Given = Sync | Block | Manifest | Chunk | Piece | Partials | Asks | Unavailable | Fire | SessionEnds
+Given = (
+    Sync
+    | Refill
+    | Block
+    | Manifest
+    | Chunk
+    | Piece
+    | Partials
+    | Asks
+    | Unavailable
+    | Fire
+    | SessionEnds
+)
 
 
 # ---------------------------------------------------------------- effects, written short
@@ -226,6 +254,21 @@ class Fault:
 
     peer: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Shed:
+    """Bytes of the handover file the round wrote: the node may let their pages go."""
+
+    start: int
+    size: int
+
+
+@dataclass(frozen=True)
+class AskRefill:
+    """The trainer is asked to write its weights into its file again, for ``attempt``."""
+
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -296,6 +339,7 @@ class Harness:
         self.submitted: list[bytes] = []
         self.timers: dict[Hashable, int] = {}  # tag -> when it fires (ms)
         self.my_root = b""  # the merged root this node reported
+        self.file = mmap.mmap(-1, LAYOUT.total_bytes)  # the trainer's handover file
         self._block([signed(people[n], Join(f"{n}:1", der(people[n]))) for n in self.names])
 
     @property
@@ -314,11 +358,28 @@ class Harness:
     def apply(self, given: Given) -> list[Any]:
         core = self.core
         match given:
-            case Sync(session, wait_s):
+            case Sync(session, wait_s, in_file):
+                flat: bytes | memoryview = self.flat["a"]
+                if in_file:
+                    self.file[:] = self.flat["a"]
+                    flat = memoryview(self.file)
                 c = Contribute(
-                    C, self.flat["a"], LAYOUT, 1, 2, self.method, wait_s=wait_s, session=session
+                    C,
+                    flat,
+                    LAYOUT,
+                    1,
+                    2,
+                    self.method,
+                    wait_s=wait_s,
+                    refill=in_file,
+                    session=session,
                 )
                 effects = core.handle(Request(c), self.now)
+            case Refill(ok, wrong):
+                if ok:
+                    self.file[:] = self.flat["b" if wrong else "a"]
+                refilled = Refilled(C, 1, ok, "" if ok else "its model is gone")
+                effects = core.handle(Request(refilled), self.now)
             case Block():
                 effects = self._apply_block(given)
             case Manifest(sender, attempt):
@@ -431,6 +492,10 @@ class Harness:
                 return Said(self.named(text))
             case Deliver(PeerFault(peer, reason)):
                 return Fault(self.by_id[peer], self.named(reason))
+            case Deliver(ShedPages(start, size)):
+                return Shed(start, size)
+            case Deliver(NeedRefill(attempt=attempt)):
+                return AskRefill(attempt)
             case Deliver(RoundDone(participants=count)):
                 return Done(count)
             case Deliver(RoundFailed(reason=reason)):
@@ -444,11 +509,12 @@ class Harness:
     def state(self) -> dict[str, Any]:
         """Round 1 as a row names it: the ledger's status of it, whether the core holds it
         (``round``) and its messages held for a later attempt (``early``), the contracts with
-        queued weights; then whether it is finished, its attempt (-1: fetching the merged
-        model), the attempt's participants, whose manifests it holds, chunks waiting for
-        their sender's manifest, owners whose merged range arrived, whether it reported its
-        merged root, the partial sums it holds by step (a global method); and the peer a
-        fetch asks now, with the tries so far."""
+        queued weights; then whether it is finished, whether merged bytes were written over
+        its weights in the trainer's file, the attempt it waits for a refill for, its
+        attempt (-1: fetching the merged model), the attempt's participants, whose
+        manifests it holds, chunks waiting for their sender's manifest, owners whose merged
+        range arrived, whether it reported its merged root, the partial sums it holds by
+        step (a global method); and the peer a fetch asks now, with the tries so far."""
         state = self.core.rounds.get((C, 1))
         record = self.app.state.contracts[C].rounds.get(1)
         found: dict[str, Any] = {
@@ -461,6 +527,8 @@ class Harness:
             return found
         attempt = state.attempt
         found["finished"] = state.finished
+        found["overwritten"] = state.overwritten
+        found["refilling"] = state.refilling
         found["attempt"] = None if attempt is None else attempt.number
         if attempt is not None:
             names = [self.by_id.get(p, p) for p in attempt.participants]
@@ -525,6 +593,34 @@ DROPPED = "round 1: dropped partial sums of step"
 PARTIALS = Counted("sl_partials_dropped")
 WRONG_SIZE = "its partial sums of step 0: 8 bytes, its range's rows are 80"
 NEGATIVE = "its partial sums of step 0: negative or non-finite sums of squares"
+
+#: Merged bytes land in the trainer's file, then c is excluded: attempt 2 needs a's weights.
+REFILL_ASKED = [
+    Row(Sync(in_file=True), CHECKING_IN),
+    Row(Block(checkins=("b", "c")), [*ATTEMPT_1, *TO_B_AND_C, WITH_3]),
+    Row(Piece("b"), [Shed(128, 128)], {"overwritten": True}),  # over a's chunks 2-3, sent
+    Row(Manifest("c"), []),
+    Row(
+        Chunk("c", 0, bad=True),
+        [
+            Submit("Exclude", "c"),
+            Logged("warning", "round 1: excluding c: chunk 0 does not match its commitment"),
+        ],
+    ),
+    Row(
+        Block(),
+        [
+            AskRefill(2),
+            Said(
+                "round 1: attempt 2 needs this node's weights again; asking the trainer to"
+                " refill its handover file"
+            ),
+            Timer(RefillDeadline(C, 1, 2), 10.5),
+        ],
+        {"attempt": None, "refilling": 2},
+    ),
+]
+PARTIAL_MERGE = " (the handover file holds a partial merge: keep your own weights)"
 
 TABLES: dict[str, Table] = {
     "commit_exchange_merge_deliver": Table(
@@ -668,6 +764,57 @@ TABLES: dict[str, Table] = {
             ),
         ],
         method="geomedian",
+    ),
+    "a_new_attempt_after_merged_bytes_landed_asks_for_a_refill": Table(
+        3,
+        [
+            *REFILL_ASKED,
+            Row(
+                Refill(),
+                [
+                    Said("round 1: weights refilled and verified; joining attempt 2"),
+                    Timer(AttemptDeadline(C, 1, 2), 10.5),
+                    Timer(AttemptHalfway(C, 1, 2), 5.25),
+                    Sent("b", "RoundManifest", None, 2),
+                    *(Sent("b", "RoundChunk", i, 2) for i in (3, 4, 5)),
+                    WITH_2,
+                ],
+                {"attempt": 2, "refilling": None, "overwritten": False},
+            ),
+            Row(Fire(RefillDeadline(C, 1, 2)), [], {"attempt": 2}),  # refilled: nothing
+        ],
+    ),
+    "a_refill_that_does_not_come_fails_the_round": Table(
+        3,
+        [
+            *REFILL_ASKED,
+            Row(
+                Fire(RefillDeadline(C, 1, 2)),
+                [
+                    Failed(
+                        "attempt 2: the trainer did not refill its weights by its deadline"
+                        + PARTIAL_MERGE
+                    )
+                ],
+                {"finished": True, "refilling": None},
+            ),
+        ],
+    ),
+    "a_refill_of_other_weights_fails_the_round": Table(
+        3,
+        [
+            *REFILL_ASKED,
+            Row(
+                Refill(wrong=True),
+                [
+                    Failed(
+                        "attempt 2: the refilled weights are not the committed ones (chunk 0 of 6"
+                        f" differs){PARTIAL_MERGE}"
+                    )
+                ],
+                {"finished": True},
+            ),
+        ],
     ),
     "a_silent_peer_at_the_deadline": Table(
         2,
