@@ -49,7 +49,11 @@ from swarmlearn.roles.sl.core import SLRoundCore
 from swarmlearn.roles.sl.global_merge import row_width
 from swarmlearn.roles.sl.messages import (
     Contribute,
+    FetchLatest,
     FetchMerged,
+    LatestFailed,
+    LatestModel,
+    LatestProgress,
     LedgerChanged,
     MergedPiece,
     MergedUnavailable,
@@ -73,6 +77,8 @@ from swarmlearn.roles.sl.timers import (
     CloseDue,
     FetchTry,
     GoneWait,
+    LatestDeadline,
+    LatestStall,
     ProgressDue,
     QueuedTimeout,
     RefillDeadline,
@@ -186,6 +192,13 @@ class Fire:
 
 
 @dataclass(frozen=True)
+class Latest:
+    """A trainer that joins late asks for the contract's latest model (``FetchLatest``)."""
+
+    wait_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class SessionEnds:
     session: int
 
@@ -201,6 +214,7 @@ Given = (
     | Asks
     | Unavailable
     | Fire
+    | Latest
     | SessionEnds
 )
 
@@ -280,6 +294,20 @@ class Done:
 
 @dataclass(frozen=True)
 class Failed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Model:
+    """The latest model for a late trainer: that of ``round`` (0: none finished yet)."""
+
+    round: int
+
+
+@dataclass(frozen=True)
+class NoModel:
+    """No latest model for a late trainer, and why."""
+
     reason: str
 
 
@@ -408,6 +436,8 @@ class Harness:
             case Fire(tag):
                 self.now_ms = max(self.now_ms, self.timers.pop(tag, self.now_ms))
                 effects = core.handle(TimerFired(tag), self.now)
+            case Latest(wait_s):
+                effects = core.handle(Request(FetchLatest(C, LAYOUT, wait_s)), self.now)
             case SessionEnds(session):
                 effects = core.handle(Request(SessionClosed(session)), self.now)
         for effect in effects:
@@ -488,8 +518,12 @@ class Harness:
                 return Sent(self.by_id[to], what, at, getattr(message, "attempt", 1))
             case SetTimer(tag, delay_s):
                 return Timer(tag, round(delay_s, 3))
-            case Deliver(Progress(text=text)):
+            case Deliver(Progress(text=text) | LatestProgress(text=text)):
                 return Said(self.named(text))
+            case Deliver(LatestModel(round=number)):
+                return Model(number)
+            case Deliver(LatestFailed(reason=reason)):
+                return NoModel(self.named(reason))
             case Deliver(PeerFault(peer, reason)):
                 return Fault(self.by_id[peer], self.named(reason))
             case Deliver(ShedPages(start, size)):
@@ -621,6 +655,32 @@ REFILL_ASKED = [
     ),
 ]
 PARTIAL_MERGE = " (the handover file holds a partial merge: keep your own weights)"
+#: b and c finish round 1 without a (which has no trainer yet); then a's trainer asks.
+LATE = [
+    Row(Block(checkins=("b", "c")), [], {"ledger": OPEN}),
+    Row(Block(after_ms=2500), [], {"ledger": EXCHANGING}),  # the grace period is over
+    Row(Block(merged=("b", "c")), [], {"ledger": DONE, "round": False}),
+    Row(
+        Latest(),
+        [
+            Timer(LatestDeadline(C), 60.0),
+            Sent("b", "FetchMerged"),
+            Timer(LatestStall(C, 1, 1), 10.0),
+            Said("fetching the swarm's model of round 1 from b"),
+            Logged("info", "fetching the swarm's model of round 1 from b"),
+        ],
+    ),
+    Row(  # b holds it no more: c at once
+        Unavailable("b"),
+        [
+            Sent("c", "FetchMerged"),
+            Timer(LatestStall(C, 1, 2), 10.0),
+            Said("fetching the swarm's model of round 1 from c"),
+            Logged("info", "fetching the swarm's model of round 1 from c"),
+        ],
+    ),
+]
+NO_PEER = "no peer holds the swarm's model of round 1 any more"
 
 TABLES: dict[str, Table] = {
     "commit_exchange_merge_deliver": Table(
@@ -864,6 +924,35 @@ TABLES: dict[str, Table] = {
             ),
             Row(Piece("c", attempt=-1), [Done(3)], {"finished": True}),  # the ledger's root
             Row(Fire(FetchTry(C, 1, 2)), []),  # its stall timer: over
+        ],
+    ),
+    "a_late_trainer_gets_the_latest_model": Table(
+        3,
+        [
+            Row(Latest(), [Timer(LatestDeadline(C), 60.0), Model(0)]),  # none finished yet
+            *LATE,
+            Row(Piece("c", attempt=-1), [Model(1)]),  # its root is the ledger's
+            Row(Fire(LatestDeadline(C)), []),  # answered: nothing to end
+        ],
+    ),
+    "a_late_trainer_whose_model_no_peer_holds": Table(
+        3,
+        [
+            *LATE,
+            Row(  # c sends nothing: no peer left, the fetch waits for a newer round
+                Fire(LatestStall(C, 1, 2)),
+                [
+                    Logged(
+                        "warning", "c sent none of round 1's model in 10 s; trying the next peer"
+                    ),
+                    Said(f"{NO_PEER}; waiting for the next round to finish"),
+                    Logged("info", f"{NO_PEER}; waiting for the next round to finish"),
+                ],
+            ),
+            Row(
+                Fire(LatestDeadline(C)),
+                [NoModel(f"{NO_PEER}, and no round finished since (is the training over?)")],
+            ),
         ],
     ),
     "waiting_for_min_peers_and_sync_timeouts": Table(
