@@ -37,6 +37,7 @@ from swarmlearn.consensus.ledger.txs import (
     Merged,
     SignedTx,
 )
+from swarmlearn.consensus.tendermint.events import TxRefused
 from swarmlearn.consensus.tendermint.types import Block as LedgerBlock
 from swarmlearn.consensus.tendermint.types import BlockHeader
 from swarmlearn.merge import ModelState, build_manifest, flatten, layout_of
@@ -192,6 +193,13 @@ class Fire:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """The node's mempool refuses this node's check-in, saying ``reason``."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Latest:
     """A trainer that joins late asks for the contract's latest model (``FetchLatest``)."""
 
@@ -214,6 +222,7 @@ Given = (
     | Asks
     | Unavailable
     | Fire
+    | Refused
     | Latest
     | SessionEnds
 )
@@ -436,6 +445,9 @@ class Harness:
             case Fire(tag):
                 self.now_ms = max(self.now_ms, self.timers.pop(tag, self.now_ms))
                 effects = core.handle(TimerFired(tag), self.now)
+            case Refused(reason):
+                (check_in,) = [tx for tx in self.submitted if isinstance(body_of(tx), CheckIn)]
+                effects = core.handle(Request(TxRefused(check_in, reason)), self.now)
             case Latest(wait_s):
                 effects = core.handle(Request(FetchLatest(C, LAYOUT, wait_s)), self.now)
             case SessionEnds(session):
@@ -1013,6 +1025,18 @@ TABLES: dict[str, Table] = {
                 {"ledger": EXCHANGING, "participants": ("a", "b")},
             ),
             Row(Fire(CloseDue(C, 1)), []),  # in an attempt now: no close to wait for
+        ],
+    ),
+    "a_check_in_the_mempool_refuses": Table(
+        2,
+        [
+            Row(Sync(), CHECKING_IN),
+            Row(Refused("mempool full"), [], {"finished": False}),  # passing: resent later
+            Row(
+                Refused("bad signature"),
+                [Failed("the ledger refuses it: bad signature")],
+                {"finished": True},
+            ),
         ],
     ),
     "a_session_that_ends_takes_its_check_in_back": Table(
