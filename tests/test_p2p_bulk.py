@@ -12,16 +12,9 @@ from contextlib import contextmanager
 import pytest
 
 from swarmlearn.errors import RemoteProtocolError
-from swarmlearn.p2p.bulk import (
-    BlobServer,
-    Conn,
-    Fetch,
-    Source,
-    TlsPipe,
-    dial_tls,
-    fetch_manifest,
-)
+from swarmlearn.p2p.bulk import BlobServer, Fetch, Source, dial_tls, fetch_manifest
 from swarmlearn.p2p.identity import Identity
+from swarmlearn.p2p.lane import Conn, TlsPipe
 from swarmlearn.p2p.transfer import BlobManifest, BlobTooLarge
 from swarmlearn.p2p.wire import Message
 from tests.conftest import Pki

@@ -1,4 +1,4 @@
-"""Round lanes (roles/node/lanes.py) over real mutual-TLS sockets on loopback: frames arrive in
+"""Round lanes (p2p/bulk_push.py) over real mutual-TLS sockets on loopback: frames arrive in
 order with their payload's digest, and only swarm nodes (SN, SL, SWOP certificates) with the
 expected identity get a lane."""
 
@@ -11,12 +11,12 @@ import pytest
 import trio
 
 from swarmlearn.digest import content_digest
+from swarmlearn.p2p.bulk_push import RoundLanes
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.framing import encode_frame
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.tls import client_context
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.node.lanes import RoundLanes
 from swarmlearn.roles.sl.core import MergedPiece, RoundChunk, RoundManifest
 
 pytestmark = pytest.mark.process
