@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Callable
 
 import pytest
 import trio
 
 from swarmlearn.digest import content_digest
-from swarmlearn.p2p.bulk_push import RoundLanes
+from swarmlearn.p2p.bulk_push import LaneLimits, RoundLanes
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.framing import encode_frame
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
@@ -159,3 +160,42 @@ async def test_a_lane_that_cannot_be_dialed_hands_its_messages_back(
         nursery.cancel_scope.cancel()
     assert back == [(str(b.peer_id), message) for message in sent]
     assert (sender.fallen_back, sender.dropped) == (2, 0)
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    with trio.fail_after(WAIT_S):
+        while not condition():  # noqa: ASYNC110 (lane threads count it)
+            await trio.sleep(0.01)
+
+
+async def test_an_idle_lane_closes_at_both_ends_and_leaves_no_thread(
+    identities: dict[str, Identity],
+) -> None:
+    a, b = identities["a"], identities["b"]
+    inbox = Inbox(expected=2)
+    sender = RoundLanes(a, Inbox(0).deliver, limits=LaneLimits(sender_idle_s=0.2))
+    receiver = RoundLanes(b, inbox.deliver)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(receiver.serve, "127.0.0.1")
+        sender.set_host(str(b.peer_id), "127.0.0.1")
+        sender.set_port(str(b.peer_id), port)
+        assert sender.send(str(b.peer_id), RoundChunk("c", 1, 0, 0, b"x" * 64))
+        # Nothing more to send: the sender closes its lane, the receiver ends its side.
+        await wait_until(lambda: sender.idle_closed_out == 1 and receiver.peer_closed == 1)
+        await wait_until(lambda: sender.out.live == 0 and receiver.into.live == 0)
+        assert receiver.idle_closed == 0  # not cut by the receiver's deadline: closed
+        assert sender.send(str(b.peer_id), RoundChunk("c", 1, 0, 1, b"y" * 64))  # redials
+        with trio.fail_after(WAIT_S):
+            await inbox.full.wait()
+        sender.close()
+        nursery.cancel_scope.cancel()
+    assert await trio.to_thread.run_sync(sender.join, WAIT_S) == 0
+    for lanes in (sender, receiver):
+        for pool in lanes.thread_statistics().values():
+            assert (pool["threads_live"], pool["threads_failed"], pool["threads_leaked"]) == (
+                0,
+                0,
+                0,
+            )
+    assert sender.out.started == 2  # a thread per lane opened, each ended
+    assert [m.index for _, m, _ in inbox.got if isinstance(m, RoundChunk)] == [0, 1]
