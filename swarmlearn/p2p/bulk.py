@@ -146,8 +146,10 @@ class BlobServer:
     def serve_forever(self, listener: socket.socket) -> None:
         """Accept on ``listener`` until :meth:`stop` (blocking); each lane on a thread of the
         pool, or closed at once when the pool is full."""
-        self._acceptor = Acceptor(listener, self.serve_socket, self.threads, self._accepting)
-        self._accepting.join(None)
+        acceptor = Acceptor(listener, self.serve_socket, self.threads, self._accepting)
+        self._acceptor = acceptor
+        if acceptor.start():  # else: stopped already
+            self._accepting.join(None)
 
     def take(self, raw: socket.socket) -> bool:
         """Serve an accepted TCP socket on a thread of the pool; False (the caller closes it)

@@ -451,6 +451,8 @@ class RoundLanes:
         self._acceptor = Acceptor(
             listener, self._serve_lane, self.into, self._accepting, on_refused=self._refused
         )
+        if not self._acceptor.start():
+            raise RuntimeError("round lanes: serve() after close()")
         task_status.started(self.port)
         try:
             await trio.sleep_forever()

@@ -460,9 +460,9 @@ def _shutdown(sock: Conn | socket.socket) -> None:
 
 
 class Acceptor:
-    """A listener's accept loop on a thread of ``threads``; each accepted socket goes to
-    ``serve(raw)`` on a thread of ``connections`` (closed and counted in ``refused`` when
-    that pool is full)."""
+    """A listener's accept loop, once :meth:`start` put it on a thread of ``threads``; each
+    accepted socket goes to ``serve(raw)`` on a thread of ``connections`` (closed and counted
+    in ``refused`` when that pool is full). :meth:`close` ends it and closes the listener."""
 
     def __init__(
         self,
@@ -476,11 +476,18 @@ class Acceptor:
         self.listener = listener
         self.serve = serve
         self.connections = connections
+        self.threads = threads
         self.on_refused = on_refused
         self._stop = threading.Event()
         listener.settimeout(ACCEPT_POLL_S)
-        if not threads.start(self._accept, name=f"{connections.name}-accept", holds=listener):
-            raise RuntimeError(f"{threads.name}: no thread left for an accept loop")
+
+    def start(self) -> bool:
+        """Run the loop; False (and the listener closed) when ``threads`` is full or closed."""
+        name = f"{self.connections.name}-accept"
+        if self.threads.start(self._accept, name=name, holds=self.listener):
+            return True
+        self.listener.close()
+        return False
 
     def _accept(self) -> None:
         while not self._stop.is_set():
