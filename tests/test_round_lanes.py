@@ -1,22 +1,27 @@
 """Round lanes (p2p/bulk_push.py) over real mutual-TLS sockets on loopback: frames arrive in
 order with their payload's digest, and only swarm nodes (SN, SL, SWOP certificates) with the
-expected identity get a lane."""
+expected identity get a lane (a round's, or a blob fetch's: the same lane code)."""
 
 from __future__ import annotations
 
 import socket
 import ssl
+import threading
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 import trio
 
 from swarmlearn.digest import content_digest
+from swarmlearn.p2p.bulk import BlobServer, dial_tls, fetch_manifest
 from swarmlearn.p2p.bulk_push import LaneLimits, RoundLanes
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.framing import encode_frame
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
+from swarmlearn.p2p.lane import LANE_ERRORS
 from swarmlearn.p2p.tls import client_context
+from swarmlearn.p2p.transfer import BlobManifest
 from swarmlearn.p2p.wire import Message
 from swarmlearn.roles.sl.core import MergedPiece, RoundChunk, RoundManifest
 
@@ -199,3 +204,29 @@ async def test_an_idle_lane_closes_at_both_ends_and_leaves_no_thread(
             )
     assert sender.out.started == 2  # a thread per lane opened, each ended
     assert [m.index for _, m, _ in inbox.got if isinstance(m, RoundChunk)] == [0, 1]
+
+
+async def test_a_certificate_with_no_node_role_gets_no_blob_lane_either(
+    identities: dict[str, Identity],
+) -> None:
+    server = BlobServer(identities["b"], timeout_s=WAIT_S)
+    manifest = BlobManifest.build(b"z" * 1000, 256)
+    server.add(manifest, b"z" * 1000)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        serving = threading.Thread(target=server.serve_forever, args=(listener,))
+        serving.start()
+        try:
+            with pytest.raises(LANE_ERRORS):  # the lane is closed on the outsider
+                await trio.to_thread.run_sync(
+                    fetch_manifest,
+                    lambda: dial_tls(identities["x"], "127.0.0.1", port),
+                    manifest.root,
+                )
+            assert server.handshakes_failed == 1
+            node = partial(dial_tls, identities["a"], "127.0.0.1", port)
+            assert await trio.to_thread.run_sync(fetch_manifest, node, manifest.root) == manifest
+        finally:
+            server.stop()
+            serving.join(WAIT_S)
+    assert server.join(WAIT_S) == 0

@@ -127,7 +127,8 @@ class BlobServer:
         self.roles = roles
         self.blobs: dict[bytes, tuple[BlobManifest, memoryview]] = {}
         self.chunks_sent = 0
-        self.handshakes_failed = 0
+        self.handshakes_failed = 0  # timed out, or no node certificate
+        self.idle_closed = 0  # lanes silent for timeout_s: closed
         self.threads = LaneThreads("blob-lanes", threads_max)
         self._accepting = LaneThreads("blob-accept", 1)
         self._acceptor: Acceptor | None = None
@@ -196,6 +197,9 @@ class BlobServer:
         self.threads.hold(tls)
         try:
             self.serve_connection(tls)
+        except TimeoutError:
+            self.idle_closed += 1
+            log.debug("blob lane of %s idle: closed", peer.peer_id.short)
         except LANE_ERRORS as error:
             log.debug("blob lane of %s ended: %s", peer.peer_id.short, error)
         finally:
