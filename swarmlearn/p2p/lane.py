@@ -141,10 +141,8 @@ class TlsPipe:
         return self.raw.gettimeout()
 
     def getpeercert(self, binary_form: bool = True) -> bytes | None:
-        assert binary_form
-        return self.tls.getpeercert(binary_form=True)
-
-    def peer_certificate(self) -> bytes | None:
+        """The peer's DER certificate (as ``ssl.SSLSocket.getpeercert(True)``)."""
+        assert binary_form, "a lane checks the DER certificate itself"
         return self.tls.getpeercert(binary_form=True)
 
     def shutdown(self) -> None:
@@ -386,16 +384,25 @@ class LaneThreads:
             thread.daemon = True
             self._live[thread] = [] if holds is None else [holds]
             self.started += 1
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # the process has no thread left to give
+            with self._lock:
+                del self._live[thread]
+                self.started -= 1
+                self.refused += 1
+            log.warning("%s: cannot start a thread", self.name)
+            return False
         return True
 
     def hold(self, sock: Conn | socket.socket) -> None:
-        """The calling thread (of this pool) now holds ``sock`` too: shut down at close."""
+        """The calling thread (of this pool) now holds ``sock`` too: shut down at close (those
+        it held and closed since are let go)."""
         with self._lock:
             held = self._live.get(threading.current_thread())
             closed = self._closed
             if held is not None:
-                held.append(sock)
+                held[:] = [*(old for old in held if _fileno(old) != -1), sock]
         if closed:
             _shutdown(sock)
 
@@ -449,6 +456,10 @@ class LaneThreads:
                 "threads_failed": self.failed,
                 "threads_leaked": self.leaked,
             }
+
+
+def _fileno(sock: Conn | socket.socket) -> int:
+    return sock.raw.fileno() if isinstance(sock, TlsPipe) else sock.fileno()
 
 
 def _shutdown(sock: Conn | socket.socket) -> None:
