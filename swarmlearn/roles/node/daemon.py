@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from swarmlearn.cli.main import (
+from swarmlearn.cli.common import (
     ArgumentParser,
     add_identity_arguments,
     identity_from_arguments,
