@@ -230,3 +230,19 @@ async def test_a_certificate_with_no_node_role_gets_no_blob_lane_either(
             server.stop()
             serving.join(WAIT_S)
     assert server.join(WAIT_S) == 0
+
+
+async def test_close_wakes_a_lane_still_in_its_handshake(identities: dict[str, Identity]) -> None:
+    a, b = identities["a"], identities["b"]
+    sender = RoundLanes(a, Inbox(0).deliver, limits=LaneLimits(handshake_timeout_s=WAIT_S))
+    with socket.create_server(("127.0.0.1", 0)) as mute:  # accepts, never answers a hello
+        mute.settimeout(WAIT_S)
+        sender.set_host(str(b.peer_id), "127.0.0.1")
+        sender.set_port(str(b.peer_id), mute.getsockname()[1])
+        assert sender.send(str(b.peer_id), RoundChunk("c", 1, 0, 0, b"x" * 64))
+        accepted, _ = await trio.to_thread.run_sync(mute.accept)  # the dial reached it
+        with accepted:
+            sender.close()
+            started = trio.current_time()
+            assert await trio.to_thread.run_sync(sender.join, WAIT_S) == 0
+            assert trio.current_time() - started < WAIT_S / 2  # not the handshake deadline

@@ -230,9 +230,9 @@ class _Sender:
             dial_timeout_s=limits.dial_timeout_s,
             handshake_timeout_s=limits.handshake_timeout_s,
             io_timeout_s=limits.send_timeout_s,
+            hold=lanes.out.hold,  # close() wakes a dial still in its handshake
         )
         assert isinstance(sock, ssl.SSLSocket)
-        lanes.out.hold(sock)
         return sock
 
     def _close(self) -> None:

@@ -156,6 +156,8 @@ class TlsPipe:
 
 #: A lane's connection: a reader's :class:`TlsPipe` or a writer's ``ssl.SSLSocket``.
 Conn = TlsPipe | ssl.SSLSocket
+#: ``hold(sock)``: a socket the calling thread now blocks on (:meth:`LaneThreads.hold`).
+Hold = Callable[["Conn | socket.socket"], object]
 
 
 def _left_s(deadline: float) -> float:
@@ -166,7 +168,12 @@ def _left_s(deadline: float) -> float:
 
 
 def _handshake_socket(
-    raw: socket.socket, context: ssl.SSLContext, *, server_side: bool, timeout_s: float
+    raw: socket.socket,
+    context: ssl.SSLContext,
+    *,
+    server_side: bool,
+    timeout_s: float,
+    hold: Hold | None = None,
 ) -> ssl.SSLSocket:
     """An ``ssl.SSLSocket`` whose whole handshake took under ``timeout_s`` (non-blocking
     steps, each waiting for what OpenSSL wants with what is left of the deadline)."""
@@ -175,6 +182,8 @@ def _handshake_socket(
     # failure, as the caller's ``raw.close()`` would no longer close anything.
     tls = context.wrap_socket(raw, server_side=server_side, do_handshake_on_connect=False)
     try:
+        if hold is not None:
+            hold(tls)
         tls.setblocking(False)
         while True:
             try:
@@ -218,13 +227,18 @@ def dial_lane(
     handshake_timeout_s: float,
     io_timeout_s: float | None,
     first_byte: bytes = b"",
+    hold: Hold | None = None,
 ) -> Conn:
     """A lane to ``address``: connected, its handshake done within its deadline, the peer
     checked against ``expect`` (see the module doc); reads and writes then time out after
-    ``io_timeout_s``. Raises one of :data:`LANE_ERRORS` (or ``TimeoutError``)."""
+    ``io_timeout_s``. Raises one of :data:`LANE_ERRORS` (or ``TimeoutError``). With
+    ``hold``, the socket is held from its connect on, so that a pool's close wakes a dial
+    still in its handshake."""
     raw = socket.create_connection(address, timeout=dial_timeout_s)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
+        if hold is not None:
+            hold(raw)
         if first_byte:
             raw.sendall(first_byte)
         if reader:
@@ -232,7 +246,9 @@ def dial_lane(
                 raw, context, server_side=False, handshake_timeout_s=handshake_timeout_s
             )
         else:
-            conn = _handshake_socket(raw, context, server_side=False, timeout_s=handshake_timeout_s)
+            conn = _handshake_socket(
+                raw, context, server_side=False, timeout_s=handshake_timeout_s, hold=hold
+            )
     except BaseException:
         raw.close()
         raise
