@@ -246,3 +246,22 @@ async def test_close_wakes_a_lane_still_in_its_handshake(identities: dict[str, I
             started = trio.current_time()
             assert await trio.to_thread.run_sync(sender.join, WAIT_S) == 0
             assert trio.current_time() - started < WAIT_S / 2  # not the handshake deadline
+
+
+async def test_sender_threads_are_bounded_and_the_rest_take_the_message_connection(
+    identities: dict[str, Identity],
+) -> None:
+    a, b, c = identities["a"], identities["b"], identities["c"]
+    receiver = RoundLanes(b, Inbox(1).deliver)
+    sender = RoundLanes(a, Inbox(0).deliver, limits=LaneLimits(senders_max=1))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(receiver.serve, "127.0.0.1")
+        for peer in (b, c):
+            sender.set_host(str(peer.peer_id), "127.0.0.1")
+            sender.set_port(str(peer.peer_id), port)
+        assert sender.send(str(b.peer_id), RoundChunk("c", 1, 0, 0, b"x" * 64))
+        assert not sender.send(str(c.peer_id), RoundChunk("c", 1, 0, 0, b"x" * 64))
+        assert sender.out.refused == 1  # the caller sends that one on the message connection
+        sender.close()
+        nursery.cancel_scope.cancel()
+    assert await trio.to_thread.run_sync(sender.join, WAIT_S) == 0
