@@ -25,9 +25,11 @@ test-heavy: $(VENV)/.dev-installed
 
 # The fast tier, between edits: unit and simulator tests, no processes, no sockets, nothing slow.
 # Seed sweeps run 5 seeds (make test: 20). Modules whose every test is deselected are not
-# even imported (no TensorFlow, no torch).
+# even imported (no TensorFlow, no torch). Two workers (pytest-xdist): these tests share no
+# files, ports or processes, and both cores halve the wait (one: CHECK_WORKERS=0).
+CHECK_WORKERS ?= 2
 check: $(VENV)/.dev-installed
-	$(PY) -m pytest -m "not process and not slow" --sim-seeds 5 -q --durations=10
+	$(PY) -m pytest -m "not process and not slow" --sim-seeds 5 -q --durations=10 -n $(CHECK_WORKERS)
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .

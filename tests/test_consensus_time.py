@@ -163,7 +163,7 @@ def test_a_proposal_with_another_time_or_a_bad_last_commit_is_refused(
     if "last_commit_hash" in change:
         wrong = dataclasses.replace(block.header, last_commit_hash=b"\x01" * 32)
         block = Block(wrong, block.txs, block.last_commit)
-    assert node._block_problem(block) == reason
+    assert node.block_problem(block) == reason
     effects = node.handle(Receive("c", proposal(block)), T0_MS / 1000 + 2)
     assert [v.value for v in own_votes(effects, VoteType.PREVOTE)] == [None]
 

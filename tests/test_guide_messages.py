@@ -22,7 +22,7 @@ import torch
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from swarmlearn.cli.main import ArgumentParser
+from swarmlearn.cli.common import ArgumentParser
 from swarmlearn.consensus.ledger.rounds import layout_difference
 from swarmlearn.consensus.ledger.txs import TensorSpec
 from swarmlearn.errors import ConfigError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from swarmlearn.cli.main import ArgumentParser
+from swarmlearn.cli.common import ArgumentParser
 from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.identity import IdentityPaths, load_identity
 from swarmlearn.roles.node.config import resolve

@@ -1,4 +1,4 @@
-"""A node that joins late gets the swarm's latest merged model (sl_round_latest, simulator).
+"""A node that joins late gets the swarm's latest merged model (roles/sl/latest.py, simulator).
 
 Three whole swarm nodes (ledger + SL) in the simulator; two of them run rounds, the third
 never contributes. Its trainer then asks for the contract's latest model (``FetchLatest``):

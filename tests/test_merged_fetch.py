@@ -1,5 +1,5 @@
 """A node that missed a round's merge (paused past its deadline, late, dissenting) fetches the
-merged model the ledger settled on with bounded tries (sl_round_outcome), then tells its
+merged model the ledger settled on with bounded tries (roles/sl/outcome.py), then tells its
 trainer the round failed for it: never a fetch without end (issue 16, part 4).
 
 The SL round core is driven directly (sans-IO) over a ledger state written by hand: the round
@@ -35,6 +35,7 @@ from swarmlearn.roles.sl.messages import (
 )
 from swarmlearn.roles.sl.outcome import FETCH_BACKOFF_S, FETCH_STALL_S, FETCH_TRIES
 from swarmlearn.roles.sl.state import RoundState
+from swarmlearn.roles.sl.timers import FetchTry
 from swarmlearn.sansio import Deliver, Receive, Request, Send, SetTimer, TimerFired
 
 ME, PEER_A, PEER_B = "me" * 32, "aa" * 32, "bb" * 32
@@ -87,11 +88,7 @@ def asked(effects: list[Any]) -> list[str]:
 
 
 def fetch_timers(effects: list[Any]) -> list[SetTimer]:
-    return [
-        e
-        for e in effects
-        if isinstance(e, SetTimer) and isinstance(e.tag, tuple) and e.tag[0] == "sl-fetch"
-    ]
+    return [e for e in effects if isinstance(e, SetTimer) and isinstance(e.tag, FetchTry)]
 
 
 def outcomes(effects: list[Any]) -> list[Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from swarmlearn.cli.main import ArgumentParser
+from swarmlearn.cli.common import ArgumentParser
 from swarmlearn.errors import ConfigError
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Role

@@ -1,4 +1,4 @@
-"""The merged model assembled in the trainer's handover file (sl_round, in the simulator).
+"""The merged model assembled in the trainer's handover file (roles/sl/core.py, in the simulator).
 
 Each node's contribution is a writable view of a shared mapping, as the node gets it from
 its trainer's handover file: the round writes the merged model into that same mapping (no

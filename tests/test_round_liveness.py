@@ -1,4 +1,4 @@
-"""A sync round never hangs silently (sl_round, in the simulator: real consensus and keys).
+"""A sync round never hangs silently (roles/sl/core.py, in the simulator: real consensus and keys).
 
 - Two nodes whose first check-ins race with different models: the ledger takes one; the
   other's trainer hears the ledger's reason at once, not at its syncTimeout.

@@ -1,5 +1,5 @@
 """A re-planned round survives a node dying mid exchange, with the merge in the trainers'
-handover files (sl_round_refill, in the simulator).
+handover files (roles/sl/refill.py, in the simulator).
 
 Each node's contribution is a writable view of a shared mapping (its trainer's handover
 file), so merged pieces land over the node's own weights. An owner dies after some of its

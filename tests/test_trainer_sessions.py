@@ -1,6 +1,6 @@
 """Trainer sessions, without sockets: the node's glue (trainers.py) routes what the SL core
 delivers to the session it is about, and the core turns a session's end and every refusal
-of its check-in into the right effects (sl_round.py, over a real swarm app)."""
+of its check-in into the right effects (roles/sl/sessions.py, over a real swarm app)."""
 
 from __future__ import annotations
 

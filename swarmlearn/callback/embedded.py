@@ -37,7 +37,7 @@ class EmbeddedNode:
         start_timeout_s: float = START_TIMEOUT_S,
         stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
-        from swarmlearn.cli.main import ArgumentParser, identity_from_arguments
+        from swarmlearn.cli.common import ArgumentParser, identity_from_arguments
         from swarmlearn.roles.node.config import resolve
         from swarmlearn.roles.node.daemon import add_node_arguments, node_options
 

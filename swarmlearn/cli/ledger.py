@@ -19,7 +19,7 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives import serialization
 
-from swarmlearn.cli.main import add_identity_arguments, identity_from_arguments
+from swarmlearn.cli.common import add_identity_arguments, identity_from_arguments
 from swarmlearn.consensus.ledger.app import sign_transaction
 from swarmlearn.consensus.ledger.txs import CreateContract, Join, Leave
 from swarmlearn.errors import ConfigError

@@ -22,7 +22,7 @@ from swarmlearn.roles.api.server import DEFAULT_API_PORT
 
 
 def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
-    from swarmlearn.cli.main import add_identity_arguments
+    from swarmlearn.cli.common import add_identity_arguments
     from swarmlearn.dashboard.server import DEFAULT_PORT
 
     where = parser.add_mutually_exclusive_group()

@@ -75,7 +75,7 @@ def _sweep(scenario: str, seeds: range, nodes: int | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from swarmlearn.cli.main import ArgumentParser, run_command
+    from swarmlearn.cli.common import ArgumentParser, run_command
 
     parser = ArgumentParser(
         prog="python -m swarmlearn.sim",

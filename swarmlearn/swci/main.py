@@ -39,7 +39,7 @@ HISTORY_LINES = 1000
 
 
 def add_ci_arguments(parser: argparse.ArgumentParser) -> None:
-    from swarmlearn.cli.main import add_identity_arguments
+    from swarmlearn.cli.common import add_identity_arguments
 
     parser.add_argument("--script", type=Path, metavar="FILE", help="run the commands in FILE")
     parser.add_argument(
@@ -209,7 +209,7 @@ def _setup_readline(history_path: Path) -> Callable[[], None] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``swci`` command."""
-    from swarmlearn.cli.main import ArgumentParser, run_command
+    from swarmlearn.cli.common import ArgumentParser, run_command
 
     parser = ArgumentParser(
         prog="swci",

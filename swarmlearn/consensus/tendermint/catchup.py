@@ -33,7 +33,7 @@ def answer_status(core: ConsensusCore, sender: str, status: Status) -> list[Effe
         found = core.blocks.get(status.height)
         return [Send(sender, BlockResponse(*found))] if found else []
     if status.height > core.height:
-        return core._ask_for_blocks(sender)
+        return core.ask_for_blocks(sender)
     effects: list[Effect] = []
     polkas: set[tuple[int, bytes]] = set()
     for round_, received in core.machine.all_proposals():
@@ -51,14 +51,12 @@ def answer_status(core: ConsensusCore, sender: str, status: Status) -> list[Effe
 def catch_up(core: ConsensusCore, sender: str, block: Block, commit: Commit) -> list[Effect]:
     if block.header.height != core.height or commit.height != core.height:
         return []
-    problem = core._block_problem(block) or commit_problem(
-        core, core.validators, block.hash, commit
-    )
+    problem = core.block_problem(block) or commit_problem(core, core.validators, block.hash, commit)
     if problem:
         return [Log(f"block {core.height} from {sender} refused: {problem}", "warning")]
     effects: list[Effect] = [Persist(WAL, Heard(BlockResponse(block, commit)))]
-    effects += core._commit(block, commit)
-    return [*effects, Send(sender, core._status())]  # and the next one, please
+    effects += core.commit_block(block, commit)
+    return [*effects, Send(sender, core.status())]  # and the next one, please
 
 
 def commit_problem(

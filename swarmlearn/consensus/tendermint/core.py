@@ -156,6 +156,17 @@ class ConsensusConfig:
 
 
 class ConsensusCore:
+    """One validator's (or follower's) ledger: feed it inputs with :meth:`handle`.
+
+    Restart (:mod:`.restart`) and catch-up (:mod:`.catchup`) are this class's own logic kept
+    in files of their own; they drive it through its named steps, the same ones ``handle``
+    uses: :meth:`take_proposal` and :meth:`take_vote` (a checked message into the machine),
+    :meth:`run_machine` (the machine's outputs signed, persisted, sent), :meth:`block_problem`
+    (why a block is invalid at this height), :meth:`commit_block` (a decided block executed,
+    the next height started), :meth:`status` and :meth:`ask_for_blocks` (catch-up's
+    requests), and :meth:`signed_key` (the double-sign guard's key).
+    """
+
     def __init__(
         self,
         genesis: Genesis,
@@ -265,17 +276,17 @@ class ConsensusCore:
         if message.height > self.height:
             if message.height == self.height + 1 and len(self.future) < FUTURE_BUFFER_MAX:
                 self.future.append((sender, message))
-            return self._ask_for_blocks(sender)
+            return self.ask_for_blocks(sender)
         if message.height < self.height:
             return []
         effects: list[Effect] = []
         if not self.started:
             effects += self._start_height()
         if isinstance(message, Proposal):
-            return effects + self._proposal(message, persist=True)
-        return effects + self._vote(message, persist=True)
+            return effects + self.take_proposal(message, persist=True)
+        return effects + self.take_vote(message, persist=True)
 
-    def _proposal(self, proposal: Proposal, *, persist: bool) -> list[Effect]:
+    def take_proposal(self, proposal: Proposal, *, persist: bool) -> list[Effect]:
         if proposal.round > max(self.machine.state.round, 0) + ROUND_WINDOW:
             return []
         proposer = self.validators.proposer(self.height, proposal.round)
@@ -297,11 +308,11 @@ class ConsensusCore:
         if kept:  # a second block for one round: evidence, and kept (lines 36 and 49 apply)
             evidence = EvidenceFound(proposer, self.height, proposal.round, "proposal")
             effects += [Deliver(evidence), Log(f"{proposer} proposed two blocks", "warning")]
-        valid = proposal.valid_round < proposal.round and not self._block_problem(proposal.block)
+        valid = proposal.valid_round < proposal.round and not self.block_problem(proposal.block)
         outputs = self.machine.on_proposal(Received(proposal, valid))
-        return effects + self._run(outputs)
+        return effects + self.run_machine(outputs)
 
-    def _vote(self, vote: Vote, *, persist: bool) -> list[Effect]:
+    def take_vote(self, vote: Vote, *, persist: bool) -> list[Effect]:
         result = self.keeper.add(vote, max(self.machine.state.round, 0))
         if result.added not in (Added.COUNTED, Added.EQUIVOCATION):
             return []
@@ -312,7 +323,7 @@ class ConsensusCore:
         for threshold in result.thresholds:
             if threshold.kind is ThresholdKind.QUORUM_VALUE and threshold.value is not None:
                 effects += self._fetch_proposal(threshold.round, vote.kind, threshold.value)
-        return effects + self._run(self.machine.on_vote())
+        return effects + self.run_machine(self.machine.on_vote())
 
     def _fetch_proposal(self, round_: int, kind: VoteType, value: bytes) -> list[Effect]:
         """A quorum voted for a block this node does not hold, and it will not come on its
@@ -331,7 +342,7 @@ class ConsensusCore:
         if height != self.height:
             return []
         effects: list[Effect] = [Persist(WAL, TimedOut(height, round_, step))]
-        return effects + self._run(self.machine.on_timeout(step, round_))
+        return effects + self.run_machine(self.machine.on_timeout(step, round_))
 
     # ------------------------------------------------------------ starting a height
 
@@ -350,7 +361,7 @@ class ConsensusCore:
 
     def _start_height(self) -> list[Effect]:
         effects: list[Effect] = [Persist(WAL, Started(self.height))]
-        effects += self._run(self.machine.start(0))
+        effects += self.run_machine(self.machine.start(0))
         buffered, self.future = self.future, []
         for sender, message in buffered:
             effects += self._consensus_message(sender, message)
@@ -358,7 +369,7 @@ class ConsensusCore:
 
     # ------------------------------------------------------------ machine outputs
 
-    def _run(self, outputs: list[Output]) -> list[Effect]:
+    def run_machine(self, outputs: list[Output]) -> list[Effect]:
         effects: list[Effect] = []
         pending = list(outputs)
         while pending:
@@ -426,7 +437,7 @@ class ConsensusCore:
         if held != (self.height, state.round) or state.step != Step.PROPOSE:
             return []  # the height or round moved on without it
         self.waited = held
-        return self._run([Propose(held[1], None, -1)])
+        return self.run_machine([Propose(held[1], None, -1)])
 
     def _reap(self) -> list[bytes]:
         return self.mempool.reap(self.config.block_txs_max, self.config.block_bytes_max)
@@ -529,7 +540,7 @@ class ConsensusCore:
             return "time does not increase"
         return ""
 
-    def _block_problem(self, block: Block) -> str:
+    def block_problem(self, block: Block) -> str:
         header = block.header
         expected = (
             ("chain id", header.chain_id, self.chain_id),
@@ -564,9 +575,9 @@ class ConsensusCore:
             block.hash,
             tuple(CommitSig(v.validator, v.signature, v.time_ms) for v in votes),
         )
-        return self._commit(block, commit)
+        return self.commit_block(block, commit)
 
-    def _commit(self, block: Block, commit: Commit) -> list[Effect]:
+    def commit_block(self, block: Block, commit: Commit) -> list[Effect]:
         height = self.height
         effects: list[Effect] = [] if self.replaying else [Persist(BLOCKS, (block, commit))]
         executed = self.app.execute_block(block)
@@ -623,26 +634,26 @@ class ConsensusCore:
 
     # ------------------------------------------------------------ gossip and catch-up
 
-    def _status(self) -> Status:
+    def status(self) -> Status:
         return Status(self.height, max(self.machine.state.round, 0), self.machine.state.step)
 
-    def _ask_for_blocks(self, peer: str) -> list[Effect]:
+    def ask_for_blocks(self, peer: str) -> list[Effect]:
         """We are behind ``peer``: tell it where we are (at most once per status interval)."""
         last = self.status_sent.get(peer)
         if last is not None and self.now - last < self.config.status_interval_s:
             return []
         self.status_sent[peer] = self.now
-        return [Send(peer, self._status())]
+        return [Send(peer, self.status())]
 
     def _status_tick(self) -> list[Effect]:
         effects: list[Effect] = [SetTimer(STATUS_TIMER, self.config.status_interval_s)]
         if self.peers:
-            effects.append(Send(self.rng.choice(self.peers), self._status()))
+            effects.append(Send(self.rng.choice(self.peers), self.status()))
         return effects
 
     # ------------------------------------------------------------ restart
 
     @staticmethod
-    def _signed_key(message: Proposal | Vote) -> tuple[int, int, str]:
+    def signed_key(message: Proposal | Vote) -> tuple[int, int, str]:
         name = "proposal" if isinstance(message, Proposal) else message.kind.name
         return (message.height, message.round, name)

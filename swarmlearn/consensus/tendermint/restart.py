@@ -38,7 +38,7 @@ def restore(core: ConsensusCore, persisted: Any) -> list[Effect]:
     core.replaying = True
     for block, commit in persisted.get(BLOCKS, ()):
         if block.header.height == core.height:
-            core._commit(block, commit)
+            core.commit_block(block, commit)
     wal: list[WalRecord] = list(persisted.get(WAL, ()))
     done = [
         i
@@ -48,7 +48,7 @@ def restore(core: ConsensusCore, persisted: Any) -> list[Effect]:
     tail = wal[done[-1] + 1 :] if done else [r for r in wal if not isinstance(r, HeightDone)]
     for record in tail:  # the guard first: replay re-uses what was signed, never re-signs
         if isinstance(record, Signed) and record.message.height == core.height:
-            core.signed[core._signed_key(record.message)] = record.message
+            core.signed[core.signed_key(record.message)] = record.message
     from_wal = set(core.signed)
     for record in tail:
         replay(core, record)
@@ -83,16 +83,16 @@ def restore_timers(core: ConsensusCore) -> list[Effect]:
 def replay(core: ConsensusCore, record: WalRecord) -> None:
     match record:
         case Started(height) if height == core.height and not core.started:
-            core._run(core.machine.start(0))
+            core.run_machine(core.machine.start(0))
         case Heard(BlockResponse() as response):
             if response.block.header.height == core.height:
-                core._commit(response.block, response.commit)
+                core.commit_block(response.block, response.commit)
         case Heard(Proposal() | Vote() as message) if message.height == core.height:
             if not core.started:
-                core._run(core.machine.start(0))
+                core.run_machine(core.machine.start(0))
             if isinstance(message, Proposal):
-                core._proposal(message, persist=False)
+                core.take_proposal(message, persist=False)
             else:
-                core._vote(message, persist=False)
+                core.take_vote(message, persist=False)
         case TimedOut(height, round_, step) if height == core.height:
-            core._run(core.machine.on_timeout(step, round_))
+            core.run_machine(core.machine.on_timeout(step, round_))

@@ -43,6 +43,7 @@ from swarmlearn.roles.sl.messages import (
     ReportPerf,
     SessionClosed,
 )
+from swarmlearn.roles.sl.timers import SLTimer
 from swarmlearn.sansio import Deliver, Effect, Input, Receive, Request, Start, TimerFired
 
 ROUND_MESSAGES = (
@@ -91,7 +92,7 @@ class SwarmNodeCore:
                 | SessionClosed()
             ):
                 effects = self.sl.handle(event, now)
-            case TimerFired((str(kind), *_)) if kind.startswith("sl-"):
+            case TimerFired(SLTimer()):
                 effects = self.sl.handle(event, now)
             case Start():
                 effects = list(self.consensus.handle(event, now))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from swarmlearn.cli.main import (
+from swarmlearn.cli.common import (
     ArgumentParser,
     add_identity_arguments,
     identity_from_arguments,
@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         )
         flag, address = ("--api", args.api) if api else ("--listen", args.listen)
         lane_bind = any(
-            frame.filename.endswith("lanes.py")
+            frame.filename.endswith("bulk_push.py")  # RoundLanes.serve
             for frame in traceback.extract_tb(bind_error.__traceback__)
         )
         if lane_bind:

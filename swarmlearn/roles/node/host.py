@@ -25,9 +25,9 @@ Who connects on the node's port (30303), told apart by the first byte:
 - **bulk lanes** (``B``): the p2p host's blob lanes.
 
 Round weights (messages of ``lane_types``) go to the round lanes
-(:mod:`swarmlearn.roles.node.lanes`) when the peer has one; otherwise, and for everything
+(:mod:`swarmlearn.p2p.bulk_push`) when the peer has one; otherwise, and for everything
 else, on the peer's link. Each new peer is told this node's lane port (a direct
-:class:`~swarmlearn.roles.node.lanes.LanePort` on the link); a peer's announcement is kept
+:class:`~swarmlearn.p2p.bulk_push.LanePort` on the link); a peer's announcement is kept
 from the core and given to the lanes.
 
 A peer that keeps sending forged transactions (:meth:`report_forged`: the consensus core's
@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import trio
 
 from swarmlearn.errors import RemoteProtocolError
+from swarmlearn.p2p.bulk_push import LanePort, RoundLanes
 from swarmlearn.p2p.identity import NODE_ROLES, Identity
 from swarmlearn.p2p.limits import ByteBudget
 from swarmlearn.p2p.messages import Goodbye
@@ -54,7 +55,6 @@ from swarmlearn.p2p.peertable import BanPeer, Learn, PeerDown, PeerUp
 from swarmlearn.p2p.service import P2PService, ServiceConfig
 from swarmlearn.p2p.transport import Connection, Listener, TransportStatistics
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.node.lanes import LanePort, RoundLanes
 from swarmlearn.roles.node.policing import Police
 from swarmlearn.sansio import NodeId, Request
 

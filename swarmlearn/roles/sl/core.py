@@ -27,7 +27,7 @@ the round and fixes the participants; participant ``i`` owns range ``i`` of
    tries, then the round fails for it: :mod:`~swarmlearn.roles.sl.outcome`). A FAILED
    round is delivered as such: the trainer keeps its own weights, never a partial merge.
 
-Bytes and memory: the node's round lanes (:mod:`swarmlearn.roles.node.lanes`) hash each chunk and
+Bytes and memory: the node's round lanes (:mod:`swarmlearn.p2p.bulk_push`) hash each chunk and
 merged piece as it arrives and hand it in as :class:`Hashed`, so the core compares digests
 (a plain ``Receive``, as in the simulator, is hashed here). Merged pieces are cut at chunk
 boundaries, so the merged root reuses those digests. The contribution is kept as given, no
@@ -99,16 +99,30 @@ from swarmlearn.roles.sl.messages import (
     range_out,
     specs_of,
 )
-from swarmlearn.roles.sl.outcome import DEADLINE_MARGIN_S, WAIT_PROGRESS_S
+from swarmlearn.roles.sl.outcome import DEADLINE_MARGIN_S, WAIT_PROGRESS_S, RoundEnds
 from swarmlearn.roles.sl.refill import RoundRefill
 from swarmlearn.roles.sl.sessions import RESEND_S, RoundSessions
 from swarmlearn.roles.sl.state import (
     Attempt,
-    EarlyMessages,
+    RoundBook,
     RoundState,
+    Sign,
     add_own,
     contribution_sends,
     is_early,
+)
+from swarmlearn.roles.sl.timers import (
+    AttemptDeadline,
+    AttemptHalfway,
+    CloseDue,
+    FetchTry,
+    GoneWait,
+    LatestDeadline,
+    LatestStall,
+    ProgressDue,
+    QueuedTimeout,
+    RefillDeadline,
+    SyncTimeout,
 )
 from swarmlearn.sansio import (
     Deliver,
@@ -123,7 +137,7 @@ from swarmlearn.sansio import (
     TimerFired,
 )
 
-#: The core, and (re-exported from sl_messages) what it speaks.
+#: The core, and (re-exported from roles/sl/messages.py) what it speaks.
 __all__ = [
     "Contribute",
     "FetchMerged",
@@ -149,40 +163,50 @@ __all__ = [
 # ---------------------------------------------------------------- the core
 
 
-class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
-    """One SL node's rounds, for every contract it trains on."""
+class SLRoundCore:
+    """One SL node's rounds, for every contract it trains on.
 
-    def __init__(self, me: NodeId, app: SwarmApp, sign: Any) -> None:
+    The core commits weights, follows the ledger's record of each round and runs the
+    exchange of an attempt (manifests, chunks, the merge of its range, merged pieces). Its
+    parts each own their inputs and state, and share the :class:`RoundBook` (the rounds):
+    ``ends`` (the outcome: delivery, the merged-model fetch, waiting and attempt timers),
+    ``sessions`` (queued weights, gone sessions, refused check-ins), ``refill``,
+    ``latest`` (latest-model fetches for late trainers), ``global_merge`` (partial sums),
+    and the book's ``kept`` models (served to peers that fetch them).
+    """
+
+    def __init__(self, me: NodeId, app: SwarmApp, sign: Sign) -> None:
         self.me = me
         self.app = app
         self.sign = sign  # body Message -> signed transaction bytes
-        self.rounds: dict[tuple[str, int], RoundState] = {}
-        self.kept = KeptModels()  # merged models, to serve peers that fetch them
-        self.early = EarlyMessages()  # replayed when their attempt starts here
-        self.queued: dict[str, Contribute] = {}  # the next weights, while a round runs
-        self.queued_at: dict[str, float] = {}  # when their trainer's sync started
+        self.book = RoundBook(me, app, sign)
+        self.ends = RoundEnds(self.book)
+        self.sessions = RoundSessions(self.book, self._contribute)
+        self.refill = RoundRefill(self.book, self._follow)
+        self.latest = LatestModels(self.book)
+        self.global_merge = RoundGlobal(self.book, self._after_merge_step)
         self.nonce = 0  # check-ins signed: with the session, each one a distinct transaction
-        self.latest = {}  # fetches of a contract's latest model, for trainers (sl_round_latest)
-        self.partials_dropped = 0  # partial sums dropped as garbage (sl_round_global)
+
+    @property
+    def rounds(self) -> dict[tuple[str, int], RoundState]:
+        return self.book.rounds
+
+    @property
+    def kept(self) -> KeptModels:
+        return self.book.kept
+
+    @property
+    def partials_dropped(self) -> int:
+        """Partial sums dropped as garbage (a global method's exchange)."""
+        return self.global_merge.partials_dropped
 
     def handle(self, event: Input, now: float) -> list[SLEffect]:
         match event:
             case Request(Contribute() as contribution):
                 return self._contribute(contribution, now)
-            case Request(SessionClosed(session)):
-                return self._session_closed(session, now)
-            case Request(TxRefused(data, reason)):
-                return self._tx_refused(data, reason)
             case Request(LedgerChanged()):
                 effects = [e for r in list(self.rounds.values()) for e in self._follow(r, now)]
-                return effects + self._start_queued(now) + self._latest_follow(now)
-            case Receive(sender, MergedUnavailable() as unavailable):
-                fetching = self._fetch_unavailable(sender, unavailable)  # a round's model
-                return fetching + self._latest_handle(event, now)  # or a late joiner's
-            case Request(FetchLatest()):
-                return self._latest_handle(event, now)  # a trainer that joins late
-            case TimerFired(("sl-latest" | "sl-latest-end", *_)):
-                return self._latest_handle(event, now)
+                return effects + self.sessions.start_queued(now) + self.latest.follow(now)
             case Receive(
                 sender, RoundManifest() | RoundChunk() | MergedPiece() | MergePartials() as message
             ):
@@ -198,24 +222,20 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
                     r.contract, r.round, r.loss, r.metric, r.epochs_done, r.epochs_total
                 )
                 return [SubmitSigned(self.sign(perf))]
-            case Request(Refilled() as refilled):
-                return self._refilled(refilled, now)
-            case TimerFired(("sl-fetch", str(contract), int(number), int(tries))):
-                return self._fetch_timer(contract, number, tries)
-            case TimerFired(("sl-refill", str(contract), int(number), int(attempt))):
-                return self._refill_expired(contract, number, attempt)
-            case Receive(sender, FetchMerged(contract, number)):
-                return self.kept.serve(sender, contract, number)
-            case TimerFired(("sl-wait" | "sl-expire" as kind, str(contract), int(number), _)):
-                return self._waiting(contract, number, now, expired=kind == "sl-expire")
-            case TimerFired(("sl-gone", str(contract), int(number), _)):
-                return self._gone_timer(contract, number, now)
-            case TimerFired(("sl-queued", str(contract), int(number), int(session))):
-                return self._queued_expired(contract, number, session, now)
-            case TimerFired(("sl-deadline", str(contract), int(number), int(attempt))):
-                return self._deadline(contract, number, attempt, now)
-            case TimerFired(("sl-alive" | "sl-tick" as kind, str(contract), int(number), int(a))):
-                return self._beat(kind, contract, number, a, now)
+            case Receive(sender, FetchMerged() as fetch):
+                return self.kept.serve(sender, fetch)
+            case Receive(_, MergedUnavailable()):  # for a round's model, or a late joiner's
+                return self.ends.handle(event, now) + self.latest.handle(event, now)
+            case TimerFired(ProgressDue() | SyncTimeout() | CloseDue() | FetchTry()):
+                return self.ends.handle(event, now)
+            case TimerFired(AttemptHalfway() | AttemptDeadline()):
+                return self.ends.handle(event, now)
+            case Request(SessionClosed() | TxRefused()) | TimerFired(GoneWait() | QueuedTimeout()):
+                return self.sessions.handle(event, now)
+            case Request(Refilled()) | TimerFired(RefillDeadline()):
+                return self.refill.handle(event, now)
+            case Request(FetchLatest()) | TimerFired(LatestStall() | LatestDeadline()):
+                return self.latest.handle(event, now)  # a trainer that joins late
         return []
 
     def _dispatch(
@@ -225,7 +245,7 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
         digest: bytes | None = None,
     ) -> list[SLEffect]:
         if isinstance(message, MergePartials):
-            return self._on_partials(sender, message)
+            return self.global_merge.on_partials(sender, message)
         if isinstance(message, RoundManifest):
             return self._on_manifest(sender, message)
         if isinstance(message, RoundChunk):
@@ -238,13 +258,13 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
         message: RoundManifest | RoundChunk | MergedPiece | MergePartials,
         digest: bytes | None = None,
     ) -> list[SLEffect]:
-        if not self.early.keep(sender, message, digest):
+        if not self.book.early.keep(sender, message, digest):
             return [Log("dropped an early round message: the buffer is full", "warning")]
         return []
 
     def _replay_early(self, state: RoundState) -> list[SLEffect]:
         assert state.attempt is not None
-        ready = self.early.take(state.contract, state.number, state.attempt.number)
+        ready = self.book.early.take(state.contract, state.number, state.attempt.number)
         return [effect for s, m, d in ready for effect in self._dispatch(s, m, d)]
 
     # ------------------------------------------------------------ committing
@@ -265,7 +285,7 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
             return [Deliver(failed)]
         busy = [r for r in self.rounds.values() if r.contract == c.contract and not r.finished]
         if busy:  # one round at a time per contract: this one waits for the current one
-            return self._queue(c, busy[0].number, started, now)
+            return self.sessions.queue(c, busy[0].number, started, now)
         number = contract.next_round_number()
         hashes = c.chunk_hashes
         if hashes is None or len(hashes) != c.layout.chunk_count:
@@ -295,11 +315,11 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
         state.sent_at = now
         effects: list[SLEffect] = [
             SubmitSigned(state.check_in),
-            self._progress(state, "checking in"),
-            SetTimer(("sl-wait", c.contract, number, 0), WAIT_PROGRESS_S),
+            self.book.progress(state, "checking in"),
+            SetTimer(ProgressDue(c.contract, number), WAIT_PROGRESS_S),
         ]
         if left_s is not None:
-            effects.append(SetTimer(("sl-expire", c.contract, number, 0), left_s))
+            effects.append(SetTimer(SyncTimeout(c.contract, number), left_s))
         if c.perf is not None:
             loss, metric, done, total = c.perf
             report = PerfData(c.contract, number, loss, metric, done, total, contract.generation)
@@ -307,25 +327,25 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
         return effects
 
     def _follow(self, state: RoundState, now: float) -> list[SLEffect]:
-        record = self._record(state)
+        record = self.book.record(state)
         if state.finished or state.refilling is not None:  # (the trainer is writing its file)
             return []
         if state.gone_at is not None and (record is None or self.me not in record.participants):
-            return self._gone_follow(state, record, now)  # its trainer went away
+            return self.sessions.gone_follow(state, record, now)  # its trainer went away
         contract = self.app.state.contracts.get(state.contract)
         if contract is None or contract.generation != state.generation:
             reason = f"round {state.number}: the contract was reset (RESET CONTRACT); sync again"
-            return [self._failed(state, reason)]
-        if (refused := self._refused_on_ledger(state)) is not None:
-            return [self._failed(state, f"the ledger refuses it: {refused}", refused=True)]
-        if self._missed(state, record):
+            return [self.book.failed(state, reason)]
+        if (refused := self.sessions.refused_on_ledger(state)) is not None:
+            return [self.book.failed(state, f"the ledger refuses it: {refused}", refused=True)]
+        if self.ends.missed(state, record):
             # Checked in to a round that had moved on (a restarted node's ledger was behind,
             # or the round closed first): the same weights go to the round that is open now.
             del self.rounds[(state.contract, state.number)]
             return self._contribute(state.contribution, now, state.contributed_at)
         if record is None or self.me not in record.checkins:
-            if problem := self._refusal(state, record):  # for good: another model won the race
-                return [self._failed(state, f"the ledger refuses it: {problem}", refused=True)]
+            if problem := self.ends.refusal(state, record):  # for good: another model won the race
+                return [self.book.failed(state, f"the ledger refuses it: {problem}", refused=True)]
             if now - state.sent_at >= RESEND_S:
                 state.sent_at = now  # not on the ledger yet (refused while joining, or lost)
                 return [SubmitSigned(state.check_in)]
@@ -335,17 +355,17 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
             text = f"round {state.number}: {len(record.checkins)}/{record.min_peers} checked in"
             if text == state.last_progress:
                 return []
-            effects: list[SLEffect] = [self._progress(state, text)]
+            effects: list[SLEffect] = [self.book.progress(state, text)]
             if record.quorum_ms is not None:  # a block after the grace period closes the round
                 contract = self.app.state.contracts[state.contract]
                 close_s = (record.quorum_ms + contract.params.grace_ms) / 1000
-                tag = ("sl-tick", state.contract, state.number, 0)
+                tag = CloseDue(state.contract, state.number)
                 effects.append(SetTimer(tag, max(0.0, close_s - now) + DEADLINE_MARGIN_S))
             return effects
         if record.status == RoundStatus.FAILED:
-            return [self._failed(state, record.reason)]
+            return [self.book.failed(state, record.reason)]
         if record.status == RoundStatus.DONE:
-            return self._done(state, record)
+            return self.ends.done(state, record)
         if state.attempt is None or state.attempt.number != record.attempt:
             return self._start_attempt(state, record, now)
         return []
@@ -356,12 +376,12 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
         if self.me not in record.participants:
             state.attempt = None
             return [
-                self._progress(
+                self.book.progress(
                     state, f"round {state.number}: not a participant of attempt {record.attempt}"
                 )
             ]
         c = state.contribution
-        self.kept.release_settled(self.app, state.contract, state.number, self.rounds)
+        self.book.release_settled(state.contract, state.number)
         me = record.participants.index(self.me)
         method = round_method(record.merge_method, len(record.participants))
         is_global = method_scope(method) == "global"  # a plan that splits no chunk (global)
@@ -375,7 +395,7 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
         # apart and copied in. Else in a buffer of its own, its range merged in place.
         file = handover_file(c.flat, c.layout.total_bytes)
         if file is not None and state.overwritten:
-            return self._refill(state, record, now)
+            return self.refill.refill(state, record, now)
         shard = plan.shards[me]
         merged: bytearray | memoryview
         if file is None:
@@ -385,7 +405,7 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
             merged = file
             out = range_out(file, shard.start_byte, shard.stop_byte) if c.refill else None
         merge: RangeMerge | RangeCollector
-        if is_global:  # every chunk of my range kept for the steps (sl_round_global)
+        if is_global:  # every chunk of my range kept for the steps (roles/sl/global_merge.py)
             merge, out = RangeCollector(c.layout, shard, weights), None
         else:
             merge = RangeMerge(c.layout, shard, weights, method, out=out)
@@ -396,13 +416,12 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
         effects: list[SLEffect] = []
         wait_s = max(0.0, record.deadline_ms / 1000 - now) + DEADLINE_MARGIN_S
         effects.append(
-            SetTimer(("sl-deadline", state.contract, state.number, attempt.number), wait_s)
+            SetTimer(AttemptDeadline(state.contract, state.number, attempt.number), wait_s)
         )
         # Halfway, tell the ledger this node is alive: if the attempt fails, the next one is
         # planned with the nodes that said so (the ledger's deadline rule).
-        effects.append(
-            SetTimer(("sl-alive", state.contract, state.number, attempt.number), wait_s / 2)
-        )
+        halfway = AttemptHalfway(state.contract, state.number, attempt.number)
+        effects.append(SetTimer(halfway, wait_s / 2))
         attempt.manifests[me] = state.manifest_hashes
         effects += contribution_sends(self.me, state, attempt, plan)
         for chunk in plan.shards[me].chunks(c.layout):  # my own contribution to my own range
@@ -411,7 +430,7 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
             else:
                 add_own(state, attempt, chunk)
         effects.append(
-            self._progress(
+            self.book.progress(
                 state,
                 f"round {state.number}: exchanging with {len(record.participants)} participants",
             )
@@ -419,8 +438,8 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
         return effects + self._after_merge_step(state) + self._replay_early(state)
 
     def _on_manifest(self, sender: str, m: RoundManifest) -> list[SLEffect]:
-        state = self._current(m.contract, m.round, m.attempt)
-        record = self._record(state) if state else None
+        state = self.book.current(m.contract, m.round, m.attempt)
+        record = self.book.record(state) if state else None
         if (
             state is None
             or record is None
@@ -431,7 +450,7 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
         index = state.attempt.participants.index(sender)
         committed = record.checkins[sender].root
         if manifest_root(state.contribution.layout, m.chunk_hashes) != committed:
-            return self._exclude(state, sender, "its manifest does not match its commitment")
+            return self.book.exclude(state, sender, "its manifest does not match its commitment")
         state.attempt.manifests[index] = m.chunk_hashes
         mine = [w for w in state.attempt.waiting if w[0] == index]
         state.attempt.waiting = [w for w in state.attempt.waiting if w[0] != index]
@@ -441,7 +460,7 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
         return effects
 
     def _on_chunk(self, sender: str, c: RoundChunk, digest: bytes | None) -> list[SLEffect]:
-        state = self._current(c.contract, c.round, c.attempt)
+        state = self.book.current(c.contract, c.round, c.attempt)
         if state is None or state.attempt is None or sender not in state.attempt.participants:
             return []
         index = state.attempt.participants.index(sender)
@@ -466,7 +485,7 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
             digest = content_digest(data)
         if stop < 0 or len(data) != stop - start or digest != hashes[chunk]:
             culprit = attempt.participants[participant]
-            return self._exclude(state, culprit, f"chunk {chunk} does not match its commitment")
+            return self.book.exclude(state, culprit, f"chunk {chunk} does not match its commitment")
         try:
             if chunk in attempt.own_pending:  # a fold may write over mine in the file now
                 add_own(state, attempt, chunk)
@@ -488,7 +507,7 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
         effects: list[SLEffect] = []
         result: Any
         if isinstance(attempt.merge, RangeCollector):  # a global method's steps
-            effects, result = self._global_result(state)
+            effects, result = self.global_merge.result(state)
             if result is None:
                 return effects
         else:
@@ -510,13 +529,13 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
         return effects
 
     def _on_piece(self, sender: str, p: MergedPiece, digest: bytes | None) -> list[SLEffect]:
-        if p.attempt == -1 and (fetched := self._latest_piece(sender, p)) is not None:
-            return fetched  # the latest model, fetched for a trainer (sl_round_latest)
+        if p.attempt == -1 and (fetched := self.latest.piece(sender, p)) is not None:
+            return fetched  # the latest model, fetched for a trainer (roles/sl/latest.py)
         state = self.rounds.get((p.contract, p.round))
         if state is None:
             return []
         if p.attempt == -1:  # a fetched merged model (see _serve)
-            return self._fetched(sender, state, p)
+            return self.ends.fetched(sender, state, p)
         if (
             state.attempt is None
             or state.attempt.number != p.attempt
@@ -561,20 +580,10 @@ class SLRoundCore(RoundSessions, RoundRefill, LatestModels, RoundGlobal):
         attempt.reported = True
         root = merged_root(layout, attempt.merged, attempt.digests)
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
-        self._keep(state.contract, state.number, root, state.merged)
+        self.book.keep(state.contract, state.number, root, state.merged)
         report = Merged(state.contract, state.number, attempt.number, root, state.generation)
         return [
             *shed,
             SubmitSigned(self.sign(report)),
-            self._progress(state, f"round {state.number}: merged, root {root.hex()[:12]}"),
+            self.book.progress(state, f"round {state.number}: merged, root {root.hex()[:12]}"),
         ]
-
-    # ------------------------------------------------------------ ends
-
-    def _start_queued(self, now: float) -> list[SLEffect]:
-        effects: list[SLEffect] = []
-        for contract, queued in sorted(self.queued.items()):
-            if not any(r.contract == contract and not r.finished for r in self.rounds.values()):
-                del self.queued[contract]
-                effects += self._contribute(queued, now, self.queued_at.pop(contract, now))
-        return effects

@@ -34,6 +34,7 @@ names the step and the owners it waited for.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,11 @@ from swarmlearn.merge.methods import GeoMedian, Krum
 from swarmlearn.merge.sharded import GlobalSteps, float_piece_count, geo_width, krum_width
 from swarmlearn.merge.stream import aligned_buffer
 from swarmlearn.roles.sl.messages import MergePartials, PeerFault, Progress, SLEffect
-from swarmlearn.roles.sl.state import Attempt, RoundState
+from swarmlearn.roles.sl.state import Attempt, RoundBook, RoundState
 from swarmlearn.sansio import Deliver, Log, Metric, NodeId, Send
+
+#: The core's next merge step of a round (here: once a step's rows are all in).
+StepFn = Callable[[RoundState], list[SLEffect]]
 
 
 def row_width(method: Any, participants: int) -> int:
@@ -54,22 +58,14 @@ def row_width(method: Any, participants: int) -> int:
 
 
 class RoundGlobal:
-    """The partial-sum exchange; a base of :class:`~swarmlearn.roles.sl.core.SLRoundCore`."""
+    """The partial-sum exchange of the rounds that merge with a global method."""
 
-    me: NodeId
-    rounds: dict[tuple[str, int], RoundState]
-    partials_dropped: int
+    def __init__(self, book: RoundBook, step: StepFn) -> None:
+        self.book = book
+        self.step = step
+        self.partials_dropped = 0  # partial sums dropped as garbage
 
-    def _current(self, contract: str, number: int, attempt: int) -> RoundState | None:
-        raise NotImplementedError
-
-    def _after_merge_step(self, state: RoundState) -> list[SLEffect]:
-        raise NotImplementedError
-
-    def _exclude(self, state: RoundState, culprit: str, reason: str) -> list[SLEffect]:
-        raise NotImplementedError
-
-    def _global_result(self, state: RoundState) -> tuple[list[SLEffect], memoryview | None]:
+    def result(self, state: RoundState) -> tuple[list[SLEffect], memoryview | None]:
         """Run my steps as far as the rows at hand allow; my range's merged bytes when done."""
         attempt = state.attempt
         assert attempt is not None
@@ -102,10 +98,10 @@ class RoundGlobal:
         attempt.partials.setdefault(step, {})[attempt.me] = rows
         data = np.ascontiguousarray(rows, "<f8").tobytes()
         message = MergePartials(state.contract, state.number, attempt.number, step, data)
-        return [Send(peer, message) for peer in attempt.participants if peer != self.me]
+        return [Send(peer, message) for peer in attempt.participants if peer != self.book.me]
 
-    def _on_partials(self, sender: NodeId, m: MergePartials) -> list[SLEffect]:
-        state = self._current(m.contract, m.round, m.attempt)
+    def on_partials(self, sender: NodeId, m: MergePartials) -> list[SLEffect]:
+        state = self.book.current(m.contract, m.round, m.attempt)
         attempt = None if state is None else state.attempt
         if state is None or attempt is None or sender not in attempt.participants:
             return []
@@ -115,7 +111,7 @@ class RoundGlobal:
             self.partials_dropped += 1
             reason = f"its partial sums of step {m.step}: {bad}"
             return [
-                *self._exclude(state, sender, reason),
+                *self.book.exclude(state, sender, reason),
                 Metric("sl_partials_dropped", 1.0),
                 Deliver(PeerFault(sender, f"round {state.number}: {reason}")),
             ]
@@ -131,7 +127,7 @@ class RoundGlobal:
         attempt.partials.setdefault(m.step, {})[owner] = np.frombuffer(m.rows, "<f8")
         if attempt.steps is None and not (attempt.merge is not None and attempt.merge.done):
             return []  # my range is not complete yet: the rows wait for my first step
-        return self._after_merge_step(state)
+        return self.step(state)
 
     def _malformed(
         self, state: RoundState, attempt: Attempt, sender: NodeId, m: MergePartials

@@ -33,7 +33,6 @@ from swarmlearn.consensus.ledger.app import SwarmApp
 from swarmlearn.consensus.ledger.rounds import RoundRecord, RoundStatus, layout_difference
 from swarmlearn.merge import build_manifest
 from swarmlearn.merge.manifest import Layout
-from swarmlearn.roles.sl.merged import KeptModels
 from swarmlearn.roles.sl.messages import (
     FetchLatest,
     FetchMerged,
@@ -45,7 +44,8 @@ from swarmlearn.roles.sl.messages import (
     SLEffect,
     specs_of,
 )
-from swarmlearn.roles.sl.state import RoundState
+from swarmlearn.roles.sl.state import RoundBook
+from swarmlearn.roles.sl.timers import LatestDeadline, LatestStall
 from swarmlearn.sansio import (
     Deliver,
     Input,
@@ -92,88 +92,88 @@ def latest_done(app: SwarmApp, contract: str) -> RoundRecord | None:
 
 
 class LatestModels:
-    """Fetching the latest merged model: a base of :class:`~.sl_round.SLRoundCore`."""
+    """The fetches of contracts' latest merged models, one per contract."""
 
-    me: NodeId
-    app: SwarmApp
-    rounds: dict[tuple[str, int], RoundState]
-    kept: KeptModels
-    latest: dict[str, LatestFetch]
+    def __init__(self, book: RoundBook) -> None:
+        self.book = book
+        self.fetches: dict[str, LatestFetch] = {}
 
-    def _latest_handle(self, event: Input, now: float) -> list[SLEffect]:
+    def handle(self, event: Input, now: float) -> list[SLEffect]:
         match event:
             case Request(FetchLatest() as ask):
-                return self._latest_asked(ask, now)
+                return self._asked(ask, now)
             case Receive(sender, MergedUnavailable() as unavailable):
-                return self._latest_unavailable(sender, unavailable)
-            case TimerFired(("sl-latest" | "sl-latest-end" as kind, str(contract), _, int(n))):
-                return self._latest_timer(kind, contract, n, now)
+                return self._unavailable(sender, unavailable)
+            case TimerFired(LatestDeadline(contract)):
+                return self._deadline(contract, now)
+            case TimerFired(LatestStall(contract, _, tries)):
+                return self._stalled(contract, tries)
         return []
 
-    def _latest_asked(self, ask: FetchLatest, now: float) -> list[SLEffect]:
-        if ask.contract in self.latest:  # one fetch per contract: its answer goes to all
+    def _asked(self, ask: FetchLatest, now: float) -> list[SLEffect]:
+        if ask.contract in self.fetches:  # one fetch per contract: its answer goes to all
             return []
         fetch = LatestFetch(ask.contract, ask.layout, now + ask.wait_s)
-        self.latest[ask.contract] = fetch
-        end = SetTimer(("sl-latest-end", ask.contract, 0, 0), ask.wait_s)
-        return [end, *self._latest_look(fetch, now)]
+        self.fetches[ask.contract] = fetch
+        end = SetTimer(LatestDeadline(ask.contract), ask.wait_s)
+        return [end, *self._look(fetch, now)]
 
-    def _latest_follow(self, now: float) -> list[SLEffect]:
+    def follow(self, now: float) -> list[SLEffect]:
         """A block was committed: the node joined, or a newer round finished."""
-        return [e for f in list(self.latest.values()) for e in self._latest_look(f, now)]
+        return [e for f in list(self.fetches.values()) for e in self._look(f, now)]
 
-    def _latest_look(self, fetch: LatestFetch, now: float) -> list[SLEffect]:
-        if self.me not in self.app.state.members:
-            return self._latest_say(fetch, "waiting for this node's ledger to catch up (joining)")
-        contract = self.app.state.contracts.get(fetch.contract)
+    def _look(self, fetch: LatestFetch, now: float) -> list[SLEffect]:
+        if self.book.me not in self.book.app.state.members:
+            return self._say(fetch, "waiting for this node's ledger to catch up (joining)")
+        contract = self.book.app.state.contracts.get(fetch.contract)
         if contract is not None and contract.layout is not None:
             problem = layout_difference(contract.layout, specs_of(fetch.layout))
             if problem:
                 reason = f"this model differs from the contract's: {problem}"
-                return self._latest_end(fetch, LatestFailed(fetch.contract, reason, True))
-        record = latest_done(self.app, fetch.contract)
+                return self._end(fetch, LatestFailed(fetch.contract, reason, True))
+        record = latest_done(self.book.app, fetch.contract)
         if record is None:  # no round has finished: the trainer starts from its own weights
-            return self._latest_end(fetch, LatestModel(fetch.contract, 0, b"", b""))
+            return self._end(fetch, LatestModel(fetch.contract, 0, b"", b""))
         if record.number <= fetch.number:
             return []  # fetching it already (or waiting for a newer one)
         assert record.merged_root is not None
         fetch.number, fetch.root = record.number, record.merged_root
-        held = self.kept.kept.get((fetch.contract, record.number))
+        held = self.book.kept.kept.get((fetch.contract, record.number))
         if held is not None and held[0] == record.merged_root:  # this node took part
             flat = held[1] if isinstance(held[1], bytearray) else bytes(held[1])
             model = LatestModel(fetch.contract, record.number, record.merged_root, flat)
-            return self._latest_end(fetch, model)
+            return self._end(fetch, model)
         fetch.sources = [
             p
             for p in record.participants
-            if p != self.me and record.merged.get(p) == record.merged_root
+            if p != self.book.me and record.merged.get(p) == record.merged_root
         ]
         fetch.buffer = bytearray(fetch.layout.total_bytes)
-        return self._latest_next(fetch)
+        return self._next(fetch)
 
-    def _latest_next(self, fetch: LatestFetch) -> list[SLEffect]:
+    def _next(self, fetch: LatestFetch) -> list[SLEffect]:
         """Ask the next peer for the model; none left: wait for a newer round."""
         fetch.got, fetch.seen, fetch.tries = 0, 0, fetch.tries + 1
         if not fetch.sources:
             fetch.source = ""
-            return self._latest_say(
+            return self._say(
                 fetch,
                 f"no peer holds the swarm's model of round {fetch.number} any more;"
                 " waiting for the next round to finish",
             )
         fetch.source = fetch.sources.pop(0)
-        tag = ("sl-latest", fetch.contract, fetch.number, fetch.tries)
+        tag = LatestStall(fetch.contract, fetch.number, fetch.tries)
         return [
             Send(fetch.source, FetchMerged(fetch.contract, fetch.number)),
             SetTimer(tag, STALL_S),
-            *self._latest_say(
+            *self._say(
                 fetch, f"fetching the swarm's model of round {fetch.number} from {fetch.source[:8]}"
             ),
         ]
 
-    def _latest_piece(self, sender: NodeId, p: MergedPiece) -> list[SLEffect] | None:
+    def piece(self, sender: NodeId, p: MergedPiece) -> list[SLEffect] | None:
         """A piece of the model being fetched (None: not for a latest fetch)."""
-        fetch = self.latest.get(p.contract)
+        fetch = self.fetches.get(p.contract)
         if fetch is None or p.round != fetch.number or sender != fetch.source or not sender:
             return None
         if not 0 <= p.start <= len(fetch.buffer) - len(p.data):
@@ -188,36 +188,34 @@ class LatestModels:
                 f"round {fetch.number}: the model from {sender[:8]} does not match the"
                 " ledger's root; trying the next peer"
             )
-            return [Log(text, "warning"), *self._latest_next(fetch)]
-        self.kept.keep(fetch.contract, fetch.number, root, fetch.buffer, self.rounds)
-        return self._latest_end(
-            fetch, LatestModel(fetch.contract, fetch.number, root, fetch.buffer)
-        )
+            return [Log(text, "warning"), *self._next(fetch)]
+        self.book.keep(fetch.contract, fetch.number, root, fetch.buffer)
+        return self._end(fetch, LatestModel(fetch.contract, fetch.number, root, fetch.buffer))
 
-    def _latest_unavailable(self, sender: NodeId, m: MergedUnavailable) -> list[SLEffect]:
-        fetch = self.latest.get(m.contract)
+    def _unavailable(self, sender: NodeId, m: MergedUnavailable) -> list[SLEffect]:
+        fetch = self.fetches.get(m.contract)
         if fetch is None or m.round != fetch.number or sender != fetch.source or not sender:
             return []
-        return self._latest_next(fetch)
+        return self._next(fetch)
 
-    def _latest_timer(self, kind: str, contract: str, tries: int, now: float) -> list[SLEffect]:
-        fetch = self.latest.get(contract)
-        if fetch is None:
-            return []
-        if kind == "sl-latest-end":
-            if now + 1e-6 < fetch.deadline:
-                return []  # the timer of an earlier fetch
-            return self._latest_end(fetch, LatestFailed(contract, self._latest_why(fetch)))
-        if tries != fetch.tries or not fetch.source:
+    def _deadline(self, contract: str, now: float) -> list[SLEffect]:
+        fetch = self.fetches.get(contract)
+        if fetch is None or now + 1e-6 < fetch.deadline:
+            return []  # (the timer of an earlier fetch)
+        return self._end(fetch, LatestFailed(contract, self._why(fetch)))
+
+    def _stalled(self, contract: str, tries: int) -> list[SLEffect]:
+        fetch = self.fetches.get(contract)
+        if fetch is None or tries != fetch.tries or not fetch.source:
             return []
         if fetch.got > fetch.seen:  # still coming
             fetch.seen = fetch.got
-            return [SetTimer(("sl-latest", contract, fetch.number, tries), STALL_S)]
+            return [SetTimer(LatestStall(contract, fetch.number, tries), STALL_S)]
         text = f"{fetch.source[:8]} sent none of round {fetch.number}'s model in {STALL_S:g} s"
-        return [Log(f"{text}; trying the next peer", "warning"), *self._latest_next(fetch)]
+        return [Log(f"{text}; trying the next peer", "warning"), *self._next(fetch)]
 
-    def _latest_why(self, fetch: LatestFetch) -> str:
-        if self.me not in self.app.state.members:
+    def _why(self, fetch: LatestFetch) -> str:
+        if self.book.me not in self.book.app.state.members:
             return "this node has not joined the swarm yet (its ledger is catching up)"
         if not fetch.source:
             return (
@@ -226,12 +224,12 @@ class LatestModels:
             )
         return f"round {fetch.number}'s model did not arrive from {fetch.source[:8]} in time"
 
-    def _latest_say(self, fetch: LatestFetch, text: str) -> list[SLEffect]:
+    def _say(self, fetch: LatestFetch, text: str) -> list[SLEffect]:
         if text == fetch.said:
             return []
         fetch.said = text
         return [Deliver(LatestProgress(fetch.contract, text)), Log(text, "info")]
 
-    def _latest_end(self, fetch: LatestFetch, value: LatestModel | LatestFailed) -> list[SLEffect]:
-        del self.latest[fetch.contract]
+    def _end(self, fetch: LatestFetch, value: LatestModel | LatestFailed) -> list[SLEffect]:
+        del self.fetches[fetch.contract]
         return [Deliver(value)]

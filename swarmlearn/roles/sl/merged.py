@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from swarmlearn.consensus.ledger.app import SwarmApp
 from swarmlearn.consensus.ledger.rounds import RoundStatus
-from swarmlearn.roles.sl.messages import MergedPiece, MergedUnavailable, SLEffect
-from swarmlearn.roles.sl.state import RoundState
-from swarmlearn.sansio import Send
+from swarmlearn.roles.sl.messages import FetchMerged, MergedPiece, MergedUnavailable, SLEffect
+from swarmlearn.sansio import NodeId, Send
 
 KEPT_ROUNDS = 2  # merged models kept per contract, for peers that fetch them
 SERVE_PIECE_BYTES = 4 * 1024 * 1024
@@ -33,23 +32,12 @@ class KeptModels:
         self.kept: dict[tuple[str, int], tuple[bytes, Flat]] = {}
         self.wanted: set[str] = set()  # contracts whose next model a peer asked for in vain
 
-    def keep(
-        self,
-        contract: str,
-        number: int,
-        root: bytes,
-        flat: Flat,
-        rounds: dict[tuple[str, int], RoundState],
-    ) -> None:
-        """Serve ``flat`` to peers that fetch it; older rounds (and their finished states)
-        are let go."""
+    def keep(self, contract: str, number: int, root: bytes, flat: Flat) -> None:
+        """Serve ``flat`` to peers that fetch it; older rounds' models are let go."""
         self.kept[(contract, number)] = (root, flat)
         mine = sorted(n for c, n in self.kept if c == contract)
         for old in mine[:-KEPT_ROUNDS]:
             del self.kept[(contract, old)]
-        for key in [k for k, r in rounds.items() if k[0] == contract and r.finished]:
-            if key[1] < number - KEPT_ROUNDS:
-                del rounds[key]
 
     def settled(self, app: SwarmApp, contract: str, number: int) -> bool:
         """Every participant of the round reported the root the ledger holds: none of them
@@ -63,19 +51,21 @@ class KeptModels:
             and all(record.merged.get(p) == record.merged_root for p in record.participants)
         )
 
-    def release_settled(
-        self, app: SwarmApp, contract: str, number: int, rounds: dict[tuple[str, int], RoundState]
-    ) -> None:
+    def release_settled(self, app: SwarmApp, contract: str, number: int) -> list[tuple[str, int]]:
         """Before round ``number`` assembles a merged model, free the kept ones of earlier
-        rounds that no participant can still need."""
-        for key in [k for k in self.kept if k[0] == contract and k[1] < number]:
-            if self.settled(app, contract, key[1]):
-                del self.kept[key]
-                old = rounds.get(key)
-                if old is not None and old.finished:
-                    old.merged, old.attempt = None, None  # the attempt holds it too
+        rounds that no participant can still need; the rounds freed."""
+        freed = [
+            key
+            for key in self.kept
+            if key[0] == contract and key[1] < number and self.settled(app, contract, key[1])
+        ]
+        for key in freed:
+            del self.kept[key]
+        return freed
 
-    def serve(self, sender: str, contract: str, number: int) -> list[SLEffect]:
+    def serve(self, sender: NodeId, fetch: FetchMerged) -> list[SLEffect]:
+        """Answer a peer's ``FetchMerged``: the model in pieces, or ``MergedUnavailable``."""
+        contract, number = fetch.contract, fetch.round
         kept = self.kept.get((contract, number))
         if kept is None:
             self.wanted.add(contract)

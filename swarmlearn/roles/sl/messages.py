@@ -2,7 +2,7 @@
 inputs, deliveries and effect, and the byte-level helpers it uses on the merged model.
 
 Round messages (tags 0xA0-0xA3, 0xA5, 0xA6) travel between nodes, on round lanes where a node has
-them (:mod:`swarmlearn.roles.node.lanes`). :class:`Contribute`, :class:`Hashed` and
+them (:mod:`swarmlearn.p2p.bulk_push`). :class:`Contribute`, :class:`Hashed` and
 :class:`Refilled` are local inputs from the node; :class:`Progress`, :class:`RoundDone`,
 :class:`RoundFailed` and :class:`NeedRefill` are delivered to the trainer (which answers the
 last with :class:`Refilled`); a trainer that joins late asks :class:`FetchLatest` and hears

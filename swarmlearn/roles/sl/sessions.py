@@ -13,16 +13,29 @@ do, and their syncTimeout runs from the sync's start even while queued.
 (:class:`~swarmlearn.consensus.tendermint.events.TxRefused`), or from the ledger when it
 executes it (its outcome), unless it passes (the node still joining, the pool full, a replay):
 then the check-in is resent.
+
+:class:`RoundSessions` holds the queued weights (one contribution per contract) and starts
+them, through the core's ``contribute``, once their contract's round has ended here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from swarmlearn.consensus.ledger.rounds import RoundRecord, RoundStatus
 from swarmlearn.consensus.ledger.txs import CheckOut
-from swarmlearn.roles.sl.messages import Contribute, Progress, RoundFailed, SLEffect, SubmitSigned
-from swarmlearn.roles.sl.outcome import RoundEnds
-from swarmlearn.roles.sl.state import RoundState
-from swarmlearn.sansio import Deliver, Log, SetTimer
+from swarmlearn.consensus.tendermint.events import TxRefused
+from swarmlearn.roles.sl.messages import (
+    Contribute,
+    Progress,
+    RoundFailed,
+    SessionClosed,
+    SLEffect,
+    SubmitSigned,
+)
+from swarmlearn.roles.sl.state import RoundBook, RoundState
+from swarmlearn.roles.sl.timers import GoneWait, QueuedTimeout
+from swarmlearn.sansio import Deliver, Input, Log, Request, SetTimer, TimerFired
 
 RESEND_S = 2.0
 #: Refusals of a check-in that pass (the node is joining, the pool is full): it is resent.
@@ -31,24 +44,50 @@ PASSING_REFUSALS = ("already in the mempool", "mempool full", "is not a member")
 GONE_WAIT_S = 30.0
 WENT_AWAY = "its trainer went away"
 
+#: The core's check-in of weights: (weights, now, when their trainer's sync started).
+ContributeFn = Callable[[Contribute, float, float], list[SLEffect]]
 
-class RoundSessions(RoundEnds):
-    """Sessions' claims; a base of :class:`~swarmlearn.roles.sl.core.SLRoundCore`."""
 
-    queued: dict[str, Contribute]
-    queued_at: dict[str, float]
+class RoundSessions:
+    """Sessions' claims: queued weights, gone sessions, refused check-ins."""
 
-    def _start_queued(self, now: float) -> list[SLEffect]:
-        raise NotImplementedError  # the core's: contribute queued weights whose turn came
+    def __init__(self, book: RoundBook, contribute: ContributeFn) -> None:
+        self.book = book
+        self.contribute = contribute
+        self.queued: dict[str, Contribute] = {}  # the next weights, while a round runs
+        self.queued_at: dict[str, float] = {}  # when their trainer's sync started
 
-    def _queue(self, c: Contribute, number: int, started: float, now: float) -> list[SLEffect]:
+    def handle(self, event: Input, now: float) -> list[SLEffect]:
+        match event:
+            case Request(SessionClosed(session)):
+                return self._session_closed(session, now)
+            case Request(TxRefused(data, reason)):
+                return self._tx_refused(data, reason)
+            case TimerFired(GoneWait(contract, number)):
+                return self._gone_timer(contract, number, now)
+            case TimerFired(QueuedTimeout(contract, number, session)):
+                return self._queued_expired(contract, number, session, now)
+        return []
+
+    def start_queued(self, now: float) -> list[SLEffect]:
+        """Check in the queued weights of each contract whose round has ended here."""
+        effects: list[SLEffect] = []
+        for contract, queued in sorted(self.queued.items()):
+            if not any(
+                r.contract == contract and not r.finished for r in self.book.rounds.values()
+            ):
+                del self.queued[contract]
+                effects += self.contribute(queued, now, self.queued_at.pop(contract, now))
+        return effects
+
+    def queue(self, c: Contribute, number: int, started: float, now: float) -> list[SLEffect]:
         """Hold ``c`` until round ``number`` of its contract ends here."""
         self.queued[c.contract], self.queued_at[c.contract] = c, started
         text = f"round {number} still running; next weights queued"
         effects: list[SLEffect] = [Deliver(Progress(c.contract, number, text, c.session))]
         if c.wait_s is not None:  # its syncTimeout runs while it waits here too
             left_s = max(0.0, c.wait_s - (now - started))
-            effects.append(SetTimer(("sl-queued", c.contract, number, c.session), left_s))
+            effects.append(SetTimer(QueuedTimeout(c.contract, number, c.session), left_s))
         return effects
 
     def _queued_expired(
@@ -75,27 +114,27 @@ class RoundSessions(RoundEnds):
             if queued.session == session:
                 del self.queued[contract], self.queued_at[contract]
         effects: list[SLEffect] = []
-        for state in [s for _, s in sorted(self.rounds.items())]:
+        for state in [s for _, s in sorted(self.book.rounds.items())]:
             if state.finished or state.contribution.session != session:
                 continue
             state.gone_at = now
-            record = self._record(state)
-            if record is None or self.me not in record.participants:
-                effects += self._gone_follow(state, record, now)
-                tag = ("sl-gone", state.contract, state.number, 0)
+            record = self.book.record(state)
+            if record is None or self.book.me not in record.participants:
+                effects += self.gone_follow(state, record, now)
+                tag = GoneWait(state.contract, state.number)
                 effects.append(SetTimer(tag, GONE_WAIT_S))  # a check-in that never lands
-        return effects + self._start_queued(now)
+        return effects + self.start_queued(now)
 
     def _gone_timer(self, contract: str, number: int, now: float) -> list[SLEffect]:
-        state = self.rounds.get((contract, number))
+        state = self.book.rounds.get((contract, number))
         if state is None or state.finished or state.gone_at is None:
             return []
-        record = self._record(state)
-        if record is not None and self.me in record.participants:
+        record = self.book.record(state)
+        if record is not None and self.book.me in record.participants:
             return []  # it goes on without a listener
-        return self._gone_follow(state, record, now) + self._start_queued(now)
+        return self.gone_follow(state, record, now) + self.start_queued(now)
 
-    def _gone_follow(
+    def gone_follow(
         self, state: RoundState, record: RoundRecord | None, now: float
     ) -> list[SLEffect]:
         """A round whose session went away, still open (or its check-in on its way), or that
@@ -103,7 +142,7 @@ class RoundSessions(RoundEnds):
         then let the round go."""
         assert state.gone_at is not None
         open_ = record is not None and record.status == RoundStatus.OPEN
-        mine = record.checkins.get(self.me) if record is not None and open_ else None
+        mine = record.checkins.get(self.book.me) if record is not None and open_ else None
         if mine is not None and (mine.session, mine.root) == (
             state.contribution.session,
             state.root,
@@ -113,36 +152,36 @@ class RoundSessions(RoundEnds):
             state.sent_at = now
             if not state.check_out:
                 body = CheckOut(state.contract, state.number, state.contribution.session, WENT_AWAY)
-                state.check_out = self.sign(body)
+                state.check_out = self.book.sign(body)
             return [SubmitSigned(state.check_out)]
-        landed = self.app.outcome(state.check_in) is not None
+        landed = self.book.app.outcome(state.check_in) is not None
         if not landed and now - state.gone_at < GONE_WAIT_S:
             return []  # on its way: withdrawn once it lands
-        self._finish(state)
-        del self.rounds[(state.contract, state.number)]
+        self.book.finish(state)
+        del self.book.rounds[(state.contract, state.number)]
         return [Log(f"round {state.number}: check-in withdrawn: {WENT_AWAY}", "info")]
 
     def _tx_refused(self, data: bytes, reason: str) -> list[SLEffect]:
         """The node's mempool refused a transaction: if it is a round's check-in, and not for
         a passing reason, the round fails at once with the reason (the trainer hears it)."""
-        found = [s for s in self.rounds.values() if s.check_in == data and not s.finished]
+        found = [s for s in self.book.rounds.values() if s.check_in == data and not s.finished]
         if not found:
             return []
         if reason == "already committed":  # resent after it made a block: what did it do?
-            outcome = self.app.outcome(data) or ""
+            outcome = self.book.app.outcome(data) or ""
             if not outcome.startswith("refused: "):
                 return []
             reason = outcome.removeprefix("refused: ")
         if any(passing in reason for passing in PASSING_REFUSALS):
             return []
-        return [self._failed(found[0], f"the ledger refuses it: {reason}", refused=True)]
+        return [self.book.failed(found[0], f"the ledger refuses it: {reason}", refused=True)]
 
-    def _refused_on_ledger(self, state: RoundState) -> str | None:
+    def refused_on_ledger(self, state: RoundState) -> str | None:
         """Why the ledger refused this round's check-in when it executed it (None: it did not,
         it has not yet, or for a passing reason)."""
         if not state.check_in:  # (a round state that was never checked in from here)
             return None
-        outcome = self.app.outcome(state.check_in) or ""
+        outcome = self.book.app.outcome(state.check_in) or ""
         if not outcome.startswith("refused: "):
             return None
         reason = outcome.removeprefix("refused: ")

@@ -1,35 +1,50 @@
 """What the SL round core (:mod:`swarmlearn.roles.sl.core`) remembers of a round, and how
 it sends its contribution.
 
-:class:`RoundState` is one contribution's round on one contract (its check-in, the current
-attempt, the merged model once assembled); :class:`Attempt` is one try at the exchange with a
-fixed participant list. :class:`EarlyMessages` holds the round messages of an attempt this
-node has not yet seen the ledger start (blocks commit at slightly different times on
-different nodes, or this node's ledger lags), bounded in bytes, and hands them back when the
-attempt starts. :func:`contribution_sends` cuts a contribution into an attempt's messages.
+:class:`RoundBook` is what every part of the core shares: this node's rounds, the merged
+models it keeps for peers, the early messages, and what any part does to a round (read its
+ledger record, report progress, exclude a participant, end it). Each part is handed the
+book when the core builds it. :class:`RoundState` is one contribution's round on one
+contract (its check-in, the current attempt, the merged model once assembled);
+:class:`Attempt` is one try at the exchange with a fixed participant list.
+:class:`EarlyMessages` holds the round messages of an attempt this node has not yet seen the
+ledger start (blocks commit at slightly different times on different nodes, or this node's
+ledger lags), bounded in bytes, and hands them back when the attempt starts.
+:func:`contribution_sends` cuts a contribution into an attempt's messages.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from swarmlearn.consensus.ledger.txs import TensorSpec
+from swarmlearn.consensus.ledger.app import SwarmApp
+from swarmlearn.consensus.ledger.rounds import RoundRecord
+from swarmlearn.consensus.ledger.txs import Exclude, TensorSpec
 from swarmlearn.merge import Mean, Method, RangeCollector, RangeMerge
 from swarmlearn.merge.plan import ShardPlan
 from swarmlearn.merge.sharded import GlobalSteps
+from swarmlearn.p2p.wire import Message
+from swarmlearn.roles.sl.merged import KEPT_ROUNDS, Flat, KeptModels
 from swarmlearn.roles.sl.messages import (
     Contribute,
     MergedPiece,
     MergePartials,
+    Progress,
     RoundChunk,
+    RoundFailed,
     RoundManifest,
+    SLEffect,
+    SubmitSigned,
 )
-from swarmlearn.sansio import NodeId, Send
+from swarmlearn.sansio import Deliver, Log, NodeId, Send
 
 EARLY_BYTES_MAX = 512 * 1024 * 1024
 
 RoundMessage = RoundManifest | RoundChunk | MergedPiece | MergePartials
+#: A transaction body -> the signed transaction (the node's key).
+Sign = Callable[[Message], bytes]
 
 
 @dataclass
@@ -51,7 +66,7 @@ class Attempt:
     own_pending: set[int] = field(default_factory=set)  # my chunks of my range, not yet added
     plan: ShardPlan | None = None
     method: Method = field(default_factory=Mean)
-    # a global method (sl_round_global): my steps, and each step's rows by owner
+    # a global method (roles/sl/global_merge.py): my steps, and each step's rows by owner
     steps: GlobalSteps | None = None
     partials: dict[int, dict[int, Any]] = field(default_factory=dict)
 
@@ -131,6 +146,96 @@ class EarlyMessages:
         self.held = [held for held in self.held if id(held[1]) not in gone]
         self.held_bytes = sum(_size(m) for _, m, _ in self.held)
         return ready
+
+
+class RoundBook:
+    """This node's rounds, by (contract, round number), and what every part of the core
+    does to them."""
+
+    def __init__(self, me: NodeId, app: SwarmApp, sign: Sign) -> None:
+        self.me = me
+        self.app = app  # the node's ledger application, read only
+        self.sign = sign
+        self.rounds: dict[tuple[str, int], RoundState] = {}
+        self.kept = KeptModels()  # merged models, to serve peers that fetch them
+        self.early = EarlyMessages()  # replayed when their attempt starts here
+
+    def record(self, state: RoundState) -> RoundRecord | None:
+        """The ledger's record of the round (None: the ledger has not seen it yet)."""
+        contract = self.app.state.contracts.get(state.contract)
+        return None if contract is None else contract.rounds.get(state.number)
+
+    def current(self, contract: str, number: int, attempt: int) -> RoundState | None:
+        """The round, when ``attempt`` is the attempt it runs here now."""
+        state = self.rounds.get((contract, number))
+        if state is None or state.attempt is None or state.attempt.number != attempt:
+            return None
+        return state
+
+    def progress(self, state: RoundState, text: str) -> Deliver:
+        state.last_progress = text
+        return Deliver(Progress(state.contract, state.number, text, state.contribution.session))
+
+    def exclude(self, state: RoundState, culprit: str, reason: str) -> list[SLEffect]:
+        """Ask the ledger to exclude ``culprit`` from the attempt (a next one goes on
+        without it)."""
+        attempt = state.attempt
+        assert attempt is not None
+        report = Exclude(
+            state.contract, state.number, attempt.number, culprit, reason, state.generation
+        )
+        return [
+            SubmitSigned(self.sign(report)),
+            Log(f"round {state.number}: excluding {culprit[:8]}: {reason}", "warning"),
+        ]
+
+    def keep(self, contract: str, number: int, root: bytes, flat: Flat) -> None:
+        """Keep a round's merged model for peers that fetch it; finished rounds older than
+        the kept ones are let go."""
+        self.kept.keep(contract, number, root, flat)
+        for key in [k for k, r in self.rounds.items() if k[0] == contract and r.finished]:
+            if key[1] < number - KEPT_ROUNDS:
+                del self.rounds[key]
+
+    def release_settled(self, contract: str, number: int) -> None:
+        """Before round ``number`` assembles a merged model, free the kept ones of earlier
+        rounds that no participant can still need."""
+        for key in self.kept.release_settled(self.app, contract, number):
+            old = self.rounds.get(key)
+            if old is not None and old.finished:
+                old.merged, old.attempt = None, None  # the attempt holds it too
+
+    def finish(self, state: RoundState) -> None:
+        """The round is over: let go of the trainer's weights (a view of its handover file,
+        which must not stay mapped for a round that needs it no more)."""
+        state.finished = True
+        state.contribution = replace(state.contribution, flat=b"")
+        self.drop_file_views(state)
+        self.early.drop_through(state.contract, state.number)
+
+    def drop_file_views(self, state: RoundState) -> None:
+        """Forget every view of the trainer's handover file this round holds: the trainer
+        writes its next weights there once it hears the outcome."""
+        if state.attempt is not None and state.attempt.in_file:
+            state.attempt = None
+        if isinstance(state.merged, memoryview):
+            state.merged = None
+        kept = self.kept.kept.get((state.contract, state.number))
+        if kept is not None and isinstance(kept[1], memoryview):
+            del self.kept.kept[(state.contract, state.number)]
+
+    def failed(self, state: RoundState, reason: str, *, refused: bool = False) -> Deliver:
+        """The round failed for this node: the trainer keeps its own weights (and hears
+        whether its handover file was written over: it then holds no one's weights; and
+        whether the ledger refused its check-in)."""
+        self.finish(state)
+        if state.overwritten:
+            reason += " (the handover file holds a partial merge: keep your own weights)"
+        session = state.contribution.session
+        failed = RoundFailed(
+            state.contract, state.number, reason, state.overwritten, session, refused
+        )
+        return Deliver(failed)
 
 
 def _size(message: RoundMessage) -> int:
