@@ -128,3 +128,35 @@ async def test_an_operator_gets_no_link_but_its_requests_are_answered(
                 reply = await client.receive()
         assert reply == Pong(3)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.process
+async def test_a_rounds_participants_are_linked_beyond_the_outbound_target(
+    pki: Path, tmp_path: Path
+) -> None:
+    """A round's participants need links with each other (their small round messages, the
+    lane-port announcement): the host keeps them, dialed beyond the outbound target."""
+    nodes: list[ValidatorNode] = []
+    async with trio.open_nursery() as nursery:
+        for index in range(5):
+            options = ValidatorOptions(
+                tmp_path / f"n{index}",
+                ("127.0.0.1", 0),
+                sentinel=not nodes,
+                bootstrap=None if not nodes else nodes[0].address,
+                peers=PeerTableConfig(outbound_target=1, connections_max=8),
+            )
+            node = await ValidatorNode.open(
+                identity(pki, f"n{index}"), options, on_ready=lambda line: None
+            )
+            await nursery.start(node.run)
+            nodes.append(node)
+        await until(lambda: all(node.joined() for node in nodes), "every node joins")
+        last = nodes[-1]
+        others = {node.me for node in nodes[:-1]}
+        assert len(last.network.peers()) < len(others)  # one dialed, to its bootstrap node
+        last.network.keep(others)
+        await until(lambda: others <= set(last.network.peers()), "linked to every kept peer")
+        await until(lambda: all(last.lanes.address(p) for p in others), "their lane ports")
+        assert last.network.pending_dropped == 0
+        nursery.cancel_scope.cancel()

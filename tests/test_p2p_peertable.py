@@ -22,6 +22,7 @@ from swarmlearn.p2p.peertable import (
     Dial,
     DialFailed,
     Disconnected,
+    Keep,
     Learn,
     PeerDown,
     PeerExchange,
@@ -192,6 +193,25 @@ def test_a_banned_peer_is_closed_refused_and_not_dialed_until_the_ban_ends() -> 
     assert t.banned == {}
 
 
+def test_kept_peers_are_dialed_beyond_the_target_and_accepted_beyond_the_inbound_cap() -> None:
+    t = table()  # 3 outbound, 5 in all: 2 inbound
+    t.handle(Start(), 0.0)
+    for conn, peer in enumerate(("n001", "n002", "n003"), start=1):
+        connect(t, conn, peer, outbound=True, address=PeerAddress(peer, 1, peer))
+    members = tuple(PeerAddress(f"n00{i}", 1, f"n00{i}") for i in range(1, 7))
+    assert delivered(t.handle(Request(Learn(members)), 0.0), Dial) == []  # the target is met
+    effects = t.handle(Request(Keep(("n004", ME))), 1.5)
+    assert [d.address.peer for d in delivered(effects, Dial) if isinstance(d, Dial)] == ["n004"]
+    connect(t, 4, "n004", now=1.6, outbound=True, address=PeerAddress("n004", 1, "n004"))
+    connect(t, 5, "n009", now=1.7)  # an inbound one: room for 2
+    assert delivered(connect(t, 6, "n008", now=1.8), Close) == []
+    # Full (5): an inbound peer is refused, a kept one too once connections_max is reached.
+    t.handle(Request(Keep(("n004", "n005"))), 2.0)
+    refused = connect(t, 7, "n005", now=2.1)
+    assert delivered(refused, Close) == [Close(7, "connection limit")]
+    assert t.kept == {"n004", "n005"}
+
+
 def test_messages_from_peers_without_a_connection_are_ignored() -> None:
     t = table()
     assert t.handle(Receive("n005", PeerExchange((), (addr("n001"),))), 0.0) == []
@@ -335,7 +355,7 @@ def events(draw: st.DrawFn) -> list[tuple[float, Input]]:
     for _ in range(draw(st.integers(0, 60))):
         now += draw(st.sampled_from([0.0, 0.1, 1.0, 7.0]))
         peer = draw(st.sampled_from(PEERS))
-        kind = draw(st.integers(0, 7))
+        kind = draw(st.integers(0, 8))
         event: Input
         if kind == 0:
             opened += 1
@@ -355,6 +375,8 @@ def events(draw: st.DrawFn) -> list[tuple[float, Input]]:
             event = Request(Learn((PeerAddress(peer, 1, peer),)))
         elif kind == 6:
             event = Request(BanPeer(peer, draw(st.sampled_from([1.0, 60.0])), "test"))
+        elif kind == 7:
+            event = Request(Keep(tuple(draw(st.lists(st.sampled_from(PEERS), max_size=3)))))
         else:
             event = TimerFired(TICK)
         out.append((now, event))

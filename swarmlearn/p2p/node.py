@@ -43,6 +43,7 @@ from swarmlearn.p2p.peertable import (
     Connected,
     DialFailed,
     Disconnected,
+    Keep,
     Learn,
     PeerDown,
     PeerExchange,
@@ -52,7 +53,7 @@ from swarmlearn.p2p.peertable import (
 from swarmlearn.sansio import Core, Deliver, Effect, Input, Receive, Request, Start, TimerFired
 
 PEER_MESSAGES = (PeerExchange, Ping, Pong)
-PEER_REQUESTS = (Connected, Disconnected, DialFailed, Learn, BanPeer)
+PEER_REQUESTS = (Connected, Disconnected, DialFailed, Learn, BanPeer, Keep)
 GOSSIP_MESSAGES = (Subscriptions, GossipMessage, IHave, IWant, Graft, Prune)
 GOSSIP_REQUESTS = (Subscribe, Unsubscribe, Publish)
 

@@ -13,6 +13,7 @@ input (``Request(...)``)            meaning
 :class:`DialFailed`                 a dial to an address failed or timed out
 :class:`Learn`                      addresses from outside (a ledger's members): seeds
 :class:`BanPeer`                    a peer misbehaved: closed, refused, not dialed for a time
+:class:`Keep`                       peers to hold a connection with now (a round's participants)
 ==================================  ========================================================
 
 Effects: ``Deliver(Dial(address))`` and ``Deliver(Close(conn, reason))`` are commands for the
@@ -42,6 +43,9 @@ forgets a connection as soon as it closes it. ``Deliver(PeerUp(peer))`` and
 - **Liveness**: every message counts as a sign of life (the composing node calls
   :meth:`PeerTable.observe`). A connection silent for ``ping_interval_s`` gets a
   :class:`~swarmlearn.p2p.messages.Ping`; one silent for ``ping_timeout_s`` is closed.
+- **Kept peers** (:class:`Keep`): peers the node needs a connection with now (a swarm node:
+  the participants of its sync round) are dialed beyond ``outbound_target`` and accepted
+  beyond the inbound cap, within ``connections_max``; the set replaces the previous one.
 - **Bans**: a banned peer's connection is closed, its connections are refused and it is not
   dialed until the ban ends (the node's police decides; the table carries it out).
 - **Backoff**: each failed dial, and each connection that dies young, doubles a peer's redial
@@ -123,6 +127,13 @@ class BanPeer:
     peer: NodeId
     duration_s: float
     reason: str
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Peers to hold a connection with now, beyond the outbound target (replaces the last)."""
+
+    peers: tuple[NodeId, ...]
 
 
 @dataclass(frozen=True)
@@ -224,6 +235,7 @@ class PeerTable:
         self._outbound = 0
         self._last_ask_s = -1e9
         self.banned: dict[NodeId, float] = {}  # peer -> until (the core's clock)
+        self.kept: frozenset[NodeId] = frozenset()  # connections needed now (Keep)
         for seed in config.seeds:
             if seed.peer is None:
                 self.seeds[(seed.host, seed.port)] = _Dialable(seed)
@@ -261,6 +273,9 @@ class PeerTable:
                 return self._drop(conn, now, reason) if conn in self.conns else []
             case Request(Learn(addresses)):
                 self._learn_addresses(addresses)
+                return self._dial(now)
+            case Request(Keep(peers)):
+                self.kept = frozenset(peers) - {self.me}
                 return self._dial(now)
             case Request(BanPeer(peer, duration_s, reason)):
                 return self._ban(peer, now + duration_s, reason, now)
@@ -321,7 +336,7 @@ class PeerTable:
             if old.dialer != dialer and old.dialer == min(self.me, peer):
                 return self._refuse(event.conn, "duplicate connection", count=False)
             effects += self._drop(old_id, now, "replaced by a newer connection", replaced=True)
-        elif self._full(event.outbound):
+        elif self._full(event.outbound, peer):
             # Full: tell the peer whom else to try (on this connection), then close it.
             return [Send(peer, self._exchange()), *self._refuse(event.conn, "connection limit")]
         if known is None:
@@ -374,10 +389,11 @@ class PeerTable:
     def _outbound_count(self) -> int:
         return self._outbound
 
-    def _full(self, outbound: bool) -> bool:
-        """Inbound connections leave room for ``outbound_target`` outbound ones."""
+    def _full(self, outbound: bool, peer: NodeId) -> bool:
+        """Inbound connections leave room for ``outbound_target`` outbound ones (a kept
+        peer's need only ``connections_max``)."""
         config = self.config
-        if outbound:
+        if outbound or peer in self.kept:
             return len(self.by_peer) >= config.connections_max
         return len(self.by_peer) - self._outbound >= config.connections_max - config.outbound_target
 
@@ -407,21 +423,35 @@ class PeerTable:
         return min(config.backoff_max_s, delay)
 
     def _dial(self, now: float) -> list[Effect]:
-        """Dial due candidates until the outbound target is covered (seeds when alone)."""
+        """Dial due candidates until the outbound target is covered (seeds when alone), and
+        the kept peers not connected."""
         room = self.config.outbound_target - self._outbound - len(self._dialing)
-        if room <= 0:
-            return []
-        due = sorted(peer for peer, entry in self.known.items() if self._due(peer, entry, now))
-        chosen = [self.known[p] for p in self.rng.sample(due, min(room, len(due)))]
-        if not self.by_peer or not chosen:
-            seeds = [self.seeds[key] for key in sorted(self.seeds)]
-            chosen = [s for s in seeds if self._seed_due(s, now)] + chosen
+        chosen: list[_Dialable] = []
+        if room > 0:
+            due = sorted(peer for peer, entry in self.known.items() if self._due(peer, entry, now))
+            chosen = [self.known[p] for p in self.rng.sample(due, min(room, len(due)))]
+            if not self.by_peer or not chosen:
+                seeds = [self.seeds[key] for key in sorted(self.seeds)]
+                chosen = [s for s in seeds if self._seed_due(s, now)] + chosen
+            chosen = chosen[:room]
+        if self.kept:
+            chosen += self._kept_due(now, exclude=chosen)
         effects: list[Effect] = []
-        for entry in chosen[:room]:
+        for entry in chosen:
             entry.dialing_since = now
             self._dialing[id(entry)] = entry
             effects.append(Deliver(Dial(entry.address)))
         return effects
+
+    def _kept_due(self, now: float, exclude: list[_Dialable]) -> list[_Dialable]:
+        """Kept peers to dial now, beyond the target, while connections stay in bounds."""
+        room = self.config.connections_max - len(self.by_peer) - len(self._dialing) - len(exclude)
+        due = [
+            self.known[peer]
+            for peer in sorted(self.kept)
+            if peer in self.known and self._due(peer, self.known[peer], now)
+        ]
+        return [entry for entry in due if all(entry is not e for e in exclude)][: max(room, 0)]
 
     def _seed_due(self, seed: _Dialable, now: float) -> bool:
         if seed.dialing_since is not None or seed.next_dial_s > now:

@@ -30,6 +30,12 @@ else, on the peer's link. Each new peer is told this node's lane port (a direct
 :class:`~swarmlearn.p2p.bulk_push.LanePort` on the link); a peer's announcement is kept
 from the core and given to the lanes.
 
+A sync round's participants need links with each other (their small round messages and
+the lane-port announcement go on links): :meth:`keep` names them, the peer table dials
+them beyond its outbound target (:class:`~swarmlearn.p2p.peertable.Keep`), and what is sent
+to a kept peer before its link is up waits (up to ``PENDING_BYTES_MAX``) until the peer's
+lane port arrives on the new link, then goes the usual way.
+
 A peer that keeps sending forged transactions (:meth:`report_forged`: the consensus core's
 ``ForgedTx``, gossip's rejected transactions, the SL core's ``PeerFault``) is banned by the
 police; the ban goes to the peer table as :class:`~swarmlearn.p2p.peertable.BanPeer`,
@@ -41,7 +47,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import trio
 
@@ -51,10 +58,10 @@ from swarmlearn.p2p.identity import NODE_ROLES, Identity
 from swarmlearn.p2p.limits import ByteBudget
 from swarmlearn.p2p.messages import Goodbye
 from swarmlearn.p2p.multiaddr import PeerAddress
-from swarmlearn.p2p.peertable import BanPeer, Learn, PeerDown, PeerUp
+from swarmlearn.p2p.peertable import BanPeer, Keep, Learn, PeerDown, PeerUp
 from swarmlearn.p2p.service import P2PService, ServiceConfig
 from swarmlearn.p2p.transport import Connection, Listener, TransportStatistics
-from swarmlearn.p2p.wire import Message
+from swarmlearn.p2p.wire import Message, payload_of
 from swarmlearn.roles.node.policing import Police
 from swarmlearn.sansio import NodeId, Request
 
@@ -64,6 +71,7 @@ REFUSE_SEND_S = 1.0  # the most a refused (banned) client's connection waits for
 REQUEST_IDLE_S = 300.0  # silence before a client's connection is closed
 CLIENT_CONNECTIONS_MAX = 8  # one certificate's client connections at once
 REQUEST_S = 180.0  # the most one request (a submit waits up to 120 s) holds its connection
+PENDING_BYTES_MAX = 64 * 1024 * 1024  # held for one kept peer until its link is up
 CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError)
 
 RequestHandler = Callable[[Connection, Message], Awaitable[bool]]
@@ -90,6 +98,10 @@ class NodeHost(P2PService):
         self.requests_ignored = 0  # client messages that are no request
         self._open_by: dict[NodeId, int] = {}  # client connections of each certificate
         self._learnt: tuple[PeerAddress, ...] = ()
+        self.kept: frozenset[NodeId] = frozenset()
+        self._pending: dict[NodeId, deque[Message]] = {}
+        self._pending_bytes: dict[NodeId, int] = {}
+        self.pending_dropped = 0  # held for a kept peer, lost (too many, or no longer kept)
 
     # ------------------------------------------------------------ peers
 
@@ -114,6 +126,17 @@ class NodeHost(P2PService):
             self._learnt = addresses
             self._input(Request(Learn(addresses)))
 
+    def keep(self, peers: Iterable[NodeId]) -> None:
+        """Hold links with ``peers`` now (a sync round's participants; replaces the last)."""
+        kept = frozenset(peers) - {self.me}
+        if kept == self.kept:
+            return
+        self.kept = kept
+        for peer in [p for p in self._pending if p not in kept]:
+            self.pending_dropped += len(self._pending.pop(peer))
+            del self._pending_bytes[peer]
+        self._input(Request(Keep(tuple(sorted(kept)))))
+
     def report_forged(self, peer: NodeId, reason: str) -> None:
         """``peer`` sent a forged transaction: count it; enough of them, and it is banned."""
         ban = self.police.forged(peer, reason, trio.current_time())
@@ -134,6 +157,7 @@ class NodeHost(P2PService):
     def take(self, peer: str, message: Message) -> bool:
         if isinstance(message, LanePort):
             self.lanes.set_port(peer, message.port)
+            self._flush(peer)
             return True
         return False
 
@@ -145,8 +169,28 @@ class NodeHost(P2PService):
         self.send_direct(peer, message)
 
     def send_direct(self, peer: NodeId, message: Message) -> None:
-        """On the peer's link, whatever the message (a round lane's fallback)."""
+        """On the peer's link, whatever the message (a round lane's fallback); for a kept
+        peer whose link is not up yet, held until it is."""
+        if peer in self.kept and self._link_for(peer) is None:
+            self._hold(peer, message)
+            return
         super().send(peer, message)
+
+    def _hold(self, peer: NodeId, message: Message) -> None:
+        size = len(payload_of(message)) + 64
+        held = self._pending_bytes.get(peer, 0)
+        if held + size > PENDING_BYTES_MAX:
+            self.pending_dropped += 1
+            return
+        self._pending.setdefault(peer, deque()).append(message)
+        self._pending_bytes[peer] = held + size
+
+    def _flush(self, peer: NodeId) -> None:
+        """The peer's link is up and its lane port known: what waited goes the usual way."""
+        waiting = self._pending.pop(peer, None)
+        self._pending_bytes.pop(peer, None)
+        for message in waiting or ():
+            self.send(peer, message)
 
     def priority(self, message: Message) -> int:
         return 1 if isinstance(message, self.lane_types) else super().priority(message)

@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives import serialization
 
 from swarmlearn.consensus.ledger.app import SwarmApp, is_forgery, sign_transaction
 from swarmlearn.consensus.ledger.batching import expects_more
+from swarmlearn.consensus.ledger.rounds import RoundStatus
 from swarmlearn.consensus.ledger.txs import Join, Leave
 from swarmlearn.consensus.tendermint.core import ConsensusConfig, ConsensusCore, ForgedTx
 from swarmlearn.consensus.tendermint.crypto import KeySigner, KeyVerifier
@@ -105,6 +106,7 @@ log = logging.getLogger(__name__)
 
 JOIN_RETRY_S = 2.0
 LEAVE_WAIT_S = 8.0  # how long a leaving node waits for its Leave to take effect
+ROUNDS_KEPT = 2  # the latest rounds of each contract whose participants the host links to
 #: What travels on round lanes rather than on the message connections.
 LANE_MESSAGES = (RoundManifest, RoundChunk, MergedPiece)
 #: Bytes queued on one peer's link, not yet taken by its mux: a round's weights fall back to
@@ -516,6 +518,7 @@ class ValidatorNode:
             self._committed.set()
             self._committed = trio.Event()
             self._learn_addresses()
+            self.network.keep(self._round_peers())  # before the round's messages go out
             for tx in value.txs:
                 outcome = self.app.outcome(tx) or "ok"
                 accepted = outcome == "ok"
@@ -538,6 +541,19 @@ class ValidatorNode:
             if member.roles & NODE_ROLES and node != self.me
         }
         self.network.learn(member_addresses(members))
+
+    def _round_peers(self) -> set[str]:
+        """The other nodes of the open rounds this node checked in to or takes part in (the
+        host holds links with them)."""
+        peers: set[str] = set()
+        for contract in self.app.state.contracts.values():
+            for number in sorted(contract.rounds)[-ROUNDS_KEPT:]:
+                record = contract.rounds[number]
+                if record.status not in (RoundStatus.OPEN, RoundStatus.EXCHANGING):
+                    continue
+                if self.me in record.checkins or self.me in record.participants:
+                    peers.update(record.checkins, record.participants)
+        return peers
 
     async def _on_request(self, connection: Connection, message: Message) -> bool:
         match message:
