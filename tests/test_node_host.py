@@ -131,11 +131,12 @@ async def test_an_operator_gets_no_link_but_its_requests_are_answered(
 
 
 @pytest.mark.process
-async def test_a_rounds_participants_are_linked_beyond_the_outbound_target(
+async def test_a_rounds_participants_are_linked_beyond_the_outbound_target_until_released(
     pki: Path, tmp_path: Path
 ) -> None:
     """A round's participants need links with each other (their small round messages, the
-    lane-port announcement): the host keeps them, dialed beyond the outbound target."""
+    lane-port announcement): the host keeps them, dialed beyond the outbound target; once no
+    round names them, those links close after the grace (back to the outbound target)."""
     nodes: list[ValidatorNode] = []
     async with trio.open_nursery() as nursery:
         for index in range(5):
@@ -144,7 +145,7 @@ async def test_a_rounds_participants_are_linked_beyond_the_outbound_target(
                 ("127.0.0.1", 0),
                 sentinel=not nodes,
                 bootstrap=None if not nodes else nodes[0].address,
-                peers=PeerTableConfig(outbound_target=1, connections_max=8),
+                peers=PeerTableConfig(outbound_target=1, connections_max=8, release_grace_s=1.0),
             )
             node = await ValidatorNode.open(
                 identity(pki, f"n{index}"), options, on_ready=lambda line: None
@@ -159,4 +160,10 @@ async def test_a_rounds_participants_are_linked_beyond_the_outbound_target(
         await until(lambda: others <= set(last.network.peers()), "linked to every kept peer")
         await until(lambda: all(last.lanes.address(p) for p in others), "their lane ports")
         assert last.network.pending_dropped == 0
+        table = last.network.node.peers
+        assert table.statistics().outbound > 1
+        last.network.keep(())  # the round is over
+        await until(lambda: table.statistics().outbound == 1, "back to the outbound target")
+        await until(lambda: not table.released, "every released link closed or ordinary")
+        assert len(last.network.peers()) < len(others)
         nursery.cancel_scope.cancel()
