@@ -234,7 +234,8 @@ def test_links_no_longer_kept_close_after_the_grace_while_beyond_the_targets() -
     assert delivered(late, Close) == [Close(4, "no longer kept")]
     assert delivered(late, PeerDown) == [PeerDown("n004")]
     assert t.connected() == ["n001", "n002", "n003", "n005"]
-    assert t.known["n004"].failures == 0 and t.released == {}
+    assert t.known["n004"].failures == 0
+    assert t.released == {}
     # n001 goes: n005's link is one of the three the target needs, and stays when released.
     t.handle(Request(Disconnected(1)), 8.5)
     t.handle(Request(Keep(())), 9.0)

@@ -51,7 +51,7 @@ from swarmlearn.consensus.ledger.batching import expects_more
 from swarmlearn.consensus.ledger.rounds import RoundStatus
 from swarmlearn.consensus.ledger.txs import Join, Leave
 from swarmlearn.consensus.tendermint.core import ConsensusConfig, ConsensusCore, ForgedTx
-from swarmlearn.consensus.tendermint.crypto import KeySigner, KeyVerifier
+from swarmlearn.consensus.tendermint.crypto import KeySigner, KeyVerifier, VerifiedCache
 from swarmlearn.consensus.tendermint.events import Committed, Genesis, SubmitTx, TxRefused
 from swarmlearn.consensus.tendermint.over_gossip import VALIDATOR_TOPICS, LedgerOverGossip
 from swarmlearn.consensus.tendermint.store import DiskStore, store_fault
@@ -291,7 +291,7 @@ class ValidatorNode:
         seated = frozenset(v.node for v in genesis.validators)
         self.app = SwarmApp(genesis.chain_id, genesis.ca_certificate, genesis.time_ms, seated)
         seed = int.from_bytes(identity.peer_id.digest[:8], "big")
-        signer, verifier = KeySigner(identity), KeyVerifier()
+        signer, verifier = KeySigner(identity), VerifiedCache(KeyVerifier())  # checked once
         self.core = ConsensusCore(
             genesis,
             signer,
