@@ -63,6 +63,8 @@ SUBNET = "10.213.0"
 CLIENT_IP = f"{SUBNET}.250"
 PORT = 30303
 FUNNEL_PORT = 30399
+#: Flags every daemon gets (``--lane-port none``: the round lanes on 30303 too).
+DAEMON_FLAGS: list[str] = []
 RATE = "100mbit"
 RATE_BPS = 100e6
 D_HI = 12
@@ -178,6 +180,7 @@ def daemon(
     ]
     command += ["--data", str(data), *ident, "--cacert", str(pki / "ca.pem")]
     command += ["--listen", f"{ip}:{PORT}", "--log-level", "error", "--api", "none", *flags]
+    command += DAEMON_FLAGS
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(HERE.parent)}
     data.mkdir(parents=True, exist_ok=True)
     with (
@@ -444,9 +447,14 @@ def main() -> None:
         "--txs", type=int, default=0, help="latency transactions (default 40; quick 10)"
     )
     parser.add_argument("--cleanup", action="store_true", help="remove what a killed run left")
+    parser.add_argument(
+        "--lane-port", help="the daemons' --lane-port (default: 30305; none: on 30303 too)"
+    )
     parser.add_argument("--funnel-merger", nargs=3, metavar=("IP", "SENDERS", "BYTES"))
     parser.add_argument("--funnel-sender", nargs=2, metavar=("IP", "BYTES"))
     args = parser.parse_args()
+    if args.lane_port is not None:
+        DAEMON_FLAGS[:] = ["--lane-port", args.lane_port]
     if args.funnel_merger:
         ip, senders, size = args.funnel_merger
         return funnel_merger(ip, int(senders), int(size))

@@ -44,6 +44,9 @@ def test_the_lane_port_is_hpes_30305_beside_the_default_30303_else_any_free_one(
     assert node_options(parse("--listen", "127.0.0.1:4000")).lane_port == 0
     assert node_options(parse("--listen", "127.0.0.1:0")).lane_port == 0
     assert node_options(parse("--lane-port", "31005")).lane_port == 31005
+    assert node_options(parse("--lane-port", "none")).lane_port is None  # on --listen's port
+    with pytest.raises(ConfigError, match="--lane-port 70000: must be a port number"):
+        node_options(parse("--lane-port", "70000"))
 
 
 def test_hpe_names_on_the_command_line() -> None:

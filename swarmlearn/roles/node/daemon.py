@@ -77,11 +77,10 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lane-port",
-        type=int,
         metavar="PORT",
         help="accept round lanes (the weights of sync rounds) on this port of the --listen "
         f"host (default {DEFAULT_LANE_PORT} when --listen is on {DEFAULT_P2P_PORT}, else any "
-        "free port; announced to the peers either way)",
+        "free port; 'none': on the --listen port itself; announced to the peers either way)",
     )
     parser.add_argument(
         "--leave-on-exit",
@@ -164,14 +163,20 @@ def node_options(args: argparse.Namespace) -> ValidatorOptions:
     )
 
 
-def _lane_port(port: int | None, listen_port: int) -> int:
+def _lane_port(port: int | str | None, listen_port: int) -> int | None:
     """HPE's 30305 beside the default 30303 (a firewall rule can name it); any free port
-    beside any other (several nodes on one host, tests): the peers learn it either way."""
+    beside any other (several nodes on one host, tests): the peers learn it either way.
+    ``none``: no port of their own, the lanes come to the --listen port (None)."""
     if port is None:
         return DEFAULT_LANE_PORT if listen_port == DEFAULT_P2P_PORT else 0
-    if not 0 <= port < 65536:
-        raise ConfigError(f"--lane-port {port}: must be a port number (0..65535; 0: any free one)")
-    return port
+    if isinstance(port, str) and port.strip().lower() == "none":
+        return None
+    number = int(port) if isinstance(port, int) or port.strip().isdigit() else -1
+    if not 0 <= number < 65536:
+        raise ConfigError(
+            f"--lane-port {port}: must be a port number (0..65535; 0: any free one) or none"
+        )
+    return number
 
 
 def swop_profile(args: argparse.Namespace, identity: Identity) -> Profile | None:
