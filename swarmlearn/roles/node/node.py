@@ -123,8 +123,8 @@ class ValidatorOptions:
     chain_id: str | None = None
     advertise: tuple[str, int] | None = None
     api: tuple[str, int] | None = None  # the HTTP API (HPE's 30304); None: none
-    lane_port: int | None = 0  # round lanes' own port on the --listen host (0: any free
-    #                            one; None: none, lanes on the host's port)
+    lane_port: int | None = None  # None: round lanes on the --listen port; a number: a
+    #                               port of their own on its host (0: any free one)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     peers: PeerTableConfig = field(default_factory=PeerTableConfig)  # the host's limits
 
