@@ -255,9 +255,19 @@ async def ledger_latency(operator: Any, ips: list[str], count: int) -> list[floa
             start = time.perf_counter()
             with trio.fail_after(60):
                 while True:
-                    reply = await consensus.request(
-                        connections[index % len(ips)], SubmitRequest(data, 30.0), SubmitReply
-                    )
+                    slot = index % len(ips)
+                    try:
+                        reply = await consensus.request(
+                            connections[slot], SubmitRequest(data, 30.0), SubmitReply
+                        )
+                    except (trio.EndOfChannel, trio.BrokenResourceError) as error:
+                        # The node closed a client connection idle past its REQUEST_IDLE_S
+                        # (a slow swarm: 32 transactions take longer than that): dial again.
+                        await connections[slot].aclose()
+                        connections[slot] = await dial(operator, ips[slot], PORT)
+                        start = time.perf_counter()  # the dial is not the ledger's time
+                        print(f"redialed {ips[slot]}: {error!r}", file=sys.stderr, flush=True)
+                        continue
                     if reply.reason != OVERLOADED:
                         break
                     OVERLOADED_RETRIES[0] += 1  # its input queue was full: again, timed
