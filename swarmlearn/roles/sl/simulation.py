@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -52,7 +53,7 @@ from swarmlearn.roles.sl.core import (
 from swarmlearn.sansio import Effect, NodeId, Send
 from swarmlearn.sim.checkers import Checker, FailureKind, Violation
 from swarmlearn.sim.cluster import NodeContext, Simulator
-from swarmlearn.sim.network import LinkConfig
+from swarmlearn.sim.network import LinkConfig, PortConfig
 from swarmlearn.sim.scenarios import Scenario, SetupContext, scenario
 
 CHAIN = "rounds-sim"
@@ -325,7 +326,15 @@ def _byzantine(context: SetupContext, partials: bool = False) -> None:
 
 
 def rounds_scenario(
-    name: str, description: str, nodes: int, rounds: int, fault: str = "", method: str = "mean"
+    name: str,
+    description: str,
+    nodes: int,
+    rounds: int,
+    fault: str = "",
+    method: str = "mean",
+    *,
+    loss: float = 0.0,
+    port_bps: float | None = None,
 ) -> Scenario:
     min_peers = max(2, nodes - 1) if fault else nodes
 
@@ -348,18 +357,47 @@ def rounds_scenario(
             factory=lambda: build_node,
             checkers=lambda: [SameMergeChecker(), RoundsEndChecker(rounds)],
             setup=setup,
-            link=LinkConfig(latency_min_s=0.001, latency_tail_s=0.002, bandwidth_bps=100e6),
+            link=LinkConfig(
+                latency_min_s=0.001, latency_tail_s=0.002, bandwidth_bps=100e6, loss=loss
+            ),
             default_nodes=nodes,
             fault_phase_s=ROUND_EVERY_S * rounds,
             converge_budget_s=60.0,
             node_ids=node_ids,
+            prepare=None if port_bps is None else _ports(port_bps),
         )
     )
+
+
+def _ports(rate_bps: float) -> Callable[[Simulator], None]:
+    """Every node behind an access link of ``rate_bps`` each way, shared by all its links."""
+
+    def prepare(sim: Simulator) -> None:
+        for node in sim.node_ids:
+            sim.network.set_port(node, PortConfig(rate_bps, rate_bps))
+
+    return prepare
 
 
 rounds_scenario("rounds-3", "3 swarm nodes, 20 sync rounds", 3, 20)
 rounds_scenario("rounds-10", "10 swarm nodes, 20 sync rounds", 10, 20)
 rounds_scenario("rounds-50", "50 swarm nodes, 20 sync rounds", 50, 20)
+rounds_scenario(
+    "rounds-50-lossy",
+    "50 swarm nodes, 5 sync rounds, 5% loss on every link, 100 Mbit/s ports",
+    50,
+    5,
+    loss=0.05,
+    port_bps=100e6,
+)
+rounds_scenario(
+    "rounds-10-lossy",
+    "10 swarm nodes, 5 sync rounds, 5% loss on every link, 100 Mbit/s ports",
+    10,
+    5,
+    loss=0.05,
+    port_bps=100e6,
+)
 rounds_scenario("rounds-kill", "5 nodes; one dies mid-round and rejoins", 5, 6, "kill")
 rounds_scenario("rounds-partition", "6 nodes; half cut off during an exchange", 6, 5, "partition")
 rounds_scenario(
