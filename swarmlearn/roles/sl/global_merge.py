@@ -106,7 +106,8 @@ class RoundGlobal:
         for old in [s for s in attempt.my_rows if s < step - 1]:
             del attempt.my_rows[old]
         message = MergePartials(state.contract, state.number, attempt.number, step, data)
-        return [Send(peer, message) for peer in attempt.participants if peer != self.book.me]
+        sends = [Send(peer, message) for peer in attempt.participants if peer != self.book.me]
+        return [*sends, *self.repair.stepped(state)]
 
     def on_partials(self, sender: NodeId, m: MergePartials) -> list[SLEffect]:
         state = self.book.current(m.contract, m.round, m.attempt)

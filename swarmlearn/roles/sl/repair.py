@@ -13,7 +13,10 @@ attempt. So each participant asks its peers for exactly what it lacks:
   lacks of it once that peer has been quiet (no message of the attempt from it) for
   ``REPAIR_QUIET_S`` (its messages may still be coming: a large model takes a while), and
   asks again ``REPAIR_QUIET_S * 2**(k - 1)`` (at most ``REPAIR_BACKOFF_MAX_S``) after its
-  ``k``-th ask (backoff). The timer is set again for the earliest ask due.
+  ``k``-th ask (backoff). The timer is set again for the earliest ask due. Partial sums are a
+  few KB and a global method runs tens of steps within one deadline: for them the quiet and
+  the backoff start at ``PARTIALS_QUIET_S``, and the timer is set that far each time this
+  node begins a step.
 - **What.** From each other participant: its manifest and its chunks of my range, while my
   range is not merged; the chunk cuts of its merged range that are missing here; a global
   method's partial sums of my current step. One :class:`ResendRound` per peer and part names
@@ -63,6 +66,8 @@ from swarmlearn.sansio import Input, Log, Metric, NodeId, Receive, Send, SetTime
 
 #: Quiet (no message of the attempt) this long before this node asks for what it lacks.
 REPAIR_QUIET_S = 1.0
+#: ... for a global method's partial sums (small, and tens of steps per attempt).
+PARTIALS_QUIET_S = 0.05
 #: The backoff between asks without progress doubles up to this.
 REPAIR_BACKOFF_MAX_S = 2.0
 #: Asks per (peer, part, step) and attempt, at most.
@@ -109,6 +114,12 @@ class RoundRepair:
         assert attempt is not None
         attempt.repair.started_at = now
         return [SetTimer(RepairDue(state.contract, state.number, attempt.number), REPAIR_QUIET_S)]
+
+    def stepped(self, state: RoundState) -> list[SLEffect]:
+        """This node began a global method's step: look for lost rows soon."""
+        assert state.attempt is not None
+        tag = RepairDue(state.contract, state.number, state.attempt.number)
+        return [] if state.attempt.repair.given_up else [SetTimer(tag, PARTIALS_QUIET_S)]
 
     def heard(self, sender: NodeId, contract: str, number: int, attempt: int, now: float) -> None:
         """A message of this attempt came from one of its participants: progress."""
@@ -201,10 +212,11 @@ class RoundRepair:
         """When this node may ask for ``lack``: its peer quiet a while, past the backoff."""
         heard = repair.heard_from.get(lack.peer, repair.started_at)
         tries = repair.asked.get(lack.key, 0)
+        quiet_s = PARTIALS_QUIET_S if lack.part == PARTIALS else REPAIR_QUIET_S
         if not tries:
-            return heard + REPAIR_QUIET_S
-        backoff_s = min(REPAIR_QUIET_S * 2.0 ** (tries - 1), REPAIR_BACKOFF_MAX_S)
-        return max(heard + REPAIR_QUIET_S, repair.asked_at[lack.key] + backoff_s)
+            return heard + quiet_s
+        backoff_s = min(quiet_s * 2.0 ** (tries - 1), REPAIR_BACKOFF_MAX_S)
+        return max(heard + quiet_s, repair.asked_at[lack.key] + backoff_s)
 
     def _unheld(self, sender: NodeId, answer: ResendUnheld) -> list[SLEffect]:
         """The peer cannot resend what this node asked for: ask it no more."""

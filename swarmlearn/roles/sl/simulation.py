@@ -8,7 +8,9 @@ derived from the seed, so a seed replays the whole run, node ids included.
 Workload: every node contributes a small numpy model each round. Checkers: every participant
 of a round ends with the same bytes, whose root the ledger holds (safety); no round outlives
 its last deadline by more than a grace margin (liveness); every round ends (DONE or FAILED:
-never a silent partial merge). Scenarios: calm rounds at 3 and 10 nodes, a participant
+never a silent partial merge). Scenarios: calm rounds at 3, 10 and 50 nodes, and at 10 and 50
+nodes with 5% of every link's messages lost (``rounds-*-lossy``: the round's loss repair,
+:mod:`swarmlearn.roles.sl.repair`, must get every round through), a participant
 killed at a random moment of a round (it restarts and rejoins later), a partition during the
 exchange, a byzantine contributor whose chunks do not match its commitment; and each merge
 method (``rounds-<method>``), with a participant killed mid-round under the geometric median
@@ -395,6 +397,15 @@ rounds_scenario(
     "10 swarm nodes, 5 sync rounds, 5% loss on every link, 100 Mbit/s ports",
     10,
     5,
+    loss=0.05,
+    port_bps=100e6,
+)
+rounds_scenario(
+    "rounds-10-lossy-geomedian",
+    "10 swarm nodes, 5 geometric-median rounds, 5% loss on every link, 100 Mbit/s ports",
+    10,
+    5,
+    method="geomedian",
     loss=0.05,
     port_bps=100e6,
 )
