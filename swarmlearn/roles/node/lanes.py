@@ -15,7 +15,8 @@ event loop, which keeps serving votes.
   connections (:class:`LanePort`); the host is the one the ledger records for that node.
 - Sending (:meth:`RoundLanes.send`, called by the node's outbox from the event loop): the
   message joins the peer's queue (bounded in bytes; a full queue drops, as a lossy link
-  would: the round's deadline rule repairs loss). The peer's sender thread dials when it
+  would: the round's receiver asks for what it lacks again, :mod:`swarmlearn.roles.sl.repair`,
+  and the deadline rule ends what that cannot repair). The peer's sender thread dials when it
   has no connection and writes each frame with ``sendall`` on views of the weights: the
   model is never copied to be sent. Frames to one peer keep their order (a manifest before
   its chunks).

@@ -46,6 +46,12 @@ attempt. A trainer that cannot refill: the node sits the attempt out and the tra
 merged model gets its own buffer; one every participant agreed on is freed when the next
 round starts.
 
+Steps 1-3 send each message once; a lost one (a lane that broke mid-send) is asked for
+again by the participant that lacks it (:mod:`swarmlearn.roles.sl.repair`: ``ResendRound``,
+answered from what the peer still holds, bounded per attempt and asker), so a duplicate
+that came because this node asked is dropped quietly, and merged pieces count by chunk cut
+(never twice).
+
 Every wait is bounded: the attempt deadline comes from the ledger (model size based); when
 it passes, the core sends a ``Heartbeat`` so the ledger runs its deadline rule (finish with
 agreeing reporters, re-plan with the live ones, or fail). Progress is delivered as it goes

@@ -36,6 +36,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT, SwarmApp, sign_transaction
 from swarmlearn.consensus.ledger.batching import expects_more
+from swarmlearn.consensus.ledger.rounds import RoundStatus
 from swarmlearn.consensus.tendermint.core import ConsensusCore
 from swarmlearn.consensus.tendermint.crypto import SimSigner, SimVerifier
 from swarmlearn.consensus.tendermint.events import Genesis
@@ -188,12 +189,14 @@ class SameMergeChecker(Checker):
 
 
 class RoundsEndChecker(Checker):
-    """Liveness: every round ends (done or failed) in time, on every live participant."""
+    """Liveness: every round ends (done or failed) in time, on every live participant; with
+    ``merge_all``, every round ends DONE (a scenario with no fault but the network's)."""
 
     name = "rounds-end"
 
-    def __init__(self, rounds: int) -> None:
+    def __init__(self, rounds: int, *, merge_all: bool = False) -> None:
         self.rounds = rounds
+        self.merge_all = merge_all
 
     def converged(self, sim: Simulator) -> bool:
         app = _any_app(sim)
@@ -204,8 +207,10 @@ class RoundsEndChecker(Checker):
 
     def final(self, sim: Simulator) -> list[Violation]:
         app = _any_app(sim)
-        late = []
+        late, failed = [], []
         for record in app.state.contracts[DEFAULT_CONTRACT].rounds.values() if app else ():
+            if self.merge_all and record.status == RoundStatus.FAILED:
+                failed.append(f"round {record.number} failed: {record.reason}")
             finished = record.finished_ms
             if finished is not None and record.closed_ms is not None and record.deadline_ms:
                 late += (
@@ -213,13 +218,11 @@ class RoundsEndChecker(Checker):
                     if finished > record.deadline_ms + DEADLINE_GRACE_S * 1000
                     else []
                 )
-        if not late:
-            return []
-        return [
-            Violation(
-                self.name, FailureKind.LIVENESS, f"rounds {late} ended past their deadline", sim.now
-            )
-        ]
+        violations = [Violation(self.name, FailureKind.LIVENESS, f, sim.now) for f in failed]
+        if late:
+            text = f"rounds {late} ended past their deadline"
+            violations.append(Violation(self.name, FailureKind.LIVENESS, text, sim.now))
+        return violations
 
     def progress(self, sim: Simulator) -> str:
         app = _any_app(sim)
@@ -357,7 +360,7 @@ def rounds_scenario(
             name=name,
             description=description,
             factory=lambda: build_node,
-            checkers=lambda: [SameMergeChecker(), RoundsEndChecker(rounds)],
+            checkers=lambda: [SameMergeChecker(), RoundsEndChecker(rounds, merge_all=not fault)],
             setup=setup,
             link=LinkConfig(
                 latency_min_s=0.001, latency_tail_s=0.002, bandwidth_bps=100e6, loss=loss
