@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT, SwarmApp
 from swarmlearn.consensus.ledger.rounds import RoundStatus
@@ -75,7 +77,7 @@ from swarmlearn.roles.sl.messages import (
     SubmitSigned,
     specs_of,
 )
-from swarmlearn.roles.sl.repair import ASKS_SERVED_MAX
+from swarmlearn.roles.sl.repair import ASKS_SERVED_MAX, resend_bytes_max
 from swarmlearn.roles.sl.timers import (
     AttemptDeadline,
     AttemptHalfway,
@@ -1008,6 +1010,7 @@ TABLES: dict[str, Table] = {
                 ],
                 {"ledger": DONE, "attempt": -1, "fetching": ("b", 1)},
             ),
+            Row(AsksAgain("b", CHUNKS, (2,), attempt=-1), []),  # a fetch is no attempt
             Row(  # b holds it no more: the next peer after a backoff
                 Unavailable("b"),
                 [Timer(FetchTry(C, 1, 1), 1.0)],
@@ -1276,3 +1279,40 @@ def test_timer_tags_are_values_of_their_kind() -> None:
     assert len({ProgressDue(C, 1), SyncTimeout(C, 1), GoneWait(C, 1), ProgressDue(C, 2)}) == 4
     assert len({AttemptDeadline(C, 1, 2), AttemptHalfway(C, 1, 2)}) == 2
     assert repr(FetchTry("x", 3, 1)) == "FetchTry(contract='x', round=3, tries=1)"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    in_file=st.booleans(),
+    asks=st.lists(
+        st.tuples(
+            st.sampled_from(NAMES),
+            st.sampled_from(list(RoundPart)),
+            st.lists(st.integers(-3, 400), max_size=9).map(tuple),
+            st.integers(-1, 2),
+        ),
+        max_size=40,
+    ),
+)
+def test_any_ask_is_answered_within_the_bounds(
+    nodes: Swarm, in_file: bool, asks: list[tuple[str, RoundPart, tuple[int, ...], int]]
+) -> None:
+    """Whatever peers ask to have resent, in an attempt or not: no crash, only resends of
+    this attempt's messages to the asker (and "cannot"s and drops), never more than the bound
+    of bytes per asker."""
+    harness = Harness(nodes, 3)
+    harness.apply(Sync(in_file=in_file))
+    harness.apply(Block(checkins=("b", "c")))
+    resent: dict[str, int] = {}
+    for sender, what, indexes, attempt in asks:
+        ask = ResendRound(C, 1, attempt, what, indexes)
+        effects = harness.core.handle(Receive(harness.ids[sender], ask), harness.now)
+        for effect in effects:
+            if isinstance(effect, Send):
+                assert effect.to == harness.ids[sender] != harness.ids["a"]
+                message = effect.message
+                assert getattr(message, "attempt", None) == attempt == 1
+                resent[sender] = resent.get(sender, 0) + len(getattr(message, "data", b""))
+            else:
+                assert isinstance(effect, Log | Metric)
+    assert all(nbytes <= resend_bytes_max(LAYOUT) for nbytes in resent.values())

@@ -178,7 +178,9 @@ class RoundRepair:
     def _due(self, contract: str, number: int, attempt_number: int, now: float) -> list[SLEffect]:
         state = self.book.current(contract, number, attempt_number)
         attempt = None if state is None else state.attempt
-        if state is None or attempt is None or state.finished or attempt.repair.given_up:
+        if state is None or attempt is None or state.finished or attempt.plan is None:
+            return []
+        if attempt.repair.given_up:
             return []
         lacks = self.lacks(state)
         if not lacks:
@@ -244,8 +246,8 @@ class RoundRepair:
         """Resend what ``sender`` asks for, within the bounds (see the module's docstring)."""
         state = self.book.current(ask.contract, ask.round, ask.attempt)
         attempt = None if state is None else state.attempt
-        if state is None or attempt is None:
-            return []  # an attempt not running here (it begins here later, or ended): no answer
+        if state is None or attempt is None or attempt.plan is None:
+            return []  # an attempt not running here (it begins later, or ended; -1: a fetch)
         layout = state.contribution.layout
         served = attempt.repair.asks_from.get(sender, 0)
         if (
