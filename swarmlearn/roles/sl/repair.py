@@ -9,14 +9,15 @@ deadline rule re-plans it, and a 50-node round with 5% loss loses something in e
 attempt. So each participant asks its peers for exactly what it lacks:
 
 - **When.** The attempt's repair timer (:class:`~swarmlearn.roles.sl.timers.RepairDue`)
-  first fires ``REPAIR_QUIET_S`` after the attempt starts. This node asks a peer for what it
-  lacks of it once that peer has been quiet (no message of the attempt from it) for
-  ``REPAIR_QUIET_S`` (its messages may still be coming: a large model takes a while), and
-  asks again ``REPAIR_QUIET_S * 2**(k - 1)`` (at most ``REPAIR_BACKOFF_MAX_S``) after its
-  ``k``-th ask (backoff). The timer is set again for the earliest ask due. Partial sums are a
-  few KB and a global method runs tens of steps within one deadline: for them the quiet and
-  the backoff start at ``PARTIALS_QUIET_S``, and the timer is set that far each time this
-  node begins a step.
+  first fires ``REPAIR_QUIET_S`` after the attempt starts. This node asks for what it lacks
+  once the attempt has been quiet (no message of it from any participant) for
+  ``REPAIR_QUIET_S``: while anything still arrives, what is missing may be on its way (a
+  large model streams for a while, over a link shared by every sender), and an ask then
+  would only send it twice. It asks again for a thing ``REPAIR_QUIET_S * 2**(k - 1)`` (at most
+  ``REPAIR_BACKOFF_MAX_S``) after its ``k``-th ask for it (backoff), the attempt quiet again.
+  The timer is set again for the earliest ask due. Partial sums are a few KB and a global
+  method runs tens of steps within one deadline: for them the quiet and the backoff start at
+  ``PARTIALS_QUIET_S``, and the timer is set that far each time this node begins a step.
 - **What.** From each other participant: its manifest and its chunks of my range, while my
   range is not merged; the chunk cuts of its merged range that are missing here; a global
   method's partial sums of my current step. One :class:`ResendRound` per peer and part names
@@ -112,7 +113,7 @@ class RoundRepair:
         """The attempt began: its repair timer."""
         attempt = state.attempt
         assert attempt is not None
-        attempt.repair.started_at = now
+        attempt.repair.heard_at = now
         return [SetTimer(RepairDue(state.contract, state.number, attempt.number), REPAIR_QUIET_S)]
 
     def stepped(self, state: RoundState) -> list[SLEffect]:
@@ -122,11 +123,12 @@ class RoundRepair:
         return [] if state.attempt.repair.given_up else [SetTimer(tag, PARTIALS_QUIET_S)]
 
     def heard(self, sender: NodeId, contract: str, number: int, attempt: int, now: float) -> None:
-        """A message of this attempt came from one of its participants: progress."""
+        """A message of this attempt came from one of its participants: progress (not yet
+        quiet)."""
         state = self.book.current(contract, number, attempt)
         if state is None or state.attempt is None or sender not in state.attempt.participants:
             return
-        state.attempt.repair.heard_from[state.attempt.participants.index(sender)] = now
+        state.attempt.repair.heard_at = now
 
     def asked(self, attempt: Attempt, participant: int, part: RoundPart, step: int = 0) -> bool:
         """This node asked ``participant`` to resend ``part`` (so it may come twice)."""
@@ -211,8 +213,8 @@ class RoundRepair:
         return [*effects, SetTimer(tag, max(next_s, 0.0))]
 
     def _due_at(self, repair: AttemptRepair, lack: Lack) -> float:
-        """When this node may ask for ``lack``: its peer quiet a while, past the backoff."""
-        heard = repair.heard_from.get(lack.peer, repair.started_at)
+        """When this node may ask for ``lack``: the attempt quiet a while, past the backoff."""
+        heard = repair.heard_at
         tries = repair.asked.get(lack.key, 0)
         quiet_s = PARTIALS_QUIET_S if lack.part == PARTIALS else REPAIR_QUIET_S
         if not tries:

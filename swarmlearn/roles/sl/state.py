@@ -52,8 +52,7 @@ Sign = Callable[[Message], bytes]
 class AttemptRepair:
     """An attempt's loss repair (roles/sl/repair.py): this node's asks, and the asks it served."""
 
-    started_at: float = 0.0
-    heard_from: dict[int, float] = field(default_factory=dict)  # a peer's last message, when
+    heard_at: float = 0.0  # the attempt's last message from a participant (or its start)
     # my asks by (peer index, part, step): how many, the last one when; those the peer
     # said it cannot answer
     asked: dict[tuple[int, RoundPart, int], int] = field(default_factory=dict)
