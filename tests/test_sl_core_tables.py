@@ -1161,8 +1161,8 @@ TABLES: dict[str, Table] = {
                 [
                     Logged(
                         "warning",
-                        "round 1: attempt 1 still lacks chunks from b, merged pieces from b"
-                        " after 8 asks; waiting for its deadline",
+                        "round 1: attempt 1 still lacks chunks from b, merged pieces from b; no"
+                        " more asks (8 each at most): waiting for its deadline",
                     )
                 ],
             ),

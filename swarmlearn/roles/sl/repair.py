@@ -197,8 +197,8 @@ class RoundRepair:
             )
             return [
                 Log(
-                    f"round {number}: attempt {attempt_number} still lacks {text} after"
-                    f" {ASK_TRIES} asks; waiting for its deadline",
+                    f"round {number}: attempt {attempt_number} still lacks {text}; no more"
+                    f" asks ({ASK_TRIES} each at most): waiting for its deadline",
                     "warning",
                 )
             ]
