@@ -30,7 +30,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from swarmlearn.roles.node.lanes import LANE_THREADS_MAX  # noqa: E402
+from swarmlearn.p2p.bulk_push import LANE_THREADS_MAX  # noqa: E402
 from tests.hostile_swarm import Sampler, attacks, rss_bytes, swarm  # noqa: E402
 
 MIB = 1024 * 1024

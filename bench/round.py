@@ -125,11 +125,11 @@ from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.merge import ModelState, flatten, layout_of
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.merge.methods import ROUND_METHODS, round_method_problem
+from swarmlearn.p2p.bulk_push import INFLIGHT_BYTES_MAX
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import IdentityPaths, Role, load_identity
 from swarmlearn.roles.api.messages import NodeStatus, StatusRequest
 from swarmlearn.roles.local.endpoint import LocalClient
-from swarmlearn.roles.node.lanes import INFLIGHT_BYTES_MAX
 from swarmlearn.roles.node.node import ask
 
 HERE = Path(__file__).resolve().parent

@@ -31,6 +31,7 @@ import trio
 from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.merge import ModelState, flatten, layout_of
 from swarmlearn.merge.manifest import Layout
+from swarmlearn.p2p.bulk_push import LanePort
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.framing import FRAME_LEN, encode_frame
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
@@ -39,7 +40,6 @@ from swarmlearn.p2p.tls import client_context
 from swarmlearn.p2p.wire import Message, decode_body
 from swarmlearn.roles.api.messages import StatusRequest
 from swarmlearn.roles.local.endpoint import LocalClient
-from swarmlearn.roles.node.lanes import LanePort
 from tests.test_real_swarm import wait_for
 
 MIB = 1024 * 1024

@@ -17,7 +17,7 @@ from swarmlearn.p2p.gossip import (
     message_id,
 )
 from swarmlearn.p2p.multiaddr import PeerAddress
-from swarmlearn.p2p.node import P2PNode, SubCore
+from swarmlearn.p2p.node import P2PNode
 from swarmlearn.p2p.peertable import PeerTable, PeerTableConfig
 from swarmlearn.sansio import Core, NodeId
 from swarmlearn.sim import Checker, FailureKind, NodeContext, Simulator, Violation
@@ -62,7 +62,6 @@ class SwarmSpec:
     seeds: tuple[str, ...] = ("n000",)  # bootstrap from these nodes' plain host:port
     known: int = 0  # also start knowing this many random peers' addresses
     validators: dict[str, Validator] = field(default_factory=dict)
-    transfer: Callable[[NodeContext], SubCore] | None = None
 
 
 def node_ids(count: int) -> list[NodeId]:
@@ -85,8 +84,7 @@ def swarm_factory(spec: SwarmSpec, nodes: Sequence[NodeId]) -> Callable[[NodeCon
         if spec.gossip is not None:
             gossip_rng = random.Random(rng.getrandbits(64))
             gossip = Gossip(me, gossip_rng, spec.gossip, spec.validators, spec.topics)
-        transfer = spec.transfer(context) if spec.transfer is not None else None
-        return SimConnections(me, P2PNode(rng, table, gossip, transfer), nodes)
+        return SimConnections(me, P2PNode(rng, table, gossip), nodes)
 
     return build
 

@@ -90,9 +90,13 @@ async def test_metrics_parse_as_prometheus_text(api: tuple[ValidatorNode, str], 
         "swarm_validators",
         "swarm_bytes_sent",
         "swarm_merge_partials_dropped",
+        "swarm_lane_threads",
+        "swarm_lane_thread_ends",
     ):
         assert name in families
     assert families["swarm_validators"].samples[0].value == 1
+    lane_threads = {s.labels["pool"]: s.value for s in families["swarm_lane_threads"].samples}
+    assert lane_threads == {"in": 0, "out": 0}  # no round yet: no lane open either way
 
 
 async def test_the_openapi_document_describes_every_route(

@@ -18,8 +18,8 @@ import trio
 
 from swarmlearn.merge import RangeMerge, WeightSet, flatten, layout_of, plan_shards
 from swarmlearn.merge.methods import resolve_method
+from swarmlearn.p2p.bulk_push import PEER_BUDGET_BYTES, RoundLanes
 from swarmlearn.p2p.identity import Identity
-from swarmlearn.roles.node.lanes import PEER_BUDGET_BYTES, RoundLanes
 from swarmlearn.roles.sl.core import RoundChunk
 from swarmlearn.roles.sl.state import held_by_sender
 from swarmlearn.sansio import Effect, NodeId

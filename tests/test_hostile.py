@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from swarmlearn.roles.node.lanes import LANE_THREADS_MAX
+from swarmlearn.p2p.bulk_push import LANE_THREADS_MAX
 from tests.hostile_swarm import Sampler, attacks, metrics, rss_bytes, swarm
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]

@@ -10,13 +10,12 @@ import struct
 import pytest
 import trio
 
+from swarmlearn.p2p.bulk_push import LaneLimits, RoundLanes
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.framing import encode_frame
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.tls import client_context
 from swarmlearn.p2p.wire import Message, payload_of
-from swarmlearn.roles.node import lanes as lanes_module
-from swarmlearn.roles.node.lanes import RoundLanes
 from swarmlearn.roles.sl.core import RoundChunk
 from tests.test_round_lanes import Inbox
 
@@ -55,10 +54,9 @@ async def wait_until(condition: object) -> None:
 
 
 async def test_a_silent_sender_holds_no_ones_turn_and_is_cut_off(
-    members: dict[str, Identity], monkeypatch: pytest.MonkeyPatch
+    members: dict[str, Identity],
 ) -> None:
-    monkeypatch.setattr(lanes_module, "FRAME_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(lanes_module, "FRAME_RATE_MIN_BYTES_S", 1e12)
+    limits = LaneLimits(frame_timeout_s=1.0, frame_rate_min_bytes_s=1e12)
     a, b, c = members["a"], members["b"], members["c"]
     inbox = Inbox(expected=12)  # 48 MiB: more than the receive budget, while c holds 64 MiB
 
@@ -66,7 +64,7 @@ async def test_a_silent_sender_holds_no_ones_turn_and_is_cut_off(
         inbox.deliver(peer, message, digest)
         receiver.release(len(payload_of(message)), peer)  # the node handled it
 
-    sender, receiver = RoundLanes(a, Inbox(0).deliver), RoundLanes(b, handle)
+    sender, receiver = RoundLanes(a, Inbox(0).deliver), RoundLanes(b, handle, limits=limits)
     chunk = b"w" * (4 * MIB)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(receiver.serve, "127.0.0.1")
@@ -86,13 +84,13 @@ async def test_a_silent_sender_holds_no_ones_turn_and_is_cut_off(
 
 
 async def test_handshakes_have_one_deadline_and_lanes_a_cap(
-    members: dict[str, Identity], monkeypatch: pytest.MonkeyPatch
+    members: dict[str, Identity],
 ) -> None:
-    monkeypatch.setattr(lanes_module, "LANE_THREADS_MAX", 2)
-    monkeypatch.setattr(lanes_module, "HANDSHAKE_TIMEOUT_S", 0.5)
+    limits = LaneLimits(threads_max=2, handshake_timeout_s=0.5)
     a, b = members["a"], members["b"]
     inbox = Inbox(expected=1)
-    sender, receiver = RoundLanes(a, Inbox(0).deliver), RoundLanes(b, inbox.deliver)
+    sender = RoundLanes(a, Inbox(0).deliver)
+    receiver = RoundLanes(b, inbox.deliver, limits=limits)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(receiver.serve, "127.0.0.1")
         silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]

@@ -49,7 +49,7 @@ def test_importing_the_package_does_not_import_the_service() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     before, service_after = json.loads(out.stdout)
-    lazy = ("service", "service_blobs", "gossip", "bulk", "transfer_core", "node", "transport")
+    lazy = ("service", "service_blobs", "gossip", "bulk", "node", "transport")
     for name in lazy:  # the transport too: the sans-IO cores import this package
         assert f"swarmlearn.p2p.{name}" not in before
     assert "swarmlearn.p2p.wire" in before

@@ -6,27 +6,24 @@ from __future__ import annotations
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
 from swarmlearn.errors import RemoteProtocolError
-from swarmlearn.p2p.bulk import (
-    BlobServer,
-    Conn,
-    Fetch,
-    Source,
-    TlsPipe,
-    dial_tls,
-    fetch_manifest,
-)
+from swarmlearn.p2p.bulk import BlobServer, Fetch, Source, dial_tls, fetch_manifest
 from swarmlearn.p2p.identity import Identity
+from swarmlearn.p2p.lane import Conn, TlsPipe, dial_lane
+from swarmlearn.p2p.tls import client_context
 from swarmlearn.p2p.transfer import BlobManifest, BlobTooLarge
 from swarmlearn.p2p.wire import Message
 from tests.conftest import Pki
 
 pytestmark = pytest.mark.process
+
+WAIT_S = 20.0
 
 BLOB = random.Random(9).randbytes(3 * 1024 * 1024 + 123)
 MANIFEST = BlobManifest.build(BLOB, 256 * 1024)
@@ -160,3 +157,40 @@ def test_a_dial_that_reaches_another_peer_is_refused(pki: Pki) -> None:
     server = BlobServer(pki.sn)
     with serving(server) as port, pytest.raises(RemoteProtocolError, match="expected peer"):
         dial_tls(pki.sl, "127.0.0.1", port, expect=pki.sl.peer_id)
+
+
+def test_a_source_bounds_its_lanes_and_their_handshakes(pki: Pki) -> None:
+    server = BlobServer(pki.sn, timeout_s=1.0, threads_max=1)
+    server.add(MANIFEST, BLOB)
+    with serving(server) as port:
+        silent = socket.create_connection(("127.0.0.1", port))  # takes the one slot
+        refused = socket.create_connection(("127.0.0.1", port))  # over the pool: closed
+        refused.settimeout(WAIT_S)
+        assert refused.recv(1) == b""
+        deadline = time.monotonic() + WAIT_S
+        while server.handshakes_failed == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the silent one is cut at its handshake deadline (1 s)
+        assert server.handshakes_failed == 1
+        result = Fetch(MANIFEST, [source("s", pki.sl, port, pki.sn)], bytes_max=len(BLOB)).run()
+        assert result.complete
+        silent.close()
+        refused.close()
+    assert server.join(WAIT_S) == 0
+    assert server.threads.refused >= 1
+    assert server.threads.live == 0
+
+
+def test_a_writer_lane_has_one_handshake_deadline(pki: Pki) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as mute:  # accepts (the kernel), never speaks
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            dial_lane(
+                client_context(pki.sl),
+                mute.getsockname()[:2],
+                expect=None,
+                reader=False,
+                dial_timeout_s=WAIT_S,
+                handshake_timeout_s=0.3,
+                io_timeout_s=WAIT_S,
+            )
+        assert time.monotonic() - started < WAIT_S / 2

@@ -1,6 +1,6 @@
 """Chunked transfer pieces: the manifest, the assembler (Hypothesis over out-of-range,
-duplicate, wrong-hash, oversized and reordered chunks), the scheduler, and the transfer core
-as step tables between two cores wired by hand."""
+duplicate, wrong-hash, oversized and reordered chunks) and the scheduler, which the bulk
+fetch (p2p/bulk.py) runs over its lanes."""
 
 from __future__ import annotations
 
@@ -15,30 +15,14 @@ from swarmlearn.digest import content_digest
 from swarmlearn.errors import LocalProtocolError, RemoteProtocolError
 from swarmlearn.merge.manifest import pack
 from swarmlearn.merge.state import ModelState
-from swarmlearn.p2p.messages import Chunk
-from swarmlearn.p2p.peertable import PeerDown, PeerUp
 from swarmlearn.p2p.transfer import (
     Assembler,
     BlobManifest,
     BlobTooLarge,
     ChunkScheduler,
-    GetChunks,
-    GetManifest,
     ManifestReply,
-    NoBlob,
     Verdict,
 )
-from swarmlearn.p2p.transfer_core import (
-    TICK,
-    BlobFetched,
-    FetchBlob,
-    FetchFailed,
-    PeerMisbehaved,
-    ServeBlob,
-    TransferConfig,
-    TransferCore,
-)
-from swarmlearn.sansio import Deliver, Effect, Receive, Request, Send, TimerFired
 
 BLOB = random.Random(1).randbytes(10_000)
 MANIFEST = BlobManifest.build(BLOB, 1024)
@@ -192,102 +176,3 @@ def test_scheduling_never_loses_a_chunk(steps: list[tuple[str, int, int]]) -> No
         assert set(range(12)) == s.done | set(s.pool) | flying
         assert all(len(chunks) <= 3 for chunks in s.in_flight.values())
         assert not set(s.pool) & (flying | s.done)
-
-
-# ---------------------------------------------------------------- the core, by hand
-
-
-def wire_up(
-    config: TransferConfig | None = None,
-) -> tuple[TransferCore, dict[str, TransferCore]]:
-    sources = {name: TransferCore(name, random.Random(2)) for name in ("s1", "s2")}
-    for core in sources.values():
-        core.handle(Request(ServeBlob(MANIFEST, BLOB)), 0.0)
-    return TransferCore("me", random.Random(3), config), sources
-
-
-def run(me: TransferCore, sources: dict[str, TransferCore], effects: list[Effect],
-        now: float, *, corrupt: str = "") -> list[object]:  # fmt: skip
-    """Carry messages back and forth until quiet; what ``me`` delivered."""
-    delivered: list[object] = []
-    queue = [("me", e) for e in effects]
-    while queue:
-        origin, effect = queue.pop(0)
-        if isinstance(effect, Deliver):
-            delivered.append(effect.value)
-        if not isinstance(effect, Send):
-            continue
-        message = effect.message
-        if origin == corrupt and isinstance(message, Chunk):
-            message = Chunk(message.blob, message.index, bytes(len(message.data)))
-        target = me if effect.to == "me" else sources.get(effect.to)
-        if target is None:
-            continue
-        queue += [(effect.to, e) for e in target.handle(Receive(origin, message), now)]
-    return delivered
-
-
-def test_a_fetch_asks_for_the_manifest_then_chunks_from_both_sources() -> None:
-    me, sources = wire_up()
-    effects = me.handle(Request(FetchBlob(MANIFEST.root, ("s1", "s2"))), 0.0)
-    assert [e.message for e in effects if isinstance(e, Send)] in ([GetManifest(MANIFEST.root)],)
-    delivered = run(me, sources, effects, 0.1)
-    [done] = [d for d in delivered if isinstance(d, BlobFetched)]
-    assert bytes(done.data) == BLOB
-    assert me.fetches == {}
-
-
-def test_a_source_serving_corrupt_chunks_is_banned_and_the_others_finish() -> None:
-    me, sources = wire_up()
-    request = FetchBlob(MANIFEST.root, ("s1", "s2"), MANIFEST)
-    delivered = run(me, sources, me.handle(Request(request), 0.0), 0.1, corrupt="s1")
-    assert PeerMisbehaved("s1", "chunk 0: bad hash") in delivered
-    [done] = [d for d in delivered if isinstance(d, BlobFetched)]
-    assert bytes(done.data) == BLOB
-
-
-def test_a_source_that_goes_down_resumes_without_refetching() -> None:
-    me, sources = wire_up(TransferConfig(requests_per_source_max=2))
-    request = FetchBlob(MANIFEST.root, ("s1",), MANIFEST)
-    first = me.handle(Request(request), 0.0)  # asks s1 for chunks 0 and 1
-    held = [e for e in run(me, {}, first, 0.0)]  # ...which never arrive
-    assert held == []
-    me.handle(Request(PeerDown("s1")), 1.0)
-    effects = me.handle(Request(PeerUp("s1", True)), 2.0)
-    assert [e.message for e in effects if isinstance(e, Send)] == [GetChunks(MANIFEST.root, (0, 1))]
-    delivered = run(me, sources, effects, 2.1)
-    assert any(isinstance(d, BlobFetched) for d in delivered)
-
-
-def test_timeouts_rest_a_source_and_give_its_chunks_to_another() -> None:
-    me, sources = wire_up(TransferConfig(requests_per_source_max=2, request_timeout_s=1.0))
-    request = FetchBlob(MANIFEST.root, ("s1", "s2"), MANIFEST)
-    me.handle(Request(request), 0.0)  # lost: nobody answers
-    effects = me.handle(TimerFired(TICK), 1.5)
-    asked = [e for e in effects if isinstance(e, Send) and isinstance(e.message, GetChunks)]
-    assert asked == []  # both rest
-    effects = me.handle(TimerFired(TICK), 4.0)
-    delivered = run(me, sources, effects, 4.0)
-    assert any(isinstance(d, BlobFetched) for d in delivered)
-
-
-def test_fetches_fail_without_sources_or_over_the_ceiling() -> None:
-    me, sources = wire_up(TransferConfig(blob_bytes_max=5000))
-    over = me.handle(Request(FetchBlob(MANIFEST.root, ("s1",), MANIFEST)), 0.0)
-    assert next(e.value for e in over if isinstance(e, Deliver)) == FetchFailed(
-        MANIFEST.root, "blob of 10000 bytes exceeds the 5000-byte ceiling"
-    )
-    me2, _ = wire_up()
-    effects = me2.handle(Request(FetchBlob(b"\1" * 32, ("s1", "s2"))), 0.0)
-    delivered = run(me2, sources, effects, 0.1)
-    assert delivered == [FetchFailed(b"\1" * 32, "no source has the blob")]
-
-
-def test_serving_answers_only_what_it_holds_and_bounds_each_request() -> None:
-    core = TransferCore("s", random.Random(1), TransferConfig(serve_chunks_max=3))
-    core.handle(Request(ServeBlob(MANIFEST, BLOB)), 0.0)
-    effects = core.handle(Receive("p", GetChunks(MANIFEST.root, (0, 99, 1, 2, 3, 4))), 0.0)
-    assert [e.message.index for e in effects if isinstance(e, Send)] == [0, 1]  # type: ignore[attr-defined]
-    assert core.handle(Receive("p", GetChunks(b"x", (0,))), 0.0) == [
-        Send("p", NoBlob(b"x", "unknown"))
-    ]

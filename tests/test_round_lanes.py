@@ -1,22 +1,28 @@
-"""Round lanes (roles/node/lanes.py) over real mutual-TLS sockets on loopback: frames arrive in
+"""Round lanes (p2p/bulk_push.py) over real mutual-TLS sockets on loopback: frames arrive in
 order with their payload's digest, and only swarm nodes (SN, SL, SWOP certificates) with the
-expected identity get a lane."""
+expected identity get a lane (a round's, or a blob fetch's: the same lane code)."""
 
 from __future__ import annotations
 
 import socket
 import ssl
+import threading
+from collections.abc import Callable
+from functools import partial
 
 import pytest
 import trio
 
 from swarmlearn.digest import content_digest
+from swarmlearn.p2p.bulk import BlobServer, dial_tls, fetch_manifest
+from swarmlearn.p2p.bulk_push import LaneLimits, RoundLanes
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.framing import encode_frame
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
+from swarmlearn.p2p.lane import LANE_ERRORS
 from swarmlearn.p2p.tls import client_context
+from swarmlearn.p2p.transfer import BlobManifest
 from swarmlearn.p2p.wire import Message
-from swarmlearn.roles.node.lanes import RoundLanes
 from swarmlearn.roles.sl.core import MergedPiece, RoundChunk, RoundManifest
 
 pytestmark = pytest.mark.process
@@ -159,3 +165,103 @@ async def test_a_lane_that_cannot_be_dialed_hands_its_messages_back(
         nursery.cancel_scope.cancel()
     assert back == [(str(b.peer_id), message) for message in sent]
     assert (sender.fallen_back, sender.dropped) == (2, 0)
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    with trio.fail_after(WAIT_S):
+        while not condition():  # noqa: ASYNC110 (lane threads count it)
+            await trio.sleep(0.01)
+
+
+async def test_an_idle_lane_closes_at_both_ends_and_leaves_no_thread(
+    identities: dict[str, Identity],
+) -> None:
+    a, b = identities["a"], identities["b"]
+    inbox = Inbox(expected=2)
+    sender = RoundLanes(a, Inbox(0).deliver, limits=LaneLimits(sender_idle_s=0.2))
+    receiver = RoundLanes(b, inbox.deliver)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(receiver.serve, "127.0.0.1")
+        sender.set_host(str(b.peer_id), "127.0.0.1")
+        sender.set_port(str(b.peer_id), port)
+        assert sender.send(str(b.peer_id), RoundChunk("c", 1, 0, 0, b"x" * 64))
+        # Nothing more to send: the sender closes its lane, the receiver ends its side.
+        await wait_until(lambda: sender.idle_closed_out == 1 and receiver.peer_closed == 1)
+        await wait_until(lambda: sender.out.live == 0 and receiver.into.live == 0)
+        assert receiver.idle_closed == 0  # not cut by the receiver's deadline: closed
+        assert sender.send(str(b.peer_id), RoundChunk("c", 1, 0, 1, b"y" * 64))  # redials
+        with trio.fail_after(WAIT_S):
+            await inbox.full.wait()
+        sender.close()
+        nursery.cancel_scope.cancel()
+    assert await trio.to_thread.run_sync(sender.join, WAIT_S) == 0
+    for lanes in (sender, receiver):
+        for pool in lanes.thread_statistics().values():
+            assert (pool["threads_live"], pool["threads_failed"], pool["threads_leaked"]) == (
+                0,
+                0,
+                0,
+            )
+    assert sender.out.started == 2  # a thread per lane opened, each ended
+    assert [m.index for _, m, _ in inbox.got if isinstance(m, RoundChunk)] == [0, 1]
+
+
+async def test_a_certificate_with_no_node_role_gets_no_blob_lane_either(
+    identities: dict[str, Identity],
+) -> None:
+    server = BlobServer(identities["b"], timeout_s=WAIT_S)
+    manifest = BlobManifest.build(b"z" * 1000, 256)
+    server.add(manifest, b"z" * 1000)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        serving = threading.Thread(target=server.serve_forever, args=(listener,))
+        serving.start()
+        try:
+            with pytest.raises(LANE_ERRORS):  # the lane is closed on the outsider
+                await trio.to_thread.run_sync(
+                    fetch_manifest,
+                    lambda: dial_tls(identities["x"], "127.0.0.1", port),
+                    manifest.root,
+                )
+            await wait_until(lambda: server.handshakes_failed == 1)  # counted as it closes
+            node = partial(dial_tls, identities["a"], "127.0.0.1", port)
+            assert await trio.to_thread.run_sync(fetch_manifest, node, manifest.root) == manifest
+        finally:
+            server.stop()
+            serving.join(WAIT_S)
+    assert server.join(WAIT_S) == 0
+
+
+async def test_close_wakes_a_lane_still_in_its_handshake(identities: dict[str, Identity]) -> None:
+    a, b = identities["a"], identities["b"]
+    sender = RoundLanes(a, Inbox(0).deliver, limits=LaneLimits(handshake_timeout_s=WAIT_S))
+    with socket.create_server(("127.0.0.1", 0)) as mute:  # accepts, never answers a hello
+        mute.settimeout(WAIT_S)
+        sender.set_host(str(b.peer_id), "127.0.0.1")
+        sender.set_port(str(b.peer_id), mute.getsockname()[1])
+        assert sender.send(str(b.peer_id), RoundChunk("c", 1, 0, 0, b"x" * 64))
+        accepted, _ = await trio.to_thread.run_sync(mute.accept)  # the dial reached it
+        with accepted:
+            sender.close()
+            started = trio.current_time()
+            assert await trio.to_thread.run_sync(sender.join, WAIT_S) == 0
+            assert trio.current_time() - started < WAIT_S / 2  # not the handshake deadline
+
+
+async def test_sender_threads_are_bounded_and_the_rest_take_the_message_connection(
+    identities: dict[str, Identity],
+) -> None:
+    a, b, c = identities["a"], identities["b"], identities["c"]
+    receiver = RoundLanes(b, Inbox(1).deliver)
+    sender = RoundLanes(a, Inbox(0).deliver, limits=LaneLimits(senders_max=1))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(receiver.serve, "127.0.0.1")
+        for peer in (b, c):
+            sender.set_host(str(peer.peer_id), "127.0.0.1")
+            sender.set_port(str(peer.peer_id), port)
+        assert sender.send(str(b.peer_id), RoundChunk("c", 1, 0, 0, b"x" * 64))
+        assert not sender.send(str(c.peer_id), RoundChunk("c", 1, 0, 0, b"x" * 64))
+        assert sender.out.refused == 1  # the caller sends that one on the message connection
+        sender.close()
+        nursery.cancel_scope.cancel()
+    assert await trio.to_thread.run_sync(sender.join, WAIT_S) == 0

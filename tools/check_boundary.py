@@ -28,7 +28,7 @@ CORES = (
     "swarmlearn.roles.sl.core",
     "swarmlearn.p2p.gossip",
     "swarmlearn.p2p.peertable",
-    "swarmlearn.p2p.transfer_core",
+    "swarmlearn.p2p.transfer",
     "swarmlearn.sim",
 )
 FORBIDDEN = ("trio", "socket", "ssl", "mmap", "selectors", "subprocess", "threading")

@@ -21,7 +21,7 @@ range. Results must not depend on arrival order, so the reduction order is fixed
 Memory: the output (the range), a scratch buffer (half a chunk, at most 1 MiB), a float32
 accumulator per float16 or bfloat16 region in flight, and the held chunks: at most N - 1 per
 region in flight. ``held_by`` counts the held bytes per participant: a node's round lanes
-stop reading a sender that holds too much (roles/node/lanes.py), which bounds them; any arrival
+stop reading a sender that holds too much (p2p/bulk_push.py), which bounds them; any arrival
 order is still merged the same.
 
 The bytes written are exactly those of :func:`~swarmlearn.merge.merge.merge` on whole states,
@@ -91,7 +91,7 @@ class _Inbox:
         self.held_bytes = 0
         self.held_bytes_max = 0
         #: Bytes held per participant (the round's lanes stop reading a sender that holds
-        #: too much; see roles/node/lanes.py).
+        #: too much; see p2p/bulk_push.py).
         self.held_by = [0] * self.participants
 
     def _check(self, participant: int, chunk_index: int, data: BytesLike) -> memoryview:

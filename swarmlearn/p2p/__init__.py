@@ -1,6 +1,6 @@
 """Peer-to-peer layer: identity, wire codec, framing, the mutual-TLS transport, and on top of
-them the peer table, gossip, chunked blob transfer (sans-IO cores), the bulk lanes and the
-trio service that runs them all on real sockets.
+them the peer table, gossip, chunked blob manifests (sans-IO cores), the bulk lanes (a
+blob's fetch, a round's push) and the trio service that runs them all on real sockets.
 
 The public API is re-exported here. Importing the package loads only what the sans-IO cores
 share (wire, framing, messages) and no I/O (not even cryptography's x509, which reaches the
@@ -25,6 +25,7 @@ from swarmlearn.p2p.wire import Message, Payload, decode_body, encode_body, enco
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from swarmlearn.p2p.address import parse_host_port
     from swarmlearn.p2p.bulk import BlobServer, Fetch, FetchResult, Source, dial_tls, fetch_manifest
+    from swarmlearn.p2p.bulk_push import LaneLimits, LanePort, RoundLanes
     from swarmlearn.p2p.certs import CertificateAuthority, create_ca, issue_certificate
     from swarmlearn.p2p.gossip import Gossip
     from swarmlearn.p2p.gossip_messages import GossipConfig, GossipDelivery, Publish, Subscribe
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
         identity_paths_from_env,
         load_identity,
     )
+    from swarmlearn.p2p.lane import LaneThreads, TlsPipe, dial_lane
     from swarmlearn.p2p.multiaddr import PeerAddress, parse_address
     from swarmlearn.p2p.mux import Mux, MuxConfig
     from swarmlearn.p2p.node import P2PNode
@@ -46,7 +48,6 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from swarmlearn.p2p.service_stats import ServiceStatistics
     from swarmlearn.p2p.tls import client_context, peer_certificate_info, server_context
     from swarmlearn.p2p.transfer import Assembler, BlobManifest, BlobTooLarge, ChunkScheduler
-    from swarmlearn.p2p.transfer_core import TransferConfig, TransferCore
     from swarmlearn.p2p.transport import (
         Connection,
         Listener,
@@ -61,6 +62,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
 _LAZY: dict[str, tuple[str, ...]] = {
     "address": ("parse_host_port",),
     "bulk": ("BlobServer", "Fetch", "FetchResult", "Source", "dial_tls", "fetch_manifest"),
+    "bulk_push": ("LaneLimits", "LanePort", "RoundLanes"),
     "certs": ("CertificateAuthority", "create_ca", "issue_certificate"),
     "gossip": ("Gossip",),
     "gossip_messages": ("GossipConfig", "GossipDelivery", "Publish", "Subscribe"),
@@ -73,6 +75,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
         "identity_paths_from_env",
         "load_identity",
     ),
+    "lane": ("LaneThreads", "TlsPipe", "dial_lane"),
     "multiaddr": ("PeerAddress", "parse_address"),
     "mux": ("Mux", "MuxConfig"),
     "node": ("P2PNode",),
@@ -82,7 +85,6 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "service_stats": ("ServiceStatistics",),
     "tls": ("client_context", "peer_certificate_info", "server_context"),
     "transfer": ("Assembler", "BlobManifest", "BlobTooLarge", "ChunkScheduler"),
-    "transfer_core": ("TransferConfig", "TransferCore"),
     "transport": (
         "Connection",
         "Listener",
@@ -134,6 +136,9 @@ __all__ = [
     "GossipDelivery",
     "Identity",
     "IdentityPaths",
+    "LaneLimits",
+    "LanePort",
+    "LaneThreads",
     "Listener",
     "Message",
     "Mux",
@@ -151,12 +156,12 @@ __all__ = [
     "Pong",
     "Publish",
     "Role",
+    "RoundLanes",
     "ServiceConfig",
     "ServiceStatistics",
     "Source",
     "Subscribe",
-    "TransferConfig",
-    "TransferCore",
+    "TlsPipe",
     "TransportConfig",
     "TransportStatistics",
     "accept_stream",
@@ -165,6 +170,7 @@ __all__ = [
     "create_ca",
     "decode_body",
     "dial",
+    "dial_lane",
     "dial_tls",
     "encode_body",
     "encode_frame",

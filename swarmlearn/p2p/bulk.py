@@ -1,26 +1,23 @@
-"""The fast bulk path: blobs over dedicated blocking TLS connections, driven by threads.
+"""The fetch path: a blob pulled from several sources over lanes, every chunk verified.
 
 Theory of operation
 -------------------
-trio's ``SSLStream`` moves about a third of what a blocking ``ssl.SSLSocket`` moves, because
-every 16 KiB TLS record costs a trip through the event loop. So weights do not travel on the
-node's message connection: a fetch opens ``lanes_per_source`` extra mutual-TLS connections
-to each source (same certificates, same peer-id check) and drives each from a worker
-thread with blocking calls. OpenSSL and hashlib release the GIL, so the lanes decrypt and
-hash in parallel with each other and with the node's trio thread (a trio driver runs
-:meth:`Fetch.run` under ``trio.to_thread.run_sync`` and keeps serving consensus messages).
+A fetch (the merged model a late joiner or a restarted node needs, a blob of the p2p service)
+opens ``lanes_per_source`` lanes (:mod:`swarmlearn.p2p.lane`: blocking mutual-TLS
+connections driven by threads, handshake deadline, peer id checked) to each source and
+drives each from a worker thread. A trio driver runs :meth:`Fetch.run` under
+``trio.to_thread.run_sync`` and keeps serving consensus messages meanwhile.
 
-A lane reads through a :class:`TlsPipe` (OpenSSL over memory BIOs, the socket read a
-megabyte at a time); a source writes through a plain ``ssl.SSLSocket``. The protocol on a
-lane is the node's: length-prefixed wire frames. The receiver sends
+The protocol on a lane is the node's: length-prefixed wire frames. The receiver sends
 :class:`~swarmlearn.p2p.transfer.GetManifest` and
 :class:`~swarmlearn.p2p.transfer.GetChunks`; the source answers with the manifest, or with
 one ordinary :class:`~swarmlearn.p2p.messages.Chunk` frame per chunk, in the order asked,
 written with ``sendall`` on views of the blob (the model's numpy buffer is never copied
 whole). The receiver reads each frame's prefix and header exactly, checks index and size
-against the manifest, then ``recv_into`` the chunk's own slot of the preallocated buffer
-and hashes it there (:class:`~swarmlearn.p2p.transfer.Assembler`): the only copy of the
-bytes is the one the kernel and OpenSSL make.
+against the manifest, then reads the chunk into its own slot of the preallocated buffer
+within a deadline of its size and hashes it there
+(:class:`~swarmlearn.p2p.transfer.Assembler`): the only copy of the bytes is the one the
+kernel and OpenSSL make.
 
 Scheduling is the sans-IO :class:`~swarmlearn.p2p.transfer.ChunkScheduler` (without the
 endgame: a chunk is only ever written by the lane that asked for it), under one lock. Each
@@ -28,16 +25,15 @@ lane keeps ``window_chunks`` requested ahead so the pipe never drains. A bad chu
 out of order or an unknown blob bans the whole source; a broken connection returns the
 lane's chunks to the pool and the lane redials (``reconnects_max`` times, backing off), so
 a fetch resumes with only what is missing.
+
+A source (:class:`BlobServer`) serves each accepted lane on a thread of a bounded
+:class:`~swarmlearn.p2p.lane.LaneThreads` pool; only swarm nodes (``NODE_ROLES``) get one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import socket
-import ssl
-import sys
 import threading
 import time
 from collections import deque
@@ -45,10 +41,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from swarmlearn.errors import LocalProtocolError, RemoteProtocolError
-from swarmlearn.p2p.framing import FRAME_LEN, FrameReader, encode_frame
-from swarmlearn.p2p.identity import Identity, PeerId
+from swarmlearn.p2p.framing import FRAME_LEN, FrameReader
+from swarmlearn.p2p.identity import NODE_ROLES, Identity, PeerId, Role
+from swarmlearn.p2p.lane import (
+    CONTROL_FRAME_BYTES_MAX,
+    LANE_ERRORS,
+    Acceptor,
+    Allowance,
+    Conn,
+    LaneThreads,
+    TlsPipe,
+    accept_lane,
+    dial_lane,
+    lower_priority,
+    read_within,
+    receive_message,
+    send_message,
+)
 from swarmlearn.p2p.messages import Chunk
-from swarmlearn.p2p.tls import client_context, peer_certificate_info, server_context
+from swarmlearn.p2p.tls import client_context, server_context
 from swarmlearn.p2p.transfer import (
     Assembler,
     BlobManifest,
@@ -59,106 +70,16 @@ from swarmlearn.p2p.transfer import (
     ManifestReply,
     NoBlob,
 )
-from swarmlearn.p2p.wire import HEADER_LEN, Message, decode_body, decode_header
+from swarmlearn.p2p.wire import HEADER_LEN, Message, decode_header
 
 log = logging.getLogger(__name__)
 
-CONTROL_FRAME_BYTES_MAX = 1 << 20  # requests and manifests (a 1 TB blob's manifest: 8 MB)
-IO_BYTES = 1 << 20  # socket reads and writes, and the most plaintext handed to OpenSSL at once
-
-
-class TlsPipe:
-    """TLS over a blocking socket through OpenSSL memory BIOs.
-
-    ``ssl.SSLSocket`` makes one or two system calls per 16 KiB record; here the socket is
-    read and written up to :data:`IO_BYTES` at a time and OpenSSL works on memory, which cuts
-    the receiver's CPU per gigabyte by about a sixth. Both OpenSSL and the socket calls
-    release the GIL.
-    """
-
-    def __init__(
-        self,
-        raw: socket.socket,
-        context: ssl.SSLContext,
-        *,
-        server_side: bool,
-        handshake_timeout_s: float | None = None,
-    ) -> None:
-        """Runs the handshake; with ``handshake_timeout_s``, all of it within that long (a
-        peer that trickles a byte at a time is cut off: ``TimeoutError``), and the socket
-        keeps the timeout it had."""
-        self.raw = raw
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self.tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
-        self._buffer = bytearray(IO_BYTES)
-        self._view = memoryview(self._buffer)
-        timeout_s = raw.gettimeout()
-        deadline = None if handshake_timeout_s is None else time.monotonic() + handshake_timeout_s
-        while True:
-            try:
-                self.tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                self._flush()
-                if deadline is not None:
-                    left_s = deadline - time.monotonic()
-                    if left_s <= 0:
-                        raise TimeoutError("TLS handshake timed out") from None
-                    raw.settimeout(left_s)
-                self._fill()
-        self._flush()
-        raw.settimeout(timeout_s)
-
-    def __enter__(self) -> TlsPipe:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _fill(self) -> None:
-        count = self.raw.recv_into(self._buffer)
-        if not count:
-            raise ConnectionError("connection closed")
-        self._incoming.write(self._view[:count])
-
-    def _flush(self) -> None:
-        while self._outgoing.pending:
-            self.raw.sendall(self._outgoing.read(IO_BYTES))
-
-    def recv_into(self, view: memoryview | bytearray) -> int:
-        """Decrypted bytes into ``view``: at least one, at most ``len(view)``; 0 at TLS close."""
-        while True:
-            try:
-                return int(self.tls.read(len(view), view))
-            except ssl.SSLWantReadError:
-                self._fill()
-            except ssl.SSLZeroReturnError:
-                return 0
-
-    def sendall(self, data: BytesLike) -> None:
-        view = memoryview(data).cast("B")
-        for start in range(0, len(view), IO_BYTES):
-            self.tls.write(view[start : start + IO_BYTES])
-            self._flush()
-
-    def peer_certificate(self) -> bytes | None:
-        return self.tls.getpeercert(binary_form=True)
-
-    def shutdown(self) -> None:
-        """Unblock a thread reading or writing this connection (from another thread)."""
-        with contextlib.suppress(OSError):
-            self.raw.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.raw.close()
-
+HANDSHAKE_TIMEOUT_S = 10.0  # a source's handshake, all of it
+CHUNK_TIMEOUT_S = 10.0  # one chunk's reads may take this, plus a second per
+CHUNK_RATE_MIN_BYTES_S = 1024 * 1024  # ... this many bytes of it
+SERVER_THREADS_MAX = 64  # lanes a source serves at once (a thread each); more are closed
 
 Dialer = Callable[[], TlsPipe]
-#: The receiving side reads through a :class:`TlsPipe`; a source writes through a plain
-#: ``ssl.SSLSocket``, whose ``sendall`` encrypts straight from the blob's memory (a pipe
-#: would copy every byte twice more on the way out).
-Conn = TlsPipe | ssl.SSLSocket
 
 
 def dial_tls(
@@ -169,67 +90,48 @@ def dial_tls(
     expect: PeerId | None = None,
     timeout_s: float = 30.0,
 ) -> TlsPipe:
-    """A blocking mutual-TLS connection; refused when the peer is not ``expect``."""
-    raw = socket.create_connection((host, port), timeout=timeout_s)
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        pipe = TlsPipe(raw, client_context(identity), server_side=False)
-        peer = peer_certificate_info(pipe.peer_certificate()).peer_id
-    except (OSError, ssl.SSLError, RemoteProtocolError):
-        raw.close()
-        raise
-    if expect is not None and peer != expect:
-        pipe.close()
-        raise RemoteProtocolError(f"expected peer {expect.short}, reached {peer.short}")
-    return pipe
-
-
-def lower_priority(nice: int) -> None:
-    """Lower the calling thread's CPU priority (Linux: per-thread nice; elsewhere nothing),
-    so that a node's message thread runs first when the cores are busy."""
-    if nice and hasattr(os, "setpriority") and sys.platform == "linux":
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-
-
-def recv_exact(sock: Conn, view: memoryview) -> None:
-    got = 0
-    while got < len(view):
-        count = sock.recv_into(view[got:])
-        if not count:
-            raise ConnectionError("connection closed mid-frame")
-        got += count
-
-
-def send_message(sock: Conn, message: Message) -> None:
-    for part in encode_frame(message):
-        sock.sendall(part)
-
-
-def receive_message(sock: Conn) -> Message:
-    """One small frame (a request, a manifest, a refusal), read exactly."""
-    prefix = bytearray(FRAME_LEN.size)
-    recv_exact(sock, memoryview(prefix))
-    (size,) = FRAME_LEN.unpack(prefix)
-    if not HEADER_LEN.size <= size <= CONTROL_FRAME_BYTES_MAX:
-        raise RemoteProtocolError(f"control frame of {size} bytes")
-    body = bytearray(size)
-    recv_exact(sock, memoryview(body))
-    return decode_body(body)
+    """A fetch's lane to ``host:port`` (:func:`~swarmlearn.p2p.lane.dial_lane`, as a reader);
+    refused when the peer is not ``expect``."""
+    conn = dial_lane(
+        client_context(identity),
+        (host, port),
+        expect=None if expect is None else str(expect),
+        reader=True,
+        dial_timeout_s=timeout_s,
+        handshake_timeout_s=timeout_s,
+        io_timeout_s=timeout_s,
+    )
+    assert isinstance(conn, TlsPipe)
+    return conn
 
 
 # ---------------------------------------------------------------- the source side
 
 
 class BlobServer:
-    """Serves blobs on bulk connections, one thread per connection."""
+    """Serves blobs on lanes, each on a thread of a bounded pool (see the module doc)."""
 
-    def __init__(self, identity: Identity, *, timeout_s: float = 60.0, nice: int = 5) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        timeout_s: float = 60.0,
+        nice: int = 5,
+        threads_max: int = SERVER_THREADS_MAX,
+        roles: frozenset[Role] = NODE_ROLES,
+    ) -> None:
         self.context = server_context(identity)
-        self.timeout_s = timeout_s
+        self.me = str(identity.peer_id)
+        self.timeout_s = timeout_s  # a request's wait, and every write
         self.nice = nice
+        self.roles = roles
         self.blobs: dict[bytes, tuple[BlobManifest, memoryview]] = {}
         self.chunks_sent = 0
+        self.handshakes_failed = 0  # timed out, or no node certificate
+        self.idle_closed = 0  # lanes silent for timeout_s: closed
+        self.threads = LaneThreads("blob-lanes", threads_max)
+        self._accepting = LaneThreads("blob-accept", 1)
+        self._acceptor: Acceptor | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -243,33 +145,65 @@ class BlobServer:
             self.blobs.pop(root, None)
 
     def serve_forever(self, listener: socket.socket) -> None:
-        """Accept until :meth:`stop`; each connection is served by its own thread."""
-        listener.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                raw, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self.serve_socket, args=(raw,), daemon=True).start()
+        """Accept on ``listener`` until :meth:`stop` (blocking); each lane on a thread of the
+        pool, or closed at once when the pool is full."""
+        acceptor = Acceptor(listener, self.serve_socket, self.threads, self._accepting)
+        self._acceptor = acceptor
+        if acceptor.start():  # else: stopped already
+            self._accepting.join(None)
+
+    def take(self, raw: socket.socket) -> bool:
+        """Serve an accepted TCP socket on a thread of the pool; False (the caller closes it)
+        when the pool is full."""
+        name = f"blob-lane-{raw.fileno()}"
+        return self.threads.start(self._serve_taken, raw, name=name, holds=raw)
+
+    def _serve_taken(self, raw: socket.socket) -> None:
+        try:
+            self.serve_socket(raw)
+        finally:
+            raw.close()
 
     def stop(self) -> None:
+        """Stop accepting and end every lane's thread (without waiting: :meth:`join`)."""
         self._stop.set()
+        if self._acceptor is not None:
+            self._acceptor.close()
+        self._accepting.close()
+        self.threads.close()
+
+    def join(self, timeout_s: float) -> int:
+        """Wait for the threads after :meth:`stop`; how many outlived ``timeout_s``."""
+        return self._accepting.join(timeout_s) + self.threads.join(timeout_s)
 
     def serve_socket(self, raw: socket.socket) -> None:
         """Handshake on an accepted TCP socket and serve it until it closes (blocking; the
-        socket is closed at the end). A trio listener hands bulk connections over here."""
+        caller closes ``raw``)."""
         lower_priority(self.nice)
-        raw.settimeout(self.timeout_s)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            with self.context.wrap_socket(raw, server_side=True) as tls:
-                self.serve_connection(tls)
-        except (OSError, ssl.SSLError, RemoteProtocolError) as error:
-            log.debug("bulk connection ended: %s", error)
+            tls, peer = accept_lane(
+                raw,
+                self.context,
+                reader=False,
+                handshake_timeout_s=min(HANDSHAKE_TIMEOUT_S, self.timeout_s),
+                io_timeout_s=self.timeout_s,
+                roles=self.roles,
+                me=None,
+            )
+        except LANE_ERRORS as error:
+            self.handshakes_failed += 1
+            log.info("refused a blob lane: %s", error or type(error).__name__)
+            return
+        self.threads.hold(tls)
+        try:
+            self.serve_connection(tls)
+        except TimeoutError:
+            self.idle_closed += 1
+            log.debug("blob lane of %s idle: closed", peer.peer_id.short)
+        except LANE_ERRORS as error:
+            log.debug("blob lane of %s ended: %s", peer.peer_id.short, error)
         finally:
-            raw.close()
+            tls.close()
 
     def serve_connection(self, tls: Conn) -> None:
         """Answer requests on one connection until it closes."""
@@ -364,11 +298,10 @@ class Fetch:
     def run(self) -> FetchResult:
         """Fetch until complete or every lane has given up (blocking; threads inside)."""
         start = time.perf_counter()
-        threads = [threading.Thread(target=self._lane, args=(lane,)) for lane in self.lanes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        threads = LaneThreads("fetch", len(self.lanes))
+        for lane in self.lanes:
+            threads.start(self._lane, lane, name=f"fetch-{lane[:8]}#{lane.rsplit('#', 1)[1]}")
+        threads.join(None)  # each lane ends: its source done, given up, or banned
         chunks_from: dict[str, int] = {}
         for lane, count in self.scheduler.fetched_from.items():
             name = lane.rsplit("#", 1)[0]
@@ -403,7 +336,7 @@ class Fetch:
                         return
                 except _Banned:
                     return
-                except (OSError, ssl.SSLError, RemoteProtocolError, ValueError) as error:
+                except LANE_ERRORS as error:
                     failures += 1
                     log.info("bulk lane %s failed (%d): %s", lane, failures, error)
                     with self._lock:
@@ -451,12 +384,12 @@ class Fetch:
 
     def _receive_chunk(self, lane: str, sock: TlsPipe, index: int) -> None:
         head = bytearray(FRAME_LEN.size + HEADER_LEN.size)
-        recv_exact(sock, memoryview(head))
+        read_within(sock, memoryview(head))
         body_len, header_len = FRAME_LEN.unpack_from(head)[0], HEADER_LEN.unpack_from(head, 4)[0]
         if header_len > 1024 or header_len + HEADER_LEN.size > body_len:
             self._ban(lane, "malformed chunk frame")
         header = bytearray(header_len)
-        recv_exact(sock, memoryview(header))
+        read_within(sock, memoryview(header))
         size = body_len - HEADER_LEN.size - header_len
         message = decode_header(header)
         if isinstance(message, NoBlob):
@@ -467,7 +400,7 @@ class Fetch:
         if message.index != index or self.assembler.check(index, size) is not None:
             self._ban(lane, f"chunk {message.index} ({size} bytes) where {index} was due")
         slot = self.assembler.slot(index)
-        recv_exact(sock, slot)
+        read_within(sock, slot, Allowance(CHUNK_TIMEOUT_S + size / CHUNK_RATE_MIN_BYTES_S))
         good = self.assembler.verify(index)  # hashing releases the GIL: lanes run in parallel
         with self._lock:
             if not good:

@@ -1,30 +1,29 @@
-"""The p2p node core: the peer table, gossip and bulk transfer composed into one sans-IO core.
+"""The p2p node core: the peer table and gossip composed into one sans-IO core.
 
 Theory of operation
 -------------------
 :class:`P2PNode` is what a driver (trio, or the simulator) runs for the p2p layer. It owns
 one :class:`~swarmlearn.p2p.peertable.PeerTable` and, optionally, a
-:class:`~swarmlearn.p2p.gossip.Gossip` and a :class:`~swarmlearn.p2p.transfer_core.TransferCore`,
-and routes every input to the core it belongs to:
+:class:`~swarmlearn.p2p.gossip.Gossip`, and routes every input to the core it belongs to:
 
 - ``Receive``: first :meth:`PeerTable.observe` (any message is a sign of life); a message
   from a peer the table does not hold a connection to is dropped; then by message type
-  (peer exchange and pings to the table, gossip messages to gossip, transfer messages to
-  transfer);
-- ``TimerFired``: by the first element of the tag (``"peers"``, ``"gossip"``,
-  ``"transfer"``): every core namespaces its timers that way;
+  (peer exchange and pings to the table, gossip messages to gossip);
+- ``TimerFired``: by the first element of the tag (``"peers"``, ``"gossip"``): every core
+  namespaces its timers that way;
 - ``Request``: by the value's type (connection events to the table, publish/subscribe to
-  gossip, serve/fetch to transfer).
+  gossip).
 
-The table's ``Deliver(PeerUp | PeerDown)`` effects are fed to gossip and transfer at once
-(as ``Request`` inputs; their effects follow in order) and passed on as well. Each core
-draws from its own random stream, split off the node's at construction.
+The table's ``Deliver(PeerUp | PeerDown)`` effects are fed to gossip at once (as
+``Request`` inputs; their effects follow in order) and passed on as well. Each core draws
+from its own random stream, split off the node's at construction. Weights do not travel
+here: blobs and rounds go over the bulk lanes (:mod:`swarmlearn.p2p.bulk`,
+:mod:`swarmlearn.p2p.bulk_push`).
 """
 
 from __future__ import annotations
 
 import random
-from typing import Protocol
 
 from swarmlearn.p2p.gossip import (
     Gossip,
@@ -56,27 +55,13 @@ GOSSIP_MESSAGES = (Subscriptions, GossipMessage, IHave, IWant, Graft, Prune)
 GOSSIP_REQUESTS = (Subscribe, Unsubscribe, Publish)
 
 
-class SubCore(Core, Protocol):
-    """A core that the node can host beside gossip: which messages and requests are its."""
-
-    MESSAGES: tuple[type, ...]
-    REQUESTS: tuple[type, ...]
-
-
 class P2PNode:
-    """Peer table + gossip (+ a transfer core), one sans-IO core for the driver."""
+    """Peer table + gossip, one sans-IO core for the driver."""
 
-    def __init__(
-        self,
-        rng: random.Random,
-        peers: PeerTable,
-        gossip: Gossip | None = None,
-        transfer: SubCore | None = None,
-    ) -> None:
+    def __init__(self, rng: random.Random, peers: PeerTable, gossip: Gossip | None = None) -> None:
         self.rng = rng
         self.peers = peers
         self.gossip = gossip
-        self.transfer = transfer
         if gossip is not None:
             gossip.swarm_size = lambda: len(peers.known)
 
@@ -84,9 +69,8 @@ class P2PNode:
         match event:
             case Start():
                 effects = self.peers.handle(event, now)
-                for core in (self.gossip, self.transfer):
-                    if core is not None:
-                        effects += core.handle(event, now)
+                if self.gossip is not None:
+                    effects += self.gossip.handle(event, now)
                 return self._follow(effects, now)
             case Receive(sender, message):
                 self.peers.observe(sender, now)
@@ -95,11 +79,7 @@ class P2PNode:
                 return self._follow(self._route_message(event, message, now), now)
             case TimerFired(tag):
                 owner = tag[0] if isinstance(tag, tuple) and tag else None
-                cores: dict[str, Core | None] = {
-                    "peers": self.peers,
-                    "gossip": self.gossip,
-                    "transfer": self.transfer,
-                }
+                cores: dict[str, Core | None] = {"peers": self.peers, "gossip": self.gossip}
                 timer_owner = cores.get(owner) if isinstance(owner, str) else None
                 return self._follow(timer_owner.handle(event, now), now) if timer_owner else []
             case Request(value):
@@ -112,8 +92,6 @@ class P2PNode:
             return self.peers.handle(event, now)
         if isinstance(message, GOSSIP_MESSAGES) and self.gossip is not None:
             return self.gossip.handle(event, now)
-        if self.transfer is not None and isinstance(message, self.transfer.MESSAGES):
-            return self.transfer.handle(event, now)
         return []
 
     def _owner_of_request(self, value: object) -> Core | None:
@@ -121,17 +99,15 @@ class P2PNode:
             return self.peers
         if isinstance(value, GOSSIP_REQUESTS):
             return self.gossip
-        if self.transfer is not None and isinstance(value, self.transfer.REQUESTS):
-            return self.transfer
         return None
 
     def _follow(self, effects: list[Effect], now: float) -> list[Effect]:
-        """Pass effects on; peer up/down also goes to gossip and transfer, in place."""
+        """Pass effects on; peer up/down also goes to gossip, in place."""
         out: list[Effect] = []
         for effect in effects:
             out.append(effect)
+            if self.gossip is None:
+                continue
             if isinstance(effect, Deliver) and isinstance(effect.value, PeerUp | PeerDown):
-                for core in (self.gossip, self.transfer):
-                    if core is not None:
-                        out += core.handle(Request(effect.value), now)
+                out += self.gossip.handle(Request(effect.value), now)
         return out

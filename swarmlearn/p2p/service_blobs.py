@@ -10,39 +10,38 @@ is the glue between that and the trio service:
 - **Serving**: :meth:`BlobService.serve` builds a manifest over a view of the data and adds
   it to a :class:`~swarmlearn.p2p.bulk.BlobServer`. Lanes arrive on the node's one listening
   port: the service reads the first byte of every TCP connection (``LANE_BULK``) and hands
-  the socket to :meth:`take_lane`, which serves it from a daemon thread.
+  the socket to :meth:`take_lane`, which serves it on a thread of the server's bounded pool
+  (``lanes_max``; more are closed at once and counted).
 - **Fetching**: :meth:`BlobService.fetch` asks the sources for the manifest in turn (checked
   against the root), then runs :class:`~swarmlearn.p2p.bulk.Fetch` (several sources, several
   lanes each, every chunk verified) under ``trio.to_thread.run_sync``; a trio cancellation
   or the ``fetch_timeout_s`` deadline cancels the lanes. A fetch that ends incomplete (every
   source gave up) leaves its buffer and bitset behind, and the next fetch of the same root
   resumes from them, re-verifying what it holds.
-- Lanes are dialed with the same certificates and checked against the source's peer id.
+- Lanes are dialed with :func:`~swarmlearn.p2p.lane.dial_lane` (the same certificates, the
+  handshake under a deadline, the source's peer id checked).
 """
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import socket
-import ssl
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
 
-from swarmlearn.errors import ConfigError, RemoteProtocolError, SwarmlearnError
-from swarmlearn.p2p.bulk import BlobServer, Fetch, Source, TlsPipe, fetch_manifest
+from swarmlearn.errors import ConfigError, SwarmlearnError
+from swarmlearn.p2p.bulk import BlobServer, Fetch, Source, fetch_manifest
 from swarmlearn.p2p.identity import Identity, PeerId
+from swarmlearn.p2p.lane import LANE_ERRORS, TlsPipe, dial_lane
 from swarmlearn.p2p.multiaddr import PeerAddress
-from swarmlearn.p2p.tls import client_context, peer_certificate_info
+from swarmlearn.p2p.tls import client_context
 from swarmlearn.p2p.transfer import BlobManifest, BytesLike
 
 LANE_MESSAGES = b"M"  # the first byte of a message connection (TLS + mux follow)
 LANE_BULK = b"B"  # the first byte of a bulk lane (TLS + blob requests follow)
-
-LANE_ERRORS = (OSError, ssl.SSLError, RemoteProtocolError, ValueError)
+CLOSE_JOIN_S = 2.0  # at close, how long the lanes' threads have to end (then: leaked)
 
 
 class FetchError(SwarmlearnError):
@@ -96,13 +95,13 @@ class BlobService:
     def __init__(self, identity: Identity, config: BlobConfig | None = None) -> None:
         self.identity = identity
         self.config = config or BlobConfig()
-        self.server = BlobServer(identity, timeout_s=self.config.lane_timeout_s)
+        self.server = BlobServer(
+            identity, timeout_s=self.config.lane_timeout_s, threads_max=self.config.lanes_max
+        )
         self.counters = BlobCounters()
         self._client = client_context(identity)
         self._partial: dict[bytes, tuple[memoryview, bytes]] = {}
-        self._lanes: set[socket.socket] = set()
         self._fetches: set[Fetch] = set()
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------ serving
 
@@ -122,26 +121,15 @@ class BlobService:
         return sorted(self.server.blobs)
 
     def take_lane(self, stream: trio.SocketStream) -> None:
-        """Serve an accepted bulk lane (its first byte already read) from a daemon thread."""
+        """Serve an accepted bulk lane (its first byte already read) on a thread of the
+        server's pool; closed at once when ``lanes_max`` are served."""
         raw = socket.socket(fileno=stream.socket.detach())
         raw.setblocking(True)
-        with self._lock:
-            full = len(self._lanes) >= self.config.lanes_max
-            if not full:
-                self._lanes.add(raw)
-        if full:
+        if not self.server.take(raw):
             self.counters.lanes_refused += 1
             raw.close()
             return
         self.counters.lanes_served += 1
-        threading.Thread(target=self._serve_lane, args=(raw,), daemon=True).start()
-
-    def _serve_lane(self, raw: socket.socket) -> None:
-        try:
-            self.server.serve_socket(raw)
-        finally:
-            with self._lock:
-                self._lanes.discard(raw)
 
     # ------------------------------------------------------------ fetching
 
@@ -153,18 +141,17 @@ class BlobService:
         timeout_s = self.config.lane_timeout_s
 
         def dial() -> TlsPipe:
-            raw = socket.create_connection((address.host, address.port), timeout=timeout_s)
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                raw.sendall(LANE_BULK)
-                pipe = TlsPipe(raw, self._client, server_side=False)
-            except LANE_ERRORS:
-                raw.close()
-                raise
-            peer = peer_certificate_info(pipe.peer_certificate()).peer_id
-            if peer != expect:
-                pipe.close()
-                raise RemoteProtocolError(f"expected peer {expect.short}, reached {peer.short}")
+            pipe = dial_lane(
+                self._client,
+                (address.host, address.port),
+                expect=str(expect),
+                reader=True,
+                dial_timeout_s=timeout_s,
+                handshake_timeout_s=timeout_s,
+                io_timeout_s=timeout_s,
+                first_byte=LANE_BULK,
+            )
+            assert isinstance(pipe, TlsPipe)
             return pipe
 
         return dial
@@ -247,12 +234,9 @@ class BlobService:
         )
 
     def close(self) -> None:
-        """Stop serving and fetching: lanes are shut down, their threads end."""
+        """Stop serving and fetching: lanes are shut down and their threads end (waited for
+        up to ``CLOSE_JOIN_S``; they never call into trio, so the wait cannot deadlock)."""
         self.server.stop()
         for fetch in list(self._fetches):
             fetch.cancel()
-        with self._lock:
-            lanes = list(self._lanes)
-        for raw in lanes:
-            with contextlib.suppress(OSError):
-                raw.shutdown(socket.SHUT_RDWR)
+        self.server.join(CLOSE_JOIN_S)

@@ -377,6 +377,31 @@ def _limit_metrics(
         lanes.inflight_peak_bytes if lanes else 0,
     )
     yield _gauge("swarm_threads", "Threads of the node process.", threading.active_count())
+    yield from _lane_thread_metrics(lanes.thread_statistics() if lanes else {})
+
+
+def _lane_thread_metrics(
+    pools: dict[str, dict[str, int]],
+) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """The round lanes' thread pools (p2p/lane.py): live threads, and how they ended."""
+    live = GaugeMetricFamily(
+        "swarm_lane_threads", "Round lane threads running, by direction.", labels=["pool"]
+    )
+    ends = CounterMetricFamily(
+        "swarm_lane_thread_ends",
+        "Round lane threads ended (all), failed (a bug, logged in full), leaked (alive past"
+        " their close), refused (over the pool), and lanes closed between frames (idle).",
+        labels=["pool", "how"],
+    )
+    for pool, counts in sorted(pools.items()):
+        live.add_metric([pool], counts["threads_live"])
+        for how in ("ended", "failed", "leaked", "refused"):
+            ends.add_metric([pool, how], counts[f"threads_{how}"])
+        for how in ("peer_closed", "idle_closed"):
+            if how in counts:
+                ends.add_metric([pool, how], counts[how])
+    yield live
+    yield ends
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

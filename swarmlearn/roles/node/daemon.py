@@ -271,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         flag, address = ("--api", args.api) if api else ("--listen", args.listen)
         flag, address = ("--p2p", args.p2p) if p2p_bind else (flag, address)
         lane_bind = any(
-            frame.filename.endswith("lanes.py")
+            frame.filename.endswith("bulk_push.py")  # RoundLanes.serve
             for frame in traceback.extract_tb(bind_error.__traceback__)
         )
         if lane_bind:

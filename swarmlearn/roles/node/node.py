@@ -48,6 +48,7 @@ from swarmlearn.consensus.tendermint.events import Committed, Genesis, SubmitTx,
 from swarmlearn.consensus.tendermint.store import DiskStore, store_fault
 from swarmlearn.consensus.tendermint.types import Validator
 from swarmlearn.errors import ConfigError, RemoteProtocolError
+from swarmlearn.p2p.bulk_push import RoundLanes
 from swarmlearn.p2p.certs import write_atomically
 from swarmlearn.p2p.identity import NODE_ROLES, Identity, Role
 from swarmlearn.p2p.messages import Ping, Pong
@@ -76,7 +77,6 @@ from swarmlearn.roles.local.trainers import ToJoiner, Trainers
 from swarmlearn.roles.node.core import SwarmNodeCore
 from swarmlearn.roles.node.datadir import GENESIS_FILE, DataDirLock, check_genesis_beside_ledger
 from swarmlearn.roles.node.driver import CoreDriver
-from swarmlearn.roles.node.lanes import RoundLanes
 from swarmlearn.roles.node.peers import PeerNetwork
 from swarmlearn.roles.sl.core import (
     Hashed,

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import trio
 
 from swarmlearn.errors import RemoteProtocolError
+from swarmlearn.p2p.bulk_push import LanePort, RoundLanes
 from swarmlearn.p2p.identity import NODE_ROLES, Identity
 from swarmlearn.p2p.messages import Goodbye
 from swarmlearn.p2p.transport import (
@@ -57,7 +58,6 @@ from swarmlearn.p2p.transport import (
     dial,
 )
 from swarmlearn.p2p.wire import Message, payload_of
-from swarmlearn.roles.node.lanes import LanePort, RoundLanes
 from swarmlearn.roles.node.policing import Police
 from swarmlearn.sansio import NodeId
 

@@ -27,7 +27,7 @@ the round and fixes the participants; participant ``i`` owns range ``i`` of
    tries, then the round fails for it: :mod:`~swarmlearn.roles.sl.outcome`). A FAILED
    round is delivered as such: the trainer keeps its own weights, never a partial merge.
 
-Bytes and memory: the node's round lanes (:mod:`swarmlearn.roles.node.lanes`) hash each chunk and
+Bytes and memory: the node's round lanes (:mod:`swarmlearn.p2p.bulk_push`) hash each chunk and
 merged piece as it arrives and hand it in as :class:`Hashed`, so the core compares digests
 (a plain ``Receive``, as in the simulator, is hashed here). Merged pieces are cut at chunk
 boundaries, so the merged root reuses those digests. The contribution is kept as given, no

@@ -2,7 +2,7 @@
 inputs, deliveries and effect, and the byte-level helpers it uses on the merged model.
 
 Round messages (tags 0xA0-0xA3, 0xA5-0xA7, 0xBA) travel between nodes: manifests, chunks and
-merged pieces on round lanes where a node has them (:mod:`swarmlearn.roles.node.lanes`), the
+merged pieces on round lanes where a node has them (:mod:`swarmlearn.p2p.bulk_push`), the
 rest (small) on the message connections. :class:`ResendRound` and :class:`ResendUnheld` are
 the loss repair's ask and its "cannot" (:mod:`swarmlearn.roles.sl.repair`).
 :class:`Contribute`, :class:`Hashed` and :class:`Refilled` are local inputs from the node;

@@ -1,62 +1,64 @@
-"""Round lanes: weight chunks between nodes over blocking TLS connections driven by threads.
+"""Round lanes: a sync round's messages pushed to its participants over lanes.
 
 Theory of operation
 -------------------
 A round moves the model about twice through every node (reduce-scatter, all-gather). On the
-node's message connections (trio's ``SSLStream``) every 16 KiB TLS record is a trip through
-the event loop that also runs consensus, so a 100 MB round spent most of its time there. The
-round's messages (manifests, chunks, merged pieces) travel instead on *lanes*: one extra
-mutual-TLS connection per ordered pair of nodes (same certificates, peer id and SN role
-checked on both ends), written and read by plain threads with blocking calls. OpenSSL,
-the socket calls and BLAKE3 release the GIL, so lanes encrypt, decrypt and hash beside the
-event loop, which keeps serving votes.
+node's message connections every 16 KiB TLS record is a trip through the event loop that
+also runs consensus, so the round's messages (manifests, chunks, merged pieces: a round's
+and a merged-model fetch's) travel on *lanes* (:mod:`swarmlearn.p2p.lane`): one mutual-TLS
+connection per ordered pair of participants, dialed when the first message for that peer
+is sent, written and read by threads with blocking calls, closed when idle.
 
 - Each node listens for lanes on a port of its own and announces it on its message
   connections (:class:`LanePort`); the host is the one the ledger records for that node.
-- Sending (:meth:`RoundLanes.send`, called by the node's outbox from the event loop): the
-  message joins the peer's queue (bounded in bytes; a full queue drops, as a lossy link
-  would: the round's receiver asks for what it lacks again, :mod:`swarmlearn.roles.sl.repair`,
-  and the deadline rule ends what that cannot repair). The peer's sender thread dials when it
-  has no connection and writes each frame with ``sendall`` on views of the weights: the
-  model is never copied to be sent. Frames to one peer keep their order (a manifest before
-  its chunks).
+- Sending (:meth:`RoundLanes.send`, called by the node from the event loop): the message
+  joins the peer's queue (bounded in bytes; a full queue drops, as a lossy link would: the
+  round's receiver asks for what it lacks again, :mod:`swarmlearn.roles.sl.repair`, and the
+  deadline rule ends what that cannot repair). The peer's sender thread dials when it has no
+  connection and writes each frame with ``sendall`` on views of the weights: the model is
+  never copied to be sent. Frames to one peer keep their order (a manifest before its
+  chunks). A sender with nothing to send for ``sender_idle_s`` closes its lane and its
+  thread ends (``idle_closed_out``); the receiver sees the close between frames and ends
+  its side (``peer_closed``). So lanes exist among a round's participants only, while it
+  runs.
 - Receiving: a thread per accepted lane reads each frame into its own buffer (the only
   copy is OpenSSL's), decodes it, hashes the payload there, and hands message and digest
   to the event loop (``deliver``). Payload bytes handed over but not yet handled by the
-  node are bounded (``RECEIVE_BUDGET_BYTES``; the node calls :meth:`RoundLanes.release`
+  node are bounded (``receive_budget_bytes``; the node calls :meth:`RoundLanes.release`
   when it handled one): a lane waits before reading more, so a node whose loop is busy
   slows its senders (TCP backpressure) instead of piling up a model's worth of frames.
-- Per sender, too (``PEER_BUDGET_BYTES``): its payloads delivered and not yet handled, plus
+- Per sender, too (``peer_budget_bytes``): its payloads delivered and not yet handled, plus
   its chunks the node's merge holds for their turn (the fixed participant order;
   :meth:`RoundLanes.set_held`, from the node after each input). Over it, that sender's lane
   waits (one frame always may when it has none), so only that sender slows down. No
   deadlock: every sender sends an owner's chunks in chunk order, so the participant the
   merge waits for holds nothing (its earlier regions are complete) and is always read.
 
-What a lane peer can make a node hold is bounded (issue 19): at most ``LANE_THREADS_MAX``
-lanes are served at once (more are closed at once, counted in ``refused``); the whole TLS
-handshake must end within ``HANDSHAKE_TIMEOUT_S`` (a byte a second does not keep it open);
-a frame over its message type's limit is refused from its header
+What a lane peer can make a node hold is bounded (issue 19): at most ``threads_max`` lanes
+are served at once (more are closed at once, counted in ``refused``); the whole TLS
+handshake must end within ``handshake_timeout_s``; only swarm nodes (``NODE_ROLES``) get a
+lane; a frame over its message type's limit is refused from its header
 (:func:`~swarmlearn.p2p.limits.frame_bytes_max_for`); a frame's buffer grows a step
-(``STEP_BYTES``) at a time as its bytes arrive, and the frames being read hold at most
-``INFLIGHT_BYTES_MAX`` together (the oldest always may go on), so a sender that announces
+(``step_bytes``) at a time as its bytes arrive, and the frames being read hold at most
+``inflight_bytes_max`` together (the oldest always may go on), so a sender that announces
 64 MiB and goes silent holds one step and nobody else's turn; its reads of one frame may
-take ``FRAME_TIMEOUT_S`` plus a second per ``FRAME_RATE_MIN_BYTES_S`` (the time the lane
-waits for the node's budget does not count), and between frames ``LANE_IDLE_S``: past
-either the lane is cut (``frame_timeouts``, ``idle_closed``). A sender redials a lane
-idle for ``SENDER_IDLE_S`` (under ``LANE_IDLE_S``), so an idle cut never eats a frame.
+take ``frame_timeout_s`` plus a second per ``frame_rate_min_bytes_s`` (the time the lane
+waits for the node's budget does not count), and between frames ``idle_s``: past either
+the lane is cut (``frame_timeouts``, ``idle_closed``). Senders close a lane idle for
+``sender_idle_s`` (under ``idle_s``), so an idle cut never eats a frame. Every lane thread,
+sender or receiver, runs in a bounded :class:`~swarmlearn.p2p.lane.LaneThreads` pool: its
+end is counted, and :meth:`RoundLanes.close` leaves none running (``serve`` waits for them).
 
 A lane that cannot be dialed or breaks (a firewall that lets only the message port through,
 a peer that restarted) hands the message it was writing, and the rest of its queue, back
 to the node's message connection (``fallback``), and that peer gets no lane for
-``LANE_RETRY_S``: rounds go on, slower, rather than losing chunks. Nothing here
-decides anything about the round: the sans-IO core still verifies every chunk against the
-sender's commitment (with the digest computed here) and owns every deadline.
+``retry_s``: rounds go on, slower, rather than losing chunks. Nothing here decides
+anything about the round: the sans-IO core still verifies every chunk against the sender's
+commitment (with the digest computed here) and owns every deadline.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import socket
@@ -70,13 +72,25 @@ import trio
 
 from swarmlearn.digest import content_digest
 from swarmlearn.errors import RemoteProtocolError
-from swarmlearn.p2p.bulk import TlsPipe
-from swarmlearn.p2p.framing import FRAME_BYTES_MAX_DEFAULT, FRAME_LEN, encode_frame
+from swarmlearn.p2p.framing import FRAME_BYTES_MAX_DEFAULT, FRAME_LEN
 from swarmlearn.p2p.identity import NODE_ROLES, Identity
+from swarmlearn.p2p.lane import (
+    ACCEPT_POLL_S,
+    LANE_ERRORS,
+    Acceptor,
+    Allowance,
+    Conn,
+    LaneThreads,
+    TlsPipe,
+    accept_lane,
+    dial_lane,
+    read_within,
+    send_message,
+)
 from swarmlearn.p2p.limits import FrameRefused, frame_bytes_max_for
-from swarmlearn.p2p.tls import client_context, peer_certificate_info, server_context
+from swarmlearn.p2p.tls import client_context, server_context
 from swarmlearn.p2p.wire import TAG_PEEK_BYTES, Message, decode_body, payload_of, peek_tag
-from swarmlearn.roles.local.handover import map_pages, shed_pages
+from swarmlearn.pages import map_pages, shed_pages
 from swarmlearn.sansio import NodeId
 
 log = logging.getLogger(__name__)
@@ -86,19 +100,41 @@ DIAL_TIMEOUT_S = 3.0  # TCP connect (a firewall that drops the lane port costs t
 #                       the message connection is used for LANE_RETRY_S)
 HANDSHAKE_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 60.0  # one frame's write; a peer that reads nothing for this long is dropped
-ACCEPT_POLL_S = 0.2
 RECEIVE_BUDGET_BYTES = 32 * 1024 * 1024  # payloads delivered, not yet handled by the node
 PEER_BUDGET_BYTES = 8 * 1024 * 1024  # one sender's payloads delivered and not handled, and
 #                                      its chunks held for their turn by the node's merge
 LANE_RETRY_S = 120.0  # after a lane to a peer failed, its messages take the message connection
 LANE_THREADS_MAX = 64  # lanes served (and handshakes) at once; more are closed at once
+SENDERS_MAX = 256  # peers with a sender thread at once; more take the message connection
 INFLIGHT_BYTES_MAX = 32 * 1024 * 1024  # frames being read, all lanes (the oldest may exceed)
 STEP_BYTES = 1024 * 1024  # a frame's buffer grows by this much, taken from the budgets first
 FRAME_TIMEOUT_S = 10.0  # one frame's reads may take this, plus a second per
 FRAME_RATE_MIN_BYTES_S = 1024 * 1024  # ... this many bytes of it
 LANE_IDLE_S = 300.0  # silence between frames before an accepted lane is closed
-SENDER_IDLE_S = 120.0  # a sender redials a lane idle this long (under LANE_IDLE_S)
-_ZEROS = memoryview(bytes(STEP_BYTES))
+SENDER_IDLE_S = 120.0  # a sender closes its lane idle this long (under LANE_IDLE_S)
+CLOSE_JOIN_S = 5.0  # at close, how long the lanes' threads have to end (then: leaked)
+
+
+@dataclass(frozen=True)
+class LaneLimits:
+    """The round lanes' bounds and deadlines (the module constants; tests shrink them)."""
+
+    queue_bytes_max: int = QUEUE_BYTES_MAX
+    dial_timeout_s: float = DIAL_TIMEOUT_S
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+    send_timeout_s: float = SEND_TIMEOUT_S
+    receive_budget_bytes: int = RECEIVE_BUDGET_BYTES
+    peer_budget_bytes: int = PEER_BUDGET_BYTES
+    retry_s: float = LANE_RETRY_S
+    threads_max: int = LANE_THREADS_MAX
+    senders_max: int = SENDERS_MAX
+    inflight_bytes_max: int = INFLIGHT_BYTES_MAX
+    step_bytes: int = STEP_BYTES
+    frame_timeout_s: float = FRAME_TIMEOUT_S
+    frame_rate_min_bytes_s: float = FRAME_RATE_MIN_BYTES_S
+    idle_s: float = LANE_IDLE_S
+    sender_idle_s: float = SENDER_IDLE_S
+
 
 #: ``deliver(sender, message, digest)``: runs in the event loop's thread; ``digest`` is the
 #: the BLAKE3 hash of the message's payload (``None`` when it has none).
@@ -116,7 +152,7 @@ class LanePort(Message, tag=0xA4):
 
 
 class _Sender:
-    """One peer's outgoing lane: a queue and the thread that drains it."""
+    """One peer's outgoing lane: a queue and the pool thread that drains it."""
 
     def __init__(self, lanes: RoundLanes, peer: NodeId) -> None:
         self.lanes = lanes
@@ -125,42 +161,48 @@ class _Sender:
         self.queued_bytes = 0
         self.lock = threading.Lock()
         self.sock: ssl.SSLSocket | None = None
-        self.sent_at = 0.0  # time.monotonic() of the last frame written
-        self.thread = threading.Thread(target=self._run, name=f"lane-{peer[:8]}", daemon=True)
-        self.thread.start()
 
     def put(self, message: Message) -> bool:
         size = len(payload_of(message))
         with self.lock:
-            if self.queued_bytes + size > QUEUE_BYTES_MAX:
+            if self.queued_bytes + size > self.lanes.limits.queue_bytes_max:
                 return False
             self.queued_bytes += size
         self.queue.put(message)
         return True
 
-    def _run(self) -> None:
-        while True:
-            message = self.queue.get()
-            if message is None:
-                break
-            self._one(message)
-            # Not kept while waiting for the next: it is a view of a whole model (a merged
-            # one would stay alive into the next round, a second model's worth of memory).
-            del message
-        self._close()
+    def run(self) -> None:
+        try:
+            while True:
+                try:
+                    message = self.queue.get(timeout=self.lanes.limits.sender_idle_s)
+                except queue.Empty:
+                    if self.lanes.retire(self):
+                        break
+                    continue
+                if message is None:
+                    break
+                self._one(message)
+                # Not kept while waiting for the next: it is a view of a whole model (a merged
+                # one would stay alive into the next round, a second model's worth of memory).
+                del message
+        finally:
+            self._close()
 
     def _one(self, message: Message) -> None:
         try:
-            if self.lanes.is_down(self.peer):
+            if self.lanes.stopping:
+                self.lanes.dropped += 1  # closing: what is still queued is not sent
+            elif self.lanes.is_down(self.peer):
                 self.lanes.fall_back(self.peer, message)
             else:
                 self._send(message)
-        except (OSError, ssl.SSLError, RemoteProtocolError) as error:
+        except LANE_ERRORS as error:
             log.info(
                 "round lane to %s: %s; using the message connection for %g s",
                 self.peer[:8],
                 error or type(error).__name__,
-                LANE_RETRY_S,
+                self.lanes.limits.retry_s,
             )
             self._close()
             self.lanes.mark_down(self.peer)
@@ -170,56 +212,51 @@ class _Sender:
                 self.queued_bytes -= len(payload_of(message))
 
     def _send(self, message: Message) -> None:
-        if self.sock is not None and time.monotonic() - self.sent_at > SENDER_IDLE_S:
-            self._close()  # the receiver may be about to cut it (LANE_IDLE_S): a fresh one
         if self.sock is None:
             self.sock = self._dial()
         map_pages(payload_of(message))
-        for part in encode_frame(message):
-            self.sock.sendall(part)
-        self.sent_at = time.monotonic()
+        send_message(self.sock, message)
         shed_pages(payload_of(message))  # sent from a handover file: not kept resident here
 
     def _dial(self) -> ssl.SSLSocket:
-        address = self.lanes.address(self.peer)
+        lanes, limits = self.lanes, self.lanes.limits
+        address = lanes.address(self.peer)
         if address is None:
             raise RemoteProtocolError("no lane address known")
-        raw = socket.create_connection(address, timeout=DIAL_TIMEOUT_S)
-        raw.settimeout(HANDSHAKE_TIMEOUT_S)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            sock = self.lanes.client.wrap_socket(raw)
-            found = peer_certificate_info(sock.getpeercert(binary_form=True)).peer_id
-        except (OSError, ssl.SSLError, RemoteProtocolError):
-            raw.close()
-            raise
-        if str(found) != self.peer:
-            sock.close()
-            raise RemoteProtocolError(f"lane reached {found.short}, not {self.peer[:8]}")
-        sock.settimeout(SEND_TIMEOUT_S)
+        sock = dial_lane(
+            lanes.client,
+            address,
+            expect=self.peer,
+            reader=False,
+            dial_timeout_s=limits.dial_timeout_s,
+            handshake_timeout_s=limits.handshake_timeout_s,
+            io_timeout_s=limits.send_timeout_s,
+            hold=lanes.out.hold,  # close() wakes a dial still in its handshake
+        )
+        assert isinstance(sock, ssl.SSLSocket)
         return sock
 
     def _close(self) -> None:
         if self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.close()
+            self.sock.close()
             self.sock = None
 
     def stop(self) -> None:
         self.queue.put(None)
-        sock = self.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 class RoundLanes:
     """A node's round lanes: its lane listener, and one sender per peer (see module doc)."""
 
     def __init__(
-        self, identity: Identity, deliver: Deliver, fallback: Fallback | None = None
+        self,
+        identity: Identity,
+        deliver: Deliver,
+        fallback: Fallback | None = None,
+        limits: LaneLimits | None = None,
     ) -> None:
         self.me = str(identity.peer_id)
+        self.limits = limits = limits or LaneLimits()
         self.client = client_context(identity)
         self.server = server_context(identity)
         self.deliver = deliver
@@ -227,12 +264,18 @@ class RoundLanes:
         self.port = 0
         self.dropped = 0  # messages lost: a full queue, or a failed lane with no fallback
         self.fallen_back = 0  # messages handed back to the message connection
-        self.refused = 0  # lanes closed at accept: LANE_THREADS_MAX were served already
-        self.handshakes_failed = 0  # timed out, or no node certificate
+        self.refused = 0  # lanes closed at accept: threads_max were served already
+        self.handshakes_failed = 0  # timed out, no node certificate, or this node itself
         self.frame_timeouts = 0  # senders that stopped mid-frame, cut off
         self.frames_refused = 0  # over their type's limit, or undecodable
-        self.idle_closed = 0  # lanes silent for LANE_IDLE_S between frames
-        self._slots = threading.BoundedSemaphore(LANE_THREADS_MAX)
+        self.idle_closed = 0  # accepted lanes silent for idle_s between frames, cut off
+        self.idle_closed_out = 0  # this node's lanes idle for sender_idle_s, closed by it
+        self.peer_closed = 0  # accepted lanes the sender closed between frames
+        self.into = LaneThreads("round-lanes-in", limits.threads_max)  # one per accepted lane
+        self.out = LaneThreads("round-lanes-out", limits.senders_max)  # one per peer sent to
+        self._accepting = LaneThreads("round-lanes-accept", 1)
+        self._acceptor: Acceptor | None = None
+        self._zeros = memoryview(bytes(limits.step_bytes))
         self._frames: dict[int, int] = {}  # bytes arrived of each frame being read
         self._frame_count = 0
         self._inflight_bytes = 0  # their sum
@@ -246,11 +289,9 @@ class RoundLanes:
         self._hosts: dict[NodeId, str] = {}
         self._ports: dict[NodeId, int] = {}
         self._senders: dict[NodeId, _Sender] = {}
-        self._receiving: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
-        self._listener: socket.socket | None = None
 
     # ------------------------------------------------------------ addresses
 
@@ -259,6 +300,12 @@ class RoundLanes:
 
     def set_port(self, peer: NodeId, port: int) -> None:
         self._ports[peer] = port
+
+    def address(self, peer: NodeId) -> tuple[str, int] | None:
+        host, port = self._hosts.get(peer), self._ports.get(peer)
+        return None if host is None or port is None else (host, port)
+
+    # ------------------------------------------------------------ budgets
 
     def release(self, size: int, peer: NodeId | None = None) -> None:
         """The node handled a delivered payload of ``size`` bytes from ``peer`` (any thread;
@@ -285,27 +332,28 @@ class RoundLanes:
         """Before a frame of ``size`` bytes: wait until it fits the receive budget and
         ``peer``'s (one frame always may: in all, and from a peer with nothing delivered and
         not let go). Nothing is reserved: bytes count once they arrive (:meth:`_grow`)."""
+        limits = self.limits
         with self._budget:
             while not self._stop.is_set():
                 mine = self._bytes_of(peer)
-                over_peer = mine > 0 and mine + size > PEER_BUDGET_BYTES
+                over_peer = mine > 0 and mine + size > limits.peer_budget_bytes
                 if over_peer:
                     self.stalled.add(peer)
-                if not over_peer and not (
-                    self._pending_bytes > 0 and self._pending_bytes + size > RECEIVE_BUDGET_BYTES
-                ):
+                pending = self._pending_bytes
+                over_all = pending > 0 and pending + size > limits.receive_budget_bytes
+                if not over_peer and not over_all:
                     break
                 self._budget.wait(ACCEPT_POLL_S)
             self.stalled.discard(peer)
 
     def _grow(self, frame: int, size: int) -> None:
         """Frame number ``frame`` is to hold ``size`` more bytes: wait while the frames being
-        read hold ``INFLIGHT_BYTES_MAX``, unless it is the oldest of them (which always may,
+        read hold ``inflight_bytes_max``, unless it is the oldest of them (which always may,
         so they end one by one: read whole, or cut off by their deadline)."""
         with self._budget:
             while (
                 not self._stop.is_set()
-                and self._inflight_bytes + size > INFLIGHT_BYTES_MAX
+                and self._inflight_bytes + size > self.limits.inflight_bytes_max
                 and frame != min(self._frames)
             ):
                 self._budget.wait(ACCEPT_POLL_S)
@@ -331,11 +379,48 @@ class RoundLanes:
             self._pending_bytes += kept
             self._budget.notify_all()
 
+    # ------------------------------------------------------------ sending
+
+    def send(self, peer: NodeId, message: Message) -> bool:
+        """Queue ``message`` on the lane to ``peer`` (from the event loop); False when the
+        peer has no lane (no address yet, down, or no sender thread left): the caller sends
+        it on the message connection."""
+        if self._stop.is_set() or self.address(peer) is None or self.is_down(peer):
+            return False
+        with self._lock:
+            sender = self._senders.get(peer)
+            if sender is None:
+                sender = _Sender(self, peer)
+                if not self.out.start(sender.run, name=f"lane-{peer[:8]}"):
+                    return False
+                self._senders[peer] = sender
+            taken = sender.put(message)
+        if not taken:
+            self.dropped += 1
+        return True
+
+    def retire(self, sender: _Sender) -> bool:
+        """From ``sender``'s thread, idle for ``sender_idle_s``: True when it ends (nothing was
+        queued meanwhile); its lane is closed, and counted."""
+        with self._lock:
+            if not sender.queue.empty():
+                return False
+            if self._senders.get(sender.peer) is sender:
+                del self._senders[sender.peer]
+        if sender.sock is not None:
+            self.idle_closed_out += 1
+            log.debug("round lane to %s idle: closed", sender.peer[:8])
+        return True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def is_down(self, peer: NodeId) -> bool:
         return time.monotonic() < self._down_until.get(peer, 0.0)
 
     def mark_down(self, peer: NodeId) -> None:
-        self._down_until[peer] = time.monotonic() + LANE_RETRY_S
+        self._down_until[peer] = time.monotonic() + self.limits.retry_s
 
     def fall_back(self, peer: NodeId, message: Message) -> None:
         """From a sender thread: ``message`` goes on the message connection (or is lost)."""
@@ -350,23 +435,6 @@ class RoundLanes:
             self.fallen_back -= 1
             self.dropped += 1
 
-    def address(self, peer: NodeId) -> tuple[str, int] | None:
-        host, port = self._hosts.get(peer), self._ports.get(peer)
-        return None if host is None or port is None else (host, port)
-
-    # ------------------------------------------------------------ sending (event loop)
-
-    def send(self, peer: NodeId, message: Message) -> bool:
-        """Queue ``message`` on the lane to ``peer``; False when the peer has no lane (yet)."""
-        if self._stop.is_set() or self.address(peer) is None or self.is_down(peer):
-            return False
-        sender = self._senders.get(peer)
-        if sender is None:
-            sender = self._senders[peer] = _Sender(self, peer)
-        if not sender.put(message):
-            self.dropped += 1
-        return True
-
     # ------------------------------------------------------------ running
 
     async def serve(
@@ -376,46 +444,63 @@ class RoundLanes:
         *,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept lanes on ``host:port`` (0: a free port) until cancelled; reports the port."""
+        """Accept lanes on ``host:port`` (0: a free port) until cancelled; reports the port.
+        On the way out every lane closes and its thread is waited for."""
         self._token = trio.lowlevel.current_trio_token()
         listener = socket.create_server((host, port))
-        listener.settimeout(ACCEPT_POLL_S)
-        self._listener = listener
         self.port = int(listener.getsockname()[1])
-        accepter = threading.Thread(target=self._accept, name="lanes-accept", daemon=True)
-        accepter.start()
+        self._acceptor = Acceptor(
+            listener, self._serve_lane, self.into, self._accepting, on_refused=self._refused
+        )
+        if not self._acceptor.start():
+            raise RuntimeError("round lanes: serve() after close()")
         task_status.started(self.port)
         try:
             await trio.sleep_forever()
         finally:
             self.close()
+            with trio.CancelScope(shield=True):  # the threads may call into this loop
+                await trio.to_thread.run_sync(self.join, CLOSE_JOIN_S)
+
+    def take(self, raw: socket.socket) -> bool:
+        """Serve a lane accepted elsewhere (a host's listener) on a thread of the pool; False
+        (the caller closes ``raw``) when ``threads_max`` are served."""
+        if not self.into.start(self._serve_taken, raw, name="round-lane", holds=raw):
+            self._refused()
+            return False
+        return True
+
+    def _serve_taken(self, raw: socket.socket) -> None:
+        try:
+            self._serve_lane(raw)
+        finally:
+            raw.close()
+
+    def _refused(self) -> None:
+        self.refused += 1
 
     def close(self) -> None:
+        """Stop: senders end, every lane's socket is shut down (any thread; see :meth:`join`)."""
         self._stop.set()
-        for sender in list(self._senders.values()):
-            sender.stop()
         with self._lock:
-            for sock in self._receiving:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        if self._listener is not None:
-            self._listener.close()
+            senders = list(self._senders.values())
+        for sender in senders:
+            sender.stop()
+        if self._acceptor is not None:
+            self._acceptor.close()
+        for pool in (self._accepting, self.into, self.out):
+            pool.close()
+        with self._budget:
+            self._budget.notify_all()
 
-    def _accept(self) -> None:
-        assert self._listener is not None
-        while not self._stop.is_set():
-            try:
-                raw, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not self._slots.acquire(blocking=False):
-                self.refused += 1
-                log.info("refused a round lane: %d served already", LANE_THREADS_MAX)
-                raw.close()
-                continue
-            threading.Thread(target=self._receive, args=(raw,), daemon=True).start()
+    def join(self, timeout_s: float) -> int:
+        """Wait (blocking, not from the event loop while it must run ``deliver``) for every
+        lane thread after :meth:`close`; how many outlived ``timeout_s`` (logged, counted)."""
+        deadline = time.monotonic() + timeout_s
+        return sum(
+            pool.join(max(0.0, deadline - time.monotonic()))
+            for pool in (self._accepting, self.into, self.out)
+        )
 
     def statistics(self) -> dict[str, int]:
         """Counters of what lanes refused and cut off (for ``/metrics``)."""
@@ -429,30 +514,35 @@ class RoundLanes:
             "fallen_back": self.fallen_back,
         }
 
-    def _receive(self, raw: socket.socket) -> None:
-        try:
-            self._serve_lane(raw)
-        finally:
-            self._slots.release()
+    def thread_statistics(self) -> dict[str, dict[str, int]]:
+        """The lane thread pools' counters (live, started, refused, ended, failed, leaked),
+        and the lanes closed at either end between frames."""
+        return {
+            "in": self.into.statistics() | {"peer_closed": self.peer_closed},
+            "out": self.out.statistics() | {"idle_closed": self.idle_closed_out},
+        }
+
+    # ------------------------------------------------------------ receiving (lane threads)
 
     def _serve_lane(self, raw: socket.socket) -> None:
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self._lock:
-            self._receiving.add(raw)
+        limits = self.limits
         try:
-            try:
-                pipe = TlsPipe(
-                    raw, self.server, server_side=True, handshake_timeout_s=HANDSHAKE_TIMEOUT_S
-                )
-                peer = peer_certificate_info(pipe.peer_certificate())
-                if not peer.roles & NODE_ROLES or str(peer.peer_id) == self.me:
-                    raise RemoteProtocolError(f"{peer.peer_id.short} may not open a round lane")
-            except (OSError, ssl.SSLError, RemoteProtocolError) as error:
-                self.handshakes_failed += 1
-                log.info("refused a round lane: %s", error or type(error).__name__)
-                return
-            with pipe:
-                self._read_frames(pipe, raw, str(peer.peer_id))
+            pipe, peer = accept_lane(
+                raw,
+                self.server,
+                reader=True,
+                handshake_timeout_s=limits.handshake_timeout_s,
+                io_timeout_s=None,
+                roles=NODE_ROLES,
+                me=self.me,
+            )
+        except LANE_ERRORS as error:
+            self.handshakes_failed += 1
+            log.info("refused a round lane: %s", error or type(error).__name__)
+            return
+        assert isinstance(pipe, TlsPipe)
+        try:
+            self._read_frames(pipe, str(peer.peer_id))
         except TimeoutError as error:
             self.frame_timeouts += 1
             log.info("round lane cut off: %s", error)
@@ -461,39 +551,37 @@ class RoundLanes:
             log.info("round lane closed: %s", error)
         except (OSError, ssl.SSLError, trio.RunFinishedError) as error:
             log.info("round lane ended: %s", error or type(error).__name__)
-        finally:
-            with self._lock:
-                self._receiving.discard(raw)
-            raw.close()
 
-    def _read_frames(self, pipe: TlsPipe, raw: socket.socket, peer: NodeId) -> None:
+    def _read_frames(self, pipe: Conn, peer: NodeId) -> None:
         prefix = bytearray(FRAME_LEN.size)
         while not self._stop.is_set():
             try:
-                _read_within(pipe, raw, memoryview(prefix), _Allowance(LANE_IDLE_S))
+                read_within(pipe, memoryview(prefix), Allowance(self.limits.idle_s))
             except ConnectionError:
-                return  # the sender closed the lane between frames
+                self.peer_closed += 1  # the sender closed the lane between frames
+                return
             except TimeoutError:
                 self.idle_closed += 1
                 return
             (size,) = FRAME_LEN.unpack(prefix)
             if not 4 <= size <= FRAME_BYTES_MAX_DEFAULT:
                 raise FrameRefused(f"lane frame of {size} bytes")
-            self._one_frame(pipe, raw, peer, size)
+            self._one_frame(pipe, peer, size)
 
-    def _one_frame(self, pipe: TlsPipe, raw: socket.socket, peer: NodeId, size: int) -> None:
-        allowance = _Allowance(FRAME_TIMEOUT_S + size / FRAME_RATE_MIN_BYTES_S)
+    def _one_frame(self, pipe: Conn, peer: NodeId, size: int) -> None:
+        limits = self.limits
+        allowance = Allowance(limits.frame_timeout_s + size / limits.frame_rate_min_bytes_s)
         self._wait_turn(size, peer)  # the node's backlog, not the peer's time
         frame = self._open_frame()
         body = bytearray()
         try:
             while len(body) < size:
-                step = min(STEP_BYTES, size - len(body))
+                step = min(limits.step_bytes, size - len(body))
                 self._grow(frame, step)
                 start = len(body)
-                body += _ZEROS[:step]
+                body += self._zeros[:step]
                 with memoryview(body) as view, view[start:] as part:
-                    _read_within(pipe, raw, part, allowance)
+                    read_within(pipe, part, allowance)
                 if start == 0:
                     _check_type(body, size)
             message = decode_body(body)
@@ -510,32 +598,6 @@ class RoundLanes:
             self.release(len(payload), peer)
             raise
         del body, message, payload  # the node has them; not kept while the lane waits
-
-
-class _Allowance:
-    """Seconds a peer has left to deliver what is being read."""
-
-    def __init__(self, seconds: float) -> None:
-        self.left_s = seconds
-
-
-def _read_within(
-    pipe: TlsPipe, raw: socket.socket, view: memoryview, allowance: _Allowance
-) -> None:
-    """Fill ``view``; ``TimeoutError`` once the reads took ``allowance`` in all."""
-    got = 0
-    while got < len(view):
-        if allowance.left_s <= 0:
-            raise TimeoutError(f"{len(view) - got} bytes of a frame did not arrive in time")
-        raw.settimeout(allowance.left_s)
-        started = time.monotonic()
-        try:
-            count = pipe.recv_into(view[got:])
-        finally:
-            allowance.left_s -= time.monotonic() - started
-        if not count:
-            raise ConnectionError("connection closed mid-frame")
-        got += count
 
 
 def _check_type(body: bytearray, size: int) -> None:
