@@ -192,9 +192,8 @@ class RoundRepair:
         left = [k for k in left if k.key not in repair.unheld]
         if not left:
             repair.given_up = True
-            text = ", ".join(
-                f"{_NAMES[lack.part]} from {attempt.participants[lack.peer][:8]}" for lack in lacks
-            )
+            named = [f"{_NAMES[k.part]} from {attempt.participants[k.peer][:8]}" for k in lacks]
+            text = ", ".join(named[:4]) + (f" and {len(named) - 4} more" if len(named) > 4 else "")
             return [
                 Log(
                     f"round {number}: attempt {attempt_number} still lacks {text}; no more"
