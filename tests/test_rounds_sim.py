@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -29,7 +29,7 @@ from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
 from swarmlearn.p2p.wire import Message
 from swarmlearn.roles.node.core import SwarmNodeCore
-from swarmlearn.roles.sl.core import Contribute, RoundChunk, RoundDone, RoundFailed
+from swarmlearn.roles.sl.core import Contribute, MergedPiece, RoundChunk, RoundDone, RoundFailed
 from swarmlearn.roles.sl.messages import PeerFault
 from swarmlearn.sansio import Effect, Send
 from swarmlearn.sim import Checker, LinkConfig, Simulator, run_scenario
@@ -240,6 +240,56 @@ def test_a_chunk_sent_twice_is_refused_counted_against_its_sender_and_the_round_
     assert {fault.peer for fault in faults} == {nodes[0]}
     assert all("arrived twice" in fault.reason for fault in faults)
     assert sim.counters.metrics["sl_chunks_refused"] == len(faults)
+
+
+class LoseTheFirstOfEach:
+    """A lane that breaks mid-send: each node's first chunk and first merged piece to each
+    peer are lost (never its resends, which come later)."""
+
+    def __init__(self) -> None:
+        self.lost: set[tuple[str, str, str]] = set()
+
+    def __call__(self, node: str, effects: list[Effect]) -> list[Effect]:
+        out: list[Effect] = []
+        for effect in effects:
+            if isinstance(effect, Send) and isinstance(effect.message, RoundChunk | MergedPiece):
+                key = (node, effect.to, type(effect.message).__name__)
+                if key not in self.lost:
+                    self.lost.add(key)
+                    continue
+            out.append(effect)
+        return out
+
+
+def test_lost_chunks_and_pieces_are_asked_for_and_the_first_attempt_merges(
+    swarm3: Swarm,
+) -> None:
+    """Every node loses its first chunk and first merged piece to each peer: each owner asks
+    for what it lacks and gets it, and the round ends in its first attempt (no re-plan at
+    the deadline) with the reference merge on every node."""
+    lose = LoseTheFirstOfEach()
+    checker = RoundChecker()
+    sim = start_simulator(swarm3, 7, checker)
+    nodes = sorted(swarm3.identities)
+    for node in nodes:
+        sim.set_policy(node, lose)
+    rng = np.random.default_rng(7)
+    layout = layout_of(model(rng), chunk_bytes=CHUNK_BYTES)
+    weights = {node: random.Random(node).randint(1, 100) for node in nodes}
+    states = {node: model(rng) for node in nodes}
+    contribute(sim, layout, states, at=1.0, weights=weights)
+    key = (DEFAULT_CONTRACT, 1)
+    sim.run(until=lambda: len(checker.done.get(key, {})) == len(nodes), time_limit=30.0)
+    assert len(lose.lost) == 2 * len(nodes) * (len(nodes) - 1)  # every first one was lost
+    reference = merge([states[n] for n in nodes], [weights[n] for n in nodes], "mean")
+    expected = bytes(flatten(reference, layout))
+    assert [bytes(done.flat) for done in checker.done[key].values()] == [expected] * len(nodes)
+    cores = [cast(SwarmNodeCore, sim.nodes[n].core) for n in nodes]
+    record = cores[0].app.state.contracts[DEFAULT_CONTRACT].rounds[1]
+    assert record.attempt == 1
+    assert record.finished_ms is not None
+    assert record.finished_ms <= record.deadline_ms  # repaired, not re-planned
+    assert all(core.sl.repair.asks_sent > 0 and core.sl.repair.resent > 0 for core in cores)
 
 
 # ---------------------------------------------------------------- the named scenarios
