@@ -111,3 +111,14 @@ class QueuedTimeout(RoundTimer):
     """The syncTimeout of ``session``'s weights, queued behind round ``round``."""
 
     session: int
+
+
+# ---------------------------------------------------------------- repairing loss
+# (roles/sl/repair.py)
+
+
+@dataclass(frozen=True)
+class RepairDue(RoundTimer):
+    """The attempt has been quiet a while: ask peers again for what it still lacks."""
+
+    attempt: int
