@@ -57,11 +57,13 @@ soak: $(VENV)/.dev-installed
 	for scenario in bft-calm bft-crashes bft-lossy bft-7-partitions bft-faults \
 	    bft-equivocate bft-split-proposals bft-silent bft-sweep bft-skewed-clock \
 	    bft-split-sweep gossip \
-	    rounds-3 rounds-10 rounds-kill rounds-partition rounds-byzantine ledger-gossip; do \
+	    rounds-3 rounds-10 rounds-10-lossy rounds-kill rounds-partition rounds-byzantine ledger-gossip; do \
 	  $(PY) -m swarmlearn.sim --scenario $$scenario --seeds $(SEEDS) || exit 1; \
 	done
 	# The ledger over gossip at full size: 200 validators and 1,000 followers (long: minutes).
 	$(PY) -m swarmlearn.sim --scenario ledger-gossip --nodes 1200
+	# A 50-node round with 5% loss on every link (issue 17): a minute a seed.
+	$(PY) -m swarmlearn.sim --scenario rounds-50-lossy --seeds 0:20
 
 # DEMO_ARGS, e.g. '--nodes 3 --rounds 5 --keep' (swarmlearn demo --help lists them all).
 DEMO_ARGS ?=

@@ -326,7 +326,8 @@ def test_a_lossy_run_replays_from_its_seed() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # ~60 CPU-s a seed
+@pytest.mark.heavy  # ~60 CPU-s a seed: make test-heavy (and make soak); CI runs rounds-10-lossy
+@pytest.mark.timeout(900)
 def test_fifty_nodes_with_message_loss_merge_every_round() -> None:
     """Issue 17: a 50-node round with 5% loss finishes bit-identical (5 rounds a seed)."""
     assert len(sweep("rounds-50-lossy", range(3))) == 3
