@@ -310,11 +310,13 @@ def test_a_seed_sweep_of_faulty_rounds(name: str, request: pytest.FixtureRequest
     assert len(sweep(name, range(2, 2 + count))) == count
 
 
-@pytest.mark.parametrize("name", ["rounds-10-lossy", "rounds-10-lossy-geomedian"])
+@pytest.mark.parametrize("name", ["rounds-5-lossy", "rounds-10-lossy", "rounds-10-lossy-geomedian"])
 def test_rounds_survive_message_loss(name: str, request: pytest.FixtureRequest) -> None:
     """5% of every link's messages lost (100 Mbit/s ports): the round's loss repair asks for
     what did not come, and every round still ends DONE (the scenario's checkers) with the
-    same bytes on every participant, whose root the ledger holds."""
+    same bytes on every participant, whose root the ledger holds. With 5 nodes the joins
+    are often not committed when the first check-ins go out: refused ("not a member"), they
+    are sent again by a timer, not by the next block (none would come: nothing else to order)."""
     count = request.config.getoption("--sim-seeds") or 10  # make check: 5
     assert len(sweep(name, range(count))) == count
 

@@ -81,6 +81,7 @@ from swarmlearn.roles.sl.repair import ASKS_SERVED_MAX, resend_bytes_max
 from swarmlearn.roles.sl.timers import (
     AttemptDeadline,
     AttemptHalfway,
+    CheckInDue,
     CloseDue,
     FetchTry,
     GoneWait,
@@ -421,6 +422,7 @@ class Harness:
         self.hashes = {name: chunk_hashes(LAYOUT, flat) for name, flat in self.flat.items()}
         self.core = SLRoundCore(self.ids["a"], self.app, self._sign_mine)
         self.submitted: list[bytes] = []
+        self.check_in = b""  # the last check-in the core sent
         self.timers: dict[Hashable, int] = {}  # tag -> when it fires (ms)
         self.my_root = b""  # the merged root this node reported
         self.file = mmap.mmap(-1, LAYOUT.total_bytes)  # the trainer's handover file
@@ -493,7 +495,9 @@ class Harness:
                 self.now_ms = max(self.now_ms, self.timers.pop(tag, self.now_ms))
                 effects = core.handle(TimerFired(tag), self.now)
             case Refused(reason):
-                (check_in,) = [tx for tx in self.submitted if isinstance(body_of(tx), CheckIn)]
+                check_in = self.check_in  # the last one sent; the mempool refused it:
+                if check_in in self.submitted:  # no block will hold it
+                    self.submitted.remove(check_in)
                 effects = core.handle(Request(TxRefused(check_in, reason)), self.now)
             case Latest(wait_s):
                 effects = core.handle(Request(FetchLatest(C, LAYOUT, wait_s)), self.now)
@@ -509,6 +513,8 @@ class Harness:
             if isinstance(effect, SubmitSigned):
                 self.submitted.append(effect.tx)
                 body = body_of(effect.tx)
+                if isinstance(body, CheckIn):
+                    self.check_in = effect.tx
                 if isinstance(body, Merged):
                     self.my_root = body.root
             if isinstance(effect, SetTimer):
@@ -674,7 +680,12 @@ def run_table(swarm: Swarm, table: Table) -> None:
 
 # ---------------------------------------------------------------- the tables
 
-CHECKING_IN = [Submit("CheckIn"), Said("checking in"), Timer(ProgressDue(C, 1), 30.0)]
+CHECKING_IN = [
+    Submit("CheckIn"),
+    Said("checking in"),
+    Timer(ProgressDue(C, 1), 30.0),
+    Timer(CheckInDue(C, 1), 2.0),  # sent again unless the ledger holds it by then
+]
 #: The attempt's timers when the ledger closes the round: its deadline (10 s for a small
 #: model, plus the node's 0.5 s margin) and halfway to it.
 #: And the loss repair's timer (a second after the start, roles/sl/repair.py).
@@ -1242,6 +1253,17 @@ TABLES: dict[str, Table] = {
                 [Failed("the ledger refuses it: bad signature")],
                 {"finished": True},
             ),
+        ],
+    ),
+    "a_check_in_refused_while_joining_is_sent_again_without_a_block": Table(
+        2,
+        [
+            Row(Sync(), CHECKING_IN),
+            Row(Refused("a is not a member: join first"), [], {"finished": False}),
+            # No block comes (the check-in was the only transaction): the timer resends it.
+            Row(Fire(CheckInDue(C, 1)), [Submit("CheckIn"), Timer(CheckInDue(C, 1), 2.0)]),
+            Row(Block(), [Said("round 1: 1/2 checked in")], {"ledger": OPEN}),
+            Row(Fire(CheckInDue(C, 1)), [], {"finished": False}),  # on the ledger: no more
         ],
     ),
     "a_session_that_ends_takes_its_check_in_back": Table(

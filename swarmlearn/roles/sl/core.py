@@ -125,6 +125,7 @@ from swarmlearn.roles.sl.state import (
 from swarmlearn.roles.sl.timers import (
     AttemptDeadline,
     AttemptHalfway,
+    CheckInDue,
     CloseDue,
     FetchTry,
     GoneWait,
@@ -255,6 +256,9 @@ class SLRoundCore:
                 return self.kept.serve(sender, fetch)
             case Receive(_, MergedUnavailable()):  # for a round's model, or a late joiner's
                 return self.ends.handle(event, now) + self.latest.handle(event, now)
+            case TimerFired(CheckInDue(contract, number)):
+                state = self.rounds.get((contract, number))
+                return [] if state is None else self._follow(state, now)
             case TimerFired(ProgressDue() | SyncTimeout() | CloseDue() | FetchTry()):
                 return self.ends.handle(event, now)
             case TimerFired(AttemptHalfway() | AttemptDeadline()):
@@ -346,6 +350,7 @@ class SLRoundCore:
             SubmitSigned(state.check_in),
             self.book.progress(state, "checking in"),
             SetTimer(ProgressDue(c.contract, number), WAIT_PROGRESS_S),
+            SetTimer(CheckInDue(c.contract, number), RESEND_S),
         ]
         if left_s is not None:
             effects.append(SetTimer(SyncTimeout(c.contract, number), left_s))
@@ -377,7 +382,8 @@ class SLRoundCore:
                 return [self.book.failed(state, f"the ledger refuses it: {problem}", refused=True)]
             if now - state.sent_at >= RESEND_S:
                 state.sent_at = now  # not on the ledger yet (refused while joining, or lost)
-                return [SubmitSigned(state.check_in)]
+                due = CheckInDue(state.contract, state.number)
+                return [SubmitSigned(state.check_in), SetTimer(due, RESEND_S)]
         if record is None:
             return []
         if record.status == RoundStatus.OPEN:

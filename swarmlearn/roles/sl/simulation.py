@@ -396,6 +396,14 @@ rounds_scenario(
     port_bps=100e6,
 )
 rounds_scenario(
+    "rounds-5-lossy",
+    "5 swarm nodes, 5 sync rounds, 5% loss on every link (joins late: check-ins resent)",
+    5,
+    5,
+    loss=0.05,
+    port_bps=100e6,
+)
+rounds_scenario(
     "rounds-10-lossy",
     "10 swarm nodes, 5 sync rounds, 5% loss on every link, 100 Mbit/s ports",
     10,

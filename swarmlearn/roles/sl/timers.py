@@ -35,6 +35,13 @@ class RoundTimer(SLTimer):
 
 
 @dataclass(frozen=True)
+class CheckInDue(RoundTimer):
+    """``RESEND_S`` after a check-in was sent: if the ledger does not hold it yet (refused while
+    the node was still joining, or lost), send it again. A timer, not the next block: a
+    check-in refused on a quiet ledger may be the only transaction that would make one."""
+
+
+@dataclass(frozen=True)
 class ProgressDue(RoundTimer):
     """The round is still short of minPeers: tell the trainer again (``WAIT_PROGRESS_S``)."""
 
