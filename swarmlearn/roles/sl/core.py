@@ -24,7 +24,7 @@ the round and fixes the participants; participant ``i`` owns range ``i`` of
 4. when the ledger holds the round DONE with a root, a participant whose bytes have that
    root delivers them to the trainer; one that lacks them (late, restarted, dissenting)
    fetches them from a participant and verifies them against the ledger's root (bounded
-   tries, then the round fails for it: :mod:`~swarmlearn.roles.sl.outcome`). A FAILED
+   tries, then the round fails for it: :mod:`~swarmlearn.roles.sl.ends`). A FAILED
    round is delivered as such: the trainer keeps its own weights, never a partial merge.
 
 Bytes and memory: the node's round lanes (:mod:`swarmlearn.p2p.bulk_push`) hash each chunk and
@@ -73,6 +73,7 @@ from swarmlearn.errors import RemoteProtocolError
 from swarmlearn.merge import Layout, RangeCollector, RangeMerge, WeightSet, plan_shards
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
 from swarmlearn.merge.methods import method_scope, round_method
+from swarmlearn.roles.sl.ends import DEADLINE_MARGIN_S, WAIT_PROGRESS_S, RoundEnds
 from swarmlearn.roles.sl.global_merge import RoundGlobal
 from swarmlearn.roles.sl.latest import LatestModels
 from swarmlearn.roles.sl.merged import KeptModels
@@ -109,7 +110,6 @@ from swarmlearn.roles.sl.messages import (
     range_out,
     specs_of,
 )
-from swarmlearn.roles.sl.outcome import DEADLINE_MARGIN_S, WAIT_PROGRESS_S, RoundEnds
 from swarmlearn.roles.sl.refill import RoundRefill
 from swarmlearn.roles.sl.repair import RoundRepair
 from swarmlearn.roles.sl.sessions import RESEND_S, RoundSessions

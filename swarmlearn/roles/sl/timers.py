@@ -31,7 +31,7 @@ class RoundTimer(SLTimer):
 
 
 # ---------------------------------------------------------------- waiting for the round to close
-# (roles/sl/outcome.py)
+# (roles/sl/ends.py)
 
 
 @dataclass(frozen=True)
