@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 QUICK ?=
+CHECK_WORKERS ?= 2  # pytest-xdist workers for the in-process tiers (0: one process)
 
 .PHONY: test test-heavy check lint bench bench-peers demo soak clean
 
@@ -15,9 +16,11 @@ $(VENV)/.dev-installed: pyproject.toml | $(PY)
 	touch $@
 
 # Every tier (tests/tiers.py: unit, sim, process, slow) but heavy training (what CI runs);
-# the 25 slowest tests listed at the end.
+# the slowest tests listed at the end of each part. The in-process tiers (unit, sim) run on
+# both cores; real daemons and sockets (process) one at a time, as their deadlines assume.
 test: $(VENV)/.dev-installed
-	$(PY) -m pytest -m "not heavy" --durations=25
+	$(PY) -m pytest -m "not heavy and not process" --durations=15 -n $(CHECK_WORKERS)
+	$(PY) -m pytest -m "process and not heavy" --durations=15
 
 # Real training runs and many-daemon swarms, minutes each (HPE's examples, the poisoning test).
 test-heavy: $(VENV)/.dev-installed
@@ -27,7 +30,6 @@ test-heavy: $(VENV)/.dev-installed
 # Seed sweeps run 5 seeds (make test: 20). Modules whose every test is deselected are not
 # even imported (no TensorFlow, no torch). Two workers (pytest-xdist): these tests share no
 # files, ports or processes, and both cores halve the wait (one: CHECK_WORKERS=0).
-CHECK_WORKERS ?= 2
 check: $(VENV)/.dev-installed
 	$(PY) -m pytest -m "not process and not slow" --sim-seeds 5 -q --durations=10 -n $(CHECK_WORKERS)
 
