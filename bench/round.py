@@ -155,11 +155,15 @@ def _load_transport_bench() -> Any:
     return module
 
 
+#: Flags every daemon gets (``--lane-port``: the round lanes' own port, or ``none``).
+DAEMON_FLAGS: list[str] = []
+
+
 def _daemon(stack: ExitStack, pki: Path, name: str, data: Path, *flags: str) -> tuple[Any, int]:
     sys.path.insert(0, str(HERE.parent))
     from tests.test_real_swarm import node_process  # the same launcher the tests use
 
-    return stack.enter_context(node_process(pki, name, data, *flags))
+    return stack.enter_context(node_process(pki, name, data, *flags, *DAEMON_FLAGS))
 
 
 def _status_bytes(pid: int, field: str) -> int:
@@ -353,7 +357,13 @@ def main() -> None:
         default="",
         help="also time rounds of these merge methods at 4 nodes (default: all of them)",
     )
+    parser.add_argument(
+        "--lane-port",
+        default="0",
+        help="the daemons' --lane-port (default 0: a port of their own; none: the --listen port)",
+    )
     args = parser.parse_args()
+    DAEMON_FLAGS[:] = ["--lane-port", args.lane_port]
     methods = tuple(m for m in args.methods.split(",") if m)
     for method in methods:
         if problem := round_method_problem(method):

@@ -31,7 +31,7 @@ import trio
 from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.merge import ModelState, flatten, layout_of
 from swarmlearn.merge.manifest import Layout
-from swarmlearn.p2p.bulk_push import LanePort
+from swarmlearn.p2p.bulk_push import LANE_ROUND, LanePort
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.framing import FRAME_LEN, FrameReader, encode_frame
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
@@ -217,9 +217,11 @@ class Seen:
     ready: threading.Event = field(default_factory=threading.Event)  # its connections are up
 
 
-def tls(ident: Identity, port: int, timeout_s: float = 10.0) -> ssl.SSLSocket:
+def tls(ident: Identity, port: int, timeout_s: float = 10.0, first: bytes = b"") -> ssl.SSLSocket:
+    """A TLS connection to ``port``, after ``first`` (a lane's first byte: ``LANE_ROUND``)."""
     raw = socket.create_connection((HOST, port), timeout=timeout_s)
     try:
+        raw.sendall(first)
         return client_context(ident).wrap_socket(raw)
     except BaseException:
         raw.close()
@@ -284,11 +286,18 @@ def chunk_prefix(body_len: int) -> bytes:
 
 
 def silent_frame(
-    pki: Path, port: int, announce: int, seen: Seen, stop: threading.Event, limit_s: float
+    pki: Path,
+    port: int,
+    announce: int,
+    seen: Seen,
+    stop: threading.Event,
+    limit_s: float,
+    first: bytes = b"",
 ) -> None:
     """A member announces a frame of ``announce`` bytes on ``port`` and goes silent."""
     seen.attempts += 1
-    with contextlib.suppress(OSError, ssl.SSLError), tls(identity(pki, "mallory"), port) as sock:
+    member = identity(pki, "mallory")
+    with contextlib.suppress(OSError, ssl.SSLError), tls(member, port, first=first) as sock:
         sock.sendall(chunk_prefix(announce))
         seen.ready.set()
         seen.closed += closed_by_peer(sock, stop, limit_s)
@@ -352,7 +361,7 @@ def crowd(
 
 
 def slow_handshakes(
-    port: int, count: int, seen: Seen, stop: threading.Event, limit_s: float
+    port: int, count: int, seen: Seen, stop: threading.Event, limit_s: float, first: bytes = b""
 ) -> None:
     """``count`` TCP connections that trickle a TLS record header a byte a second."""
     record = b"\x16\x03\x01\x40\x00"  # a handshake record of 16 KiB, never sent whole
@@ -361,7 +370,9 @@ def slow_handshakes(
         for _ in range(count):
             seen.attempts += 1
             with contextlib.suppress(OSError):
-                socks.append(socket.create_connection((HOST, port), timeout=5))
+                sock = socket.create_connection((HOST, port), timeout=5)
+                socks.append(sock)
+                sock.sendall(first)
         deadline = time.monotonic() + limit_s
         sent = 0
         while socks and not stop.is_set() and time.monotonic() < deadline:
@@ -385,10 +396,13 @@ def slow_handshakes(
             sock.close()
 
 
-def malformed(pki: Path, port: int, seen: Seen, stop: threading.Event, limit_s: float) -> None:
+def malformed(
+    pki: Path, port: int, seen: Seen, stop: threading.Event, limit_s: float, first: bytes = b""
+) -> None:
     """A member sends a whole frame whose body is not a message (bad CBOR)."""
     seen.attempts += 1
-    with contextlib.suppress(OSError, ssl.SSLError), tls(identity(pki, "mallory"), port) as sock:
+    member = identity(pki, "mallory")
+    with contextlib.suppress(OSError, ssl.SSLError), tls(member, port, first=first) as sock:
         body = struct.pack(">I", 6) + b"\x82\x01\xff\xff\xff\xff"
         sock.sendall(struct.pack(">I", len(body)) + body)
         seen.ready.set()
@@ -490,15 +504,17 @@ def attacks(swarm: Swarm, limit_s: float) -> Iterator[dict[str, Seen]]:
     port, api = victim.port, victim.api_port
     jobs: dict[str, Callable[[], None]] = {
         "lane_silent_64mib": lambda: silent_frame(
-            pki, lanes, 64 * MIB - 1, see("lane_silent_64mib"), stop, limit_s
+            pki, lanes, 64 * MIB - 1, see("lane_silent_64mib"), stop, limit_s, LANE_ROUND
         ),
         "lane_silent_small": lambda: silent_frame(
-            pki, lanes, 64 * 1024, see("lane_silent_small"), stop, limit_s
+            pki, lanes, 64 * 1024, see("lane_silent_small"), stop, limit_s, LANE_ROUND
         ),
         "lane_slow_handshakes": lambda: slow_handshakes(
-            lanes, 150, see("lane_slow_handshakes"), stop, limit_s
+            lanes, 150, see("lane_slow_handshakes"), stop, limit_s, LANE_ROUND
         ),
-        "lane_malformed": lambda: malformed(pki, lanes, see("lane_malformed"), stop, limit_s),
+        "lane_malformed": lambda: malformed(
+            pki, lanes, see("lane_malformed"), stop, limit_s, LANE_ROUND
+        ),
         "ledger_memory": lambda: memory_hog(
             pki, port, 30, 8 * MIB, see("ledger_memory"), stop, limit_s
         ),

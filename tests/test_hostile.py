@@ -1,9 +1,10 @@
 """Hostile input against real daemons (issue 19, parts 1-4): every attack at once on one node
 of a two-node swarm, during sync rounds.
 
-The attacks (tests/hostile_swarm.py): on the lane port, a member that announces a 64 MiB frame
-and goes silent, one that announces 64 KiB and goes silent, 150 TLS handshakes trickled a
-byte a second, and a malformed frame; on the ledger port, 30 members that each announce
+The attacks (tests/hostile_swarm.py): on the round lanes (the node's port after the lane
+byte ``R``), a member that announces a 64 MiB frame and goes silent, one that announces 64 KiB
+and goes silent, 150 TLS handshakes trickled a byte a second, and a malformed frame; on the
+ledger (the same port), 30 members that each announce
 64 MiB and send 8 MiB of it (over 10 certificates), one that announces 64 KiB and goes
 silent, one that opens 20 connections, a Ping announced at 64 MiB, a malformed frame, 20 slow
 handshakes, and an operator (swci) certificate that listens; on the API, 20 slow handshakes

@@ -10,7 +10,7 @@ import struct
 import pytest
 import trio
 
-from swarmlearn.p2p.bulk_push import LaneLimits, RoundLanes
+from swarmlearn.p2p.bulk_push import LANE_ROUND, LaneLimits, RoundLanes
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.framing import encode_frame
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
@@ -40,6 +40,7 @@ def members(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
 def silent_frame(me: Identity, port: int, announce: int) -> socket.socket:
     """A member's lane that announces ``announce`` bytes of a chunk and sends no more."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    raw.sendall(LANE_ROUND)
     sock = client_context(me).wrap_socket(raw)
     head = bytes(encode_frame(RoundChunk("c", 1, 0, 0, b""))[0])[4:]
     sock.sendall(struct.pack(">I", announce) + head)
@@ -94,7 +95,7 @@ async def test_handshakes_have_one_deadline_and_lanes_a_cap(
     async with trio.open_nursery() as nursery:
         port = await nursery.start(receiver.serve, "127.0.0.1")
         silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
-        silent[0].sendall(b"\x16")  # a byte of a record header: the handshake started
+        silent[0].sendall(LANE_ROUND + b"\x16")  # a byte of a record header: the handshake
         await wait_until(lambda: receiver.refused == 1)  # the third: over the cap
         await wait_until(lambda: receiver.handshakes_failed == 2)  # the first two, at 0.5 s
         sender.set_host(str(b.peer_id), "127.0.0.1")

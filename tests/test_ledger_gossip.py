@@ -8,7 +8,7 @@ import random
 
 from swarmlearn.consensus.tendermint.app import KeyValueApp
 from swarmlearn.consensus.tendermint.core import ConsensusCore
-from swarmlearn.consensus.tendermint.crypto import SimSigner, SimVerifier
+from swarmlearn.consensus.tendermint.crypto import SimSigner, SimVerifier, VerifiedCache
 from swarmlearn.consensus.tendermint.events import SubmitTx
 from swarmlearn.consensus.tendermint.over_gossip import (
     TOPIC_BLOCKS,
@@ -40,10 +40,13 @@ from swarmlearn.sansio import Receive, Request, Send, Start
 VALIDATORS = ("v0", "v1", "v2", "v3")
 
 
-def adapter(me: str, part_bytes: int = 1024) -> LedgerOverGossip:
+def adapter(
+    me: str, part_bytes: int = 1024, verifier: SimVerifier | VerifiedCache | None = None
+) -> LedgerOverGossip:
     rng = random.Random(7)
+    verifier = verifier or SimVerifier()
     consensus = ConsensusCore(
-        genesis_for(VALIDATORS), SimSigner(me), SimVerifier(), KeyValueApp(), rng, ()
+        genesis_for(VALIDATORS), SimSigner(me), verifier, KeyValueApp(), rng, ()
     )
     p2p = P2PNode(rng, PeerTable(me, rng, PeerTableConfig()), Gossip(me, rng))
     return LedgerOverGossip(consensus, p2p, LedgerGossipConfig(part_bytes=part_bytes))
@@ -81,6 +84,36 @@ def test_votes_from_validators_pass_and_forgeries_are_rejected() -> None:
     assert check(node, TOPIC_VOTES, encode(signed_vote("v1", height=9))) is Verdict.IGNORE
     assert node.counters.rejected == {TOPIC_VOTES: 3}
     assert node.counters.ignored == {TOPIC_VOTES: 1}
+
+
+def test_a_vote_is_verified_once_by_the_hook_and_not_again_by_the_core() -> None:
+    """Gossip's hook checks the vote's signature; the consensus core's check of the same
+    (key, signature, bytes) is a lookup. A forgery is checked, and refused, every time."""
+    verifier = VerifiedCache(SimVerifier())
+    node = adapter("v0", verifier=verifier)
+    vote = signed_vote("v1")
+    assert check(node, TOPIC_VOTES, encode(vote)) is Verdict.ACCEPT
+    assert (verifier.checks, verifier.hits) == (1, 0)
+    node.consensus.handle(Receive("v1", vote), 0.0)  # the delivery that follows the ACCEPT
+    assert (verifier.checks, verifier.hits) == (1, 1)
+    assert vote in node.consensus.keeper.votes(vote.round)
+    forged = dataclasses.replace(vote, value=b"\x02" * 32)
+    for _ in range(2):
+        assert check(node, TOPIC_VOTES, encode(forged)) is Verdict.REJECT
+    assert (verifier.checks, verifier.hits) == (3, 1)
+    stolen = dataclasses.replace(signed_vote("v2"), signature=vote.signature)  # v1's on v2's
+    assert check(node, TOPIC_VOTES, encode(stolen)) is Verdict.REJECT
+
+
+def test_the_verified_table_is_bounded_first_in_first_out() -> None:
+    verifier = VerifiedCache(SimVerifier(), size=2)
+    votes = [signed_vote(v) for v in ("v1", "v2", "v3")]
+    key = {v: SimSigner(v).public_key for v in ("v1", "v2", "v3")}
+    for vote in votes:
+        assert verifier.verify(key[vote.validator], vote.signature, vote.sign_bytes("sim-chain"))
+    assert verifier.verify(key["v3"], votes[2].signature, votes[2].sign_bytes("sim-chain"))
+    assert verifier.verify(key["v1"], votes[0].signature, votes[0].sign_bytes("sim-chain"))
+    assert (verifier.checks, verifier.hits) == (4, 1)  # v1 had left the table
 
 
 def test_a_proposal_is_cut_into_signed_parts_that_reassemble_in_any_order() -> None:

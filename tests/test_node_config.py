@@ -38,12 +38,21 @@ def test_the_file_fills_what_flags_leave_and_flags_win(tmp_path: Path) -> None:
     assert parse().api == "127.0.0.1:30304"  # defaults when neither says
 
 
-def test_the_lane_port_is_hpes_30305_beside_the_default_30303_else_any_free_one() -> None:
-    assert node_options(parse()).lane_port == 30305
-    assert node_options(parse("--listen", "10.0.0.6:30303")).lane_port == 30305
-    assert node_options(parse("--listen", "127.0.0.1:4000")).lane_port == 0
-    assert node_options(parse("--listen", "127.0.0.1:0")).lane_port == 0
-    assert node_options(parse("--lane-port", "31005")).lane_port == 31005
+def test_round_lanes_ride_the_listen_port_unless_given_a_port_of_their_own(
+    tmp_path: Path,
+) -> None:
+    assert node_options(parse()).lane_port is None  # on --listen's port
+    assert node_options(parse("--listen", "10.0.0.6:30303")).lane_port is None
+    assert node_options(parse("--lane-port", "none")).lane_port is None
+    assert node_options(parse("--lane-port", "30305")).lane_port == 30305  # HPE's, if asked
+    assert node_options(parse("--lane-port", "0")).lane_port == 0  # any free port
+    config = tmp_path / "node.toml"
+    config.write_text("lane-port = 31005\n")
+    assert node_options(parse("--config", str(config))).lane_port == 31005
+    config.write_text('lane-port = "none"\n')
+    assert node_options(parse("--config", str(config))).lane_port is None
+    with pytest.raises(ConfigError, match="--lane-port 70000: must be a port number"):
+        node_options(parse("--lane-port", "70000"))
 
 
 def test_hpe_names_on_the_command_line() -> None:

@@ -23,6 +23,7 @@ from swarmlearn.p2p.messages import Goodbye, Ping, Pong
 from swarmlearn.p2p.peertable import PeerTableConfig
 from swarmlearn.p2p.transport import dial
 from swarmlearn.roles.node.node import ValidatorNode, ValidatorOptions
+from swarmlearn.roles.sl.core import RoundChunk
 from tests.api_helpers import identity
 from tests.test_forged_txs import drained, link_connection
 
@@ -131,11 +132,12 @@ async def test_an_operator_gets_no_link_but_its_requests_are_answered(
 
 
 @pytest.mark.process
-async def test_a_rounds_participants_are_linked_beyond_the_outbound_target(
+async def test_a_rounds_participants_are_linked_beyond_the_outbound_target_until_released(
     pki: Path, tmp_path: Path
 ) -> None:
     """A round's participants need links with each other (their small round messages, the
-    lane-port announcement): the host keeps them, dialed beyond the outbound target."""
+    lane-port announcement): the host keeps them, dialed beyond the outbound target; once no
+    round names them, those links close after the grace (back to the outbound target)."""
     nodes: list[ValidatorNode] = []
     async with trio.open_nursery() as nursery:
         for index in range(5):
@@ -144,7 +146,7 @@ async def test_a_rounds_participants_are_linked_beyond_the_outbound_target(
                 ("127.0.0.1", 0),
                 sentinel=not nodes,
                 bootstrap=None if not nodes else nodes[0].address,
-                peers=PeerTableConfig(outbound_target=1, connections_max=8),
+                peers=PeerTableConfig(outbound_target=1, connections_max=8, release_grace_s=1.0),
             )
             node = await ValidatorNode.open(
                 identity(pki, f"n{index}"), options, on_ready=lambda line: None
@@ -159,4 +161,52 @@ async def test_a_rounds_participants_are_linked_beyond_the_outbound_target(
         await until(lambda: others <= set(last.network.peers()), "linked to every kept peer")
         await until(lambda: all(last.lanes.address(p) for p in others), "their lane ports")
         assert last.network.pending_dropped == 0
+        table = last.network.node.peers
+        assert table.statistics().outbound > 1
+        last.network.keep(())  # the round is over
+        await until(lambda: table.statistics().outbound == 1, "back to the outbound target")
+        await until(lambda: not table.released, "every released link closed or ordinary")
+        assert len(last.network.peers()) < len(others)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.process
+async def test_round_lanes_ride_the_hosts_one_port_without_a_lane_port(
+    pki: Path, tmp_path: Path
+) -> None:
+    """``lane_port=None`` (``--lane-port none``): a node announces its host's port for its
+    round lanes, and the host hands a connection whose first byte is ``R`` to the lanes."""
+    nodes: list[ValidatorNode] = []
+    async with trio.open_nursery() as nursery:
+        for index in range(2):
+            options = ValidatorOptions(
+                tmp_path / f"n{index}",
+                ("127.0.0.1", 0),
+                sentinel=not nodes,
+                bootstrap=None if not nodes else nodes[0].address,
+                lane_port=None,
+            )
+            node = await ValidatorNode.open(
+                identity(pki, f"n{index}"), options, on_ready=lambda line: None
+            )
+            await nursery.start(node.run)
+            nodes.append(node)
+        first, second = nodes
+        assert first.lanes.port == 0  # no listener of their own
+        port = first.address[1]
+        await until(lambda: second.lanes.address(first.me) == ("127.0.0.1", port), "its port")
+        arrived: list[object] = []
+        deliver = first.lanes.deliver
+
+        def seen(peer: str, message: object, digest: bytes | None) -> None:
+            arrived.append((peer, type(message)))
+            deliver(peer, message, digest)  # type: ignore[arg-type]
+
+        first.lanes.deliver = seen  # the node's own handler still runs
+        assert second.lanes.send(first.me, RoundChunk("c", 1, 0, 0, b"x" * 4096))
+        await until(lambda: bool(arrived), "the chunk, on a lane taken from the host's port")
+        assert arrived == [(second.me, RoundChunk)]
+        assert first.lanes.into.started == 1
+        assert first.lanes.handshakes_failed == 0
+        assert second.lanes.fallen_back == 0
         nursery.cancel_scope.cancel()

@@ -3,6 +3,7 @@ liveness and backoff, as step tables, plus Hypothesis over arbitrary event seque
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Sequence
@@ -212,6 +213,49 @@ def test_kept_peers_are_dialed_beyond_the_target_and_accepted_beyond_the_inbound
     assert t.kept == {"n004", "n005"}
 
 
+def test_links_no_longer_kept_close_after_the_grace_while_beyond_the_targets() -> None:
+    """A round's links end: a peer the kept set drops is released; past ``release_grace_s``
+    its link closes if the table holds more than its targets without it (no backoff: not
+    the peer's fault); one the outbound target needs stays, as an ordinary link."""
+    t = table(dataclasses.replace(CONFIG, release_grace_s=5.0))
+    for conn, peer in enumerate(("n001", "n002", "n003"), start=1):
+        connect(t, conn, peer, outbound=True, address=PeerAddress(peer, 1, peer))
+    members = tuple(PeerAddress(f"n00{i}", 1, f"n00{i}") for i in range(1, 7))
+    t.handle(Request(Learn(members)), 0.5)
+    dials = delivered(t.handle(Request(Keep(("n004", "n005"))), 1.0), Dial)
+    assert [d.address.peer for d in dials if isinstance(d, Dial)] == ["n004", "n005"]
+    for conn, peer in ((4, "n004"), (5, "n005")):
+        connect(t, conn, peer, now=1.5, outbound=True, address=PeerAddress(peer, 1, peer))
+    assert t.statistics().outbound == 5
+    assert t.handle(Request(Keep(("n005",))), 3.0) == []  # n004 released at 3.0
+    assert t.released == {"n004": 3.0}
+    assert delivered(t.handle(TimerFired(TICK), 7.5), Close) == []  # in its grace
+    late = t.handle(TimerFired(TICK), 8.0)
+    assert delivered(late, Close) == [Close(4, "no longer kept")]
+    assert delivered(late, PeerDown) == [PeerDown("n004")]
+    assert t.connected() == ["n001", "n002", "n003", "n005"]
+    assert t.known["n004"].failures == 0
+    assert t.released == {}
+    # n001 goes: n005's link is one of the three the target needs, and stays when released.
+    t.handle(Request(Disconnected(1)), 8.5)
+    t.handle(Request(Keep(())), 9.0)
+    assert delivered(t.handle(TimerFired(TICK), 14.5), Close) == []
+    assert t.connected() == ["n002", "n003", "n005"]
+    assert t.released == {}  # an ordinary link now
+
+
+def test_a_kept_inbound_link_beyond_the_inbound_cap_closes_once_released() -> None:
+    t = table(dataclasses.replace(CONFIG, release_grace_s=5.0))  # inbound cap: 2
+    t.handle(Request(Keep(("n004", "n005", "n006"))), 0.0)
+    for conn, peer in enumerate(("n004", "n005", "n006"), start=1):
+        connect(t, conn, peer, now=0.5)  # inbound, accepted beyond the cap: kept
+    assert t.statistics().inbound == 3
+    t.handle(Request(Keep(("n005",))), 1.0)  # n006 and n004 released; n005 still kept
+    closed = delivered(t.handle(TimerFired(TICK), 6.0), Close)
+    assert closed == [Close(1, "no longer kept")]  # one over the cap: the first released
+    assert t.connected() == ["n005", "n006"]
+
+
 def test_messages_from_peers_without_a_connection_are_ignored() -> None:
     t = table()
     assert t.handle(Receive("n005", PeerExchange((), (addr("n001"),))), 0.0) == []
@@ -387,7 +431,7 @@ def events(draw: st.DrawFn) -> list[tuple[float, Input]]:
 def test_any_event_sequence_keeps_the_table_consistent(sequence: list[tuple[float, Input]]) -> None:
     config = PeerTableConfig(
         listen=(PeerAddress(ME, 1),), seeds=(PeerAddress("seed", 1),), outbound_target=3,
-        connections_max=4,
+        connections_max=4, release_grace_s=1.0,
     )  # fmt: skip
     t = PeerTable(ME, random.Random(1), config)
     up: set[str] = set()
@@ -413,3 +457,15 @@ def test_any_event_sequence_keeps_the_table_consistent(sequence: list[tuple[floa
         assert len(t.by_peer) <= config.connections_max
         assert t.statistics().outbound == sum(t.conns[c].outbound for c in t.by_peer.values())
         assert len(t.known) <= config.known_max
+        assert not set(t.released) & t.kept
+        if event == TimerFired(TICK):  # released links past their grace only within targets
+            stale = [
+                t.conns[t.by_peer[p]]
+                for p, since in t.released.items()
+                if p in t.by_peer and now - since >= config.release_grace_s
+            ]
+            stats = t.statistics()
+            if any(c.outbound for c in stale):
+                assert stats.outbound <= config.outbound_target
+            if any(not c.outbound for c in stale):
+                assert stats.inbound <= config.connections_max - config.outbound_target

@@ -15,7 +15,7 @@ import trio
 
 from swarmlearn.digest import content_digest
 from swarmlearn.p2p.bulk import BlobServer, dial_tls, fetch_manifest
-from swarmlearn.p2p.bulk_push import LaneLimits, RoundLanes
+from swarmlearn.p2p.bulk_push import LANE_ROUND, LaneLimits, RoundLanes
 from swarmlearn.p2p.certs import create_ca, issue_certificate
 from swarmlearn.p2p.framing import encode_frame
 from swarmlearn.p2p.identity import Identity, IdentityPaths, Role, load_identity
@@ -120,7 +120,7 @@ async def test_a_certificate_with_no_node_role_gets_no_lane(
         def try_lane() -> bytes:
             with (
                 socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as raw,
-                client_context(outsider).wrap_socket(raw) as tls,
+                client_context(outsider).wrap_socket(_lane_byte(raw)) as tls,
             ):
                 try:
                     for part in encode_frame(RoundChunk("c", 1, 0, 0, b"x" * 64)):
@@ -265,3 +265,8 @@ async def test_sender_threads_are_bounded_and_the_rest_take_the_message_connecti
         sender.close()
         nursery.cancel_scope.cancel()
     assert await trio.to_thread.run_sync(sender.join, WAIT_S) == 0
+
+
+def _lane_byte(raw: socket.socket) -> socket.socket:
+    raw.sendall(LANE_ROUND)  # a round lane's first byte, on either port
+    return raw

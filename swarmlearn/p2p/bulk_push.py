@@ -9,8 +9,10 @@ and a merged-model fetch's) travel on *lanes* (:mod:`swarmlearn.p2p.lane`): one 
 connection per ordered pair of participants, dialed when the first message for that peer
 is sent, written and read by threads with blocking calls, closed when idle.
 
-- Each node listens for lanes on a port of its own and announces it on its message
-  connections (:class:`LanePort`); the host is the one the ledger records for that node.
+- Each node accepts lanes on a port of its own, or on its host's one port (a lane's first
+  byte, :data:`LANE_ROUND`, tells it from a link there: :meth:`RoundLanes.take`), and
+  announces that port on its message connections (:class:`LanePort`); the host is the one
+  the ledger records for that node. A lane starts with that byte on either port.
 - Sending (:meth:`RoundLanes.send`, called by the node from the event loop): the message
   joins the peer's queue (bounded in bytes; a full queue drops, as a lossy link would: the
   round's receiver asks for what it lacks again, :mod:`swarmlearn.roles.sl.repair`, and the
@@ -113,6 +115,7 @@ FRAME_RATE_MIN_BYTES_S = 1024 * 1024  # ... this many bytes of it
 LANE_IDLE_S = 300.0  # silence between frames before an accepted lane is closed
 SENDER_IDLE_S = 120.0  # a sender closes its lane idle this long (under LANE_IDLE_S)
 CLOSE_JOIN_S = 5.0  # at close, how long the lanes' threads have to end (then: leaked)
+LANE_ROUND = b"R"  # a round lane's first byte (beside a host's "M" links and "B" blob lanes)
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,7 @@ class _Sender:
             dial_timeout_s=limits.dial_timeout_s,
             handshake_timeout_s=limits.handshake_timeout_s,
             io_timeout_s=limits.send_timeout_s,
+            first_byte=LANE_ROUND,
             hold=lanes.out.hold,  # close() wakes a dial still in its handshake
         )
         assert isinstance(sock, ssl.SSLSocket)
@@ -440,20 +444,24 @@ class RoundLanes:
     async def serve(
         self,
         host: str,
-        port: int = 0,
+        port: int | None = 0,
         *,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept lanes on ``host:port`` (0: a free port) until cancelled; reports the port.
-        On the way out every lane closes and its thread is waited for."""
+        """Accept lanes on ``host:port`` (0: a free port; None: no port of their own, lanes
+        come through :meth:`take` from the host's) until cancelled; reports the port (0 for
+        None). On the way out every lane closes and its thread is waited for."""
         self._token = trio.lowlevel.current_trio_token()
-        listener = socket.create_server((host, port))
-        self.port = int(listener.getsockname()[1])
-        self._acceptor = Acceptor(
-            listener, self._serve_lane, self.into, self._accepting, on_refused=self._refused
-        )
-        if not self._acceptor.start():
+        if self._stop.is_set():
             raise RuntimeError("round lanes: serve() after close()")
+        if port is not None:
+            listener = socket.create_server((host, port))
+            self.port = int(listener.getsockname()[1])
+            self._acceptor = Acceptor(
+                listener, self._serve_accepted, self.into, self._accepting, on_refused=self._refused
+            )
+            if not self._acceptor.start():
+                raise RuntimeError("round lanes: serve() after close()")
         task_status.started(self.port)
         try:
             await trio.sleep_forever()
@@ -463,8 +471,9 @@ class RoundLanes:
                 await trio.to_thread.run_sync(self.join, CLOSE_JOIN_S)
 
     def take(self, raw: socket.socket) -> bool:
-        """Serve a lane accepted elsewhere (a host's listener) on a thread of the pool; False
-        (the caller closes ``raw``) when ``threads_max`` are served."""
+        """Serve a lane accepted elsewhere (a host's listener, which read its first byte) on
+        a thread of the pool; False (the caller closes ``raw``) when ``threads_max`` are
+        served."""
         if not self.into.start(self._serve_taken, raw, name="round-lane", holds=raw):
             self._refused()
             return False
@@ -523,6 +532,20 @@ class RoundLanes:
         }
 
     # ------------------------------------------------------------ receiving (lane threads)
+
+    def _serve_accepted(self, raw: socket.socket) -> None:
+        """A lane accepted on the lane port: its first byte, then the lane."""
+        try:
+            raw.settimeout(self.limits.handshake_timeout_s)
+            first = raw.recv(1)
+        except OSError as error:  # TimeoutError included
+            first = b""
+            log.info("refused a round lane: %s", error or type(error).__name__)
+        if first != LANE_ROUND:
+            self.handshakes_failed += 1
+            log.info("refused a round lane: first byte %r", first)
+            return
+        self._serve_lane(raw)
 
     def _serve_lane(self, raw: socket.socket) -> None:
         limits = self.limits

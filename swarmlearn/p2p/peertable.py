@@ -46,6 +46,11 @@ forgets a connection as soon as it closes it. ``Deliver(PeerUp(peer))`` and
 - **Kept peers** (:class:`Keep`): peers the node needs a connection with now (a swarm node:
   the participants of its sync round) are dialed beyond ``outbound_target`` and accepted
   beyond the inbound cap, within ``connections_max``; the set replaces the previous one.
+  A peer the new set no longer names is *released*: once ``release_grace_s`` has passed
+  (the round's last messages and fetches), its link is closed if the table holds more than
+  its targets without it (outbound links beyond ``outbound_target``, inbound ones beyond the
+  inbound cap), oldest release first; a link the targets need stays, as an ordinary one.
+  So a node's links come back to the table's targets plus the peers named now.
 - **Bans**: a banned peer's connection is closed, its connections are refused and it is not
   dialed until the ban ends (the node's police decides; the table carries it out).
 - **Backoff**: each failed dial, and each connection that dies young, doubles a peer's redial
@@ -172,6 +177,7 @@ class PeerTableConfig:
     backoff_min_s: float = 0.5
     backoff_max_s: float = 30.0
     tick_s: float = 0.5
+    release_grace_s: float = 60.0  # a link no longer kept, beyond the targets: closed after
 
     def __post_init__(self) -> None:
         if not 0 <= self.outbound_target <= self.connections_max:
@@ -180,6 +186,8 @@ class PeerTableConfig:
             raise ValueError("need 0 < ping_interval_s < ping_timeout_s")
         if not 0 < self.backoff_min_s <= self.backoff_max_s or self.tick_s <= 0:
             raise ValueError("need 0 < backoff_min_s <= backoff_max_s and tick_s > 0")
+        if self.release_grace_s < 0:
+            raise ValueError("need release_grace_s >= 0")
 
 
 @dataclass
@@ -236,6 +244,7 @@ class PeerTable:
         self._last_ask_s = -1e9
         self.banned: dict[NodeId, float] = {}  # peer -> until (the core's clock)
         self.kept: frozenset[NodeId] = frozenset()  # connections needed now (Keep)
+        self.released: dict[NodeId, float] = {}  # once kept, linked, no longer: since when
         for seed in config.seeds:
             if seed.peer is None:
                 self.seeds[(seed.host, seed.port)] = _Dialable(seed)
@@ -275,7 +284,7 @@ class PeerTable:
                 self._learn_addresses(addresses)
                 return self._dial(now)
             case Request(Keep(peers)):
-                self.kept = frozenset(peers) - {self.me}
+                self._keep(frozenset(peers) - {self.me}, now)
                 return self._dial(now)
             case Request(BanPeer(peer, duration_s, reason)):
                 return self._ban(peer, now + duration_s, reason, now)
@@ -367,9 +376,17 @@ class PeerTable:
         return [Deliver(Close(conn, reason)), Log("connection refused", level, {"reason": reason})]
 
     def _drop(
-        self, conn: int, now: float, reason: str, *, close: bool = False, replaced: bool = False
+        self,
+        conn: int,
+        now: float,
+        reason: str,
+        *,
+        close: bool = False,
+        replaced: bool = False,
+        backoff: bool = True,
     ) -> list[Effect]:
-        """Forget ``conn`` (closing it if asked or replaced): its peer is down and backs off."""
+        """Forget ``conn`` (closing it if asked or replaced): its peer is down and backs off
+        (unless ``backoff`` is false: the table closed it for no fault of the peer)."""
         record = self.conns.pop(conn)
         close = close or replaced
         effects: list[Effect] = [Deliver(Close(conn, reason))] if close else []
@@ -378,10 +395,12 @@ class PeerTable:
         del self.by_peer[record.peer]
         self._outbound -= record.outbound
         known = self.known.get(record.peer)
-        if known is not None and not replaced:
+        if known is not None and not replaced and backoff:
             young = now - record.since_s < self.config.ping_timeout_s
             known.failures = known.failures + 1 if young else 0
             known.next_dial_s = now + (self._backoff_s(known.failures) if young else 0.0)
+        if not replaced:
+            self.released.pop(record.peer, None)
         effects += [Deliver(PeerDown(record.peer)), Metric("p2p.peers.connected", -1)]
         effects.append(Log("peer down", "debug", {"peer": record.peer, "reason": reason}))
         return effects
@@ -396,6 +415,45 @@ class PeerTable:
         if outbound or peer in self.kept:
             return len(self.by_peer) >= config.connections_max
         return len(self.by_peer) - self._outbound >= config.connections_max - config.outbound_target
+
+    # ------------------------------------------------------------ kept and released links
+
+    def _keep(self, kept: frozenset[NodeId], now: float) -> None:
+        """``kept`` replaces the kept set; the peers it drops are released from now."""
+        for peer in sorted(self.kept - kept):
+            self.released[peer] = now
+        for peer in kept:
+            self.released.pop(peer, None)
+        self.kept = kept
+
+    def _prune(self, now: float) -> list[Effect]:
+        """Close released links past their grace while the table holds more than its
+        targets (oldest release first); those the targets need stay."""
+        config = self.config
+        surplus_out = self._outbound - config.outbound_target
+        inbound = len(self.by_peer) - self._outbound
+        surplus_in = inbound - (config.connections_max - config.outbound_target)
+        effects: list[Effect] = []
+        for peer, since in sorted(self.released.items(), key=lambda item: (item[1], item[0])):
+            if now - since < config.release_grace_s:
+                break
+            if peer not in self.by_peer:
+                known = self.known.get(peer)
+                if known is None or known.dialing_since is None:
+                    del self.released[peer]  # neither linked nor being dialed: nothing to close
+                continue
+            conn = self.conns[self.by_peer[peer]]
+            if conn.outbound and surplus_out > 0:
+                surplus_out -= 1
+            elif not conn.outbound and surplus_in > 0:
+                surplus_in -= 1
+            else:
+                del self.released[peer]  # the targets need it: an ordinary link from now
+                continue
+            reason = "no longer kept"
+            effects += self._drop(conn.conn, now, reason, close=True, backoff=False)
+            effects.append(Metric("p2p.peers.released", 1))
+        return effects
 
     # ------------------------------------------------------------ dialing
 
@@ -530,6 +588,7 @@ class PeerTable:
             ):
                 conn.last_ping_s = now
                 effects.append(Send(conn.peer, Ping(self.rng.getrandbits(63))))
+        effects += self._prune(now)
         for entry in list(self._dialing.values()):
             since = entry.dialing_since
             if since is not None and now - since > config.dial_timeout_s:

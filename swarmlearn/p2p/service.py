@@ -151,6 +151,10 @@ class P2PService:
         self.config = config or ServiceConfig()
         self.me = str(identity.peer_id)
         self.blobs = BlobService(identity, self.config.blobs)
+        # Lanes by their first byte: each taker serves the socket (that byte read) itself.
+        self.lane_takers: dict[bytes, Callable[[trio.SocketStream], None]] = {
+            LANE_BULK: self.blobs.take_lane
+        }
         self.counters = ServiceCounters()
         self.closed_links = LinkCounters()
         self.address: PeerAddress | None = None
@@ -437,10 +441,11 @@ class P2PService:
         try:
             with trio.fail_after(self.config.transport.handshake_timeout_s):
                 kind = bytes(await tcp.socket.recv(1, socket.MSG_PEEK))
-                if kind in (LANE_BULK, LANE_MESSAGES):
+                taker = self.lane_takers.get(kind)
+                if taker is not None or kind == LANE_MESSAGES:
                     await tcp.receive_some(1)
-                if kind == LANE_BULK:
-                    self.blobs.take_lane(tcp)
+                if taker is not None:
+                    taker(tcp)
                     return None, None
                 if kind != LANE_MESSAGES:
                     return kind, None  # a client's (its first byte still unread)

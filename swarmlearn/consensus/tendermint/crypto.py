@@ -7,11 +7,20 @@ SubjectPublicKeyInfo). Ed25519 costs tens of microseconds per signature, which a
 :class:`SimSigner`/:class:`SimVerifier`: a keyed hash that catches every protocol mistake a
 real signature catches (wrong signer, wrong bytes) but is *not* secure. Never use it outside
 the simulator.
+
+A message is checked once: :class:`VerifiedCache` wraps a verifier and remembers, in a
+bounded first-in-first-out table, the digests of the (key, signature, signed bytes) triples
+it found valid. The ledger over gossip checks each vote and proposal in gossip's validation
+hook, and the consensus core (its vote keeper, the proposal check, a decided block's commit)
+checks the same triple again: that second check is a lookup. Only successes are kept, and a
+hit needs the exact key, signature and bytes, so a forged signature is verified (and
+refused) every time.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives import serialization
@@ -63,6 +72,46 @@ class KeyVerifier:
     def verify(self, public_key: bytes, signature: bytes, data: bytes) -> bool:
         key = self._key(public_key)
         return key is not None and verify_signature(key, signature, data)
+
+
+VERIFIED_MAX = 8192  # remembered valid signatures: a few heights of 200 validators' votes
+
+
+class VerifiedCache:
+    """A verifier that checks each valid (key, signature, bytes) triple once."""
+
+    def __init__(self, inner: Verifier, size: int = VERIFIED_MAX) -> None:
+        if size < 1:
+            raise ValueError("need size >= 1")
+        self.inner = inner
+        self.size = size
+        self._valid: set[bytes] = set()
+        self._order: deque[bytes] = deque()
+        self.hits = 0  # verifications answered from the table
+        self.checks = 0  # verifications done by the inner verifier
+
+    def verify(self, public_key: bytes, signature: bytes, data: bytes) -> bool:
+        key = _triple_digest(public_key, signature, data)
+        if key in self._valid:
+            self.hits += 1
+            return True
+        self.checks += 1
+        if not self.inner.verify(public_key, signature, data):
+            return False
+        if len(self._order) >= self.size:
+            self._valid.discard(self._order.popleft())
+        self._valid.add(key)
+        self._order.append(key)
+        return True
+
+
+def _triple_digest(public_key: bytes, signature: bytes, data: bytes) -> bytes:
+    """One digest of the three, each length-prefixed (no two triples share an encoding)."""
+    hasher = hashlib.sha256()
+    for part in (public_key, signature, data):
+        hasher.update(len(part).to_bytes(4, "big"))
+        hasher.update(part)
+    return hasher.digest()
 
 
 SIM_KEY_PREFIX = b"sim-key:"

@@ -133,8 +133,12 @@ def _checked(path: Path, key: str, name: str, value: Any) -> Any:
             raise ConfigError(f"config {path}: {key} must be a port number (1..65535)")
         return value
     if name == "lane_port":
+        if value == "none":
+            return value  # lanes on the listen port
         if type(value) is not int or not 0 <= value < 65536:
-            raise ConfigError(f"config {path}: {key} must be a port number (0..65535; 0: any)")
+            raise ConfigError(
+                f'config {path}: {key} must be a port number (0..65535; 0: any) or "none"'
+            )
         return value
     if type(value) is not str or not value:
         raise ConfigError(f"config {path}: {key} must be a non-empty string")

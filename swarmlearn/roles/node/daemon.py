@@ -45,7 +45,7 @@ from swarmlearn.roles.swop.runner import Swop
 log = logging.getLogger("swarmlearn.node")
 
 DEFAULT_P2P_PORT = 30303  # HPE's SN peer-to-peer port
-DEFAULT_LANE_PORT = 30305  # HPE's SL file server port: the round lanes, beside 30303
+HPE_LANE_PORT = 30305  # HPE's SL file server port: a separate round-lane port, when asked
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
@@ -77,11 +77,10 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lane-port",
-        type=int,
         metavar="PORT",
-        help="accept round lanes (the weights of sync rounds) on this port of the --listen "
-        f"host (default {DEFAULT_LANE_PORT} when --listen is on {DEFAULT_P2P_PORT}, else any "
-        "free port; announced to the peers either way)",
+        help="accept round lanes (the weights of sync rounds) on a port of their own on the "
+        f"--listen host (e.g. {HPE_LANE_PORT}, HPE's; 0: any free one); default 'none': on "
+        "the --listen port itself, as everything else (announced to the peers either way)",
     )
     parser.add_argument(
         "--leave-on-exit",
@@ -160,18 +159,23 @@ def node_options(args: argparse.Namespace) -> ValidatorOptions:
         chain_id=args.chain_id,
         advertise=_address(args.advertise, "--advertise"),
         api=None if args.api == "none" else _address(args.api, "--api", DEFAULT_API_PORT),
-        lane_port=_lane_port(getattr(args, "lane_port", None), listen[1]),
+        lane_port=_lane_port(getattr(args, "lane_port", None)),
     )
 
 
-def _lane_port(port: int | None, listen_port: int) -> int:
-    """HPE's 30305 beside the default 30303 (a firewall rule can name it); any free port
-    beside any other (several nodes on one host, tests): the peers learn it either way."""
-    if port is None:
-        return DEFAULT_LANE_PORT if listen_port == DEFAULT_P2P_PORT else 0
-    if not 0 <= port < 65536:
-        raise ConfigError(f"--lane-port {port}: must be a port number (0..65535; 0: any free one)")
-    return port
+def _lane_port(port: int | str | None) -> int | None:
+    """None (the default, ``none``): no port of their own, the round lanes come to the
+    --listen port like everything else (measured as fast as a port of their own:
+    docs/networking.md); a number: a lane listener there (0: any free port). The peers
+    learn it either way."""
+    if port is None or (isinstance(port, str) and port.strip().lower() == "none"):
+        return None
+    number = int(port) if isinstance(port, int) or port.strip().isdigit() else -1
+    if not 0 <= number < 65536:
+        raise ConfigError(
+            f"--lane-port {port}: must be a port number (0..65535; 0: any free one) or none"
+        )
+    return number
 
 
 def swop_profile(args: argparse.Namespace, identity: Identity) -> Profile | None:

@@ -23,12 +23,14 @@ Who connects on the node's port (30303), told apart by the first byte:
   handshakes at once, frame sizes and deadlines), ``CLIENT_CONNECTIONS_MAX`` connections per
   certificate, ``REQUEST_IDLE_S`` of silence and ``REQUEST_S`` per request.
 - **bulk lanes** (``B``): the p2p host's blob lanes.
+- **round lanes** (``R``): a sync round's weights (:meth:`_take_round_lane`), when the node
+  has no lane port of its own (``--lane-port none``) or a peer dials this port anyway.
 
 Round weights (messages of ``lane_types``) go to the round lanes
 (:mod:`swarmlearn.p2p.bulk_push`) when the peer has one; otherwise, and for everything
 else, on the peer's link. Each new peer is told this node's lane port (a direct
-:class:`~swarmlearn.p2p.bulk_push.LanePort` on the link); a peer's announcement is kept
-from the core and given to the lanes.
+:class:`~swarmlearn.p2p.bulk_push.LanePort` on the link: the lanes' own port, or this
+host's advertised one); a peer's announcement is kept from the core and given to the lanes.
 
 A sync round's participants need links with each other (their small round messages and
 the lane-port announcement go on links): :meth:`keep` names them, the peer table dials
@@ -47,13 +49,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import trio
 
 from swarmlearn.errors import RemoteProtocolError
-from swarmlearn.p2p.bulk_push import LanePort, RoundLanes
+from swarmlearn.p2p.bulk_push import LANE_ROUND, LanePort, RoundLanes
 from swarmlearn.p2p.identity import NODE_ROLES, Identity
 from swarmlearn.p2p.limits import ByteBudget
 from swarmlearn.p2p.messages import Goodbye
@@ -102,6 +105,7 @@ class NodeHost(P2PService):
         self._pending: dict[NodeId, deque[Message]] = {}
         self._pending_bytes: dict[NodeId, int] = {}
         self.pending_dropped = 0  # held for a kept peer, lost (too many, or no longer kept)
+        self.lane_takers[LANE_ROUND] = self._take_round_lane
 
     # ------------------------------------------------------------ peers
 
@@ -152,7 +156,20 @@ class NodeHost(P2PService):
 
     def peer_event(self, value: PeerUp | PeerDown) -> None:
         if isinstance(value, PeerUp):
-            self.send_direct(value.peer, LanePort(self.lanes.port))
+            self.send_direct(value.peer, LanePort(self.lane_port()))
+
+    def lane_port(self) -> int:
+        """Where peers dial this node's round lanes: their own port, or this host's."""
+        if self.lanes.port or self.address is None:
+            return self.lanes.port
+        return self.address.port
+
+    def _take_round_lane(self, stream: trio.SocketStream) -> None:
+        """A round lane on the host's port (its first byte read): to the lanes' threads."""
+        raw = socket.socket(fileno=stream.socket.detach())
+        raw.setblocking(True)
+        if not self.lanes.take(raw):
+            raw.close()
 
     def take(self, peer: str, message: Message) -> bool:
         if isinstance(message, LanePort):

@@ -51,7 +51,7 @@ from swarmlearn.consensus.ledger.batching import expects_more
 from swarmlearn.consensus.ledger.rounds import RoundStatus
 from swarmlearn.consensus.ledger.txs import Join, Leave
 from swarmlearn.consensus.tendermint.core import ConsensusConfig, ConsensusCore, ForgedTx
-from swarmlearn.consensus.tendermint.crypto import KeySigner, KeyVerifier
+from swarmlearn.consensus.tendermint.crypto import KeySigner, KeyVerifier, VerifiedCache
 from swarmlearn.consensus.tendermint.events import Committed, Genesis, SubmitTx, TxRefused
 from swarmlearn.consensus.tendermint.over_gossip import VALIDATOR_TOPICS, LedgerOverGossip
 from swarmlearn.consensus.tendermint.store import DiskStore, store_fault
@@ -123,7 +123,8 @@ class ValidatorOptions:
     chain_id: str | None = None
     advertise: tuple[str, int] | None = None
     api: tuple[str, int] | None = None  # the HTTP API (HPE's 30304); None: none
-    lane_port: int = 0  # round lanes (lanes.py) on the --listen host; 0: any free port
+    lane_port: int | None = None  # None: round lanes on the --listen port; a number: a
+    #                               port of their own on its host (0: any free one)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     peers: PeerTableConfig = field(default_factory=PeerTableConfig)  # the host's limits
 
@@ -291,7 +292,7 @@ class ValidatorNode:
         seated = frozenset(v.node for v in genesis.validators)
         self.app = SwarmApp(genesis.chain_id, genesis.ca_certificate, genesis.time_ms, seated)
         seed = int.from_bytes(identity.peer_id.digest[:8], "big")
-        signer, verifier = KeySigner(identity), KeyVerifier()
+        signer, verifier = KeySigner(identity), VerifiedCache(KeyVerifier())  # checked once
         self.core = ConsensusCore(
             genesis,
             signer,
