@@ -95,7 +95,7 @@ def test_a_crash_at_every_wal_write_never_double_signs_and_progress_resumes(vict
 @pytest.mark.slow
 def test_without_the_guard_a_restarted_node_double_signs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The checker is not vacuous: break the replay guard and a double-sign is caught."""
-    monkeypatch.setattr(ConsensusCore, "_signed_key", staticmethod(lambda message: (0, 0, "x")))
+    monkeypatch.setattr(ConsensusCore, "signed_key", staticmethod(lambda message: (0, 0, "x")))
     caught = []
     for victim in node_names(4):
         for persists in range(1, 25):

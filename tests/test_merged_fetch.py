@@ -1,5 +1,5 @@
 """A node that missed a round's merge (paused past its deadline, late, dissenting) fetches the
-merged model the ledger settled on with bounded tries (roles/sl/outcome.py), then tells its
+merged model the ledger settled on with bounded tries (roles/sl/ends.py), then tells its
 trainer the round failed for it: never a fetch without end (issue 16, part 4).
 
 The SL round core is driven directly (sans-IO) over a ledger state written by hand: the round
@@ -24,6 +24,7 @@ from swarmlearn.consensus.ledger.txs import CreateContract
 from swarmlearn.merge import ModelState, build_manifest, flatten, layout_of
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
 from swarmlearn.roles.sl.core import SLRoundCore
+from swarmlearn.roles.sl.ends import FETCH_BACKOFF_S, FETCH_STALL_S, FETCH_TRIES
 from swarmlearn.roles.sl.messages import (
     Contribute,
     FetchMerged,
@@ -33,7 +34,6 @@ from swarmlearn.roles.sl.messages import (
     RoundDone,
     RoundFailed,
 )
-from swarmlearn.roles.sl.outcome import FETCH_BACKOFF_S, FETCH_STALL_S, FETCH_TRIES
 from swarmlearn.roles.sl.state import RoundState
 from swarmlearn.roles.sl.timers import FetchTry
 from swarmlearn.sansio import Deliver, Receive, Request, Send, SetTimer, TimerFired

@@ -38,7 +38,7 @@ from swarmlearn.demo.swarm import LocalSwarm
 from swarmlearn.merge import ModelState, flatten, layout_of
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.roles.local.endpoint import LocalClient, RoundOutcome
-from swarmlearn.roles.sl.outcome import FETCH_BACKOFF_S, FETCH_STALL_S, FETCH_TRIES
+from swarmlearn.roles.sl.ends import FETCH_BACKOFF_S, FETCH_STALL_S, FETCH_TRIES
 from swarmlearn.swci.client import ApiClient
 from swarmlearn.swci.main import main as swci_main
 

@@ -23,7 +23,7 @@ from swarmlearn.merge import ModelState, flatten, layout_of, merge
 from swarmlearn.merge.manifest import Layout
 from swarmlearn.roles.local.endpoint import LocalClient
 from swarmlearn.roles.sl.core import Contribute, Progress, RoundDone, RoundFailed
-from swarmlearn.roles.sl.outcome import WAIT_PROGRESS_S
+from swarmlearn.roles.sl.ends import WAIT_PROGRESS_S
 from swarmlearn.sim import Simulator
 from swarmlearn.sim.checkers import Checker, Violation
 from tests.test_callback_torch import two_daemons

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT, SwarmApp
 from swarmlearn.consensus.ledger.rounds import RoundStatus
@@ -63,18 +65,23 @@ from swarmlearn.roles.sl.messages import (
     PeerFault,
     Progress,
     Refilled,
+    ResendRound,
+    ResendUnheld,
     RoundChunk,
     RoundDone,
     RoundFailed,
     RoundManifest,
+    RoundPart,
     SessionClosed,
     ShedPages,
     SubmitSigned,
     specs_of,
 )
+from swarmlearn.roles.sl.repair import ASKS_SERVED_MAX, resend_bytes_max
 from swarmlearn.roles.sl.timers import (
     AttemptDeadline,
     AttemptHalfway,
+    CheckInDue,
     CloseDue,
     FetchTry,
     GoneWait,
@@ -83,6 +90,7 @@ from swarmlearn.roles.sl.timers import (
     ProgressDue,
     QueuedTimeout,
     RefillDeadline,
+    RepairDue,
     SyncTimeout,
 )
 from swarmlearn.sansio import Deliver, Log, Metric, Receive, Request, Send, SetTimer, TimerFired
@@ -211,6 +219,26 @@ class SessionEnds:
     session: int
 
 
+@dataclass(frozen=True)
+class AsksAgain:
+    """``sender`` lost some of this node's ``what`` of the attempt and asks for them again
+    (``ResendRound``: chunk indexes, piece offsets or the step)."""
+
+    sender: str
+    what: RoundPart
+    indexes: tuple[int, ...] = ()
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class CannotResend:
+    """``sender`` holds no more the ``what`` this node asked it for (``ResendUnheld``)."""
+
+    sender: str
+    what: RoundPart
+    indexes: tuple[int, ...] = ()
+
+
 Given = (
     Sync
     | Refill
@@ -225,6 +253,8 @@ Given = (
     | Refused
     | Latest
     | SessionEnds
+    | AsksAgain
+    | CannotResend
 )
 
 
@@ -245,6 +275,24 @@ class Sent:
     what: str  # the message's type
     at: int | None = None  # a chunk's index, a piece's byte offset
     attempt: int = 1  # the attempt it is of (-1: a merged model served; 1 where none is named)
+
+
+@dataclass(frozen=True)
+class AskedAgain:
+    """This node asks ``to`` for the parts of the attempt it lacks (``ResendRound``)."""
+
+    to: str
+    what: RoundPart
+    indexes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Unheld:
+    """This node tells ``to`` it cannot resend these (``ResendUnheld``)."""
+
+    to: str
+    what: RoundPart
+    indexes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -374,6 +422,7 @@ class Harness:
         self.hashes = {name: chunk_hashes(LAYOUT, flat) for name, flat in self.flat.items()}
         self.core = SLRoundCore(self.ids["a"], self.app, self._sign_mine)
         self.submitted: list[bytes] = []
+        self.check_in = b""  # the last check-in the core sent
         self.timers: dict[Hashable, int] = {}  # tag -> when it fires (ms)
         self.my_root = b""  # the merged root this node reported
         self.file = mmap.mmap(-1, LAYOUT.total_bytes)  # the trainer's handover file
@@ -446,16 +495,26 @@ class Harness:
                 self.now_ms = max(self.now_ms, self.timers.pop(tag, self.now_ms))
                 effects = core.handle(TimerFired(tag), self.now)
             case Refused(reason):
-                (check_in,) = [tx for tx in self.submitted if isinstance(body_of(tx), CheckIn)]
+                check_in = self.check_in  # the last one sent; the mempool refused it:
+                if check_in in self.submitted:  # no block will hold it
+                    self.submitted.remove(check_in)
                 effects = core.handle(Request(TxRefused(check_in, reason)), self.now)
             case Latest(wait_s):
                 effects = core.handle(Request(FetchLatest(C, LAYOUT, wait_s)), self.now)
             case SessionEnds(session):
                 effects = core.handle(Request(SessionClosed(session)), self.now)
+            case AsksAgain(sender, what, indexes, attempt):
+                ask = ResendRound(C, 1, attempt, what, indexes)
+                effects = core.handle(Receive(self.ids[sender], ask), self.now)
+            case CannotResend(sender, what, indexes):
+                answer = ResendUnheld(C, 1, self._attempt(), what, indexes)
+                effects = core.handle(Receive(self.ids[sender], answer), self.now)
         for effect in effects:
             if isinstance(effect, SubmitSigned):
                 self.submitted.append(effect.tx)
                 body = body_of(effect.tx)
+                if isinstance(body, CheckIn):
+                    self.check_in = effect.tx
                 if isinstance(body, Merged):
                     self.my_root = body.root
             if isinstance(effect, SetTimer):
@@ -524,6 +583,10 @@ class Harness:
                     case CheckOut(session=session):
                         return Submit("CheckOut", session)
                 return Submit(type(body).__name__)
+            case Send(to, ResendRound(what=part, indexes=indexes)):
+                return AskedAgain(self.by_id[to], part, indexes)
+            case Send(to, ResendUnheld(what=part, indexes=indexes)):
+                return Unheld(self.by_id[to], part, indexes)
             case Send(to, message):
                 what = type(message).__name__
                 at = getattr(message, "index", getattr(message, "start", None))
@@ -617,10 +680,20 @@ def run_table(swarm: Swarm, table: Table) -> None:
 
 # ---------------------------------------------------------------- the tables
 
-CHECKING_IN = [Submit("CheckIn"), Said("checking in"), Timer(ProgressDue(C, 1), 30.0)]
+CHECKING_IN = [
+    Submit("CheckIn"),
+    Said("checking in"),
+    Timer(ProgressDue(C, 1), 30.0),
+    Timer(CheckInDue(C, 1), 2.0),  # sent again unless the ledger holds it by then
+]
 #: The attempt's timers when the ledger closes the round: its deadline (10 s for a small
 #: model, plus the node's 0.5 s margin) and halfway to it.
-ATTEMPT_1 = [Timer(AttemptDeadline(C, 1, 1), 10.5), Timer(AttemptHalfway(C, 1, 1), 5.25)]
+#: And the loss repair's timer (a second after the start, roles/sl/repair.py).
+ATTEMPT_1 = [
+    Timer(AttemptDeadline(C, 1, 1), 10.5),
+    Timer(AttemptHalfway(C, 1, 1), 5.25),
+    Timer(RepairDue(C, 1, 1), 1.0),
+]
 #: Of two participants, a owns chunks 0-2 and sends b its chunks of b's range.
 TO_B = [Sent("b", "RoundManifest"), *(Sent("b", "RoundChunk", i) for i in (3, 4, 5))]
 WITH_2 = Said("round 1: exchanging with 2 participants")
@@ -693,6 +766,31 @@ LATE = [
     ),
 ]
 NO_PEER = "no peer holds the swarm's model of round 1 any more"
+
+MANIFEST, CHUNKS, PIECES = RoundPart.MANIFEST, RoundPart.CHUNKS, RoundPart.PIECES
+REPAIR = RepairDue(C, 1, 1)
+#: b's range (of two participants): chunks 3-5, its merged pieces cut at bytes 192, 256, 320.
+B_CUTS = (192, 256, 320)
+A_PIECES = [Sent("b", "MergedPiece", start) for start in (0, 64, 128)]
+TWICE_RESENT = Counted("sl_resends_duplicate")
+#: a lost b's chunk 1 (of a's range): a second after the attempt began it asks b for it, and
+#: for b's merged pieces (none came yet).
+LOST_CHUNK = [
+    Row(Sync(), CHECKING_IN),
+    Row(Block(checkins=("b",)), [*ATTEMPT_1, *TO_B, WITH_2]),
+    Row(Manifest("b"), []),
+    Row(Chunk("b", 0), []),
+    Row(Chunk("b", 2), []),  # chunk 1 is lost
+    Row(
+        Fire(REPAIR),
+        [AskedAgain("b", CHUNKS, (1,)), AskedAgain("b", PIECES, B_CUTS), Timer(REPAIR, 1.0)],
+    ),
+]
+
+
+def dropped_ask(why: str) -> list[Any]:
+    return [Logged("debug", f"round 1: dropped an ask from b: {why}"), Counted("sl_asks_dropped")]
+
 
 TABLES: dict[str, Table] = {
     "commit_exchange_merge_deliver": Table(
@@ -782,6 +880,7 @@ TABLES: dict[str, Table] = {
                 [
                     Timer(AttemptDeadline(C, 1, 2), 10.5),
                     Timer(AttemptHalfway(C, 1, 2), 5.25),
+                    Timer(RepairDue(C, 1, 2), 1.0),
                     Sent("b", "RoundManifest", None, 2),
                     *(Sent("b", "RoundChunk", i, 2) for i in (3, 4, 5)),
                     WITH_2,
@@ -801,6 +900,7 @@ TABLES: dict[str, Table] = {
                 [
                     Timer(AttemptDeadline(C, 1, 1), 13.53),
                     Timer(AttemptHalfway(C, 1, 1), 6.765),
+                    Timer(RepairDue(C, 1, 1), 1.0),
                     *TO_B_AND_C,
                     WITH_3,
                 ],
@@ -847,6 +947,7 @@ TABLES: dict[str, Table] = {
                     Said("round 1: weights refilled and verified; joining attempt 2"),
                     Timer(AttemptDeadline(C, 1, 2), 10.5),
                     Timer(AttemptHalfway(C, 1, 2), 5.25),
+                    Timer(RepairDue(C, 1, 2), 1.0),
                     Sent("b", "RoundManifest", None, 2),
                     *(Sent("b", "RoundChunk", i, 2) for i in (3, 4, 5)),
                     WITH_2,
@@ -920,6 +1021,7 @@ TABLES: dict[str, Table] = {
                 ],
                 {"ledger": DONE, "attempt": -1, "fetching": ("b", 1)},
             ),
+            Row(AsksAgain("b", CHUNKS, (2,), attempt=-1), []),  # a fetch is no attempt
             Row(  # b holds it no more: the next peer after a backoff
                 Unavailable("b"),
                 [Timer(FetchTry(C, 1, 1), 1.0)],
@@ -1027,6 +1129,120 @@ TABLES: dict[str, Table] = {
             Row(Fire(CloseDue(C, 1)), []),  # in an attempt now: no close to wait for
         ],
     ),
+    "a_lost_chunk_is_asked_for_again": Table(
+        2,
+        [
+            *LOST_CHUNK,
+            Row(Chunk("b", 1), A_PIECES, {"pieces": ["a"]}),  # resent: a's range is merged
+            Row(Chunk("b", 1), [TWICE_RESENT]),  # the original was only slow: dropped quietly
+            Row(  # b's pieces again, a backoff later; a's own range needs nothing more
+                Fire(REPAIR),
+                [AskedAgain("b", PIECES, B_CUTS), Timer(REPAIR, 2.0)],
+            ),
+            Row(
+                Piece("b"),
+                [Submit("Merged", 1), Said("round 1: merged, root <root>")],
+                {"reported": True},
+            ),
+            Row(Piece("b"), [TWICE_RESENT], {"pieces": ["a", "b"]}),  # counted once
+            Row(Fire(REPAIR), []),  # nothing lacks: the repair is over
+        ],
+    ),
+    "a_peer_that_cannot_resend_leaves_the_attempt_to_its_deadline": Table(
+        2,
+        [
+            *LOST_CHUNK,
+            Row(
+                CannotResend("b", CHUNKS, (1,)),
+                [
+                    Logged(
+                        "info",
+                        "round 1: b no longer holds its chunks of attempt 1; the attempt waits"
+                        " for its deadline",
+                    )
+                ],
+            ),
+            Row(Fire(REPAIR), [AskedAgain("b", PIECES, B_CUTS), Timer(REPAIR, 2.0)]),
+            *[  # asks 3 to 8 for b's pieces, 2 s apart (the backoff's cap)
+                Row(Fire(REPAIR), [AskedAgain("b", PIECES, B_CUTS), Timer(REPAIR, 2.0)])
+                for _ in range(3, 9)
+            ],
+            Row(  # every ask spent: the ledger's deadline rule decides
+                Fire(REPAIR),
+                [
+                    Logged(
+                        "warning",
+                        "round 1: attempt 1 still lacks chunks from b, merged pieces from b; no"
+                        " more asks (8 each at most): waiting for its deadline",
+                    )
+                ],
+            ),
+            Row(Fire(REPAIR), []),
+        ],
+    ),
+    "a_peer_ask_is_answered_from_what_this_node_holds": Table(
+        2,
+        [
+            Row(Sync(), CHECKING_IN),
+            Row(Block(checkins=("b",)), [*ATTEMPT_1, *TO_B, WITH_2]),
+            Row(AsksAgain("b", MANIFEST), [Sent("b", "RoundManifest")]),
+            Row(
+                AsksAgain("b", CHUNKS, (5, 3)),
+                [Sent("b", "RoundChunk", 3), Sent("b", "RoundChunk", 5)],
+            ),
+            Row(AsksAgain("b", CHUNKS, (0,)), [Unheld("b", CHUNKS, (0,))]),  # not b's range
+            Row(AsksAgain("b", PIECES, (0,)), []),  # not merged yet: they come when they are
+            Row(AsksAgain("b", MANIFEST, attempt=2), []),  # an attempt not running here
+            Row(Manifest("b"), []),
+            Row(Chunk("b", 0), []),
+            Row(Chunk("b", 1), []),
+            Row(Chunk("b", 2), A_PIECES),
+            Row(  # a cut of a's range; 100 is none
+                AsksAgain("b", PIECES, (100, 64)),
+                [Sent("b", "MergedPiece", 64), Unheld("b", PIECES, (100,))],
+            ),
+            Row(Piece("b"), [Submit("Merged", 1), Said("round 1: merged, root <root>")]),
+            Row(Block(merged=("b",)), [Done(2)], {"finished": True}),
+            Row(AsksAgain("b", CHUNKS, (3,)), [Unheld("b", CHUNKS, (3,))]),  # over here
+        ],
+    ),
+    "an_ask_for_weights_the_merge_wrote_over": Table(
+        3,
+        [
+            Row(Sync(in_file=True), CHECKING_IN),
+            Row(Block(checkins=("b", "c")), [*ATTEMPT_1, *TO_B_AND_C, WITH_3]),
+            Row(AsksAgain("c", CHUNKS, (4,)), [Sent("c", "RoundChunk", 4)]),  # (a copy)
+            Row(Piece("b"), [Shed(128, 128)], {"overwritten": True}),  # over a's chunks 2-3
+            Row(AsksAgain("b", CHUNKS, (2, 3)), [Unheld("b", CHUNKS, (2, 3))]),
+            Row(AsksAgain("c", CHUNKS, (5,)), [Sent("c", "RoundChunk", 5)]),  # still as sent
+        ],
+    ),
+    "a_flood_of_asks_is_dropped": Table(
+        2,
+        [
+            Row(Sync(), CHECKING_IN),
+            Row(Block(checkins=("b",)), [*ATTEMPT_1, *TO_B, WITH_2]),
+            *[  # asks that cost nothing (a's range is not merged yet), up to the bound
+                Row(AsksAgain("b", PIECES, (0,)), []) for _ in range(ASKS_SERVED_MAX)
+            ],
+            Row(AsksAgain("b", MANIFEST), dropped_ask("asks past the bound, or malformed")),
+        ],
+    ),
+    "resends_past_a_model_s_worth_are_dropped": Table(
+        2,
+        [
+            Row(Sync(), CHECKING_IN),
+            Row(Block(checkins=("b",)), [*ATTEMPT_1, *TO_B, WITH_2]),
+            *[  # 192 bytes each; at most 8 chunks' worth (512 bytes: the model is 384)
+                Row(AsksAgain("b", CHUNKS, (3, 4, 5)), [*TO_B[1:]]) for _ in range(2)
+            ],
+            Row(
+                AsksAgain("b", CHUNKS, (3, 4, 5)),
+                [*TO_B[1:3], *dropped_ask("one model's worth resent already")],
+            ),
+            Row(AsksAgain("b", MANIFEST), dropped_ask("one model's worth resent already")),
+        ],
+    ),
     "a_check_in_the_mempool_refuses": Table(
         2,
         [
@@ -1037,6 +1253,17 @@ TABLES: dict[str, Table] = {
                 [Failed("the ledger refuses it: bad signature")],
                 {"finished": True},
             ),
+        ],
+    ),
+    "a_check_in_refused_while_joining_is_sent_again_without_a_block": Table(
+        2,
+        [
+            Row(Sync(), CHECKING_IN),
+            Row(Refused("a is not a member: join first"), [], {"finished": False}),
+            # No block comes (the check-in was the only transaction): the timer resends it.
+            Row(Fire(CheckInDue(C, 1)), [Submit("CheckIn"), Timer(CheckInDue(C, 1), 2.0)]),
+            Row(Block(), [Said("round 1: 1/2 checked in")], {"ledger": OPEN}),
+            Row(Fire(CheckInDue(C, 1)), [], {"finished": False}),  # on the ledger: no more
         ],
     ),
     "a_session_that_ends_takes_its_check_in_back": Table(
@@ -1074,3 +1301,40 @@ def test_timer_tags_are_values_of_their_kind() -> None:
     assert len({ProgressDue(C, 1), SyncTimeout(C, 1), GoneWait(C, 1), ProgressDue(C, 2)}) == 4
     assert len({AttemptDeadline(C, 1, 2), AttemptHalfway(C, 1, 2)}) == 2
     assert repr(FetchTry("x", 3, 1)) == "FetchTry(contract='x', round=3, tries=1)"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    in_file=st.booleans(),
+    asks=st.lists(
+        st.tuples(
+            st.sampled_from(NAMES),
+            st.sampled_from(list(RoundPart)),
+            st.lists(st.integers(-3, 400), max_size=9).map(tuple),
+            st.integers(-1, 2),
+        ),
+        max_size=40,
+    ),
+)
+def test_any_ask_is_answered_within_the_bounds(
+    nodes: Swarm, in_file: bool, asks: list[tuple[str, RoundPart, tuple[int, ...], int]]
+) -> None:
+    """Whatever peers ask to have resent, in an attempt or not: no crash, only resends of
+    this attempt's messages to the asker (and "cannot"s and drops), never more than the bound
+    of bytes per asker."""
+    harness = Harness(nodes, 3)
+    harness.apply(Sync(in_file=in_file))
+    harness.apply(Block(checkins=("b", "c")))
+    resent: dict[str, int] = {}
+    for sender, what, indexes, attempt in asks:
+        ask = ResendRound(C, 1, attempt, what, indexes)
+        effects = harness.core.handle(Receive(harness.ids[sender], ask), harness.now)
+        for effect in effects:
+            if isinstance(effect, Send):
+                assert effect.to == harness.ids[sender] != harness.ids["a"]
+                message = effect.message
+                assert getattr(message, "attempt", None) == attempt == 1
+                resent[sender] = resent.get(sender, 0) + len(getattr(message, "data", b""))
+            else:
+                assert isinstance(effect, Log | Metric)
+    assert all(nbytes <= resend_bytes_max(LAYOUT) for nbytes in resent.values())

@@ -15,7 +15,8 @@ is sent, written and read by threads with blocking calls, closed when idle.
   the ledger records for that node. A lane starts with that byte on either port.
 - Sending (:meth:`RoundLanes.send`, called by the node from the event loop): the message
   joins the peer's queue (bounded in bytes; a full queue drops, as a lossy link would: the
-  round's deadline rule repairs loss). The peer's sender thread dials when it has no
+  round's receiver asks for what it lacks again, :mod:`swarmlearn.roles.sl.repair`, and the
+  deadline rule ends what that cannot repair). The peer's sender thread dials when it has no
   connection and writes each frame with ``sendall`` on views of the weights: the model is
   never copied to be sent. Frames to one peer keep their order (a manifest before its
   chunks). A sender with nothing to send for ``sender_idle_s`` closes its lane and its

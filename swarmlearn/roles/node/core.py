@@ -41,6 +41,8 @@ from swarmlearn.roles.sl.messages import (
     FetchLatest,
     MergedUnavailable,
     ReportPerf,
+    ResendRound,
+    ResendUnheld,
     SessionClosed,
 )
 from swarmlearn.roles.sl.timers import SLTimer
@@ -53,6 +55,8 @@ ROUND_MESSAGES = (
     MergePartials,
     FetchMerged,
     MergedUnavailable,
+    ResendRound,
+    ResendUnheld,
 )
 #: Local requests for the SL core (from the node: a trainer's, or a round lane's).
 SL_REQUESTS = (Contribute, Hashed, Refilled, FetchLatest, ReportPerf, SessionClosed)

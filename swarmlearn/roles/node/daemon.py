@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         if bind_error is None:
             raise
         api = any(  # the API binds its own listeners (roles/api/server.py) before Hypercorn serves
-            "hypercorn" in frame.filename or f"roles{os.sep}api{os.sep}" in frame.filename
+            "hypercorn" in frame.filename or os.path.join("roles", "api", "") in frame.filename
             for frame in traceback.extract_tb(bind_error.__traceback__)
         )
         flag, address = ("--api", args.api) if api else ("--listen", args.listen)

@@ -24,7 +24,7 @@ the round and fixes the participants; participant ``i`` owns range ``i`` of
 4. when the ledger holds the round DONE with a root, a participant whose bytes have that
    root delivers them to the trainer; one that lacks them (late, restarted, dissenting)
    fetches them from a participant and verifies them against the ledger's root (bounded
-   tries, then the round fails for it: :mod:`~swarmlearn.roles.sl.outcome`). A FAILED
+   tries, then the round fails for it: :mod:`~swarmlearn.roles.sl.ends`). A FAILED
    round is delivered as such: the trainer keeps its own weights, never a partial merge.
 
 Bytes and memory: the node's round lanes (:mod:`swarmlearn.p2p.bulk_push`) hash each chunk and
@@ -46,6 +46,12 @@ attempt. A trainer that cannot refill: the node sits the attempt out and the tra
 merged model gets its own buffer; one every participant agreed on is freed when the next
 round starts.
 
+Steps 1-3 send each message once; a lost one (a lane that broke mid-send) is asked for
+again by the participant that lacks it (:mod:`swarmlearn.roles.sl.repair`: ``ResendRound``,
+answered from what the peer still holds, bounded per attempt and asker), so a duplicate
+that came because this node asked is dropped quietly, and merged pieces count by chunk cut
+(never twice).
+
 Every wait is bounded: the attempt deadline comes from the ledger (model size based); when
 it passes, the core sends a ``Heartbeat`` so the ledger runs its deadline rule (finish with
 agreeing reporters, re-plan with the live ones, or fail). Progress is delivered as it goes
@@ -64,9 +70,10 @@ from swarmlearn.consensus.ledger.txs import CheckIn, Merged, PerfData
 from swarmlearn.consensus.tendermint.events import TxRefused
 from swarmlearn.digest import content_digest
 from swarmlearn.errors import RemoteProtocolError
-from swarmlearn.merge import RangeCollector, RangeMerge, WeightSet, plan_shards
+from swarmlearn.merge import Layout, RangeCollector, RangeMerge, WeightSet, plan_shards
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
 from swarmlearn.merge.methods import method_scope, round_method
+from swarmlearn.roles.sl.ends import DEADLINE_MARGIN_S, WAIT_PROGRESS_S, RoundEnds
 from swarmlearn.roles.sl.global_merge import RoundGlobal
 from swarmlearn.roles.sl.latest import LatestModels
 from swarmlearn.roles.sl.merged import KeptModels
@@ -84,23 +91,27 @@ from swarmlearn.roles.sl.messages import (
     Progress,
     Refilled,
     ReportPerf,
+    ResendRound,
+    ResendUnheld,
     RoundChunk,
     RoundDone,
     RoundFailed,
     RoundManifest,
+    RoundPart,
     SessionClosed,
     ShedPages,
     SLEffect,
     SubmitSigned,
     chunk_cuts,
+    cuts_within,
     handover_file,
     merged_root,
     note_digest,
     range_out,
     specs_of,
 )
-from swarmlearn.roles.sl.outcome import DEADLINE_MARGIN_S, WAIT_PROGRESS_S, RoundEnds
 from swarmlearn.roles.sl.refill import RoundRefill
+from swarmlearn.roles.sl.repair import RoundRepair
 from swarmlearn.roles.sl.sessions import RESEND_S, RoundSessions
 from swarmlearn.roles.sl.state import (
     Attempt,
@@ -114,6 +125,7 @@ from swarmlearn.roles.sl.state import (
 from swarmlearn.roles.sl.timers import (
     AttemptDeadline,
     AttemptHalfway,
+    CheckInDue,
     CloseDue,
     FetchTry,
     GoneWait,
@@ -122,6 +134,7 @@ from swarmlearn.roles.sl.timers import (
     ProgressDue,
     QueuedTimeout,
     RefillDeadline,
+    RepairDue,
     SyncTimeout,
 )
 from swarmlearn.sansio import (
@@ -148,6 +161,8 @@ __all__ = [
     "NeedRefill",
     "Progress",
     "Refilled",
+    "ResendRound",
+    "ResendUnheld",
     "RoundChunk",
     "RoundDone",
     "RoundFailed",
@@ -158,6 +173,16 @@ __all__ = [
     "SubmitSigned",
     "specs_of",
 ]
+
+
+CHUNKS, PIECES = RoundPart.CHUNKS, RoundPart.PIECES
+
+
+def layout_chunks(layout: Layout, start: int, size: int) -> range:
+    """The chunks that bytes ``[start, start + size)`` of the layout touch."""
+    if size <= 0:
+        return range(0)
+    return range(start // layout.chunk_bytes, (start + size - 1) // layout.chunk_bytes + 1)
 
 
 # ---------------------------------------------------------------- the core
@@ -184,7 +209,8 @@ class SLRoundCore:
         self.sessions = RoundSessions(self.book, self._contribute)
         self.refill = RoundRefill(self.book, self._follow)
         self.latest = LatestModels(self.book)
-        self.global_merge = RoundGlobal(self.book, self._after_merge_step)
+        self.repair = RoundRepair(self.book)
+        self.global_merge = RoundGlobal(self.book, self._after_merge_step, self.repair)
         self.nonce = 0  # check-ins signed: with the session, each one a distinct transaction
 
     @property
@@ -212,11 +238,15 @@ class SLRoundCore:
             ):
                 if is_early(self.rounds, message):
                     return self._keep_early(sender, message)
+                self.repair.heard(sender, message.contract, message.round, message.attempt, now)
                 return self._dispatch(sender, message)
             case Request(Hashed(sender, RoundChunk() | MergedPiece() as message, digest)):
                 if is_early(self.rounds, message):
                     return self._keep_early(sender, message, digest)
+                self.repair.heard(sender, message.contract, message.round, message.attempt, now)
                 return self._dispatch(sender, message, digest)
+            case Receive(_, ResendRound() | ResendUnheld()) | TimerFired(RepairDue()):
+                return self.repair.handle(event, now)  # loss repair (roles/sl/repair.py)
             case Request(ReportPerf() as r):  # measured after the round: on its merged model
                 perf = PerfData(
                     r.contract, r.round, r.loss, r.metric, r.epochs_done, r.epochs_total
@@ -226,6 +256,9 @@ class SLRoundCore:
                 return self.kept.serve(sender, fetch)
             case Receive(_, MergedUnavailable()):  # for a round's model, or a late joiner's
                 return self.ends.handle(event, now) + self.latest.handle(event, now)
+            case TimerFired(CheckInDue(contract, number)):
+                state = self.rounds.get((contract, number))
+                return [] if state is None else self._follow(state, now)
             case TimerFired(ProgressDue() | SyncTimeout() | CloseDue() | FetchTry()):
                 return self.ends.handle(event, now)
             case TimerFired(AttemptHalfway() | AttemptDeadline()):
@@ -317,6 +350,7 @@ class SLRoundCore:
             SubmitSigned(state.check_in),
             self.book.progress(state, "checking in"),
             SetTimer(ProgressDue(c.contract, number), WAIT_PROGRESS_S),
+            SetTimer(CheckInDue(c.contract, number), RESEND_S),
         ]
         if left_s is not None:
             effects.append(SetTimer(SyncTimeout(c.contract, number), left_s))
@@ -348,7 +382,8 @@ class SLRoundCore:
                 return [self.book.failed(state, f"the ledger refuses it: {problem}", refused=True)]
             if now - state.sent_at >= RESEND_S:
                 state.sent_at = now  # not on the ledger yet (refused while joining, or lost)
-                return [SubmitSigned(state.check_in)]
+                due = CheckInDue(state.contract, state.number)
+                return [SubmitSigned(state.check_in), SetTimer(due, RESEND_S)]
         if record is None:
             return []
         if record.status == RoundStatus.OPEN:
@@ -422,6 +457,7 @@ class SLRoundCore:
         # planned with the nodes that said so (the ledger's deadline rule).
         halfway = AttemptHalfway(state.contract, state.number, attempt.number)
         effects.append(SetTimer(halfway, wait_s / 2))
+        effects += self.repair.start(state, now)  # asks for what is lost, once quiet
         attempt.manifests[me] = state.manifest_hashes
         effects += contribution_sends(self.me, state, attempt, plan)
         for chunk in plan.shards[me].chunks(c.layout):  # my own contribution to my own range
@@ -463,11 +499,15 @@ class SLRoundCore:
         state = self.book.current(c.contract, c.round, c.attempt)
         if state is None or state.attempt is None or sender not in state.attempt.participants:
             return []
-        index = state.attempt.participants.index(sender)
-        if index not in state.attempt.manifests:
+        attempt = state.attempt
+        index = attempt.participants.index(sender)
+        if (index, c.index) in attempt.chunks_in and self.repair.asked(attempt, index, CHUNKS):
+            return self.repair.duplicate()  # asked again, and the first one came after all
+        if index not in attempt.manifests:
             # a lane's frame is this chunk's own buffer; a message connection's may be shared
             data = c.data if digest is not None else bytes(c.data)
-            state.attempt.waiting.append((index, c.index, data, digest))
+            attempt.waiting.append((index, c.index, data, digest))
+            attempt.chunks_in.add((index, c.index))
             return []
         return self._fold(state, index, c.index, c.data, digest)
 
@@ -477,6 +517,8 @@ class SLRoundCore:
         attempt = state.attempt
         assert attempt is not None
         if attempt.merge is None:  # merged and copied into the handover file already
+            if self.repair.asked(attempt, participant, CHUNKS):
+                return self.repair.duplicate()
             return [Log(f"round {state.number}: chunk {chunk} came twice", "warning")]
         layout = state.contribution.layout
         hashes = attempt.manifests[participant]
@@ -490,6 +532,7 @@ class SLRoundCore:
             if chunk in attempt.own_pending:  # a fold may write over mine in the file now
                 add_own(state, attempt, chunk)
             attempt.merge.add(participant, chunk, data)
+            attempt.chunks_in.add((participant, chunk))
         except RemoteProtocolError as error:  # a duplicate, or a chunk outside my range
             sender = attempt.participants[participant]
             return [
@@ -564,6 +607,15 @@ class SLRoundCore:
             return [
                 Log(f"round {state.number}: a merged piece outside its owner's range", "warning")
             ]
+        cuts = cuts_within(layout, shard.start_byte, shard.stop_byte, start, start + len(data))
+        if cuts is None:
+            return [Log(f"round {state.number}: a merged piece not cut at chunks", "warning")]
+        got = attempt.cuts_in.setdefault(owner, set())
+        new = [(cut, end) for cut, end in cuts if cut not in got]
+        if not new:  # it came already: a resend crossed the original, or the network doubled it
+            if self.repair.asked(attempt, owner, PIECES):
+                return self.repair.duplicate()
+            return [Log(f"round {state.number}: a merged piece came twice", "warning")]
         shed: list[SLEffect] = []
         if copy:
             attempt.merged[start : start + len(data)] = data
@@ -571,8 +623,10 @@ class SLRoundCore:
             if attempt.in_file:  # the trainer's pages: the node need not keep them resident
                 view = attempt.merged[start : start + len(data)]
                 shed.append(Deliver(ShedPages(start, len(data), memoryview(view))))
+                attempt.written.update(layout_chunks(layout, start, len(data)))
         note_digest(attempt.digests, layout, start, len(data), digest)
-        attempt.bytes_from[owner] = attempt.bytes_from.get(owner, 0) + len(data)
+        got.update(cut for cut, _ in new)
+        attempt.bytes_from[owner] = attempt.bytes_from.get(owner, 0) + sum(e - c for c, e in new)
         if attempt.bytes_from[owner] >= shard.nbytes:
             attempt.pieces.add(owner)
         if len(attempt.pieces) < len(attempt.participants) or attempt.reported:

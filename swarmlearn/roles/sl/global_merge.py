@@ -21,15 +21,18 @@ float pieces are exactly those of a whole-state merge. Per step:
 
 An owner is at most one step ahead of any other (step t + 1 needs everyone's rows of step t),
 so a node keeps rows for its current step and the next one only; rows for other steps or
-twice are dropped and counted (``partials_dropped``). Rows no honest owner can send (the wrong
+twice are dropped and counted (``partials_dropped``), unless this node asked their owner to
+send them again (a lost row is asked for like a lost chunk, :mod:`~swarmlearn.roles.sl.repair`;
+each owner keeps its own rows of its last two steps to answer): a resend that crossed a slow
+original is dropped quietly. Rows no honest owner can send (the wrong
 size for its range, negative or non-finite sums of squares) get their sender excluded on the
 ledger, as a chunk unlike its commitment does (and count against it in the node's policing,
 :class:`PeerFault`): the next attempt goes on without it. Rows that
 are plausible but false cannot be told from true ones: every participant still folds the same
 rows and ends with the same bytes, skewed by that owner's lie. A participant that never sends
-its rows stalls the attempt like a missing chunk: at the attempt's deadline the node tells the
-ledger (which re-plans with the live participants or fails the round), and its progress line
-names the step and the owners it waited for.
+its rows (nor resends them) stalls the attempt like a missing chunk: at the attempt's deadline
+the node tells the ledger (which re-plans with the live participants or fails the round), and
+its progress line names the step and the owners it waited for.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from swarmlearn.merge import RangeCollector
 from swarmlearn.merge.methods import GeoMedian, Krum
 from swarmlearn.merge.sharded import GlobalSteps, float_piece_count, geo_width, krum_width
 from swarmlearn.merge.stream import aligned_buffer
-from swarmlearn.roles.sl.messages import MergePartials, PeerFault, Progress, SLEffect
+from swarmlearn.roles.sl.messages import MergePartials, PeerFault, Progress, RoundPart, SLEffect
+from swarmlearn.roles.sl.repair import RoundRepair
 from swarmlearn.roles.sl.state import Attempt, RoundBook, RoundState
 from swarmlearn.sansio import Deliver, Log, Metric, NodeId, Send
 
@@ -60,9 +64,10 @@ def row_width(method: Any, participants: int) -> int:
 class RoundGlobal:
     """The partial-sum exchange of the rounds that merge with a global method."""
 
-    def __init__(self, book: RoundBook, step: StepFn) -> None:
+    def __init__(self, book: RoundBook, step: StepFn, repair: RoundRepair) -> None:
         self.book = book
         self.step = step
+        self.repair = repair  # a lost row is asked for again (roles/sl/repair.py)
         self.partials_dropped = 0  # partial sums dropped as garbage
 
     def result(self, state: RoundState) -> tuple[list[SLEffect], memoryview | None]:
@@ -97,8 +102,12 @@ class RoundGlobal:
     def _share(self, state: RoundState, attempt: Attempt, step: int, rows: Any) -> list[SLEffect]:
         attempt.partials.setdefault(step, {})[attempt.me] = rows
         data = np.ascontiguousarray(rows, "<f8").tobytes()
+        attempt.my_rows[step] = data  # kept for a peer that lost them (this step and the last)
+        for old in [s for s in attempt.my_rows if s < step - 1]:
+            del attempt.my_rows[old]
         message = MergePartials(state.contract, state.number, attempt.number, step, data)
-        return [Send(peer, message) for peer in attempt.participants if peer != self.book.me]
+        sends = [Send(peer, message) for peer in attempt.participants if peer != self.book.me]
+        return [*sends, *self.repair.stepped(state)]
 
     def on_partials(self, sender: NodeId, m: MergePartials) -> list[SLEffect]:
         state = self.book.current(m.contract, m.round, m.attempt)
@@ -118,6 +127,8 @@ class RoundGlobal:
         owner = attempt.participants.index(sender)
         mine = 0 if attempt.steps is None else attempt.steps.step
         if not mine <= m.step <= mine + 1 or owner in attempt.partials.get(m.step, {}):
+            if m.step <= mine + 1 and self.repair.asked(attempt, owner, RoundPart.PARTIALS, m.step):
+                return self.repair.duplicate()  # asked again, and the first came after all
             self.partials_dropped += 1  # stale, duplicated (the network may), or far ahead
             text = f"round {state.number}: dropped partial sums of step {m.step} from"
             return [

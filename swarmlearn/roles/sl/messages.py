@@ -1,17 +1,21 @@
 """What the SL round core (:mod:`swarmlearn.roles.sl.core`) speaks: its wire messages, its
 inputs, deliveries and effect, and the byte-level helpers it uses on the merged model.
 
-Round messages (tags 0xA0-0xA3, 0xA5, 0xA6) travel between nodes, on round lanes where a node has
-them (:mod:`swarmlearn.p2p.bulk_push`). :class:`Contribute`, :class:`Hashed` and
-:class:`Refilled` are local inputs from the node; :class:`Progress`, :class:`RoundDone`,
-:class:`RoundFailed` and :class:`NeedRefill` are delivered to the trainer (which answers the
-last with :class:`Refilled`); a trainer that joins late asks :class:`FetchLatest` and hears
-:class:`LatestProgress`, then :class:`LatestModel` or :class:`LatestFailed`;
-:class:`SubmitSigned` asks the node to put a transaction on the ledger.
+Round messages (tags 0xA0-0xA3, 0xA5-0xA7, 0xBA) travel between nodes: manifests, chunks and
+merged pieces on round lanes where a node has them (:mod:`swarmlearn.p2p.bulk_push`), the
+rest (small) on the message connections. :class:`ResendRound` and :class:`ResendUnheld` are
+the loss repair's ask and its "cannot" (:mod:`swarmlearn.roles.sl.repair`).
+:class:`Contribute`, :class:`Hashed` and :class:`Refilled` are local inputs from the node;
+:class:`Progress`, :class:`RoundDone`, :class:`RoundFailed` and :class:`NeedRefill` are
+delivered to the trainer (which answers the last with :class:`Refilled`); a trainer that
+joins late asks :class:`FetchLatest` and hears :class:`LatestProgress`, then
+:class:`LatestModel` or :class:`LatestFailed`; :class:`SubmitSigned` asks the node to put a
+transaction on the ledger.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +27,7 @@ from swarmlearn.merge.manifest import manifest_root
 from swarmlearn.p2p.wire import Message, Payload
 from swarmlearn.sansio import Effect, NodeId
 
-# ---------------------------------------------------------------- messages (tags 0xA0-0xAF)
+# ---------------------------------------------------------------- messages (0xA0-0xA7, 0xBA)
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,42 @@ class MergePartials(Message, tag=0xA6):
     attempt: int
     step: int
     rows: bytes
+
+
+class RoundPart(enum.IntEnum):
+    """What of an attempt a participant asks a peer to send again (:class:`ResendRound`)."""
+
+    MANIFEST = 1  # the peer's manifest (indexes: none)
+    CHUNKS = 2  # the peer's chunks of the asker's range (indexes: chunk indexes)
+    PIECES = 3  # the peer's merged range (indexes: the byte offsets of its chunk-cut pieces)
+    PARTIALS = 4  # the peer's partial sums of a global method's step (indexes: the step)
+
+
+@dataclass(frozen=True)
+class ResendRound(Message, tag=0xA7):
+    """A participant of the attempt lacks these parts of the receiver's: send them again
+    (a message was lost). Answered with the parts, or :class:`ResendUnheld` for those the
+    receiver no longer holds; an ask for what the receiver has not sent yet is ignored (it
+    comes when ready)."""
+
+    contract: str
+    round: int
+    attempt: int
+    what: RoundPart
+    indexes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ResendUnheld(Message, tag=0xBA):
+    """The answer to :class:`ResendRound` for parts the sender can send no more (its weights
+    were written over, the round ended there): the asker stops asking for them, and the
+    attempt waits for its deadline (the ledger re-plans)."""
+
+    contract: str
+    round: int
+    attempt: int
+    what: RoundPart
+    indexes: tuple[int, ...]
 
 
 # ---------------------------------------------------------------- inputs and deliveries
@@ -331,6 +371,27 @@ def chunk_cuts(layout: Layout, start: int, stop: int) -> list[tuple[int, int]]:
     first = (start // layout.chunk_bytes + 1) * layout.chunk_bytes
     cuts = [start, *range(first, stop, layout.chunk_bytes)]
     return list(zip(cuts, [*cuts[1:], stop], strict=True))
+
+
+def cuts_within(
+    layout: Layout, start: int, stop: int, piece_start: int, piece_stop: int
+) -> list[tuple[int, int]] | None:
+    """The chunk cuts of range ``[start, stop)`` (:func:`chunk_cuts`) that the piece
+    ``[piece_start, piece_stop)`` covers, or None when it does not begin and end on cuts."""
+    size = layout.chunk_bytes
+    if start == stop == piece_start == piece_stop:  # an empty range: one empty piece
+        return [(start, stop)]
+
+    def on_cut(at: int) -> bool:
+        return at in (start, stop) or (start < at < stop and at % size == 0)
+
+    if not (start <= piece_start < piece_stop <= stop) or not (
+        on_cut(piece_start) and on_cut(piece_stop)
+    ):
+        return None
+    first = (piece_start // size + 1) * size
+    cuts = [piece_start, *range(first, piece_stop, size)]
+    return list(zip(cuts, [*cuts[1:], piece_stop], strict=True))
 
 
 def specs_of(layout: Layout) -> tuple[TensorSpec, ...]:

@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from swarmlearn.consensus.ledger.rounds import RoundRecord
 from swarmlearn.merge.manifest import chunk_hashes
+from swarmlearn.roles.sl.ends import DEADLINE_MARGIN_S
 from swarmlearn.roles.sl.messages import NeedRefill, Refilled, SLEffect
-from swarmlearn.roles.sl.outcome import DEADLINE_MARGIN_S
 from swarmlearn.roles.sl.state import RoundBook, RoundState
 from swarmlearn.roles.sl.timers import RefillDeadline
 from swarmlearn.sansio import Deliver, Input, Log, Request, SetTimer, TimerFired

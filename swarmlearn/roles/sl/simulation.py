@@ -8,7 +8,9 @@ derived from the seed, so a seed replays the whole run, node ids included.
 Workload: every node contributes a small numpy model each round. Checkers: every participant
 of a round ends with the same bytes, whose root the ledger holds (safety); no round outlives
 its last deadline by more than a grace margin (liveness); every round ends (DONE or FAILED:
-never a silent partial merge). Scenarios: calm rounds at 3 and 10 nodes, a participant
+never a silent partial merge). Scenarios: calm rounds at 3, 10 and 50 nodes, and at 10 and 50
+nodes with 5% of every link's messages lost (``rounds-*-lossy``: the round's loss repair,
+:mod:`swarmlearn.roles.sl.repair`, must get every round through), a participant
 killed at a random moment of a round (it restarts and rejoins later), a partition during the
 exchange, a byzantine contributor whose chunks do not match its commitment; and each merge
 method (``rounds-<method>``), with a participant killed mid-round under the geometric median
@@ -20,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,6 +36,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT, SwarmApp, sign_transaction
 from swarmlearn.consensus.ledger.batching import expects_more
+from swarmlearn.consensus.ledger.rounds import RoundStatus
 from swarmlearn.consensus.tendermint.core import ConsensusCore
 from swarmlearn.consensus.tendermint.crypto import SimSigner, SimVerifier
 from swarmlearn.consensus.tendermint.events import Genesis
@@ -52,7 +56,7 @@ from swarmlearn.roles.sl.core import (
 from swarmlearn.sansio import Effect, NodeId, Send
 from swarmlearn.sim.checkers import Checker, FailureKind, Violation
 from swarmlearn.sim.cluster import NodeContext, Simulator
-from swarmlearn.sim.network import LinkConfig
+from swarmlearn.sim.network import LinkConfig, PortConfig
 from swarmlearn.sim.scenarios import Scenario, SetupContext, scenario
 
 CHAIN = "rounds-sim"
@@ -185,12 +189,14 @@ class SameMergeChecker(Checker):
 
 
 class RoundsEndChecker(Checker):
-    """Liveness: every round ends (done or failed) in time, on every live participant."""
+    """Liveness: every round ends (done or failed) in time, on every live participant; with
+    ``merge_all``, every round ends DONE (a scenario with no fault but the network's)."""
 
     name = "rounds-end"
 
-    def __init__(self, rounds: int) -> None:
+    def __init__(self, rounds: int, *, merge_all: bool = False) -> None:
         self.rounds = rounds
+        self.merge_all = merge_all
 
     def converged(self, sim: Simulator) -> bool:
         app = _any_app(sim)
@@ -201,8 +207,10 @@ class RoundsEndChecker(Checker):
 
     def final(self, sim: Simulator) -> list[Violation]:
         app = _any_app(sim)
-        late = []
+        late, failed = [], []
         for record in app.state.contracts[DEFAULT_CONTRACT].rounds.values() if app else ():
+            if self.merge_all and record.status == RoundStatus.FAILED:
+                failed.append(f"round {record.number} failed: {record.reason}")
             finished = record.finished_ms
             if finished is not None and record.closed_ms is not None and record.deadline_ms:
                 late += (
@@ -210,13 +218,11 @@ class RoundsEndChecker(Checker):
                     if finished > record.deadline_ms + DEADLINE_GRACE_S * 1000
                     else []
                 )
-        if not late:
-            return []
-        return [
-            Violation(
-                self.name, FailureKind.LIVENESS, f"rounds {late} ended past their deadline", sim.now
-            )
-        ]
+        violations = [Violation(self.name, FailureKind.LIVENESS, f, sim.now) for f in failed]
+        if late:
+            text = f"rounds {late} ended past their deadline"
+            violations.append(Violation(self.name, FailureKind.LIVENESS, text, sim.now))
+        return violations
 
     def progress(self, sim: Simulator) -> str:
         app = _any_app(sim)
@@ -325,7 +331,15 @@ def _byzantine(context: SetupContext, partials: bool = False) -> None:
 
 
 def rounds_scenario(
-    name: str, description: str, nodes: int, rounds: int, fault: str = "", method: str = "mean"
+    name: str,
+    description: str,
+    nodes: int,
+    rounds: int,
+    fault: str = "",
+    method: str = "mean",
+    *,
+    loss: float = 0.0,
+    port_bps: float | None = None,
 ) -> Scenario:
     min_peers = max(2, nodes - 1) if fault else nodes
 
@@ -346,20 +360,66 @@ def rounds_scenario(
             name=name,
             description=description,
             factory=lambda: build_node,
-            checkers=lambda: [SameMergeChecker(), RoundsEndChecker(rounds)],
+            checkers=lambda: [SameMergeChecker(), RoundsEndChecker(rounds, merge_all=not fault)],
             setup=setup,
-            link=LinkConfig(latency_min_s=0.001, latency_tail_s=0.002, bandwidth_bps=100e6),
+            link=LinkConfig(
+                latency_min_s=0.001, latency_tail_s=0.002, bandwidth_bps=100e6, loss=loss
+            ),
             default_nodes=nodes,
             fault_phase_s=ROUND_EVERY_S * rounds,
             converge_budget_s=60.0,
             node_ids=node_ids,
+            prepare=None if port_bps is None else _ports(port_bps),
         )
     )
+
+
+def _ports(rate_bps: float) -> Callable[[Simulator], None]:
+    """Every node behind an access link of ``rate_bps`` each way, shared by all its links."""
+
+    def prepare(sim: Simulator) -> None:
+        for node in sim.node_ids:
+            sim.network.set_port(node, PortConfig(rate_bps, rate_bps))
+
+    return prepare
 
 
 rounds_scenario("rounds-3", "3 swarm nodes, 20 sync rounds", 3, 20)
 rounds_scenario("rounds-10", "10 swarm nodes, 20 sync rounds", 10, 20)
 rounds_scenario("rounds-50", "50 swarm nodes, 20 sync rounds", 50, 20)
+rounds_scenario(
+    "rounds-50-lossy",
+    "50 swarm nodes, 5 sync rounds, 5% loss on every link, 100 Mbit/s ports",
+    50,
+    5,
+    loss=0.05,
+    port_bps=100e6,
+)
+rounds_scenario(
+    "rounds-5-lossy",
+    "5 swarm nodes, 5 sync rounds, 5% loss on every link (joins late: check-ins resent)",
+    5,
+    5,
+    loss=0.05,
+    port_bps=100e6,
+)
+rounds_scenario(
+    "rounds-10-lossy",
+    "10 swarm nodes, 5 sync rounds, 5% loss on every link, 100 Mbit/s ports",
+    10,
+    5,
+    loss=0.05,
+    port_bps=100e6,
+)
+rounds_scenario(
+    "rounds-10-lossy-geomedian",
+    "10 swarm nodes, 5 geometric-median rounds, 5% loss on every link, 100 Mbit/s ports",
+    10,
+    5,
+    method="geomedian",
+    loss=0.05,
+    port_bps=100e6,
+)
 rounds_scenario("rounds-kill", "5 nodes; one dies mid-round and rejoins", 5, 6, "kill")
 rounds_scenario("rounds-partition", "6 nodes; half cut off during an exchange", 6, 5, "partition")
 rounds_scenario(

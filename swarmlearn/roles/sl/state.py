@@ -35,6 +35,7 @@ from swarmlearn.roles.sl.messages import (
     RoundChunk,
     RoundFailed,
     RoundManifest,
+    RoundPart,
     SLEffect,
     SubmitSigned,
 )
@@ -45,6 +46,21 @@ EARLY_BYTES_MAX = 512 * 1024 * 1024
 RoundMessage = RoundManifest | RoundChunk | MergedPiece | MergePartials
 #: A transaction body -> the signed transaction (the node's key).
 Sign = Callable[[Message], bytes]
+
+
+@dataclass
+class AttemptRepair:
+    """An attempt's loss repair (roles/sl/repair.py): this node's asks, and the asks it served."""
+
+    heard_at: float = 0.0  # the attempt's last message from a participant (or its start)
+    # my asks by (peer index, part, step): how many, the last one when; those the peer
+    # said it cannot answer
+    asked: dict[tuple[int, RoundPart, int], int] = field(default_factory=dict)
+    asked_at: dict[tuple[int, RoundPart, int], float] = field(default_factory=dict)
+    unheld: set[tuple[int, RoundPart, int]] = field(default_factory=set)
+    given_up: bool = False  # every ask spent: the attempt waits for its deadline
+    asks_from: dict[str, int] = field(default_factory=dict)  # asks served, by asker
+    sent_to: dict[str, int] = field(default_factory=dict)  # bytes resent, by asker
 
 
 @dataclass
@@ -69,6 +85,13 @@ class Attempt:
     # a global method (roles/sl/global_merge.py): my steps, and each step's rows by owner
     steps: GlobalSteps | None = None
     partials: dict[int, dict[int, Any]] = field(default_factory=dict)
+    my_rows: dict[int, bytes] = field(default_factory=dict)  # my rows of the last two steps
+    # what came, for the repair: (participant, chunk) taken (folded or waiting); per owner,
+    # the chunk cuts of its merged range that landed; chunks merged bytes were written over
+    chunks_in: set[tuple[int, int]] = field(default_factory=set)
+    cuts_in: dict[int, set[int]] = field(default_factory=dict)
+    written: set[int] = field(default_factory=set)
+    repair: AttemptRepair = field(default_factory=AttemptRepair)
 
 
 @dataclass

@@ -31,7 +31,14 @@ class RoundTimer(SLTimer):
 
 
 # ---------------------------------------------------------------- waiting for the round to close
-# (roles/sl/outcome.py)
+# (roles/sl/ends.py)
+
+
+@dataclass(frozen=True)
+class CheckInDue(RoundTimer):
+    """``RESEND_S`` after a check-in was sent: if the ledger does not hold it yet (refused while
+    the node was still joining, or lost), send it again. A timer, not the next block: a
+    check-in refused on a quiet ledger may be the only transaction that would make one."""
 
 
 @dataclass(frozen=True)
@@ -111,3 +118,14 @@ class QueuedTimeout(RoundTimer):
     """The syncTimeout of ``session``'s weights, queued behind round ``round``."""
 
     session: int
+
+
+# ---------------------------------------------------------------- repairing loss
+# (roles/sl/repair.py)
+
+
+@dataclass(frozen=True)
+class RepairDue(RoundTimer):
+    """The attempt has been quiet a while: ask peers again for what it still lacks."""
+
+    attempt: int
