@@ -258,7 +258,7 @@ class SLRoundCore:
                 return self.ends.handle(event, now) + self.latest.handle(event, now)
             case TimerFired(CheckInDue(contract, number)):
                 state = self.rounds.get((contract, number))
-                return [] if state is None else self._follow(state, now)
+                return [] if state is None else self._follow(state, now, resend_due=True)
             case TimerFired(ProgressDue() | SyncTimeout() | CloseDue() | FetchTry()):
                 return self.ends.handle(event, now)
             case TimerFired(AttemptHalfway() | AttemptDeadline()):
@@ -360,7 +360,10 @@ class SLRoundCore:
             effects.insert(1, SubmitSigned(self.sign(report)))
         return effects
 
-    def _follow(self, state: RoundState, now: float) -> list[SLEffect]:
+    def _follow(self, state: RoundState, now: float, *, resend_due: bool = False) -> list[SLEffect]:
+        """Act on the ledger's view of the round. ``resend_due``: the check-in's resend timer
+        fired (its time is due even where ``now - sent_at`` rounds to just under ``RESEND_S``
+        at a clock of 1.7e9 s)."""
         record = self.book.record(state)
         if state.finished or state.refilling is not None:  # (the trainer is writing its file)
             return []
@@ -380,7 +383,7 @@ class SLRoundCore:
         if record is None or self.me not in record.checkins:
             if problem := self.ends.refusal(state, record):  # for good: another model won the race
                 return [self.book.failed(state, f"the ledger refuses it: {problem}", refused=True)]
-            if now - state.sent_at >= RESEND_S:
+            if resend_due or now - state.sent_at >= RESEND_S:
                 state.sent_at = now  # not on the ledger yet (refused while joining, or lost)
                 due = CheckInDue(state.contract, state.number)
                 return [SubmitSigned(state.check_in), SetTimer(due, RESEND_S)]
