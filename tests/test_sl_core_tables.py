@@ -83,7 +83,7 @@ from swarmlearn.roles.sl.timers import (
     AttemptHalfway,
     CheckInDue,
     CloseDue,
-    FetchTry,
+    FetchTick,
     GoneWait,
     LatestDeadline,
     LatestStall,
@@ -169,10 +169,29 @@ class Piece:
 
 @dataclass(frozen=True)
 class Asks:
-    """``sender`` asks for the merged model of round ``number`` (``FetchMerged``)."""
+    """``sender`` asks for the merged model of round ``number`` (``FetchMerged``): its
+    manifest, and the chunks ``indexes``."""
 
     sender: str
     number: int = 1
+    indexes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    """``sender``'s manifest of the merged model this node fetches (``bad``: of other bytes)."""
+
+    sender: str
+    bad: bool = False
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """``sender``'s chunk ``index`` of the merged model this node fetches (``bad``: zeros)."""
+
+    sender: str
+    index: int
+    bad: bool = False
 
 
 @dataclass(frozen=True)
@@ -248,6 +267,8 @@ Given = (
     | Piece
     | Partials
     | Asks
+    | FetchedManifest
+    | Fetched
     | Unavailable
     | Fire
     | Refused
@@ -275,6 +296,15 @@ class Sent:
     what: str  # the message's type
     at: int | None = None  # a chunk's index, a piece's byte offset
     attempt: int = 1  # the attempt it is of (-1: a merged model served; 1 where none is named)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """This node asks ``to`` for the merged model it fetches (``FetchMerged``): its manifest,
+    or the chunks ``indexes``."""
+
+    to: str
+    indexes: tuple[int, ...] | str = "manifest"
 
 
 @dataclass(frozen=True)
@@ -486,8 +516,18 @@ class Harness:
                 rows = self._rows(sender, size, -1.0 if negative else 0.0)
                 partials = MergePartials(C, 1, self._attempt(), step, rows)
                 effects = core.handle(Receive(self.ids[sender], partials), self.now)
-            case Asks(sender, number):
-                effects = core.handle(Receive(self.ids[sender], FetchMerged(C, number)), self.now)
+            case Asks(sender, number, indexes):
+                ask = FetchMerged(C, number, True, indexes)
+                effects = core.handle(Receive(self.ids[sender], ask), self.now)
+            case FetchedManifest(sender, bad):
+                model = self.flat["a"] if bad else fetched_model()
+                manifest = RoundManifest(C, 1, -1, chunk_hashes(LAYOUT, model))
+                effects = core.handle(Receive(self.ids[sender], manifest), self.now)
+            case Fetched(sender, index, bad):
+                start, stop = LAYOUT.chunk_span(index)
+                data = bytes(stop - start) if bad else fetched_model()[start:stop]
+                piece = MergedPiece(C, 1, -1, start, data)
+                effects = core.handle(Receive(self.ids[sender], piece), self.now)
             case Unavailable(sender):
                 message = MergedUnavailable(C, 1)
                 effects = core.handle(Receive(self.ids[sender], message), self.now)
@@ -544,8 +584,6 @@ class Harness:
         return self.app.state.contracts[C].rounds[1].attempt
 
     def _piece(self, sender: str, attempt: int) -> MergedPiece:
-        if attempt == -1:  # the whole merged model, fetched
-            return MergedPiece(C, 1, -1, 0, fetched_model())
         state = self.core.rounds[(C, 1)]
         assert state.attempt is not None
         assert state.attempt.plan is not None
@@ -583,6 +621,8 @@ class Harness:
                     case CheckOut(session=session):
                         return Submit("CheckOut", session)
                 return Submit(type(body).__name__)
+            case Send(to, FetchMerged(manifest=manifest, indexes=indexes)):
+                return Asked(self.by_id[to], "manifest" if manifest else indexes)
             case Send(to, ResendRound(what=part, indexes=indexes)):
                 return AskedAgain(self.by_id[to], part, indexes)
             case Send(to, ResendUnheld(what=part, indexes=indexes)):
@@ -623,7 +663,8 @@ class Harness:
         attempt (-1: fetching the merged model), the attempt's participants, whose
         manifests it holds, chunks waiting for their sender's manifest, owners whose merged
         range arrived, whether it reported its merged root, the partial sums it holds by
-        step (a global method); and the peer a fetch asks now, with the tries so far."""
+        step (a global method); and a fetch's sources asked now, the chunks it holds and its
+        pass."""
         state = self.core.rounds.get((C, 1))
         record = self.app.state.contracts[C].rounds.get(1)
         found: dict[str, Any] = {
@@ -649,11 +690,11 @@ class Harness:
             found["partials"] = {
                 step: sorted(names[i] for i in rows) for step, rows in attempt.partials.items()
             }
-        if state.fetch is not None:
-            found["fetching"] = (
-                self.by_id[state.fetch.source] if state.fetch.source else "",
-                state.fetch.tries,
-            )
+        fetch = state.fetch
+        if fetch is not None:
+            held = 0 if fetch.assembler is None else fetch.assembler.held_count
+            asking = tuple(self.by_id[p] for p in fetch.asking())
+            found["fetching"] = (asking, held, fetch.pass_number)
         return found
 
 
@@ -749,22 +790,46 @@ LATE = [
         Latest(),
         [
             Timer(LatestDeadline(C), 60.0),
-            Sent("b", "FetchMerged"),
+            Asked("b"),  # both participants at once, for the manifest
+            Asked("c"),
             Timer(LatestStall(C, 1, 1), 10.0),
-            Said("fetching the swarm's model of round 1 from b"),
-            Logged("info", "fetching the swarm's model of round 1 from b"),
+            Said("fetching the swarm's model of round 1 from b, c"),
+            Logged("info", "fetching the swarm's model of round 1 from b, c"),
         ],
     ),
-    Row(  # b holds it no more: c at once
-        Unavailable("b"),
+    Row(Unavailable("b"), [Timer(LatestStall(C, 1, 1), 10.0)]),  # b holds it no more
+]
+TICK = FetchTick(C, 1)
+#: b and c finish round 1 without a (it heard no piece): at the deadline a fetches the model
+#: from both at once, asking each for the manifest first.
+MISSED = [
+    Row(Sync(), CHECKING_IN),
+    Row(Block(checkins=("b", "c")), [*ATTEMPT_1, *TO_B_AND_C, WITH_3]),
+    Row(Block(merged=("b", "c")), [], {"ledger": EXCHANGING}),  # a hears no piece
+    Row(
+        Block(after_ms=11_000),
         [
-            Sent("c", "FetchMerged"),
-            Timer(LatestStall(C, 1, 2), 10.0),
-            Said("fetching the swarm's model of round 1 from c"),
-            Logged("info", "fetching the swarm's model of round 1 from c"),
+            Asked("b"),
+            Asked("c"),
+            Timer(TICK, 10.0),
+            Said("round 1: fetching the merged model from b, c"),
         ],
+        {"ledger": DONE, "attempt": -1, "fetching": (("b", "c"), 0, 1)},
     ),
 ]
+LIES = "its chunk 3 does not match the ledger's root (bad hash)"
+BAD_MANIFEST = Logged(
+    "warning",
+    "round 1: c: its manifest of the model does not match the ledger's root; asking the others",
+)
+NOT_FETCHED = (
+    "the merged model could not be fetched: no source sent it (0/6 chunks from 2 peer(s) in"
+    " 3 pass(es))"
+)
+PAST_DEADLINE = (
+    "the merged model could not be fetched: not complete by its deadline (1/6 chunks from"
+    " 2 peer(s) in 2 pass(es))"
+)
 NO_PEER = "no peer holds the swarm's model of round 1 any more"
 
 MANIFEST, CHUNKS, PIECES = RoundPart.MANIFEST, RoundPart.CHUNKS, RoundPart.PIECES
@@ -821,7 +886,18 @@ TABLES: dict[str, Table] = {
                 {"pieces": ["a", "b"], "reported": True},
             ),
             Row(Block(merged=("b",)), [Done(2)], {"ledger": DONE, "finished": True}),
-            Row(Asks("b"), [Sent("b", "MergedPiece", 0, -1)]),  # kept for peers that fetch it
+            Row(  # kept for peers that fetch it: its manifest, and the chunks asked for
+                Asks("b", indexes=(0, 5)),
+                [
+                    Sent("b", "RoundManifest", None, -1),
+                    Sent("b", "MergedPiece", 0, -1),
+                    Sent("b", "MergedPiece", 320, -1),
+                ],
+            ),
+            Row(
+                Asks("b", indexes=(6,)),  # no such chunk: garbage
+                [Logged("info", "round 1: dropped a malformed ask for the merged model from b")],
+            ),
             Row(Asks("b", 2), [Sent("b", "MergedUnavailable")]),
             Row(Fire(AttemptDeadline(C, 1, 1)), [], {"finished": True}),  # over: nothing to do
         ],
@@ -1006,38 +1082,96 @@ TABLES: dict[str, Table] = {
             ),
         ],
     ),
-    "a_node_that_missed_the_merge_fetches_it": Table(
+    "a_node_that_missed_the_merge_fetches_it_from_several_peers": Table(
         3,
         [
-            Row(Sync(), CHECKING_IN),
-            Row(Block(checkins=("b", "c")), [*ATTEMPT_1, *TO_B_AND_C, WITH_3]),
-            Row(Block(merged=("b", "c")), [], {"ledger": EXCHANGING}),  # a hears no piece
-            Row(  # at the deadline b and c agree: DONE without a, which fetches the model
-                Block(after_ms=11_000),
-                [
-                    Sent("b", "FetchMerged"),
-                    Timer(FetchTry(C, 1, 1), 10.0),
-                    Said("round 1: fetching the merged model from b (try 1/4)"),
-                ],
-                {"ledger": DONE, "attempt": -1, "fetching": ("b", 1)},
-            ),
+            *MISSED,
             Row(AsksAgain("b", CHUNKS, (2,), attempt=-1), []),  # a fetch is no attempt
-            Row(  # b holds it no more: the next peer after a backoff
+            Row(  # the chunks split between the two, each checked against the manifest
+                FetchedManifest("b"),
+                [Asked("b", (0, 1, 2)), Asked("c", (3, 4, 5))],
+                {"fetching": (("b", "c"), 0, 1)},
+            ),
+            Row(Fetched("b", 0), [], {"fetching": (("b", "c"), 1, 1)}),
+            Row(  # c lies: dropped for good, its chunks asked of b as b's window frees
+                Fetched("c", 3, bad=True),
+                [
+                    Logged("warning", f"round 1: c: {LIES}; asking the others"),
+                    Asked("b", (3,)),
+                    Timer(TICK, 10.0),
+                ],
+                {"fetching": (("b",), 1, 1)},
+            ),
+            Row(Fetched("c", 4), [], {"fetching": (("b",), 1, 1)}),  # not asked of it now
+            Row(Fetched("b", 1), [Asked("b", (4,))]),
+            Row(Fetched("b", 2), [Asked("b", (5,))]),
+            *[Row(Fetched("b", i), []) for i in (3, 4)],
+            Row(Fetched("b", 5), [Done(3)], {"finished": True}),  # the ledger's root
+            Row(Fire(TICK), []),  # its timer: over
+        ],
+    ),
+    "a_fetch_no_peer_answers_ends_in_bounded_passes": Table(
+        3,
+        [
+            *MISSED,
+            Row(Unavailable("b"), [Timer(TICK, 10.0)], {"fetching": (("c",), 0, 1)}),
+            Row(  # no source left: the next pass after a backoff
+                Unavailable("c"), [Timer(TICK, 1.0)], {"fetching": ((), 0, 1)}
+            ),
+            Row(Fire(TICK), [Asked("b"), Asked("c"), Timer(TICK, 10.0)]),
+            Row(FetchedManifest("c", bad=True), [BAD_MANIFEST, Timer(TICK, 10.0)]),
+            Row(Unavailable("b"), [Timer(TICK, 2.0)], {"fetching": ((), 0, 2)}),
+            Row(Fire(TICK), [Asked("b"), Timer(TICK, 10.0)]),  # c is not asked again
+            Row(
                 Unavailable("b"),
-                [Timer(FetchTry(C, 1, 1), 1.0)],
-                {"fetching": ("", 1)},
+                [
+                    Logged("warning", f"round 1: {NOT_FETCHED}"),
+                    Failed(NOT_FETCHED),
+                ],
+                {"finished": True},
+            ),
+            Row(Block(), [], {"finished": True}),  # and it stays over
+        ],
+    ),
+    "a_fetch_drops_a_stalled_peer_and_ends_at_its_deadline": Table(
+        3,
+        [
+            *MISSED,
+            Row(FetchedManifest("b"), [Asked("b", (0, 1, 2)), Asked("c", (3, 4, 5))]),
+            Row(Fetched("b", 0), []),
+            Row(  # c sent nothing in a stall period: its chunks go to b
+                Fire(TICK),
+                [
+                    Logged(
+                        "warning",
+                        "round 1: c sent nothing of the merged model in 10 s; asking the others",
+                    ),
+                    Asked("b", (3,)),
+                    Timer(TICK, 10.0),
+                ],
+                {"fetching": (("b",), 1, 1)},
+            ),
+            Row(Fetched("c", 4), []),  # late, from a dropped source: not taken
+            Row(  # b stalls too: the next pass after a backoff, up to the deadline (31 s)
+                Fire(TICK),
+                [
+                    Logged(
+                        "warning",
+                        "round 1: b sent nothing of the merged model in 10 s; asking the others",
+                    ),
+                    Timer(TICK, 1.0),
+                ],
             ),
             Row(
-                Fire(FetchTry(C, 1, 1)),
-                [
-                    Sent("c", "FetchMerged"),
-                    Timer(FetchTry(C, 1, 2), 10.0),
-                    Said("round 1: fetching the merged model from c (try 2/4)"),
-                ],
-                {"fetching": ("c", 2)},
+                Fire(TICK),
+                [Asked("b", (1, 2, 3)), Asked("c", (4, 5)), Timer(TICK, 10.0)],
+                {"fetching": (("b", "c"), 1, 2)},
             ),
-            Row(Piece("c", attempt=-1), [Done(3)], {"finished": True}),  # the ledger's root
-            Row(Fire(FetchTry(C, 1, 2)), []),  # its stall timer: over
+            Row(
+                Fire(TICK),
+                [Logged("warning", f"round 1: {PAST_DEADLINE}"), Failed(PAST_DEADLINE)],
+                {"finished": True},
+            ),
         ],
     ),
     "a_late_trainer_gets_the_latest_model": Table(
@@ -1045,7 +1179,9 @@ TABLES: dict[str, Table] = {
         [
             Row(Latest(), [Timer(LatestDeadline(C), 60.0), Model(0)]),  # none finished yet
             *LATE,
-            Row(Piece("c", attempt=-1), [Model(1)]),  # its root is the ledger's
+            Row(FetchedManifest("c"), [Asked("c", (0, 1, 2, 3, 4, 5))]),
+            *[Row(Fetched("c", i), []) for i in range(5)],
+            Row(Fetched("c", 5), [Model(1)]),  # every chunk matched the ledger's root
             Row(Fire(LatestDeadline(C)), []),  # answered: nothing to end
         ],
     ),
@@ -1054,10 +1190,11 @@ TABLES: dict[str, Table] = {
         [
             *LATE,
             Row(  # c sends nothing: no peer left, the fetch waits for a newer round
-                Fire(LatestStall(C, 1, 2)),
+                Fire(LatestStall(C, 1, 1)),
                 [
                     Logged(
-                        "warning", "c sent none of round 1's model in 10 s; trying the next peer"
+                        "warning",
+                        "round 1: c sent nothing of the merged model in 10 s; asking the others",
                     ),
                     Said(f"{NO_PEER}; waiting for the next round to finish"),
                     Logged("info", f"{NO_PEER}; waiting for the next round to finish"),
@@ -1300,7 +1437,7 @@ def test_timer_tags_are_values_of_their_kind() -> None:
     assert ProgressDue(C, 1) == ProgressDue(C, 1)
     assert len({ProgressDue(C, 1), SyncTimeout(C, 1), GoneWait(C, 1), ProgressDue(C, 2)}) == 4
     assert len({AttemptDeadline(C, 1, 2), AttemptHalfway(C, 1, 2)}) == 2
-    assert repr(FetchTry("x", 3, 1)) == "FetchTry(contract='x', round=3, tries=1)"
+    assert repr(FetchTick("x", 3)) == "FetchTick(contract='x', round=3)"
 
 
 @settings(max_examples=40, deadline=None)

@@ -222,13 +222,14 @@ class Assembler:
             self.held_count += 1
         self.received_bytes += size
 
-    def offer(self, index: int, data: BytesLike) -> Verdict:
-        """Check a received chunk and, if it is good, copy it in and mark it held."""
+    def offer(self, index: int, data: BytesLike, digest: bytes | None = None) -> Verdict:
+        """Check a received chunk and, if it is good, copy it in and mark it held
+        (``digest``: its hash, when the driver hashed it as it arrived)."""
         size = len(data)
         problem = self.check(index, size)
         if problem is None:
             expected = self.manifest.chunk_hashes[index]
-            if content_digest(data) != expected:
+            if (content_digest(data) if digest is None else digest) != expected:
                 problem = Verdict.BAD_HASH
         if problem is not None:
             self.received_bytes += size

@@ -105,7 +105,7 @@ from swarmlearn.roles.sl.messages import (
     chunk_cuts,
     cuts_within,
     handover_file,
-    merged_root,
+    merged_hashes,
     note_digest,
     range_out,
     specs_of,
@@ -127,7 +127,7 @@ from swarmlearn.roles.sl.timers import (
     AttemptHalfway,
     CheckInDue,
     CloseDue,
-    FetchTry,
+    FetchTick,
     GoneWait,
     LatestDeadline,
     LatestStall,
@@ -234,6 +234,13 @@ class SLRoundCore:
                 effects = [e for r in list(self.rounds.values()) for e in self._follow(r, now)]
                 return effects + self.sessions.start_queued(now) + self.latest.follow(now)
             case Receive(
+                sender,
+                RoundManifest(attempt=-1) | MergedPiece(attempt=-1) | MergedUnavailable() as m,
+            ):
+                return self._fetched(sender, m, None, now)  # a merged model being fetched
+            case Request(Hashed(sender, MergedPiece(attempt=-1) as piece, digest)):
+                return self._fetched(sender, piece, digest, now)
+            case Receive(
                 sender, RoundManifest() | RoundChunk() | MergedPiece() | MergePartials() as message
             ):
                 if is_early(self.rounds, message):
@@ -254,12 +261,10 @@ class SLRoundCore:
                 return [SubmitSigned(self.sign(perf))]
             case Receive(sender, FetchMerged() as fetch):
                 return self.kept.serve(sender, fetch)
-            case Receive(_, MergedUnavailable()):  # for a round's model, or a late joiner's
-                return self.ends.handle(event, now) + self.latest.handle(event, now)
             case TimerFired(CheckInDue(contract, number)):
                 state = self.rounds.get((contract, number))
                 return [] if state is None else self._follow(state, now, resend_due=True)
-            case TimerFired(ProgressDue() | SyncTimeout() | CloseDue() | FetchTry()):
+            case TimerFired(ProgressDue() | SyncTimeout() | CloseDue() | FetchTick()):
                 return self.ends.handle(event, now)
             case TimerFired(AttemptHalfway() | AttemptDeadline()):
                 return self.ends.handle(event, now)
@@ -270,6 +275,25 @@ class SLRoundCore:
             case Request(FetchLatest()) | TimerFired(LatestStall() | LatestDeadline()):
                 return self.latest.handle(event, now)  # a trainer that joins late
         return []
+
+    def _fetched(
+        self,
+        sender: NodeId,
+        message: RoundManifest | MergedPiece | MergedUnavailable,
+        digest: bytes | None,
+        now: float,
+    ) -> list[SLEffect]:
+        """A fetched merged model's manifest or chunk, for the fetch that asked ``sender``
+        for it (a late trainer's, roles/sl/latest.py, or a round's, roles/sl/ends.py); a
+        ``MergedUnavailable`` goes to both."""
+        effects: list[SLEffect] = []
+        for part in (self.latest, self.ends):
+            answer = part.fetched(sender, message, digest, now)
+            if answer is not None:
+                effects += answer
+                if not isinstance(message, MergedUnavailable):
+                    break
+        return effects
 
     def _dispatch(
         self,
@@ -403,7 +427,7 @@ class SLRoundCore:
         if record.status == RoundStatus.FAILED:
             return [self.book.failed(state, record.reason)]
         if record.status == RoundStatus.DONE:
-            return self.ends.done(state, record)
+            return self.ends.done(state, record, now)
         if state.attempt is None or state.attempt.number != record.attempt:
             return self._start_attempt(state, record, now)
         return []
@@ -575,15 +599,10 @@ class SLRoundCore:
         return effects
 
     def _on_piece(self, sender: str, p: MergedPiece, digest: bytes | None) -> list[SLEffect]:
-        if p.attempt == -1 and (fetched := self.latest.piece(sender, p)) is not None:
-            return fetched  # the latest model, fetched for a trainer (roles/sl/latest.py)
         state = self.rounds.get((p.contract, p.round))
-        if state is None:
-            return []
-        if p.attempt == -1:  # a fetched merged model (see _serve)
-            return self.ends.fetched(sender, state, p)
         if (
-            state.attempt is None
+            state is None
+            or state.attempt is None
             or state.attempt.number != p.attempt
             or sender not in state.attempt.participants
         ):
@@ -635,9 +654,10 @@ class SLRoundCore:
         if len(attempt.pieces) < len(attempt.participants) or attempt.reported:
             return shed
         attempt.reported = True
-        root = merged_root(layout, attempt.merged, attempt.digests)
+        hashes = merged_hashes(layout, attempt.merged, attempt.digests)
+        root = manifest_root(layout, hashes)
         state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
-        self.book.keep(state.contract, state.number, root, state.merged)
+        self.book.keep(state.contract, state.number, root, state.merged, layout, hashes)
         report = Merged(state.contract, state.number, attempt.number, root, state.generation)
         return [
             *shed,

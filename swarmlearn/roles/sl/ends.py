@@ -5,36 +5,37 @@ passed).
 
 When the ledger holds the round DONE with a root, a participant whose merged bytes have that
 root delivers them to the trainer (:class:`RoundDone`); one that lacks them (late, restarted,
-dissenting) sends ``FetchMerged`` to a participant that agreed, takes the pieces into a new
-buffer and delivers them only if their manifest root is the ledger's. That fetch is bounded
-(``FETCH_TRIES`` peers asked in turn, a backoff after each that holds the model no more, a
-stall timer on each): then the round fails for this node, its trainer keeps its weights and
-joins the next round. (Before, a node paused past a round's deadline asked again at every
-block for minutes, and its trainer stayed blocked.) Either way the model is
-kept to serve other fetchers (:class:`~swarmlearn.roles.sl.merged.KeptModels`). Ending a
-round lets go of the trainer's weights (a view of its handover file).
+dissenting) fetches them from the participants that agreed, several at once, every chunk
+checked against the ledger's root (:class:`~swarmlearn.roles.sl.fetch.ModelFetch`: sources
+that stall, lack the model or lie are dropped and their chunks asked of the others;
+``FETCH_TRIES`` passes over the sources, a deadline from the model's size). When the fetch
+fails, the round fails for this node: its trainer keeps its weights and joins the next round.
+(Before, a node paused past a round's deadline asked again at every block for minutes, and
+its trainer stayed blocked.) Either way the model is kept to serve other fetchers
+(:class:`~swarmlearn.roles.sl.merged.KeptModels`). Ending a round lets go of the trainer's
+weights (a view of its handover file).
 
 :class:`RoundEnds` takes the timers that end a wait or an attempt (the round short of
 minPeers, the trainer's syncTimeout, the close of the round, an attempt's halfway beat and
-deadline) and the merged-model fetch's inputs (its timers, ``MergedUnavailable``).
+deadline) and the merged-model fetch's inputs (its timer, the model's manifest and chunks,
+``MergedUnavailable``).
 """
 
 from __future__ import annotations
 
 from swarmlearn.consensus.ledger.rounds import RoundRecord, RoundStatus
 from swarmlearn.consensus.ledger.txs import CheckOut, Heartbeat
-from swarmlearn.merge import build_manifest
+from swarmlearn.roles.sl.fetch import BACKOFF_S, STALL_S, ModelFetch, deadline_s
 from swarmlearn.roles.sl.messages import (
-    FetchMerged,
     MergedPiece,
     MergedUnavailable,
     RoundDone,
+    RoundManifest,
     SLEffect,
     SubmitSigned,
 )
 from swarmlearn.roles.sl.state import (
     Attempt,
-    MergedFetch,
     RoundBook,
     RoundState,
     global_waiting,
@@ -43,23 +44,22 @@ from swarmlearn.roles.sl.timers import (
     AttemptDeadline,
     AttemptHalfway,
     CloseDue,
-    FetchTry,
+    FetchTick,
     ProgressDue,
     SyncTimeout,
 )
-from swarmlearn.sansio import Deliver, Input, Log, NodeId, Receive, Send, SetTimer, TimerFired
+from swarmlearn.sansio import Deliver, Input, Log, NodeId, SetTimer, TimerFired
 
 #: While a round waits for minPeers check-ins, the trainer hears so this often.
 WAIT_PROGRESS_S = 30.0
 #: A node's attempt timers fire this long after the ledger's deadline for it.
 DEADLINE_MARGIN_S = 0.5
-#: Fetching a round's merged model (this node missed it: paused, late, dissenting): peers
-#: asked in turn, at most this many tries; a peer that sends nothing for ``FETCH_STALL_S`` is
-#: passed over, one that holds it no more is followed by the next after a backoff that
-#: doubles from ``FETCH_BACKOFF_S``. Then the round fails here (the trainer keeps its weights).
-FETCH_TRIES = 4
-FETCH_STALL_S = 10.0
-FETCH_BACKOFF_S = 1.0
+#: Fetching a round's merged model (this node missed it: paused, late, dissenting): passes
+#: over the participants (roles/sl/fetch.py: each pass asks them all, several at once; the
+#: next one after a backoff). Then, or at its deadline, the round fails here.
+FETCH_TRIES = 3
+FETCH_STALL_S = STALL_S
+FETCH_BACKOFF_S = BACKOFF_S
 
 
 class RoundEnds:
@@ -70,10 +70,8 @@ class RoundEnds:
 
     def handle(self, event: Input, now: float) -> list[SLEffect]:
         match event:
-            case Receive(sender, MergedUnavailable() as unavailable):
-                return self._fetch_unavailable(sender, unavailable)
-            case TimerFired(FetchTry(contract, number, tries)):
-                return self._fetch_timer(contract, number, tries)
+            case TimerFired(FetchTick(contract, number)):
+                return self._fetch_tick(contract, number, now)
             case TimerFired(ProgressDue(contract, number)):
                 return self._waiting(contract, number, now, expired=False)
             case TimerFired(SyncTimeout(contract, number)):
@@ -84,7 +82,7 @@ class RoundEnds:
                 return self._deadline(contract, number, attempt, now)
         return []
 
-    def done(self, state: RoundState, record: RoundRecord) -> list[SLEffect]:
+    def done(self, state: RoundState, record: RoundRecord, now: float) -> list[SLEffect]:
         assert record.merged_root is not None
         if state.merged_root == record.merged_root and state.merged is not None:
             flat = state.merged
@@ -94,7 +92,9 @@ class RoundEnds:
             ):
                 # A dissenting or silent participant (or a late joiner) will fetch it, and the
                 # trainer is about to write its next weights over this file: a copy.
-                self.book.keep(state.contract, state.number, record.merged_root, bytearray(flat))
+                layout = state.contribution.layout
+                copy = bytearray(flat)
+                self.book.keep(state.contract, state.number, record.merged_root, copy, layout)
             self.book.kept.wanted.discard(state.contract)
             self.book.finish(state)
             done = RoundDone(
@@ -117,92 +117,81 @@ class RoundEnds:
             return [self.book.failed(state, "no peer holds the merged model")]
         self.book.drop_file_views(state)
         state.merged = None
-        state.attempt = Attempt(
-            -1,
-            record.participants,
-            -1,
-            None,
-            merged=bytearray(state.contribution.layout.total_bytes),
+        layout = state.contribution.layout
+        fetch = ModelFetch(
+            state.contract,
+            state.number,
+            record.merged_root,
+            layout,
+            sources,
+            FetchTick(state.contract, state.number),
+            passes=FETCH_TRIES,
+            deadline=now + deadline_s(layout.total_bytes),
         )
-        state.fetch = MergedFetch(sources)
-        return self._fetch_next(state)
+        state.attempt = Attempt(-1, record.participants, -1, None, merged=fetch.buffer)
+        state.fetch = fetch
+        effects = fetch.start(now)
+        text = (
+            f"round {state.number}: fetching the merged model from"
+            f" {', '.join(p[:8] for p in fetch.asking())}"
+        )
+        return [*effects, self.book.progress(state, text), *self._fetch_over(state)]
 
-    def _fetch_next(self, state: RoundState) -> list[SLEffect]:
-        """Ask the next peer for the round's merged model; after ``FETCH_TRIES`` tries the
-        round fails for this node (the trainer keeps its weights and joins the next round)."""
-        fetch, attempt = state.fetch, state.attempt
+    def fetched(
+        self,
+        sender: NodeId,
+        message: RoundManifest | MergedPiece | MergedUnavailable,
+        digest: bytes | None,
+        now: float,
+    ) -> list[SLEffect] | None:
+        """A fetched merged model's manifest or chunk (``digest``: hashed by a lane), or a
+        peer's ``MergedUnavailable`` (None: not for a round's fetch)."""
+        state = self.book.rounds.get((message.contract, message.round))
+        fetch = None if state is None or state.finished else state.fetch
+        if (
+            state is None
+            or fetch is None
+            or not fetch.expects(sender, getattr(message, "start", None))
+        ):
+            return None
+        match message:
+            case RoundManifest(chunk_hashes=hashes):
+                effects = fetch.manifest(sender, hashes, now)
+            case MergedPiece(start=start, data=data):
+                effects = fetch.piece(sender, start, data, digest, now)
+            case MergedUnavailable():
+                effects = fetch.unavailable(sender, now)
+            case _:
+                return None
+        return effects + self._fetch_over(state)
+
+    def _fetch_tick(self, contract: str, number: int, now: float) -> list[SLEffect]:
+        state = self.book.rounds.get((contract, number))
+        fetch = None if state is None or state.finished else state.fetch
+        if state is None or fetch is None:
+            return []
+        return fetch.tick(now) + self._fetch_over(state)
+
+    def _fetch_over(self, state: RoundState) -> list[SLEffect]:
+        """After an input to the round's fetch: the model is delivered once complete (every
+        chunk matched the ledger's root), the round fails here once the fetch has failed
+        (the trainer keeps its weights and joins the next round)."""
+        fetch = state.fetch
         assert fetch is not None
-        assert attempt is not None
-        if fetch.tries >= FETCH_TRIES:
-            reason = (
-                f"the merged model could not be fetched from {len(fetch.sources)} peer(s)"
-                f" in {fetch.tries} tries"
-            )
+        if fetch.failure:
+            reason = f"the merged model could not be fetched: {fetch.failure}"
             return [
                 Log(f"round {state.number}: {reason}", "warning"),
                 self.book.failed(state, reason),
             ]
-        fetch.source = fetch.sources[fetch.tries % len(fetch.sources)]
-        fetch.tries += 1
-        fetch.seen = attempt.bytes_from[-1] = 0
-        tag = FetchTry(state.contract, state.number, fetch.tries)
-        text = (
-            f"round {state.number}: fetching the merged model from {fetch.source[:8]}"
-            f" (try {fetch.tries}/{FETCH_TRIES})"
-        )
-        return [
-            Send(fetch.source, FetchMerged(state.contract, state.number)),
-            SetTimer(tag, FETCH_STALL_S),
-            self.book.progress(state, text),
-        ]
-
-    def _fetch_unavailable(self, sender: NodeId, m: MergedUnavailable) -> list[SLEffect]:
-        """The peer asked holds the model no more: the next one, after a backoff."""
-        state = self.book.rounds.get((m.contract, m.round))
-        fetch = None if state is None or state.finished else state.fetch
-        if state is None or fetch is None or sender != fetch.source:
+        if not fetch.complete:
             return []
-        fetch.source = ""  # its stall timer drops out
-        if fetch.tries >= FETCH_TRIES:
-            return self._fetch_next(state)  # the last try: the round fails now
-        backoff_s = FETCH_BACKOFF_S * 2 ** (fetch.tries - 1)
-        return [SetTimer(FetchTry(m.contract, m.round, fetch.tries), backoff_s)]
-
-    def _fetch_timer(self, contract: str, number: int, tries: int) -> list[SLEffect]:
-        """A try's stall timer (nothing came for ``FETCH_STALL_S``) or its backoff ended."""
-        state = self.book.rounds.get((contract, number))
-        fetch = None if state is None or state.finished else state.fetch
-        if state is None or fetch is None or tries != fetch.tries or state.attempt is None:
-            return []
-        got = state.attempt.bytes_from.get(-1, 0)
-        if fetch.source and got > fetch.seen:  # still coming
-            fetch.seen = got
-            return [SetTimer(FetchTry(contract, number, tries), FETCH_STALL_S)]
-        if fetch.source:
-            text = f"round {number}: {fetch.source[:8]} sent none of the merged model in time"
-            return [Log(text, "warning"), *self._fetch_next(state)]
-        return self._fetch_next(state)
-
-    def fetched(self, sender: NodeId, state: RoundState, p: MergedPiece) -> list[SLEffect]:
-        attempt, fetch = state.attempt, state.fetch
-        if attempt is None or attempt.number != -1 or state.finished or fetch is None:
-            return []
-        if sender != fetch.source:
-            return []  # an earlier try's peer
-        if not 0 <= p.start <= len(attempt.merged) - len(p.data):
-            return [Log(f"round {state.number}: a fetched piece outside the model", "warning")]
-        attempt.merged[p.start : p.start + len(p.data)] = p.data
-        attempt.bytes_from[-1] = attempt.bytes_from.get(-1, 0) + len(p.data)
-        if attempt.bytes_from[-1] < len(attempt.merged):
-            return []
-        record = self.book.record(state)
-        root = build_manifest(state.contribution.layout, attempt.merged).root
-        if record is None or root != record.merged_root:
-            text = f"round {state.number}: the model from {sender[:8]} does not match the ledger"
-            return [Log(text, "warning"), *self._fetch_next(state)]
+        root = fetch.root
         self.book.finish(state)
-        state.merged_root, state.merged = root, attempt.merged  # no copy: the attempt is over
-        self.book.keep(state.contract, state.number, root, state.merged)
+        state.merged_root, state.merged = root, fetch.buffer  # no copy: the fetch is over
+        self.book.keep(
+            state.contract, state.number, root, state.merged, fetch.layout, fetch.hashes()
+        )
         record = self.book.record(state)
         over = record is not None and record.all_final
         count = 0 if record is None else len(record.participants)

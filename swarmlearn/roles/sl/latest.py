@@ -9,11 +9,10 @@ its model's layout); the SL round core (:mod:`swarmlearn.roles.sl.core`) answers
 2. a model whose tensors differ from the contract's fails at once, naming the tensor;
 3. the ledger's latest DONE round of the contract with a merged root is the one fetched; none
    yet: the answer is round 0 (the trainer starts from its own weights);
-4. the model held here (the node took part) is delivered at once; else ``FetchMerged`` goes to
-   a participant that reported the ledger's root, one at a time. The pieces (``MergedPiece``,
-   attempt -1) are assembled in a buffer, and the whole model is delivered only if its
-   manifest root is the ledger's; a peer whose bytes have another root, that answers
-   ``MergedUnavailable`` or sends nothing for ``STALL_S`` is passed over for the next;
+4. the model held here (the node took part) is delivered at once; else it is fetched from
+   the participants that reported the ledger's root, several at once, every chunk checked
+   against that root (:class:`~swarmlearn.roles.sl.fetch.ModelFetch`: a peer that lies,
+   stalls or answers ``MergedUnavailable`` is dropped and its chunks asked of the others);
 5. when no participant holds it any more (they free a model every participant has once the
    next round starts; one merged in a handover file is not kept at all), the fetch waits for
    the next round to finish: the peers that answered ``MergedUnavailable`` keep a copy of
@@ -27,20 +26,20 @@ why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from swarmlearn.consensus.ledger.app import SwarmApp
 from swarmlearn.consensus.ledger.rounds import RoundRecord, RoundStatus, layout_difference
-from swarmlearn.merge import build_manifest
 from swarmlearn.merge.manifest import Layout
+from swarmlearn.roles.sl.fetch import ModelFetch
 from swarmlearn.roles.sl.messages import (
     FetchLatest,
-    FetchMerged,
     LatestFailed,
     LatestModel,
     LatestProgress,
     MergedPiece,
     MergedUnavailable,
+    RoundManifest,
     SLEffect,
     specs_of,
 )
@@ -51,15 +50,10 @@ from swarmlearn.sansio import (
     Input,
     Log,
     NodeId,
-    Receive,
     Request,
-    Send,
     SetTimer,
     TimerFired,
 )
-
-#: A peer that sends none of the model for this long is passed over for the next one.
-STALL_S = 10.0
 
 
 @dataclass
@@ -71,12 +65,8 @@ class LatestFetch:
     deadline: float
     number: int = 0  # the round whose model is fetched (0: none chosen yet)
     root: bytes = b""  # the ledger's root of it
-    sources: list[NodeId] = field(default_factory=list)  # the peers not asked yet
-    source: NodeId = ""  # the peer asked now ("": none left, waiting for a newer round)
-    buffer: bytearray = field(default_factory=bytearray)
-    got: int = 0  # bytes from the current source
-    seen: int = 0  # ``got`` when the stall timer last looked
-    tries: int = 0  # one per source asked: stale stall timers drop out
+    fetch: ModelFetch | None = None  # None: none started; failed: waiting for a newer round
+    tries: int = 0  # fetches started (a timer of an earlier one drops out)
     said: str = ""  # the latest progress line
 
 
@@ -102,12 +92,10 @@ class LatestModels:
         match event:
             case Request(FetchLatest() as ask):
                 return self._asked(ask, now)
-            case Receive(sender, MergedUnavailable() as unavailable):
-                return self._unavailable(sender, unavailable)
             case TimerFired(LatestDeadline(contract)):
                 return self._deadline(contract, now)
-            case TimerFired(LatestStall(contract, _, tries)):
-                return self._stalled(contract, tries)
+            case TimerFired(LatestStall(contract, number, tries)):
+                return self._tick(contract, number, tries, now)
         return []
 
     def _asked(self, ask: FetchLatest, now: float) -> list[SLEffect]:
@@ -143,60 +131,67 @@ class LatestModels:
             flat = held[1] if isinstance(held[1], bytearray) else bytes(held[1])
             model = LatestModel(fetch.contract, record.number, record.merged_root, flat)
             return self._end(fetch, model)
-        fetch.sources = [
+        sources = [
             p
             for p in record.participants
             if p != self.book.me and record.merged.get(p) == record.merged_root
         ]
-        fetch.buffer = bytearray(fetch.layout.total_bytes)
-        return self._next(fetch)
+        fetch.tries += 1
+        tag = LatestStall(fetch.contract, fetch.number, fetch.tries)
+        inner = ModelFetch(fetch.contract, fetch.number, fetch.root, fetch.layout, sources, tag)
+        fetch.fetch = inner
+        effects = inner.start(now)
+        if inner.asking():
+            names = ", ".join(p[:8] for p in inner.asking())
+            effects += self._say(
+                fetch, f"fetching the swarm's model of round {fetch.number} from {names}"
+            )
+        return effects + self._after(fetch)
 
-    def _next(self, fetch: LatestFetch) -> list[SLEffect]:
-        """Ask the next peer for the model; none left: wait for a newer round."""
-        fetch.got, fetch.seen, fetch.tries = 0, 0, fetch.tries + 1
-        if not fetch.sources:
-            fetch.source = ""
+    def fetched(
+        self,
+        sender: NodeId,
+        message: RoundManifest | MergedPiece | MergedUnavailable,
+        digest: bytes | None,
+        now: float,
+    ) -> list[SLEffect] | None:
+        """A fetched model's manifest or chunk (``digest``: hashed by a lane), or a peer's
+        ``MergedUnavailable`` (None: not for a latest fetch)."""
+        fetch = self.fetches.get(message.contract)
+        inner = None if fetch is None else fetch.fetch
+        if fetch is None or inner is None or message.round != fetch.number:
+            return None
+        if not inner.expects(sender, getattr(message, "start", None)):
+            return None
+        match message:
+            case RoundManifest(chunk_hashes=hashes):
+                effects = inner.manifest(sender, hashes, now)
+            case MergedPiece(start=start, data=data):
+                effects = inner.piece(sender, start, data, digest, now)
+            case MergedUnavailable():
+                effects = inner.unavailable(sender, now)
+        return effects + self._after(fetch)
+
+    def _after(self, fetch: LatestFetch) -> list[SLEffect]:
+        """The model is delivered once complete; when no peer sent it, the fetch waits for
+        a newer round."""
+        inner = fetch.fetch
+        assert inner is not None
+        if inner.complete:
+            hashes = inner.hashes()
+            self.book.keep(
+                fetch.contract, fetch.number, fetch.root, inner.buffer, fetch.layout, hashes
+            )
+            return self._end(
+                fetch, LatestModel(fetch.contract, fetch.number, fetch.root, inner.buffer)
+            )
+        if inner.failure:
             return self._say(
                 fetch,
                 f"no peer holds the swarm's model of round {fetch.number} any more;"
                 " waiting for the next round to finish",
             )
-        fetch.source = fetch.sources.pop(0)
-        tag = LatestStall(fetch.contract, fetch.number, fetch.tries)
-        return [
-            Send(fetch.source, FetchMerged(fetch.contract, fetch.number)),
-            SetTimer(tag, STALL_S),
-            *self._say(
-                fetch, f"fetching the swarm's model of round {fetch.number} from {fetch.source[:8]}"
-            ),
-        ]
-
-    def piece(self, sender: NodeId, p: MergedPiece) -> list[SLEffect] | None:
-        """A piece of the model being fetched (None: not for a latest fetch)."""
-        fetch = self.fetches.get(p.contract)
-        if fetch is None or p.round != fetch.number or sender != fetch.source or not sender:
-            return None
-        if not 0 <= p.start <= len(fetch.buffer) - len(p.data):
-            return [Log(f"round {p.round}: a fetched piece outside the model", "warning")]
-        fetch.buffer[p.start : p.start + len(p.data)] = p.data
-        fetch.got += len(p.data)
-        if fetch.got < len(fetch.buffer):
-            return []
-        root = build_manifest(fetch.layout, fetch.buffer).root
-        if root != fetch.root:
-            text = (
-                f"round {fetch.number}: the model from {sender[:8]} does not match the"
-                " ledger's root; trying the next peer"
-            )
-            return [Log(text, "warning"), *self._next(fetch)]
-        self.book.keep(fetch.contract, fetch.number, root, fetch.buffer)
-        return self._end(fetch, LatestModel(fetch.contract, fetch.number, root, fetch.buffer))
-
-    def _unavailable(self, sender: NodeId, m: MergedUnavailable) -> list[SLEffect]:
-        fetch = self.fetches.get(m.contract)
-        if fetch is None or m.round != fetch.number or sender != fetch.source or not sender:
-            return []
-        return self._next(fetch)
+        return []
 
     def _deadline(self, contract: str, now: float) -> list[SLEffect]:
         fetch = self.fetches.get(contract)
@@ -204,25 +199,23 @@ class LatestModels:
             return []  # (the timer of an earlier fetch)
         return self._end(fetch, LatestFailed(contract, self._why(fetch)))
 
-    def _stalled(self, contract: str, tries: int) -> list[SLEffect]:
+    def _tick(self, contract: str, number: int, tries: int, now: float) -> list[SLEffect]:
         fetch = self.fetches.get(contract)
-        if fetch is None or tries != fetch.tries or not fetch.source:
+        inner = None if fetch is None else fetch.fetch
+        if fetch is None or inner is None or (number, tries) != (fetch.number, fetch.tries):
             return []
-        if fetch.got > fetch.seen:  # still coming
-            fetch.seen = fetch.got
-            return [SetTimer(LatestStall(contract, fetch.number, tries), STALL_S)]
-        text = f"{fetch.source[:8]} sent none of round {fetch.number}'s model in {STALL_S:g} s"
-        return [Log(f"{text}; trying the next peer", "warning"), *self._next(fetch)]
+        return inner.tick(now) + self._after(fetch)
 
     def _why(self, fetch: LatestFetch) -> str:
         if self.book.me not in self.book.app.state.members:
             return "this node has not joined the swarm yet (its ledger is catching up)"
-        if not fetch.source:
+        if fetch.fetch is None or fetch.fetch.failure:
             return (
                 f"no peer holds the swarm's model of round {fetch.number} any more, and no"
                 " round finished since (is the training over?)"
             )
-        return f"round {fetch.number}'s model did not arrive from {fetch.source[:8]} in time"
+        names = ", ".join(p[:8] for p in fetch.fetch.asking())
+        return f"round {fetch.number}'s model did not arrive from {names} in time"
 
     def _say(self, fetch: LatestFetch, text: str) -> list[SLEffect]:
         if text == fetch.said:

@@ -1,9 +1,12 @@
 """Merged models a node keeps after a round, to serve peers that fetch them.
 
 A participant that lacks the merged model the ledger settled on (late, restarted, dissenting)
-sends ``FetchMerged``; a node that holds that round's model answers with 4 MiB
-``MergedPiece`` messages (attempt ``-1``), and the fetcher verifies the whole model against the
-ledger's root (:mod:`swarmlearn.roles.sl.core`). Only the latest ``KEPT_ROUNDS`` rounds per
+fetches it from several peers at once (:mod:`swarmlearn.roles.sl.fetch`): it sends
+``FetchMerged``, and a node that holds that round's model answers with its manifest (the chunk
+hashes, ``RoundManifest`` attempt ``-1``: kept with the model, or hashed once when first
+asked) and the chunks asked for, one ``MergedPiece`` (attempt ``-1``) each, views of the model
+(no copy); an ask for more than ``REQUEST_CHUNKS_MAX`` chunks or for a chunk the model does
+not have is dropped as garbage. Only the latest ``KEPT_ROUNDS`` rounds per
 contract are kept, and one whose every participant reported the ledger's root is freed before
 the next round assembles its model (peak memory: one merged model); one merged in a
 trainer's handover file is not kept at all then (the trainer writes its next weights there).
@@ -16,11 +19,19 @@ from __future__ import annotations
 
 from swarmlearn.consensus.ledger.app import SwarmApp
 from swarmlearn.consensus.ledger.rounds import RoundStatus
-from swarmlearn.roles.sl.messages import FetchMerged, MergedPiece, MergedUnavailable, SLEffect
-from swarmlearn.sansio import NodeId, Send
+from swarmlearn.merge.manifest import Layout, chunk_hashes
+from swarmlearn.roles.sl.messages import (
+    FetchMerged,
+    MergedPiece,
+    MergedUnavailable,
+    RoundManifest,
+    SLEffect,
+)
+from swarmlearn.sansio import Log, NodeId, Send
 
 KEPT_ROUNDS = 2  # merged models kept per contract, for peers that fetch them
-SERVE_PIECE_BYTES = 4 * 1024 * 1024
+#: Chunks one ``FetchMerged`` may ask for (the fetcher's windows stay under it).
+REQUEST_CHUNKS_MAX = 256
 
 Flat = bytearray | memoryview
 
@@ -30,14 +41,36 @@ class KeptModels:
 
     def __init__(self) -> None:
         self.kept: dict[tuple[str, int], tuple[bytes, Flat]] = {}
+        self.layouts: dict[tuple[str, int], Layout] = {}
+        self.hashes: dict[tuple[str, int], tuple[bytes, ...]] = {}  # chunk hashes, once known
         self.wanted: set[str] = set()  # contracts whose next model a peer asked for in vain
+        self.asks_dropped = 0  # malformed asks (peer garbage)
 
-    def keep(self, contract: str, number: int, root: bytes, flat: Flat) -> None:
-        """Serve ``flat`` to peers that fetch it; older rounds' models are let go."""
-        self.kept[(contract, number)] = (root, flat)
+    def keep(
+        self,
+        contract: str,
+        number: int,
+        root: bytes,
+        flat: Flat,
+        layout: Layout,
+        hashes: tuple[bytes, ...] | None = None,
+    ) -> None:
+        """Serve ``flat`` to peers that fetch it (``hashes``: its chunk hashes, when known);
+        older rounds' models are let go."""
+        key = (contract, number)
+        self.kept[key], self.layouts[key] = (root, flat), layout
+        self.hashes.pop(key, None)
+        if hashes is not None:
+            self.hashes[key] = hashes
         mine = sorted(n for c, n in self.kept if c == contract)
         for old in mine[:-KEPT_ROUNDS]:
-            del self.kept[(contract, old)]
+            self.forget(contract, old)
+
+    def forget(self, contract: str, number: int) -> None:
+        key = (contract, number)
+        self.kept.pop(key, None)
+        self.layouts.pop(key, None)
+        self.hashes.pop(key, None)
 
     def settled(self, app: SwarmApp, contract: str, number: int) -> bool:
         """Every participant of the round reported the root the ledger holds: none of them
@@ -60,24 +93,31 @@ class KeptModels:
             if key[0] == contract and key[1] < number and self.settled(app, contract, key[1])
         ]
         for key in freed:
-            del self.kept[key]
+            self.forget(*key)
         return freed
 
     def serve(self, sender: NodeId, fetch: FetchMerged) -> list[SLEffect]:
-        """Answer a peer's ``FetchMerged``: the model in pieces, or ``MergedUnavailable``."""
+        """Answer a peer's ``FetchMerged``: the manifest and the chunks asked for, or
+        ``MergedUnavailable``."""
         contract, number = fetch.contract, fetch.round
-        kept = self.kept.get((contract, number))
+        key = (contract, number)
+        kept = self.kept.get(key)
         if kept is None:
             self.wanted.add(contract)
             return [Send(sender, MergedUnavailable(contract, number))]
-        _, flat = kept
-        view = memoryview(flat)
-        return [
-            Send(
-                sender,
-                MergedPiece(
-                    contract, number, -1, offset, view[offset : offset + SERVE_PIECE_BYTES]
-                ),
-            )
-            for offset in range(0, len(flat), SERVE_PIECE_BYTES)
-        ]
+        layout, view = self.layouts[key], memoryview(kept[1])
+        if len(fetch.indexes) > REQUEST_CHUNKS_MAX or not all(
+            0 <= i < layout.chunk_count for i in fetch.indexes
+        ):
+            self.asks_dropped += 1
+            text = f"round {number}: dropped a malformed ask for the merged model from {sender[:8]}"
+            return [Log(text, "info")]
+        effects: list[SLEffect] = []
+        if fetch.manifest:
+            if key not in self.hashes:
+                self.hashes[key] = chunk_hashes(layout, view)
+            effects.append(Send(sender, RoundManifest(contract, number, -1, self.hashes[key])))
+        for index in fetch.indexes:
+            start, stop = layout.chunk_span(index)
+            effects.append(Send(sender, MergedPiece(contract, number, -1, start, view[start:stop])))
+        return effects

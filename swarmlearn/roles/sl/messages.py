@@ -58,8 +58,14 @@ class MergedPiece(Message, tag=0xA2):
 
 @dataclass(frozen=True)
 class FetchMerged(Message, tag=0xA3):
+    """Ask a peer for a round's merged model (:mod:`swarmlearn.roles.sl.fetch`): its
+    manifest (``RoundManifest``, attempt -1) when ``manifest``, then one ``MergedPiece``
+    (attempt -1) per chunk of ``indexes``; or ``MergedUnavailable``."""
+
     contract: str
     round: int
+    manifest: bool = True
+    indexes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -355,6 +361,13 @@ def note_digest(
 
 def merged_root(layout: Layout, merged: bytearray | memoryview, digests: dict[int, bytes]) -> bytes:
     """The manifest root of the merged model, hashing only the chunks no lane hashed."""
+    return manifest_root(layout, merged_hashes(layout, merged, digests))
+
+
+def merged_hashes(
+    layout: Layout, merged: bytearray | memoryview, digests: dict[int, bytes]
+) -> tuple[bytes, ...]:
+    """The chunk hashes of the merged model, hashing only the chunks no lane hashed."""
     view = memoryview(merged)
     hashes = []
     for chunk in range(layout.chunk_count):
@@ -363,7 +376,7 @@ def merged_root(layout: Layout, merged: bytearray | memoryview, digests: dict[in
             start, stop = layout.chunk_span(chunk)
             known = content_digest(view[start:stop])
         hashes.append(known)
-    return manifest_root(layout, hashes)
+    return tuple(hashes)
 
 
 def chunk_cuts(layout: Layout, start: int, stop: int) -> list[tuple[int, int]]:

@@ -22,10 +22,11 @@ from typing import Any
 from swarmlearn.consensus.ledger.app import SwarmApp
 from swarmlearn.consensus.ledger.rounds import RoundRecord
 from swarmlearn.consensus.ledger.txs import Exclude, TensorSpec
-from swarmlearn.merge import Mean, Method, RangeCollector, RangeMerge
+from swarmlearn.merge import Layout, Mean, Method, RangeCollector, RangeMerge
 from swarmlearn.merge.plan import ShardPlan
 from swarmlearn.merge.sharded import GlobalSteps
 from swarmlearn.p2p.wire import Message
+from swarmlearn.roles.sl.fetch import ModelFetch
 from swarmlearn.roles.sl.merged import KEPT_ROUNDS, Flat, KeptModels
 from swarmlearn.roles.sl.messages import (
     Contribute,
@@ -95,16 +96,6 @@ class Attempt:
 
 
 @dataclass
-class MergedFetch:
-    """Fetching a round's merged model from its participants: bounded tries, with backoff."""
-
-    sources: tuple[str, ...]  # the participants that reported the ledger's root first
-    tries: int = 0  # one per peer asked (stale timers of earlier tries drop out)
-    source: str = ""  # the peer asked now
-    seen: int = 0  # bytes from it when the stall timer last looked
-
-
-@dataclass
 class RoundState:
     contract: str
     number: int
@@ -119,7 +110,7 @@ class RoundState:
     check_in: bytes = b""  # the signed CheckIn, resent until the ledger has it
     sent_at: float = 0.0
     overwritten: bool = False  # merged bytes were written over the contribution (in place)
-    fetch: MergedFetch | None = None  # fetching the merged model the ledger settled on
+    fetch: ModelFetch | None = None  # fetching the merged model the ledger settled on
     specs: tuple[TensorSpec, ...] = ()  # the contribution's tensors, as the ledger sees them
     contributed_at: float = 0.0
     refilling: int | None = None  # the attempt waiting for the trainer to refill its file
@@ -212,10 +203,18 @@ class RoundBook:
             Log(f"round {state.number}: excluding {culprit[:8]}: {reason}", "warning"),
         ]
 
-    def keep(self, contract: str, number: int, root: bytes, flat: Flat) -> None:
-        """Keep a round's merged model for peers that fetch it; finished rounds older than
-        the kept ones are let go."""
-        self.kept.keep(contract, number, root, flat)
+    def keep(
+        self,
+        contract: str,
+        number: int,
+        root: bytes,
+        flat: Flat,
+        layout: Layout,
+        hashes: tuple[bytes, ...] | None = None,
+    ) -> None:
+        """Keep a round's merged model for peers that fetch it (``hashes``: its chunk hashes,
+        when known); finished rounds older than the kept ones are let go."""
+        self.kept.keep(contract, number, root, flat, layout, hashes)
         for key in [k for k, r in self.rounds.items() if k[0] == contract and r.finished]:
             if key[1] < number - KEPT_ROUNDS:
                 del self.rounds[key]
@@ -245,7 +244,7 @@ class RoundBook:
             state.merged = None
         kept = self.kept.kept.get((state.contract, state.number))
         if kept is not None and isinstance(kept[1], memoryview):
-            del self.kept.kept[(state.contract, state.number)]
+            self.kept.forget(state.contract, state.number)
 
     def failed(self, state: RoundState, reason: str, *, refused: bool = False) -> Deliver:
         """The round failed for this node: the trainer keeps its own weights (and hears

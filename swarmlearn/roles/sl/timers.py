@@ -85,16 +85,16 @@ class RefillDeadline(RoundTimer):
 
 
 @dataclass(frozen=True)
-class FetchTry(RoundTimer):
-    """Fetching the round's merged model: try ``tries`` stalled, or its backoff ended."""
-
-    tries: int
+class FetchTick(RoundTimer):
+    """Fetching the round's merged model (roles/sl/fetch.py): a stall period, a backoff
+    between passes, or the fetch's deadline ended."""
 
 
 @dataclass(frozen=True)
 class LatestStall(RoundTimer):
-    """A trainer's fetch of the latest model: try ``tries`` sent nothing for a while
-    (roles/sl/latest.py; ``round`` is the round fetched)."""
+    """A trainer's fetch of the latest model (roles/sl/latest.py; ``round`` is the round
+    fetched, ``tries`` counts the fetches of the contract): its fetch's timer (a stall
+    period or a backoff, roles/sl/fetch.py)."""
 
     tries: int
 
