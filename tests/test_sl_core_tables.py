@@ -517,8 +517,8 @@ class Harness:
                 partials = MergePartials(C, 1, self._attempt(), step, rows)
                 effects = core.handle(Receive(self.ids[sender], partials), self.now)
             case Asks(sender, number, indexes):
-                ask = FetchMerged(C, number, True, indexes)
-                effects = core.handle(Receive(self.ids[sender], ask), self.now)
+                wants = FetchMerged(C, number, True, indexes)
+                effects = core.handle(Receive(self.ids[sender], wants), self.now)
             case FetchedManifest(sender, bad):
                 model = self.flat["a"] if bad else fetched_model()
                 manifest = RoundManifest(C, 1, -1, chunk_hashes(LAYOUT, model))
