@@ -3,7 +3,8 @@
 Three whole swarm nodes (ledger + SL) in the simulator; two of them run rounds, the third
 never contributes. Its trainer then asks for the contract's latest model (``FetchLatest``):
 it gets the model of the latest round, bit for bit the one the participants merged, with the
-ledger's root; a peer that serves other bytes is passed over for the next; a model whose
+ledger's root, asked of both participants at once; a peer that serves other bytes, or
+stalls, is dropped and its chunks asked of the other; a model whose
 tensors differ from the contract's is refused, naming the tensor; with no round finished,
 the answer is round 0. When the participants merged in their trainers' handover files they
 hold no copy once every participant has the model: the late node hears
@@ -22,9 +23,11 @@ import pytest
 from swarmlearn.consensus.ledger.app import DEFAULT_CONTRACT
 from swarmlearn.merge import ModelState, flatten, layout_of
 from swarmlearn.merge.manifest import Layout
+from swarmlearn.roles.sl.fetch import STALL_S
 from swarmlearn.roles.sl.messages import (
     Contribute,
     FetchLatest,
+    FetchMerged,
     LatestFailed,
     LatestModel,
     MergedPiece,
@@ -205,3 +208,46 @@ def test_with_no_peer_holding_it_the_late_node_says_why_at_its_deadline(swarm3: 
     assert isinstance(answer, LatestFailed), answer
     assert not answer.mismatch
     assert "no peer holds the swarm's model of round 1" in answer.reason, answer.reason
+
+
+def test_the_model_comes_from_both_peers_and_a_stalled_one_holds_nothing_up(
+    swarm3: Swarm,
+) -> None:
+    """The late node asks both participants at once, each for its share of the chunks; one
+    of them then sends nothing of it: once the other is idle it is asked for the stalled
+    one's chunks (the endgame), and the model arrives, the ledger's bit for bit, well within
+    a stall period."""
+    late = Late(swarm3, seed=26)
+    late.run_round(1)
+    app = late.sim.nodes[late.joiner].core.app  # type: ignore[union-attr]
+    slow, other = app.state.contracts[DEFAULT_CONTRACT].rounds[1].participants
+    asked: dict[NodeId, set[int]] = {slow: set(), other: set()}
+
+    def watch(node: NodeId, effects: list[Effect]) -> list[Effect]:
+        for effect in effects:
+            if isinstance(effect, Send) and isinstance(effect.message, FetchMerged):
+                asked[effect.to] |= set(effect.message.indexes)
+        return late._watch_joiner(node, effects)
+
+    def stall(node: NodeId, effects: list[Effect]) -> list[Effect]:
+        return [
+            e
+            for e in effects
+            if not (isinstance(e, Send) and isinstance(e.message, MergedPiece))
+            or e.message.attempt != -1
+        ]
+
+    late.sim.set_policy(late.joiner, watch)
+    late.sim.set_policy(slow, stall)
+    began = late.sim.loop.now
+    late.ask()
+    late.run_until(lambda: len(late.answers) == 1)
+    answer = late.answers[0]
+    assert isinstance(answer, LatestModel), answer
+    assert (answer.round, answer.root) == (1, late.root_of(1))
+    assert bytes(answer.flat) == next(iter(late.done(1).values()))
+    chunks = set(range(late.layout.chunk_count))
+    assert asked[slow]
+    assert asked[slow] < chunks  # a share, not all of it
+    assert asked[other] == chunks  # its own share, then the stalled one's
+    assert late.sim.loop.now - began < 1.0 + STALL_S

@@ -459,6 +459,10 @@ class ValidatorNode:
             return f"left the swarm at height {reply.height}"
         return f"leave not done within {wait_s:g} s"
 
+    async def wait_committed(self) -> None:
+        """Wait for this node's next committed block (no deadline: the caller's)."""
+        await self._committed.wait()
+
     async def _submit_remote(self, host: str, port: int, tx: bytes) -> None:
         try:  # the bootstrap node is a seed of the peer table: catching up runs meanwhile
             await ask(self.identity, host, port, SubmitRequest(tx), SubmitReply)
