@@ -58,6 +58,9 @@ class KeptModels:
         """Serve ``flat`` to peers that fetch it (``hashes``: its chunk hashes, when known);
         older rounds' models are let go."""
         key = (contract, number)
+        before = self.kept.get(key)
+        if hashes is None and before is not None and before[0] == root:
+            hashes = self.hashes.get(key)  # the same model, kept as a copy now
         self.kept[key], self.layouts[key] = (root, flat), layout
         self.hashes.pop(key, None)
         if hashes is not None:
