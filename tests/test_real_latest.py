@@ -4,8 +4,9 @@ Two swarm-node daemons run two rounds of a model handed in by trainers (weights 
 socket's frames: each node keeps round 2's merged model to serve). A third daemon then joins
 (``--bootstrap``); its trainer asks for the contract's latest model (``LocalClient.latest``,
 through a shared-memory handover file) and gets round 2's merged model, bit for bit, whose
-root the ledger holds; a model with another tensor shape is refused, naming the tensor; a
-PyTorch SwarmCallback there loads that model before its first sync.
+root the ledger holds, asked of both participants at once; a model with another tensor
+shape is refused, naming the tensor; a PyTorch SwarmCallback there loads that model before
+its first sync.
 """
 
 from __future__ import annotations
@@ -106,7 +107,13 @@ def test_a_daemon_that_joins_late_gets_round_2s_model(tmp_path: Path) -> None:
                 LocalClient(data[2] / "sl.sock", timeout_s=60) as client,
             ):
                 assert client.use_shared  # the model comes in the handover file
+                progress: list[str] = []
+                client.on_progress = progress.append
                 found = client.latest(DEFAULT_CONTRACT, layout, timeout_s=30)
+                # from both participants at once (a chunk each: the model is two chunks)
+                asked = [p for p in progress if "fetching the swarm's model of round 2" in p]
+                assert len(asked) == 1, progress
+                assert asked[0].count(",") == 1, asked
                 assert found.reason == ""
                 assert found.merged is not None
                 assert found.round == 2
