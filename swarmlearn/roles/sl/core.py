@@ -74,6 +74,7 @@ from swarmlearn.merge import Layout, RangeCollector, RangeMerge, WeightSet, plan
 from swarmlearn.merge.manifest import chunk_hashes, manifest_root
 from swarmlearn.merge.methods import method_scope, round_method
 from swarmlearn.roles.sl.ends import DEADLINE_MARGIN_S, WAIT_PROGRESS_S, RoundEnds
+from swarmlearn.roles.sl.fetch import Fetched
 from swarmlearn.roles.sl.global_merge import RoundGlobal
 from swarmlearn.roles.sl.latest import LatestModels
 from swarmlearn.roles.sl.merged import KeptModels
@@ -279,7 +280,7 @@ class SLRoundCore:
     def _fetched(
         self,
         sender: NodeId,
-        message: RoundManifest | MergedPiece | MergedUnavailable,
+        message: Fetched,
         digest: bytes | None,
         now: float,
     ) -> list[SLEffect]:

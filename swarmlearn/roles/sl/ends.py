@@ -25,12 +25,9 @@ from __future__ import annotations
 
 from swarmlearn.consensus.ledger.rounds import RoundRecord, RoundStatus
 from swarmlearn.consensus.ledger.txs import CheckOut, Heartbeat
-from swarmlearn.roles.sl.fetch import BACKOFF_S, STALL_S, ModelFetch, deadline_s
+from swarmlearn.roles.sl.fetch import BACKOFF_S, STALL_S, Fetched, ModelFetch, deadline_s
 from swarmlearn.roles.sl.messages import (
-    MergedPiece,
-    MergedUnavailable,
     RoundDone,
-    RoundManifest,
     SLEffect,
     SubmitSigned,
 )
@@ -140,7 +137,7 @@ class RoundEnds:
     def fetched(
         self,
         sender: NodeId,
-        message: RoundManifest | MergedPiece | MergedUnavailable,
+        message: Fetched,
         digest: bytes | None,
         now: float,
     ) -> list[SLEffect] | None:
@@ -148,21 +145,9 @@ class RoundEnds:
         peer's ``MergedUnavailable`` (None: not for a round's fetch)."""
         state = self.book.rounds.get((message.contract, message.round))
         fetch = None if state is None or state.finished else state.fetch
-        if (
-            state is None
-            or fetch is None
-            or not fetch.expects(sender, getattr(message, "start", None))
-        ):
+        if state is None or fetch is None or not fetch.expects(sender, message):
             return None
-        match message:
-            case RoundManifest(chunk_hashes=hashes):
-                effects = fetch.manifest(sender, hashes, now)
-            case MergedPiece(start=start, data=data):
-                effects = fetch.piece(sender, start, data, digest, now)
-            case MergedUnavailable():
-                effects = fetch.unavailable(sender, now)
-            case _:
-                return None
+        effects = fetch.receive(sender, message, digest, now)
         return effects + self._fetch_over(state)
 
     def _fetch_tick(self, contract: str, number: int, now: float) -> list[SLEffect]:

@@ -48,9 +48,17 @@ from typing import Any
 from swarmlearn.merge.manifest import Layout, Manifest, manifest_root
 from swarmlearn.p2p.transfer import Assembler, BlobManifest, ChunkScheduler, Verdict
 from swarmlearn.roles.sl.merged import REQUEST_CHUNKS_MAX
-from swarmlearn.roles.sl.messages import FetchMerged, SLEffect
+from swarmlearn.roles.sl.messages import (
+    FetchMerged,
+    MergedPiece,
+    MergedUnavailable,
+    RoundManifest,
+    SLEffect,
+)
 from swarmlearn.sansio import Log, NodeId, Send, SetTimer
 
+#: What a source answers a fetch with.
+Fetched = RoundManifest | MergedPiece | MergedUnavailable
 #: Sources asked at once; the others wait for one of them to drop out.
 SOURCES_AT_ONCE = 4
 #: Chunk bytes asked of all sources together and not arrived yet.
@@ -126,13 +134,16 @@ class ModelFetch:
         """The sources asked now, in the order they were asked."""
         return list(self.active)
 
-    def expects(self, sender: NodeId, start: int | None = None) -> bool:
-        """Whether this fetch asked ``sender`` (for the chunk at byte ``start``, if given)."""
+    def expects(self, sender: NodeId, message: Fetched) -> bool:
+        """Whether ``message`` from ``sender`` answers an ask of this fetch (a chunk: one
+        asked of ``sender`` and not arrived yet)."""
         if self.over or sender not in self.active:
             return False
-        if start is None or self.scheduler is None:
-            return start is None
-        index, cut = divmod(start, self.layout.chunk_bytes)
+        if not isinstance(message, MergedPiece):
+            return True
+        if self.scheduler is None:
+            return False
+        index, cut = divmod(message.start, self.layout.chunk_bytes)
         return not cut and index in self.scheduler.in_flight.get(sender, [])
 
     # ------------------------------------------------------------ inputs
@@ -140,6 +151,18 @@ class ModelFetch:
     def start(self, now: float) -> list[SLEffect]:
         """The first pass: ask the first sources for the manifest."""
         return self._next_pass(now)
+
+    def receive(
+        self, sender: NodeId, message: Fetched, digest: bytes | None, now: float
+    ) -> list[SLEffect]:
+        """An answer from ``sender`` (``digest``: a chunk's hash, computed by a lane)."""
+        match message:
+            case RoundManifest(chunk_hashes=hashes):
+                return self.manifest(sender, hashes, now)
+            case MergedPiece(start=start, data=data):
+                return self.piece(sender, start, data, digest, now)
+            case MergedUnavailable():
+                return self.unavailable(sender, now)
 
     def manifest(self, sender: NodeId, hashes: tuple[bytes, ...], now: float) -> list[SLEffect]:
         """``sender``'s manifest of the model (``RoundManifest``, attempt -1)."""

@@ -31,15 +31,12 @@ from dataclasses import dataclass
 from swarmlearn.consensus.ledger.app import SwarmApp
 from swarmlearn.consensus.ledger.rounds import RoundRecord, RoundStatus, layout_difference
 from swarmlearn.merge.manifest import Layout
-from swarmlearn.roles.sl.fetch import ModelFetch
+from swarmlearn.roles.sl.fetch import Fetched, ModelFetch
 from swarmlearn.roles.sl.messages import (
     FetchLatest,
     LatestFailed,
     LatestModel,
     LatestProgress,
-    MergedPiece,
-    MergedUnavailable,
-    RoundManifest,
     SLEffect,
     specs_of,
 )
@@ -151,7 +148,7 @@ class LatestModels:
     def fetched(
         self,
         sender: NodeId,
-        message: RoundManifest | MergedPiece | MergedUnavailable,
+        message: Fetched,
         digest: bytes | None,
         now: float,
     ) -> list[SLEffect] | None:
@@ -161,15 +158,9 @@ class LatestModels:
         inner = None if fetch is None else fetch.fetch
         if fetch is None or inner is None or message.round != fetch.number:
             return None
-        if not inner.expects(sender, getattr(message, "start", None)):
+        if not inner.expects(sender, message):
             return None
-        match message:
-            case RoundManifest(chunk_hashes=hashes):
-                effects = inner.manifest(sender, hashes, now)
-            case MergedPiece(start=start, data=data):
-                effects = inner.piece(sender, start, data, digest, now)
-            case MergedUnavailable():
-                effects = inner.unavailable(sender, now)
+        effects = inner.receive(sender, message, digest, now)
         return effects + self._after(fetch)
 
     def _after(self, fetch: LatestFetch) -> list[SLEffect]:
