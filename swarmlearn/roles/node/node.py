@@ -340,6 +340,7 @@ class ValidatorNode:
         self.address = options.listen
         self._waiters: dict[bytes, list[tuple[trio.Event, list[SubmitReply]]]] = {}
         self._committed = trio.Event()  # set (and replaced) at every committed block
+        self._round_links: set[str] = set()  # the nodes of this node's open rounds
         self.leaving = False
         self.lock: DataDirLock | None = None  # held from open() until run() ends
         self.persisted: dict[str, tuple[Any, ...]] | None = None  # the store, read by open()
@@ -487,10 +488,17 @@ class ValidatorNode:
             self.lanes.release(len(payload_of(message)), peer)
 
     def _on_handled(self, event: Input) -> None:
-        """Back to the lanes' budgets: the payload handled, and the chunks held now."""
+        """Back to the lanes' budgets: the payload handled, and the chunks held now; and
+        links kept with the peers a merged-model fetch asks now."""
         if isinstance(event, Request) and isinstance(event.value, Hashed):
             self.lanes.release(len(event.value.message.data), event.value.sender)
         self.lanes.set_held(held_by_sender(self.node.sl.rounds, self.me))
+        self._keep_links()
+
+    def _keep_links(self) -> None:
+        """The host holds links with the nodes of this node's open rounds (as of the last
+        block) and with the sources of its running merged-model fetches."""
+        self.network.keep(self._round_links | self.node.sl.fetch_sources())
 
     async def submit(self, data: bytes, wait_s: float = 0.0) -> SubmitReply:
         """Queue a transaction; with ``wait_s``, wait (that long at most) until it is committed."""
@@ -523,7 +531,8 @@ class ValidatorNode:
             self._committed.set()
             self._committed = trio.Event()
             self._learn_addresses()
-            self.network.keep(self._round_peers())  # before the round's messages go out
+            self._round_links = self._round_peers()
+            self._keep_links()  # before the round's messages go out
             for tx in value.txs:
                 outcome = self.app.outcome(tx) or "ok"
                 accepted = outcome == "ok"

@@ -222,6 +222,13 @@ class SLRoundCore:
     def kept(self) -> KeptModels:
         return self.book.kept
 
+    def fetch_sources(self) -> set[NodeId]:
+        """The peers this node's running merged-model fetches ask now (a round's, a late
+        trainer's): the host keeps links with them."""
+        fetches = [s.fetch for s in self.rounds.values() if not s.finished and s.fetch]
+        fetches += [f.fetch for f in self.latest.fetches.values() if f.fetch is not None]
+        return {peer for fetch in fetches if not fetch.over for peer in fetch.asking()}
+
     @property
     def partials_dropped(self) -> int:
         """Partial sums dropped as garbage (a global method's exchange)."""

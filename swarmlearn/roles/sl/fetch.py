@@ -20,7 +20,8 @@ among the sources.
    -1) or ``MergedUnavailable``. A manifest whose root is not the ledger's gets its sender
    dropped for good (*banned*); the first good one fixes the hashes.
 2. *Chunks.* The missing chunks are split among the sources asked (lowest first, a window
-   of ``ceil(missing / sources)`` each, at most ``IN_FLIGHT_BYTES_MAX`` in flight in all),
+   of ``ceil(missing / sources)`` each, at most ``IN_FLIGHT_BYTES_MAX`` in flight in all,
+   plus one chunk per source in the endgame),
    each asked with ``FetchMerged(indexes=...)`` and answered one ``MergedPiece`` (attempt
    -1) per chunk. Each delivered chunk frees a slot of its source's window, which asks for
    the next; at the end an idle source duplicates one chunk still out elsewhere (endgame),
@@ -35,8 +36,9 @@ among the sources.
    deadline, the fetch has failed (:attr:`ModelFetch.failure` says why).
 
 Every chunk matched a manifest whose root is the ledger's, so the assembled model is the
-ledger's: it is not hashed again. A chunk from a source that was not asked for it (a stale
-answer to a dropped source, an endgame duplicate) is dropped and counted as waste.
+ledger's: it is not hashed again. A chunk the fetch did not ask that source for (a stale
+answer of a dropped source, an endgame duplicate that came second) is not taken
+(:meth:`ModelFetch.expects`: the core drops it).
 """
 
 from __future__ import annotations
