@@ -429,12 +429,13 @@ def measure(bed: Testbed, args: argparse.Namespace) -> dict[str, Any]:
         bound_s = 2 * (participants - 1) / participants * size * 8 / RATE_BPS
         figures["round_bound_s"] = round(bound_s, 3)
         try:
-            round_s, _ = round_bench._one_round(root, participants, layout, 1)
+            round_s, steps = round_bench._one_round(root, participants, layout, 1)
         except RuntimeError as error:  # the round gave up (a node's deadline): say so
             figures["round_error"] = str(error)
         else:
             figures["round_s"] = round(round_s, 3)
             figures["round_vs_bound"] = round(round_s / bound_s, 2)
+            figures["round_phases_s"] = {phase: round(s, 3) for phase, s in steps.items()}
         counts = [node_peers(p.pid, node_ip(i)) for i, p in enumerate(processes)]
         figures["connections_per_node_max"] = max(counts)
         figures["connections_per_node_mean"] = round(statistics.mean(counts), 1)

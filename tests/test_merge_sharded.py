@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from swarmlearn.errors import LocalProtocolError, RemoteProtocolError
 from swarmlearn.merge import (
+    CHUNK_BYTES_MIN,
+    DEFAULT_CHUNK_BYTES,
     CoordMedian,
     Custom,
     GeoMedian,
@@ -24,8 +26,10 @@ from swarmlearn.merge import (
     RangeCollector,
     RangeMerge,
     StopReason,
+    TensorSpec,
     TrimmedMean,
     WeightSet,
+    chunk_bytes_for,
     default_arrivals,
     layout_of,
     merge,
@@ -397,3 +401,26 @@ def test_geomedian_driver_weights_are_guarded() -> None:
         GeoMedianDriver(WeightSet.of([1], 1), GeoMedian(iterations_max=0)).observe(partials([1.0]))
         is None
     )
+
+
+@pytest.mark.parametrize(
+    ("model_bytes", "participants", "most"),
+    [(4_000_000, 8, 1.2), (10_000_000, 16, 1.2), (100_000_000, 4, 1.02), (2_000_000_000, 64, 1.3)],
+)
+def test_default_chunks_keep_a_sharded_exchange_sharded(
+    model_bytes: int, participants: int, most: float
+) -> None:
+    """Owners get the chunks overlapping their ranges, whole: with the default chunk size the
+    bytes sent to owners stay near the model's (a fixed 4 MiB sent a 4 MB model to every one
+    of 8 owners whole: 8x)."""
+    spec = TensorSpec("w", "float32", (model_bytes // 4,), 0)
+    layout = Layout((spec,), model_bytes, chunk_bytes_for(model_bytes))
+    plan = plan_shards(layout, participants, "element")
+    sent = sum(
+        layout.chunk_span(c)[1] - layout.chunk_span(c)[0]
+        for shard in plan.shards
+        for c in shard.chunks(layout)
+    )
+    assert sent / model_bytes <= most
+    assert CHUNK_BYTES_MIN <= layout.chunk_bytes <= DEFAULT_CHUNK_BYTES
+    assert layout.chunk_bytes & (layout.chunk_bytes - 1) == 0

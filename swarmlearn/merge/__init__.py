@@ -14,11 +14,13 @@ from swarmlearn.merge.dtypes import (
 from swarmlearn.merge.kernels import IntRule, WeightSet
 from swarmlearn.merge.manifest import (
     ALIGN_BYTES,
+    CHUNK_BYTES_MIN,
     DEFAULT_CHUNK_BYTES,
     Layout,
     Manifest,
     TensorSpec,
     build_manifest,
+    chunk_bytes_for,
     flatten,
     layout_of,
     manifest_root,
@@ -66,6 +68,7 @@ from swarmlearn.merge.stream import MergeStatistics, RangeCollector, RangeMerge
 
 __all__ = [
     "ALIGN_BYTES",
+    "CHUNK_BYTES_MIN",
     "DEFAULT_CHUNK_BYTES",
     "DTYPE_NAMES",
     "FLOAT_DTYPES",
@@ -101,6 +104,7 @@ __all__ = [
     "bfloat16_from_float32",
     "bfloat16_to_float32",
     "build_manifest",
+    "chunk_bytes_for",
     "default_arrivals",
     "drive_geomedian",
     "drive_krum",

@@ -44,7 +44,14 @@ from swarmlearn.merge.dtypes import check_dtype_name, itemsize, storage_dtype
 from swarmlearn.merge.state import ModelState
 
 ALIGN_BYTES = 8
+#: The largest chunk the default rule picks (a 1 GiB model: 256 chunks).
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+#: The smallest: a chunk's hash, frame and merge step cost the same for 64 KiB as for 4 MiB.
+CHUNK_BYTES_MIN = 64 * 1024
+#: About this many chunks per model: a round among P participants sends each owner its range
+#: rounded out to whole chunks, so a range must span many chunks for that to cost little
+#: (with P = 16, 16 chunks a range: at most 1/8 more than the range itself).
+CHUNKS_PER_MODEL = 256
 LAYOUT_MAGIC = b"swarmlearn.merge.layout/1\x00"
 
 BytesLike = bytes | bytearray | memoryview
@@ -148,8 +155,21 @@ def _aligned(offset: int) -> int:
     return -(-offset // ALIGN_BYTES) * ALIGN_BYTES
 
 
-def layout_of(state: ModelState, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Layout:
-    """The flat layout of ``state``: entries in order, each at an 8-byte aligned offset."""
+def chunk_bytes_for(total_bytes: int) -> int:
+    """The default chunk size for a model of ``total_bytes``: a power of two near
+    ``total_bytes / CHUNKS_PER_MODEL``, within [``CHUNK_BYTES_MIN``, ``DEFAULT_CHUNK_BYTES``].
+
+    A chunk is the unit a round verifies (its hash is in the manifest) and sends: an owner of
+    a range gets every chunk that overlaps it, whole. With one 4 MiB chunk for a 4 MB model
+    every owner got the whole model (P-1 times the traffic of a sharded exchange), so the
+    size follows the model. Every node computes it from the layout alone."""
+    wanted = max(1, -(-total_bytes // CHUNKS_PER_MODEL))
+    return min(DEFAULT_CHUNK_BYTES, max(CHUNK_BYTES_MIN, 1 << (wanted - 1).bit_length()))
+
+
+def layout_of(state: ModelState, chunk_bytes: int | None = None) -> Layout:
+    """The flat layout of ``state``: entries in order, each at an 8-byte aligned offset;
+    chunks of ``chunk_bytes`` (default: :func:`chunk_bytes_for` its size)."""
     specs = []
     end = 0
     for name, dtype, shape in state.signature():
@@ -158,7 +178,7 @@ def layout_of(state: ModelState, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Layo
         spec = TensorSpec(name, dtype, tuple(int(d) for d in shape), _aligned(end))
         specs.append(spec)
         end = spec.stop
-    return Layout(tuple(specs), end, chunk_bytes)
+    return Layout(tuple(specs), end, chunk_bytes or chunk_bytes_for(end))
 
 
 def flatten(
@@ -203,7 +223,7 @@ def build_manifest(layout: Layout, flat: BytesLike) -> Manifest:
     return Manifest(layout, hashes, manifest_root(layout, hashes))
 
 
-def pack(state: ModelState, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[bytes, Manifest]:
+def pack(state: ModelState, chunk_bytes: int | None = None) -> tuple[bytes, Manifest]:
     """Flatten ``state`` and build its manifest: what a participant commits to in a round."""
     layout = layout_of(state, chunk_bytes)
     flat = bytes(flatten(state, layout))

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from swarmlearn.merge.dtypes import storage_dtype
 from swarmlearn.merge.kernels import WeightSet
-from swarmlearn.merge.manifest import DEFAULT_CHUNK_BYTES, BytesLike, Layout, layout_of, unpack
+from swarmlearn.merge.manifest import BytesLike, Layout, layout_of, unpack
 from swarmlearn.merge.methods import Custom, GeoMedian, Krum, Method, method_scope, resolve_method
 from swarmlearn.merge.pieces import Piece, merge_piece, pieces_of_states, storage_view
 from swarmlearn.merge.plan import Granularity, Segment, ShardPlan, plan_shards
@@ -39,13 +39,14 @@ def merge(
     weights: Weights = None,
     method: Method | str = "mean",
     *,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> ModelState:
     """Merge N states (same names, dtypes, shapes) with positive ``weights`` (default equal).
 
     ``chunk_bytes`` matters to the global methods only: their float64 sums are grouped by
     chunk (one per tensor's part of each chunk), as a sync round of that layout groups them,
-    so a round's result is ``merge(..., chunk_bytes=layout.chunk_bytes)`` bit for bit."""
+    so a round's result is ``merge(..., chunk_bytes=layout.chunk_bytes)`` bit for bit (the
+    default is :func:`~swarmlearn.merge.manifest.chunk_bytes_for`, as ``layout_of``'s)."""
     if not states:
         raise ValueError("merge needs at least one state")
     signature = states[0].signature()
