@@ -110,7 +110,7 @@ def test_a_daemon_that_joins_late_gets_round_2s_model(tmp_path: Path) -> None:
                 progress: list[str] = []
                 client.on_progress = progress.append
                 found = client.latest(DEFAULT_CONTRACT, layout, timeout_s=30)
-                # from both participants at once (a chunk each: the model is two chunks)
+                # asked of both participants at once, each for a share of the chunks
                 asked = [p for p in progress if "fetching the swarm's model of round 2" in p]
                 assert len(asked) == 1, progress
                 assert asked[0].count(",") == 1, asked
