@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from swarmlearn.errors import LocalProtocolError, RemoteProtocolError
-from swarmlearn.p2p.wire import Message, has_payload, message_types
+from swarmlearn.p2p.wire import Message, has_payload, message_type_count, message_types
 
 #: A message without a payload field: a proposal holds a block (at most 4 MiB of
 #: transactions by default) and its signatures; nothing without bulk bytes is bigger.
@@ -60,7 +60,7 @@ _known: dict[int, type[Message]] = {}
 
 
 def _types() -> dict[int, type[Message]]:
-    if len(_known) != len(message_types()):  # message modules may be imported later
+    if len(_known) != message_type_count():  # message modules may be imported later
         _known.clear()
         _known.update(message_types())
     return _known

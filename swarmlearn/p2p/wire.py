@@ -102,6 +102,11 @@ def message_types() -> dict[int, type[Message]]:
     return dict(sorted(_registry.items()))
 
 
+def message_type_count() -> int:
+    """How many message classes are registered (cheap: asked for every frame read)."""
+    return len(_registry)
+
+
 class _FieldError(Exception):
     pass
 
