@@ -146,7 +146,9 @@ async def test_a_rounds_participants_are_linked_beyond_the_outbound_target_until
                 ("127.0.0.1", 0),
                 sentinel=not nodes,
                 bootstrap=None if not nodes else nodes[0].address,
-                peers=PeerTableConfig(outbound_target=1, connections_max=8, release_grace_s=1.0),
+                peers=PeerTableConfig(  # no full mesh: 5 nodes, 1 link each
+                    outbound_target=1, connections_max=8, full_mesh_max=0, release_grace_s=1.0
+                ),
             )
             node = await ValidatorNode.open(
                 identity(pki, f"n{index}"), options, on_ready=lambda line: None

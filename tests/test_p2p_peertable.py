@@ -89,6 +89,7 @@ CONFIG = PeerTableConfig(
     seeds=(PeerAddress("sentinel", 30303),),
     outbound_target=3,
     connections_max=5,
+    full_mesh_max=0,  # the caps themselves (a small swarm's full mesh: its own test)
     ping_interval_s=5.0,
     ping_timeout_s=15.0,
     dial_timeout_s=4.0,
@@ -469,3 +470,51 @@ def test_any_event_sequence_keeps_the_table_consistent(sequence: list[tuple[floa
                 assert stats.outbound <= config.outbound_target
             if any(not c.outbound for c in stale):
                 assert stats.inbound <= config.connections_max - config.outbound_target
+
+
+# ---------------------------------------------------------------- links: full mesh, then targets
+
+MESH = PeerTableConfig(
+    listen=(PeerAddress(ME, 30303),), seeds=(PeerAddress("sentinel", 30303),),
+    outbound_target=2, links_max=6, connections_max=10, full_mesh_max=6,
+)  # fmt: skip
+
+
+def teach(t: PeerTable, count: int, now: float) -> list[Effect]:
+    offered = tuple(addr(f"n{i:03d}") for i in range(1, count + 1))
+    return t.handle(Receive("n000", PeerExchange((addr("n000"),), offered)), now)
+
+
+def test_a_small_swarm_is_linked_in_full_and_sheds_to_the_targets_once_it_grows() -> None:
+    t = table(MESH)
+    t.handle(Start(), 0.0)
+    connect(t, 0, "n000", outbound=True, address=PeerAddress("sentinel", 30303))
+    dials = delivered(teach(t, 4, 1.0), Dial)  # 5 known <= full_mesh_max: dial them all
+    assert sorted(d.address.peer for d in dials) == ["n001", "n002", "n003", "n004"]  # type: ignore[attr-defined]
+    for conn in range(1, 5):
+        connect(t, conn, f"n{conn:03d}", outbound=True, now=1.5)
+    assert delivered(connect(t, 9, "n009", now=1.5), Close) == []  # the 6th link: accepted
+    assert len(t.connected()) == MESH.links_max
+    assert delivered(connect(t, 10, "n015", now=1.5), Close) == [Close(10, "connection limit")]
+    # Past the full mesh: ordinary links back to 2 dialed + 4 accepted, newest first.
+    teach(t, 20, 2.0)
+    closed = delivered(t.handle(TimerFired(TICK), 3.0), Close)
+    assert closed == [Close(conn, "beyond the targets") for conn in (2, 3, 4)]
+    stats = t.statistics()
+    assert (stats.outbound, stats.inbound) == (MESH.outbound_target, 1)
+
+
+@given(st.integers(min_value=0, max_value=2**32), st.integers(min_value=8, max_value=40))
+def test_ordinary_links_never_exceed_links_max(seed: int, peers: int) -> None:
+    """Whoever dials in, whatever the order: a table knowing more than a full mesh holds at
+    most ``links_max`` links that are not kept (the outbound target within them)."""
+    t = PeerTable(ME, random.Random(seed), MESH)
+    rng = random.Random(seed)
+    t.handle(Start(), 0.0)
+    teach(t, peers, 0.0)
+    for conn in range(peers * 2):
+        peer = f"n{rng.randrange(1, peers + 1):03d}"
+        connect(t, conn, peer, outbound=rng.random() < 0.3, now=1.0 + conn)
+        t.handle(TimerFired(TICK), 1.5 + conn)
+        stats = t.statistics()
+        assert stats.connected <= MESH.links_max

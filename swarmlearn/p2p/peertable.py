@@ -36,10 +36,19 @@ forgets a connection as soon as it closes it. ``Deliver(PeerUp(peer))`` and
   keep the one dialed by the smaller peer id (so crossing dials end with one connection),
   except that a second connection dialed by the *same* side replaces the first (the dialer
   restarted or saw the old one die).
-- **Limits**: the node dials until it has ``outbound_target`` outbound connections and
-  holds at most ``connections_max`` in all; inbound ones are capped at ``connections_max -
-  outbound_target`` so that outbound ones always fit. A refused connection gets a peer
-  exchange (whom else to try) before it is closed.
+- **Limits**: the node dials until it has ``outbound_target`` outbound connections; its
+  ordinary links are at most ``links_max`` (gossip's ``d_hi``: a mesh never needs more), so
+  inbound ones are capped at ``links_max - outbound_target`` (:attr:`PeerTableConfig.
+  inbound_max`) and outbound ones always fit. Kept peers come beyond, within
+  ``connections_max`` in all. Twice as many inbound slots as outbound dials (4 dialed, 8
+  accepted by default) leave every joiner room: a node does not hold N-1 links in a swarm of
+  N, whatever N. A small swarm (at most ``full_mesh_max`` peers known, and no more than
+  the links allow) is a full mesh instead:
+  the node dials every peer it knows and accepts up to ``links_max`` links in all (one hop
+  between any two nodes, and a node linked to every validator needs no gossip forwarding).
+  Once it knows more, the links beyond the targets close, newest first (:meth:`_shed`), so
+  that a swarm grown past the full mesh leaves its joiners room.
+  A refused connection gets a peer exchange (whom else to try) before it is closed.
 - **Liveness**: every message counts as a sign of life (the composing node calls
   :meth:`PeerTable.observe`). A connection silent for ``ping_interval_s`` gets a
   :class:`~swarmlearn.p2p.messages.Ping`; one silent for ``ping_timeout_s`` is closed.
@@ -167,8 +176,10 @@ class PeerDown:
 class PeerTableConfig:
     listen: tuple[PeerAddress, ...] = ()  # our advertised addresses
     seeds: tuple[PeerAddress, ...] = ()  # bootstrap: the sentinel's address (or several)
-    outbound_target: int = 8
-    connections_max: int = 32
+    outbound_target: int = 4
+    links_max: int = 12  # ordinary links (gossip's d_hi); kept peers come beyond
+    connections_max: int = 32  # every link, kept ones too
+    full_mesh_max: int = 12  # knowing at most this many peers (and links), link to all of them
     known_max: int = 1000
     pex_max: int = 32
     ping_interval_s: float = 5.0
@@ -180,14 +191,24 @@ class PeerTableConfig:
     release_grace_s: float = 60.0  # a link no longer kept, beyond the targets: closed after
 
     def __post_init__(self) -> None:
-        if not 0 <= self.outbound_target <= self.connections_max:
-            raise ValueError("need 0 <= outbound_target <= connections_max")
+        if not 0 <= self.outbound_target <= min(self.links_max, self.connections_max):
+            raise ValueError("need 0 <= outbound_target <= links_max and connections_max")
         if not 0 < self.ping_interval_s < self.ping_timeout_s:
             raise ValueError("need 0 < ping_interval_s < ping_timeout_s")
         if not 0 < self.backoff_min_s <= self.backoff_max_s or self.tick_s <= 0:
             raise ValueError("need 0 < backoff_min_s <= backoff_max_s and tick_s > 0")
         if self.release_grace_s < 0:
             raise ValueError("need release_grace_s >= 0")
+
+    @property
+    def links(self) -> int:
+        """Ordinary links, at most."""
+        return min(self.links_max, self.connections_max)
+
+    @property
+    def inbound_max(self) -> int:
+        """Inbound links not kept, at most: room for the outbound target within the links."""
+        return self.links - self.outbound_target
 
 
 @dataclass
@@ -409,12 +430,28 @@ class PeerTable:
         return self._outbound
 
     def _full(self, outbound: bool, peer: NodeId) -> bool:
-        """Inbound connections leave room for ``outbound_target`` outbound ones (a kept
-        peer's need only ``connections_max``)."""
+        """Inbound connections leave room for ``outbound_target`` outbound ones within
+        ``links_max`` (a kept peer's need only ``connections_max``)."""
         config = self.config
         if outbound or peer in self.kept:
             return len(self.by_peer) >= config.connections_max
-        return len(self.by_peer) - self._outbound >= config.connections_max - config.outbound_target
+        ordinary = sum(1 for linked in self.by_peer if linked not in self.kept)
+        inbound = len(self.by_peer) - self._outbound
+        return ordinary >= config.links or inbound >= self._inbound_cap()
+
+    def _small(self) -> bool:
+        """Few enough peers known for a full mesh within ``links_max``."""
+        return len(self.known) <= min(self.config.full_mesh_max, self.config.links)
+
+    def _outbound_goal(self) -> int:
+        target = self.config.outbound_target
+        return max(target, len(self.known)) if self._small() else target
+
+    def _inbound_cap(self) -> int:
+        """Inbound links not kept, at most (a small swarm: whatever ``links_max`` leaves)."""
+        if self._small():
+            return self.config.links - self._outbound
+        return self.config.inbound_max
 
     # ------------------------------------------------------------ kept and released links
 
@@ -430,9 +467,9 @@ class PeerTable:
         """Close released links past their grace while the table holds more than its
         targets (oldest release first); those the targets need stay."""
         config = self.config
-        surplus_out = self._outbound - config.outbound_target
+        surplus_out = self._outbound - self._outbound_goal()
         inbound = len(self.by_peer) - self._outbound
-        surplus_in = inbound - (config.connections_max - config.outbound_target)
+        surplus_in = inbound - self._inbound_cap()
         effects: list[Effect] = []
         for peer, since in sorted(self.released.items(), key=lambda item: (item[1], item[0])):
             if now - since < config.release_grace_s:
@@ -453,6 +490,25 @@ class PeerTable:
             reason = "no longer kept"
             effects += self._drop(conn.conn, now, reason, close=True, backoff=False)
             effects.append(Metric("p2p.peers.released", 1))
+        if not self._small():
+            effects += self._shed(now)
+        return effects
+
+    def _shed(self, now: float) -> list[Effect]:
+        """A swarm that outgrew the full mesh: ordinary links beyond the targets (dialed or
+        accepted while it was small) are closed, newest first, so that joiners find room."""
+        config = self.config
+        ordinary = [
+            c for c in self.conns.values() if c.peer not in self.kept and c.peer not in self.released
+        ]
+        effects: list[Effect] = []
+        for outbound, cap in ((True, config.outbound_target), (False, config.inbound_max)):
+            side = sorted(
+                (c for c in ordinary if c.outbound == outbound), key=lambda c: (c.since_s, c.peer)
+            )
+            for conn in side[cap:]:
+                effects += self._drop(conn.conn, now, "beyond the targets", close=True, backoff=False)
+                effects.append(Metric("p2p.peers.shed", 1))
         return effects
 
     # ------------------------------------------------------------ dialing
@@ -483,7 +539,7 @@ class PeerTable:
     def _dial(self, now: float) -> list[Effect]:
         """Dial due candidates until the outbound target is covered (seeds when alone), and
         the kept peers not connected."""
-        room = self.config.outbound_target - self._outbound - len(self._dialing)
+        room = self._outbound_goal() - self._outbound - len(self._dialing)
         chosen: list[_Dialable] = []
         if room > 0:
             due = sorted(peer for peer, entry in self.known.items() if self._due(peer, entry, now))
