@@ -30,6 +30,7 @@ from swarmlearn.p2p.peertable import (
     PeerTable,
     PeerTableConfig,
     PeerUp,
+    Prefer,
 )
 from swarmlearn.sansio import Deliver, Effect, Input, Receive, Request, Send, Start, TimerFired
 
@@ -518,3 +519,24 @@ def test_ordinary_links_never_exceed_links_max(seed: int, peers: int) -> None:
         t.handle(TimerFired(TICK), 1.5 + conn)
         stats = t.statistics()
         assert stats.connected <= MESH.links_max
+
+
+def test_preferred_peers_are_dialed_first_and_displace_followers_beyond_a_reserve() -> None:
+    config = dataclasses.replace(MESH, full_mesh_max=0)  # 2 dialed, 4 accepted, 6 in all
+    t = table(config)
+    t.handle(Start(), 0.0)
+    connect(t, 0, "n000", outbound=True, address=PeerAddress("sentinel", 30303))
+    t.handle(Request(Prefer(("n017", "n018", "n019"))), 0.2)
+    dials = delivered(teach(t, 20, 0.5), Dial)  # room for one: a preferred peer
+    assert [d.address.peer for d in dials] in (["n017"], ["n018"], ["n019"])  # type: ignore[attr-defined]
+    for conn, peer in enumerate(("n001", "n002", "n003", "n004"), start=1):  # followers dial in
+        assert delivered(connect(t, conn, peer, now=1.0 + conn), Close) == []
+    # Full: a preferred peer takes the newest follower's place, while over 2 followers remain.
+    effects = connect(t, 7, "n018", now=6.0)
+    assert delivered(effects, Close) == [Close(4, "room for a preferred peer")]
+    effects = connect(t, 8, "n019", now=7.0)
+    assert delivered(effects, Close) == [Close(3, "room for a preferred peer")]
+    effects = connect(t, 9, "n017", now=8.0)  # followers n000 (dialed), n001, n002: 3 > 2
+    assert delivered(effects, Close) == [Close(2, "room for a preferred peer")]
+    assert delivered(connect(t, 10, "n016", now=9.0), Close) == [Close(10, "connection limit")]
+    assert sorted(t.connected()) == ["n000", "n001", "n017", "n018", "n019"]

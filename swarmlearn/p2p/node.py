@@ -49,11 +49,12 @@ from swarmlearn.p2p.peertable import (
     PeerExchange,
     PeerTable,
     PeerUp,
+    Prefer,
 )
 from swarmlearn.sansio import Core, Deliver, Effect, Input, Receive, Request, Start, TimerFired
 
 PEER_MESSAGES = (PeerExchange, Ping, Pong)
-PEER_REQUESTS = (Connected, Disconnected, DialFailed, Learn, BanPeer, Keep)
+PEER_REQUESTS = (Connected, Disconnected, DialFailed, Learn, BanPeer, Keep, Prefer)
 GOSSIP_MESSAGES = (Subscriptions, GossipMessage, IHave, IWant, Graft, Prune)
 GOSSIP_REQUESTS = (Subscribe, Unsubscribe, Publish)
 

@@ -14,6 +14,7 @@ input (``Request(...)``)            meaning
 :class:`Learn`                      addresses from outside (a ledger's members): seeds
 :class:`BanPeer`                    a peer misbehaved: closed, refused, not dialed for a time
 :class:`Keep`                       peers to hold a connection with now (a round's participants)
+:class:`Prefer`                     peers to link with first (a validator: the other validators)
 ==================================  ========================================================
 
 Effects: ``Deliver(Dial(address))`` and ``Deliver(Close(conn, reason))`` are commands for the
@@ -60,6 +61,11 @@ forgets a connection as soon as it closes it. ``Deliver(PeerUp(peer))`` and
   its targets without it (outbound links beyond ``outbound_target``, inbound ones beyond the
   inbound cap), oldest release first; a link the targets need stays, as an ordinary one.
   So a node's links come back to the table's targets plus the peers named now.
+- **Preferred peers** (:class:`Prefer`): dialed before others, and a preferred peer that
+  finds the links full takes the place of the newest inbound link to a peer not preferred
+  (``PREFER_RESERVE`` such links stay). A validator prefers the other validators: with
+  ordinary links capped at ``d_hi``, followers dialing in would otherwise fill a validator's
+  links and its votes would reach the others over several hops.
 - **Bans**: a banned peer's connection is closed, its connections are refused and it is not
   dialed until the ban ends (the node's police decides; the table carries it out).
 - **Backoff**: each failed dial, and each connection that dies young, doubles a peer's redial
@@ -94,6 +100,8 @@ from swarmlearn.sansio import (
 )
 
 TICK = ("peers", "tick")
+#: Links to peers not preferred that a preferred peer's link never displaces.
+PREFER_RESERVE = 2
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,14 @@ class BanPeer:
 @dataclass(frozen=True)
 class Keep:
     """Peers to hold a connection with now, beyond the outbound target (replaces the last)."""
+
+    peers: tuple[NodeId, ...]
+
+
+@dataclass(frozen=True)
+class Prefer:
+    """Peers to link with first within the ordinary links (replaces the last): a validator
+    prefers the other validators, whose votes it needs in one hop."""
 
     peers: tuple[NodeId, ...]
 
@@ -265,6 +281,7 @@ class PeerTable:
         self._last_ask_s = -1e9
         self.banned: dict[NodeId, float] = {}  # peer -> until (the core's clock)
         self.kept: frozenset[NodeId] = frozenset()  # connections needed now (Keep)
+        self.preferred: frozenset[NodeId] = frozenset()  # linked first (Prefer)
         self.released: dict[NodeId, float] = {}  # once kept, linked, no longer: since when
         for seed in config.seeds:
             if seed.peer is None:
@@ -306,6 +323,9 @@ class PeerTable:
                 return self._dial(now)
             case Request(Keep(peers)):
                 self._keep(frozenset(peers) - {self.me}, now)
+                return self._dial(now)
+            case Request(Prefer(peers)):
+                self.preferred = frozenset(peers) - {self.me}
                 return self._dial(now)
             case Request(BanPeer(peer, duration_s, reason)):
                 return self._ban(peer, now + duration_s, reason, now)
@@ -367,8 +387,11 @@ class PeerTable:
                 return self._refuse(event.conn, "duplicate connection", count=False)
             effects += self._drop(old_id, now, "replaced by a newer connection", replaced=True)
         elif self._full(event.outbound, peer):
-            # Full: tell the peer whom else to try (on this connection), then close it.
-            return [Send(peer, self._exchange()), *self._refuse(event.conn, "connection limit")]
+            evicted = self._room_for_preferred(peer)
+            if evicted is None:
+                # Full: tell the peer whom else to try (on this connection), then close it.
+                return [Send(peer, self._exchange()), *self._refuse(event.conn, "connection limit")]
+            effects += self._drop(evicted, now, "room for a preferred peer", close=True)
         if known is None:
             known = self.known[peer] = _Dialable(PeerAddress("unknown", 0, peer))
         known.key = event.key
@@ -439,6 +462,21 @@ class PeerTable:
         inbound = len(self.by_peer) - self._outbound
         return ordinary >= config.links or inbound >= self._inbound_cap()
 
+    def _room_for_preferred(self, peer: NodeId) -> int | None:
+        """A preferred peer finding the links full takes the place of the newest ordinary
+        inbound link to a peer not preferred, while more than ``PREFER_RESERVE`` such links
+        remain (so that a validator stays linked to followers, whom its blocks must reach)."""
+        if peer not in self.preferred:
+            return None
+        others = sorted(
+            (c for c in self.conns.values() if c.peer not in self.preferred | self.kept),
+            key=lambda c: (c.since_s, c.peer),
+        )
+        inbound = [c for c in others if not c.outbound]
+        if len(others) <= PREFER_RESERVE or not inbound:
+            return None
+        return inbound[-1].conn
+
     def _small(self) -> bool:
         """Few enough peers known for a full mesh within ``links_max``."""
         return len(self.known) <= min(self.config.full_mesh_max, self.config.links)
@@ -498,16 +536,17 @@ class PeerTable:
         """A swarm that outgrew the full mesh: ordinary links beyond the targets (dialed or
         accepted while it was small) are closed, newest first, so that joiners find room."""
         config = self.config
-        ordinary = [
-            c for c in self.conns.values() if c.peer not in self.kept and c.peer not in self.released
-        ]
+        held = self.kept | self.released.keys()
+        ordinary = [c for c in self.conns.values() if c.peer not in held]
         effects: list[Effect] = []
         for outbound, cap in ((True, config.outbound_target), (False, config.inbound_max)):
-            side = sorted(
-                (c for c in ordinary if c.outbound == outbound), key=lambda c: (c.since_s, c.peer)
+            side = sorted(  # preferred peers kept first, then the oldest links
+                (c for c in ordinary if c.outbound == outbound),
+                key=lambda c: (c.peer not in self.preferred, c.since_s, c.peer),
             )
             for conn in side[cap:]:
-                effects += self._drop(conn.conn, now, "beyond the targets", close=True, backoff=False)
+                reason = "beyond the targets"
+                effects += self._drop(conn.conn, now, reason, close=True, backoff=False)
                 effects.append(Metric("p2p.peers.shed", 1))
         return effects
 
@@ -543,7 +582,11 @@ class PeerTable:
         chosen: list[_Dialable] = []
         if room > 0:
             due = sorted(peer for peer, entry in self.known.items() if self._due(peer, entry, now))
-            chosen = [self.known[p] for p in self.rng.sample(due, min(room, len(due)))]
+            first = [p for p in due if p in self.preferred]
+            picked = self.rng.sample(first, min(room, len(first)))
+            rest = [p for p in due if p not in self.preferred]
+            picked += self.rng.sample(rest, min(room - len(picked), len(rest)))
+            chosen = [self.known[p] for p in picked]
             if not self.by_peer or not chosen:
                 seeds = [self.seeds[key] for key in sorted(self.seeds)]
                 chosen = [s for s in seeds if self._seed_due(s, now)] + chosen

@@ -74,7 +74,7 @@ from swarmlearn.p2p.gossip import (
     Verdict,
 )
 from swarmlearn.p2p.node import P2PNode
-from swarmlearn.p2p.peertable import PeerDown, PeerUp
+from swarmlearn.p2p.peertable import PeerDown, PeerUp, Prefer
 from swarmlearn.p2p.wire import Message, decode_body, encode_body, encode_header
 from swarmlearn.sansio import (
     Broadcast,
@@ -204,6 +204,7 @@ class LedgerOverGossip:
         }
         self.gossip.validators.update(validators)
         self.seated = self.me in consensus.validators
+        self.preferred: tuple[NodeId, ...] = ()  # told to the peer table (Prefer)
 
     # ------------------------------------------------------------ the entry point
 
@@ -215,6 +216,7 @@ class LedgerOverGossip:
                 for topic in topics:  # before any peer is up: no messages yet
                     effects += self._from_p2p(self.p2p.handle(Request(Subscribe(topic)), now), now)
                 effects += self._from_p2p(self.p2p.handle(event, now), now)
+                effects += self._prefer(now)
                 return effects + self._from_consensus(self.consensus.handle(event, now), now)
             case Receive(sender, message) if isinstance(message, DIRECT_MESSAGES):
                 return self._direct(sender, message, now)
@@ -315,12 +317,23 @@ class LedgerOverGossip:
         if found is not None and built and self.seated and not self.consensus.replaying:
             effects += self._publish(TOPIC_BLOCKS, encode(BlockResponse(*found)), now)
         effects += self._reseat(now)
+        effects += self._prefer(now)
         height = self.consensus.height
         self.ahead = {h: held for h, held in self.ahead.items() if h >= height}
         waiting = self.ahead.pop(height, None)
         if waiting is not None:
             effects += self._consensus_receive(waiting[0], waiting[1], now)
         return effects
+
+    def _prefer(self, now: float) -> list[Effect]:
+        """A seated node links with the other validators first (the peer table's
+        :class:`~swarmlearn.p2p.peertable.Prefer`); a follower prefers nobody."""
+        seats = self.consensus.validators.validators if self.seated else ()
+        preferred = tuple(sorted(v.node for v in seats if v.node != self.me))
+        if preferred == self.preferred:
+            return []
+        self.preferred = preferred
+        return self._from_p2p(self.p2p.handle(Request(Prefer(preferred)), now), now)
 
     def _reseat(self, now: float) -> list[Effect]:
         seated = self.me in self.consensus.validators
