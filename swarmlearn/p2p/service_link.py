@@ -46,7 +46,7 @@ from swarmlearn.p2p.mux import (
     StreamReset,
 )
 from swarmlearn.p2p.transport import Connection
-from swarmlearn.p2p.wire import Message, decode_body
+from swarmlearn.p2p.wire import Buffer, Message, decode_body
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Link:
         """Queue ``message`` on the stream of ``priority``; False if the queue is full."""
         if self.closing:
             return False
-        parts = encode_frame(message, self.frame_bytes_max)
+        parts = _encoded(message, self.frame_bytes_max)
         size = sum(len(part) for part in parts)
         if self.pending_bytes + size > self.queue_bytes_max:
             return False
@@ -217,3 +217,20 @@ class Link:
                     parts[0] = parts[0][taken:]
                     break
                 parts.popleft()
+
+
+#: The last message encoded, with its frame: gossip hands one message object to several links
+#: in a row (a forward to the mesh, a flood to every topic peer), so it is encoded once. The
+#: message is held (not its id), so the identity test cannot match a new object at its address;
+#: only one without a payload (a chunk's view would keep a model alive).
+_last_encoded: list[tuple[Message, int, list[Buffer]]] = []
+
+
+def _encoded(message: Message, frame_bytes_max: int) -> list[Buffer]:
+    if _last_encoded:
+        last, limit, parts = _last_encoded[0]
+        if last is message and limit == frame_bytes_max:
+            return parts
+    parts = encode_frame(message, frame_bytes_max)
+    _last_encoded[:] = [(message, frame_bytes_max, parts)] if len(parts) == 1 else []
+    return parts
