@@ -64,7 +64,7 @@ from swarmlearn.sansio import (
 )
 from swarmlearn.sim.checkers import Checker, Violation
 from swarmlearn.sim.loop import EventLoop, Handle, RunOutcome
-from swarmlearn.sim.network import Arrival, LinkConfig, Network
+from swarmlearn.sim.network import Arrival, LinkConfig, Network, Transit
 from swarmlearn.sim.rand import SeedTree
 
 FRAME_OVERHEAD_BYTES = 4
@@ -368,13 +368,28 @@ class Simulator:
                 raise LocalProtocolError(f"{src} sent to unknown node {dst!r}")
             self.counters.messages_sent += 1
             self.counters.bytes_sent += size
-            for arrival, epoch in self.network.transmit(src, dst, size, self.now):
-                self._schedule_arrival(src, dst, data, size, epoch, arrival)
+            for transit in self.network.transmit(src, dst, size, self.now):
+                self._schedule_arrival(src, dst, data, size, transit.epoch, transit.at, transit)
 
     def _schedule_arrival(
-        self, src: NodeId, dst: NodeId, data: bytes, size: int, epoch: int, at: float
+        self,
+        src: NodeId,
+        dst: NodeId,
+        data: bytes,
+        size: int,
+        epoch: int,
+        at: float,
+        transit: Transit | None = None,
     ) -> None:
+        """Deliver at ``at``; a ``transit`` first goes through the receiver's ingress port
+        (in the order messages reach it: the wait, if any, is a second event)."""
+
         def arrive() -> None:
+            if transit is not None:
+                through = self.network.ingress(dst, size, transit.first_bit, self.now)
+                if through > self.now:
+                    self._schedule_arrival(src, dst, data, size, epoch, through)
+                    return
             verdict = self.network.arrive(src, dst, size, epoch, self.now)
             if verdict is Arrival.HOLD:
                 self._schedule_arrival(
