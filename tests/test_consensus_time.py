@@ -253,7 +253,8 @@ def test_a_proposer_that_just_decided_from_votes_proposes_no_empty_block_for_tim
     for voter in "bcd":
         vote = signed_vote(voter, VoteType.PRECOMMIT, 2, 0, two.hash, T0_MS + 2000)
         node.handle(Receive(voter, vote), decided_s)
-    assert node.height == 3 and node.decided_at == decided_s
+    assert node.height == 3
+    assert node.decided_at == decided_s
     last = node.blocks[2][1].median_time_ms(VALIDATORS)
     node.now = decided_s
     assert not node._clock_block_due(last)  # busy: as fresh as the network makes it
