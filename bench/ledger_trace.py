@@ -14,7 +14,7 @@ only record) and prints where each transaction's commit latency goes:
   serialisation);
 - blocks: how many held transactions, how many were empty (and why).
 
-    python bench/ledger_trace.py [--nodes 300] [--seed 0]
+    python bench/ledger_trace.py [--nodes 300] [--seed 0] [--scenario ledger-gossip-long]
 """
 
 from __future__ import annotations
@@ -241,10 +241,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scenario", default="ledger-gossip", help="or ledger-gossip-long")
     args = parser.parse_args()
     install()
     start = time.perf_counter()
-    result = run_scenario("ledger-gossip", args.seed, args.nodes)
+    result = run_scenario(args.scenario, args.seed, args.nodes)
     wall = time.perf_counter() - start
     for line in (*result.header, *result.summary()):
         print(line)
