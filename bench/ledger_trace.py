@@ -23,6 +23,7 @@ import argparse
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import swarmlearn.consensus.tendermint.gossip_simulation as gs
@@ -70,7 +71,29 @@ def kind_of(message: Any) -> str:
     return type(message).__name__
 
 
-def install() -> None:
+PATCHED = (
+    (ConsensusCore, "_cast"),
+    (ConsensusCore, "_propose"),
+    (ConsensusCore, "commit_block"),
+    (Gossip, "_on_message"),
+    (Gossip, "_publish"),
+    (Simulator, "_send"),
+    (Network, "ingress"),
+    (gs.LedgerChecker, "submit"),
+)
+
+
+def install() -> Callable[[], None]:
+    """Put the probes in (with a fresh record); returns what takes them out again."""
+    global TRACE
+    TRACE = Trace()
+    CHECKERS.clear()
+    saved = [(owner, name, owner.__dict__[name]) for owner, name in PATCHED]
+
+    def uninstall() -> None:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
     original_cast = ConsensusCore._cast
     original_propose = ConsensusCore._propose
     original_commit = ConsensusCore.commit_block
@@ -149,6 +172,7 @@ def install() -> None:
         CHECKERS.append(self)
 
     gs.LedgerChecker.submit = submit  # type: ignore[method-assign]
+    return uninstall
 
 
 CHECKERS: list[Any] = []
@@ -164,7 +188,7 @@ def pct(values: list[float], fraction: float) -> float:
 
 
 def report() -> None:
-    checker = CHECKERS[0]
+    checker = CHECKERS[-1]
     validators = sorted({node for (node, _h, _k) in TRACE.cast})
     print("\nper height (medians over validators, from the proposal; ms):")
     print("  h  txs clock  gap  proposal prevotes precommits commit@p90")
