@@ -241,6 +241,27 @@ def test_empty_blocks_that_bring_time_on_are_at_most_two_in_a_row() -> None:
     assert due == [True, True, False]
 
 
+def test_a_proposer_that_just_decided_from_votes_proposes_no_empty_block_for_time() -> None:
+    """Right after this node decided the last height itself, the block time is old only by
+    the network's delay (here 300 ms: more than block_time_lag_s): an empty block's commit
+    would be as old, so none is due. After a quiet spell one is."""
+    node, first, first_commit = node_at_height_2()
+    time_ms = first_commit.median_time_ms(VALIDATORS)
+    two = make_block(2, time_ms, first, first_commit, (b"x=1",), node.app.app_hash())
+    decided_s = (T0_MS + 2300) / 1000  # 300 ms after the precommits' times
+    node.handle(Receive(two.header.proposer, proposal(two)), decided_s)
+    for voter in "bcd":
+        vote = signed_vote(voter, VoteType.PRECOMMIT, 2, 0, two.hash, T0_MS + 2000)
+        node.handle(Receive(voter, vote), decided_s)
+    assert node.height == 3
+    assert node.decided_at == decided_s
+    last = node.blocks[2][1].median_time_ms(VALIDATORS)
+    node.now = decided_s
+    assert not node._clock_block_due(last)  # busy: as fresh as the network makes it
+    node.now = decided_s + 0.3  # quiet for longer than block_time_lag_s
+    assert node._clock_block_due(last)
+
+
 def test_a_polka_for_another_block_than_the_proposers_asks_only_after_equivocation() -> None:
     """2f+1 prevotes for a block not held: a proposal slower than its votes is not asked for;
     but when the proposer sent this node another block, the polka's block is fetched."""

@@ -277,3 +277,24 @@ def test_a_link_factory_gives_each_pair_its_own_link() -> None:
     sim.run(time_limit=1)
     for i in range(1, 4):
         assert arrivals(sim, f"n{i}")[0] == pytest.approx(0.01 * i, abs=1e-4)
+
+
+def test_the_ingress_port_serves_messages_in_the_order_they_reach_it() -> None:
+    """A message over a short link is not queued behind one sent just before over a long
+    link: the port is free when the short link's message gets there."""
+
+    def factory(src: str, dst: str) -> LinkConfig:
+        latency_s = 0.08 if "n1" in (src, dst) else 0.02
+        return LinkConfig(latency_min_s=latency_s, latency_tail_s=0.0)
+
+    sim = Simulator(1, [f"n{i}" for i in range(3)], probe_factory)
+    sim.network.link_factory = factory
+    sim.start()
+    sim.network.set_port("n0", PortConfig(egress_bps=1e9, ingress_bps=8e6))
+    sim.request("n1", ("blob", "n0", 100_000), at=0.0)  # 0.1 s through n0's port, from 0.08
+    sim.request("n2", ("blob", "n0", 100_000), at=0.001)  # there at 0.021: first in line
+    sim.run(time_limit=5)
+    got = [(t, sender) for t, sender, _ in probe(sim, "n0").received]
+    assert [sender for _, sender in got] == ["n2", "n1"]
+    assert got[0][0] == pytest.approx(0.021 + 0.1, abs=2e-3)
+    assert got[1][0] == pytest.approx(0.021 + 0.2, abs=2e-3)  # then n1's waits its turn

@@ -14,8 +14,10 @@ Each directed link ``(src, dst)`` behaves like a TCP connection through a modell
   it receives serialises on its ingress port. Stages are cut-through (a fluid pipeline): a
   message's last bit leaves a stage no earlier than it left the stage before, and the
   slowest stage sets the pace, so sending 10 MB to each of 15 peers through a 100 Mbit/s
-  egress port takes 12 s, not 0.8 s. The ingress port is reserved when the message is sent
-  (in send order, a slight pessimism when a later message would have arrived earlier);
+  egress port takes 12 s, not 0.8 s. The ingress port serves messages in the order they
+  reach it (:meth:`Network.ingress`, called by the simulator when a message's last bit
+  would be through with no one else on the port): a message over a 20 ms link is not held
+  behind one sent just before over an 80 ms link;
 - **latency**: then it travels ``latency_min_s`` plus a random exponential tail with mean
   ``latency_tail_s``;
 - **order**: delivery is FIFO per link (a message never overtakes an earlier one), except
@@ -40,8 +42,18 @@ import enum
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from swarmlearn.sansio import NodeId
+
+
+class Transit(NamedTuple):
+    """One copy of a sent message on its way: when its last bit reaches the receiver's port
+    (before the port's own queue), the link's epoch, and when its first bit did."""
+
+    at: float
+    epoch: int
+    first_bit: float
 
 
 class Arrival(enum.Enum):
@@ -205,8 +217,9 @@ class Network:
 
     # ------------------------------------------------------------ sending
 
-    def transmit(self, src: NodeId, dst: NodeId, size: int, now: float) -> list[tuple[float, int]]:
-        """When a message sent now arrives: ``[(time, epoch)]``; empty if lost, two if doubled."""
+    def transmit(self, src: NodeId, dst: NodeId, size: int, now: float) -> list[Transit]:
+        """When a message sent now reaches ``dst``'s port: empty if lost, two if doubled.
+        Its wait in that port's queue is :meth:`ingress`'s, when it gets there."""
         link = self.link(src, dst)
         stats = link.stats
         stats.messages_sent += 1
@@ -231,26 +244,29 @@ class Network:
             latency_s = config.latency_min_s
             if config.latency_tail_s:
                 latency_s += self.rng.expovariate(1 / config.latency_tail_s)
-            arrival = self._ingress(dst, start + latency_s, finish + latency_s, bits)
+            arrival = finish + latency_s
             reordered = config.reorder and self.rng.random() < config.reorder
             if not reordered:
                 arrival = max(arrival, link.last_arrival)
                 link.last_arrival = arrival
             arrival = max(arrival, link.clogged_until)
-            arrivals.append((arrival, link.epoch))
+            arrivals.append(Transit(arrival, link.epoch, start + latency_s))
         stats.in_flight += len(arrivals)
         stats.in_flight_max = max(stats.in_flight_max, stats.in_flight)
         return arrivals
 
-    def _ingress(self, dst: NodeId, first_bit: float, last_bit: float, bits: int) -> float:
-        """When the last bit is through ``dst``'s ingress port (reserved now, in send order)."""
+    def ingress(self, dst: NodeId, size: int, first_bit: float, now: float) -> float:
+        """A message whose last bit reaches ``dst``'s port now (its first bit at
+        ``first_bit``): when its last bit is through the port's queue. Called in the order
+        messages reach the port, so the port serves them first come, first served."""
         port = self._ports.get(dst)
         if port is None:
-            return last_bit
+            return now
+        bits = size * 8
         start = max(first_bit, port.ingress_busy_until)
-        done = max(start + bits / port.config.ingress_bps, last_bit)
+        done = max(start + bits / port.config.ingress_bps, now)
         port.ingress_busy_until = done
-        port.bytes_in += bits // 8
+        port.bytes_in += size
         return done
 
     def arrive(self, src: NodeId, dst: NodeId, size: int, epoch: int, now: float) -> Arrival:

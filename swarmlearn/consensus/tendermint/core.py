@@ -203,6 +203,9 @@ class ConsensusCore:
         self.awaits = awaits
         #: Which refusals of a peer's transaction prove it forged (the peer network polices).
         self.is_forgery = is_forgery
+        #: When (this node's clock) it decided the last height itself, from votes; None
+        #: after a block taken by catch-up or replay.
+        self.decided_at: float | None = None
         self.held: tuple[int, int] | None = None  # the (height, round) of a held proposal
         self.waited: tuple[int, int] | None = None  # ... whose wait is over
         self._new_height()
@@ -499,11 +502,19 @@ class ConsensusCore:
         older than ``block_time_lag_s`` by this node's clock, and either a round failed (its
         timeouts made the time old) or one of the last two blocks held transactions. In
         round 0 then, at most two empty blocks in a row come of it, whatever the network's
-        delay or this node's clock: the commit of the first is as fresh as it can be."""
-        if int(self.now * 1000) - time_ms <= self.config.block_time_lag_s * 1000:
+        delay or this node's clock: the commit of the first is as fresh as it can be.
+
+        Not in round 0 right after this node decided the last height itself (within
+        ``block_time_lag_s``): then the time is old only by the network's delay (the median
+        precommit to this node's decision), and an empty block's commit would be just as
+        old. Only a quiet spell, a failed round or a block taken by catch-up is made up for."""
+        lag_s = self.config.block_time_lag_s
+        if int(self.now * 1000) - time_ms <= lag_s * 1000:
             return False
         if self.machine.state.round > 0:
             return True
+        if self.decided_at is not None and self.now - self.decided_at <= lag_s:
+            return False  # busy, not quiet: the commit is as fresh as the network makes it
         for height in (self.height - 1, self.height - 2):
             found = self.blocks.get(height)
             if height < 1 or (found is not None and found[0].txs):
@@ -575,7 +586,9 @@ class ConsensusCore:
             block.hash,
             tuple(CommitSig(v.validator, v.signature, v.time_ms) for v in votes),
         )
-        return self.commit_block(block, commit)
+        effects = self.commit_block(block, commit)
+        self.decided_at = None if self.replaying else self.now
+        return effects
 
     def commit_block(self, block: Block, commit: Commit) -> list[Effect]:
         height = self.height
@@ -585,6 +598,7 @@ class ConsensusCore:
         if seen is not None:
             seen(height, block.header.time_ms, [s.validator for s in commit.signatures])
         self.blocks[height] = (block, commit)
+        self.decided_at = None
         self.mempool.remove_committed(block.txs)
         self._apply_validator_updates(height, executed.validator_updates)
         self.last_hash = block.hash

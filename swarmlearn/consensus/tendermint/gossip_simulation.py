@@ -270,3 +270,12 @@ ledger_scenario(
     nodes=60,
     workload_s=12.0,
 )
+
+ledger_scenario(
+    "ledger-gossip-long",
+    "ledger-gossip with three times the transactions (36 s of 4 tx/s: the same workload, "
+    "longer, for a p50 over some 120 samples; at --nodes 1200 three times the CPU)",
+    LEDGER_SWARM,
+    nodes=60,
+    workload_s=36.0,
+)
