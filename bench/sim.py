@@ -12,12 +12,12 @@ ceiling for any pure-Python discrete-event loop).
 With ``--ledger`` also the ledger over gossip (issue 17): the ``ledger-gossip`` scenario at
 full size, 200 validators and 1,000 followers, 20-80 ms links, 1% loss, 100 Mbit/s ports
 (``--quick``: 120 nodes). Targets: commit p50 <= 1 s virtual, every follower holds every
-block. It takes long: at 1,200 nodes about 31 minutes of one core (11.3 million events: every
+block. It takes long: at 1,200 nodes about 25 minutes of one core (9.9 million events: every
 vote reaches 200 validators over gossip, each message through the wire codec). Measured
-2026-12-07, seed 0: commit p50 0.621 s, p99 0.841 s virtual, 1,000/1,000 followers with every
-block, 40 min wall on this shared 2-core machine (``python -m swarmlearn.sim --scenario
-ledger-gossip --nodes 1200``; seed 1: RUN3_BENCH). Where the time goes:
-``python bench/ledger_trace.py --nodes 600``.
+2026-12-07, seed 0, 12 links per node: commit p50 0.607 s, p99 0.806 s virtual, 1,000/1,000
+followers with every block, 27 min wall on this shared 2-core machine (``python -m
+swarmlearn.sim --scenario ledger-gossip --nodes 1200``). Where the time goes:
+``python bench/ledger_trace.py --nodes 300``.
 
     python bench/sim.py [--quick] [--ledger]
 """
