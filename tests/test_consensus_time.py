@@ -13,7 +13,7 @@ import random
 import pytest
 
 from swarmlearn.consensus.tendermint.app import KeyValueApp
-from swarmlearn.consensus.tendermint.core import ConsensusCore
+from swarmlearn.consensus.tendermint.core import EMPTY_FOR_TIME_MAX, ConsensusCore
 from swarmlearn.consensus.tendermint.crypto import SimVerifier
 from swarmlearn.consensus.tendermint.events import Committed, EvidenceFound, Genesis
 from swarmlearn.consensus.tendermint.types import (
@@ -278,3 +278,23 @@ def test_a_polka_for_another_block_than_the_proposers_asks_only_after_equivocati
             effects += node.handle(Receive(voter, vote), T0_MS / 1000 + 2)
         asked = [e.to for e in effects if isinstance(e, Send) and isinstance(e.message, Status)]
         assert asked == (list("bcd") if held_other else [])
+
+
+def test_failed_rounds_bring_empty_blocks_for_time_only_so_many_in_a_row() -> None:
+    """On validators so busy that every height needs a second round, each failed round made
+    an empty block for time, and a waiting transaction never went in (32 daemons on 2 cores):
+    after EMPTY_FOR_TIME_MAX empty blocks in a row, a failed round's proposal carries txs."""
+    node, first, first_commit = node_at_height_2()
+    previous, last = first, first_commit
+    due = []
+    for height in range(2, 4 + EMPTY_FOR_TIME_MAX):
+        time_ms = last.median_time_ms(VALIDATORS)
+        node.now = (time_ms + 1500) / 1000  # a failed round later: the time is stale
+        node.machine.state = dataclasses.replace(node.machine.state, round=1)
+        due.append(node._clock_block_due(time_ms))
+        empty = make_block(height, time_ms, previous, last, (), node.app.app_hash())
+        votes = {"a": time_ms + 1, "b": time_ms + 2, "c": time_ms + 3}
+        previous, last = empty, commit(empty, votes)
+        node.handle(Receive("b", BlockResponse(empty, last)), node.now)
+        assert node.height == height + 1
+    assert due == [True] * EMPTY_FOR_TIME_MAX + [False, False]
