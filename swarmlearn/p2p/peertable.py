@@ -468,14 +468,12 @@ class PeerTable:
         remain (so that a validator stays linked to followers, whom its blocks must reach)."""
         if peer not in self.preferred:
             return None
-        others = sorted(
-            (c for c in self.conns.values() if c.peer not in self.preferred | self.kept),
-            key=lambda c: (c.since_s, c.peer),
-        )
+        exempt = self.preferred | self.kept
+        others = [c for c in self.conns.values() if c.peer not in exempt]
         inbound = [c for c in others if not c.outbound]
         if len(others) <= PREFER_RESERVE or not inbound:
             return None
-        return inbound[-1].conn
+        return max(inbound, key=lambda c: (c.since_s, c.peer)).conn
 
     def _small(self) -> bool:
         """Few enough peers known for a full mesh within ``links_max``."""
