@@ -13,7 +13,10 @@ machines, ``tbf`` does. Figures:
 - **ledger commit latency** p50/p99 with N validators: signed transactions submitted one at
   a time, each answered when committed (target: p50 <= 0.5 s);
 - **a 10 MB round among 16** (all nodes with ``--quick``) against the bandwidth bound
-  ``2(N-1)/N x size / link rate`` (target: <= 1.3x the bound);
+  ``2(N-1)/N x size / link rate`` (target: <= 1.3x the bound). The round's 16 are SN + SL
+  nodes, the other 16 SN only (validators, as HPE deploys SN and SL apart): a round closes as
+  soon as every active learner has checked in, while a learner that never checks in would hold
+  every round for the contract's ``grace_ms`` (2 s) by design;
 - **the same exchange funnelled through one merger**, as HPE's leader does: every
   participant sends its contribution to one node, which sends the merged model back to each.
   Today's node has no such mode, so this is plain TCP streams between the same namespaces
@@ -395,9 +398,10 @@ def measure(bed: Testbed, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         root = Path(tmp)
         ca = create_ca(root / "pki")
-        for index in range(nodes):
+        for index in range(nodes):  # the round's nodes learn (SL); the rest are ledger only
+            roles = [Role.SN, Role.SL] if index < participants else [Role.SN]
             issue_certificate(ca, f"sn{index}", root / "pki", hosts=[node_ip(index)],
-                              roles=[Role.SN, Role.SL])  # fmt: skip
+                              roles=roles)  # fmt: skip
         issue_certificate(ca, "operator", root / "pki", hosts=[], roles=[Role.SWCI])
         pki = root / "pki"
         started = time.perf_counter()
