@@ -6,6 +6,7 @@ import random
 
 from swarmlearn.consensus.tendermint.app import KeyValueApp
 from swarmlearn.consensus.tendermint.core import (
+    BATCH_TIMER,
     BLOCKS,
     NEXT_HEIGHT_TIMER,
     ConsensusConfig,
@@ -53,10 +54,13 @@ SOLO = Genesis("solo", 0, (Validator("a", SIGNERS["a"].public_key, 1),))
 FOUR = Genesis("four", 0, tuple(Validator(n, SIGNERS[n].public_key, 1) for n in "abcd"))
 
 
-def core(genesis: Genesis = SOLO, me: str = "a") -> ConsensusCore:
+def core(genesis: Genesis = SOLO, me: str = "a", *, proof_wait_s: float = 0.0) -> ConsensusCore:
+    """A validator; its proof blocks are not held (``proof_wait_s`` 0) unless asked: these
+    tables follow each block and its proof block at one ``now``."""
     peers = [v.node for v in genesis.validators]
+    config = ConsensusConfig(proof_wait_s=proof_wait_s)
     return ConsensusCore(
-        genesis, SIGNERS[me], SimVerifier(), KeyValueApp(), random.Random(1), peers
+        genesis, SIGNERS[me], SimVerifier(), KeyValueApp(), random.Random(1), peers, config
     )
 
 
@@ -99,6 +103,37 @@ def test_no_block_without_transactions_then_one_promptly_and_a_proof_block() -> 
     assert not node.started  # and then idle again: no third block
     second = delivered(run(node, Request(SubmitTx(b"k=w")), 0.1), Committed)
     assert [c.height for c in second if isinstance(c, Committed)] == [3, 4]
+
+
+def test_a_proof_block_waits_a_moment_for_a_transaction_to_carry() -> None:
+    """The proof block after a state change is held ``proof_wait_s`` for a transaction: a
+    client that submits its next transaction once the last one committed gets it into the
+    very next block, not the one after the proof block."""
+    node = core(proof_wait_s=ConsensusConfig().proof_wait_s)  # the default: held
+    node.handle(Start(), 0.0)
+    first = node.handle(Request(SubmitTx(b"k=v")), 0.1)
+    assert [(c.height, c.txs) for c in delivered(first, Committed) if isinstance(c, Committed)] == [
+        (1, (b"k=v",))
+    ]
+    held = node.handle(TimerFired(NEXT_HEIGHT_TIMER), 0.1)  # height 2 starts: a proof block
+    assert [e for e in held if isinstance(e, SetTimer)] == [
+        SetTimer(BATCH_TIMER, node.config.proof_wait_s)
+    ]
+    assert not [e for e in held if isinstance(e, Broadcast)]  # no proposal yet
+    carried = run(node, Request(SubmitTx(b"k=w")), 0.15)  # within the wait
+    committed = [c for c in delivered(carried, Committed) if isinstance(c, Committed)]
+    assert [(c.height, c.txs) for c in committed] == [(2, (b"k=w",))]  # block 3: held again
+    assert node.held == (3, 0)
+    proof = node.handle(TimerFired(BATCH_TIMER), 0.15 + node.config.proof_wait_s)
+    assert [c.height for c in delivered(proof, Committed) if isinstance(c, Committed)] == [3]
+    assert node.blocks[2][0].header.app_hash == first_app_hash(first)
+    assert isinstance(node.app, KeyValueApp)
+    assert node.app.state == {"k": "w"}
+
+
+def first_app_hash(effects: list[Effect]) -> bytes:
+    (committed,) = [c for c in delivered(effects, Committed) if isinstance(c, Committed)]
+    return committed.app_hash
 
 
 def test_after_a_quiet_spell_an_empty_block_brings_block_time_to_the_present() -> None:

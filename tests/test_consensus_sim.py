@@ -109,17 +109,18 @@ def test_lossy_crashes_lose_unsynced_wal_writes_and_no_honest_node_double_signs(
     (records the node signed are durable before it sends them) keep every validator honest."""
     results = [run_scenario("bft-torn-writes", seed) for seed in range(4)]
     assert all(result.ok for result in results), [r.message for r in results if not r.ok]
-    assert [result.writes_lost for result in results] == [2, 3, 0, 2]  # seeded: this many lost
+    assert [result.writes_lost for result in results] == [3, 8, 2, 1]  # seeded: this many lost
 
 
 def test_a_store_that_never_fsyncs_is_caught_double_signing_by_lossy_crashes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The storage fault has teeth: with a store that fsyncs nothing, a lossy crash makes a
-    restarted validator forget its own vote and sign again (seed 1 shows it; seeds 0-3 hold
-    at least one such run whatever shifts the seeded schedule)."""
+    restarted validator forget its own vote and sign again (seed 4 shows it; seeds 0-11 hold
+    five such runs, so one is found whatever shifts the seeded schedule)."""
     monkeypatch.setattr(bft, "must_sync", lambda *_: False)
-    caught = [run_scenario("bft-torn-writes", seed) for seed in (1, 0, 2, 3)]
-    result = next((r for r in caught if r.failure is FailureKind.SAFETY), caught[0])
+    runs = (run_scenario("bft-torn-writes", seed) for seed in (4, *range(12)))
+    result = next((r for r in runs if r.failure is FailureKind.SAFETY), None)
+    assert result is not None
     assert result.failure is FailureKind.SAFETY
     assert "double-signing" in result.message

@@ -17,11 +17,14 @@ from swarmlearn.sansio import Effect, Input, Start
 
 
 class Counting:
+    """Records, for each input, how many times the other task had run by then."""
+
     def __init__(self) -> None:
-        self.handled = 0
+        self.ticks = 0  # the other task's turns
+        self.seen: list[int] = []
 
     def handle(self, event: Input, now: float) -> list[Effect]:
-        self.handled += 1
+        self.seen.append(self.ticks)
         return []
 
 
@@ -33,10 +36,9 @@ class NoPeers:
         return []
 
 
-def observed_counts(burst: int) -> tuple[set[int], int]:
-    """What a busy task sees of the handled count while ``burst`` queued inputs are handled."""
+def ticks_per_input(burst: int) -> list[int]:
+    """The other task's turns seen by each of ``burst`` inputs queued at once."""
     core = Counting()
-    seen: set[int] = set()
 
     async def main() -> None:
         driver = CoreDriver(core, NoPeers(), None, lambda value: None)
@@ -44,24 +46,27 @@ def observed_counts(burst: int) -> tuple[set[int], int]:
             await nursery.start(driver.run, Start())
             for _ in range(burst):
                 assert driver.submit(Start())
-            while core.handled < burst + 1:
-                seen.add(core.handled - 1)  # the Start of run() is not part of the burst
+            while len(core.seen) < burst + 1:
+                core.ticks += 1
                 await trio.lowlevel.checkpoint()
-            seen.add(core.handled - 1)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    return seen, core.handled - 1
+    return core.seen[1:]  # the Start that run() handles first is not part of the burst
 
 
 def test_a_burst_is_handled_whole_before_another_task_runs() -> None:
-    seen, handled = observed_counts(10)
-    assert handled == 10
-    assert seen == {0, 10}
+    seen = ticks_per_input(10)
+    assert len(seen) == 10
+    assert len(set(seen)) == 1
 
 
 def test_a_long_burst_yields_after_drain_max_inputs_in_a_row() -> None:
-    burst = 3 * (DRAIN_MAX + 1)  # each turn: one input from the loop, DRAIN_MAX drained
-    seen, handled = observed_counts(burst)
-    assert handled == burst
-    assert seen == {0, DRAIN_MAX + 1, 2 * (DRAIN_MAX + 1), burst}
+    """Each turn of the driver takes one input from its loop and drains ``DRAIN_MAX`` more;
+    no other task runs within a turn, and over three turns the other task runs (it runs once
+    in each of trio's scheduling batches, so at least once between the first and the last)."""
+    turn = DRAIN_MAX + 1
+    seen = ticks_per_input(3 * turn)
+    turns = [seen[start : start + turn] for start in range(0, len(seen), turn)]
+    assert [len(set(inputs)) for inputs in turns] == [1, 1, 1]
+    assert turns[0][0] < turns[2][0]

@@ -29,7 +29,11 @@ height with everything around it:
   repairs message loss);
 - **batching**: with an ``awaits`` hook (the swarm app's :mod:`batching`), a proposer holds a
   fresh proposal, at most ``batch_wait_s``, while the hook says more of a batch of
-  transactions is on its way, and proposes the moment it is complete.
+  transactions is on its way, and proposes the moment it is complete. A proof block (the
+  height after a state change, started with an empty mempool) is held the same way, at most
+  ``proof_wait_s``, for a transaction to carry: a client that submits its next transaction
+  once the last one committed (a round's check-in, then its merged root) would otherwise
+  find the proof height under way and wait for two heights instead of one.
 
 Catch-up lives in :mod:`catchup`, restart (replay of the persisted state) in :mod:`restart`.
 """
@@ -143,6 +147,10 @@ class ConsensusConfig:
     #: The longest a proposer holds its proposal back while the ``awaits`` hook says the
     #: rest of a batch of transactions is on its way (0: never).
     batch_wait_s: float = 0.1
+    #: The longest a proposer holds an empty proof block back for a transaction to carry
+    #: (0: never). Below ``block_time_lag_s``, so the block it carries is not an empty one
+    #: for time instead.
+    proof_wait_s: float = 0.15
     #: Block time is the median of the last commit's vote times, so after a quiet spell it
     #: is as old as that commit. A proposer whose last commit is older than this proposes an
     #: empty block first (unless the last two blocks were empty already): its commit, voted
@@ -383,8 +391,10 @@ class ConsensusCore:
             output = pending.pop(0)
             match output:
                 case Propose(round_, block, valid_round):
-                    if block is None and self._hold(round_):
-                        effects.append(SetTimer(BATCH_TIMER, self.config.batch_wait_s))
+                    hold_s = self._hold_s(round_) if block is None else 0.0
+                    if hold_s > 0:
+                        self.held = (self.height, round_)
+                        effects.append(SetTimer(BATCH_TIMER, hold_s))
                         continue
                     effects += self._propose(round_, block, valid_round, pending)
                 case CastVote(kind, round_, value):
@@ -415,25 +425,31 @@ class ConsensusCore:
 
     # ------------------------------------------------------------ batching a proposal
 
-    def _hold(self, round_: int) -> bool:
-        """Hold a fresh proposal back while the application expects the rest of a batch."""
-        key = (self.height, round_)
+    def _hold_s(self, round_: int) -> float:
+        """How long to hold a fresh proposal back (0: propose now): while the application
+        expects the rest of a batch, or while an empty proof block waits for a transaction."""
         if (
-            self.awaits is None
-            or self.replaying
-            or self.config.batch_wait_s <= 0
-            or self.waited == key
+            self.replaying
+            or self.waited == (self.height, round_)
             or self.me not in self.validators
             or (self.height, round_, "proposal") in self.signed
-            or not self.awaits(self._reap())
         ):
-            return False
-        self.held = key
-        return True
+            return 0.0
+        if self._awaiting_batch():
+            return self.config.batch_wait_s
+        if round_ == 0 and not len(self.mempool) and self._needs_proof_block():
+            return max(0.0, self.config.proof_wait_s)
+        return 0.0
+
+    def _awaiting_batch(self) -> bool:
+        return (
+            self.awaits is not None and self.config.batch_wait_s > 0 and self.awaits(self._reap())
+        )
 
     def _batch_grew(self) -> list[Effect]:
-        """A transaction arrived: propose now if it completed the batch being waited for."""
-        if self.held is None or self.awaits is None or self.awaits(self._reap()):
+        """A transaction arrived: propose now, unless the batch being waited for is still
+        incomplete (a held proof block takes the first transaction)."""
+        if self.held is None or self._awaiting_batch():
             return []
         return [CancelTimer(BATCH_TIMER), *self._release()]
 

@@ -303,10 +303,17 @@ def _kill_one(context: SetupContext, rounds: int) -> None:
     number = rng.randrange(1, rounds - 1)
     at = 1.0 + ROUND_EVERY_S * number + rng.uniform(0.0, 0.2)
     sim.loop.call_at(at, lambda: sim.crash(victim))
-    sim.loop.call_at(at + 2 * ROUND_EVERY_S, lambda: sim.restart(victim))
+    sim.loop.call_at(at + 2 * ROUND_EVERY_S, lambda: _restart_if_down(sim, victim))
     context.notes.append(
         f"fault: {victim[:8]} crashes at {at:.3f} s (round {number + 1}), back 2 rounds later"
     )
+
+
+def _restart_if_down(sim: Simulator, node: NodeId) -> None:
+    """Bring ``node`` back, unless the end of the fault phase (which restarts every crashed
+    node) already did."""
+    if node not in sim.alive():
+        sim.restart(node)
 
 
 def _partition(context: SetupContext, rounds: int) -> None:
