@@ -131,6 +131,24 @@ def test_a_proof_block_waits_a_moment_for_a_transaction_to_carry() -> None:
     assert node.app.state == {"k": "w"}
 
 
+def test_a_restart_makes_a_held_proof_block_after_the_replay_and_persists_it() -> None:
+    """Stopped while its proof block was held (nothing signed at that height): the replay
+    does not make the proposal (a lone validator would decide it there, and the replay keeps
+    no effects); the restart makes it, and the block is persisted: no height is skipped."""
+    wait_s = ConsensusConfig().proof_wait_s
+    node = core(proof_wait_s=wait_s)
+    log: list[Effect] = list(node.handle(Start(), 0.0))
+    log += run(node, Request(SubmitTx(b"k=v")), 0.1)
+    assert node.held == (2, 0)  # stopped here
+    again = core(proof_wait_s=wait_s)
+    effects = again.handle(Start(persisted(log)), 5.0)
+    blocks = [e.record for e in effects if isinstance(e, Persist) and e.stream == BLOCKS]
+    assert [block.header.height for block, _ in blocks] == [2]
+    assert [c.height for c in delivered(effects, Committed) if isinstance(c, Committed)] == [2]
+    assert again.height == 3
+    assert again.held is None
+
+
 def first_app_hash(effects: list[Effect]) -> bytes:
     (committed,) = [c for c in delivered(effects, Committed) if isinstance(c, Committed)]
     return committed.app_hash

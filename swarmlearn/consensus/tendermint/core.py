@@ -429,12 +429,13 @@ class ConsensusCore:
         """How long to hold a fresh proposal back (0: propose now): while the application
         expects the rest of a batch, or while an empty proof block waits for a transaction."""
         if (
-            self.replaying
-            or self.waited == (self.height, round_)
+            self.waited == (self.height, round_)
             or self.me not in self.validators
             or (self.height, round_, "proposal") in self.signed
         ):
             return 0.0
+        if self.replaying:  # not signed before the stop: made once the replay is over (its
+            return self.config.timeout_propose_s  # effects are kept then), see release_held
         if self._awaiting_batch():
             return self.config.batch_wait_s
         if round_ == 0 and not len(self.mempool) and self._needs_proof_block():
@@ -450,6 +451,13 @@ class ConsensusCore:
         """A transaction arrived: propose now, unless the batch being waited for is still
         incomplete (a held proof block takes the first transaction)."""
         if self.held is None or self._awaiting_batch():
+            return []
+        return [CancelTimer(BATCH_TIMER), *self._release()]
+
+    def release_held(self) -> list[Effect]:
+        """Make a held proposal now (restart: one the replay held rather than sign unseen; a
+        lone validator would otherwise decide a block whose persisting the replay drops)."""
+        if self.held is None:
             return []
         return [CancelTimer(BATCH_TIMER), *self._release()]
 

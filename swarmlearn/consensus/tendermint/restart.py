@@ -7,7 +7,9 @@ the node's own signed messages first, so that the double-sign guard holds them b
 machine runs: replay re-uses what was signed and never signs a conflicting message. What it
 signs anew (the node stopped before persisting it: never sent) is persisted once the replay
 is over; then the node re-broadcasts what it signed at this height and re-arms the timeout
-it was waiting for.
+it was waiting for. A proposal it had not signed at all (held: a proof block waiting for a
+transaction, a batch) is not made during the replay but after it, with its effects: a lone
+validator decides as it proposes, and a decision made in the replay would not be persisted.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def restore(core: ConsensusCore, persisted: Any) -> list[Effect]:
         effects += [Persist(WAL, Signed(message)) for message in fresh]
         effects += [Broadcast(message, core.peers) for message in core.signed.values()]
         effects += restore_timers(core)
+        effects += core.release_held()  # a proposal it had not signed: signed and sent now
     return effects
 
 
