@@ -101,13 +101,14 @@ def message_id(topic: str, data: bytes) -> MessageId:
 
 @dataclass(frozen=True)
 class GossipConfig:
-    d: int = 6
-    d_lo: int = 4
-    d_hi: int = 12
+    d: int = 4
+    d_lo: int = 3
+    d_hi: int = 6
     d_lazy: int = 6
-    d_score: int = 4
+    d_score: int = 3
     d_out: int = 2
-    graft_accept_max: int = 9  # inbound peers' GRAFTs are accepted below this mesh size
+    graft_accept_max: int = 5  # inbound peers' GRAFTs are accepted below this mesh size
+    full_mesh_max: int = 12  # a swarm of at most this many other nodes: the mesh is all of them
     heartbeat_s: float = 1.0
     history_length: int = 5
     history_gossip: int = 3
@@ -132,6 +133,8 @@ class GossipConfig:
             raise ValueError("need 0 < d_lo <= d <= d_hi and 0 <= d_out < d_lo")
         if self.d_score > self.d or self.heartbeat_s <= 0:
             raise ValueError("need d_score <= d and heartbeat_s > 0")
+        if self.full_mesh_max < 0:
+            raise ValueError("need full_mesh_max >= 0")
         if not self.d <= self.graft_accept_max <= self.d_hi:
             raise ValueError("need d <= graft_accept_max <= d_hi")
 
