@@ -120,11 +120,13 @@ def test_a_proof_block_waits_a_moment_for_a_transaction_to_carry() -> None:
         SetTimer(BATCH_TIMER, node.config.proof_wait_s)
     ]
     assert not [e for e in held if isinstance(e, Broadcast)]  # no proposal yet
-    carried = run(node, Request(SubmitTx(b"k=w")), 0.15)  # within the wait
+    late_s = 0.1 + 0.8 * node.config.proof_wait_s  # within the wait, past block_time_lag_s
+    assert late_s - 0.1 > node.config.block_time_lag_s
+    carried = run(node, Request(SubmitTx(b"k=w")), late_s)
     committed = [c for c in delivered(carried, Committed) if isinstance(c, Committed)]
     assert [(c.height, c.txs) for c in committed] == [(2, (b"k=w",))]  # block 3: held again
     assert node.held == (3, 0)
-    proof = node.handle(TimerFired(BATCH_TIMER), 0.15 + node.config.proof_wait_s)
+    proof = node.handle(TimerFired(BATCH_TIMER), late_s + node.config.proof_wait_s)
     assert [c.height for c in delivered(proof, Committed) if isinstance(c, Committed)] == [3]
     assert node.blocks[2][0].header.app_hash == first_app_hash(first)
     assert isinstance(node.app, KeyValueApp)

@@ -148,9 +148,9 @@ class ConsensusConfig:
     #: rest of a batch of transactions is on its way (0: never).
     batch_wait_s: float = 0.1
     #: The longest a proposer holds an empty proof block back for a transaction to carry
-    #: (0: never). Below ``block_time_lag_s``, so the block it carries is not an empty one
-    #: for time instead.
-    proof_wait_s: float = 0.15
+    #: (0: never). The wait does not count as a quiet spell (``block_time_lag_s``): the
+    #: block it carries is not turned into an empty one for time.
+    proof_wait_s: float = 0.3
     #: Block time is the median of the last commit's vote times, so after a quiet spell it
     #: is as old as that commit. A proposer whose last commit is older than this proposes an
     #: empty block first (unless the last two blocks were empty already): its commit, voted
@@ -545,13 +545,20 @@ class ConsensusCore:
             return False
         if self.machine.state.round > 0:  # not after EMPTY_FOR_TIME_MAX: no starvation
             return not self._last_blocks_empty(EMPTY_FOR_TIME_MAX)
-        if self.decided_at is not None and self.now - self.decided_at <= lag_s:
+        held_s = self._held_s()
+        if self.decided_at is not None and self.now - self.decided_at <= lag_s + held_s:
             return False  # busy, not quiet: the commit is as fresh as the network makes it
         for height in (self.height - 1, self.height - 2):
             found = self.blocks.get(height)
             if height < 1 or (found is not None and found[0].txs):
                 return True  # (before block 1, the genesis time: as old as it gets)
         return False
+
+    def _held_s(self) -> float:
+        """How long this proposal may have been held on purpose (not a quiet spell)."""
+        if self.waited != (self.height, self.machine.state.round):
+            return 0.0
+        return max(self.config.proof_wait_s, self.config.batch_wait_s)
 
     def _last_blocks_empty(self, count: int) -> bool:
         """The last ``count`` blocks are all here and all empty."""
