@@ -151,6 +151,29 @@ def test_a_restart_makes_a_held_proof_block_after_the_replay_and_persists_it() -
     assert again.held is None
 
 
+def test_a_block_the_replay_decides_is_stored_without_a_gap() -> None:
+    """The last block never reached the blocks stream (a full disk, a torn tail), but the
+    votes that decided it are in the WAL: the replay decides it again, and the restart stores
+    it (and its end-of-height marker) before anything else, so blocks stay 1, 2, 3, ..."""
+    node = core()
+    log: list[Effect] = list(node.handle(Start(), 0.0))
+    for i in range(2):
+        log += run(node, Request(SubmitTx(b"k%d=v" % i)), 1.0 + i)
+    stored = persisted(log)
+    top = node.height - 1
+    torn = {
+        BLOCKS: tuple(r for r in stored[BLOCKS] if r != node.blocks[top]),
+        "wal": tuple(r for r in stored["wal"] if r != HeightDone(top)),
+    }
+    assert len(torn[BLOCKS]) == top - 1
+    again = core()
+    effects = again.handle(Start(torn), 10.0)
+    stores = [e for e in effects if isinstance(e, Persist)]
+    assert stores[:2] == [Persist(BLOCKS, node.blocks[top]), Persist("wal", HeightDone(top))]
+    assert [e for e in effects if isinstance(e, Persist) and e.stream == BLOCKS] == stores[:1]
+    assert again.height == top + 1
+
+
 def first_app_hash(effects: list[Effect]) -> bytes:
     (committed,) = [c for c in delivered(effects, Committed) if isinstance(c, Committed)]
     return committed.app_hash

@@ -41,6 +41,7 @@ def restore(core: ConsensusCore, persisted: Any) -> list[Effect]:
     for block, commit in persisted.get(BLOCKS, ()):
         if block.header.height == core.height:
             core.commit_block(block, commit)
+    stored = core.height  # the first height the blocks stream does not hold
     wal: list[WalRecord] = list(persisted.get(WAL, ()))
     done = [
         i
@@ -55,7 +56,13 @@ def restore(core: ConsensusCore, persisted: Any) -> list[Effect]:
     for record in tail:
         replay(core, record)
     core.replaying = False
-    effects: list[Effect] = [SetTimer(STATUS_TIMER, core.config.status_interval_s)]
+    # A height the replay decided (its votes, or a caught-up block, were in the WAL while the
+    # block itself never reached the blocks stream: a crash, a full disk, a torn tail) is
+    # stored now, before anything else: the stream must go on without a gap.
+    effects: list[Effect] = []
+    for height in range(stored, core.height):
+        effects += [Persist(BLOCKS, core.blocks[height]), Persist(WAL, HeightDone(height))]
+    effects.append(SetTimer(STATUS_TIMER, core.config.status_interval_s))
     if core.started:
         # What the replay signed anew (the node stopped before it could persist it, so it was
         # never sent) goes to the WAL before anything is sent, as any own message does.
