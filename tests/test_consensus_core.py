@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from swarmlearn.consensus.tendermint.app import KeyValueApp
+from swarmlearn.consensus.tendermint.catchup import voter_bits
 from swarmlearn.consensus.tendermint.core import (
     BATCH_TIMER,
     BLOCKS,
@@ -28,6 +29,7 @@ from swarmlearn.consensus.tendermint.types import (
     Commit,
     CommitSig,
     Proposal,
+    Status,
     Step,
     Validator,
     ValidatorSet,
@@ -44,6 +46,7 @@ from swarmlearn.sansio import (
     Persist,
     Receive,
     Request,
+    Send,
     SetTimer,
     Start,
     TimerFired,
@@ -226,6 +229,24 @@ def test_a_received_vote_is_written_before_it_is_processed() -> None:
     persists = [e for e in effects if isinstance(e, Persist)]
     assert persists[0].record == Started(1)
     assert persists[1].record == Heard(prevote)
+
+
+def test_a_status_says_what_it_holds_and_the_answer_leaves_that_out() -> None:
+    """A status carries a bit per validator for the votes of its round it holds (and whether
+    it holds the proposal); the answer sends only the rest, not every vote every time."""
+    node = core(FOUR, "a")
+    node.handle(Start(), 0.0)
+    for voter in "bc":
+        node.handle(Receive(voter, vote(voter, VoteType.PREVOTE, 0, None, chain="four")), 0.1)
+    own = node.status()
+    assert own.prevotes == voter_bits(node.validators, "bc")
+    assert own.precommits == voter_bits(node.validators, "")
+    holds_b = Status(1, 0, Step.PROPOSE, False, voter_bits(node.validators, "b"), b"")
+    answer = node.handle(Receive("d", holds_b), 0.2)
+    sent = [e.message for e in answer if isinstance(e, Send) and isinstance(e.message, Vote)]
+    assert [(v.kind, v.validator) for v in sent] == [(VoteType.PREVOTE, "c")]
+    everything = node.handle(Receive("d", Status(1, 0, Step.PROPOSE)), 0.3)  # holds nothing
+    assert len([e for e in everything if isinstance(e, Send)]) == 2
 
 
 def test_a_restart_rebuilds_state_from_blocks_and_wal_without_redelivering() -> None:

@@ -10,6 +10,7 @@ verified signatures of a quorum of this height's validators.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from swarmlearn.consensus.tendermint.restart import WAL
@@ -38,14 +39,34 @@ def answer_status(core: ConsensusCore, sender: str, status: Status) -> list[Effe
     polkas: set[tuple[int, bytes]] = set()
     for round_, received in core.machine.all_proposals():
         if round_ >= status.round:
-            effects.append(Send(sender, received.proposal))
+            if not (round_ == status.round and status.proposal):
+                effects.append(Send(sender, received.proposal))
             if received.proposal.valid_round >= 0:  # the polka that justifies it (line 28)
                 polkas.add((received.proposal.valid_round, received.proposal.block.hash))
+    index = {v.node: i for i, v in enumerate(core.validators.validators)}
+    held = {VoteType.PREVOTE: status.prevotes, VoteType.PRECOMMIT: status.precommits}
     for vote in core.keeper.votes():
         justifies = vote.kind == VoteType.PREVOTE and (vote.round, vote.value) in polkas
+        if vote.round == status.round and has_bit(held[vote.kind], index.get(vote.validator, -1)):
+            continue  # the peer said it holds this validator's vote of the round
         if vote.round >= status.round or justifies:
             effects.append(Send(sender, vote))
     return effects
+
+
+def voter_bits(validators: ValidatorSet, voters: Iterable[str]) -> bytes:
+    """A bit per validator of ``validators`` (in its order): set for each of ``voters``."""
+    index = {v.node: i for i, v in enumerate(validators.validators)}
+    bits = bytearray((len(validators.validators) + 7) // 8)
+    for node in voters:
+        i = index.get(node)
+        if i is not None:
+            bits[i // 8] |= 1 << (i % 8)
+    return bytes(bits)
+
+
+def has_bit(bits: bytes, i: int) -> bool:
+    return 0 <= i < 8 * len(bits) and bool(bits[i // 8] >> (i % 8) & 1)
 
 
 def catch_up(core: ConsensusCore, sender: str, block: Block, commit: Commit) -> list[Effect]:

@@ -45,7 +45,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from swarmlearn.consensus.tendermint.app import Application
-from swarmlearn.consensus.tendermint.catchup import answer_status, catch_up, commit_problem
+from swarmlearn.consensus.tendermint.catchup import (
+    answer_status,
+    catch_up,
+    commit_problem,
+    voter_bits,
+)
 from swarmlearn.consensus.tendermint.crypto import Signer, Verifier
 from swarmlearn.consensus.tendermint.events import (
     Committed,
@@ -693,7 +698,20 @@ class ConsensusCore:
     # ------------------------------------------------------------ gossip and catch-up
 
     def status(self) -> Status:
-        return Status(self.height, max(self.machine.state.round, 0), self.machine.state.step)
+        round_ = max(self.machine.state.round, 0)
+        votes = self.keeper.votes(round_)
+
+        def voters(kind: VoteType) -> bytes:
+            return voter_bits(self.validators, (v.validator for v in votes if v.kind == kind))
+
+        return Status(
+            self.height,
+            round_,
+            self.machine.state.step,
+            bool(self.machine.proposals.get(round_)),
+            voters(VoteType.PREVOTE),
+            voters(VoteType.PRECOMMIT),
+        )
 
     def ask_for_blocks(self, peer: str) -> list[Effect]:
         """We are behind ``peer``: tell it where we are (at most once per status interval)."""

@@ -269,11 +269,17 @@ class Commit(Message, tag=0x46):
 
 @dataclass(frozen=True)
 class Status(Message, tag=0x47):
-    """Where a node is; peers answer with what it may have missed."""
+    """Where a node is; peers answer with what it may have missed. What it already holds of
+    ``round`` is said too (CometBFT's VoteSetBits): the proposal, and a bit per validator of
+    the height's set (in its order) for each kind of vote; the answer leaves those out. The
+    defaults say "nothing": everything is sent (a request for a missing proposal)."""
 
     height: int
     round: int
     step: Step
+    proposal: bool = False
+    prevotes: bytes = b""
+    precommits: bytes = b""
 
 
 @dataclass(frozen=True)
