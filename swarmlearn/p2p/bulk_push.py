@@ -25,7 +25,9 @@ is sent, written and read by threads with blocking calls, closed when idle.
   runs.
 - Receiving: a thread per accepted lane reads each frame into its own buffer (the only
   copy is OpenSSL's), decodes it, hashes the payload there, and hands message and digest
-  to the event loop (``deliver``). Payload bytes handed over but not yet handled by the
+  to the event loop (``deliver``, queued with ``run_sync_soon`` in the lane's order: the
+  lane does not wait for a busy loop to take each frame). Payload bytes handed over but not
+  yet handled by the
   node are bounded (``receive_budget_bytes``; the node calls :meth:`RoundLanes.release`
   when it handled one): a lane waits before reading more, so a node whose loop is busy
   slows its senders (TCP backpressure) instead of piling up a model's worth of frames.
@@ -615,8 +617,8 @@ class RoundLanes:
         self._settle(frame, peer, len(payload))
         digest = content_digest(payload) if payload else None
         assert self._token is not None
-        try:
-            trio.from_thread.run_sync(self.deliver, peer, message, digest, trio_token=self._token)
+        try:  # queued for the loop, not waited for: the lane reads on (the budget bounds it)
+            self._token.run_sync_soon(self.deliver, peer, message, digest)
         except BaseException:
             self.release(len(payload), peer)
             raise
