@@ -27,10 +27,10 @@ is sent, written and read by threads with blocking calls, closed when idle.
   copy is OpenSSL's), decodes it, hashes the payload there, and hands message and digest
   to the event loop (``deliver``, queued with ``run_sync_soon`` in the lane's order: the
   lane does not wait for a busy loop to take each frame). Payload bytes handed over but not
-  yet handled by the
-  node are bounded (``receive_budget_bytes``; the node calls :meth:`RoundLanes.release`
-  when it handled one): a lane waits before reading more, so a node whose loop is busy
-  slows its senders (TCP backpressure) instead of piling up a model's worth of frames.
+  yet handled by the node are bounded (``receive_budget_bytes``; the node calls
+  :meth:`RoundLanes.release` when it handled one): a lane waits before reading more, so a
+  node whose loop is busy slows its senders (TCP backpressure) instead of piling up a
+  model's worth of frames.
 - Per sender, too (``peer_budget_bytes``): its payloads delivered and not yet handled, plus
   its chunks the node's merge holds for their turn (the fixed participant order;
   :meth:`RoundLanes.set_held`, from the node after each input). Over it, that sender's lane

@@ -43,11 +43,12 @@ def answer_status(core: ConsensusCore, sender: str, status: Status) -> list[Effe
                 effects.append(Send(sender, received.proposal))
             if received.proposal.valid_round >= 0:  # the polka that justifies it (line 28)
                 polkas.add((received.proposal.valid_round, received.proposal.block.hash))
-    index = {v.node: i for i, v in enumerate(core.validators.validators)}
+    position = core.validators.position
     held = {VoteType.PREVOTE: status.prevotes, VoteType.PRECOMMIT: status.precommits}
     for vote in core.keeper.votes():
         justifies = vote.kind == VoteType.PREVOTE and (vote.round, vote.value) in polkas
-        if vote.round == status.round and has_bit(held[vote.kind], index.get(vote.validator, -1)):
+        place = position.get(vote.validator, -1)
+        if vote.round == status.round and has_bit(held[vote.kind], place):
             continue  # the peer said it holds this validator's vote of the round
         if vote.round >= status.round or justifies:
             effects.append(Send(sender, vote))
@@ -56,10 +57,9 @@ def answer_status(core: ConsensusCore, sender: str, status: Status) -> list[Effe
 
 def voter_bits(validators: ValidatorSet, voters: Iterable[str]) -> bytes:
     """A bit per validator of ``validators`` (in its order): set for each of ``voters``."""
-    index = {v.node: i for i, v in enumerate(validators.validators)}
-    bits = bytearray((len(validators.validators) + 7) // 8)
+    bits = bytearray((len(validators) + 7) // 8)
     for node in voters:
-        i = index.get(node)
+        i = validators.position.get(node)
         if i is not None:
             bits[i // 8] |= 1 << (i % 8)
     return bytes(bits)

@@ -444,7 +444,7 @@ class ConsensusCore:
         if self._awaiting_batch():
             return self.config.batch_wait_s
         if round_ == 0 and not len(self.mempool) and self._needs_proof_block():
-            return max(0.0, self.config.proof_wait_s)
+            return self.config.proof_wait_s
         return 0.0
 
     def _awaiting_batch(self) -> bool:

@@ -65,6 +65,8 @@ class ValidatorSet:
                 raise ValueError(f"validator {validator.node}: power must be in 1..{POWER_MAX}")
         self.validators: tuple[Validator, ...] = tuple(ordered)
         self.by_node = {v.node: v for v in ordered}
+        #: Each validator's place in the set's order (a status's vote bits are by it).
+        self.position = {v.node: i for i, v in enumerate(ordered)}
         self.total_power = sum(v.power for v in ordered)
 
     def __len__(self) -> int:
