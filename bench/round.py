@@ -297,6 +297,10 @@ def _one_round(
     def progress(text: str) -> None:
         if " iterations, " in text:  # "round 3: geomedian over 4: 21 iterations, converged"
             seen.setdefault("iterations", []).append(float(text.split(": ")[-1].split()[0]))
+        if " past its deadline" in text:  # "round 1: attempt 1 past its deadline ..."
+            failed = float(text.split(": attempt ", 1)[1].split()[0])
+            with lock:
+                seen.setdefault("attempts", []).append(failed + 1)
         for phase, words in PHASES.items():
             if words and words in text:
                 with lock:
@@ -324,6 +328,9 @@ def _one_round(
     steps = {phase: marks[i + 1] - marks[i] for i, phase in enumerate(PHASES)}
     if seen.get("iterations"):  # the geometric median's Weiszfeld updates (every node alike)
         steps["iterations"] = max(seen["iterations"])
+    # A round whose first attempt passed its deadline ran a second one: its "closed" phase
+    # then holds the whole first attempt, and "exchanged" the second attempt's exchange.
+    steps["attempts"] = max(seen.get("attempts", [1.0]))
     return marks[-1] - marks[0], steps
 
 

@@ -109,7 +109,9 @@ def test_lossy_crashes_lose_unsynced_wal_writes_and_no_honest_node_double_signs(
     (records the node signed are durable before it sends them) keep every validator honest."""
     results = [run_scenario("bft-torn-writes", seed) for seed in range(4)]
     assert all(result.ok for result in results), [r.message for r in results if not r.ok]
-    assert [result.writes_lost for result in results] == [4, 5, 2, 2]  # seeded: this many lost
+    # Every run's crashes lost writes (how many follows the seeded schedule, which any change
+    # of timing moves; a pinned count only said the schedule changed).
+    assert all(result.writes_lost > 0 for result in results)
 
 
 def test_a_store_that_never_fsyncs_is_caught_double_signing_by_lossy_crashes(

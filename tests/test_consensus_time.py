@@ -13,9 +13,14 @@ import random
 import pytest
 
 from swarmlearn.consensus.tendermint.app import KeyValueApp
-from swarmlearn.consensus.tendermint.core import EMPTY_FOR_TIME_MAX, ConsensusCore
+from swarmlearn.consensus.tendermint.core import (
+    EMPTY_FOR_TIME_MAX,
+    NEXT_HEIGHT_TIMER,
+    ConsensusCore,
+    TimeoutTag,
+)
 from swarmlearn.consensus.tendermint.crypto import SimVerifier
-from swarmlearn.consensus.tendermint.events import Committed, EvidenceFound, Genesis
+from swarmlearn.consensus.tendermint.events import Committed, EvidenceFound, Genesis, SubmitTx
 from swarmlearn.consensus.tendermint.types import (
     Block,
     BlockHeader,
@@ -31,7 +36,17 @@ from swarmlearn.consensus.tendermint.types import (
     VoteType,
     tx_root,
 )
-from swarmlearn.sansio import Broadcast, Deliver, Effect, Receive, Send, Start
+from swarmlearn.sansio import (
+    Broadcast,
+    Deliver,
+    Effect,
+    Receive,
+    Request,
+    Send,
+    SetTimer,
+    Start,
+    TimerFired,
+)
 from tests.consensus_helpers import SIGNERS, validator_set
 
 T0_MS = 1_700_000_000_000
@@ -298,3 +313,65 @@ def test_failed_rounds_bring_empty_blocks_for_time_only_so_many_in_a_row() -> No
         node.handle(Receive("b", BlockResponse(empty, last)), node.now)
         assert node.height == height + 1
     assert due == [True] * EMPTY_FOR_TIME_MAX + [False, False]
+
+
+def decide_height_2_slowly(node: ConsensusCore, took_s: float) -> float:
+    """Height 2's proposal reaches ``node`` at T0 + 1 s and its precommits ``took_s`` later
+    (votes stamped then): the node decides at that moment, which is returned."""
+    first_commit = node.blocks[1][1]
+    time_ms = first_commit.median_time_ms(VALIDATORS)
+    two = make_block(2, time_ms, node.blocks[1][0], first_commit, (b"x=1",), node.app.app_hash())
+    proposed_s = T0_MS / 1000 + 1
+    decided_s = proposed_s + took_s
+    node.handle(Receive(two.header.proposer, proposal(two)), proposed_s)
+    for voter in "bcd":
+        stamp = int(decided_s * 1000)
+        node.handle(Receive(voter, signed_vote(voter, VoteType.PRECOMMIT, 2, 0, two.hash, stamp)),
+                    decided_s)  # fmt: skip
+    assert node.height == 3
+    return decided_s
+
+
+@pytest.mark.parametrize("took_s", [0.1, 1.5])
+def test_on_a_slow_network_a_wait_as_long_as_a_height_brings_no_empty_block_for_time(
+    took_s: float,
+) -> None:
+    """An empty block for time costs a whole height; where a height takes 1.5 s from its
+    proposal to its decision (validators loaded: 32 daemons on 2 cores during a round), a
+    transaction arriving a second after the decision goes straight in (the empty block's
+    commit would stamp it just as old); where it takes 0.1 s, the second is a quiet spell."""
+    node, _, _ = node_at_height_2()
+    decided_s = decide_height_2_slowly(node, took_s)
+    assert node.pace_s == pytest.approx(took_s)
+    last = node.blocks[2][1].median_time_ms(VALIDATORS)
+    node.now = decided_s + 1.0
+    assert node._clock_block_due(last) == (took_s < 1.0)
+    node.now = decided_s + took_s + 0.3  # longer than the pace: quiet even there
+    assert node._clock_block_due(last)
+
+
+def test_the_proposal_timeout_grows_by_the_networks_pace_and_at_most_two_timeouts() -> None:
+    """A non-proposer waits for the proposal its timeout plus the last height's pace, so a
+    proposal as slow as the last one does not fail round 0; a stalled height (20 s) counts
+    for at most PACE_MAX timeouts. The other steps' timeouts do not change."""
+    base = ConsensusCore(
+        FOUR, SIGNERS["a"], SimVerifier(), KeyValueApp(), random.Random(1), list("abcd")
+    ).config
+    for took_s, extra_s in ((0.1, 0.1), (1.5, 1.5), (20.0, 2 * base.timeout_propose_s)):
+        node, _, _ = node_at_height_2()
+        decide_height_2_slowly(node, took_s)
+        assert node.timeout_s(Step.PROPOSE, 0) == pytest.approx(base.timeout_propose_s + extra_s)
+        assert node.timeout_s(Step.PROPOSE, 2) == pytest.approx(
+            base.timeout_s(Step.PROPOSE, 2) + extra_s
+        )
+        assert node.timeout_s(Step.PREVOTE, 0) == base.timeout_prevote_s
+        assert node.timeout_s(Step.PRECOMMIT, 1) == base.timeout_s(Step.PRECOMMIT, 1)
+    # The timer a non-proposer sets when the next height starts (a transaction arrives).
+    waiter = next(n for n in "abc" if VALIDATORS.proposer(3, 0) != n)
+    node, _, _ = node_at_height_2(waiter)
+    decided_s = decide_height_2_slowly(node, 1.5)
+    effects = node.handle(Request(SubmitTx(b"y=2")), decided_s)
+    effects += node.handle(TimerFired(NEXT_HEIGHT_TIMER), decided_s)
+    timers = {e.tag.step: e.delay_s for e in effects if isinstance(e, SetTimer)
+              and isinstance(e.tag, TimeoutTag)}  # fmt: skip
+    assert timers == {Step.PROPOSE: pytest.approx(base.timeout_propose_s + 1.5)}

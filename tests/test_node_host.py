@@ -136,8 +136,9 @@ async def test_a_rounds_participants_are_linked_beyond_the_outbound_target_until
     pki: Path, tmp_path: Path
 ) -> None:
     """A round's participants need links with each other (their small round messages, the
-    lane-port announcement): the host keeps them, dialed beyond the outbound target; once no
-    round names them, those links close after the grace (back to the outbound target)."""
+    lane-port announcement): the host keeps them, dialed beyond the outbound target, and
+    opens their round lanes ahead; once no round names them, those links close after the
+    grace (back to the outbound target)."""
     nodes: list[ValidatorNode] = []
     async with trio.open_nursery() as nursery:
         for index in range(5):
@@ -159,13 +160,23 @@ async def test_a_rounds_participants_are_linked_beyond_the_outbound_target_until
         last = nodes[-1]
         others = {node.me for node in nodes[:-1]}
         assert len(last.network.peers()) < len(others)  # one dialed, to its bootstrap node
-        last.network.keep(others)
+        # As a commit that shows an open round of these nodes does (the node re-applies its
+        # round links after every input: a bare network.keep() would be undone at once).
+        last._round_links = set(others)
+        last._keep_links()
         await until(lambda: others <= set(last.network.peers()), "linked to every kept peer")
         await until(lambda: all(last.lanes.address(p) for p in others), "their lane ports")
+        # Each kept peer's round lane is dialed ahead (at keep() where its lane port was
+        # known, else when it arrives), before the round sends it anything.
+        await until(lambda: last.lanes.opened_ahead == len(others), "their lanes opened ahead")
+        receivers = [node.lanes.into for node in nodes[:-1]]
+        await until(lambda: all(pool.live == 1 for pool in receivers), "each lane accepted")
+        assert last.lanes.open_failed == 0
         assert last.network.pending_dropped == 0
         table = last.network.node.peers
         assert table.statistics().outbound > 1
-        last.network.keep(())  # the round is over
+        last._round_links = set()  # the round is over
+        last._keep_links()
         await until(lambda: table.statistics().outbound == 1, "back to the outbound target")
         await until(lambda: not table.released, "every released link closed or ordinary")
         assert len(last.network.peers()) < len(others)

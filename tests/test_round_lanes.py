@@ -206,6 +206,46 @@ async def test_an_idle_lane_closes_at_both_ends_and_leaves_no_thread(
     assert [m.index for _, m, _ in inbox.got if isinstance(m, RoundChunk)] == [0, 1]
 
 
+async def test_a_lane_opened_ahead_carries_the_first_chunk_and_a_failed_one_is_no_fault(
+    identities: dict[str, Identity],
+) -> None:
+    """``open`` dials a participant's lane before its first chunk (a round's lanes were all
+    dialed when its exchange started, beside the ledger); the chunk then goes on that lane,
+    no second one. A peer whose lane cannot be dialed ahead is not marked down: its chunks
+    still try a lane of their own first."""
+    a, b = identities["a"], identities["b"]
+    inbox = Inbox(expected=1)
+    sender, receiver = RoundLanes(a, Inbox(0).deliver), RoundLanes(b, inbox.deliver)
+    unreachable = str(identities["c"].peer_id)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(receiver.serve, "127.0.0.1")
+        sender.open([str(b.peer_id)])  # no address yet: left for later
+        assert sender.opened_ahead == 0
+        sender.set_host(str(b.peer_id), "127.0.0.1")
+        sender.set_port(str(b.peer_id), port)
+        sender.set_host(unreachable, "127.0.0.1")
+        sender.set_port(unreachable, _closed_port())
+        sender.open([str(b.peer_id), unreachable])
+        sender.open([str(b.peer_id)])  # a lane already: nothing more
+        await wait_until(lambda: receiver.into.live == 1 and sender.open_failed == 1)
+        assert sender.opened_ahead == 2
+        assert not sender.is_down(unreachable)
+        assert sender.send(str(b.peer_id), RoundChunk("c", 1, 0, 0, b"x" * 64))
+        with trio.fail_after(WAIT_S):
+            await inbox.full.wait()
+        assert receiver.into.started == 1  # the chunk came on the lane opened ahead
+        sender.close()
+        nursery.cancel_scope.cancel()
+    assert await trio.to_thread.run_sync(sender.join, WAIT_S) == 0
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 async def test_a_certificate_with_no_node_role_gets_no_blob_lane_either(
     identities: dict[str, Identity],
 ) -> None:

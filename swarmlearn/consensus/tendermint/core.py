@@ -137,6 +137,8 @@ class ForgedTx:
 
 #: Empty blocks for time in a row after failed rounds, at most (then transactions go in).
 EMPTY_FOR_TIME_MAX = 4
+#: The most propose timeouts the network's pace (see ConsensusCore._pace_s) counts for.
+PACE_MAX = 2
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,11 @@ class ConsensusCore:
         #: When (this node's clock) it decided the last height itself, from votes; None
         #: after a block taken by catch-up or replay.
         self.decided_at: float | None = None
+        #: When (this node's clock) the first proposal of this height reached it or was made
+        #: by it, and how long the last height it decided itself took from there to its
+        #: decision: the network's present pace (see _clock_block_due).
+        self.proposal_at: float | None = None
+        self.pace_s = 0.0
         self.held: tuple[int, int] | None = None  # the (height, round) of a held proposal
         self.waited: tuple[int, int] | None = None  # ... whose wait is over
         self._new_height()
@@ -236,6 +243,7 @@ class ConsensusCore:
     def _new_height(self) -> None:
         self.keeper = VoteKeeper(self.chain_id, self.height, self.validators, self.verifier)
         self.machine = Machine(self.height, self.me, self.keeper)
+        self.proposal_at = None
 
     def set_peers(self, peers: Sequence[str]) -> None:
         """The driver's current peers (the simulator's are fixed; a real node's change)."""
@@ -325,6 +333,7 @@ class ConsensusCore:
         if self.machine.holds(proposal.round, proposal.block.hash):
             return []
         effects: list[Effect] = [Persist(WAL, Heard(proposal))] if persist else []
+        self.proposal_at = self.now if self.proposal_at is None else self.proposal_at
         if kept:  # a second block for one round: evidence, and kept (lines 36 and 49 apply)
             evidence = EvidenceFound(proposer, self.height, proposal.round, "proposal")
             effects += [Deliver(evidence), Log(f"{proposer} proposed two blocks", "warning")]
@@ -406,7 +415,7 @@ class ConsensusCore:
                     effects += self._cast(kind, round_, value, pending)
                 case ScheduleTimeout(step, round_):
                     tag = TimeoutTag(self.height, round_, step)
-                    effects.append(SetTimer(tag, self.config.timeout_s(step, round_)))
+                    effects.append(SetTimer(tag, self.timeout_s(step, round_)))
                 case Decide(round_, block):
                     effects += self._decide(round_, block)
                     return effects  # the height is over; the next one has its own machine
@@ -425,6 +434,7 @@ class ConsensusCore:
             signature = self.signer.sign(unsigned.sign_bytes(self.chain_id))
             proposal = Proposal(self.height, round_, valid_round, block, self.me, signature)
             self.signed[key] = proposal
+        self.proposal_at = self.now if self.proposal_at is None else self.proposal_at
         pending.extend(self.machine.on_proposal(Received(proposal, True)))
         return self._publish(proposal)
 
@@ -544,8 +554,15 @@ class ConsensusCore:
         Not in round 0 right after this node decided the last height itself (within
         ``block_time_lag_s``): then the time is old only by the network's delay (the median
         precommit to this node's decision), and an empty block's commit would be just as
-        old. Only a quiet spell, a failed round or a block taken by catch-up is made up for."""
-        lag_s = self.config.block_time_lag_s
+        old. Only a quiet spell, a failed round or a block taken by catch-up is made up for.
+
+        A spell is quiet only against the network's pace: on validators so loaded that a
+        height takes longer than ``block_time_lag_s`` from its proposal to its decision
+        (``pace_s``, the last height this node decided), an empty block's commit would stamp
+        the next block just as old as the wait does, and cost a whole height (32 daemons on 2
+        cores during a round: heartbeats waited 2.4 s behind an empty block). There the lag
+        allowed is that pace."""
+        lag_s = max(self.config.block_time_lag_s, self._pace_s())
         if int(self.now * 1000) - time_ms <= lag_s * 1000:
             return False
         if self.machine.state.round > 0:  # not after EMPTY_FOR_TIME_MAX: no starvation
@@ -558,6 +575,20 @@ class ConsensusCore:
             if height < 1 or (found is not None and found[0].txs):
                 return True  # (before block 1, the genesis time: as old as it gets)
         return False
+
+    def _pace_s(self) -> float:
+        """The last height's time from proposal to decision at this node, at most
+        ``PACE_MAX`` propose timeouts (one stalled height does not stretch the next ones)."""
+        return min(self.pace_s, PACE_MAX * self.config.timeout_propose_s)
+
+    def timeout_s(self, step: Step, round_: int) -> float:
+        """A step's timeout; the proposal's is longer by the network's present pace. On
+        validators so loaded that a height takes a second or two, a proposal that took as
+        long as the last one timed round 0 out: a failed round, an empty block for time,
+        and a second height for the transactions waiting (32 daemons on 2 cores). On an idle
+        network the pace is a few link delays and the timeout what it was."""
+        extra_s = self._pace_s() if step == Step.PROPOSE else 0.0
+        return self.config.timeout_s(step, round_) + extra_s
 
     def _held_s(self) -> float:
         """How long this proposal may have been held on purpose (not a quiet spell)."""
@@ -635,6 +666,8 @@ class ConsensusCore:
             block.hash,
             tuple(CommitSig(v.validator, v.signature, v.time_ms) for v in votes),
         )
+        if not self.replaying and self.proposal_at is not None:
+            self.pace_s = self.now - self.proposal_at
         effects = self.commit_block(block, commit)
         self.decided_at = None if self.replaying else self.now
         return effects

@@ -83,9 +83,7 @@ def restore_timers(core: ConsensusCore) -> list[Effect]:
     if ("timeout-precommit", state.round) in state.fired:
         steps.append(Step.PRECOMMIT)
     return [
-        SetTimer(
-            TimeoutTag(core.height, state.round, step), core.config.timeout_s(step, state.round)
-        )
+        SetTimer(TimeoutTag(core.height, state.round, step), core.timeout_s(step, state.round))
         for step in steps
     ]
 

@@ -135,11 +135,12 @@ class NodeHost(P2PService):
         kept = frozenset(peers) - {self.me}
         if kept == self.kept:
             return
-        self.kept = kept
+        added, self.kept = kept - self.kept, kept
         for peer in [p for p in self._pending if p not in kept]:
             self.pending_dropped += len(self._pending.pop(peer))
             del self._pending_bytes[peer]
         self._input(Request(Keep(tuple(sorted(kept)))))
+        self.lanes.open(sorted(added))  # those whose lane address is known; the rest at LanePort
 
     def report_forged(self, peer: NodeId, reason: str) -> None:
         """``peer`` sent a forged transaction: count it; enough of them, and it is banned."""
@@ -175,6 +176,8 @@ class NodeHost(P2PService):
         if isinstance(message, LanePort):
             self.lanes.set_port(peer, message.port)
             self._flush(peer)
+            if peer in self.kept:
+                self.lanes.open([peer])  # a round's participant: its lane before its chunks
             return True
         return False
 
