@@ -160,9 +160,12 @@ async def test_a_rounds_participants_are_linked_beyond_the_outbound_target_until
         last = nodes[-1]
         others = {node.me for node in nodes[:-1]}
         assert len(last.network.peers()) < len(others)  # one dialed, to its bootstrap node
-        # As a commit that shows an open round of these nodes does (the node re-applies its
-        # round links after every input: a bare network.keep() would be undone at once).
-        last._round_links = set(others)
+        # As a ledger whose open round names these nodes does (the node re-reads its round
+        # links at every commit and re-applies them after every input: a bare
+        # network.keep() would be undone at once).
+        round_peers = set(others)
+        last._round_peers = lambda: set(round_peers)  # type: ignore[method-assign]
+        last._round_links = set(round_peers)
         last._keep_links()
         await until(lambda: others <= set(last.network.peers()), "linked to every kept peer")
         await until(lambda: all(last.lanes.address(p) for p in others), "their lane ports")
@@ -175,7 +178,8 @@ async def test_a_rounds_participants_are_linked_beyond_the_outbound_target_until
         assert last.network.pending_dropped == 0
         table = last.network.node.peers
         assert table.statistics().outbound > 1
-        last._round_links = set()  # the round is over
+        round_peers.clear()  # the round is over
+        last._round_links = set()
         last._keep_links()
         await until(lambda: table.statistics().outbound == 1, "back to the outbound target")
         await until(lambda: not table.released, "every released link closed or ordinary")

@@ -126,6 +126,7 @@ class NodeHost(P2PService):
         )
         for peer, (host, _) in members.items():
             self.lanes.set_host(peer, host)
+        self.lanes.open(sorted(self.kept & members.keys()))  # a lane address just completed
         if addresses != self._learnt:
             self._learnt = addresses
             self._input(Request(Learn(addresses)))
