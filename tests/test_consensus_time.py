@@ -17,7 +17,6 @@ from swarmlearn.consensus.tendermint.core import (
     EMPTY_FOR_TIME_MAX,
     NEXT_HEIGHT_TIMER,
     ConsensusCore,
-    TimeoutTag,
 )
 from swarmlearn.consensus.tendermint.crypto import SimVerifier
 from swarmlearn.consensus.tendermint.events import Committed, EvidenceFound, Genesis, SubmitTx
@@ -36,6 +35,7 @@ from swarmlearn.consensus.tendermint.types import (
     VoteType,
     tx_root,
 )
+from swarmlearn.consensus.tendermint.wal import TimeoutTag
 from swarmlearn.sansio import (
     Broadcast,
     Deliver,
