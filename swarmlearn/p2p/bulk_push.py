@@ -412,19 +412,31 @@ class RoundLanes:
         """Queue ``message`` on the lane to ``peer`` (from the event loop); False when the
         peer has no lane (no address yet, down, or no sender thread left): the caller sends
         it on the message connection."""
-        if self._stop.is_set() or self.address(peer) is None or self.is_down(peer):
+        if not self._may_lane(peer):
             return False
         with self._lock:
-            sender = self._senders.get(peer)
+            sender = self._sender_for(peer)
             if sender is None:
-                sender = _Sender(self, peer)
-                if not self.out.start(sender.run, name=f"lane-{peer[:8]}"):
-                    return False
-                self._senders[peer] = sender
+                return False
             taken = sender.put(message)
         if not taken:
             self.dropped += 1
         return True
+
+    def _may_lane(self, peer: NodeId) -> bool:
+        """Not closing, the peer's lane address known, the peer not down."""
+        return not self._stop.is_set() and self.address(peer) is not None and not self.is_down(peer)
+
+    def _sender_for(self, peer: NodeId) -> _Sender | None:
+        """``peer``'s sender, started if it has none (None: no sender thread left); under
+        ``_lock``."""
+        sender = self._senders.get(peer)
+        if sender is None:
+            sender = _Sender(self, peer)
+            if not self.out.start(sender.run, name=f"lane-{peer[:8]}"):
+                return None
+            self._senders[peer] = sender
+        return sender
 
     def open(self, peers: Iterable[NodeId]) -> None:
         """Dial the lanes to ``peers`` now, ahead of the round's first chunk (from the event
@@ -433,17 +445,16 @@ class RoundLanes:
         cores, 240 TLS handshakes when the exchange starts, beside the ledger, took its
         first attempt to 3-4x the second's time and sometimes past its deadline."""
         for peer in peers:
-            if self._stop.is_set() or self.address(peer) is None or self.is_down(peer):
+            if not self._may_lane(peer):
                 continue
             with self._lock:
                 if peer in self._senders:
                     continue
-                sender = _Sender(self, peer)
-                if not self.out.start(sender.run, name=f"lane-{peer[:8]}"):
-                    return
-                self._senders[peer] = sender
+                sender = self._sender_for(peer)
+                if sender is None:
+                    return  # no sender thread left: the round's sends fall back as they would
                 self.opened_ahead += 1
-            sender.queue.put(_DIAL)
+                sender.queue.put(_DIAL)
 
     def retire(self, sender: _Sender) -> bool:
         """From ``sender``'s thread, idle for ``sender_idle_s``: True when it ends (nothing was

@@ -333,7 +333,7 @@ class ConsensusCore:
         if self.machine.holds(proposal.round, proposal.block.hash):
             return []
         effects: list[Effect] = [Persist(WAL, Heard(proposal))] if persist else []
-        self.proposal_at = self.now if self.proposal_at is None else self.proposal_at
+        self._proposal_seen()
         if kept:  # a second block for one round: evidence, and kept (lines 36 and 49 apply)
             evidence = EvidenceFound(proposer, self.height, proposal.round, "proposal")
             effects += [Deliver(evidence), Log(f"{proposer} proposed two blocks", "warning")]
@@ -434,7 +434,7 @@ class ConsensusCore:
             signature = self.signer.sign(unsigned.sign_bytes(self.chain_id))
             proposal = Proposal(self.height, round_, valid_round, block, self.me, signature)
             self.signed[key] = proposal
-        self.proposal_at = self.now if self.proposal_at is None else self.proposal_at
+        self._proposal_seen()
         pending.extend(self.machine.on_proposal(Received(proposal, True)))
         return self._publish(proposal)
 
@@ -575,6 +575,11 @@ class ConsensusCore:
             if height < 1 or (found is not None and found[0].txs):
                 return True  # (before block 1, the genesis time: as old as it gets)
         return False
+
+    def _proposal_seen(self) -> None:
+        """A proposal of this height reached this node or was made by it: the pace's start."""
+        if self.proposal_at is None:
+            self.proposal_at = self.now
 
     def _pace_s(self) -> float:
         """The last height's time from proposal to decision at this node, at most
