@@ -143,13 +143,21 @@ def test_graft_room_depends_on_who_asks() -> None:
         g.handle(Receive(f"p{index:02d}", Graft(T, 6)), 0.5)
     assert len(g.mesh[T]) == g.config.graft_accept_max
     refused = g.handle(Receive("p09", Graft(T, 6)), 0.5)  # inbound, not needy: no room
-    assert sends(refused, Prune) == [("p09", Prune(T, g.config.prune_backoff_s))]
+    # No room is no fault: a short backoff (a misbehaving peer's PRUNE carries the full one).
+    assert sends(refused, Prune) == [("p09", Prune(T, g.config.trim_backoff_s))]
     g.handle(Receive("q0", Graft(T, 6)), 0.6)  # a peer we dialed: room up to d_hi
     for index in range(10, 14):
-        g.handle(Receive(f"p{index:02d}", Graft(T, 1)), 0.6)  # below d_lo: room up to d_hi
-    assert len(g.mesh[T]) == g.config.d_hi
-    assert "q0" in g.mesh[T]
-    assert "p13" not in g.mesh[T]
+        # Below d_lo: room up to one beyond d_hi (a node that only dialed out would otherwise
+        # find every peer full), and the starving peer is kept when the mesh is trimmed.
+        g.handle(Receive(f"p{index:02d}", Graft(T, 1)), 0.6)
+    assert len(g.mesh[T]) == g.config.d_hi + 1
+    assert {"q0", "p10"} <= g.mesh[T]
+    assert "p11" not in g.mesh[T]
+    prunes = sends(beat(g, 1.0), Prune)
+    assert len(g.mesh[T]) == g.config.d
+    assert "p10" in g.mesh[T]  # rescued: kept
+    assert {message for _, message in prunes} == {Prune(T, g.config.trim_backoff_s)}
+    assert g.rescued == set()
 
 
 def test_an_oversized_mesh_is_pruned_to_d_keeping_outbound_peers() -> None:

@@ -505,6 +505,26 @@ def test_a_small_swarm_is_linked_in_full_and_sheds_to_the_targets_once_it_grows(
     assert (stats.outbound, stats.inbound) == (MESH.outbound_target, 1)
 
 
+def test_a_full_mesh_that_refuses_a_joiner_learns_of_it_and_sheds_to_make_room() -> None:
+    t = table(MESH)
+    t.handle(Start(), 0.0)
+    connect(t, 0, "n000", outbound=True, address=PeerAddress("sentinel", 30303))
+    teach(t, 4, 1.0)
+    for conn in range(1, 6):
+        connect(t, conn, f"n{conn:03d}", outbound=conn < 5, now=1.5)
+    assert len(t.connected()) == MESH.links_max  # 6 known, 6 links: a full mesh, and full
+    # The joiner is refused, and known from now (no address yet): 7 known outgrow the mesh.
+    assert delivered(connect(t, 9, "n009", now=2.0), Close) == [Close(9, "connection limit")]
+    closed = delivered(t.handle(TimerFired(TICK), 3.0), Close)
+    assert closed == [Close(conn, "beyond the targets") for conn in (2, 3, 4)]
+    assert delivered(connect(t, 10, "n009", now=3.5), Close) == []  # room for it now
+    # A peer known without an address takes one from any peer exchange.
+    connect(t, 11, "n011", now=4.0)
+    t.handle(Request(Disconnected(11)), 4.0)
+    t.handle(Receive("n000", PeerExchange((), (addr("n011"),))), 5.0)
+    assert t.known["n011"].address == PeerAddress("n011", 30303, "n011")
+
+
 @given(st.integers(min_value=0, max_value=2**32), st.integers(min_value=8, max_value=40))
 def test_ordinary_links_never_exceed_links_max(seed: int, peers: int) -> None:
     """Whoever dials in, whatever the order: a table knowing more than a full mesh holds at

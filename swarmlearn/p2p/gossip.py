@@ -24,8 +24,14 @@ and losses are repaired by gossip.
   on 2 cores running 32 validators that CPU, not the network, sets the commit latency
   (copies per message 7.5 -> 3.7 at 16 validators; the simulator's extra hop costs ~10 ms).
   A GRAFT is refused (PRUNE back) when the topic is not ours, the peer is in backoff, its
-  score is negative, or our mesh is already at ``d_hi`` and we did not dial the peer. PRUNE
-  carries a backoff (``prune_backoff_s``) during which neither side grafts the other.
+  score is negative, or our mesh has no room: up to ``graft_accept_max`` for a peer that
+  dialed us, ``d_hi`` for one we dialed, and one beyond ``d_hi`` for a peer whose own mesh
+  is below ``d_lo`` (it is kept at the next trim: a node that only dialed out, to peers at
+  ``d_hi``, would otherwise be refused everywhere). PRUNE carries a backoff during which
+  neither side grafts the other: ``prune_backoff_s`` for a fault (a negative score, a GRAFT
+  in backoff), ``trim_backoff_s`` when the mesh only needed room (a full mesh outgrown, an
+  oversized one trimmed, no room), so that a node pruned by every peer at once grafts again
+  within seconds rather than a minute.
 - **Publishing**: own messages are flood-published to every topic peer with a
   non-negative score, not just the mesh, and never delivered back to the publisher. A
   publisher that knows its flood reaches every node that needs the message (a swarm node
@@ -156,6 +162,8 @@ class Gossip:
         #: a swarm of at most full_mesh_max of them is a full mesh.
         self.swarm_size: Callable[[], int] = lambda: len(self.peers)
         self.backoff: dict[tuple[str, NodeId], float] = {}
+        #: Peers taken into a full mesh because theirs was below d_lo: kept at the next trim.
+        self.rescued: set[tuple[str, NodeId]] = set()
         self.seen = SeenCache(config.seen_ttl_s, config.seen_max)
         self.mcache = MessageCache(config.history_length, config.history_gossip)
         self.requested: dict[MessageId, float] = {}  # IWANT sent, until when not to ask again
@@ -374,22 +382,31 @@ class Gossip:
         state = self.peers[sender]
         if members is not None and sender in members:
             return []
-        # Room up to d_hi for a peer we dialed or one below d_lo, else up to graft_accept_max;
-        # in a full mesh (a small swarm) for every topic peer.
+        # Room up to d_hi for a peer we dialed, one beyond d_hi for a peer whose mesh is below
+        # d_lo (kept at the next trim: a node that only dialed out, to peers at d_hi, would
+        # otherwise be refused everywhere), else up to graft_accept_max; in a full mesh (a
+        # small swarm) for every topic peer.
+        starving = mesh < config.d_lo
         if self._small(topic):
             room = config.full_mesh_max
-        elif state.outbound or mesh < config.d_lo:
+        elif starving:
+            room = config.d_hi + 1
+        elif state.outbound:
             room = config.d_hi
         else:
             room = config.graft_accept_max
+        backoff_s = config.prune_backoff_s
         if self.backoff.get((topic, sender), -1.0) > now:
             state.score.misbehaviour += 1  # v1.1: a GRAFT during backoff is penalized
-        elif members is not None and self.score(sender) >= 0 and len(members) < room:
-            members.add(sender)
-            return []
+        elif members is not None and self.score(sender) >= 0:
+            if len(members) < room:
+                members.add(sender)
+                if starving and len(members) > config.d_hi:
+                    self.rescued.add((topic, sender))
+                return []
+            backoff_s = config.trim_backoff_s  # no room: no fault of the peer's
         self.counters.grafts_refused += 1
-        self.backoff[(topic, sender)] = now + self.config.prune_backoff_s
-        return self._send(sender, Prune(topic, self.config.prune_backoff_s))
+        return self._prune(topic, sender, backoff_s, now)
 
     def _small(self, topic: str) -> bool:
         """A small swarm: few enough topic peers and known nodes for a full mesh."""
@@ -420,6 +437,7 @@ class Gossip:
         for topic in sorted(self.topics):
             effects += self._maintain(topic, now)
             effects += self._emit_gossip(topic)
+        self.rescued.clear()
         self.mcache.shift()
         self.seen.expire(now)
         self.backoff = {key: until for key, until in self.backoff.items() if until > now}
@@ -433,6 +451,7 @@ class Gossip:
         config = self.config
         members = self.mesh.setdefault(topic, set())
         prune = sorted(p for p in members if self.score(p) < config.prune_threshold)
+        faulty = set(prune)
         members.difference_update(prune)
         graft: list[NodeId] = []
         eligible = self._eligible(topic, now)
@@ -443,7 +462,7 @@ class Gossip:
         else:
             self.full_mesh.discard(topic)
             if len(members) > config.d_hi or (was_full and len(members) > config.d):
-                keep = self._keep(sorted(members))  # oversized, or a full mesh outgrown
+                keep = self._keep(topic, sorted(members))  # oversized, or a full mesh outgrown
                 prune += sorted(members - keep)
                 members.intersection_update(keep)
             elif len(members) < config.d_lo:
@@ -464,15 +483,23 @@ class Gossip:
             members.add(peer)
             effects += self._send(peer, Graft(topic, size))
         for peer in prune:
-            self.backoff[(topic, peer)] = now + config.prune_backoff_s
-            effects += self._send(peer, Prune(topic, config.prune_backoff_s))
+            backoff_s = config.prune_backoff_s if peer in faulty else config.trim_backoff_s
+            effects += self._prune(topic, peer, backoff_s, now)
         return effects
 
-    def _keep(self, members: list[NodeId]) -> set[NodeId]:
-        """Keep ``d`` of an oversized mesh: ``d_score`` best, then random; ``d_out`` outbound."""
+    def _prune(self, topic: str, peer: NodeId, backoff_s: int, now: float) -> list[Effect]:
+        """PRUNE ``peer`` from ``topic``'s mesh: neither side grafts the other for ``backoff_s``
+        (a full backoff for a fault, a short one when the mesh only needed room)."""
+        self.backoff[(topic, peer)] = now + backoff_s
+        return self._send(peer, Prune(topic, backoff_s))
+
+    def _keep(self, topic: str, members: list[NodeId]) -> set[NodeId]:
+        """Keep ``d`` of an oversized mesh: the peers rescued since the last trim, ``d_score``
+        best, then random; ``d_out`` outbound."""
         config = self.config
         shuffled = self.rng.sample(members, len(members))
-        ranked = sorted(shuffled, key=self.score, reverse=True)
+        ranked = sorted(shuffled, key=lambda p: ((topic, p) in self.rescued, self.score(p)))
+        ranked.reverse()
         keep = ranked[: config.d_score]
         rest = ranked[config.d_score :]
         keep += rest[: config.d - len(keep)]

@@ -115,6 +115,7 @@ class GossipConfig:
     seen_ttl_s: float = 120.0
     seen_max: int = 200_000
     prune_backoff_s: int = 60
+    trim_backoff_s: int = 5  # a PRUNE for room only (no fault): the peer may graft again soon
     message_bytes_max: int = 1024 * 1024
     ihave_max: int = 10
     iwant_ids_max: int = 500
@@ -135,6 +136,8 @@ class GossipConfig:
             raise ValueError("need d_score <= d and heartbeat_s > 0")
         if self.full_mesh_max < 0:
             raise ValueError("need full_mesh_max >= 0")
+        if not 0 <= self.trim_backoff_s <= self.prune_backoff_s:
+            raise ValueError("need 0 <= trim_backoff_s <= prune_backoff_s")
         if not self.d <= self.graft_accept_max <= self.d_hi:
             raise ValueError("need d <= graft_accept_max <= d_hi")
 

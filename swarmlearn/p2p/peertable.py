@@ -49,7 +49,11 @@ forgets a connection as soon as it closes it. ``Deliver(PeerUp(peer))`` and
   between any two nodes, and a node linked to every validator needs no gossip forwarding).
   Once it knows more, the links beyond the targets close, newest first (:meth:`_shed`), so
   that a swarm grown past the full mesh leaves its joiners room.
-  A refused connection gets a peer exchange (whom else to try) before it is closed.
+  A refused connection gets a peer exchange (whom else to try) before it is closed, and its
+  peer is known from then on (without an address until a peer exchange names one): a full
+  mesh that refuses a joiner learns that it has outgrown itself. Fewer inbound slots than
+  twice the outbound dials (``links_max < 3 * outbound_target``) can leave a joiner refused
+  everywhere, every slot taken by the nodes that came first.
 - **Liveness**: every message counts as a sign of life (the composing node calls
   :meth:`PeerTable.observe`). A connection silent for ``ping_interval_s`` gets a
   :class:`~swarmlearn.p2p.messages.Ping`; one silent for ``ping_timeout_s`` is closed.
@@ -390,6 +394,10 @@ class PeerTable:
             evicted = self._room_for_preferred(peer)
             if evicted is None:
                 # Full: tell the peer whom else to try (on this connection), then close it.
+                # The peer is known from now: a full mesh that refuses a joiner learns it has
+                # outgrown itself and sheds to its targets (room for the joiner).
+                if known is None and len(self.known) < self.config.known_max:
+                    self.known[peer] = _Dialable(PeerAddress("unknown", 0, peer))
                 return [Send(peer, self._exchange()), *self._refuse(event.conn, "connection limit")]
             effects += self._drop(evicted, now, "room for a preferred peer", close=True)
         if known is None:
@@ -614,8 +622,8 @@ class PeerTable:
         peer = seed.resolved
         if peer is None:
             return True
-        known = self.known.get(peer)
-        busy = known is not None and known.dialing_since is not None
+        known = self.known.get(peer)  # the peer it turned out to be: its backoff holds here too
+        busy = known is not None and (known.dialing_since is not None or known.next_dial_s > now)
         return peer not in self.by_peer and not busy and self.banned.get(peer, -1.0) <= now
 
     def _due(self, peer: NodeId, entry: _Dialable, now: float) -> bool:
@@ -665,8 +673,11 @@ class PeerTable:
             address = try_parse_address(text)
             if address is None or address.peer is None or address.peer == self.me:
                 continue
-            if address.peer not in self.known and len(self.known) < self.config.known_max:
+            known = self.known.get(address.peer)
+            if known is None and len(self.known) < self.config.known_max:
                 self.known[address.peer] = _Dialable(address)
+            elif known is not None and known.address.port == 0:
+                known.address = address  # a peer known without an address (it dialed us)
 
     # ------------------------------------------------------------ the tick
 
