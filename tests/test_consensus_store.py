@@ -64,6 +64,16 @@ def test_each_height_gets_a_segment_and_old_ones_go(tmp_path: Path) -> None:
     ]
     with DiskStore(tmp_path) as again:
         assert again.load()["wal"] == (Started(4), HeightDone(4), Started(5))
+        # A driver writes the marker, then syncs it in a worker thread: the old segment goes
+        # with that sync (an unlink can wait on the journal), not on the event loop's write.
+        assert again.write("wal", HeightDone(5))
+        again.write("wal", Started(6))
+        assert (tmp_path / "wal-000000000004.log").exists()
+        again.sync(("wal",))
+        assert sorted(p.name for p in tmp_path.glob("wal-*.log")) == [
+            "wal-000000000005.log",
+            "wal-000000000006.log",
+        ]
 
 
 # The log's framing is the same for every stream: rows, as the store writes a WAL record.

@@ -11,8 +11,8 @@ where ``payload`` is CBOR of the record, with wire messages inside stored as the
 header bytes under CBOR tag 27001; a WAL record (:mod:`swarmlearn.consensus.tendermint.wal`) is
 written as its row ``(KIND, *fields)`` and read back typed. The ``wal`` stream is cut into one
 segment per height (``wal-<height>.log``): when the core persists the end-of-height marker the
-next segment starts and older ones are removed, so replay reads only the unfinished
-height. Blocks go to ``blocks.log``.
+next segment starts and older ones are removed (by the fsync that makes the marker durable,
+off the event loop), so replay reads only the unfinished height. Blocks go to ``blocks.log``.
 
 Durability follows CometBFT's WAL rules: records the node signed (``Signed``), end-of-height
 markers and blocks are fsynced before :meth:`DiskStore.persist` returns (so before the driver
@@ -286,6 +286,7 @@ class DiskStore:
         height = segments[-1][0] if segments else 1
         self._wal = AppendLog(self._segment_path(height), write)
         self._retired: list[AppendLog] = []  # ended WAL segments with records to fsync
+        self._obsolete_below = 0  # WAL segments of heights below this are to be removed
 
     def _segment_path(self, height: int) -> Path:
         return self.directory / f"wal-{height:012d}.log"
@@ -342,6 +343,8 @@ class DiskStore:
                     ended.close()
                 self._retired = []
                 self._wal.sync()
+                if self._obsolete_below:
+                    self._remove_obsolete()
 
     def _next_segment(self, height: int) -> None:
         if self._wal.unsynced:
@@ -349,8 +352,15 @@ class DiskStore:
         else:
             self._wal.close()
         self._wal = AppendLog(self._segment_path(height), self._write)
+        self._obsolete_below = height - 1  # removed by the next sync (a driver's worker thread)
+
+    def _remove_obsolete(self) -> None:
+        """Remove the segments before the last whole height: an unlink can wait on the
+        filesystem's journal (10 ms a height, measured), so it runs with the fsync, off the
+        node's event loop, and only once the end-of-height marker is durable."""
+        below, self._obsolete_below = self._obsolete_below, 0
         for old_height, path in self._segments():
-            if old_height < height - 1:
+            if old_height < below:
                 path.unlink(missing_ok=True)
 
     def close(self) -> None:
