@@ -7,9 +7,7 @@ proposer's proposal and prevote; a commit and its end-of-height marker); a real
 
 from __future__ import annotations
 
-import itertools
 import os
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -164,44 +162,3 @@ def test_persist_alone_is_still_durable_on_return(tmp_path: Path) -> None:
     store.persist("wal", Signed(OWN_B))
     assert store.load()["wal"] == (Signed(OWN_A), HeightDone(1), Signed(OWN_B))
     store.close()
-
-
-@pytest.mark.parametrize(("fsync_s", "on_the_loop"), [(0.001, 4), (0.02, 0)])
-def test_a_fast_disks_fsync_runs_on_the_loop_and_a_slow_ones_in_a_thread(
-    tmp_path: Path, fsync_s: float, on_the_loop: int
-) -> None:
-    """The first fsync goes to a worker thread and is timed; while the moving average stays
-    within INLINE_SYNC_MAX_S the next ones run on the event loop's thread (a thread's
-    hand-over costs more than a fast fsync), beyond it they stay in threads."""
-    threads: list[int] = []
-
-    class ThreadStore(DiskStore):
-        def sync(self, streams: Iterable[str]) -> None:
-            threads.append(threading.get_ident())
-            super().sync(streams)
-
-    ticks = itertools.count()
-    store = ThreadStore(tmp_path / "ledger")
-    loop_thread: list[int] = []
-
-    async def main() -> None:
-        loop_thread.append(threading.get_ident())
-        driver = CoreDriver(Scripted([Persist("wal", Signed(OWN_A))]), Outbox(Log()), store,
-                            lambda value: None)  # fmt: skip
-        driver.sync_clock = lambda: next(ticks) * fsync_s / 2  # each fsync takes fsync_s
-        handled = trio.Event()
-        driver.on_handled = lambda event: handled.set() if driver.inputs_handled == 5 else None
-        async with trio.open_nursery() as nursery:
-            await nursery.start(driver.run, Start())
-            for _ in range(4):
-                driver.submit(Start())
-            with trio.fail_after(30):
-                await handled.wait()
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
-    synced = threads[:]
-    store.close()
-    assert len(synced) == 5
-    assert synced[0] != loop_thread[0]  # nothing measured yet: a thread
-    assert sum(thread == loop_thread[0] for thread in synced) == on_the_loop

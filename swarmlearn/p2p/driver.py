@@ -14,15 +14,11 @@ and carries out the effects in order, as the simulator does:
   repair loss themselves);
 - ``SetTimer``/``CancelTimer``: one task per timer in the driver's nursery, cancelled through
   its cancel scope, tagged with a generation so a replaced timer never fires;
-- ``Persist``: the store writes it; records that must be durable are fsynced, and nothing
-  after them runs until the disk said yes. The records of one input are all written first
-  (writing early is always safe), and the fsync waits until the first effect that must follow
-  a durable one: a proposer's proposal and its own prevote, say, share one fsync instead of
-  taking two in turn. A fast disk's fsync runs on the event loop: handing it to a worker
-  thread cost more than the fsync (a thread's wake-up and the GIL's hand-over, about 4 ms on a
-  busy 2-core machine, against 1-2 ms for the fsync; at 16 validators a quarter of the CPU
-  per transaction, measured). A slow disk's (a moving average over ``INLINE_SYNC_MAX_S``) runs
-  in a worker thread, so that the links go on reading and writing meanwhile;
+- ``Persist``: the store writes it; records that must be durable are fsynced in a worker
+  thread, and nothing after them runs until the disk said yes. The records of one input are
+  all written first (writing early is always safe), and the fsync waits until the first
+  effect that must follow a durable one: a proposer's proposal and its own prevote, say,
+  share one fsync instead of taking two in turn;
 - ``Deliver``: handed to the node's ``on_deliver`` callback;
 - ``Log``/``Metric``: the logging module and a counters dict.
 
@@ -61,9 +57,6 @@ log = logging.getLogger(__name__)
 INPUT_QUEUE_MAX = 10_000
 #: Inputs handled in a row before the driver lets the link tasks run (see ``_drain``).
 DRAIN_MAX = 64
-#: An fsync taking longer than this on average runs in a worker thread, not on the loop.
-INLINE_SYNC_MAX_S = 0.004
-SYNC_AVERAGE_WEIGHT = 0.2  # of the newest fsync's time in the moving average
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -104,9 +97,6 @@ class CoreDriver:
         self.on_handled: Callable[[Input], None] | None = None
         self.metrics: dict[str, float] = {}
         self.inputs_handled = 0
-        #: The moving average of an fsync's time (None: none measured yet, so a thread's).
-        self.sync_s: float | None = None
-        self.sync_clock: Callable[[], float] = time.perf_counter  # what times an fsync
         self._send_input, self._inputs = trio.open_memory_channel[Input](INPUT_QUEUE_MAX)
         self._timers: dict[Any, tuple[int, trio.CancelScope]] = {}
         self._generation = 0
@@ -177,20 +167,8 @@ class CoreDriver:
         the later records of its file too); what is still unsynced after."""
         assert self.store is not None
         streams = {stream for index, stream in unsynced if index < before}
-        if self.sync_s is not None and self.sync_s <= INLINE_SYNC_MAX_S:
-            self._timed_sync(streams)
-        else:
-            await trio.to_thread.run_sync(self._timed_sync, streams)
+        await trio.to_thread.run_sync(self.store.sync, streams)
         return [(index, stream) for index, stream in unsynced if stream not in streams]
-
-    def _timed_sync(self, streams: set[str]) -> None:
-        assert self.store is not None
-        started = self.sync_clock()
-        self.store.sync(streams)
-        took = self.sync_clock() - started
-        last = self.sync_s
-        weight = SYNC_AVERAGE_WEIGHT
-        self.sync_s = took if last is None else (1 - weight) * last + weight * took
 
     async def _execute(self, effect: Effect) -> None:
         match effect:
