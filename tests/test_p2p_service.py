@@ -345,6 +345,13 @@ def test_a_swarm_node_is_one_host_and_shows_its_peers_in_the_api(
         assert p2p["connected"] == [sentinel_id]
         assert p2p["address"] == address  # the p2p host is the node's one port
         assert peers["ledger"] == [sentinel_id]
+        consensus = peers["consensus"]  # where the ledger stands, for an operator
+        assert isinstance(consensus, dict)
+        assert consensus["height"] >= 1
+        assert consensus["round"] >= 0
+        assert consensus["step"] in ("propose", "prevote", "precommit")
+        assert all(size <= 1 for size in consensus["mesh"].values())  # one peer: the sentinel
+        assert consensus["mesh"]  # the ledger's topics
 
 
 def ledger_host_port(multiaddr: str) -> str:

@@ -506,8 +506,14 @@ class LedgerOverGossip:
 
     def statistics(self) -> dict[str, object]:
         gossip = self.gossip.counters
+        state = self.consensus.machine.state
         return {
             "height": self.consensus.height,
+            # where this height stands (a swarm whose chain pauses shows it here: rounds that
+            # grow, a step that does not move, a mesh that is empty)
+            "round": max(state.round, 0),
+            "step": state.step.name.lower(),
+            "mesh": {topic: len(peers) for topic, peers in sorted(self.gossip.mesh.items())},
             "seated": self.seated,
             "connections": len(self.p2p.peers.by_peer),
             "published": dict(sorted(self.counters.published.items())),

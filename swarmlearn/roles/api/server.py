@@ -228,7 +228,9 @@ def build_app(node: ValidatorNode, counters: ApiCounters | None = None) -> Starl
 
     async def peers(request: Request) -> JSONResponse:
         stats = node.network.statistics().to_json()  # the node's one p2p host
-        return _json({"ledger": list(node.status().peers), "p2p": stats})
+        ledger = node.ledger.statistics()  # the height, its round and step, the gossip meshes
+        consensus = {key: ledger[key] for key in ("height", "round", "step", "mesh")}
+        return _json({"ledger": list(node.status().peers), "p2p": stats, "consensus": consensus})
 
     async def openapi(request: Request) -> Response:
         document = resources.files("swarmlearn.roles.api").joinpath("openapi.json").read_text()
