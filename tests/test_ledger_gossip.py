@@ -202,6 +202,9 @@ def test_a_publish_goes_unforwarded_only_when_every_other_validator_is_a_linked_
     link("v3")
     assert forwards(b"b=2") == {False}  # every other validator hears it from this node
     assert node.counters.unforwarded == 1
+    # A linked validator whose score went negative is skipped by the flood: forward again.
+    node.gossip.peers["v3"].score.misbehaviour = 2
+    assert forwards(b"c=3") == {True}
 
 
 def test_transactions_the_application_refuses_are_dropped_not_forwarded() -> None:

@@ -31,7 +31,8 @@ and losses are repaired by gossip.
   neither side grafts the other: ``prune_backoff_s`` for a fault (a negative score, a GRAFT
   in backoff), ``trim_backoff_s`` when the mesh only needed room (a full mesh outgrown, an
   oversized one trimmed, no room), so that a node pruned by every peer at once grafts again
-  within seconds rather than a minute.
+  within seconds rather than a minute. A node grafts a peer one heartbeat after its backoff
+  ends (the peer's copy of it started a little later: v1.1's backoff slack).
 - **Publishing**: own messages are flood-published to every topic peer with a
   non-negative score, not just the mesh, and never delivered back to the publisher. A
   publisher that knows its flood reaches every node that needs the message (a swarm node
@@ -183,6 +184,11 @@ class Gossip:
     def topic_peers(self, topic: str) -> list[NodeId]:
         return sorted(p for p, state in self.peers.items() if topic in state.topics)
 
+    def flood_peers(self, topic: str) -> list[NodeId]:
+        """The peers an own message on ``topic`` is published to: topic peers whose score is
+        not negative (a publisher that counts on reaching a peer directly must count these)."""
+        return [peer for peer in self.topic_peers(topic) if self.score(peer) >= 0]
+
     # ------------------------------------------------------------ the core
 
     def handle(self, event: Input, now: float) -> list[Effect]:
@@ -291,9 +297,8 @@ class Gossip:
         self.counters.published += 1
         message = GossipMessage(topic, data, forward)
         effects: list[Effect] = []
-        for peer in self.topic_peers(topic):
-            if self.score(peer) >= 0:
-                effects += self._send(peer, message)
+        for peer in self.flood_peers(topic):
+            effects += self._send(peer, message)
         return effects
 
     def _on_message(
@@ -414,13 +419,17 @@ class Gossip:
         return len(self.topic_peers(topic)) <= limit and self.swarm_size() <= limit
 
     def _eligible(self, topic: str, now: float) -> list[NodeId]:
-        """Topic peers that may join the mesh: not in it, not in backoff, not negative."""
+        """Topic peers that may join the mesh: not in it, not in backoff (nor within a heartbeat
+        of its end: the peer started the same backoff when our PRUNE, or its own, reached it,
+        a little later, and a GRAFT before its end is penalized; v1.1's backoff slack), and
+        not negative."""
         members = self.mesh.get(topic, set())
+        slack_s = self.config.heartbeat_s
         return [
             peer
             for peer in self.topic_peers(topic)
             if peer not in members
-            and self.backoff.get((topic, peer), -1.0) <= now
+            and self.backoff.get((topic, peer), -1.0 - slack_s) + slack_s <= now
             and self.score(peer) >= 0
         ]
 

@@ -303,7 +303,9 @@ class LedgerOverGossip:
             if vset is not None:
                 needed.update(v.node for v in vset.validators)
         needed.discard(self.me)
-        return needed <= set(self.gossip.topic_peers(topic))
+        # The flood's own peers: a validator whose score went negative is a topic peer that
+        # the flood skips, and with nobody forwarding it would never hear the message.
+        return needed <= set(self.gossip.flood_peers(topic))
 
     def _consensus_receive(self, source: NodeId, message: Message, now: float) -> list[Effect]:
         return self._from_consensus(self.consensus.handle(Receive(source, message), now), now)
