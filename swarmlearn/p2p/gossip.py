@@ -270,8 +270,7 @@ class Gossip:
         self.topics.discard(topic)
         effects: list[Effect] = []
         for peer in sorted(self.mesh.pop(topic, set())):
-            self.backoff[(topic, peer)] = now + self.config.prune_backoff_s
-            effects += self._send(peer, Prune(topic, self.config.prune_backoff_s))
+            effects += self._prune(topic, peer, self.config.prune_backoff_s, now)
         for peer in sorted(self.peers):
             effects += self._send(peer, Subscriptions((), (topic,)))
         return effects
@@ -424,12 +423,12 @@ class Gossip:
         a little later, and a GRAFT before its end is penalized; v1.1's backoff slack), and
         not negative."""
         members = self.mesh.get(topic, set())
-        slack_s = self.config.heartbeat_s
+        graft_after = now - self.config.heartbeat_s  # backoffs that ended by then are over
         return [
             peer
             for peer in self.topic_peers(topic)
             if peer not in members
-            and self.backoff.get((topic, peer), -1.0 - slack_s) + slack_s <= now
+            and self.backoff.get((topic, peer), graft_after) <= graft_after
             and self.score(peer) >= 0
         ]
 

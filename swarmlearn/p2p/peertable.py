@@ -242,6 +242,11 @@ class _Dialable:
     next_dial_s: float = 0.0
     dialing_since: float | None = None
 
+    @classmethod
+    def unaddressed(cls, peer: NodeId) -> _Dialable:
+        """A peer known by its connection alone (port 0: not dialed until an address comes)."""
+        return cls(PeerAddress("unknown", 0, peer))
+
 
 @dataclass
 class _Conn:
@@ -397,11 +402,11 @@ class PeerTable:
                 # The peer is known from now: a full mesh that refuses a joiner learns it has
                 # outgrown itself and sheds to its targets (room for the joiner).
                 if known is None and len(self.known) < self.config.known_max:
-                    self.known[peer] = _Dialable(PeerAddress("unknown", 0, peer))
+                    self.known[peer] = _Dialable.unaddressed(peer)
                 return [Send(peer, self._exchange()), *self._refuse(event.conn, "connection limit")]
             effects += self._drop(evicted, now, "room for a preferred peer", close=True)
         if known is None:
-            known = self.known[peer] = _Dialable(PeerAddress("unknown", 0, peer))
+            known = self.known[peer] = _Dialable.unaddressed(peer)
         known.key = event.key
         self.conns[event.conn] = new
         self.by_peer[peer] = event.conn
